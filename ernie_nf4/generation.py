@@ -1,0 +1,241 @@
+"""One generation path for the app, the benchmark and the tests.
+
+``GenerationRequest`` is validated at the boundary (``ValueError`` naming the field and its range);
+``Generator.generate`` runs the stages itself — seeded prompt enhancer, text encoding, denoising with
+per-image seeded latents, VAE decode — timing each, and returns a ``GenerationResult``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAX_PROMPT_CHARS = 8000
+SIZE_RANGE = (64, 2048)
+SIZE_MULTIPLE = 16
+STEPS_RANGE = (1, 200)
+GUIDANCE_RANGE = (0.0, 30.0)
+SEED_LIMIT = 2**63
+IMAGES_RANGE = (1, 4)
+DEFAULT_MAX_PE_TOKENS = 256
+STAGES = ("pe", "text_encoding", "denoising", "vae_decode")
+
+
+class GenerationCancelled(Exception):
+    """Raised from a step callback to stop a run after the current denoising step."""
+
+
+def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{extra}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]{extra}, got {value}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 50
+    guidance: float = 4.0
+    seed: int = 1234
+    use_pe: bool = True
+    num_images: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("prompt must be a non-blank text")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be text, got {type(text).__name__}")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
+        for name in ("width", "height"):
+            _check_int(name, getattr(self, name), *SIZE_RANGE, f" and a multiple of {SIZE_MULTIPLE}")
+            if getattr(self, name) % SIZE_MULTIPLE:
+                raise ValueError(
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} in {list(SIZE_RANGE)}, got {getattr(self, name)}"
+                )
+        _check_int("steps", self.steps, *STEPS_RANGE)
+        if (
+            isinstance(self.guidance, bool)
+            or not isinstance(self.guidance, (int, float))
+            or not math.isfinite(self.guidance)
+        ):
+            raise ValueError(f"guidance must be a finite number in {list(GUIDANCE_RANGE)}, got {self.guidance!r}")
+        if not GUIDANCE_RANGE[0] <= self.guidance <= GUIDANCE_RANGE[1]:
+            raise ValueError(f"guidance must be in {list(GUIDANCE_RANGE)}, got {self.guidance}")
+        _check_int("seed", self.seed, 0, SEED_LIMIT - IMAGES_RANGE[1])
+        if not isinstance(self.use_pe, bool):
+            raise ValueError(f"use_pe must be true or false, got {self.use_pe!r}")
+        _check_int("num_images", self.num_images, *IMAGES_RANGE)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Image ``i`` uses ``seed + i``: any image can be made again alone from its own seed."""
+        return [self.seed + i for i in range(self.num_images)]
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list  # PIL images
+    seeds: list[int]
+    revised_prompt: str | None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage in STAGES, plus "total"
+    peak_vram: dict | None = None  # {"allocated_bytes", "reserved_bytes"} on CUDA
+
+
+class Generator:
+    """Generates images from a loaded ``ErnieImagePipeline`` (see ``loader.load_pipeline``)."""
+
+    def __init__(self, pipe, max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS):
+        _check_int("max_pe_tokens", max_pe_tokens, 1, 4096)
+        self.pipe = pipe
+        self.max_pe_tokens = max_pe_tokens
+
+    @classmethod
+    def from_pretrained(cls, model_dir, device: str | None = None, memory_mode: str = "gpu", **kwargs):
+        from .loader import load_pipeline
+
+        return cls(load_pipeline(model_dir, device=device, memory_mode=memory_mode), **kwargs)
+
+    @property
+    def device(self):
+        return self.pipe._execution_device
+
+    @property
+    def has_pe(self) -> bool:
+        return getattr(self.pipe, "pe", None) is not None and getattr(self.pipe, "pe_tokenizer", None) is not None
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def enhance_prompt(self, prompt: str, width: int, height: int, seed: int) -> str:
+        """The PE's rewrite of ``prompt``, sampled like the pipeline does but seeded and capped."""
+        import torch
+
+        pipe = self.pipe
+        message = json.dumps({"prompt": prompt, "width": width, "height": height}, ensure_ascii=False)
+        text = pipe.pe_tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=False
+        )
+        inputs = pipe.pe_tokenizer(text, return_tensors="pt").to(self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed)
+            output = pipe.pe.generate(
+                **inputs,
+                max_new_tokens=self.max_pe_tokens,
+                do_sample=True,
+                temperature=0.6,
+                top_p=0.95,
+                pad_token_id=pipe.pe_tokenizer.pad_token_id,
+                eos_token_id=pipe.pe_tokenizer.eos_token_id,
+            )
+        new_tokens = output[0][inputs["input_ids"].shape[1] :]
+        return pipe.pe_tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+    def initial_latents(self, seed: int, width: int, height: int):
+        """Noise for one image from its seed (drawn on the CPU, so the same on every device)."""
+        import torch
+
+        pipe = self.pipe
+        shape = (
+            1,
+            pipe.transformer.config.in_channels,
+            height // pipe.vae_scale_factor,
+            width // pipe.vae_scale_factor,
+        )
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+        return noise.to(self.device, pipe.transformer.dtype)
+
+    def decode(self, latents):
+        """Packed latents → PIL images, as ``ErnieImagePipeline`` decodes them."""
+        pipe = self.pipe
+        vae = pipe.vae
+        bn_mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        bn_std = (vae.bn.running_var.view(1, -1, 1, 1) + 1e-5).sqrt().to(latents.device, latents.dtype)
+        latents = pipe._unpatchify_latents(latents * bn_std + bn_mean)
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(images, output_type="pil")
+
+    def generate(
+        self, request: GenerationRequest, on_step: Callable[[int, int], None] | None = None
+    ) -> GenerationResult:
+        """Run ``request``. ``on_step(done, total)`` is called after each denoising step and may raise
+        :class:`GenerationCancelled` to stop the run."""
+        import torch
+
+        from .system import peak_vram, reset_peak_vram
+
+        pipe = self.pipe
+        seconds: dict[str, float] = {}
+        reset_peak_vram()
+        start = time.perf_counter()
+
+        def lap(stage: str, since: float) -> float:
+            self._sync()
+            now = time.perf_counter()
+            seconds[stage] = seconds.get(stage, 0.0) + now - since
+            return now
+
+        t = start
+        revised = None
+        prompt = request.prompt
+        if request.use_pe and self.has_pe:
+            revised = self.enhance_prompt(request.prompt, request.width, request.height, request.seed)
+            prompt = revised or request.prompt
+        t = lap("pe", t)
+
+        with torch.no_grad():
+            positive = pipe.encode_prompt([prompt], self.device)
+            negative = pipe.encode_prompt([request.negative_prompt], self.device) if request.guidance > 1.0 else None
+        t = lap("text_encoding", t)
+
+        # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
+        # of a single image (what 8-12 GB cards need).
+        total_steps = request.steps * request.num_images
+        images = []
+        seconds["denoising"] = seconds["vae_decode"] = 0.0
+        for number, seed in enumerate(request.seeds):
+
+            def callback(_pipe, index, _timestep, tensors, done=number * request.steps):
+                if on_step is not None:
+                    on_step(done + index + 1, total_steps)
+                return tensors
+
+            latents = pipe(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                height=request.height,
+                width=request.width,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                latents=self.initial_latents(seed, request.width, request.height),
+                output_type="latent",
+                use_pe=False,
+                callback_on_step_end=callback,
+            ).images
+            t = lap("denoising", t)
+            with torch.no_grad():
+                images.extend(self.decode(latents))
+            t = lap("vae_decode", t)
+        seconds["total"] = time.perf_counter() - start
+        return GenerationResult(
+            request=request,
+            images=images,
+            seeds=request.seeds,
+            revised_prompt=revised,
+            seconds=seconds,
+            peak_vram=peak_vram(),
+        )

@@ -1,0 +1,73 @@
+"""Resolve an ERNIE-Image original (a Hub id or a local diffusers folder) to a checked local folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_CLASS = "ErnieImagePipeline"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    path: Path
+    id: str
+    revision: str | None
+    commit: str | None
+
+
+def check_pipeline_folder(folder: Path, argument: str = "source") -> dict:
+    """The folder's ``model_index.json``, after checking it describes an ERNIE-Image pipeline."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ValueError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from err
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise ValueError(
+            f"{argument} {folder}: model_index.json names {index.get('_class_name')!r}, "
+            f"expected {PIPELINE_CLASS!r}; pass an ERNIE-Image pipeline"
+        )
+    return index
+
+
+def precheck_source(source: str) -> Path | None:
+    """Cheap checks before heavy work: the checked local folder, or None for a well-formed Hub id."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"source {source}: is a file; pass a diffusers folder or a Hub id")
+        check_pipeline_folder(path)
+        return path.resolve()
+    if not _HUB_ID.match(source):
+        raise ValueError(f"source {source}: no such folder, and not a Hub id of the form owner/name")
+    return None
+
+
+def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
+    """A local folder as it is, or a Hub repo downloaded (resumably) into the Hugging Face cache."""
+    local = precheck_source(source)
+    if local is not None:
+        return ResolvedSource(path=local, id=str(local), revision=None, commit=None)
+
+    from huggingface_hub import snapshot_download
+
+    logger.info("downloading %s (revision %s)", source, revision or "main")
+    try:
+        folder = Path(snapshot_download(source, revision=revision))
+    except Exception as err:  # the hub client raises many types; all mean "could not get it"
+        raise ValueError(
+            f"source {source}: could not download it ({type(err).__name__}: {err}). "
+            "Check the network and the repo id, or pass a local folder with --source"
+        ) from err
+    check_pipeline_folder(folder)
+    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
+    return ResolvedSource(path=folder, id=source, revision=revision, commit=commit)

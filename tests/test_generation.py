@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+
+from ernie_nf4.generation import SEED_LIMIT, GenerationCancelled, GenerationRequest
+
+pytestmark = pytest.mark.gpu
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_generates_an_image_with_timings(tiny_generator):
+    result = tiny_generator.generate(GenerationRequest("an orange cat", width=96, height=64, steps=2, seed=7))
+    assert len(result.images) == 1
+    assert result.images[0].size == (96, 64)
+    assert result.seeds == [7]
+    assert isinstance(result.revised_prompt, str)
+    for stage in ("pe", "text_encoding", "denoising", "vae_decode"):
+        assert result.seconds[stage] > 0
+    assert sum(result.seconds[s] for s in ("pe", "text_encoding", "denoising", "vae_decode")) <= result.seconds["total"]
+
+
+def test_same_seed_gives_the_same_image_with_pe_on(tiny_generator):
+    request = GenerationRequest("一只橙色的小猫 🐱", seed=1234, use_pe=True, **SMALL)
+    first, second = tiny_generator.generate(request), tiny_generator.generate(request)
+    assert first.revised_prompt == second.revised_prompt
+    assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
+
+
+def test_different_seeds_and_prompts_give_different_images(tiny_generator):
+    base = tiny_generator.generate(GenerationRequest("a cat", seed=1, use_pe=False, **SMALL))
+    other_seed = tiny_generator.generate(GenerationRequest("a cat", seed=2, use_pe=False, **SMALL))
+    other_prompt = tiny_generator.generate(GenerationRequest("a red boat", seed=1, use_pe=False, **SMALL))
+    assert not np.array_equal(pixels(base.images[0]), pixels(other_seed.images[0]))
+    assert not np.array_equal(pixels(base.images[0]), pixels(other_prompt.images[0]))
+    pe_a = tiny_generator.generate(GenerationRequest("a cat", seed=1, **SMALL))
+    pe_b = tiny_generator.generate(GenerationRequest("a cat", seed=2, **SMALL))
+    assert pe_a.revised_prompt != pe_b.revised_prompt
+
+
+def test_each_image_of_a_batch_is_reproducible_from_its_own_seed(tiny_generator):
+    steps = []
+    batch = tiny_generator.generate(
+        GenerationRequest("a cat", seed=10, num_images=3, use_pe=False, **SMALL),
+        on_step=lambda d, t: steps.append((d, t)),
+    )
+    assert batch.seeds == [10, 11, 12]
+    assert steps == [(i, 6) for i in range(1, 7)]
+    alone = tiny_generator.generate(GenerationRequest("a cat", seed=12, use_pe=False, **SMALL))
+    assert np.array_equal(pixels(batch.images[2]), pixels(alone.images[0]))
+
+
+def test_a_step_callback_can_cancel_the_run(tiny_generator):
+    def stop(done, total):
+        if done == 1:
+            raise GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        tiny_generator.generate(GenerationRequest("a cat", use_pe=False, **{**SMALL, "steps": 5}), on_step=stop)
+    assert tiny_generator.generate(GenerationRequest("a cat", use_pe=False, **SMALL)).images
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("prompt", "   ", "prompt must be a non-blank"),
+        ("prompt", "x" * 100_000, "prompt must be at most 8000"),
+        ("negative_prompt", "x" * 100_000, "negative_prompt must be at most 8000"),
+        ("width", 1000, r"width must be a multiple of 16"),
+        ("height", 0, r"height must be in \[64, 2048\]"),
+        ("width", 10**9, r"width must be in \[64, 2048\]"),
+        ("steps", 0, r"steps must be in \[1, 200\]"),
+        ("steps", 10_000, r"steps must be in \[1, 200\]"),
+        ("guidance", math.nan, "guidance must be a finite number"),
+        ("guidance", math.inf, "guidance must be a finite number"),
+        ("guidance", -1.0, r"guidance must be in \[0.0, 30.0\]"),
+        ("seed", -1, "seed must be in"),
+        ("seed", SEED_LIMIT, "seed must be in"),
+        ("num_images", 0, r"num_images must be in \[1, 4\]"),
+        ("num_images", 100, r"num_images must be in \[1, 4\]"),
+        ("use_pe", "yes", "use_pe must be true or false"),
+    ],
+)
+def test_bad_requests_name_the_field_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationRequest(**{"prompt": "a cat", field: value})

@@ -1,0 +1,141 @@
+import filecmp
+import json
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from diffusers import ErnieImagePipeline
+
+from ernie_nf4.metadata import METADATA_FILE, PackageError, read_metadata, sha256_file, verify_package, write_metadata
+from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
+
+from .conftest import DEVICE
+
+pytestmark = pytest.mark.gpu
+KEPT = ["pe_tokenizer", "scheduler", "tokenizer", "vae"]
+
+
+def test_metadata_figures_equal_the_bytes_on_disk(tiny_package, tiny_original):
+    meta = read_metadata(tiny_package)
+    assert meta["components_quantized"] == sorted(QUANTIZABLE, key=list(meta["components"]).index)
+    assert sorted(meta["components_kept"]) == KEPT
+    assert meta["quantization"]["bnb_4bit_quant_type"] == "nf4"
+    assert meta["quantization"]["bnb_4bit_use_double_quant"] is True
+    assert meta["benchmarks"] == {}
+    total_after = (tiny_package / "model_index.json").stat().st_size
+    total_before = (tiny_original / "model_index.json").stat().st_size
+    for name, record in meta["components"].items():
+        on_disk = {
+            p.relative_to(tiny_package / name).as_posix(): p for p in (tiny_package / name).rglob("*") if p.is_file()
+        }
+        assert set(on_disk) == set(record["files"])
+        for rel, path in on_disk.items():
+            assert record["files"][rel] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        assert record["bytes_after"] == sum(p.stat().st_size for p in on_disk.values())
+        assert record["bytes_before"] == sum(p.stat().st_size for p in (tiny_original / name).rglob("*") if p.is_file())
+        total_after += record["bytes_after"]
+        total_before += record["bytes_before"]
+    assert meta["totals"]["bytes_after"] == total_after
+    assert meta["totals"]["bytes_before"] == total_before
+    assert meta["totals"]["ratio"] == pytest.approx(total_after / total_before, abs=1e-6)
+    for name in QUANTIZABLE:
+        assert meta["components"][name]["bytes_after"] < 0.75 * meta["components"][name]["bytes_before"]
+
+
+def test_kept_components_are_byte_identical_copies(tiny_package, tiny_original):
+    for name in KEPT:
+        comparison = filecmp.dircmp(tiny_original / name, tiny_package / name)
+        assert not comparison.left_only and not comparison.right_only
+        for rel in comparison.common_files:
+            assert filecmp.cmp(tiny_original / name / rel, tiny_package / name / rel, shallow=False)
+
+
+def test_package_loads_without_quantization_config_and_layers_are_nf4(tiny_package, tiny_original, nf4_everywhere):
+    pipe = ErnieImagePipeline.from_pretrained(tiny_package, dtype=torch.bfloat16, device_map=DEVICE)
+    original = ErnieImagePipeline.from_pretrained(tiny_original, dtype=torch.bfloat16)
+    for name in QUANTIZABLE:
+        model, reference = getattr(pipe, name), getattr(original, name)
+        linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert linears, name
+        for layer in linears:
+            assert isinstance(layer.weight, bnb.nn.Params4bit)
+            assert layer.weight.dtype == torch.uint8
+            assert layer.weight.quant_state.quant_type == "nf4"
+            assert layer.weight.quant_state.nested  # double quantization
+        assert model.num_parameters() == reference.num_parameters()
+
+
+def test_save_and_reload_give_equal_parameters_and_quant_states(tiny_original, tmp_path, nf4_everywhere):
+    from diffusers import ErnieImageTransformer2DModel
+    from transformers import Ministral3ForCausalLM
+
+    for name, entry, model_class in (
+        ("transformer", ["diffusers", "ErnieImageTransformer2DModel"], ErnieImageTransformer2DModel),
+        ("pe", ["transformers", "Ministral3ForCausalLM"], Ministral3ForCausalLM),
+    ):
+        first = model_class.from_pretrained(
+            tiny_original / name,
+            quantization_config=bnb_config(entry[0]),
+            dtype=torch.bfloat16,
+            device_map={"": DEVICE},
+        )
+        first.save_pretrained(tmp_path / name)
+        second = model_class.from_pretrained(tmp_path / name, dtype=torch.bfloat16, device_map={"": DEVICE})
+        params = dict(second.named_parameters())
+        for key, param in first.named_parameters():
+            assert torch.equal(param, params[key]), key
+            if isinstance(param, bnb.nn.Params4bit):
+                state_a = param.quant_state.as_dict(packed=True)
+                state_b = params[key].quant_state.as_dict(packed=True)
+                assert state_a.keys() == state_b.keys()
+                for field, value in state_a.items():
+                    same = torch.equal(value, state_b[field]) if torch.is_tensor(value) else value == state_b[field]
+                    assert same, (key, field)
+
+
+def test_metadata_errors_name_the_path_and_field(tiny_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    meta = json.loads((copy / METADATA_FILE).read_text())
+    del meta["totals"]["bytes_after"]
+    write_metadata(copy, meta)
+    with pytest.raises(PackageError, match=r"quantization_metadata.json: field 'totals.bytes_after' is missing"):
+        read_metadata(copy)
+    meta["totals"]["bytes_after"] = "many"
+    write_metadata(copy, meta)
+    with pytest.raises(PackageError, match="'totals.bytes_after' must be int"):
+        read_metadata(copy)
+    (copy / METADATA_FILE).write_text("{not json")
+    with pytest.raises(PackageError, match="not valid JSON"):
+        read_metadata(copy)
+    (copy / METADATA_FILE).unlink()
+    with pytest.raises(PackageError, match="No quantization metadata found at"):
+        read_metadata(copy)
+
+
+def test_verify_package_catches_truncated_and_missing_files(tiny_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    verify_package(copy, check_sha256=True)
+    weights = copy / "pe" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-10] + bytes(10))
+    verify_package(copy)  # same size: only the hash tells
+    with pytest.raises(PackageError, match="sha256 differs"):
+        verify_package(copy, check_sha256=True)
+    weights.write_bytes(data[:100])
+    with pytest.raises(PackageError, match=r"model.safetensors: 100 bytes on disk.*--overwrite"):
+        verify_package(copy)
+    weights.write_bytes(data)
+    shutil.rmtree(copy / "vae")
+    with pytest.raises(PackageError, match="component folder 'vae' is missing"):
+        verify_package(copy)
+
+
+def test_unknown_components_are_refused():
+    with pytest.raises(ValueError, match=r"components: unknown \['vae'\]"):
+        check_components(["transformer", "vae"])
