@@ -1,0 +1,399 @@
+"""Measure original (bf16) vs NF4 per stage: ``python -m ernie_nf4.benchmark``.
+
+Each mode is loaded and run in this process one after another, memory freed between: load seconds (from a
+cold page cache where the files can be evicted), a short warm-up, then the median of ``--repeat`` runs for
+each stage (PE, text encoding, denoising and ms per step, VAE decode), total, peak VRAM and the GPU name.
+Defaults reproduce the seed README's experiment (its prompt, 512x512, 50 steps, guidance 4.0, seed 1234, PE on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .generation import STAGES, GenerationRequest
+from .system import gpu_name, library_versions, resolve_device
+
+SEED_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hello Ernie-Image NF4 的白纸,柔和自然光,写实风格。"
+MODES = ("bf16", "bf16-offload", "nf4")
+# mode -> (which folder, loader memory mode)
+_MODE_SETUP = {"bf16": ("original", "gpu"), "bf16-offload": ("original", "model-offload"), "nf4": ("package", "gpu")}
+WARMUP_STEPS = 2
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    status: str = "ok"  # or "skipped: why" / "failed: why"
+    load_seconds: float | None = None
+    cold_cache: bool | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # median per stage + total
+    ms_per_step: float | None = None
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+
+
+def evict_page_cache(folder: Path) -> bool:
+    """Drop ``folder``'s files from the OS page cache (so the next load reads the disk); False if it can't."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd) if os.access(path, os.W_OK) else None
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, repeat: int, max_pe_tokens: int, log):
+    from .generation import Generator
+    from .loader import load_pipeline
+    from .system import peak_vram, reset_peak_vram
+
+    result = ModeResult(mode)
+    memory_mode = _MODE_SETUP[mode][1]
+    if memory_mode == "model-offload" and not device.startswith("cuda"):
+        result.status = "skipped: needs a CUDA GPU"
+        log(f"[{mode}] {result.status}")
+        return result
+    _free_memory()
+    result.cold_cache = evict_page_cache(folder)
+    log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
+    reset_peak_vram()
+    start = time.perf_counter()
+    generator = Generator(load_pipeline(folder, device=device, memory_mode=memory_mode), max_pe_tokens=max_pe_tokens)
+    result.load_seconds = time.perf_counter() - start
+    log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
+    warmup = GenerationRequest(**{**asdict(request), "steps": WARMUP_STEPS})
+    generator.generate(warmup)
+    runs = []
+    for index in range(repeat):
+        reset_peak_vram()
+        run = generator.generate(request, on_step=None)
+        runs.append(run)
+        stages = ", ".join(f"{s} {run.seconds[s]:.2f} s" for s in STAGES)
+        log(f"[{mode}] run {index + 1}/{repeat}: {stages}, total {run.seconds['total']:.2f} s")
+    result.seconds = {key: statistics.median(r.seconds[key] for r in runs) for key in (*STAGES, "total")}
+    result.ms_per_step = 1000 * result.seconds["denoising"] / (request.steps * request.num_images)
+    peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
+    if peaks[0] is not None:
+        result.peak_allocated_gib = max(p["allocated_bytes"] for p in peaks) / 2**30
+        result.peak_reserved_gib = max(p["reserved_bytes"] for p in peaks) / 2**30
+    del generator
+    _free_memory()
+    return result
+
+
+def _ssim(a, b) -> float:
+    """Mean SSIM of two grayscale images in [0, 1] (7x7 uniform windows)."""
+    import torch.nn.functional as F
+
+    c1, c2 = 0.01**2, 0.03**2
+    a, b = a[None, None], b[None, None]
+    mu_a, mu_b = F.avg_pool2d(a, 7, 1), F.avg_pool2d(b, 7, 1)
+    var_a = F.avg_pool2d(a * a, 7, 1) - mu_a**2
+    var_b = F.avg_pool2d(b * b, 7, 1) - mu_b**2
+    cov = F.avg_pool2d(a * b, 7, 1) - mu_a * mu_b
+    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(ssim.mean())
+
+
+def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print) -> dict:
+    """NF4 vs bf16 on the same seed and latents, PE off: the transformer's relative output error at a few
+    steps (same inputs), cosine similarity of the final latents, PSNR and SSIM of the decoded images."""
+    import numpy as np
+    import torch
+
+    from .generation import Generator
+    from .loader import load_pipeline
+
+    request = GenerationRequest(**{**asdict(request), "use_pe": False, "num_images": 1})
+    generators = {
+        name: Generator(load_pipeline(folder, device=device)) for name, folder in (("bf16", original), ("nf4", package))
+    }
+    reference = generators["bf16"]
+    latents0 = reference.initial_latents(request.seed, request.width, request.height)
+    with torch.no_grad():
+        text = reference.pipe.encode_prompt([request.prompt], reference.device)
+        negative = reference.pipe.encode_prompt([request.negative_prompt], reference.device)
+        text_bth, text_lens = reference.pipe._pad_text(
+            negative + text, reference.device, latents0.dtype, reference.pipe.transformer.config.text_in_dim
+        )
+        errors = {}
+        for t in (999.0, 500.0, 20.0):
+            inputs = dict(
+                hidden_states=torch.cat([latents0, latents0]),
+                text_bth=text_bth,
+                text_lens=text_lens,
+                timestep=torch.full((2,), t, device=reference.device, dtype=latents0.dtype),
+                return_dict=False,
+            )
+            outputs = {n: g.pipe.transformer(**inputs)[0].float() for n, g in generators.items()}
+            errors[str(int(t))] = float((outputs["nf4"] - outputs["bf16"]).norm() / outputs["bf16"].norm())
+        finals, images = {}, {}
+        for name, gen in generators.items():
+            pipe = gen.pipe
+            finals[name] = pipe(
+                prompt_embeds=pipe.encode_prompt([request.prompt], gen.device),
+                negative_prompt_embeds=pipe.encode_prompt([request.negative_prompt], gen.device),
+                height=request.height,
+                width=request.width,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                latents=latents0.clone(),
+                output_type="latent",
+                use_pe=False,
+            ).images
+            images[name] = np.asarray(gen.decode(finals[name])[0], dtype=np.float64) / 255.0
+    cosine = float(
+        torch.nn.functional.cosine_similarity(finals["nf4"].flatten().float(), finals["bf16"].flatten().float(), dim=0)
+    )
+    mse = float(np.mean((images["nf4"] - images["bf16"]) ** 2))
+    gray = {n: torch.from_numpy(im.mean(axis=2)).float() for n, im in images.items()}
+    result = {
+        "transformer_relative_error": errors,
+        "final_latent_cosine": cosine,
+        "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
+        "ssim": _ssim(gray["nf4"], gray["bf16"]),
+        "settings": asdict(request),
+    }
+    log(
+        f"[fidelity] {json.dumps(result['transformer_relative_error'])} cosine {cosine:.4f} "
+        f"PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
+    )
+    del generators
+    _free_memory()
+    return result
+
+
+def markdown_table(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        f"### {s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}, "
+        f"PE {'on' if s['use_pe'] else 'off'} (max {s['max_pe_tokens']} PE tokens), median of {s['repeat']}",
+        "",
+        f"GPU: {report['gpu'] or 'none (CPU)'}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+        "",
+    ]
+    if report["synthetic"]:
+        lines += [
+            f"Synthetic {report['synthetic']}-size model with random weights: timings and memory are real, "
+            "images are noise.",
+            "",
+        ]
+    lines += [
+        "| mode | load s | PE s | text enc. s | denoise s | ms/step | VAE s | total s "
+        "| peak alloc GiB | peak reserved GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    for r in report["modes"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['mode']} | {r['status']} |||||||||")
+            continue
+        sec = r["seconds"]
+        cold = "" if r["cold_cache"] else " (warm cache)"
+        lines.append(
+            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {sec['pe']:.2f} | {sec['text_encoding']:.2f} | "
+            f"{sec['denoising']:.2f} | {r['ms_per_step']:.1f} | {sec['vae_decode']:.2f} | {sec['total']:.2f} | "
+            f"{num(r['peak_allocated_gib'], '.2f')} | {num(r['peak_reserved_gib'], '.2f')} |"
+        )
+    if report.get("fidelity"):
+        f = report["fidelity"]
+        errors = ", ".join(f"t={t}: {e:.4f}" for t, e in f["transformer_relative_error"].items())
+        lines += [
+            "",
+            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error {errors}; "
+            f"final-latent cosine {f['final_latent_cosine']:.4f}; PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
+        ]
+        if report["synthetic"]:
+            lines.append(
+                "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."
+            )
+    if report.get("command"):
+        lines += ["", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(
+    original: str | None,
+    package: str | None,
+    modes=MODES,
+    request: GenerationRequest | None = None,
+    repeat: int = 1,
+    device: str | None = None,
+    max_pe_tokens: int = 256,
+    synthetic: str | None = None,
+    write_metadata: bool = False,
+    markdown: str | None = None,
+    command: str | None = None,
+    with_fidelity: bool = False,
+    log=print,
+) -> dict:
+    """Run the benchmark and return its report (also written to metadata / markdown when asked)."""
+    from .metadata import read_metadata
+    from .metadata import write_metadata as store
+
+    request = request or GenerationRequest(SEED_PROMPT, width=512, height=512, steps=50, guidance=4.0, seed=1234)
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
+    device = resolve_device(device)
+    if synthetic is not None:
+        original, package = prepare_synthetic(synthetic, original, package, device, log)
+    folders = {"original": original, "package": package}
+    for mode in modes:
+        kind = _MODE_SETUP[mode][0]
+        if folders[kind] is None:
+            raise ValueError(f"mode {mode} needs --{kind}")
+    if original is not None and not Path(original).is_dir():
+        from .source import resolve_source
+
+        original = str(resolve_source(original).path)
+        folders["original"] = original
+    if (write_metadata or with_fidelity) and package is None:
+        raise ValueError("--write-metadata and --fidelity need --package")
+    if with_fidelity and original is None:
+        raise ValueError("--fidelity needs --original")
+
+    results = [
+        run_mode(m, Path(folders[_MODE_SETUP[m][0]]), device, request, repeat, max_pe_tokens, log) for m in modes
+    ]
+    report = {
+        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu_name(device),
+        "device": device,
+        "versions": library_versions(),
+        "synthetic": synthetic,
+        "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens},
+        "modes": [asdict(r) for r in results],
+        "fidelity": fidelity(folders["original"], folders["package"], request, device, log) if with_fidelity else None,
+        "command": command,
+    }
+    if write_metadata:
+        meta = read_metadata(package)
+        key = f"{request.width}x{request.height}-{request.steps}steps-{'pe' if request.use_pe else 'nope'}"
+        meta["benchmarks"][key] = report
+        store(Path(package), meta)
+        log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(markdown_table(report))
+    return report
+
+
+def prepare_synthetic(size: str, original: str | None, package: str | None, device: str, log):
+    """Build (or reuse) a random-weight original and its NF4 package."""
+    from .metadata import METADATA_FILE
+    from .quantize import QUANTIZABLE, diffusers_nf4_blocker, quantize_package
+    from .synthetic import build_original
+
+    original = original or f"artifacts/ERNIE-Image-synthetic-{size}"
+    package = package or f"{original}-NF4"
+    if not Path(original).is_dir():
+        log(f"building the synthetic {size} original at {original} (random weights: images are noise)")
+        build_original(original, size=size, device=device)
+    if not (Path(package) / METADATA_FILE).is_file():
+        components = QUANTIZABLE if diffusers_nf4_blocker() is None else ("text_encoder", "pe")
+        log(f"quantizing {components} into {package}")
+        quantize_package(original, package, components=components, device=device, overwrite=True)
+    return original, package
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--original", help="bf16 original: local diffusers folder or Hub id")
+    p.add_argument("--package", help="NF4 package folder")
+    p.add_argument(
+        "--synthetic",
+        nargs="?",
+        const="full",
+        choices=("full", "tiny"),
+        help="build (or reuse) a random-weight original of this size and its NF4 package (default size: full)",
+    )
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to measure, in order")
+    p.add_argument("--prompt", default=SEED_PROMPT, help="prompt (default: the seed README's)")
+    p.add_argument("--width", type=int, default=512, help="image width")
+    p.add_argument("--height", type=int, default=512, help="image height")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=4.0, help="guidance scale")
+    p.add_argument("--seed", type=int, default=1234, help="seed")
+    p.add_argument("--use-pe", action=argparse.BooleanOptionalAction, default=True, help="run the prompt enhancer")
+    p.add_argument("--max-pe-tokens", type=int, default=256, help="cap on the PE's new tokens")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs per mode (median reported)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
+    p.add_argument("--write-metadata", action="store_true", help="store results in the package's metadata")
+    p.add_argument("--markdown", help="write a markdown table to this file")
+    p.add_argument("--json", help="write the full report as JSON to this file")
+    p.add_argument("--fidelity", action="store_true", help="also compare NF4 with bf16 outputs (PE off)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import shlex
+    import sys
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        request = GenerationRequest(
+            args.prompt,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            guidance=args.guidance,
+            seed=args.seed,
+            use_pe=args.use_pe,
+        )
+        report = benchmark(
+            args.original,
+            args.package,
+            modes=args.modes,
+            request=request,
+            repeat=args.repeat,
+            device=args.device,
+            max_pe_tokens=args.max_pe_tokens,
+            synthetic=args.synthetic,
+            write_metadata=args.write_metadata,
+            markdown=args.markdown,
+            with_fidelity=args.fidelity,
+            command="python -m ernie_nf4.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv),
+            log=lambda message: print(message, flush=True),
+        )
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print()
+    print(markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from ernie_nf4.benchmark import STAGES, main
+from ernie_nf4.metadata import read_metadata
+
+from .conftest import HAS_CUDA
+
+pytestmark = pytest.mark.gpu
+
+
+def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, tiny_package, tmp_path, nf4_everywhere):
+    import shutil
+
+    package = tmp_path / "pkg"
+    shutil.copytree(tiny_package, package)
+    markdown, report_file = tmp_path / "bench.md", tmp_path / "bench.json"
+    args = ["--original", tiny_original, "--package", package, "--width", "64", "--height", "64", "--steps", "3"]
+    args += ["--max-pe-tokens", "8", "--write-metadata", "--markdown", markdown, "--json", report_file, "--fidelity"]
+    assert main([str(a) for a in args]) == 0
+
+    report = json.loads(report_file.read_text())
+    assert read_metadata(package)["benchmarks"]["64x64-3steps-pe"] == report
+    modes = {r["mode"]: r for r in report["modes"]}
+    assert list(modes) == ["bf16", "bf16-offload", "nf4"]
+    measured = ["bf16", "nf4"] + (["bf16-offload"] if HAS_CUDA else [])
+    for name in measured:
+        mode = modes[name]
+        assert mode["status"] == "ok"
+        assert mode["load_seconds"] > 0
+        assert all(mode["seconds"][s] > 0 for s in STAGES)
+        assert sum(mode["seconds"][s] for s in STAGES) <= mode["seconds"]["total"]
+        assert mode["ms_per_step"] == pytest.approx(1000 * mode["seconds"]["denoising"] / 3)
+        assert (mode["peak_allocated_gib"] is not None) == HAS_CUDA
+    if not HAS_CUDA:
+        assert modes["bf16-offload"]["status"] == "skipped: needs a CUDA GPU"
+    fid = report["fidelity"]
+    assert set(fid["transformer_relative_error"]) == {"999", "500", "20"}
+    # NF4 changes the transformer's outputs, but only a little.
+    assert all(0 < e < 0.5 for e in fid["transformer_relative_error"].values())
+    assert 0.5 < fid["final_latent_cosine"] <= 1.0
+    table = markdown.read_text()
+    assert "| nf4 |" in table and f"{modes['nf4']['ms_per_step']:.1f}" in table
+    assert "python -m ernie_nf4.benchmark" in table
+
+
+def test_benchmark_refuses_bad_arguments(capsys):
+    assert main(["--modes", "nf4", "--width", "64", "--height", "64", "--device", "cpu"]) == 2
+    assert "mode nf4 needs --package" in capsys.readouterr().err
+    assert main(["--package", "x", "--width", "100"]) == 2
+    assert "width must be a multiple of 16" in capsys.readouterr().err
