@@ -1,0 +1,209 @@
+"""The app: UI around an injected service, and the real app served on loopback with a tiny package."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from app import build_demo  # noqa: E402
+from ernie_nf4.generation import GenerationResult  # noqa: E402
+from ernie_nf4.metadata import read_metadata  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeService:
+    """Stands in for ImageService: images made from the seed, no model."""
+
+    defaults = {"steps": 50, "guidance": 4.0}
+    label = "fake"
+
+    def __init__(self):
+        self.requests = []
+
+    def missing(self):
+        return None
+
+    def load(self, on_progress=None):
+        return self
+
+    def generate(self, request, on_step=None, on_progress=None):
+        self.requests.append(request)
+        for step in range(1, request.steps + 1):
+            if on_step:
+                on_step(step, request.steps)
+        images = [
+            Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
+            for s in request.seeds
+        ]
+        seconds = {"pe": 0.1, "text_encoding": 0.1, "denoising": 0.2, "vae_decode": 0.1, "total": 0.5}
+        return GenerationResult(request, images, request.seeds, "revised: " + request.prompt, seconds)
+
+    def stats(self):
+        return {"model": "fake", "package": None, "live": {"loaded": True}}
+
+
+@pytest.fixture(scope="module")
+def fake_app(tmp_path_factory):
+    service = FakeService()
+    demo = build_demo(service, output_dir=str(tmp_path_factory.mktemp("out")))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield service, Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def test_api_exposes_generate_with_the_documented_parameters(fake_app):
+    _, client = fake_app
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
+    assert names == [
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "randomize_seed",
+        "use_pe",
+        "num_images",
+    ]
+    assert "/stats" in api
+
+
+def test_generate_returns_pngs_with_parameters_and_the_seed_used(fake_app):
+    service, client = fake_app
+    images, seed, revised, info = client.predict(
+        "一只小猫 🐱", "blurry", 96, 64, 3, 2.5, 77, False, False, 2, api_name="/generate"
+    )
+    assert seed == 77
+    assert revised == "revised: 一只小猫 🐱"
+    assert "seed 77, 78" in info
+    assert [item["caption"] for item in images] == ["seed 77", "seed 78"]
+    with Image.open(images[1]["image"]) as png:
+        assert png.format == "PNG" and png.size == (96, 64)
+        text = png.info["parameters"]
+    assert text.startswith("一只小猫 🐱\nNegative prompt: blurry\n")
+    assert "Steps: 3, Sampler: FlowMatchEuler, CFG scale: 2.5, Seed: 78, Size: 96x64, Model: fake" in text
+    assert Path(images[0]["image"]).name.startswith("ernie-")
+
+
+def test_randomize_seed_uses_and_returns_a_new_seed(fake_app):
+    service, client = fake_app
+    seeds = {client.predict("cat", "", 64, 64, 1, 4.0, 5, True, True, 1, api_name="/generate")[1] for _ in range(3)}
+    assert 5 not in seeds and len(seeds) == 3
+    assert service.requests[-1].seed in seeds
+
+
+def test_bad_input_gives_an_error_naming_the_field_and_the_server_keeps_serving(fake_app):
+    _, client = fake_app
+    with pytest.raises(Exception, match="width must be a multiple of 16"):
+        client.predict("cat", "", 1000, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
+    with pytest.raises(Exception, match="prompt must be a non-blank text"):
+        client.predict("   ", "", 64, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
+    assert client.predict("cat", "", 64, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")[1] == 5
+
+
+@pytest.fixture(scope="module")
+def served_tiny_app(tmp_path_factory):
+    """The real app, as a user starts it: python app.py --tiny --device cpu."""
+    model_dir = tmp_path_factory.mktemp("app") / "tiny-package"
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "app.py", "--tiny", "--device", "cpu", "--port", str(port), "--model-dir", str(model_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client = Client(url, verbose=False)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"app did not start: {proc.stdout.read()}")
+            time.sleep(0.5)
+    yield url, client, model_dir
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_served_tiny_app_generates_reproducible_pngs(served_tiny_app):
+    _, client, model_dir = served_tiny_app
+    args = ("an orange cat on a table", "", 64, 64, 2, 4.0, 1234, False, True, 1)
+    first = client.predict(*args, api_name="/generate")
+    second = client.predict(*args, api_name="/generate")
+    a, b = Path(first[0][0]["image"]), Path(second[0][0]["image"])
+    with Image.open(a) as png:
+        assert "Seed: 1234, Size: 64x64" in png.info["parameters"]
+        assert "TINY RANDOM MODEL" in png.info["parameters"]
+        first_pixels = np.asarray(png)
+    with Image.open(b) as png:
+        assert np.array_equal(first_pixels, np.asarray(png))
+    assert first[2] == second[2]  # same seeded PE output
+    assert (model_dir / "quantization_metadata.json").is_file()
+
+
+def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
+    _, client, model_dir = served_tiny_app
+    client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")
+    stats = client.predict(api_name="/stats")
+    meta = read_metadata(model_dir)
+    assert stats["package"]["totals"] == meta["totals"]
+    for name, component in meta["components"].items():
+        assert stats["package"]["components"][name]["bytes_after"] == component["bytes_after"]
+        assert stats["package"]["components"][name]["bytes_before"] == component["bytes_before"]
+    assert stats["live"]["loaded"] and stats["live"]["load_seconds"] > 0
+    assert stats["live"]["last_run_seconds"]["total"] > 0
+
+
+def chromium_path():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("ERNIE_NF4_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (ERNIE_NF4_REQUIRE_BROWSER) but missing: apt-get install chromium")
+        pytest.skip("chromium not installed")
+    return path
+
+
+@pytest.mark.browser
+def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _, _ = served_tiny_app
+    shots = ROOT / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=flags, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.locator("#prompt textarea").fill("a red boat on a lake at sunset")
+        page.get_by_label("Resolution").click()
+        page.get_by_role("option", name="768x1376").click()
+        page.locator("#generate").click()
+        page.locator("#gallery img").first.wait_for(timeout=120_000)
+        assert "seed" in page.locator("#info textarea").input_value(timeout=10_000)
+        page.screenshot(path=str(shots / "app-generate.png"), full_page=True)
+        page.get_by_role("tab", name="Stats").click()
+        stats = page.locator("#stats")
+        stats.get_by_text("transformer").first.wait_for(timeout=30_000)
+        assert "total" in stats.inner_text()
+        page.screenshot(path=str(shots / "app-stats.png"), full_page=True)
+        browser.close()

@@ -1,0 +1,64 @@
+"""Getting the package: local folder, download (against a local Hub stand-in), or build."""
+
+import pytest
+
+from ernie_nf4.metadata import verify_package
+from ernie_nf4.provider import download_package, ensure_package
+
+from .hub_standin import HubStandIn
+
+
+def test_download_gets_a_verified_package(tiny_package, tmp_path):
+    with HubStandIn(tiny_package) as hub:
+        out = download_package(hub.repo_id, tmp_path / "pkg", endpoint=hub.endpoint)
+    assert verify_package(out, check_sha256=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_interrupted_download_is_retried_and_never_used_half_done(tiny_package, tmp_path):
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    with HubStandIn(tiny_package) as hub:
+        hub.cuts[weights] = (1, 1000)  # one dropped connection: the client retries and completes
+        download_package(hub.repo_id, tmp_path / "pkg", endpoint=hub.endpoint)
+        gets = [path for method, path, _ in hub.requests if method == "GET" and path.endswith(weights)]
+        assert len(gets) == 2
+        verify_package(tmp_path / "pkg", check_sha256=True)
+
+        hub.cuts[weights] = (100, 1000)  # the connection keeps dropping: the download fails
+        with pytest.raises(Exception):  # noqa: B017 - whatever the hub client raises
+            download_package(hub.repo_id, tmp_path / "again", endpoint=hub.endpoint)
+        assert not (tmp_path / "again").exists(), "a partial download must never look like a package"
+        hub.cuts.clear()  # back online: the next call completes what is there
+        download_package(hub.repo_id, tmp_path / "again", endpoint=hub.endpoint)
+    verify_package(tmp_path / "again", check_sha256=True)
+
+
+def test_ensure_package_prefers_local_then_download_then_build(tiny_package, tmp_path):
+    assert ensure_package(tiny_package, repo_id="owner/x") == tiny_package
+    with HubStandIn(tiny_package) as hub:
+        messages = []
+        out = ensure_package(
+            tmp_path / "dl", repo_id=hub.repo_id, source=None, on_progress=messages.append, endpoint=hub.endpoint
+        )
+        assert verify_package(out) and "downloading" in messages[0]
+        built = []
+
+        def build(source, output, on_progress):
+            built.append(source)
+            raise RuntimeError("no GPU here")
+
+        with pytest.raises(RuntimeError, match=r"(?s)download of owner/missing failed.*build from src failed.*no GPU"):
+            ensure_package(tmp_path / "none", repo_id="owner/missing", source="src", build=build, endpoint=hub.endpoint)
+        assert built == ["src"]
+        assert not (tmp_path / "none").exists()
+
+
+def test_a_broken_local_package_is_reported_not_replaced(tiny_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    (copy / "vae" / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match=r"not a usable package.*vae/config.json"):
+        ensure_package(copy, repo_id="owner/x")
+    assert (copy / "vae").is_dir()
