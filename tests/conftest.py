@@ -7,6 +7,7 @@ CPU. With a GPU nothing is patched: the same tests run on stock diffusers.
 
 from __future__ import annotations
 
+import os
 import warnings
 from unittest import mock
 
@@ -16,6 +17,9 @@ import torch
 from ernie_nf4.quantize import QUANTIZABLE, quantize_package
 from ernie_nf4.synthetic import build_original
 
+# Tests talk to loopback only: no analytics or telemetry calls out.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 warnings.filterwarnings("ignore", message=".*kernels.*")

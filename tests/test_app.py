@@ -46,8 +46,11 @@ class FakeService:
     def generate(self, request, on_step=None, on_progress=None):
         self.requests.append(request)
         for step in range(1, request.steps + 1):
+            if request.prompt.startswith("slow"):
+                time.sleep(0.2)
             if on_step:
                 on_step(step, request.steps)
+            self.steps_done = step
         images = [
             Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
             for s in request.seeds
@@ -121,6 +124,26 @@ def test_bad_input_gives_an_error_naming_the_field_and_the_server_keeps_serving(
     assert client.predict("cat", "", 64, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")[1] == 5
 
 
+@pytest.mark.browser
+def test_stop_ends_the_run_within_a_step(fake_app):
+    service, client = fake_app
+    sync_api = pytest.importorskip("playwright.sync_api")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=flags, headless=True)
+        page = browser.new_page()
+        page.goto(client.src)
+        page.locator("#prompt textarea").fill("slow cat")
+        page.get_by_label("Steps").first.fill("200")
+        page.locator("#generate").click()
+        page.get_by_text("denoising step").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("Stopped. Nothing was kept").first.wait_for(timeout=10_000)
+        browser.close()
+    assert service.requests[-1].steps == 200
+    assert service.steps_done < 200
+
+
 @pytest.fixture(scope="module")
 def served_tiny_app(tmp_path_factory):
     """The real app, as a user starts it: python app.py --tiny --device cpu."""
@@ -159,6 +182,42 @@ def test_served_tiny_app_generates_reproducible_pngs(served_tiny_app):
         assert np.array_equal(first_pixels, np.asarray(png))
     assert first[2] == second[2]  # same seeded PE output
     assert (model_dir / "quantization_metadata.json").is_file()
+
+
+def test_auth_protects_the_app(tmp_path):
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "app.py",
+        "--tiny",
+        "--port",
+        str(port),
+        "--auth",
+        "ann:s3cret",
+        "--model-dir",
+        tmp_path / "p",
+    ]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = Client(url, auth=("ann", "s3cret"), verbose=False)
+                break
+            except Exception:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.5)
+        assert "/generate" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client's error for a refused login
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        with pytest.raises(Exception):  # noqa: B017
+            Client(url, verbose=False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = subprocess.run([sys.executable, "app.py", "--auth", "nopassword"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--auth must be USER:PASS" in bad.stderr
 
 
 def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
