@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ernie_nf4.generation import IMAGES_RANGE, SIZE_RANGE, STEPS_RANGE, GenerationCancelled, GenerationRequest
+from ernie_nf4.generation import IMAGES_RANGE, STEPS_RANGE, GenerationCancelled, request_from_form
 from ernie_nf4.png import parameters_text, save_png
 from ernie_nf4.service import VARIANTS, ImageService, ServiceConfig
 
@@ -137,19 +137,13 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
         if randomize_seed:
             seed = secrets.randbelow(RANDOM_SEED_LIMIT)
         try:
-            req = GenerationRequest(
-                prompt=prompt,
-                negative_prompt=negative_prompt or "",
-                width=int(width),
-                height=int(height),
-                steps=int(num_inference_steps),
-                guidance=float(guidance_scale),
-                seed=int(seed),
-                use_pe=bool(use_pe),
-                num_images=int(num_images),
+            req, notes = request_from_form(
+                prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, use_pe, num_images
             )
-        except (ValueError, TypeError, OverflowError) as err:
+        except ValueError as err:
             raise gr.Error(str(err)) from err
+        for note in notes:
+            gr.Info(note)
         stop = stop_flags.setdefault(request.session_hash or "api", threading.Event())
         stop.clear()
 
@@ -170,7 +164,7 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, service.label)
             files.append((str(save_png(image, output_dir, image_seed, text)), f"seed {image_seed}"))
-        return files, req.seed, result.revised_prompt or "", format_info(result)
+        return files, req.seed, result.revised_prompt or "", " · ".join([format_info(result), *notes])
 
     def stop_run(request: gr.Request):
         flag = stop_flags.get(request.session_hash or "api")
@@ -206,13 +200,13 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
                     negative = gr.Textbox(label="Negative prompt", lines=2)
                     with gr.Row():
                         preset = gr.Dropdown([*PRESETS, CUSTOM], value="1024x1024", label="Resolution")
-                        width = gr.Number(1024, label="Width", precision=0, minimum=SIZE_RANGE[0], step=16)
-                        height = gr.Number(1024, label="Height", precision=0, minimum=SIZE_RANGE[0], step=16)
+                        width = gr.Number(1024, label="Width", precision=0, step=16)
+                        height = gr.Number(1024, label="Height", precision=0, step=16)
                     with gr.Row():
                         steps = gr.Slider(*STEPS_RANGE, value=defaults["steps"], step=1, label="Steps")
                         guidance = gr.Slider(0.0, 15.0, value=defaults["guidance"], step=0.1, label="Guidance")
                     with gr.Row():
-                        seed = gr.Number(1234, label="Seed", precision=0, minimum=0)
+                        seed = gr.Number(1234, label="Seed", precision=0)
                         randomize = gr.Checkbox(True, label="Randomize seed")
                         use_pe = gr.Checkbox(True, label="Prompt enhancer (PE)")
                         count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label="Images")
@@ -236,7 +230,15 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
             stats_json = gr.JSON(visible=False)
 
         inputs = [prompt, negative, width, height, steps, guidance, seed, randomize, use_pe, count]
-        event = run.click(generate, inputs, [gallery, seed, revised, info], api_name="generate", concurrency_limit=1)
+        # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
+        event = run.click(
+            generate,
+            inputs,
+            [gallery, seed, revised, info],
+            api_name="generate",
+            concurrency_limit=1,
+            preprocess=False,
+        )
         event.success(add_history, [gallery, history_state], [history_state, history], api_visibility="private")
         stop.click(stop_run, None, None, queue=False, api_visibility="private")
         load.click(load_model, None, status, api_visibility="private")
@@ -256,6 +258,12 @@ def _free_gpu_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def share_warning(auth) -> str:
+    return "WARNING: --share makes this app reachable by anyone with the link (72 h). " + (
+        "It is protected by --auth." if auth else "Add --auth USER:PASS to protect it."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,11 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         auth = (user, password)
     demo = build_demo(ImageService(config_from_args(args)))
     if args.share:
-        print(
-            "WARNING: --share makes this app reachable by anyone with the link (72 h). "
-            + ("It is protected by --auth." if auth else "Add --auth USER:PASS to protect it."),
-            flush=True,
-        )
+        print(share_warning(auth), flush=True)
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth, prevent_thread_lock=True
     )

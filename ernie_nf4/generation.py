@@ -7,6 +7,7 @@ per-image seeded latents, VAE decode — timing each, and returns a ``Generation
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -26,6 +27,10 @@ STAGES = ("pe", "text_encoding", "denoising", "vae_decode")
 
 class GenerationCancelled(Exception):
     """Raised from a step callback to stop a run after the current denoising step."""
+
+
+class OutOfMemory(RuntimeError):
+    """The GPU ran out of memory; memory was freed and the message says what to change."""
 
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
@@ -173,7 +178,26 @@ class Generator:
         self, request: GenerationRequest, on_step: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         """Run ``request``. ``on_step(done, total)`` is called after each denoising step and may raise
-        :class:`GenerationCancelled` to stop the run."""
+        :class:`GenerationCancelled` to stop the run. Running out of GPU memory frees what the run held and
+        raises :class:`OutOfMemory` saying what to change."""
+        import torch
+
+        try:
+            return self._generate(request, on_step)
+        except torch.OutOfMemoryError as err:
+            gc.collect()
+            torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
+                "Try a smaller size, fewer images, or a machine with more GPU memory; the next request can run."
+            ) from err
+        except GenerationCancelled:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+
+    def _generate(self, request: GenerationRequest, on_step) -> GenerationResult:
         import torch
 
         from .system import peak_vram, reset_peak_vram
@@ -239,3 +263,71 @@ class Generator:
             seconds=seconds,
             peak_vram=peak_vram(),
         )
+
+
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
+
+
+def _whole(name: str, value) -> int:
+    """An integer from a form value: ints, and floats/strings holding a whole number; else ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def request_from_form(
+    prompt,
+    negative_prompt,
+    width,
+    height,
+    steps,
+    guidance,
+    seed,
+    use_pe,
+    num_images,
+) -> tuple[GenerationRequest, list[str]]:
+    """A request from UI/API values, forgiving where a user would expect it, with notes of each change:
+    control characters are removed from the prompts and a width/height inside the range is snapped to the
+    nearest multiple of 16 (1000 -> 1008). Everything else out of range raises ``ValueError`` naming the field."""
+    notes = []
+    texts = {}
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
+        if not isinstance(text, str):
+            raise ValueError(f"{name} must be text, got {type(text).__name__}")
+        cleaned = text.translate(_CONTROL)
+        if cleaned != text:
+            notes.append(f"{name}: removed {len(text) - len(cleaned)} control character(s)")
+        texts[name] = cleaned
+    sizes = {}
+    for name, value in (("width", width), ("height", height)):
+        size = _whole(name, value)
+        if SIZE_RANGE[0] <= size <= SIZE_RANGE[1] and size % SIZE_MULTIPLE:
+            snapped = min(SIZE_RANGE[1], (size + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            notes.append(f"{name} {size} → {snapped} (a multiple of {SIZE_MULTIPLE})")
+            size = snapped
+        sizes[name] = size
+    try:
+        guidance = float(guidance)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance!r}") from None
+    if not isinstance(use_pe, bool):
+        raise ValueError(f"use_pe must be true or false, got {use_pe!r}")
+    request = GenerationRequest(
+        prompt=texts["prompt"],
+        negative_prompt=texts["negative_prompt"],
+        steps=_whole("steps", steps),
+        guidance=guidance,
+        seed=_whole("seed", seed),
+        use_pe=use_pe,
+        num_images=_whole("num_images", num_images),
+        **sizes,
+    )
+    return request, notes

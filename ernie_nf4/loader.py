@@ -22,12 +22,15 @@ def is_nf4(component_dir: Path) -> bool:
     return config.is_file() and "quantization_config" in json.loads(config.read_text())
 
 
-def load_pipeline(model_dir: str | Path, device: str | None = None, memory_mode: str = "gpu"):
+def load_pipeline(
+    model_dir: str | Path, device: str | None = None, memory_mode: str = "gpu", verify_sha256: bool = False
+):
     """Load an ERNIE-Image pipeline (NF4 package or bf16 original) for ``device``.
 
     ``memory_mode``: ``gpu`` keeps every component on the device; ``model-offload`` keeps them in CPU memory
     and moves each to the GPU while it runs (diffusers model CPU offload; slower, much less VRAM).
-    A package's metadata is validated and its file sizes checked first. Only safetensors are read.
+    A package's metadata is validated and its file sizes (with ``verify_sha256``, also hashes) checked first;
+    a damaged package raises ``PackageError`` naming the file and the fix. Only safetensors are read.
     """
     import torch
     from diffusers import ErnieImagePipeline
@@ -39,7 +42,7 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, memory_mode:
         raise ValueError(f"model_dir {model_dir}: no such folder")
     index = check_pipeline_folder(model_dir, argument="model_dir")
     if (model_dir / METADATA_FILE).exists():
-        verify_package(model_dir)
+        verify_package(model_dir, check_sha256=verify_sha256)
     device = resolve_device(device)
     if memory_mode == "model-offload" and device == "cpu":
         raise ValueError("memory_mode 'model-offload' needs a CUDA device; use memory_mode 'gpu' on the CPU")

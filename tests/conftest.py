@@ -54,3 +54,9 @@ def tiny_generator(tiny_package, nf4_everywhere):
     from ernie_nf4.generation import Generator
 
     return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12)
+
+
+try:  # the app's fixtures need gradio, which the GPU machine lacks
+    from .apphelpers import fake_app, served_tiny_app  # noqa: F401
+except ImportError:
+    pass

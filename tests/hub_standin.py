@@ -98,6 +98,7 @@ class HubStandIn:
             start = int(spec[6:].split("-")[0])
         request.send_response(206 if start else 200)
         request.send_header("X-Repo-Commit", COMMIT)
+        request.send_header("Accept-Ranges", "bytes")
         request.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
         request.send_header("Content-Length", str(len(data) - start))
         if start:

@@ -1,8 +1,5 @@
 """The app: UI around an injected service, and the real app served on loopback with a tiny package."""
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,64 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-gr = pytest.importorskip("gradio")
-from gradio_client import Client  # noqa: E402
-
-from app import build_demo  # noqa: E402
-from ernie_nf4.generation import GenerationResult  # noqa: E402
+pytest.importorskip("gradio")
 from ernie_nf4.metadata import read_metadata  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class FakeService:
-    """Stands in for ImageService: images made from the seed, no model."""
-
-    defaults = {"steps": 50, "guidance": 4.0}
-    label = "fake"
-
-    def __init__(self):
-        self.requests = []
-
-    def missing(self):
-        return None
-
-    def load(self, on_progress=None):
-        return self
-
-    def generate(self, request, on_step=None, on_progress=None):
-        self.requests.append(request)
-        for step in range(1, request.steps + 1):
-            if request.prompt.startswith("slow"):
-                time.sleep(0.2)
-            if on_step:
-                on_step(step, request.steps)
-            self.steps_done = step
-        images = [
-            Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
-            for s in request.seeds
-        ]
-        seconds = {"pe": 0.1, "text_encoding": 0.1, "denoising": 0.2, "vae_decode": 0.1, "total": 0.5}
-        return GenerationResult(request, images, request.seeds, "revised: " + request.prompt, seconds)
-
-    def stats(self):
-        return {"model": "fake", "package": None, "live": {"loaded": True}}
-
-
-@pytest.fixture(scope="module")
-def fake_app(tmp_path_factory):
-    service = FakeService()
-    demo = build_demo(service, output_dir=str(tmp_path_factory.mktemp("out")))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield service, Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+from .apphelpers import ROOT, Client, chromium_path, free_port  # noqa: E402
 
 
 def test_api_exposes_generate_with_the_documented_parameters(fake_app):
@@ -117,8 +60,11 @@ def test_randomize_seed_uses_and_returns_a_new_seed(fake_app):
 
 def test_bad_input_gives_an_error_naming_the_field_and_the_server_keeps_serving(fake_app):
     _, client = fake_app
-    with pytest.raises(Exception, match="width must be a multiple of 16"):
-        client.predict("cat", "", 1000, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
+    with pytest.raises(Exception, match=r"width must be in \[64, 2048\]"):
+        client.predict("cat", "", 0, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
+    images, _, _, info = client.predict("cat", "", 1000, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
+    assert "width 1000 → 1008 (a multiple of 16)" in info
+    assert Image.open(images[0]["image"]).size == (1008, 64)
     with pytest.raises(Exception, match="prompt must be a non-blank text"):
         client.predict("   ", "", 64, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")
     assert client.predict("cat", "", 64, 64, 1, 4.0, 5, False, True, 1, api_name="/generate")[1] == 5
@@ -142,30 +88,6 @@ def test_stop_ends_the_run_within_a_step(fake_app):
         browser.close()
     assert service.requests[-1].steps == 200
     assert service.steps_done < 200
-
-
-@pytest.fixture(scope="module")
-def served_tiny_app(tmp_path_factory):
-    """The real app, as a user starts it: python app.py --tiny --device cpu."""
-    model_dir = tmp_path_factory.mktemp("app") / "tiny-package"
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "app.py", "--tiny", "--device", "cpu", "--port", str(port), "--model-dir", str(model_dir)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            client = Client(url, verbose=False)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"app did not start: {proc.stdout.read()}")
-            time.sleep(0.5)
-    yield url, client, model_dir
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_served_tiny_app_generates_reproducible_pngs(served_tiny_app):
@@ -197,7 +119,8 @@ def test_auth_protects_the_app(tmp_path):
         "--model-dir",
         tmp_path / "p",
     ]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "app.log"
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
@@ -206,7 +129,7 @@ def test_auth_protects_the_app(tmp_path):
                 client = Client(url, auth=("ann", "s3cret"), verbose=False)
                 break
             except Exception:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.5)
         assert "/generate" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
         with pytest.raises(Exception):  # noqa: B017 - gradio_client's error for a refused login
@@ -231,15 +154,6 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
         assert stats["package"]["components"][name]["bytes_before"] == component["bytes_before"]
     assert stats["live"]["loaded"] and stats["live"]["load_seconds"] > 0
     assert stats["live"]["last_run_seconds"]["total"] > 0
-
-
-def chromium_path():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("ERNIE_NF4_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required here (ERNIE_NF4_REQUIRE_BROWSER) but missing: apt-get install chromium")
-        pytest.skip("chromium not installed")
-    return path
 
 
 @pytest.mark.browser

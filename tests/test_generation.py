@@ -2,8 +2,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from ernie_nf4.generation import SEED_LIMIT, GenerationCancelled, GenerationRequest
+from ernie_nf4.generation import SEED_LIMIT, GenerationCancelled, GenerationRequest, Generator, OutOfMemory
+
+from .conftest import HAS_CUDA
 
 pytestmark = pytest.mark.gpu
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -88,3 +91,21 @@ def test_a_step_callback_can_cancel_the_run(tiny_generator):
 def test_bad_requests_name_the_field_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):
         GenerationRequest(**{"prompt": "a cat", field: value})
+
+
+def test_out_of_memory_is_caught_explained_and_the_next_request_runs(tiny_package, nf4_everywhere):
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    generator = Generator.from_pretrained(tiny_package, device="cuda", max_pe_tokens=8)
+    small = GenerationRequest("a cat", width=64, height=64, steps=1, use_pe=False)
+    generator.generate(small)
+    torch.cuda.empty_cache()
+    limit = torch.cuda.memory_allocated() + 256 * 2**20
+    torch.cuda.set_per_process_memory_fraction(limit / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        with pytest.raises(OutOfMemory, match="Try a smaller size, fewer images"):
+            generator.generate(GenerationRequest("a cat", width=2048, height=2048, steps=1, use_pe=False, num_images=4))
+        assert torch.cuda.memory_allocated() < limit
+        assert generator.generate(small).images
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)

@@ -1,0 +1,103 @@
+"""Helpers and fixtures for the app tests: a fake service, the real app served on loopback, Chromium."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from app import build_demo
+from ernie_nf4.generation import GenerationResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeService:
+    """Stands in for ImageService: images made from the seed, no model."""
+
+    defaults = {"steps": 50, "guidance": 4.0}
+    label = "fake"
+
+    def __init__(self):
+        self.requests = []
+
+    def missing(self):
+        return None
+
+    def load(self, on_progress=None):
+        return self
+
+    def generate(self, request, on_step=None, on_progress=None):
+        self.requests.append(request)
+        for step in range(1, request.steps + 1):
+            if request.prompt.startswith("slow"):
+                time.sleep(0.2)
+            if on_step:
+                on_step(step, request.steps)
+            self.steps_done = step
+        images = [
+            Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
+            for s in request.seeds
+        ]
+        seconds = {"pe": 0.1, "text_encoding": 0.1, "denoising": 0.2, "vae_decode": 0.1, "total": 0.5}
+        return GenerationResult(request, images, request.seeds, "revised: " + request.prompt, seconds)
+
+    def stats(self):
+        return {"model": "fake", "package": None, "live": {"loaded": True}}
+
+
+@pytest.fixture(scope="session")
+def fake_app(tmp_path_factory):
+    service = FakeService()
+    demo = build_demo(service, output_dir=str(tmp_path_factory.mktemp("out")))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield service, Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def served_tiny_app(tmp_path_factory):
+    """The real app, as a user starts it: python app.py --tiny --device cpu."""
+    model_dir = tmp_path_factory.mktemp("app") / "tiny-package"
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "app.py", "--tiny", "--device", "cpu", "--port", str(port), "--model-dir", str(model_dir)]
+    log = model_dir.with_name("app.log")  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client = Client(url, verbose=False)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"app did not start: {log.read_text()}")
+            time.sleep(0.5)
+    yield url, client, model_dir
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def chromium_path():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("ERNIE_NF4_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (ERNIE_NF4_REQUIRE_BROWSER) but missing: apt-get install chromium")
+        pytest.skip("chromium not installed")
+    return path

@@ -1,0 +1,224 @@
+"""Hard to break: bad input through the API, concurrent clients, OOM, damaged packages, soak, security."""
+
+import json
+import math
+import pickle
+import shutil
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from ernie_nf4.generation import request_from_form
+from ernie_nf4.loader import load_pipeline
+from ernie_nf4.metadata import METADATA_FILE, PackageError
+
+pytest.importorskip("gradio")
+from .apphelpers import ROOT, Client  # noqa: E402
+
+GOOD = {
+    "prompt": "一只橙色的小猫 🐱 on a table",
+    "negative_prompt": "",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 1,
+    "guidance_scale": 4.0,
+    "seed": 7,
+    "randomize_seed": False,
+    "use_pe": False,
+    "num_images": 1,
+}
+BAD = [
+    ({"prompt": ""}, "prompt must be a non-blank text"),
+    ({"prompt": "   \n "}, "prompt must be a non-blank text"),
+    ({"prompt": None}, "prompt must be text"),
+    ({"prompt": "x" * 100_000}, "prompt must be at most 8000 characters"),
+    ({"negative_prompt": "x" * 100_000}, "negative_prompt must be at most 8000 characters"),
+    ({"width": 0}, r"width must be in \[64, 2048\]"),
+    ({"width": -64}, r"width must be in \[64, 2048\]"),
+    ({"width": 10**9}, r"width must be in \[64, 2048\]"),
+    ({"height": 65.5}, "height must be a whole number"),
+    ({"height": "tall"}, "height must be a whole number"),
+    ({"num_inference_steps": 0}, r"steps must be in \[1, 200\]"),
+    ({"num_inference_steps": -3}, r"steps must be in \[1, 200\]"),
+    ({"num_inference_steps": 10_000}, r"steps must be in \[1, 200\]"),
+    ({"guidance_scale": math.nan}, "guidance must be a finite number"),
+    ({"guidance_scale": math.inf}, "guidance must be a finite number"),
+    ({"guidance_scale": -1.0}, r"guidance must be in \[0.0, 30.0\]"),
+    ({"guidance_scale": 1e6}, r"guidance must be in \[0.0, 30.0\]"),
+    ({"seed": -1}, "seed must be in"),
+    ({"seed": 2**64}, "seed must be in"),
+    ({"num_images": 0}, r"num_images must be in \[1, 4\]"),
+    ({"num_images": 100}, r"num_images must be in \[1, 4\]"),
+    ({"use_pe": "yes"}, "use_pe must be true or false"),
+]
+
+
+def call_raw(url: str, values: dict) -> str:
+    """POST /gradio_api/call/generate with plain JSON (NaN and inf allowed) and return the streamed result."""
+    body = json.dumps({"data": list(values.values())}, allow_nan=True)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        event = http.post("/gradio_api/call/generate", content=body, headers={"Content-Type": "application/json"})
+        event.raise_for_status()
+        return http.get(f"/gradio_api/call/generate/{event.json()['event_id']}").text
+
+
+@pytest.mark.parametrize(
+    "change, message", BAD, ids=[f"{next(iter(c))}={str(next(iter(c.values())))[:12]}" for c, _ in BAD]
+)
+def test_bad_input_through_the_api_is_refused_with_the_field_and_range(served_tiny_app, change, message):
+    import re
+
+    url, _, _ = served_tiny_app
+    stream = call_raw(url, {**GOOD, **change})
+    assert "event: error" in stream
+    assert re.search(message, stream), stream[:500]
+
+
+def test_snapped_and_cleaned_values_are_reported_and_the_server_keeps_serving(served_tiny_app):
+    url, client, _ = served_tiny_app
+    for change, _ in BAD[:3]:
+        call_raw(url, {**GOOD, **change})
+    values = {**GOOD, "width": 1000, "prompt": "a cat\x00\x07 on a mat"}
+    images, seed, _, info = client.predict(*values.values(), api_name="/generate")
+    assert "width 1000 → 1008 (a multiple of 16)" in info
+    assert "prompt: removed 2 control character(s)" in info
+    with Image.open(images[0]["image"]) as png:
+        assert png.size == (1008, 64)
+        assert png.info["parameters"].startswith("a cat on a mat\n")
+    images, *_ = client.predict(*GOOD.values(), api_name="/generate")  # Chinese and emoji
+    assert "一只橙色的小猫 🐱" in Image.open(images[0]["image"]).info["parameters"]
+
+
+def test_form_values_are_coerced_only_where_safe():
+    request, notes = request_from_form("cat", None, 64.0, "80", 2.0, "4.5", 3, True, 1)
+    assert (request.width, request.height, request.steps, request.guidance, request.seed) == (64, 80, 2, 4.5, 3)
+    assert notes == []
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        request_from_form("cat", "", 64, 64, 2.5, 4.0, 3, True, 1)
+    request, notes = request_from_form("cat", "", 2047, 70, 2, 4.0, 3, False, 1)
+    assert (request.width, request.height) == (2048, 64)
+    assert len(notes) == 2
+
+
+def test_twenty_concurrent_clients_get_their_own_results(served_tiny_app):
+    url, _, _ = served_tiny_app
+    results, ranks, errors = {}, [], []
+    start = threading.Barrier(20, timeout=120)
+
+    def user(index: int) -> None:
+        try:
+            client = Client(url, verbose=False)
+            start.wait()  # all 20 connected: their requests now arrive together
+            for round_ in range(3):
+                seed = 1000 + (index * 3 + round_) % 30  # every seed is asked for by two users
+                job = client.submit(*{**GOOD, "seed": seed}.values(), api_name="/generate")
+                while not job.done():
+                    status = job.status()
+                    if status.rank is not None:
+                        ranks.append((status.rank, status.queue_size))
+                images, got_seed, _, _ = job.result(timeout=300)
+                with Image.open(images[0]["image"]) as png:
+                    assert f"Seed: {seed}," in png.info["parameters"]
+                    results[(index, round_)] = (got_seed, seed, np.asarray(png).copy())
+        except Exception as err:  # collected and reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors[:3]
+    assert len(results) == 60
+    by_seed = {}
+    for got_seed, seed, pixels in results.values():
+        assert got_seed == seed
+        by_seed.setdefault(seed, []).append(pixels)
+    assert len(by_seed) == 30
+    for pixels in by_seed.values():
+        assert len(pixels) == 2 and np.array_equal(pixels[0], pixels[1])
+    assert not np.array_equal(by_seed[1000][0], by_seed[1001][0])
+    # Waiting clients are told their place: position in the queue and its length.
+    assert ranks and max(size or 0 for _, size in ranks) >= 2, ranks[:10]
+
+
+def test_soak_200_generations_keep_memory_flat(served_tiny_app):
+    import os
+
+    import psutil
+
+    url, client, _ = served_tiny_app
+    server = [p for p in psutil.Process(os.getpid()).children() if "app.py" in " ".join(p.cmdline())][0]
+    rss = []
+    for index in range(200):
+        client.predict(*{**GOOD, "seed": index}.values(), api_name="/generate")
+        if index in (29, 199):
+            rss.append(server.memory_info().rss)
+    assert rss[1] <= 1.10 * rss[0], f"server RSS grew from {rss[0] / 2**20:.0f} to {rss[1] / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "missing_folder", "metadata_disagrees"])
+def test_a_damaged_package_is_refused_when_opened(tiny_package, tmp_path, damage):
+    package = tmp_path / "pkg"
+    shutil.copytree(tiny_package, package)
+    weights = package / "text_encoder" / "model.safetensors"
+    expect = "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "corrupt":
+        data = bytearray(weights.read_bytes())
+        data[-100:] = bytes(100)
+        weights.write_bytes(bytes(data))
+    elif damage == "missing_folder":
+        shutil.rmtree(package / "vae")
+        expect = "component folder 'vae' is missing"
+    else:
+        meta = json.loads((package / METADATA_FILE).read_text())
+        meta["components"]["pe"]["files"]["config.json"]["bytes"] += 1
+        (package / METADATA_FILE).write_text(json.dumps(meta))
+        expect = "pe/config.json"
+    with pytest.raises(PackageError, match=f"{expect}.*(re-download|--overwrite)"):
+        load_pipeline(package, device="cpu", verify_sha256=damage == "corrupt")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.write_text, (Path("/tmp/ernie-nf4-pickle-ran"), "pickle code ran"))
+
+
+def test_only_safetensors_are_loaded_never_pickles(tiny_original, tmp_path):
+    original = tmp_path / "orig"
+    shutil.copytree(tiny_original, original)
+    marker = Path("/tmp/ernie-nf4-pickle-ran")
+    marker.unlink(missing_ok=True)
+    (original / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (original / "vae" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"weight": _Boom()}))
+    with pytest.raises(Exception, match="(?i)safetensors"):
+        load_pipeline(original, device="cpu")
+    assert not marker.exists()
+
+
+def test_no_remote_code_is_ever_trusted():
+    sources = [*ROOT.joinpath("ernie_nf4").rglob("*.py"), ROOT / "app.py", ROOT / "quantize.py"]
+    assert all("trust_remote_code" not in p.read_text() for p in sources)
+
+
+def test_only_the_apps_own_files_are_served(served_tiny_app, tmp_path):
+    url, client, model_dir = served_tiny_app
+    images, *_ = client.predict(*GOOD.values(), api_name="/generate")
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for path in ("/etc/passwd", str(model_dir / METADATA_FILE), str(ROOT / "app.py")):
+            assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
+    name = Path(images[0]["image"]).name
+    assert name.startswith("ernie-") and name.endswith(".png") and "/" not in name
+
+
+def test_share_warns_and_names_auth():
+    from app import share_warning
+
+    assert "anyone with the link" in share_warning(None) and "--auth" in share_warning(None)
+    assert "protected by --auth" in share_warning(("ann", "pw"))
