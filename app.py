@@ -285,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", default=bool(flag_default("share", "")), help="public link")
     p.add_argument("--auth", default=flag_default("auth", None), help="USER:PASS required to open the app")
     p.add_argument("--tiny", action="store_true", default=bool(flag_default("tiny", "")), help="tiny random model")
+    p.add_argument(
+        "--verify-sha256",
+        action="store_true",
+        default=bool(flag_default("verify_sha256", "")),
+        help="check every package file's sha256 when loading (sizes are always checked)",
+    )
     return p
 
 
@@ -298,6 +304,7 @@ def config_from_args(args) -> ServiceConfig:
         variant=args.variant,
         device=args.device,
         tiny=args.tiny,
+        verify_sha256=args.verify_sha256,
     )
 
 

@@ -87,10 +87,11 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     runs = []
     for index in range(repeat):
         reset_peak_vram()
-        run = generator.generate(request, on_step=None)
+        run = generator.generate(
+            request, on_stage=lambda stage, sec, n=index + 1: log(f"[{mode}] run {n}/{repeat}: {stage} {sec:.2f} s")
+        )
         runs.append(run)
-        stages = ", ".join(f"{s} {run.seconds[s]:.2f} s" for s in STAGES)
-        log(f"[{mode}] run {index + 1}/{repeat}: {stages}, total {run.seconds['total']:.2f} s")
+        log(f"[{mode}] run {index + 1}/{repeat}: total {run.seconds['total']:.2f} s")
     result.seconds = {key: statistics.median(r.seconds[key] for r in runs) for key in (*STAGES, "total")}
     result.ms_per_step = 1000 * result.seconds["denoising"] / (request.steps * request.num_images)
     peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=SEED_PROMPT, help="prompt (default: the seed README's)")
     p.add_argument("--width", type=int, default=512, help="image width")
     p.add_argument("--height", type=int, default=512, help="image height")
+    p.add_argument("--resolution", help="WIDTHxHEIGHT, e.g. 1024x1024 (overrides --width/--height)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--guidance", type=float, default=4.0, help="guidance scale")
     p.add_argument("--seed", type=int, default=1234, help="seed")
@@ -358,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     import shlex
     import sys
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resolution:
+        try:
+            args.width, args.height = (int(v) for v in args.resolution.lower().split("x"))
+        except ValueError:
+            parser.error(f"--resolution must be WIDTHxHEIGHT, e.g. 1024x1024, got {args.resolution!r}")
     logging.basicConfig(level=logging.WARNING)
     try:
         request = GenerationRequest(

@@ -106,10 +106,14 @@ class Generator:
         self.max_pe_tokens = max_pe_tokens
 
     @classmethod
-    def from_pretrained(cls, model_dir, device: str | None = None, memory_mode: str = "gpu", **kwargs):
+    def from_pretrained(
+        cls, model_dir, device: str | None = None, memory_mode: str = "gpu", verify_sha256: bool = False, **kwargs
+    ):
+        """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
         from .loader import load_pipeline
 
-        return cls(load_pipeline(model_dir, device=device, memory_mode=memory_mode), **kwargs)
+        pipe = load_pipeline(model_dir, device=device, memory_mode=memory_mode, verify_sha256=verify_sha256)
+        return cls(pipe, **kwargs)
 
     @property
     def device(self):
@@ -175,15 +179,18 @@ class Generator:
         return pipe.image_processor.postprocess(images, output_type="pil")
 
     def generate(
-        self, request: GenerationRequest, on_step: Callable[[int, int], None] | None = None
+        self,
+        request: GenerationRequest,
+        on_step: Callable[[int, int], None] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ) -> GenerationResult:
         """Run ``request``. ``on_step(done, total)`` is called after each denoising step and may raise
-        :class:`GenerationCancelled` to stop the run. Running out of GPU memory frees what the run held and
-        raises :class:`OutOfMemory` saying what to change."""
+        :class:`GenerationCancelled` to stop the run; ``on_stage(stage, seconds)`` after each stage.
+        Running out of GPU memory frees what the run held and raises :class:`OutOfMemory` saying what to change."""
         import torch
 
         try:
-            return self._generate(request, on_step)
+            return self._generate(request, on_step, on_stage)
         except torch.OutOfMemoryError as err:
             gc.collect()
             torch.cuda.empty_cache()
@@ -197,7 +204,7 @@ class Generator:
                 torch.cuda.empty_cache()
             raise
 
-    def _generate(self, request: GenerationRequest, on_step) -> GenerationResult:
+    def _generate(self, request: GenerationRequest, on_step, on_stage) -> GenerationResult:
         import torch
 
         from .system import peak_vram, reset_peak_vram
@@ -211,6 +218,8 @@ class Generator:
             self._sync()
             now = time.perf_counter()
             seconds[stage] = seconds.get(stage, 0.0) + now - since
+            if on_stage is not None:
+                on_stage(stage, now - since)
             return now
 
         t = start

@@ -35,6 +35,7 @@ class ServiceConfig:
     device: str | None = None
     tiny: bool = False
     max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS
+    verify_sha256: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -101,7 +102,7 @@ class ImageService:
                 on_progress(f"loading {self.package_dir}")
             device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
             self._generator = Generator.from_pretrained(
-                self.package_dir, device=device, max_pe_tokens=config.max_pe_tokens
+                self.package_dir, device=device, verify_sha256=config.verify_sha256, max_pe_tokens=config.max_pe_tokens
             )
             self.load_seconds = time.perf_counter() - start
             return self._generator

@@ -101,3 +101,14 @@ def chromium_path():
             pytest.fail("chromium is required here (ERNIE_NF4_REQUIRE_BROWSER) but missing: apt-get install chromium")
         pytest.skip("chromium not installed")
     return path
+
+
+def playwright_api():
+    """playwright's sync API; under ERNIE_NF4_REQUIRE_BROWSER (CI) its absence fails instead of skipping."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if os.environ.get("ERNIE_NF4_REQUIRE_BROWSER"):
+            pytest.fail("playwright is required here (ERNIE_NF4_REQUIRE_BROWSER): pip install -r requirements-dev.txt")
+        pytest.skip("playwright not installed")
+    return sync_api

@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 from ernie_nf4.metadata import read_metadata  # noqa: E402
 
-from .apphelpers import ROOT, Client, chromium_path, free_port  # noqa: E402
+from .apphelpers import ROOT, Client, chromium_path, free_port, playwright_api  # noqa: E402
 
 
 def test_api_exposes_generate_with_the_documented_parameters(fake_app):
@@ -73,7 +73,7 @@ def test_bad_input_gives_an_error_naming_the_field_and_the_server_keeps_serving(
 @pytest.mark.browser
 def test_stop_ends_the_run_within_a_step(fake_app):
     service, client = fake_app
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = playwright_api()
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=flags, headless=True)
@@ -102,6 +102,7 @@ def test_served_tiny_app_generates_reproducible_pngs(served_tiny_app):
         first_pixels = np.asarray(png)
     with Image.open(b) as png:
         assert np.array_equal(first_pixels, np.asarray(png))
+    assert a != b and a.read_bytes() == b.read_bytes()  # two files, the same bytes
     assert first[2] == second[2]  # same seeded PE output
     assert (model_dir / "quantization_metadata.json").is_file()
 
@@ -158,7 +159,7 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
 
 @pytest.mark.browser
 def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = playwright_api()
     url, _, _ = served_tiny_app
     shots = ROOT / "artifacts" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
@@ -178,5 +179,29 @@ def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app):
         stats = page.locator("#stats")
         stats.get_by_text("transformer").first.wait_for(timeout=30_000)
         assert "total" in stats.inner_text()
+        page.get_by_text("Original vs NF4 per component").wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the chart finish drawing before the screenshot
         page.screenshot(path=str(shots / "app-stats.png"), full_page=True)
         browser.close()
+
+
+def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
+    import torch
+
+    from app import build_demo
+    from ernie_nf4.service import ImageService, ServiceConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("only meaningful without a GPU")
+    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "pkg")))
+    assert "No CUDA GPU found" in service.missing() and "--tiny" in service.missing()
+    demo = build_demo(service, output_dir=str(tmp_path / "out"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match=r"No CUDA GPU found.*python app.py --tiny"):
+            client.predict("cat", "", 64, 64, 1, 4.0, 1, False, False, 1, api_name="/generate")
+        assert not (tmp_path / "pkg").exists()  # nothing was downloaded or built
+    finally:
+        demo.close()

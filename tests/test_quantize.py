@@ -139,3 +139,27 @@ def test_verify_package_catches_truncated_and_missing_files(tiny_package, tmp_pa
 def test_unknown_components_are_refused():
     with pytest.raises(ValueError, match=r"components: unknown \['vae'\]"):
         check_components(["transformer", "vae"])
+
+
+def test_the_seed_readme_per_component_snippet_loads_the_package(tiny_package, nf4_everywhere):
+    from diffusers import AutoModel
+    from transformers import AutoModel as TransformersAutoModel
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}, "local_files_only": True}
+    transformer = AutoModel.from_pretrained(str(tiny_package / "transformer"), **kwargs)
+    text_encoder = TransformersAutoModel.from_pretrained(str(tiny_package / "text_encoder"), **kwargs)
+    pe = AutoModelForCausalLM.from_pretrained(str(tiny_package / "pe"), **kwargs)
+    pipe = ErnieImagePipeline.from_pretrained(
+        str(tiny_package), transformer=transformer, text_encoder=text_encoder, pe=pe, dtype=torch.bfloat16
+    )
+    for model in (pipe.transformer, pipe.text_encoder, pipe.pe):
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def test_not_enough_disk_is_refused_before_any_work(tmp_path):
+    from ernie_nf4.quantize import _check_disk
+
+    _check_disk(tmp_path, 1)
+    with pytest.raises(OSError, match=r"GB free, the package needs about .* free some disk or choose another --output"):
+        _check_disk(tmp_path, 10**18)
