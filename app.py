@@ -144,8 +144,8 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
             raise gr.Error(str(err)) from err
         for note in notes:
             gr.Info(note)
-        stop = stop_flags.setdefault(request.session_hash or "api", threading.Event())
-        stop.clear()
+        key = request.session_hash or "api"
+        stop = stop_flags[key] = threading.Event()
 
         def on_step(done, total):
             progress((done, total), desc=f"denoising step {done}/{total}")
@@ -160,6 +160,8 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
         except RuntimeError as err:
             _free_gpu_memory()
             raise gr.Error(str(err)) from err
+        finally:
+            stop_flags.pop(key, None)  # one flag per running request, none kept afterwards
         files = []
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, service.label)
