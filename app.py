@@ -17,7 +17,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from ernie_nf4.generation import IMAGES_RANGE, STEPS_RANGE, GenerationCancelled, request_from_form
+from ernie_nf4.generation import (
+    DEFAULT_MAX_PE_TOKENS,
+    IMAGES_RANGE,
+    STEPS_RANGE,
+    GenerationCancelled,
+    request_from_form,
+)
 from ernie_nf4.png import parameters_text, save_png
 from ernie_nf4.service import VARIANTS, ImageService, ServiceConfig
 
@@ -288,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=flag_default("auth", None), help="USER:PASS required to open the app")
     p.add_argument("--tiny", action="store_true", default=bool(flag_default("tiny", "")), help="tiny random model")
     p.add_argument(
+        "--max-pe-tokens",
+        type=int,
+        default=int(flag_default("max_pe_tokens", DEFAULT_MAX_PE_TOKENS)),
+        help="cap on the prompt enhancer's new tokens (it rewrites the prompt before generating)",
+    )
+    p.add_argument(
         "--verify-sha256",
         action="store_true",
         default=bool(flag_default("verify_sha256", "")),
@@ -307,6 +319,7 @@ def config_from_args(args) -> ServiceConfig:
         device=args.device,
         tiny=args.tiny,
         verify_sha256=args.verify_sha256,
+        max_pe_tokens=args.max_pe_tokens,
     )
 
 
@@ -318,7 +331,11 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not user or not password:
             sys.exit("error: --auth must be USER:PASS (both non-empty)")
         auth = (user, password)
-    demo = build_demo(ImageService(config_from_args(args)))
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    demo = build_demo(ImageService(config))
     if args.share:
         print(share_warning(auth), flush=True)
     _, local_url, share_url = demo.launch(

@@ -79,7 +79,8 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
     reset_peak_vram()
     start = time.perf_counter()
-    generator = Generator(load_pipeline(folder, device=device, memory_mode=memory_mode), max_pe_tokens=max_pe_tokens)
+    pipe = load_pipeline(folder, device=device, memory_mode=memory_mode)
+    generator = Generator(pipe, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
     log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
     warmup = GenerationRequest(**{**asdict(request), "steps": WARMUP_STEPS})

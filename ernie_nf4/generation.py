@@ -11,6 +11,7 @@ import gc
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,15 +96,21 @@ class GenerationResult:
     revised_prompt: str | None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage in STAGES, plus "total"
     peak_vram: dict | None = None  # {"allocated_bytes", "reserved_bytes"} on CUDA
+    prompt_cached: bool = False  # PE and text encoding were taken from the cache
 
 
 class Generator:
     """Generates images from a loaded ``ErnieImagePipeline`` (see ``loader.load_pipeline``)."""
 
-    def __init__(self, pipe, max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS):
+    def __init__(self, pipe, max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS, prompt_cache_size: int = 16):
         _check_int("max_pe_tokens", max_pe_tokens, 1, 4096)
+        _check_int("prompt_cache_size", prompt_cache_size, 0, 1024)
         self.pipe = pipe
         self.max_pe_tokens = max_pe_tokens
+        # (prompt, negative, PE seed, size, PE on) -> (revised prompt, text embeddings, negative embeddings):
+        # a rerun with other steps or guidance skips the PE and the text encoder.
+        self._prompt_cache: OrderedDict = OrderedDict()
+        self.prompt_cache_size = prompt_cache_size
 
     @classmethod
     def from_pretrained(
@@ -223,17 +230,37 @@ class Generator:
             return now
 
         t = start
-        revised = None
-        prompt = request.prompt
-        if request.use_pe and self.has_pe:
-            revised = self.enhance_prompt(request.prompt, request.width, request.height, request.seed)
-            prompt = revised or request.prompt
+        use_pe = request.use_pe and self.has_pe
+        key = (
+            request.prompt,
+            request.negative_prompt,
+            request.seed if use_pe else None,
+            request.width,
+            request.height,
+            use_pe,
+        )
+        cached = self._prompt_cache.get(key)
+        if cached is not None:
+            self._prompt_cache.move_to_end(key)
+            revised, positive, negative = cached
+        else:
+            revised = (
+                self.enhance_prompt(request.prompt, request.width, request.height, request.seed) if use_pe else None
+            )
+            negative = None
         t = lap("pe", t)
-
         with torch.no_grad():
-            positive = pipe.encode_prompt([prompt], self.device)
-            negative = pipe.encode_prompt([request.negative_prompt], self.device) if request.guidance > 1.0 else None
+            if cached is None:
+                positive = pipe.encode_prompt([revised or request.prompt], self.device)
+            if negative is None and request.guidance > 1.0:
+                negative = pipe.encode_prompt([request.negative_prompt], self.device)
         t = lap("text_encoding", t)
+        if self.prompt_cache_size:
+            self._prompt_cache[key] = (revised, positive, negative)
+            while len(self._prompt_cache) > self.prompt_cache_size:
+                self._prompt_cache.popitem(last=False)
+        if request.guidance <= 1.0:
+            negative = None
 
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
@@ -271,6 +298,7 @@ class Generator:
             revised_prompt=revised,
             seconds=seconds,
             peak_vram=peak_vram(),
+            prompt_cached=cached is not None,
         )
 
 

@@ -40,6 +40,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if not 1 <= self.max_pe_tokens <= 4096:
+            raise ValueError(f"max_pe_tokens must be in [1, 4096], got {self.max_pe_tokens}")
 
 
 def build_tiny_package(source: str | None, output: Path, on_progress: Callable[[str], None] | None = None) -> Path:

@@ -53,7 +53,7 @@ def tiny_package(tiny_original, tmp_path_factory, nf4_everywhere):
 def tiny_generator(tiny_package, nf4_everywhere):
     from ernie_nf4.generation import Generator
 
-    return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12)
+    return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12, prompt_cache_size=0)
 
 
 try:  # the app's fixtures need gradio, which the GPU machine lacks

@@ -109,3 +109,21 @@ def test_out_of_memory_is_caught_explained_and_the_next_request_runs(tiny_packag
         assert generator.generate(small).images
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+def test_a_rerun_with_other_steps_or_guidance_reuses_the_pe_and_text_encoding(tiny_generator):
+    from dataclasses import replace
+
+    cached = Generator(tiny_generator.pipe, max_pe_tokens=12, prompt_cache_size=2)
+    first = cached.generate(GenerationRequest("a cat", seed=5, **SMALL))
+    rerun = replace(first.request, steps=3, guidance=2.0)
+    second = cached.generate(rerun)
+    assert not first.prompt_cached and second.prompt_cached
+    assert second.revised_prompt == first.revised_prompt
+    assert second.seconds["pe"] < first.seconds["pe"]
+    fresh = tiny_generator.generate(rerun)  # no cache: the same image
+    assert not fresh.prompt_cached
+    assert np.array_equal(pixels(second.images[0]), pixels(fresh.images[0]))
+    assert not cached.generate(replace(rerun, seed=6)).prompt_cached  # PE output depends on the seed
+    cached.generate(replace(rerun, prompt="a dog"))  # a third entry evicts the oldest (size 2)
+    assert not cached.generate(rerun).prompt_cached
