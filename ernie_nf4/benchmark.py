@@ -48,7 +48,7 @@ def evict_page_cache(folder: Path) -> bool:
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
             try:
-                os.fsync(fd) if os.access(path, os.W_OK) else None
+                os.fsync(fd)  # dirty pages cannot be dropped
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)

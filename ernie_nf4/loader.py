@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from .metadata import METADATA_FILE, verify_package
-from .quantize import diffusers_nf4_blocker
+from .quantize import component_class, diffusers_nf4_blocker
 from .source import check_pipeline_folder
 from .system import resolve_device
 
@@ -58,11 +58,9 @@ def load_pipeline(
     for name in _MODEL_COMPONENTS:
         if name not in index:
             continue
-        library, class_name = index[name]
-        model_class = getattr(__import__(library), class_name)
         target = device if name in quantized else place
         logger.info("loading %s (%s) on %s", name, "NF4" if name in quantized else "bf16", target)
-        components[name] = model_class.from_pretrained(
+        components[name] = component_class(index[name]).from_pretrained(
             model_dir / name, dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
         )
     pipe = ErnieImagePipeline.from_pretrained(model_dir, **components, dtype=torch.bfloat16, use_safetensors=True)

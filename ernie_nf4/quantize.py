@@ -53,6 +53,12 @@ def bnb_config(library: str):
     )
 
 
+def component_class(entry: list):
+    """The class a ``model_index.json`` entry ``[library, class name]`` names."""
+    library, class_name = entry
+    return getattr(importlib.import_module(library), class_name)
+
+
 def diffusers_nf4_blocker() -> str | None:
     """Why diffusers refuses to quantize here (its own environment check), or None when it can."""
     from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
@@ -112,11 +118,9 @@ def _check_disk(folder: Path, needed: int) -> None:
 def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str) -> None:
     import torch
 
-    library, class_name = entry
-    model_class = getattr(importlib.import_module(library), class_name)
-    model = model_class.from_pretrained(
+    model = component_class(entry).from_pretrained(
         source / name,
-        quantization_config=bnb_config(library),
+        quantization_config=bnb_config(entry[0]),
         dtype=torch.bfloat16,
         device_map={"": device},
         use_safetensors=True,

@@ -50,3 +50,17 @@ def test_benchmark_refuses_bad_arguments(capsys):
     assert "mode nf4 needs --package" in capsys.readouterr().err
     assert main(["--package", "x", "--width", "100"]) == 2
     assert "width must be a multiple of 16" in capsys.readouterr().err
+
+
+def test_resolution_flag_and_a_progress_line_per_stage(tiny_original, tmp_path, capsys):
+    args = ["--original", tiny_original, "--modes", "bf16", "--resolution", "96x64", "--steps", "2"]
+    args += ["--max-pe-tokens", "4", "--json", tmp_path / "r.json"]
+    assert main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"[bf16] run 1/1: {stage} " in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["settings"]["width"], report["settings"]["height"]) == (96, 64)
+    with pytest.raises(SystemExit):
+        main(["--original", str(tiny_original), "--resolution", "big"])
+    assert "--resolution must be WIDTHxHEIGHT" in capsys.readouterr().err

@@ -127,3 +127,10 @@ def test_a_rerun_with_other_steps_or_guidance_reuses_the_pe_and_text_encoding(ti
     assert not cached.generate(replace(rerun, seed=6)).prompt_cached  # PE output depends on the seed
     cached.generate(replace(rerun, prompt="a dog"))  # a third entry evicts the oldest (size 2)
     assert not cached.generate(rerun).prompt_cached
+
+
+def test_generator_settings_are_checked(tiny_generator):
+    with pytest.raises(ValueError, match=r"prompt_cache_size must be in \[0, 1024\]"):
+        Generator(tiny_generator.pipe, prompt_cache_size=-1)
+    with pytest.raises(ValueError, match=r"max_pe_tokens must be in \[1, 4096\]"):
+        Generator(tiny_generator.pipe, max_pe_tokens=0)
