@@ -25,7 +25,7 @@ from ernie_nf4.generation import (
     request_from_form,
 )
 from ernie_nf4.png import parameters_text, save_png
-from ernie_nf4.service import VARIANTS, ImageService, ServiceConfig
+from ernie_nf4.service import APP_MEMORY_MODES, VARIANTS, ImageService, ServiceConfig
 
 PRESETS = ["1024x1024", "848x1264", "1264x848", "768x1376", "896x1200", "1376x768", "1200x896"]
 CUSTOM = "custom"
@@ -86,7 +86,8 @@ def stats_markdown(stats: dict) -> str:
     live = stats["live"]
     lines += [
         "",
-        "**This process**: " + (f"loaded in {live['load_seconds']:.1f} s" if live["loaded"] else "not loaded"),
+        f"**This process** (memory mode {live['memory_mode']}{', compiled' if live['compile'] else ''}): "
+        + (f"loaded in {live['load_seconds']:.1f} s" if live["loaded"] else "not loaded"),
     ]
     if live["last_run_seconds"]:
         lines[-1] += ", last run " + ", ".join(f"{k} {v:.2f} s" for k, v in live["last_run_seconds"].items())
@@ -300,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on the prompt enhancer's new tokens (it rewrites the prompt before generating)",
     )
     p.add_argument(
+        "--memory-mode",
+        choices=list(APP_MEMORY_MODES),
+        default=flag_default("memory_mode", "gpu"),
+        help="gpu: every model stays on the GPU (fastest, about 10 GiB at 1024x1024); low-vram: the models take "
+        "turns on the GPU from pinned CPU memory (about 6 GiB; a new prompt costs a few tenths of a second)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=bool(flag_default("compile", "")),
+        help="torch.compile the transformer blocks at load (faster steps; the first start compiles for a minute "
+        "or two, later starts reuse the cache)",
+    )
+    p.add_argument(
         "--verify-sha256",
         action="store_true",
         default=bool(flag_default("verify_sha256", "")),
@@ -320,6 +335,8 @@ def config_from_args(args) -> ServiceConfig:
         tiny=args.tiny,
         verify_sha256=args.verify_sha256,
         max_pe_tokens=args.max_pe_tokens,
+        memory_mode=args.memory_mode,
+        compile=args.compile,
     )
 
 

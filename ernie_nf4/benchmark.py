@@ -22,9 +22,26 @@ from .generation import STAGES, GenerationRequest
 from .system import gpu_name, library_versions, resolve_device
 
 SEED_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hello Ernie-Image NF4 的白纸,柔和自然光,写实风格。"
-MODES = ("bf16", "bf16-offload", "nf4")
-# mode -> (which folder, loader memory mode)
-_MODE_SETUP = {"bf16": ("original", "gpu"), "bf16-offload": ("original", "model-offload"), "nf4": ("package", "gpu")}
+
+
+@dataclass(frozen=True)
+class ModeSetup:
+    folder: str  # "original" (bf16) or "package" (NF4)
+    memory_mode: str  # loader.MEMORY_MODES
+    fast: bool = True  # fast_transformer's forward; False = diffusers' stock forward
+    compile: bool = False
+
+
+# Stock modes run diffusers' own transformer forward, as the seed README did.
+MODE_SETUPS = {
+    "bf16": ModeSetup("original", "gpu", fast=False),
+    "bf16-offload": ModeSetup("original", "model-offload", fast=False),
+    "nf4-stock": ModeSetup("package", "gpu", fast=False),
+    "nf4": ModeSetup("package", "gpu"),
+    "nf4-compile": ModeSetup("package", "gpu", compile=True),
+    "nf4-low-vram": ModeSetup("package", "low-vram"),
+}
+MODES = tuple(MODE_SETUPS)
 WARMUP_STEPS = 2
 
 
@@ -33,7 +50,9 @@ class ModeResult:
     mode: str
     status: str = "ok"  # or "skipped: why" / "failed: why"
     load_seconds: float | None = None
+    warmup_seconds: float | None = None  # includes compiling, for nf4-compile
     cold_cache: bool | None = None
+    moving_seconds: float | None = None  # low-vram: moving models on and off the GPU, per timed run
     seconds: dict[str, float] = field(default_factory=dict)  # median per stage + total
     ms_per_step: float | None = None
     peak_allocated_gib: float | None = None
@@ -69,8 +88,8 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     from .system import peak_vram, reset_peak_vram
 
     result = ModeResult(mode)
-    memory_mode = _MODE_SETUP[mode][1]
-    if memory_mode == "model-offload" and not device.startswith("cuda"):
+    setup = MODE_SETUPS[mode]
+    if setup.memory_mode != "gpu" and not device.startswith("cuda"):
         result.status = "skipped: needs a CUDA GPU"
         log(f"[{mode}] {result.status}")
         return result
@@ -79,12 +98,15 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
     reset_peak_vram()
     start = time.perf_counter()
-    pipe = load_pipeline(folder, device=device, memory_mode=memory_mode)
+    pipe = load_pipeline(folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile)
     generator = Generator(pipe, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
     log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
     warmup = GenerationRequest(**{**asdict(request), "steps": WARMUP_STEPS})
+    start = time.perf_counter()
     generator.generate(warmup)
+    result.warmup_seconds = time.perf_counter() - start
+    moved = generator.residency.seconds_moving if generator.residency else None
     runs = []
     for index in range(repeat):
         reset_peak_vram()
@@ -95,6 +117,8 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
         log(f"[{mode}] run {index + 1}/{repeat}: total {run.seconds['total']:.2f} s")
     result.seconds = {key: statistics.median(r.seconds[key] for r in runs) for key in (*STAGES, "total")}
     result.ms_per_step = 1000 * result.seconds["denoising"] / (request.steps * request.num_images)
+    if moved is not None:
+        result.moving_seconds = (generator.residency.seconds_moving - moved) / repeat
     peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
     if peaks[0] is not None:
         result.peak_allocated_gib = max(p["allocated_bytes"] for p in peaks) / 2**30
@@ -118,20 +142,28 @@ def _ssim(a, b) -> float:
     return float(ssim.mean())
 
 
+def _relative_error(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
 def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print) -> dict:
     """NF4 vs bf16 on the same seed and latents, PE off: the transformer's relative output error at a few
-    steps (same inputs), cosine similarity of the final latents, PSNR and SSIM of the decoded images."""
+    steps (same inputs), cosine similarity of the final latents, PSNR and SSIM of the decoded images.
+    Also the fast path (eager and compiled) against the stock forward of the same NF4 model."""
     import numpy as np
     import torch
 
+    from .fast_transformer import compile_blocks, disable_fast_path, enable_fast_path
     from .generation import Generator
     from .loader import load_pipeline
 
     request = GenerationRequest(**{**asdict(request), "use_pe": False, "num_images": 1})
     generators = {
-        name: Generator(load_pipeline(folder, device=device)) for name, folder in (("bf16", original), ("nf4", package))
+        "bf16": Generator(load_pipeline(original, device=device, fast=False)),
+        "nf4": Generator(load_pipeline(package, device=device)),
     }
     reference = generators["bf16"]
+    nf4 = generators["nf4"].pipe.transformer
     latents0 = reference.initial_latents(request.seed, request.width, request.height)
     with torch.no_grad():
         text = reference.pipe.encode_prompt([request.prompt], reference.device)
@@ -139,17 +171,31 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         text_bth, text_lens = reference.pipe._pad_text(
             negative + text, reference.device, latents0.dtype, reference.pipe.transformer.config.text_in_dim
         )
-        errors = {}
-        for t in (999.0, 500.0, 20.0):
-            inputs = dict(
+
+        def inputs(t: float) -> dict:
+            return dict(
                 hidden_states=torch.cat([latents0, latents0]),
                 text_bth=text_bth,
                 text_lens=text_lens,
                 timestep=torch.full((2,), t, device=reference.device, dtype=latents0.dtype),
                 return_dict=False,
             )
-            outputs = {n: g.pipe.transformer(**inputs)[0].float() for n, g in generators.items()}
-            errors[str(int(t))] = float((outputs["nf4"] - outputs["bf16"]).norm() / outputs["bf16"].norm())
+
+        timesteps = (999.0, 500.0, 20.0)
+        errors, fast_errors, compiled_errors, stock = {}, {}, {}, {}
+        for t in timesteps:
+            fast = nf4(**inputs(t))[0]
+            disable_fast_path(nf4)
+            stock[t] = nf4(**inputs(t))[0]
+            enable_fast_path(nf4)
+            errors[str(int(t))] = _relative_error(fast, reference.pipe.transformer(**inputs(t))[0])
+            fast_errors[str(int(t))] = _relative_error(fast, stock[t])
+        compile_blocks(nf4)
+        nf4(**inputs(timesteps[0]))  # the eager call that sets compilation up
+        for t in timesteps:
+            compiled_errors[str(int(t))] = _relative_error(nf4(**inputs(t))[0], stock[t])
+        disable_fast_path(nf4)  # the image comparison below runs the shipped default: fast, not compiled
+        enable_fast_path(nf4)
         finals, images = {}, {}
         for name, gen in generators.items():
             pipe = gen.pipe
@@ -172,18 +218,45 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
     gray = {n: torch.from_numpy(im.mean(axis=2)).float() for n, im in images.items()}
     result = {
         "transformer_relative_error": errors,
+        "fast_path_vs_stock_relative_error": fast_errors,
+        "compiled_vs_stock_relative_error": compiled_errors,
         "final_latent_cosine": cosine,
         "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
         "ssim": _ssim(gray["nf4"], gray["bf16"]),
         "settings": asdict(request),
     }
     log(
-        f"[fidelity] {json.dumps(result['transformer_relative_error'])} cosine {cosine:.4f} "
+        f"[fidelity] nf4 vs bf16 {json.dumps(errors)}; fast vs stock {json.dumps(fast_errors)}; "
+        f"compiled vs stock {json.dumps(compiled_errors)}; cosine {cosine:.4f} "
         f"PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
     )
     del generators
     _free_memory()
     return result
+
+
+def ratios(modes: list[dict]) -> list[str]:
+    """The issue's headline ratios from one run's modes (those present)."""
+    ok = {r["mode"]: r for r in modes if r["status"] == "ok"}
+    lines = []
+
+    def compare(what: str, mode: str, base: str, value) -> None:
+        if mode in ok and base in ok and value(ok[base]):
+            lines.append(f"- {what}: {mode} / {base} = {value(ok[mode]) / value(ok[base]):.2f}x")
+
+    for mode in ("nf4", "nf4-compile", "nf4-low-vram"):
+        compare("denoising step", mode, "nf4-stock", lambda r: r["ms_per_step"])
+    for mode in ("nf4-stock", "nf4", "nf4-compile", "nf4-low-vram"):
+        compare("end to end", mode, "bf16", lambda r: r["seconds"]["total"])
+    compare("end to end", "nf4-low-vram", "nf4", lambda r: r["seconds"]["total"])
+    compare("cold load", "nf4", "bf16", lambda r: r["load_seconds"])
+    for mode, r in ok.items():
+        if r["seconds"].get("total"):
+            share = f"- PE share of end to end, {mode}: {r['seconds']['pe'] / r['seconds']['total']:.0%}"
+            if r.get("moving_seconds") is not None:
+                share += f" (moving models on/off the GPU: {r['moving_seconds']:.2f} s per run)"
+            lines.append(share)
+    return lines
 
 
 def markdown_table(report: dict) -> str:
@@ -203,9 +276,9 @@ def markdown_table(report: dict) -> str:
             "",
         ]
     lines += [
-        "| mode | load s | PE s | text enc. s | denoise s | ms/step | VAE s | total s "
+        "| mode | load s | warm-up s | PE s | text enc. s | denoise s | ms/step | VAE s | total s "
         "| peak alloc GiB | peak reserved GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def num(value, fmt):
@@ -213,22 +286,31 @@ def markdown_table(report: dict) -> str:
 
     for r in report["modes"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['mode']} | {r['status']} |||||||||")
+            lines.append(f"| {r['mode']} | {r['status']} ||||||||||")
             continue
         sec = r["seconds"]
         cold = "" if r["cold_cache"] else " (warm cache)"
         lines.append(
-            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {sec['pe']:.2f} | {sec['text_encoding']:.2f} | "
+            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {num(r['warmup_seconds'], '.1f')} | "
+            f"{sec['pe']:.2f} | {sec['text_encoding']:.2f} | "
             f"{sec['denoising']:.2f} | {r['ms_per_step']:.1f} | {sec['vae_decode']:.2f} | {sec['total']:.2f} | "
             f"{num(r['peak_allocated_gib'], '.2f')} | {num(r['peak_reserved_gib'], '.2f')} |"
         )
+    if summary := ratios(report["modes"]):
+        lines += ["", *summary]
     if report.get("fidelity"):
         f = report["fidelity"]
-        errors = ", ".join(f"t={t}: {e:.4f}" for t, e in f["transformer_relative_error"].items())
+
+        def errors(key: str) -> str:
+            return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
+
         lines += [
             "",
-            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error {errors}; "
-            f"final-latent cosine {f['final_latent_cosine']:.4f}; PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
+            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error "
+            f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
+            f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
+            f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
+            f"compiled: {errors('compiled_vs_stock_relative_error')}.",
         ]
         if report["synthetic"]:
             lines.append(
@@ -269,7 +351,7 @@ def benchmark(
         original, package = prepare_synthetic(synthetic, original, package, device, log)
     folders = {"original": original, "package": package}
     for mode in modes:
-        kind = _MODE_SETUP[mode][0]
+        kind = MODE_SETUPS[mode].folder
         if folders[kind] is None:
             raise ValueError(f"mode {mode} needs --{kind}")
     if original is not None and not Path(original).is_dir():
@@ -283,7 +365,7 @@ def benchmark(
         raise ValueError("--fidelity needs --original")
 
     results = [
-        run_mode(m, Path(folders[_MODE_SETUP[m][0]]), device, request, repeat, max_pe_tokens, log) for m in modes
+        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log) for m in modes
     ]
     report = {
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

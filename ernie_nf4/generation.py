@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ SEED_LIMIT = 2**63
 IMAGES_RANGE = (1, 4)
 DEFAULT_MAX_PE_TOKENS = 256
 STAGES = ("pe", "text_encoding", "denoising", "vae_decode")
+logger = logging.getLogger(__name__)
 
 
 class GenerationCancelled(Exception):
@@ -106,6 +108,7 @@ class Generator:
         _check_int("max_pe_tokens", max_pe_tokens, 1, 4096)
         _check_int("prompt_cache_size", prompt_cache_size, 0, 1024)
         self.pipe = pipe
+        self.residency = getattr(pipe, "residency", None)  # set by load_pipeline for memory_mode "low-vram"
         self.max_pe_tokens = max_pe_tokens
         # (prompt, negative, PE seed, size, PE on) -> (revised prompt, text embeddings, negative embeddings):
         # a rerun with other steps or guidance skips the PE and the text encoder.
@@ -114,12 +117,21 @@ class Generator:
 
     @classmethod
     def from_pretrained(
-        cls, model_dir, device: str | None = None, memory_mode: str = "gpu", verify_sha256: bool = False, **kwargs
+        cls,
+        model_dir,
+        device: str | None = None,
+        memory_mode: str = "gpu",
+        verify_sha256: bool = False,
+        fast: bool = True,
+        compile: bool = False,
+        **kwargs,
     ):
         """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
         from .loader import load_pipeline
 
-        pipe = load_pipeline(model_dir, device=device, memory_mode=memory_mode, verify_sha256=verify_sha256)
+        pipe = load_pipeline(
+            model_dir, device=device, memory_mode=memory_mode, verify_sha256=verify_sha256, fast=fast, compile=compile
+        )
         return cls(pipe, **kwargs)
 
     @property
@@ -129,6 +141,11 @@ class Generator:
     @property
     def has_pe(self) -> bool:
         return getattr(self.pipe, "pe", None) is not None and getattr(self.pipe, "pe_tokenizer", None) is not None
+
+    def _on_device(self, name: str) -> None:
+        """In low-vram mode, put model ``name`` on the GPU (and the one there before back in CPU memory)."""
+        if self.residency is not None and name in self.residency.names:
+            self.residency.use(name)
 
     def _sync(self) -> None:
         import torch
@@ -140,6 +157,8 @@ class Generator:
         """The PE's rewrite of ``prompt``, sampled like the pipeline does but seeded and capped."""
         import torch
 
+        from .pe_decoding import is_compiled, uncompile_decoding
+
         pipe = self.pipe
         message = json.dumps({"prompt": prompt, "width": width, "height": height}, ensure_ascii=False)
         text = pipe.pe_tokenizer.apply_chat_template(
@@ -147,19 +166,45 @@ class Generator:
         )
         inputs = pipe.pe_tokenizer(text, return_tensors="pt").to(self.device)
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(seed)
-            output = pipe.pe.generate(
-                **inputs,
-                max_new_tokens=self.max_pe_tokens,
-                do_sample=True,
-                temperature=0.6,
-                top_p=0.95,
-                pad_token_id=pipe.pe_tokenizer.pad_token_id,
-                eos_token_id=pipe.pe_tokenizer.eos_token_id,
-            )
+
+        def sample():
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(seed)
+                return pipe.pe.generate(
+                    **inputs,
+                    max_new_tokens=self.max_pe_tokens,
+                    do_sample=True,
+                    temperature=0.6,
+                    top_p=0.95,
+                    pad_token_id=pipe.pe_tokenizer.pad_token_id,
+                    eos_token_id=pipe.pe_tokenizer.eos_token_id,
+                )
+
+        try:
+            output = sample()
+        except Exception as err:  # compiled decoding is optional: never let it cost the user a run
+            if not is_compiled(pipe.pe) or isinstance(err, torch.OutOfMemoryError):
+                raise
+            logger.warning("compiled PE decoding failed (%s); decoding eagerly from now on", err)
+            uncompile_decoding(pipe.pe)
+            output = sample()
         new_tokens = output[0][inputs["input_ids"].shape[1] :]
         return pipe.pe_tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+    def warm_up(self, width: int = 1024, height: int = 1024, guidance: float = 4.0) -> float:
+        """A 2-step run, so that compilation (``compile=True``) and CUDA start-up happen now rather than in the
+        first request; it runs the PE only when its decoding is compiled. Nothing is cached. Returns seconds."""
+        from .pe_decoding import is_compiled
+
+        start = time.perf_counter()
+        size, self.prompt_cache_size = self.prompt_cache_size, 0
+        use_pe = self.has_pe and is_compiled(self.pipe.pe)
+        try:
+            size_and_steps = dict(width=width, height=height, steps=2)
+            self.generate(GenerationRequest("warm-up", guidance=guidance, use_pe=use_pe, **size_and_steps))
+        finally:
+            self.prompt_cache_size = size
+        return time.perf_counter() - start
 
     def initial_latents(self, seed: int, width: int, height: int):
         """Noise for one image from its seed (drawn on the CPU, so the same on every device)."""
@@ -203,7 +248,8 @@ class Generator:
             torch.cuda.empty_cache()
             raise OutOfMemory(
                 f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
-                "Try a smaller size, fewer images, or a machine with more GPU memory; the next request can run."
+                "Try a smaller size, fewer images, memory mode low-vram (`--memory-mode low-vram`: about 6 GiB at "
+                "1024x1024), or a machine with more GPU memory; the next request can run."
             ) from err
         except GenerationCancelled:
             gc.collect()
@@ -244,17 +290,22 @@ class Generator:
             self._prompt_cache.move_to_end(key)
             revised, positive, negative = cached
         else:
+            if use_pe:
+                self._on_device("pe")
             revised = (
                 self.enhance_prompt(request.prompt, request.width, request.height, request.seed) if use_pe else None
             )
             negative = None
         t = lap("pe", t)
         with torch.no_grad():
+            if cached is None or (negative is None and request.guidance > 1.0):
+                self._on_device("text_encoder")
             if cached is None:
                 positive = pipe.encode_prompt([revised or request.prompt], self.device)
             if negative is None and request.guidance > 1.0:
                 negative = pipe.encode_prompt([request.negative_prompt], self.device)
         t = lap("text_encoding", t)
+        self._on_device("transformer")
         if self.prompt_cache_size:
             self._prompt_cache[key] = (revised, positive, negative)
             while len(self._prompt_cache) > self.prompt_cache_size:

@@ -115,7 +115,8 @@ def _check_disk(folder: Path, needed: int) -> None:
         )
 
 
-def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str) -> None:
+def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str, keep_vision: bool) -> dict:
+    """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
     import torch
 
     model = component_class(entry).from_pretrained(
@@ -125,11 +126,42 @@ def _quantize_component(name: str, entry: list, source: Path, target: Path, devi
         device_map={"": device},
         use_safetensors=True,
     )
+    dropped = {}
+    if name == "text_encoder" and not keep_vision and hasattr(model, "vision_tower"):
+        model, dropped = _text_model_only(model)
     model.save_pretrained(target, max_shard_size="100GB")
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return dropped
+
+
+def _parameter_count(module) -> int:
+    """Parameters of ``module`` as in the original (an NF4 weight packs two values in each stored byte)."""
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in module.parameters()
+    )
+
+
+def _text_model_only(model):
+    """The language model of a vision-language text encoder (``Mistral3Model``), ready to save as its own
+    model, and a record of what was left out. ``ErnieImagePipeline.encode_prompt`` reads only the
+    language model's ``hidden_states[-2]`` (no pixels are ever passed), which this model gives unchanged."""
+    text = model.language_model
+    left_out = [n for n in ("vision_tower", "multi_modal_projector") if hasattr(model, n)]
+    text.config.quantization_config = model.config.quantization_config
+    text.hf_quantizer = model.hf_quantizer
+    text.config.architectures = [type(text).__name__]
+    dropped = {
+        "modules": left_out,
+        "parameters": sum(_parameter_count(getattr(model, n)) for n in left_out),
+        "original_class": type(model).__name__,
+        "saved_class": type(text).__name__,
+        "why": "text-to-image never reads them: the pipeline passes no images to the text encoder",
+    }
+    return text, dropped
 
 
 def quantize_package(
@@ -140,8 +172,12 @@ def quantize_package(
     overwrite: bool = False,
     device: str | None = None,
     on_progress: Callable[[str], None] | None = None,
+    keep_vision: bool = False,
 ) -> Path:
     """Quantize ``components`` of the ERNIE-Image at ``source`` into an NF4 package at ``output``.
+
+    The text encoder is saved as its language model alone (its vision tower and projector are never used for
+    text-to-image); ``keep_vision`` keeps the whole vision-language model instead.
 
     Raises ``ValueError`` (bad argument or source), ``FileExistsError`` (output exists and not
     ``overwrite``), ``RuntimeError`` (no GPU for the transformer), ``OSError`` (not enough disk) before
@@ -199,12 +235,19 @@ def quantize_package(
             if name in components:
                 report(f"[{step}/{len(names)}] quantizing {name} to NF4 on {device}")
                 reset_peak_vram()
-                _quantize_component(name, model_index[name], resolved.path, staging / name, device)
+                dropped = _quantize_component(
+                    name, model_index[name], resolved.path, staging / name, device, keep_vision
+                )
                 vram = peak_vram()
+                if dropped:
+                    report(
+                        f"    {name}: left out {', '.join(dropped['modules'])} ({dropped['parameters']:,} parameters)"
+                    )
+                    model_index[name] = ["transformers", dropped["saved_class"]]
             else:
                 report(f"[{step}/{len(names)}] copying {name}")
                 shutil.copytree(resolved.path / name, staging / name)
-                vram = None
+                vram = dropped = None
             files = measure_folder(staging / name)
             after = sum(entry["bytes"] for entry in files.values())
             records[name] = {
@@ -214,9 +257,13 @@ def quantize_package(
                 "files": files,
                 "build_seconds": round(time.perf_counter() - t0, 3),
                 "peak_vram": vram,
+                **({"left_out": dropped} if dropped else {}),
             }
-        shutil.copy2(index, staging / "model_index.json")
-        index_bytes = index.stat().st_size
+        if model_index == json.loads(index.read_text()):
+            shutil.copy2(index, staging / "model_index.json")
+        else:  # a component is saved as another class (the text encoder without its vision tower)
+            (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+        index_before, index_after = index.stat().st_size, (staging / "model_index.json").stat().st_size
         quantized_vram = [r["peak_vram"]["allocated_bytes"] for r in records.values() if r["peak_vram"]]
         metadata = {
             "format_version": FORMAT_VERSION,
@@ -228,7 +275,7 @@ def quantize_package(
             "components_kept": [n for n in names if n not in components],
             "components": records,
             "totals": totals(
-                sum(before.values()) + index_bytes, sum(r["bytes_after"] for r in records.values()) + index_bytes
+                sum(before.values()) + index_before, sum(r["bytes_after"] for r in records.values()) + index_after
             ),
             "versions": library_versions(),
             "gpu": gpu_name(device),

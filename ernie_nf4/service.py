@@ -20,6 +20,7 @@ VARIANTS = {
     "ernie-image": {"source": "baidu/ERNIE-Image", "repo_id": DEFAULT_REPO_ID, "steps": 50, "guidance": 4.0},
     "ernie-image-turbo": {"source": "baidu/ERNIE-Image-Turbo", "repo_id": None, "steps": 8, "guidance": 1.0},
 }
+APP_MEMORY_MODES = ("gpu", "low-vram")  # low-vram: about 6 GiB at 1024x1024 (see loader.load_pipeline)
 NO_GPU_MESSAGE = (
     "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). "
     "To try the app without one, run `python app.py --tiny` (a tiny random model; images are noise)."
@@ -36,10 +37,14 @@ class ServiceConfig:
     tiny: bool = False
     max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS
     verify_sha256: bool = False
+    memory_mode: str = "gpu"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.memory_mode not in APP_MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {list(APP_MEMORY_MODES)}, got {self.memory_mode!r}")
         if not 1 <= self.max_pe_tokens <= 4096:
             raise ValueError(f"max_pe_tokens must be in [1, 4096], got {self.max_pe_tokens}")
 
@@ -103,9 +108,19 @@ class ImageService:
             if on_progress:
                 on_progress(f"loading {self.package_dir}")
             device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
-            self._generator = Generator.from_pretrained(
-                self.package_dir, device=device, verify_sha256=config.verify_sha256, max_pe_tokens=config.max_pe_tokens
+            generator = Generator.from_pretrained(
+                self.package_dir,
+                device=device,
+                memory_mode=config.memory_mode,
+                verify_sha256=config.verify_sha256,
+                compile=config.compile,
+                max_pe_tokens=config.max_pe_tokens,
             )
+            if config.compile:
+                if on_progress:
+                    on_progress("compiling the transformer blocks (cached for later starts)")
+                generator.warm_up(guidance=self.defaults["guidance"])
+            self._generator = generator
             self.load_seconds = time.perf_counter() - start
             return self._generator
 
@@ -145,6 +160,8 @@ class ImageService:
             "package": package,
             "live": {
                 "loaded": self.loaded,
+                "memory_mode": self.config.memory_mode,
+                "compile": self.config.compile,
                 "load_seconds": self.load_seconds,
                 "last_run_seconds": last.seconds if last else None,
                 "last_run_peak_vram": last.peak_vram if last else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 
 
@@ -18,6 +19,18 @@ def resolve_device(device: str | None) -> str:
     if not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
     return device
+
+
+def use_expandable_segments() -> bool:
+    """Let PyTorch's CUDA allocator grow segments in place instead of caching many fixed blocks, so peak
+    reserved memory stays close to peak allocated (several GiB less at 1024x1024). Not done when the user
+    configured the allocator (``PYTORCH_CUDA_ALLOC_CONF``); True when set here."""
+    import torch
+
+    if not torch.cuda.is_available() or {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & set(os.environ):
+        return False
+    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    return True
 
 
 def gpu_name(device: str) -> str | None:

@@ -8,6 +8,7 @@ CPU. With a GPU nothing is patched: the same tests run on stock diffusers.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from unittest import mock
 
@@ -20,6 +21,8 @@ from ernie_nf4.synthetic import build_original
 # Tests talk to loopback only: no analytics or telemetry calls out.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# torch.compile's kernel cache for the tests: not the user's ~/.cache
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ernie-nf4-tests-inductor"))
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 warnings.filterwarnings("ignore", message=".*kernels.*")

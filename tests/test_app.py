@@ -156,6 +156,7 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
         assert stats["package"]["components"][name]["bytes_after"] == component["bytes_after"]
         assert stats["package"]["components"][name]["bytes_before"] == component["bytes_before"]
     assert stats["live"]["loaded"] and stats["live"]["load_seconds"] > 0
+    assert stats["live"]["memory_mode"] == "gpu" and stats["live"]["compile"] is False
     assert stats["live"]["last_run_seconds"]["total"] > 0
 
 
@@ -207,3 +208,21 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
         assert not (tmp_path / "pkg").exists()  # nothing was downloaded or built
     finally:
         demo.close()
+
+
+def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
+    from app import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--memory-mode", "low-vram", "--compile"]))
+    assert config.memory_mode == "low-vram" and config.compile is True
+    assert config_from_args(build_parser().parse_args([])).memory_mode == "gpu"
+    monkeypatch.setenv("ERNIE_NF4_MEMORY_MODE", "low-vram")
+    monkeypatch.setenv("ERNIE_NF4_COMPILE", "1")
+    config = config_from_args(build_parser().parse_args([]))
+    assert config.memory_mode == "low-vram" and config.compile is True
+    bad = subprocess.run([sys.executable, "app.py", "--memory-mode", "tiny"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--memory-mode: invalid choice: 'tiny'" in bad.stderr
+    from ernie_nf4.service import ServiceConfig
+
+    with pytest.raises(ValueError, match=r"memory_mode must be one of \['gpu', 'low-vram'\], got 'model-offload'"):
+        ServiceConfig(memory_mode="model-offload")

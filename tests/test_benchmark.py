@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ernie_nf4.benchmark import STAGES, main
+from ernie_nf4.benchmark import MODES, STAGES, main
 from ernie_nf4.metadata import read_metadata
 
 from .conftest import HAS_CUDA
@@ -23,26 +23,34 @@ def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, t
     report = json.loads(report_file.read_text())
     assert read_metadata(package)["benchmarks"]["64x64-3steps-pe"] == report
     modes = {r["mode"]: r for r in report["modes"]}
-    assert list(modes) == ["bf16", "bf16-offload", "nf4"]
-    measured = ["bf16", "nf4"] + (["bf16-offload"] if HAS_CUDA else [])
+    assert list(modes) == list(MODES)
+    needs_cuda = ["bf16-offload", "nf4-low-vram"]
+    measured = [m for m in MODES if HAS_CUDA or m not in needs_cuda]
     for name in measured:
         mode = modes[name]
         assert mode["status"] == "ok"
-        assert mode["load_seconds"] > 0
+        assert mode["load_seconds"] > 0 and mode["warmup_seconds"] > 0
         assert all(mode["seconds"][s] > 0 for s in STAGES)
         assert sum(mode["seconds"][s] for s in STAGES) <= mode["seconds"]["total"]
         assert mode["ms_per_step"] == pytest.approx(1000 * mode["seconds"]["denoising"] / 3)
         assert (mode["peak_allocated_gib"] is not None) == HAS_CUDA
+        assert (mode["moving_seconds"] is not None) == (name == "nf4-low-vram")
     if not HAS_CUDA:
-        assert modes["bf16-offload"]["status"] == "skipped: needs a CUDA GPU"
+        for name in needs_cuda:
+            assert modes[name]["status"] == "skipped: needs a CUDA GPU"
     fid = report["fidelity"]
     assert set(fid["transformer_relative_error"]) == {"999", "500", "20"}
-    # NF4 changes the transformer's outputs, but only a little.
+    # NF4 changes the transformer's outputs, but only a little; the fast path (eager or compiled) hardly at all.
     assert all(0 < e < 0.5 for e in fid["transformer_relative_error"].values())
+    assert all(e <= 1e-2 for e in fid["fast_path_vs_stock_relative_error"].values())
+    assert all(e <= 1e-2 for e in fid["compiled_vs_stock_relative_error"].values())
     assert 0.5 < fid["final_latent_cosine"] <= 1.0
     table = markdown.read_text()
     assert "| nf4 |" in table and f"{modes['nf4']['ms_per_step']:.1f}" in table
     assert "python -m ernie_nf4.benchmark" in table
+    step_ratio = modes["nf4"]["ms_per_step"] / modes["nf4-stock"]["ms_per_step"]
+    assert f"- denoising step: nf4 / nf4-stock = {step_ratio:.2f}x" in table
+    assert "- PE share of end to end, nf4: " in table
 
 
 def test_benchmark_refuses_bad_arguments(capsys):

@@ -29,7 +29,7 @@ def run(*args, env=None):
 def test_help_lists_every_flag():
     result = run("--help")
     assert result.returncode == 0
-    for flag in ("--source", "--output", "--components", "--revision", "--overwrite", "--device"):
+    for flag in ("--source", "--output", "--components", "--revision", "--overwrite", "--device", "--keep-vision"):
         assert flag in result.stdout
 
 

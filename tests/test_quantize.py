@@ -5,6 +5,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from diffusers import ErnieImagePipeline
+from safetensors import safe_open
 
 from ernie_nf4.metadata import METADATA_FILE, PackageError, read_metadata, sha256_file, verify_package, write_metadata
 from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
@@ -62,6 +63,8 @@ def test_package_loads_without_quantization_config_and_layers_are_nf4(tiny_packa
             assert layer.weight.dtype == torch.uint8
             assert layer.weight.quant_state.quant_type == "nf4"
             assert layer.weight.quant_state.nested  # double quantization
+        if name == "text_encoder":  # saved as its language model alone
+            reference = reference.language_model
         assert model.num_parameters() == reference.num_parameters()
 
 
@@ -163,3 +166,41 @@ def test_not_enough_disk_is_refused_before_any_work(tmp_path):
     _check_disk(tmp_path, 1)
     with pytest.raises(OSError, match=r"GB free, the package needs about .* free some disk or choose another --output"):
         _check_disk(tmp_path, 10**18)
+
+
+def test_text_encoder_ships_without_its_vision_tower_and_gives_the_same_embeddings(
+    tiny_package, tiny_original, tmp_path, nf4_everywhere
+):
+    from transformers import Mistral3Model, MistralModel
+
+    from ernie_nf4.quantize import quantize_package
+
+    meta = read_metadata(tiny_package)
+    record = meta["components"]["text_encoder"]
+    assert record["class"] == ["transformers", "MistralModel"]
+    assert record["left_out"]["modules"] == ["vision_tower", "multi_modal_projector"]
+    full = Mistral3Model.from_pretrained(tiny_original / "text_encoder", dtype=torch.bfloat16)
+    vision = sum(p.numel() for m in (full.vision_tower, full.multi_modal_projector) for p in m.parameters())
+    assert record["left_out"]["parameters"] == vision
+    assert json.loads((tiny_package / "model_index.json").read_text())["text_encoder"] == record["class"]
+    with safe_open(tiny_package / "text_encoder" / "model.safetensors", "pt") as stored:
+        names = list(stored.keys())
+    assert names and not any("vision" in k or "projector" in k for k in names)
+
+    # The same quantization with the vision tower kept: a bigger package whose text encoder (the whole
+    # Mistral3Model) gives exactly the embeddings the slim one gives.
+    whole = quantize_package(
+        str(tiny_original), tmp_path / "whole", components=["text_encoder"], device=DEVICE, keep_vision=True
+    )
+    whole_meta = read_metadata(whole)
+    assert whole_meta["components"]["text_encoder"]["class"] == ["transformers", "Mistral3Model"]
+    assert "left_out" not in whole_meta["components"]["text_encoder"]
+    assert whole_meta["components"]["text_encoder"]["bytes_after"] > record["bytes_after"]
+    kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}}
+    slim = MistralModel.from_pretrained(tiny_package / "text_encoder", **kwargs)
+    big = Mistral3Model.from_pretrained(whole / "text_encoder", **kwargs)
+    ids = torch.tensor([[1, 5, 77, 300, 12, 9]], device=DEVICE)
+    with torch.no_grad():
+        a = slim(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+        b = big(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+    assert torch.equal(a, b)

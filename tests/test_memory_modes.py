@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+
+from ernie_nf4.generation import GenerationRequest, Generator
+from ernie_nf4.loader import load_pipeline
+from ernie_nf4.residency import Residency
+
+from .conftest import DEVICE, HAS_CUDA
+
+pytestmark = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="low-vram moves models between CPU and a CUDA GPU")
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def tensors(model):
+    """Every tensor a forward reads, NF4 quantization states included."""
+    for param in model.parameters():
+        yield param.data
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            yield from (state.absmax, state.code, *((state.state2.absmax,) if state.nested else ()))
+    yield from model.buffers()
+
+
+@torch.no_grad()
+def test_residency_keeps_one_model_on_the_device_and_outputs_unchanged(tiny_package, nf4_everywhere):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}}
+    models = {
+        "pe": AutoModelForCausalLM.from_pretrained(tiny_package / "pe", **kwargs),
+        "text_encoder": AutoModel.from_pretrained(tiny_package / "text_encoder", **kwargs),
+    }
+    ids = torch.tensor([[1, 5, 77, 300, 12]], device=DEVICE)
+
+    def outputs():
+        return {
+            "pe": models["pe"](input_ids=ids).logits,
+            "text_encoder": models["text_encoder"](input_ids=ids, output_hidden_states=True).hidden_states[-2],
+        }
+
+    before = outputs()
+    residency = Residency(DEVICE)
+    for name, model in models.items():
+        residency.add(name, model)
+    assert residency.resident is None and residency.bytes("pe") > 0
+    for name in ("pe", "text_encoder", "pe"):
+        residency.use(name)
+        assert residency.resident == name
+        if name == "pe":
+            out = models[name](input_ids=ids).logits
+        else:
+            out = models[name](input_ids=ids, output_hidden_states=True).hidden_states[-2]
+        assert torch.equal(out, before[name])
+        if HAS_CUDA:
+            other = "text_encoder" if name == "pe" else "pe"
+            assert all(t.device.type == "cuda" for t in tensors(models[name]))
+            assert all(t.device.type == "cpu" and t.is_pinned() for t in tensors(models[other]))
+    with pytest.raises(ValueError, match=r"name must be one of \('pe', 'text_encoder'\), got 'vae'"):
+        residency.use("vae")
+    residency.release()
+    assert residency.resident is None
+
+
+def test_low_vram_needs_a_gpu(tiny_package, nf4_everywhere):
+    if HAS_CUDA:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="memory_mode 'low-vram' needs a CUDA device; use memory_mode 'gpu'"):
+        load_pipeline(tiny_package, device="cpu", memory_mode="low-vram")
+
+
+def test_fast_path_and_stock_forward_give_the_same_image(tiny_package, nf4_everywhere):
+    request = GenerationRequest("a red boat", width=96, height=64, steps=3, seed=5)
+    images = {
+        fast: Generator.from_pretrained(tiny_package, device=DEVICE, fast=fast, max_pe_tokens=6).generate(request)
+        for fast in (False, True)
+    }
+    assert images[True].revised_prompt == images[False].revised_prompt
+    difference = np.abs(pixels(images[True].images[0]) - pixels(images[False].images[0]))
+    assert difference.mean() < 4.0  # a broken fast path gives another image (mean differences of tens)
+
+
+@needs_cuda
+def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_nothing(tiny_package):
+    request = GenerationRequest("a red boat", width=256, height=256, steps=3, seed=5)
+    results = {}
+    for mode in ("gpu", "low-vram"):
+        generator = Generator.from_pretrained(tiny_package, memory_mode=mode, max_pe_tokens=6)
+        results[mode] = generator.generate(request)
+        if mode == "low-vram":
+            residency = generator.residency
+            assert residency.resident == "transformer"
+            assert all(t.device.type == "cpu" for t in tensors(generator.pipe.pe))
+            moved = residency.seconds_moving
+            again = generator.generate(request)  # cached prompt: only the transformer is needed, and it is there
+            assert again.prompt_cached and residency.seconds_moving == moved
+            assert np.array_equal(pixels(again.images[0]), pixels(results[mode].images[0]))
+        del generator
+        torch.cuda.empty_cache()
+    assert results["gpu"].revised_prompt == results["low-vram"].revised_prompt
+    assert np.array_equal(pixels(results["gpu"].images[0]), pixels(results["low-vram"].images[0]))
+    peak = {mode: r.peak_vram["allocated_bytes"] for mode, r in results.items()}
+    assert peak["low-vram"] < peak["gpu"]
+
+
+@torch.no_grad()
+def test_text_encoder_table_in_cpu_memory_gives_the_same_embeddings(tiny_package, nf4_everywhere):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from ernie_nf4.placement import CpuEmbedding, embeddings_on_cpu
+
+    kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}}
+    model = AutoModel.from_pretrained(tiny_package / "text_encoder", **kwargs)
+    ids = torch.tensor([[1, 5, 77, 300, 12]], device=DEVICE)
+    before = model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+    table = model.get_input_embeddings().weight
+    assert embeddings_on_cpu(model) == table.numel() * table.element_size()
+    assert isinstance(model.get_input_embeddings(), CpuEmbedding)
+    assert model.get_input_embeddings().table.device.type == "cpu"
+    after = model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+    assert after.device == before.device and torch.equal(after, before)
+    pe = AutoModelForCausalLM.from_pretrained(tiny_package / "pe", **kwargs)
+    assert embeddings_on_cpu(pe) == 0  # tied to the output layer, which needs it on the GPU
+    assert isinstance(pe.get_input_embeddings(), torch.nn.Embedding)
+
+
+@torch.no_grad()
+def test_tiled_vae_decode_tiles_only_large_images_and_is_reproducible(tiny_original):
+    from diffusers import AutoencoderKLFlux2
+
+    from ernie_nf4.placement import tile_vae
+
+    vae = AutoencoderKLFlux2.from_pretrained(tiny_original / "vae", dtype=torch.float32).to(DEVICE)
+    g = torch.Generator().manual_seed(0)
+    channels = vae.config.latent_channels
+    small, large = (torch.randn(1, channels, *hw, generator=g).to(DEVICE) for hw in ((8, 8), (24, 16)))
+    whole = {"small": vae.decode(small).sample, "large": vae.decode(large).sample}
+    tile_vae(vae, tile=64)  # 64 px = 8 latents
+    assert torch.equal(vae.decode(small).sample, whole["small"])  # not larger than a tile: decoded whole
+    tiled = vae.decode(large).sample
+    assert tiled.shape == whole["large"].shape
+    assert not torch.equal(tiled, whole["large"])  # 3 x 2 overlapping tiles
+    assert torch.equal(vae.decode(large).sample, tiled)
