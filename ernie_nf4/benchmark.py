@@ -146,12 +146,36 @@ def _relative_error(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _float(value):
+    import torch
+
+    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+
+def _float32_compute(model) -> None:
+    """Make an NF4 (or bf16) model compute in float32: its 4-bit weights are dequantized to float32."""
+    import bitsandbytes as bnb
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype = torch.float32
+        for key, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[key] = buffer.float()
+    for param in model.parameters():
+        if not isinstance(param, bnb.nn.Params4bit):
+            param.data = param.data.float()
+
+
 def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print) -> dict:
     """NF4 vs bf16 on the same seed and latents, PE off: the transformer's relative output error at a few
     steps (same inputs), cosine similarity of the final latents, PSNR and SSIM of the decoded images.
-    Also the fast path (eager and compiled) against the stock forward of the same NF4 model."""
+    Also the fast path (eager and compiled) against the stock forward of the same NF4 model, beside two yardsticks:
+    the stock forward with another attention kernel (bf16 rounding noise) and a float32 run of the NF4 weights."""
     import numpy as np
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from .fast_transformer import compile_blocks, disable_fast_path, enable_fast_path
     from .generation import Generator
@@ -182,18 +206,19 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
             )
 
         timesteps = (999.0, 500.0, 20.0)
-        errors, fast_errors, compiled_errors, stock = {}, {}, {}, {}
+        out = {name: {} for name in ("bf16", "stock", "stock_math_attention", "fast", "compiled")}
         for t in timesteps:
-            fast = nf4(**inputs(t))[0]
+            out["bf16"][t] = reference.pipe.transformer(**inputs(t))[0]
+            out["fast"][t] = nf4(**inputs(t))[0]
             disable_fast_path(nf4)
-            stock[t] = nf4(**inputs(t))[0]
+            out["stock"][t] = nf4(**inputs(t))[0]
+            with sdpa_kernel(SDPBackend.MATH):  # the stock model with another attention kernel: bf16 noise
+                out["stock_math_attention"][t] = nf4(**inputs(t))[0]
             enable_fast_path(nf4)
-            errors[str(int(t))] = _relative_error(fast, reference.pipe.transformer(**inputs(t))[0])
-            fast_errors[str(int(t))] = _relative_error(fast, stock[t])
         compile_blocks(nf4)
         nf4(**inputs(timesteps[0]))  # the eager call that sets compilation up
         for t in timesteps:
-            compiled_errors[str(int(t))] = _relative_error(nf4(**inputs(t))[0], stock[t])
+            out["compiled"][t] = nf4(**inputs(t))[0]
         disable_fast_path(nf4)  # the image comparison below runs the shipped default: fast, not compiled
         enable_fast_path(nf4)
         finals, images = {}, {}
@@ -211,23 +236,36 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
                 use_pe=False,
             ).images
             images[name] = np.asarray(gen.decode(finals[name])[0], dtype=np.float64) / 255.0
+        # Last (it changes the NF4 model for good): the same NF4 weights computing in float32, as a reference
+        # that tells rounding noise from real differences.
+        disable_fast_path(nf4)
+        _float32_compute(nf4)
+        with sdpa_kernel(SDPBackend.MATH):
+            fp32 = {t: nf4(**{k: _float(v) for k, v in inputs(t).items()})[0] for t in timesteps}
+
+    def relative(a: str, b) -> dict:
+        return {str(int(t)): _relative_error(out[a][t], b[t]) for t in timesteps}
+
     cosine = float(
         torch.nn.functional.cosine_similarity(finals["nf4"].flatten().float(), finals["bf16"].flatten().float(), dim=0)
     )
     mse = float(np.mean((images["nf4"] - images["bf16"]) ** 2))
     gray = {n: torch.from_numpy(im.mean(axis=2)).float() for n, im in images.items()}
     result = {
-        "transformer_relative_error": errors,
-        "fast_path_vs_stock_relative_error": fast_errors,
-        "compiled_vs_stock_relative_error": compiled_errors,
+        "transformer_relative_error": relative("fast", out["bf16"]),
+        "fast_path_vs_stock_relative_error": relative("fast", out["stock"]),
+        "compiled_vs_stock_relative_error": relative("compiled", out["stock"]),
+        "stock_other_attention_kernel_relative_error": relative("stock_math_attention", out["stock"]),
+        "vs_float32_relative_error": {name: relative(name, fp32) for name in ("stock", "fast", "compiled")},
         "final_latent_cosine": cosine,
         "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
         "ssim": _ssim(gray["nf4"], gray["bf16"]),
         "settings": asdict(request),
     }
     log(
-        f"[fidelity] nf4 vs bf16 {json.dumps(errors)}; fast vs stock {json.dumps(fast_errors)}; "
-        f"compiled vs stock {json.dumps(compiled_errors)}; cosine {cosine:.4f} "
+        f"[fidelity] nf4 vs bf16 {json.dumps(result['transformer_relative_error'])}; "
+        f"fast vs stock {json.dumps(result['fast_path_vs_stock_relative_error'])}; "
+        f"compiled vs stock {json.dumps(result['compiled_vs_stock_relative_error'])}; cosine {cosine:.4f} "
         f"PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
     )
     del generators
@@ -310,8 +348,15 @@ def markdown_table(report: dict) -> str:
             f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
             f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
             f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
-            f"compiled: {errors('compiled_vs_stock_relative_error')}.",
+            f"compiled: {errors('compiled_vs_stock_relative_error')}. Yardsticks: the stock forward with another "
+            f"attention kernel (SDPA math) vs itself: {errors('stock_other_attention_kernel_relative_error')}.",
         ]
+        if vs32 := f.get("vs_float32_relative_error"):
+            lines.append(
+                "Against a float32 run of the same NF4 weights: "
+                + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
+                + "."
+            )
         if report["synthetic"]:
             lines.append(
                 "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."

@@ -44,6 +44,9 @@ def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, t
     assert all(0 < e < 0.5 for e in fid["transformer_relative_error"].values())
     assert all(e <= 1e-2 for e in fid["fast_path_vs_stock_relative_error"].values())
     assert all(e <= 1e-2 for e in fid["compiled_vs_stock_relative_error"].values())
+    assert set(fid["stock_other_attention_kernel_relative_error"]) == {"999", "500", "20"}
+    for name in ("stock", "fast", "compiled"):  # all as close to a float32 run of the same weights
+        assert all(e < 0.1 for e in fid["vs_float32_relative_error"][name].values())
     assert 0.5 < fid["final_latent_cosine"] <= 1.0
     table = markdown.read_text()
     assert "| nf4 |" in table and f"{modes['nf4']['ms_per_step']:.1f}" in table
@@ -51,6 +54,7 @@ def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, t
     step_ratio = modes["nf4"]["ms_per_step"] / modes["nf4-stock"]["ms_per_step"]
     assert f"- denoising step: nf4 / nf4-stock = {step_ratio:.2f}x" in table
     assert "- PE share of end to end, nf4: " in table
+    assert "Against a float32 run of the same NF4 weights: stock t=999: " in table
 
 
 def test_benchmark_refuses_bad_arguments(capsys):
