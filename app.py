@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     def flag_default(name: str, default):
         return env(f"ERNIE_NF4_{name.upper()}", default)
 
+    def switch(name: str) -> bool:  # ERNIE_NF4_<NAME>=1/true/yes/on turns a switch on; 0/false/no/off or unset: off
+        return flag_default(name, "").strip().lower() in ("1", "true", "yes", "on")
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", default=flag_default("model_dir", None), help="NF4 package folder to use or create")
     p.add_argument("--repo-id", default=flag_default("repo_id", None), help="Hub repo of a pre-quantized package")
@@ -291,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cuda", "cpu"], default=flag_default("device", None), help="where to run")
     p.add_argument("--host", default=flag_default("host", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(flag_default("port", 7860)), help="port to listen on")
-    p.add_argument("--share", action="store_true", default=bool(flag_default("share", "")), help="public link")
+    p.add_argument("--share", action="store_true", default=switch("share"), help="public link")
     p.add_argument("--auth", default=flag_default("auth", None), help="USER:PASS required to open the app")
-    p.add_argument("--tiny", action="store_true", default=bool(flag_default("tiny", "")), help="tiny random model")
+    p.add_argument("--tiny", action="store_true", default=switch("tiny"), help="tiny random model")
     p.add_argument(
         "--max-pe-tokens",
         type=int,
@@ -304,20 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mode",
         choices=list(APP_MEMORY_MODES),
         default=flag_default("memory_mode", "gpu"),
-        help="gpu: every model stays on the GPU (fastest, about 10 GiB at 1024x1024); low-vram: the models take "
-        "turns on the GPU from pinned CPU memory (about 6 GiB; a new prompt costs a few tenths of a second)",
+        help="gpu: every model stays on the GPU (about 9.3 GiB at 1024x1024); low-vram: the models take turns on "
+        "the GPU from pinned CPU memory (about 5.7 GiB, about as fast; needs ~9 GB of free RAM)",
     )
     p.add_argument(
         "--compile",
         action="store_true",
-        default=bool(flag_default("compile", "")),
-        help="torch.compile the transformer blocks at load (faster steps; the first start compiles for a minute "
-        "or two, later starts reuse the cache)",
+        default=switch("compile"),
+        help="compile the transformer blocks and CUDA-graph the prompt enhancer at load (about 0.6x the time per "
+        "image; the first start compiles for ~30 s, later starts reuse the cache)",
     )
     p.add_argument(
         "--verify-sha256",
         action="store_true",
-        default=bool(flag_default("verify_sha256", "")),
+        default=switch("verify_sha256"),
         help="check every package file's sha256 when loading (sizes are always checked)",
     )
     return p

@@ -220,6 +220,8 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
     monkeypatch.setenv("ERNIE_NF4_COMPILE", "1")
     config = config_from_args(build_parser().parse_args([]))
     assert config.memory_mode == "low-vram" and config.compile is True
+    monkeypatch.setenv("ERNIE_NF4_COMPILE", "0")
+    assert config_from_args(build_parser().parse_args([])).compile is False
     bad = subprocess.run([sys.executable, "app.py", "--memory-mode", "tiny"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--memory-mode: invalid choice: 'tiny'" in bad.stderr
     from ernie_nf4.service import ServiceConfig
