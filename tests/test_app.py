@@ -228,3 +228,20 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
 
     with pytest.raises(ValueError, match=r"memory_mode must be one of \['gpu', 'low-vram'\], got 'model-offload'"):
         ServiceConfig(memory_mode="model-offload")
+
+
+def test_a_compiling_service_compiles_while_loading_and_then_generates(tmp_path):
+    from ernie_nf4.fast_transformer import FastErnieImageTransformer2DModel
+    from ernie_nf4.generation import GenerationRequest
+    from ernie_nf4.service import ImageService, ServiceConfig
+
+    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "pkg"), tiny=True, compile=True))
+    progress = []
+    generator = service.load(on_progress=progress.append)
+    assert any("compiling the transformer blocks" in line for line in progress)
+    transformer = generator.pipe.transformer
+    assert isinstance(transformer, FastErnieImageTransformer2DModel)
+    assert all(layer._compiled_call_impl is not None for layer in transformer.layers)  # compiled by the warm-up
+    result = service.generate(GenerationRequest("a cat", width=64, height=64, steps=2, seed=1, use_pe=False))
+    assert result.images[0].size == (64, 64)
+    assert service.stats()["live"]["compile"] is True
