@@ -95,25 +95,8 @@ class FastErnieImageTransformer2DModel(ErnieImageTransformer2DModel):
         text = self.text_proj(text_bth) if self.text_proj is not None else text_bth  # [B, Tmax, hidden]
         lengths = [int(n) for n in text_lens.tolist()]
 
-        # Position ids exactly as the stock forward builds them, then only each sample's real tokens.
-        grid = torch.stack(
-            torch.meshgrid(
-                torch.arange(H, device=device, dtype=torch.float32),
-                torch.arange(W, device=device, dtype=torch.float32),
-                indexing="ij",
-            ),
-            dim=-1,
-        ).reshape(-1, 2)
-        tokens, ids = [], []
-        for b, length in enumerate(lengths):
-            tokens += [img[b], text[b, :length]]
-            text_ids = torch.zeros((length, 3), device=device)
-            text_ids[:, 0] = torch.arange(length, device=device, dtype=torch.float32)
-            image_ids = torch.cat([torch.full((n_img, 1), float(length), device=device), grid], dim=-1)
-            ids += [image_ids, text_ids]
-        x = torch.cat(tokens)[None]  # [1, T, hidden]
-        freqs = self.pos_embed(torch.cat(ids)[None])  # [1, T, 1, head_dim], float32
-        rotary = (torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype))
+        x = torch.cat([t for b, n in enumerate(lengths) for t in (img[b], text[b, :n])])[None]  # [1, T, hidden]
+        rotary = self._rotary(H, W, tuple(lengths), device, dtype)
         segments = tuple(n_img + length for length in lengths)
 
         # Computed for the whole batch as the stock model does (a one-row NF4 matmul takes another kernel and
@@ -134,6 +117,31 @@ class FastErnieImageTransformer2DModel(ErnieImageTransformer2DModel):
             self._compile_after_this_call = False
             self.compile_repeated_blocks(dynamic=True)  # one graph for every size and prompt length
         return ErnieImageTransformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def _rotary(self, H: int, W: int, lengths: tuple[int, ...], device, dtype):
+        """cos/sin tables of the packed tokens' positions, built as the stock forward builds its position ids.
+        The same for every step of an image, so the last one is kept."""
+        key = (H, W, lengths, device, dtype)
+        cached = self.__dict__.get("_rotary_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        grid = torch.stack(
+            torch.meshgrid(
+                torch.arange(H, device=device, dtype=torch.float32),
+                torch.arange(W, device=device, dtype=torch.float32),
+                indexing="ij",
+            ),
+            dim=-1,
+        ).reshape(-1, 2)
+        ids = []
+        for length in lengths:
+            text_ids = torch.zeros((length, 3), device=device)
+            text_ids[:, 0] = torch.arange(length, device=device, dtype=torch.float32)
+            ids += [torch.cat([torch.full((H * W, 1), float(length), device=device), grid], dim=-1), text_ids]
+        freqs = self.pos_embed(torch.cat(ids)[None])  # [1, T, 1, head_dim], float32
+        rotary = (torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype))
+        self.__dict__["_rotary_cache"] = (key, rotary)
+        return rotary
 
 
 def enable_fast_path(transformer) -> None:
