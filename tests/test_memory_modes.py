@@ -73,6 +73,17 @@ def test_low_vram_needs_a_gpu(tiny_package, nf4_everywhere):
         load_pipeline(tiny_package, device="cpu", memory_mode="low-vram")
 
 
+def test_bad_loader_and_residency_arguments_are_refused_by_name(tiny_package, nf4_everywhere):
+    with pytest.raises(ValueError, match=r"memory_mode must be one of \('gpu', 'low-vram', 'model-offload'\)"):
+        load_pipeline(tiny_package, device=DEVICE, memory_mode="tiny")
+    with pytest.raises(ValueError, match=r"compile needs fast=True"):
+        load_pipeline(tiny_package, device=DEVICE, fast=False, compile=True)
+    residency = Residency(DEVICE)
+    residency.add("vae", torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="name 'vae' is already managed"):
+        residency.add("vae", torch.nn.Linear(4, 4))
+
+
 def test_fast_path_and_stock_forward_give_the_same_image(tiny_package, nf4_everywhere):
     request = GenerationRequest("a red boat", width=96, height=64, steps=3, seed=5)
     images = {
