@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import json
 import os
 import statistics
@@ -18,7 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .generation import STAGES, GenerationRequest
+from .formatting import markdown_table
+from .memory import MemoryMode, free_device_memory
+from .request import GenerationRequest
+from .stats import RUN_STAGES
 from .system import gpu_name, library_versions, resolve_device
 
 SEED_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hello Ernie-Image NF4 的白纸,柔和自然光,写实风格。"
@@ -27,19 +29,19 @@ SEED_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hel
 @dataclass(frozen=True)
 class ModeSetup:
     folder: str  # "original" (bf16) or "package" (NF4)
-    memory_mode: str  # loader.MEMORY_MODES
+    memory_mode: MemoryMode
     fast: bool = True  # fast_transformer's forward; False = diffusers' stock forward
     compile: bool = False
 
 
 # Stock modes run diffusers' own transformer forward, as the seed README did.
 MODE_SETUPS = {
-    "bf16": ModeSetup("original", "gpu", fast=False),
-    "bf16-offload": ModeSetup("original", "model-offload", fast=False),
-    "nf4-stock": ModeSetup("package", "gpu", fast=False),
-    "nf4": ModeSetup("package", "gpu"),
-    "nf4-compile": ModeSetup("package", "gpu", compile=True),
-    "nf4-low-vram": ModeSetup("package", "low-vram"),
+    "bf16": ModeSetup("original", MemoryMode.ALL_ON_GPU, fast=False),
+    "bf16-offload": ModeSetup("original", MemoryMode.MODEL_OFFLOAD, fast=False),
+    "nf4-stock": ModeSetup("package", MemoryMode.ALL_ON_GPU, fast=False),
+    "nf4": ModeSetup("package", MemoryMode.ALL_ON_GPU),
+    "nf4-compile": ModeSetup("package", MemoryMode.ALL_ON_GPU, compile=True),
+    "nf4-low-vram": ModeSetup("package", MemoryMode.LOW_VRAM),
 }
 MODES = tuple(MODE_SETUPS)
 WARMUP_STEPS = 2
@@ -55,6 +57,8 @@ class ModeResult:
     moving_seconds: float | None = None  # low-vram: moving models on and off the GPU, per timed run
     seconds: dict[str, float] = field(default_factory=dict)  # median per stage + total
     ms_per_step: float | None = None
+    pe_tokens: int | None = None  # new tokens the PE wrote per run (random weights never stop: the cap)
+    pe_ms_per_token: float | None = None  # PE seconds (prefill included) per new token
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
 
@@ -74,14 +78,6 @@ def evict_page_cache(folder: Path) -> bool:
     return True
 
 
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, repeat: int, max_pe_tokens: int, log):
     from .generation import Generator
     from .loader import load_pipeline
@@ -89,24 +85,24 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
 
     result = ModeResult(mode)
     setup = MODE_SETUPS[mode]
-    if setup.memory_mode != "gpu" and not device.startswith("cuda"):
+    if setup.memory_mode.needs_cuda and not device.startswith("cuda"):
         result.status = "skipped: needs a CUDA GPU"
         log(f"[{mode}] {result.status}")
         return result
-    _free_memory()
+    free_device_memory()
     result.cold_cache = evict_page_cache(folder)
     log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
     reset_peak_vram()
     start = time.perf_counter()
-    pipe = load_pipeline(folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile)
-    generator = Generator(pipe, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
+    loaded = load_pipeline(folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile)
+    generator = Generator(loaded, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
     log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
-    warmup = GenerationRequest(**{**asdict(request), "steps": WARMUP_STEPS})
+    warmup = GenerationRequest(**{**asdict(request), "num_inference_steps": WARMUP_STEPS})
     start = time.perf_counter()
     generator.generate(warmup)
     result.warmup_seconds = time.perf_counter() - start
-    moved = generator.residency.seconds_moving if generator.residency else None
+    moved = loaded.seconds_moving
     runs = []
     for index in range(repeat):
         reset_peak_vram()
@@ -114,17 +110,21 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
             request, on_stage=lambda stage, sec, n=index + 1: log(f"[{mode}] run {n}/{repeat}: {stage} {sec:.2f} s")
         )
         runs.append(run)
-        log(f"[{mode}] run {index + 1}/{repeat}: total {run.seconds['total']:.2f} s")
-    result.seconds = {key: statistics.median(r.seconds[key] for r in runs) for key in (*STAGES, "total")}
-    result.ms_per_step = 1000 * result.seconds["denoising"] / (request.steps * request.num_images)
+        log(f"[{mode}] run {index + 1}/{repeat}: total {run.seconds.total:.2f} s")
+    result.seconds = {key: statistics.median(r.seconds.as_dict()[key] for r in runs) for key in (*RUN_STAGES, "total")}
+    result.ms_per_step = 1000 * result.seconds["denoising"] / (request.num_inference_steps * request.num_images)
+    tokens = [r.enhancement.tokens for r in runs if r.enhancement is not None]
+    if tokens:
+        result.pe_tokens = int(statistics.median(tokens))
+        result.pe_ms_per_token = 1000 * result.seconds["pe"] / result.pe_tokens
     if moved is not None:
-        result.moving_seconds = (generator.residency.seconds_moving - moved) / repeat
+        result.moving_seconds = (loaded.seconds_moving - moved) / repeat
     peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
     if peaks[0] is not None:
-        result.peak_allocated_gib = max(p["allocated_bytes"] for p in peaks) / 2**30
-        result.peak_reserved_gib = max(p["reserved_bytes"] for p in peaks) / 2**30
-    del generator
-    _free_memory()
+        result.peak_allocated_gib = max(p.allocated_bytes for p in peaks) / 2**30
+        result.peak_reserved_gib = max(p.reserved_bytes for p in peaks) / 2**30
+    del generator, loaded
+    free_device_memory()
     return result
 
 
@@ -177,6 +177,7 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from .compat import pad_text
     from .fast_transformer import compile_blocks, disable_fast_path, enable_fast_path
     from .generation import Generator
     from .loader import load_pipeline
@@ -192,9 +193,7 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
     with torch.no_grad():
         text = reference.pipe.encode_prompt([request.prompt], reference.device)
         negative = reference.pipe.encode_prompt([request.negative_prompt], reference.device)
-        text_bth, text_lens = reference.pipe._pad_text(
-            negative + text, reference.device, latents0.dtype, reference.pipe.transformer.config.text_in_dim
-        )
+        text_bth, text_lens = pad_text(reference.pipe, negative + text, reference.device, latents0.dtype)
 
         def inputs(t: float) -> dict:
             return dict(
@@ -229,8 +228,8 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
                 negative_prompt_embeds=pipe.encode_prompt([request.negative_prompt], gen.device),
                 height=request.height,
                 width=request.width,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
                 latents=latents0.clone(),
                 output_type="latent",
                 use_pe=False,
@@ -269,101 +268,8 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         f"PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
     )
     del generators
-    _free_memory()
+    free_device_memory()
     return result
-
-
-def ratios(modes: list[dict]) -> list[str]:
-    """The issue's headline ratios from one run's modes (those present)."""
-    ok = {r["mode"]: r for r in modes if r["status"] == "ok"}
-    lines = []
-
-    def compare(what: str, mode: str, base: str, value) -> None:
-        if mode in ok and base in ok and value(ok[base]):
-            lines.append(f"- {what}: {mode} / {base} = {value(ok[mode]) / value(ok[base]):.2f}x")
-
-    for mode in ("nf4", "nf4-compile", "nf4-low-vram"):
-        compare("denoising step", mode, "nf4-stock", lambda r: r["ms_per_step"])
-    for mode in ("nf4-stock", "nf4", "nf4-compile", "nf4-low-vram"):
-        compare("end to end", mode, "bf16", lambda r: r["seconds"]["total"])
-    compare("end to end", "nf4-low-vram", "nf4", lambda r: r["seconds"]["total"])
-    compare("cold load", "nf4", "bf16", lambda r: r["load_seconds"])
-    for mode, r in ok.items():
-        if r["seconds"].get("total"):
-            share = f"- PE share of end to end, {mode}: {r['seconds']['pe'] / r['seconds']['total']:.0%}"
-            if r.get("moving_seconds") is not None:
-                share += f" (moving models on/off the GPU: {r['moving_seconds']:.2f} s per run)"
-            lines.append(share)
-    return lines
-
-
-def markdown_table(report: dict) -> str:
-    s = report["settings"]
-    lines = [
-        f"### {s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}, "
-        f"PE {'on' if s['use_pe'] else 'off'} (max {s['max_pe_tokens']} PE tokens), median of {s['repeat']}",
-        "",
-        f"GPU: {report['gpu'] or 'none (CPU)'}; versions: "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
-        "",
-    ]
-    if report["synthetic"]:
-        lines += [
-            f"Synthetic {report['synthetic']}-size model with random weights: timings and memory are real, "
-            "images are noise.",
-            "",
-        ]
-    lines += [
-        "| mode | load s | warm-up s | PE s | text enc. s | denoise s | ms/step | VAE s | total s "
-        "| peak alloc GiB | peak reserved GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def num(value, fmt):
-        return "–" if value is None else format(value, fmt)
-
-    for r in report["modes"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['mode']} | {r['status']} ||||||||||")
-            continue
-        sec = r["seconds"]
-        cold = "" if r["cold_cache"] else " (warm cache)"
-        lines.append(
-            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {num(r['warmup_seconds'], '.1f')} | "
-            f"{sec['pe']:.2f} | {sec['text_encoding']:.2f} | "
-            f"{sec['denoising']:.2f} | {r['ms_per_step']:.1f} | {sec['vae_decode']:.2f} | {sec['total']:.2f} | "
-            f"{num(r['peak_allocated_gib'], '.2f')} | {num(r['peak_reserved_gib'], '.2f')} |"
-        )
-    if summary := ratios(report["modes"]):
-        lines += ["", *summary]
-    if report.get("fidelity"):
-        f = report["fidelity"]
-
-        def errors(key: str) -> str:
-            return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
-
-        lines += [
-            "",
-            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error "
-            f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
-            f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
-            f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
-            f"compiled: {errors('compiled_vs_stock_relative_error')}. Yardsticks: the stock forward with another "
-            f"attention kernel (SDPA math) vs itself: {errors('stock_other_attention_kernel_relative_error')}.",
-        ]
-        if vs32 := f.get("vs_float32_relative_error"):
-            lines.append(
-                "Against a float32 run of the same NF4 weights: "
-                + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
-                + "."
-            )
-        if report["synthetic"]:
-            lines.append(
-                "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."
-            )
-    if report.get("command"):
-        lines += ["", f"Command: `{report['command']}`"]
-    return "\n".join(lines) + "\n"
 
 
 def benchmark(
@@ -385,7 +291,9 @@ def benchmark(
     from .metadata import read_metadata
     from .metadata import write_metadata as store
 
-    request = request or GenerationRequest(SEED_PROMPT, width=512, height=512, steps=50, guidance=4.0, seed=1234)
+    request = request or GenerationRequest(
+        SEED_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
+    )
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
     unknown = [m for m in modes if m not in MODES]
@@ -425,7 +333,9 @@ def benchmark(
     }
     if write_metadata:
         meta = read_metadata(package)
-        key = f"{request.width}x{request.height}-{request.steps}steps-{'pe' if request.use_pe else 'nope'}"
+        key = (
+            f"{request.width}x{request.height}-{request.num_inference_steps}steps-{'pe' if request.use_pe else 'nope'}"
+        )
         meta["benchmarks"][key] = report
         store(Path(package), meta)
         log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
@@ -438,7 +348,8 @@ def benchmark(
 def prepare_synthetic(size: str, original: str | None, package: str | None, device: str, log):
     """Build (or reuse) a random-weight original and its NF4 package."""
     from .metadata import METADATA_FILE
-    from .quantize import QUANTIZABLE, diffusers_nf4_blocker, quantize_package
+    from .nf4_format import quantizable_here
+    from .quantize import quantize_package
     from .synthetic import build_original
 
     original = original or f"artifacts/ERNIE-Image-synthetic-{size}"
@@ -447,7 +358,7 @@ def prepare_synthetic(size: str, original: str | None, package: str | None, devi
         log(f"building the synthetic {size} original at {original} (random weights: images are noise)")
         build_original(original, size=size, device=device)
     if not (Path(package) / METADATA_FILE).is_file():
-        components = QUANTIZABLE if diffusers_nf4_blocker() is None else ("text_encoder", "pe")
+        components = quantizable_here()
         log(f"quantizing {components} into {package}")
         quantize_package(original, package, components=components, device=device, overwrite=True)
     return original, package
@@ -469,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512, help="image width")
     p.add_argument("--height", type=int, default=512, help="image height")
     p.add_argument("--resolution", help="WIDTHxHEIGHT, e.g. 1024x1024 (overrides --width/--height)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=4.0, help="guidance scale")
+    p.add_argument("--num-inference-steps", "--steps", dest="steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--guidance-scale", "--guidance", dest="guidance", type=float, default=4.0, help="guidance scale")
     p.add_argument("--seed", type=int, default=1234, help="seed")
     p.add_argument("--use-pe", action=argparse.BooleanOptionalAction, default=True, help="run the prompt enhancer")
     p.add_argument("--max-pe-tokens", type=int, default=256, help="cap on the PE's new tokens")
@@ -501,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             args.prompt,
             width=args.width,
             height=args.height,
-            steps=args.steps,
-            guidance=args.guidance,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
             seed=args.seed,
             use_pe=args.use_pe,
         )

@@ -1,93 +1,34 @@
 """One generation path for the app, the benchmark and the tests.
 
-``GenerationRequest`` is validated at the boundary (``ValueError`` naming the field and its range);
-``Generator.generate`` runs the stages itself — seeded prompt enhancer, text encoding, denoising with
-per-image seeded latents, VAE decode — timing each, and returns a ``GenerationResult``.
+``Generator.generate`` runs the stages itself — seeded prompt enhancer, text encoding, denoising with per-image
+seeded latents, VAE decode — timing each, and returns a ``GenerationResult``. Images are reproducible: the same
+request (seed included) gives the same pixels; image ``i`` of a request is exactly what seed ``seed + i`` gives.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-MAX_PROMPT_CHARS = 8000
-SIZE_RANGE = (64, 2048)
-SIZE_MULTIPLE = 16
-STEPS_RANGE = (1, 200)
-GUIDANCE_RANGE = (0.0, 30.0)
-SEED_LIMIT = 2**63
-IMAGES_RANGE = (1, 4)
-DEFAULT_MAX_PE_TOKENS = 256
-STAGES = ("pe", "text_encoding", "denoising", "vae_decode")
+from .errors import GenerationCancelled, InvalidArgument, OutOfMemory
+from .request import GenerationRequest
+from .stats import PeakVram, StageSeconds
+
 logger = logging.getLogger(__name__)
+PE_TEMPERATURE, PE_TOP_P = 0.6, 0.95  # the stock pipeline's sampling of the prompt enhancer
 
 
-class GenerationCancelled(Exception):
-    """Raised from a step callback to stop a run after the current denoising step."""
-
-
-class OutOfMemory(RuntimeError):
-    """The GPU ran out of memory; memory was freed and the message says what to change."""
-
-
-def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]{extra}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}]{extra}, got {value}")
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
-    steps: int = 50
-    guidance: float = 4.0
-    seed: int = 1234
-    use_pe: bool = True
-    num_images: int = 1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError("prompt must be a non-blank text")
-        for name in ("prompt", "negative_prompt"):
-            text = getattr(self, name)
-            if not isinstance(text, str):
-                raise ValueError(f"{name} must be text, got {type(text).__name__}")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise ValueError(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
-        for name in ("width", "height"):
-            _check_int(name, getattr(self, name), *SIZE_RANGE, f" and a multiple of {SIZE_MULTIPLE}")
-            if getattr(self, name) % SIZE_MULTIPLE:
-                raise ValueError(
-                    f"{name} must be a multiple of {SIZE_MULTIPLE} in {list(SIZE_RANGE)}, got {getattr(self, name)}"
-                )
-        _check_int("steps", self.steps, *STEPS_RANGE)
-        if (
-            isinstance(self.guidance, bool)
-            or not isinstance(self.guidance, (int, float))
-            or not math.isfinite(self.guidance)
-        ):
-            raise ValueError(f"guidance must be a finite number in {list(GUIDANCE_RANGE)}, got {self.guidance!r}")
-        if not GUIDANCE_RANGE[0] <= self.guidance <= GUIDANCE_RANGE[1]:
-            raise ValueError(f"guidance must be in {list(GUIDANCE_RANGE)}, got {self.guidance}")
-        _check_int("seed", self.seed, 0, SEED_LIMIT - IMAGES_RANGE[1])
-        if not isinstance(self.use_pe, bool):
-            raise ValueError(f"use_pe must be true or false, got {self.use_pe!r}")
-        _check_int("num_images", self.num_images, *IMAGES_RANGE)
-
-    @property
-    def seeds(self) -> list[int]:
-        """Image ``i`` uses ``seed + i``: any image can be made again alone from its own seed."""
-        return [self.seed + i for i in range(self.num_images)]
+@dataclass
+class PromptEnhancement:
+    text: str
+    tokens: int  # new tokens the PE wrote
+    cut: bool  # the cap stopped it before its end-of-sequence token
+    cap: int
 
 
 @dataclass
@@ -96,22 +37,39 @@ class GenerationResult:
     images: list  # PIL images
     seeds: list[int]
     revised_prompt: str | None
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage in STAGES, plus "total"
-    peak_vram: dict | None = None  # {"allocated_bytes", "reserved_bytes"} on CUDA
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+    peak_vram: PeakVram | None = None  # on CUDA
     prompt_cached: bool = False  # PE and text encoding were taken from the cache
+    enhancement: PromptEnhancement | None = None  # None when the PE did not run (off, or cached)
+
+
+@dataclass
+class _Prompt:
+    revised: str | None
+    positive: list
+    negative: list | None
+    enhancement: PromptEnhancement | None
 
 
 class Generator:
-    """Generates images from a loaded ``ErnieImagePipeline`` (see ``loader.load_pipeline``)."""
+    """Generates images from a ``loader.LoadedPipeline``.
 
-    def __init__(self, pipe, max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS, prompt_cache_size: int = 16):
-        _check_int("max_pe_tokens", max_pe_tokens, 1, 4096)
-        _check_int("prompt_cache_size", prompt_cache_size, 0, 1024)
-        self.pipe = pipe
-        self.residency = getattr(pipe, "residency", None)  # set by load_pipeline for memory_mode "low-vram"
+    ``max_pe_tokens``: cap on the prompt enhancer's new tokens; None (default) is the stock pipeline's limit,
+    ``pe_tokenizer.model_max_length`` (2048): the real PE stops at its end-of-sequence token long before.
+    """
+
+    def __init__(self, loaded, max_pe_tokens: int | None = None, prompt_cache_size: int = 16):
+        if max_pe_tokens is not None and not (
+            isinstance(max_pe_tokens, int) and not isinstance(max_pe_tokens, bool) and 1 <= max_pe_tokens <= 8192
+        ):
+            raise InvalidArgument(f"max_pe_tokens must be an integer in [1, 8192] or None, got {max_pe_tokens!r}")
+        if not 0 <= prompt_cache_size <= 1024:
+            raise InvalidArgument(f"prompt_cache_size must be in [0, 1024], got {prompt_cache_size!r}")
+        self.loaded = loaded
+        self.pipe = loaded.pipe
         self.max_pe_tokens = max_pe_tokens
-        # (prompt, negative, PE seed, size, PE on) -> (revised prompt, text embeddings, negative embeddings):
-        # a rerun with other steps or guidance skips the PE and the text encoder.
+        # (prompt, negative, PE seed, size, PE on) -> _Prompt: a rerun with other steps or guidance skips the
+        # PE and the text encoder.
         self._prompt_cache: OrderedDict = OrderedDict()
         self.prompt_cache_size = prompt_cache_size
 
@@ -120,8 +78,8 @@ class Generator:
         cls,
         model_dir,
         device: str | None = None,
-        memory_mode: str = "gpu",
-        verify_sha256: bool = False,
+        memory_mode="all-on-gpu",
+        verify_sha256=False,
         fast: bool = True,
         compile: bool = False,
         **kwargs,
@@ -129,23 +87,21 @@ class Generator:
         """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
         from .loader import load_pipeline
 
-        pipe = load_pipeline(
+        loaded = load_pipeline(
             model_dir, device=device, memory_mode=memory_mode, verify_sha256=verify_sha256, fast=fast, compile=compile
         )
-        return cls(pipe, **kwargs)
+        return cls(loaded, **kwargs)
 
     @property
     def device(self):
         return self.pipe._execution_device
 
     @property
-    def has_pe(self) -> bool:
-        return getattr(self.pipe, "pe", None) is not None and getattr(self.pipe, "pe_tokenizer", None) is not None
-
-    def _on_device(self, name: str) -> None:
-        """In low-vram mode, put model ``name`` on the GPU (and the one there before back in CPU memory)."""
-        if self.residency is not None and name in self.residency.names:
-            self.residency.use(name)
+    def pe_cap(self) -> int:
+        """The PE's token cap in force: ``max_pe_tokens``, else the PE tokenizer's ``model_max_length``."""
+        if self.max_pe_tokens is not None:
+            return self.max_pe_tokens
+        return int(min(getattr(self.pipe.pe_tokenizer, "model_max_length", 2048), 8192))
 
     def _sync(self) -> None:
         import torch
@@ -153,8 +109,9 @@ class Generator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def enhance_prompt(self, prompt: str, width: int, height: int, seed: int) -> str:
-        """The PE's rewrite of ``prompt``, sampled like the pipeline does but seeded and capped."""
+    def enhance_prompt(self, prompt: str, width: int, height: int, seed: int) -> PromptEnhancement:
+        """The PE's rewrite of ``prompt``, sampled as the stock pipeline does (temperature 0.6, top-p 0.95), but
+        seeded, and capped at ``pe_cap`` new tokens."""
         import torch
 
         from .pe_decoding import is_compiled, uncompile_decoding
@@ -166,18 +123,19 @@ class Generator:
         )
         inputs = pipe.pe_tokenizer(text, return_tensors="pt").to(self.device)
         devices = [self.device] if self.device.type == "cuda" else []
+        cap, eos = self.pe_cap, pipe.pe_tokenizer.eos_token_id
 
         def sample():
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(seed)
                 return pipe.pe.generate(
                     **inputs,
-                    max_new_tokens=self.max_pe_tokens,
+                    max_new_tokens=cap,
                     do_sample=True,
-                    temperature=0.6,
-                    top_p=0.95,
+                    temperature=PE_TEMPERATURE,
+                    top_p=PE_TOP_P,
                     pad_token_id=pipe.pe_tokenizer.pad_token_id,
-                    eos_token_id=pipe.pe_tokenizer.eos_token_id,
+                    eos_token_id=eos,
                 )
 
         try:
@@ -188,20 +146,30 @@ class Generator:
             logger.warning("compiled PE decoding failed (%s); decoding eagerly from now on", err)
             uncompile_decoding(pipe.pe)
             output = sample()
-        new_tokens = output[0][inputs["input_ids"].shape[1] :]
-        return pipe.pe_tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        new = output[0][inputs["input_ids"].shape[1] :].tolist()
+        ended = eos in new
+        new = new[: new.index(eos) + 1] if ended else new
+        revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
+        return PromptEnhancement(revised, tokens=len(new), cut=not ended and len(new) >= cap, cap=cap)
 
-    def warm_up(self, width: int = 1024, height: int = 1024, guidance: float = 4.0) -> float:
+    def warm_up(self, width: int = 1024, height: int = 1024, guidance_scale: float = 4.0) -> float:
         """A 2-step run, so that compilation (``compile=True``) and CUDA start-up happen now rather than in the
         first request; it runs the PE only when its decoding is compiled. Nothing is cached. Returns seconds."""
         from .pe_decoding import is_compiled
 
         start = time.perf_counter()
         size, self.prompt_cache_size = self.prompt_cache_size, 0
-        use_pe = self.has_pe and is_compiled(self.pipe.pe)
+        use_pe = self.loaded.has_pe and is_compiled(self.pipe.pe)
         try:
-            size_and_steps = dict(width=width, height=height, steps=2)
-            self.generate(GenerationRequest("warm-up", guidance=guidance, use_pe=use_pe, **size_and_steps))
+            request = GenerationRequest(
+                "warm-up",
+                width=width,
+                height=height,
+                num_inference_steps=2,
+                guidance_scale=guidance_scale,
+                use_pe=use_pe,
+            )
+            self.generate(request)
         finally:
             self.prompt_cache_size = size
         return time.perf_counter() - start
@@ -222,61 +190,48 @@ class Generator:
 
     def decode(self, latents):
         """Packed latents → PIL images, as ``ErnieImagePipeline`` decodes them."""
-        pipe = self.pipe
-        vae = pipe.vae
+        from .compat import unpatchify_latents
+
+        vae = self.pipe.vae
         bn_mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
         bn_std = (vae.bn.running_var.view(1, -1, 1, 1) + 1e-5).sqrt().to(latents.device, latents.dtype)
-        latents = pipe._unpatchify_latents(latents * bn_std + bn_mean)
+        latents = unpatchify_latents(self.pipe, latents * bn_std + bn_mean)
         images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(images, output_type="pil")
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     def generate(
         self,
         request: GenerationRequest,
         on_step: Callable[[int, int], None] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Run ``request``. ``on_step(done, total)`` is called after each denoising step and may raise
-        :class:`GenerationCancelled` to stop the run; ``on_stage(stage, seconds)`` after each stage.
-        Running out of GPU memory frees what the run held and raises :class:`OutOfMemory` saying what to change."""
+        """Run ``request``. ``on_step(done, total)`` is called after each denoising step; ``on_stage(stage, seconds)``
+        after each stage. When ``cancel`` is set (or ``on_step`` raises ``GenerationCancelled``) the run stops after
+        its current step and raises ``GenerationCancelled``. Running out of GPU memory frees what the run held and
+        raises ``OutOfMemory`` saying what to change."""
         import torch
 
+        from .memory import free_device_memory
+
         try:
-            return self._generate(request, on_step, on_stage)
+            return self._generate(request, on_step, on_stage, cancel)
         except torch.OutOfMemoryError as err:
-            gc.collect()
-            torch.cuda.empty_cache()
+            free_device_memory()
             raise OutOfMemory(
                 f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
                 "Try a smaller size, fewer images, memory mode low-vram (`--memory-mode low-vram`: about 6 GiB at "
                 "1024x1024), or a machine with more GPU memory; the next request can run."
             ) from err
         except GenerationCancelled:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_device_memory()
             raise
 
-    def _generate(self, request: GenerationRequest, on_step, on_stage) -> GenerationResult:
+    def _prompt(self, request: GenerationRequest) -> tuple[_Prompt, bool]:
+        """Revised prompt and text embeddings, from the cache or computed (PE on the GPU, then the text encoder)."""
         import torch
 
-        from .system import peak_vram, reset_peak_vram
-
-        pipe = self.pipe
-        seconds: dict[str, float] = {}
-        reset_peak_vram()
-        start = time.perf_counter()
-
-        def lap(stage: str, since: float) -> float:
-            self._sync()
-            now = time.perf_counter()
-            seconds[stage] = seconds.get(stage, 0.0) + now - since
-            if on_stage is not None:
-                on_stage(stage, now - since)
-            return now
-
-        t = start
-        use_pe = request.use_pe and self.has_pe
+        use_pe = request.use_pe and self.loaded.has_pe
         key = (
             request.prompt,
             request.negative_prompt,
@@ -288,134 +243,88 @@ class Generator:
         cached = self._prompt_cache.get(key)
         if cached is not None:
             self._prompt_cache.move_to_end(key)
-            revised, positive, negative = cached
-        else:
-            if use_pe:
-                self._on_device("pe")
-            revised = (
-                self.enhance_prompt(request.prompt, request.width, request.height, request.seed) if use_pe else None
-            )
-            negative = None
-        t = lap("pe", t)
+        prompt = cached or _Prompt(None, [], None, None)
+        if cached is None and use_pe:
+            self.loaded.use("pe")
+            prompt.enhancement = self.enhance_prompt(request.prompt, request.width, request.height, request.seed)
+            prompt.revised = prompt.enhancement.text
+        self._lap("pe")
+        needs_negative = prompt.negative is None and request.guidance_scale > 1.0
         with torch.no_grad():
-            if cached is None or (negative is None and request.guidance > 1.0):
-                self._on_device("text_encoder")
+            if cached is None or needs_negative:
+                self.loaded.use("text_encoder")
             if cached is None:
-                positive = pipe.encode_prompt([revised or request.prompt], self.device)
-            if negative is None and request.guidance > 1.0:
-                negative = pipe.encode_prompt([request.negative_prompt], self.device)
-        t = lap("text_encoding", t)
-        self._on_device("transformer")
+                prompt.positive = self.pipe.encode_prompt([prompt.revised or request.prompt], self.device)
+            if needs_negative:
+                prompt.negative = self.pipe.encode_prompt([request.negative_prompt], self.device)
+        self._lap("text_encoding")
         if self.prompt_cache_size:
-            self._prompt_cache[key] = (revised, positive, negative)
+            self._prompt_cache[key] = _Prompt(prompt.revised, prompt.positive, prompt.negative, None)
             while len(self._prompt_cache) > self.prompt_cache_size:
                 self._prompt_cache.popitem(last=False)
-        if request.guidance <= 1.0:
-            negative = None
+        return prompt, cached is not None
 
+    def _lap(self, stage: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self._seconds.add(stage, now - self._since)
+        if self._on_stage is not None:
+            self._on_stage(stage, now - self._since)
+        self._since = now
+
+    def _denoise(self, request: GenerationRequest, prompt: _Prompt, number: int, on_step, cancel):
+        """Latents of image ``number`` (seed ``request.seed + number``)."""
+        total = request.num_inference_steps * request.num_images
+
+        def callback(_pipe, index, _timestep, tensors):
+            if on_step is not None:
+                on_step(number * request.num_inference_steps + index + 1, total)
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("stopped")
+            return tensors
+
+        return self.pipe(
+            prompt_embeds=prompt.positive,
+            negative_prompt_embeds=prompt.negative if request.guidance_scale > 1.0 else None,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            latents=self.initial_latents(request.seed + number, request.width, request.height),
+            output_type="latent",
+            use_pe=False,
+            callback_on_step_end=callback,
+        ).images
+
+    def _generate(self, request: GenerationRequest, on_step, on_stage, cancel) -> GenerationResult:
+        import torch
+
+        from .system import peak_vram, reset_peak_vram
+
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("stopped before it started")
+        reset_peak_vram()
+        start = self._since = time.perf_counter()
+        self._seconds, self._on_stage = StageSeconds(), on_stage
+        prompt, cached = self._prompt(request)
+        self.loaded.use("transformer")
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
-        total_steps = request.steps * request.num_images
         images = []
-        seconds["denoising"] = seconds["vae_decode"] = 0.0
-        for number, seed in enumerate(request.seeds):
-
-            def callback(_pipe, index, _timestep, tensors, done=number * request.steps):
-                if on_step is not None:
-                    on_step(done + index + 1, total_steps)
-                return tensors
-
-            latents = pipe(
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
-                height=request.height,
-                width=request.width,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                latents=self.initial_latents(seed, request.width, request.height),
-                output_type="latent",
-                use_pe=False,
-                callback_on_step_end=callback,
-            ).images
-            t = lap("denoising", t)
+        for number in range(request.num_images):
+            latents = self._denoise(request, prompt, number, on_step, cancel)
+            self._lap("denoising")
             with torch.no_grad():
                 images.extend(self.decode(latents))
-            t = lap("vae_decode", t)
-        seconds["total"] = time.perf_counter() - start
+            self._lap("vae_decode")
+        self._seconds.total = time.perf_counter() - start
         return GenerationResult(
             request=request,
             images=images,
             seeds=request.seeds,
-            revised_prompt=revised,
-            seconds=seconds,
+            revised_prompt=prompt.revised,
+            seconds=self._seconds,
             peak_vram=peak_vram(),
-            prompt_cached=cached is not None,
+            prompt_cached=cached,
+            enhancement=prompt.enhancement,
         )
-
-
-_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
-
-
-def _whole(name: str, value) -> int:
-    """An integer from a form value: ints, and floats/strings holding a whole number; else ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        number = float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
-
-
-def request_from_form(
-    prompt,
-    negative_prompt,
-    width,
-    height,
-    steps,
-    guidance,
-    seed,
-    use_pe,
-    num_images,
-) -> tuple[GenerationRequest, list[str]]:
-    """A request from UI/API values, forgiving where a user would expect it, with notes of each change:
-    control characters are removed from the prompts and a width/height inside the range is snapped to the
-    nearest multiple of 16 (1000 -> 1008). Everything else out of range raises ``ValueError`` naming the field."""
-    notes = []
-    texts = {}
-    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
-        if not isinstance(text, str):
-            raise ValueError(f"{name} must be text, got {type(text).__name__}")
-        cleaned = text.translate(_CONTROL)
-        if cleaned != text:
-            notes.append(f"{name}: removed {len(text) - len(cleaned)} control character(s)")
-        texts[name] = cleaned
-    sizes = {}
-    for name, value in (("width", width), ("height", height)):
-        size = _whole(name, value)
-        if SIZE_RANGE[0] <= size <= SIZE_RANGE[1] and size % SIZE_MULTIPLE:
-            snapped = min(SIZE_RANGE[1], (size + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-            notes.append(f"{name} {size} → {snapped} (a multiple of {SIZE_MULTIPLE})")
-            size = snapped
-        sizes[name] = size
-    try:
-        guidance = float(guidance)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance!r}") from None
-    if not isinstance(use_pe, bool):
-        raise ValueError(f"use_pe must be true or false, got {use_pe!r}")
-    request = GenerationRequest(
-        prompt=texts["prompt"],
-        negative_prompt=texts["negative_prompt"],
-        steps=_whole("steps", steps),
-        guidance=guidance,
-        seed=_whole("seed", seed),
-        use_pe=use_pe,
-        num_images=_whole("num_images", num_images),
-        **sizes,
-    )
-    return request, notes

@@ -1,28 +1,50 @@
-"""The one place an ``ErnieImagePipeline`` is built, from an NF4 package or an original folder."""
+"""The one place an ``ErnieImagePipeline`` is built, from an NF4 package, a foreign NF4 folder or a bf16 original.
+
+``load_pipeline`` returns a ``LoadedPipeline``: the diffusers pipeline plus what this project decided about it
+(device, memory mode, the ``Residency`` that moves models in low-vram mode, whether it is compiled, what the
+package check found). State lives here, never in attributes planted on diffusers objects.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from .metadata import METADATA_FILE, verify_package
-from .quantize import component_class, diffusers_nf4_blocker
-from .source import check_pipeline_folder
-from .system import resolve_device, use_expandable_segments
+from .errors import EnvironmentUnsupported, InvalidArgument
+from .memory import MemoryMode, use_expandable_segments
+from .nf4_format import MODEL_COMPONENTS, component_class, diffusers_nf4_blocker, is_nf4
+from .package_check import PackageCheck, check_package
+from .system import resolve_device
 
 logger = logging.getLogger(__name__)
 
-# gpu: everything stays on the GPU. low-vram: the VAE stays, the other models take turns (residency.py).
-# model-offload: diffusers' enable_model_cpu_offload (what the seed README ran the bf16 original with).
-MEMORY_MODES = ("gpu", "low-vram", "model-offload")
-_MODEL_COMPONENTS = ("transformer", "text_encoder", "pe")
 
+@dataclass
+class LoadedPipeline:
+    """A loaded pipeline and how it runs. ``use(name)`` puts model ``name`` on the GPU when it takes turns."""
 
-def is_nf4(component_dir: Path) -> bool:
-    config = component_dir / "config.json"
-    return config.is_file() and "quantization_config" in json.loads(config.read_text())
+    pipe: object  # diffusers ErnieImagePipeline
+    device: str
+    memory_mode: MemoryMode
+    fast: bool
+    compiled: bool
+    package: PackageCheck
+    residency: object | None = None  # residency.Residency in low-vram mode
+
+    def use(self, name: str) -> None:
+        if self.residency is not None and name in self.residency.names:
+            self.residency.use(name)
+
+    @property
+    def seconds_moving(self) -> float | None:
+        """Time spent moving models on and off the GPU (low-vram), else None."""
+        return None if self.residency is None else self.residency.seconds_moving
+
+    @property
+    def has_pe(self) -> bool:
+        return getattr(self.pipe, "pe", None) is not None and getattr(self.pipe, "pe_tokenizer", None) is not None
 
 
 class _TextModelTypeFilter(logging.Filter):
@@ -44,85 +66,101 @@ def _quiet_text_encoder_type_warning():
         target.removeFilter(quiet)
 
 
+def _check_arguments(model_dir: Path, device: str, mode: MemoryMode, fast: bool, compile: bool) -> None:
+    if mode.needs_cuda and not device.startswith("cuda"):
+        raise EnvironmentUnsupported(
+            f"memory_mode {mode.value!r} needs a CUDA GPU (device is {device}); use memory_mode 'all-on-gpu' there"
+        )
+    if compile and not fast:
+        raise InvalidArgument("compile needs fast=True (it compiles the fast path's blocks)")
+
+
+def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency) -> dict:
+    """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
+    where the memory mode wants them; in low-vram mode each goes to pinned CPU memory before the next loads."""
+    import torch
+
+    from .memory_savers import embeddings_on_cpu
+
+    quantized = [name for name in MODEL_COMPONENTS if name in components and is_nf4(model_dir / name)]
+    if "transformer" in quantized and (blocker := diffusers_nf4_blocker()) is not None:
+        raise EnvironmentUnsupported(
+            f"model_dir {model_dir}: its transformer is NF4, which diffusers loads only on a CUDA GPU ({blocker}); "
+            "run on a machine with an NVIDIA GPU, or use a package whose transformer is bf16"
+        )
+    place = device if mode is MemoryMode.ALL_ON_GPU else "cpu"
+    models = {}
+    for name in MODEL_COMPONENTS:
+        if name not in components:
+            continue
+        target = device if name in quantized else place
+        logger.info("loading %s (%s) on %s", name, "NF4" if name in quantized else "bf16", target)
+        models[name] = component_class(name, components[name]).from_pretrained(
+            model_dir / name, dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
+        )
+        if fast and name == "text_encoder":
+            embeddings_on_cpu(models[name])
+        if residency is not None:
+            residency.add(name, models[name])
+    return models
+
+
+def _speed_up(loaded: LoadedPipeline) -> None:
+    """The fast path (packed-token transformer forward, tiled VAE) and, with ``compile``, compiled blocks."""
+    from .compat import fast_path_supported
+    from .fast_transformer import compile_blocks, enable_fast_path
+    from .memory_savers import tile_vae
+
+    pipe = loaded.pipe
+    tile_vae(pipe.vae)
+    if not fast_path_supported():
+        loaded.fast = loaded.compiled = False
+        return
+    enable_fast_path(pipe.transformer)
+    if loaded.compiled:
+        compile_blocks(pipe.transformer)
+
+
 def load_pipeline(
     model_dir: str | Path,
     device: str | None = None,
-    memory_mode: str = "gpu",
+    memory_mode: str | MemoryMode = MemoryMode.ALL_ON_GPU,
     verify_sha256: bool = False,
     fast: bool = True,
     compile: bool = False,
-):
-    """Load an ERNIE-Image pipeline (NF4 package or bf16 original) for ``device``.
+) -> LoadedPipeline:
+    """Load an ERNIE-Image pipeline (NF4 package, any diffusers ERNIE-Image folder, or bf16 original).
 
-    ``memory_mode``: ``gpu`` keeps every component on the device; ``low-vram`` keeps only the VAE there and
-    moves the PE, the text encoder and the transformer onto the GPU one at a time, from pinned CPU memory,
-    as each is needed (``pipe.residency``); ``model-offload`` is diffusers' model CPU offload.
-    ``fast`` runs the transformer with ``fast_transformer``'s forward (flash attention without a padding
-    mask, same outputs) and applies ``placement``'s memory savers (text encoder's token table in CPU memory,
-    tiled VAE decode above 512 px); ``fast=False`` is diffusers' stock execution, the benchmark's baseline.
-    ``compile`` adds regional ``torch.compile`` of the transformer's blocks (compiled on first use) and, in
-    ``gpu`` mode, CUDA-graphed PE decoding (``pe_decoding``).
-    A package's metadata is validated and its file sizes (with ``verify_sha256``, also hashes) checked first;
-    a damaged package raises ``PackageError`` naming the file and the fix. Only safetensors are read.
+    ``memory_mode``: see ``MemoryMode``. ``fast`` runs the transformer with ``fast_transformer``'s forward
+    (flash attention without a padding mask, same outputs) and applies ``memory_savers`` (text encoder's token
+    table in CPU memory, tiled VAE decode above 768 px); ``fast=False`` is diffusers' stock execution, the
+    benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks.
+    The folder is checked first (``package_check``): allowed classes only, every safetensors header against its
+    file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
+    A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.
     """
     import torch
     from diffusers import ErnieImagePipeline
 
-    from .fast_transformer import compile_blocks, enable_fast_path
-    from .pe_decoding import compile_decoding
-    from .placement import embeddings_on_cpu, tile_vae
     from .residency import Residency
 
-    if memory_mode not in MEMORY_MODES:
-        raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+    mode = MemoryMode.parse(memory_mode)
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ValueError(f"model_dir {model_dir}: no such folder")
-    index = check_pipeline_folder(model_dir, argument="model_dir")
-    if (model_dir / METADATA_FILE).exists():
-        verify_package(model_dir, check_sha256=verify_sha256)
+    package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
-    if memory_mode != "gpu" and device == "cpu":
-        raise ValueError(f"memory_mode {memory_mode!r} needs a CUDA device; use memory_mode 'gpu' on the CPU")
-    if compile and not fast:
-        raise ValueError("compile needs fast=True (it compiles the fast path's blocks)")
+    _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()
-
-    quantized = [name for name in _MODEL_COMPONENTS if name in index and is_nf4(model_dir / name)]
-    if "transformer" in quantized and (blocker := diffusers_nf4_blocker()) is not None:
-        raise RuntimeError(
-            f"model_dir {model_dir}: its transformer is NF4, which diffusers loads only on a GPU ({blocker}); "
-            "use --device cuda, or build a CPU package with `python quantize.py --components text_encoder pe`"
-        )
-    place = device if memory_mode == "gpu" else "cpu"
-    residency = Residency(device) if memory_mode == "low-vram" else None
-    components = {}
-    for name in _MODEL_COMPONENTS:
-        if name not in index:
-            continue
-        target = device if name in quantized else place
-        logger.info("loading %s (%s) on %s", name, "NF4" if name in quantized else "bf16", target)
-        components[name] = component_class(index[name]).from_pretrained(
-            model_dir / name, dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
-        )
-        if fast and name == "text_encoder":
-            embeddings_on_cpu(components[name])
-        if residency is not None:  # to pinned CPU memory before the next one loads
-            residency.add(name, components[name])
+    residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
+    models = _load_models(model_dir, package.components, device, mode, fast, residency)
     with _quiet_text_encoder_type_warning():
-        pipe = ErnieImagePipeline.from_pretrained(model_dir, **components, dtype=torch.bfloat16, use_safetensors=True)
-    if memory_mode == "model-offload":
+        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, dtype=torch.bfloat16, use_safetensors=True)
+    if mode is MemoryMode.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.vae.to(device)
-    pipe.residency = residency
-    if fast:
-        enable_fast_path(pipe.transformer)
-        tile_vae(pipe.vae)
-    if compile:
-        compile_blocks(pipe.transformer)
-        if pipe.pe is not None and memory_mode == "gpu":  # CUDA graphs want the PE to stay where it is
-            compile_decoding(pipe.pe)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    loaded = LoadedPipeline(pipe, device, mode, fast=fast, compiled=compile, package=package, residency=residency)
+    if fast:
+        _speed_up(loaded)
+    return loaded

@@ -11,6 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import write_text
+from .errors import PackageError
+
 METADATA_FILE = "quantization_metadata.json"
 FORMAT_VERSION = 1
 
@@ -28,10 +31,6 @@ _COMPONENT_REQUIRED = {"action": str, "bytes_before": int, "bytes_after": int, "
 _TOTALS_REQUIRED = {"bytes_before": int, "bytes_after": int, "ratio": float, "reduction": float}
 
 
-class PackageError(ValueError):
-    """A package folder is missing, incomplete or does not match its metadata."""
-
-
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -41,12 +40,17 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 
 
 def measure_folder(folder: Path, with_sha256: bool = True) -> dict[str, dict]:
-    """``{relative path: {"bytes", "sha256"}}`` for every file under ``folder`` (symlinks followed)."""
+    """``{relative path: {"bytes", "sha256", "header_sha256"}}`` for every file under ``folder`` (symlinks
+    followed); ``header_sha256`` (safetensors files) lets every open check the headers cheaply."""
+    from .package_check import header_sha256
+
     files = {}
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         entry = {"bytes": os.stat(path).st_size}
         if with_sha256:
             entry["sha256"] = sha256_file(path)
+            if path.suffix == ".safetensors":
+                entry["header_sha256"] = header_sha256(path)
         files[path.relative_to(folder).as_posix()] = entry
     return files
 
@@ -65,11 +69,16 @@ def totals(bytes_before: int, bytes_after: int) -> dict:
 
 
 def write_metadata(package_dir: Path, metadata: dict) -> Path:
-    path = Path(package_dir) / METADATA_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(Path(package_dir) / METADATA_FILE, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+
+
+def is_own_metadata(path: Path) -> bool:
+    """Whether a metadata file claims to be this project's (it has ``format_version``); another tool's has not."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
 
 
 def _check_fields(data: dict, required: dict, where: str, path: Path) -> None:
@@ -88,8 +97,8 @@ def read_metadata(package_dir: str | Path) -> dict:
     if not path.is_file():
         raise PackageError(f"No quantization metadata found at {path}: not an ernie-nf4 package")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PackageError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
         raise PackageError(f"{path}: must hold a JSON object")
@@ -106,8 +115,10 @@ def read_metadata(package_dir: str | Path) -> dict:
     return data
 
 
-def verify_package(package_dir: str | Path, check_sha256: bool = False) -> dict:
-    """Validate the metadata and check every listed file exists with its recorded size (and hash)."""
+def verify_package(package_dir: str | Path, check_sha256: bool = False, header_hashes: dict | None = None) -> dict:
+    """Validate the metadata and check every listed file exists with its recorded size (and hash).
+    ``header_hashes`` (``{path: sha256}`` of the safetensors headers, from ``package_check``) are compared with
+    the recorded ones where the metadata has them."""
     package_dir = Path(package_dir)
     data = read_metadata(package_dir)
     fix = "re-download the package, or rebuild it with `python quantize.py --overwrite`"
@@ -122,6 +133,9 @@ def verify_package(package_dir: str | Path, check_sha256: bool = False) -> dict:
             size = file.stat().st_size
             if size != entry["bytes"]:
                 raise PackageError(f"{file}: {size} bytes on disk, metadata says {entry['bytes']}; {fix}")
+            key = f"{name}/{rel}"
+            if header_hashes and "header_sha256" in entry and header_hashes.get(key) != entry["header_sha256"]:
+                raise PackageError(f"{file}: its safetensors header differs from the metadata (damaged); {fix}")
             if check_sha256 and sha256_file(file) != entry.get("sha256"):
                 raise PackageError(f"{file}: sha256 differs from the metadata (corrupted); {fix}")
     return data

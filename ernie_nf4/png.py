@@ -6,15 +6,15 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from .generation import GenerationRequest
+from .request import GenerationRequest
 
 
 def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str | None, model: str) -> str:
     """A1111-style text: prompt, then ``Negative prompt:``, then ``Key: value`` pairs."""
     pairs = {
-        "Steps": request.steps,
+        "Steps": request.num_inference_steps,
         "Sampler": "FlowMatchEuler",
-        "CFG scale": request.guidance,
+        "CFG scale": request.guidance_scale,
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model": model,

@@ -1,148 +1,142 @@
 """Build an NF4 package from an ERNIE-Image original: the library behind ``python quantize.py``.
 
-transformer, text_encoder and pe are quantized to 4-bit NF4 (double quantization, bf16 compute) through
-the standard diffusers/transformers ``BitsAndBytesConfig``; every other component is copied byte for byte.
-The package is written into a hidden sibling folder and renamed into place only when complete, so a killed
-build never leaves a half package that looks whole, and an old package survives until the new one is done.
+transformer, text_encoder and pe are quantized to 4-bit NF4 (double quantization, bf16 compute) through the
+standard diffusers/transformers ``BitsAndBytesConfig``; every other component is copied byte for byte. The package
+is written into a hidden sibling folder and renamed into place only when complete (``atomic.staged_folder``), so a
+killed build never leaves a half package that looks whole, and an old package survives until the new one is done.
+``--overwrite`` replaces only a folder that is a package, never the source or a folder holding or inside it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import gc
-import importlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .metadata import FORMAT_VERSION, folder_bytes, measure_folder, totals, verify_package, write_metadata
+from .atomic import clean_leftovers, staged_folder
+from .errors import EnvironmentUnsupported, InvalidArgument
+from .formatting import format_bytes
+from .memory import free_device_memory
+from .metadata import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    folder_bytes,
+    measure_folder,
+    totals,
+    verify_package,
+    write_metadata,
+)
+from .nf4_format import (
+    NF4_SETTINGS,
+    QUANTIZABLE,
+    bnb_config,
+    component_class,
+    components_of,
+    diffusers_nf4_blocker,
+    is_nf4,
+)
 from .source import precheck_source, resolve_source
 from .system import gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
+from .variants import DEFAULT_VARIANT, VARIANTS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SOURCE = "baidu/ERNIE-Image"
-DEFAULT_OUTPUT = "ERNIE-Image-NF4"
-QUANTIZABLE = ("transformer", "text_encoder", "pe")
-NF4_SETTINGS = {
-    "method": "bitsandbytes",
-    "load_in_4bit": True,
-    "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_use_double_quant": True,
-    "bnb_4bit_compute_dtype": "bfloat16",
-}
+DEFAULT_SOURCE = VARIANTS[DEFAULT_VARIANT].source
+DEFAULT_OUTPUT = VARIANTS[DEFAULT_VARIANT].default_package_dir
 # NF4 weights take ~0.28 of their bf16 bytes; the estimate keeps a margin for quant states.
 _NF4_SIZE_FACTOR = 0.35
-
-
-def bnb_config(library: str):
-    """The ``BitsAndBytesConfig`` of ``library`` ("diffusers" or "transformers") with our NF4 settings."""
-    import torch
-
-    config_class = importlib.import_module(library).BitsAndBytesConfig
-    return config_class(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-
-def component_class(entry: list):
-    """The class a ``model_index.json`` entry ``[library, class name]`` names."""
-    library, class_name = entry
-    return getattr(importlib.import_module(library), class_name)
-
-
-def diffusers_nf4_blocker() -> str | None:
-    """Why diffusers refuses to quantize here (its own environment check), or None when it can."""
-    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
-
-    try:
-        BnB4BitDiffusersQuantizer(bnb_config("diffusers")).validate_environment()
-    except (RuntimeError, ImportError) as err:
-        return str(err)
-    return None
 
 
 def check_components(components) -> tuple[str, ...]:
     components = tuple(dict.fromkeys(components))
     unknown = [name for name in components if name not in QUANTIZABLE]
     if unknown:
-        raise ValueError(f"components: unknown {unknown}; choose from {list(QUANTIZABLE)}")
+        raise InvalidArgument(f"components: unknown {unknown}; choose from {list(QUANTIZABLE)}")
     if not components:
-        raise ValueError(f"components: give at least one of {list(QUANTIZABLE)}")
+        raise InvalidArgument(f"components: give at least one of {list(QUANTIZABLE)}")
     return components
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _is_package(folder: Path) -> bool:
+    return (folder / METADATA_FILE).is_file() or (folder / "model_index.json").is_file()
 
 
-def clean_leftovers(output: Path) -> None:
-    """Remove what a killed build left beside ``output``; restore the old package if the swap was cut."""
-    for leftover in sorted(output.parent.glob(f".{output.name}.building-*")):
-        pid = int(leftover.name.rsplit("-", 1)[1])
-        if pid != os.getpid() and _pid_alive(pid):
-            raise RuntimeError(f"output {output}: another build (pid {pid}) is writing it; wait for it to finish")
-        logger.info("removing leftover %s of an interrupted build", leftover)
-        shutil.rmtree(leftover)
-    for old in sorted(output.parent.glob(f".{output.name}.old-*")):
-        if not output.exists():
-            logger.info("restoring %s from an interrupted swap", output)
-            old.rename(output)
-        else:
-            shutil.rmtree(old)
+def check_output(output: Path, source: str, overwrite: bool) -> None:
+    """Refuse an ``output`` that would lose data: the source itself, a folder holding it or inside it, a file, or
+    (with ``overwrite``) an existing folder that is not a package. Nothing is deleted by a refusal."""
+    local = Path(source).expanduser()
+    if local.exists():
+        src = local.resolve()
+        if output == src or output in src.parents or src in output.parents:
+            raise InvalidArgument(
+                f"output {output}: it is the source {src}, holds it or lies inside it; choose a folder outside it"
+            )
+    if output.is_file() or output.is_symlink() and not output.is_dir():
+        raise InvalidArgument(f"output {output}: is a file; choose a folder path for the package")
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {output} exists; pass --overwrite to replace it "
+            "(the old package stays until the new one is complete)"
+        )
+    if output.exists() and not _is_package(output):
+        raise InvalidArgument(
+            f"output {output}: exists and is not a package (no {METADATA_FILE} or model_index.json), so "
+            "--overwrite will not replace it; choose a new folder or remove it yourself"
+        )
 
 
 def _check_disk(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise OSError(
-            f"output {folder}: {free / 1e9:.2f} GB free, the package needs about {needed / 1e9:.2f} GB; "
+        raise EnvironmentUnsupported(
+            f"output {folder}: {format_bytes(free)} free, the package needs about {format_bytes(needed)}; "
             "free some disk or choose another --output"
         )
 
 
-def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str, keep_vision: bool) -> dict:
-    """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
-    import torch
-
-    model = component_class(entry).from_pretrained(
-        source / name,
-        quantization_config=bnb_config(entry[0]),
-        dtype=torch.bfloat16,
-        device_map={"": device},
-        use_safetensors=True,
-    )
-    dropped = {}
-    if name == "text_encoder" and not keep_vision and hasattr(model, "vision_tower"):
-        model, dropped = _text_model_only(model)
-    model.save_pretrained(target, max_shard_size="100GB")
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return dropped
+def check_not_quantized(folder: Path, components: dict, source: str) -> None:
+    """A source whose models are already 4-bit is a package, not an original: say so in one line."""
+    done = [name for name in QUANTIZABLE if name in components and is_nf4(folder / name)]
+    if done:
+        raise InvalidArgument(
+            f"source {source}: already quantized ({', '.join(done)} in 4-bit); quantize.py needs the bf16 original "
+            f"(e.g. {DEFAULT_SOURCE}). To run this package, pass it to the app: python app.py --model-dir {source}"
+        )
 
 
-def _parameter_count(module) -> int:
-    """Parameters of ``module`` as in the original (an NF4 weight packs two values in each stored byte)."""
-    return sum(
-        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-        for p in module.parameters()
-    )
+@dataclass
+class _Plan:
+    source: Path
+    source_id: str
+    revision: str | None
+    commit: str | None
+    index: dict
+    names: list[str]
+    components: tuple[str, ...]
+    before: dict[str, int]
+
+
+def _plan(source: str, revision: str | None, components: tuple[str, ...], output: Path) -> _Plan:
+    resolved = resolve_source(source, revision)
+    index = json.loads((resolved.path / "model_index.json").read_text())
+    entries = components_of(index)
+    names = list(entries)
+    missing = [name for name in names if not (resolved.path / name).is_dir()]
+    if missing:
+        raise InvalidArgument(f"source {source}: component folders {missing} are missing")
+    for name in components:
+        if name not in names:
+            raise InvalidArgument(f"components: {name} is not in the source's model_index.json ({names})")
+    check_not_quantized(resolved.path, entries, source)
+    before = {name: folder_bytes(resolved.path / name) for name in names}
+    _check_disk(output.parent, int(sum(b * (_NF4_SIZE_FACTOR if n in components else 1.0) for n, b in before.items())))
+    return _Plan(resolved.path, resolved.id, resolved.revision, resolved.commit, index, names, components, before)
 
 
 def _text_model_only(model):
@@ -164,6 +158,90 @@ def _text_model_only(model):
     return text, dropped
 
 
+def _parameter_count(module) -> int:
+    """Parameters of ``module`` as in the original (an NF4 weight packs two values in each stored byte)."""
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in module.parameters()
+    )
+
+
+def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str, keep_vision: bool) -> dict:
+    """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
+    import torch
+
+    model = component_class(name, entry).from_pretrained(
+        source / name,
+        quantization_config=bnb_config(entry[0]),
+        dtype=torch.bfloat16,
+        device_map={"": device},
+        use_safetensors=True,
+    )
+    dropped = {}
+    if name == "text_encoder" and not keep_vision and hasattr(model, "vision_tower"):
+        model, dropped = _text_model_only(model)
+    model.save_pretrained(target, max_shard_size="100GB")
+    del model
+    free_device_memory()
+    return dropped
+
+
+def _write_component(plan: _Plan, name: str, staging: Path, device: str, keep_vision: bool, report) -> dict:
+    """Quantize or copy one component into ``staging``; its metadata record."""
+    t0 = time.perf_counter()
+    vram = dropped = None
+    if name in plan.components:
+        report(f"quantizing {name} to NF4 on {device}")
+        reset_peak_vram()
+        dropped = _quantize_component(name, plan.index[name], plan.source, staging / name, device, keep_vision)
+        vram = peak_vram()
+        if dropped:
+            report(f"    {name}: left out {', '.join(dropped['modules'])} ({dropped['parameters']:,} parameters)")
+            plan.index[name] = ["transformers", dropped["saved_class"]]
+    else:
+        report(f"copying {name}")
+        shutil.copytree(plan.source / name, staging / name)
+    files = measure_folder(staging / name)
+    return {
+        "action": "quantized" if name in plan.components else "copied",
+        "class": plan.index[name],
+        **totals(plan.before[name], sum(entry["bytes"] for entry in files.values())),
+        "files": files,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "peak_vram": None
+        if vram is None
+        else {"allocated_bytes": vram.allocated_bytes, "reserved_bytes": vram.reserved_bytes},
+        **({"left_out": dropped} if dropped else {}),
+    }
+
+
+def _metadata(plan: _Plan, records: dict, staging: Path, device: str, started: float) -> dict:
+    index_before = (plan.source / "model_index.json").stat().st_size
+    index_after = (staging / "model_index.json").stat().st_size
+    quantized_vram = [r["peak_vram"]["allocated_bytes"] for r in records.values() if r["peak_vram"]]
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_by": f"ernie-nf4 {__version__} (quantize_package)",
+        "source": {"id": plan.source_id, "revision": plan.revision, "commit": plan.commit},
+        "quantization": dict(NF4_SETTINGS),
+        "components_quantized": [n for n in plan.names if n in plan.components],
+        "components_kept": [n for n in plan.names if n not in plan.components],
+        "components": records,
+        "totals": totals(
+            sum(plan.before.values()) + index_before, sum(r["bytes_after"] for r in records.values()) + index_after
+        ),
+        "versions": library_versions(),
+        "gpu": gpu_name(device),
+        "device": device,
+        "build": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "peak_vram_allocated_bytes": max(quantized_vram) if quantized_vram else None,
+        },
+        "benchmarks": {},
+    }
+
+
 def quantize_package(
     source: str = DEFAULT_SOURCE,
     output: str | Path = DEFAULT_OUTPUT,
@@ -178,10 +256,9 @@ def quantize_package(
 
     The text encoder is saved as its language model alone (its vision tower and projector are never used for
     text-to-image); ``keep_vision`` keeps the whole vision-language model instead.
-
-    Raises ``ValueError`` (bad argument or source), ``FileExistsError`` (output exists and not
-    ``overwrite``), ``RuntimeError`` (no GPU for the transformer), ``OSError`` (not enough disk) before
-    any heavy work. Returns the package folder.
+    Raises ``InvalidArgument`` (bad argument, source or output), ``FileExistsError`` (output exists and not
+    ``overwrite``), ``EnvironmentUnsupported`` (no GPU for the transformer, not enough disk) before any heavy
+    work. Returns the package folder.
     """
 
     def report(message: str) -> None:
@@ -191,114 +268,32 @@ def quantize_package(
 
     components = check_components(components)
     output = Path(output).expanduser().resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(
-            f"output {output} exists; pass --overwrite to replace it "
-            "(the old package stays until the new one is complete)"
-        )
+    check_output(output, source, overwrite)
     precheck_source(source)
     device = resolve_device(device)
-    if "transformer" in components:
-        blocker = diffusers_nf4_blocker()
-        if blocker is not None:
-            can = [c for c in components if c != "transformer"] or ["text_encoder", "pe"]
-            raise RuntimeError(
-                f"components: quantizing the transformer needs a CUDA GPU (diffusers says: {blocker}). "
-                f"On this machine only {' '.join(can)} can be quantized: --components {' '.join(can)} --device cpu"
-            )
-
+    if "transformer" in components and (blocker := diffusers_nf4_blocker()) is not None:
+        can = [c for c in components if c != "transformer"] or ["text_encoder", "pe"]
+        raise EnvironmentUnsupported(
+            f"components: quantizing the transformer needs a CUDA GPU (diffusers says: {blocker}). "
+            f"On this machine only {' '.join(can)} can be quantized: --components {' '.join(can)} --device cpu"
+        )
     report(f"getting the original from {source}")
-    resolved = resolve_source(source, revision)
-    index = resolved.path.joinpath("model_index.json")
-    model_index = json.loads(index.read_text())
-    names = [key for key, value in model_index.items() if not key.startswith("_") and isinstance(value, list)]
-    missing = [name for name in names if not (resolved.path / name).is_dir()]
-    if missing:
-        raise ValueError(f"source {source}: component folders {missing} are missing")
-    for name in components:
-        if name not in names:
-            raise ValueError(f"components: {name} is not in the source's model_index.json ({names})")
-
-    before = {name: folder_bytes(resolved.path / name) for name in names}
-    needed = sum(b * (_NF4_SIZE_FACTOR if n in components else 1.0) for n, b in before.items())
-    _check_disk(output.parent, int(needed))
-
-    staging = output.with_name(f".{output.name}.building-{os.getpid()}")
-    staging.mkdir()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plan = _plan(source, revision, components, output)
     started = time.perf_counter()
-    records = {}
-    try:
-        for step, name in enumerate(names, 1):
-            t0 = time.perf_counter()
-            if name in components:
-                report(f"[{step}/{len(names)}] quantizing {name} to NF4 on {device}")
-                reset_peak_vram()
-                dropped = _quantize_component(
-                    name, model_index[name], resolved.path, staging / name, device, keep_vision
-                )
-                vram = peak_vram()
-                if dropped:
-                    report(
-                        f"    {name}: left out {', '.join(dropped['modules'])} ({dropped['parameters']:,} parameters)"
-                    )
-                    model_index[name] = ["transformers", dropped["saved_class"]]
-            else:
-                report(f"[{step}/{len(names)}] copying {name}")
-                shutil.copytree(resolved.path / name, staging / name)
-                vram = dropped = None
-            files = measure_folder(staging / name)
-            after = sum(entry["bytes"] for entry in files.values())
-            records[name] = {
-                "action": "quantized" if name in components else "copied",
-                "class": model_index[name],
-                **totals(before[name], after),
-                "files": files,
-                "build_seconds": round(time.perf_counter() - t0, 3),
-                "peak_vram": vram,
-                **({"left_out": dropped} if dropped else {}),
-            }
-        if model_index == json.loads(index.read_text()):
-            shutil.copy2(index, staging / "model_index.json")
-        else:  # a component is saved as another class (the text encoder without its vision tower)
-            (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-        index_before, index_after = index.stat().st_size, (staging / "model_index.json").stat().st_size
-        quantized_vram = [r["peak_vram"]["allocated_bytes"] for r in records.values() if r["peak_vram"]]
-        metadata = {
-            "format_version": FORMAT_VERSION,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "created_by": f"ernie-nf4 {__version__} (quantize_package)",
-            "source": {"id": resolved.id, "revision": resolved.revision, "commit": resolved.commit},
-            "quantization": dict(NF4_SETTINGS),
-            "components_quantized": [n for n in names if n in components],
-            "components_kept": [n for n in names if n not in components],
-            "components": records,
-            "totals": totals(
-                sum(before.values()) + index_before, sum(r["bytes_after"] for r in records.values()) + index_after
-            ),
-            "versions": library_versions(),
-            "gpu": gpu_name(device),
-            "device": device,
-            "build": {
-                "seconds": round(time.perf_counter() - started, 3),
-                "peak_vram_allocated_bytes": max(quantized_vram) if quantized_vram else None,
-            },
-            "benchmarks": {},
-        }
+    with staged_folder(output) as staging:
+        records = {}
+        for step, name in enumerate(plan.names, 1):
+            records[name] = _write_component(
+                plan, name, staging, device, keep_vision, lambda m, s=step: report(f"[{s}/{len(plan.names)}] {m}")
+            )
+        (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
+        metadata = _metadata(plan, records, staging, device, started)
         write_metadata(staging, metadata)
         verify_package(staging, check_sha256=False)
-        # Swap into place: the old package (if any) is moved aside only now, and removed last.
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        if output.exists():
-            output.rename(old)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report(
-        f"done: {output} ({metadata['totals']['bytes_after'] / 1e9:.2f} GB, "
+        f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
         f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s"
     )
     return output

@@ -14,6 +14,9 @@ import time
 
 import torch
 
+from .compat import quant_state_tensors
+from .errors import InvalidArgument
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,10 +40,8 @@ class _Slots:
                 self._add(param, "data", None, param.data, pin)
                 state = getattr(param, "quant_state", None)
                 if state is not None:  # bitsandbytes Params4bit
-                    for owner in (state, state.state2) if state.nested else (state,):
-                        for attr in ("absmax", "code", "offset"):
-                            if torch.is_tensor(getattr(owner, attr, None)):
-                                self._add(owner, "attr", attr, getattr(owner, attr), pin)
+                    for owner, attr in quant_state_tensors(state):
+                        self._add(owner, "attr", attr, getattr(owner, attr), pin)
             for key, buffer in module._buffers.items():
                 if buffer is not None:
                     self._add(module._buffers, "item", key, buffer, pin)
@@ -77,7 +78,7 @@ class Residency:
 
     def add(self, name: str, model: torch.nn.Module) -> None:
         if name in self._slots:
-            raise ValueError(f"name {name!r} is already managed")
+            raise InvalidArgument(f"name {name!r} is already managed")
         self._slots[name] = slots = _Slots(model, self._pin)
         slots.place(None)
         if self._pin:
@@ -93,7 +94,7 @@ class Residency:
     def use(self, name: str) -> None:
         """Make ``name`` the model on the device (the one there before goes back to its CPU copy)."""
         if name not in self._slots:
-            raise ValueError(f"name must be one of {self.names}, got {name!r}")
+            raise InvalidArgument(f"name must be one of {self.names}, got {name!r}")
         if name == self.resident:
             return
         start = time.perf_counter()

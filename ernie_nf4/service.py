@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .generation import DEFAULT_MAX_PE_TOKENS, GenerationRequest, GenerationResult, Generator
-from .metadata import METADATA_FILE, read_metadata
-from .provider import DEFAULT_REPO_ID, ensure_package
+from .errors import EnvironmentUnsupported, InvalidArgument
+from .generation import GenerationResult, Generator
+from .memory import APP_MEMORY_MODES, MemoryMode
+from .progress import ProgressCallback, RateMeter, report
+from .request import GenerationRequest
+from .stats import LiveStats, ServiceStats
+from .variants import DEFAULT_VARIANT, VARIANTS, get_variant
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {
-    "ernie-image": {"source": "baidu/ERNIE-Image", "repo_id": DEFAULT_REPO_ID, "steps": 50, "guidance": 4.0},
-    "ernie-image-turbo": {"source": "baidu/ERNIE-Image-Turbo", "repo_id": None, "steps": 8, "guidance": 1.0},
-}
-APP_MEMORY_MODES = ("gpu", "low-vram")  # low-vram: about 6 GiB at 1024x1024 (see loader.load_pipeline)
 NO_GPU_MESSAGE = (
     "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). "
     "To try the app without one, run `python app.py --tiny` (a tiny random model; images are noise)."
@@ -29,37 +26,63 @@ NO_GPU_MESSAGE = (
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    model_dir: str = "ERNIE-Image-NF4"
-    repo_id: str | None = DEFAULT_REPO_ID
-    source: str | None = "baidu/ERNIE-Image"
-    variant: str = "ernie-image"
+    model_dir: str = VARIANTS[DEFAULT_VARIANT].default_package_dir
+    repo_id: str | None = VARIANTS[DEFAULT_VARIANT].repo_id
+    source: str | None = VARIANTS[DEFAULT_VARIANT].source
+    variant: str = DEFAULT_VARIANT
     device: str | None = None
     tiny: bool = False
-    max_pe_tokens: int = DEFAULT_MAX_PE_TOKENS
+    max_pe_tokens: int | None = None  # None: the stock pipeline's limit (pe_tokenizer.model_max_length)
     verify_sha256: bool = False
-    memory_mode: str = "gpu"
+    memory_mode: MemoryMode = MemoryMode.ALL_ON_GPU
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if self.memory_mode not in APP_MEMORY_MODES:
-            raise ValueError(f"memory_mode must be one of {list(APP_MEMORY_MODES)}, got {self.memory_mode!r}")
-        if not 1 <= self.max_pe_tokens <= 4096:
-            raise ValueError(f"max_pe_tokens must be in [1, 4096], got {self.max_pe_tokens}")
+        get_variant(self.variant)
+        mode = MemoryMode.parse(self.memory_mode)
+        if mode not in APP_MEMORY_MODES:
+            raise InvalidArgument(
+                f"memory_mode must be one of {[m.value for m in APP_MEMORY_MODES]}, got {mode.value!r}"
+            )
+        object.__setattr__(self, "memory_mode", mode)
+        if self.max_pe_tokens is not None and not 1 <= self.max_pe_tokens <= 8192:
+            raise InvalidArgument(f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}")
+
+    @property
+    def defaults(self):
+        return get_variant(self.variant)
 
 
-def build_tiny_package(source: str | None, output: Path, on_progress: Callable[[str], None] | None = None) -> Path:
-    """A tiny random package: transformer in NF4 where diffusers allows it (a GPU), text encoder and PE always."""
-    from .quantize import QUANTIZABLE, diffusers_nf4_blocker, quantize_package
-    from .synthetic import build_original
+class _StageReporter:
+    """Turns the generator's step and stage callbacks into ``Progress`` events naming the next stage, with an ETA
+    for denoising."""
 
-    with tempfile.TemporaryDirectory(prefix="ernie-nf4-tiny-") as tmp:
-        if on_progress:
-            on_progress("building a tiny random ERNIE-Image (seconds)")
-        original = build_original(Path(tmp) / "original", size="tiny")
-        components = QUANTIZABLE if diffusers_nf4_blocker() is None else ("text_encoder", "pe")
-        return quantize_package(str(original), output, components=components, device=None, on_progress=on_progress)
+    def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None):
+        self.request, self.on_progress = request, on_progress
+        self.images_left = request.num_images
+        self.meter = RateMeter()
+
+    def start(self, use_pe: bool) -> None:
+        report(self.on_progress, "pe" if use_pe else "text_encoding")
+
+    def step(self, done: int, total: int) -> None:
+        report(
+            self.on_progress, "denoising", done=done, total=total, unit="steps", eta_seconds=self.meter.eta(done, total)
+        )
+
+    def stage_done(self, stage: str, _seconds: float) -> None:
+        if stage == "pe":
+            report(self.on_progress, "text_encoding")
+        elif stage == "text_encoding":
+            report(
+                self.on_progress,
+                "denoising",
+                done=0,
+                total=self.request.num_inference_steps * self.request.num_images,
+                unit="steps",
+            )
+        elif stage == "denoising":
+            report(self.on_progress, "vae_decode")
 
 
 class ImageService:
@@ -67,7 +90,7 @@ class ImageService:
 
     def __init__(self, config: ServiceConfig):
         self.config = config
-        self.defaults = VARIANTS[config.variant]
+        self.defaults = config.defaults
         self._lock = threading.Lock()
         self._generator: Generator | None = None
         self.package_dir: Path | None = None
@@ -82,7 +105,7 @@ class ImageService:
     def label(self) -> str:
         return "TINY RANDOM MODEL (images are noise)" if self.config.tiny else "ERNIE-Image NF4"
 
-    def missing(self) -> str | None:
+    def unavailable_reason(self) -> str | None:
         """What keeps this machine from running the model, or None."""
         import torch
 
@@ -90,23 +113,31 @@ class ImageService:
             return None
         return NO_GPU_MESSAGE
 
-    def load(self, on_progress: Callable[[str], None] | None = None) -> Generator:
+    def _get_package(self, on_progress: ProgressCallback | None) -> Path:
+        from .provider import ensure_package
+
+        config = self.config
+        build = None
+        if config.tiny:
+            from .tiny import build_tiny_package as build
+        return ensure_package(
+            config.model_dir,
+            repo_id=None if config.tiny else config.repo_id,
+            source="tiny" if config.tiny else config.source,
+            on_progress=on_progress,
+            build=build,
+        )
+
+    def load(self, on_progress: ProgressCallback | None = None) -> Generator:
         with self._lock:
             if self._generator is not None:
                 return self._generator
-            if (problem := self.missing()) is not None:
-                raise RuntimeError(problem)
+            if (problem := self.unavailable_reason()) is not None:
+                raise EnvironmentUnsupported(problem)
             start = time.perf_counter()
             config = self.config
-            self.package_dir = ensure_package(
-                config.model_dir,
-                repo_id=None if config.tiny else config.repo_id,
-                source="tiny" if config.tiny else config.source,
-                on_progress=on_progress,
-                build=build_tiny_package if config.tiny else None,
-            )
-            if on_progress:
-                on_progress(f"loading {self.package_dir}")
+            self.package_dir = self._get_package(on_progress)
+            report(on_progress, "load", f"loading {self.package_dir.name}")
             device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
             generator = Generator.from_pretrained(
                 self.package_dir,
@@ -116,57 +147,53 @@ class ImageService:
                 compile=config.compile,
                 max_pe_tokens=config.max_pe_tokens,
             )
-            if config.compile:
-                if on_progress:
-                    on_progress("compiling the transformer blocks (cached for later starts)")
-                generator.warm_up(guidance=self.defaults["guidance"])
+            if generator.loaded.compiled:
+                report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
+                generator.warm_up(guidance_scale=self.defaults.guidance_scale)
             self._generator = generator
             self.load_seconds = time.perf_counter() - start
-            return self._generator
+            return generator
 
     def generate(
         self,
         request: GenerationRequest,
-        on_step: Callable[[int, int], None] | None = None,
-        on_progress: Callable[[str], None] | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
+        """Run ``request`` (loading first if needed); ``cancel`` stops it after the current step."""
         generator = self.load(on_progress)
+        stages = _StageReporter(request, on_progress)
         with self._lock:  # one generation at a time per GPU
-            result = generator.generate(request, on_step=on_step)
+            stages.start(request.use_pe and generator.loaded.has_pe)
+            result = generator.generate(request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel)
         self.last_result = result
         return result
 
-    def stats(self) -> dict:
-        """Package sizes and recorded benchmarks from the metadata, plus live figures of this process."""
-        folder = self.package_dir or Path(self.config.model_dir)
-        package = None
-        if (Path(folder) / METADATA_FILE).is_file():
-            meta = read_metadata(folder)
-            package = {
-                "folder": str(folder),
-                "components": {
-                    name: {k: c[k] for k in ("action", "bytes_before", "bytes_after", "reduction")}
-                    for name, c in meta["components"].items()
-                },
-                "totals": meta["totals"],
-                "quantization": meta["quantization"],
-                "gpu": meta.get("gpu"),
-                "versions": meta["versions"],
-                "benchmarks": meta["benchmarks"],
-            }
+    @property
+    def provenance(self) -> str | None:
+        return self._generator.loaded.package.provenance if self._generator is not None else None
+
+    def live_stats(self) -> LiveStats:
         last = self.last_result
-        return {
-            "model": self.label,
-            "package": package,
-            "live": {
-                "loaded": self.loaded,
-                "memory_mode": self.config.memory_mode,
-                "compile": self.config.compile,
-                "load_seconds": self.load_seconds,
-                "last_run_seconds": last.seconds if last else None,
-                "last_run_peak_vram": last.peak_vram if last else None,
-            },
-        }
+        loaded = self._generator.loaded if self._generator is not None else None
+        return LiveStats(
+            loaded=loaded is not None,
+            memory_mode=self.config.memory_mode.value,
+            memory_mode_reason="chosen with --memory-mode",
+            compiled=loaded.compiled if loaded else self.config.compile,
+            device=loaded.device if loaded else None,
+            load_seconds=self.load_seconds,
+            last_run_seconds=last.seconds if last else None,
+            last_run_peak_vram=last.peak_vram if last else None,
+        )
+
+    def stats(self) -> ServiceStats:
+        """Package sizes (measured on disk; the original's where this project's metadata recorded them), recorded
+        benchmarks, and live figures of this process."""
+        from .package_stats import package_stats
+
+        folder = self.package_dir or Path(self.config.model_dir).expanduser()
+        return ServiceStats(model=self.label, package=package_stats(folder), live=self.live_stats())
 
 
 def _has_cuda() -> bool:

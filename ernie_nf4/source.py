@@ -8,9 +8,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InvalidArgument, PackageUnavailable
+from .nf4_format import check_model_index
+
 logger = logging.getLogger(__name__)
 
-PIPELINE_CLASS = "ErnieImagePipeline"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -23,20 +25,22 @@ class ResolvedSource:
 
 
 def check_pipeline_folder(folder: Path, argument: str = "source") -> dict:
-    """The folder's ``model_index.json``, after checking it describes an ERNIE-Image pipeline."""
+    """The folder's ``model_index.json``, after checking it describes an ERNIE-Image pipeline of allowed classes."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
-        raise ValueError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
+        raise InvalidArgument(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
     try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from err
-    if index.get("_class_name") != PIPELINE_CLASS:
-        raise ValueError(
-            f"{argument} {folder}: model_index.json names {index.get('_class_name')!r}, "
-            f"expected {PIPELINE_CLASS!r}; pass an ERNIE-Image pipeline"
-        )
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidArgument(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise InvalidArgument(f"{argument} {folder}: model_index.json must hold a JSON object")
+    check_model_index(index, f"{argument} {folder}")
     return index
+
+
+def is_hub_id(text: str) -> bool:
+    return bool(_HUB_ID.match(text))
 
 
 def precheck_source(source: str) -> Path | None:
@@ -44,11 +48,11 @@ def precheck_source(source: str) -> Path | None:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"source {source}: is a file; pass a diffusers folder or a Hub id")
+            raise InvalidArgument(f"source {source}: is a file; pass a diffusers folder or a Hub id")
         check_pipeline_folder(path)
         return path.resolve()
-    if not _HUB_ID.match(source):
-        raise ValueError(f"source {source}: no such folder, and not a Hub id of the form owner/name")
+    if not is_hub_id(source):
+        raise InvalidArgument(f"source {source}: no such folder, and not a Hub id of the form owner/name")
     return None
 
 
@@ -64,7 +68,7 @@ def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
     try:
         folder = Path(snapshot_download(source, revision=revision))
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
-        raise ValueError(
+        raise PackageUnavailable(
             f"source {source}: could not download it ({type(err).__name__}: {err}). "
             "Check the network and the repo id, or pass a local folder with --source"
         ) from err

@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from .architecture import SIZES, component_config, model_index
+from .model_configs import SIZES, component_config, model_index
 from .offline_tokenizers import PE_CHAT_TEMPLATE, build_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import os
+import re
 from importlib import metadata
+
+from .errors import EnvironmentUnsupported, InvalidArgument
 
 
 def resolve_device(device: str | None) -> str:
     """``cuda`` when a GPU is there and no device is given; ``cuda`` becomes ``cuda:0``."""
     import torch
 
+    device = None if device is None else str(device).strip().lower()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = "cuda:0"
+    if not (device == "cpu" or re.fullmatch(r"cuda:\d+", device)):
+        raise InvalidArgument(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device}: no CUDA GPU is visible; use --device cpu or run on a machine with a GPU")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
+        raise EnvironmentUnsupported(f"device {device}: no CUDA GPU is visible; use device cpu or a machine with a GPU")
+    if device.startswith("cuda") and int(device[5:]) >= torch.cuda.device_count():
+        raise InvalidArgument(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
-
-
-def use_expandable_segments() -> bool:
-    """Let PyTorch's CUDA allocator grow segments in place instead of caching many fixed blocks, so peak
-    reserved memory stays close to peak allocated (several GiB less at 1024x1024). Not done when the user
-    configured the allocator (``PYTORCH_CUDA_ALLOC_CONF``); True when set here."""
-    import torch
-
-    if not torch.cuda.is_available() or {"PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"} & set(os.environ):
-        return False
-    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    return True
 
 
 def gpu_name(device: str) -> str | None:
@@ -47,17 +40,16 @@ def reset_peak_vram() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_vram() -> dict | None:
-    """Peak allocated and reserved CUDA bytes since the last reset, or None without CUDA."""
+def peak_vram():
+    """Peak allocated and reserved CUDA bytes since the last reset (``stats.PeakVram``), or None without CUDA."""
     import torch
+
+    from .stats import PeakVram
 
     if not torch.cuda.is_available():
         return None
     torch.cuda.synchronize()
-    return {
-        "allocated_bytes": torch.cuda.max_memory_allocated(),
-        "reserved_bytes": torch.cuda.max_memory_reserved(),
-    }
+    return PeakVram(torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
 
 
 def library_versions() -> dict[str, str | None]:

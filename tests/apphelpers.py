@@ -14,7 +14,11 @@ from gradio_client import Client
 from PIL import Image
 
 from app import build_demo
+from ernie_nf4.errors import GenerationCancelled
 from ernie_nf4.generation import GenerationResult
+from ernie_nf4.progress import Progress
+from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
+from ernie_nf4.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,35 +32,39 @@ def free_port() -> int:
 class FakeService:
     """Stands in for ImageService: images made from the seed, no model."""
 
-    defaults = {"steps": 50, "guidance": 4.0}
+    defaults = VARIANTS["ernie-image"]
     label = "fake"
+    provenance = "verified by ernie-nf4 metadata"
 
     def __init__(self):
         self.requests = []
 
-    def missing(self):
+    def unavailable_reason(self):
         return None
 
     def load(self, on_progress=None):
         return self
 
-    def generate(self, request, on_step=None, on_progress=None):
+    def generate(self, request, on_progress=None, cancel=None):
         self.requests.append(request)
-        for step in range(1, request.steps + 1):
+        steps = request.num_inference_steps
+        for step in range(1, steps + 1):
             if request.prompt.startswith("slow"):
                 time.sleep(0.2)
-            if on_step:
-                on_step(step, request.steps)
+            if on_progress:
+                on_progress(Progress("denoising", done=step, total=steps, unit="steps"))
             self.steps_done = step
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("stopped")
         images = [
             Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
             for s in request.seeds
         ]
-        seconds = {"pe": 0.1, "text_encoding": 0.1, "denoising": 0.2, "vae_decode": 0.1, "total": 0.5}
+        seconds = StageSeconds(0.1, 0.1, 0.2, 0.1, 0.5)
         return GenerationResult(request, images, request.seeds, "revised: " + request.prompt, seconds)
 
     def stats(self):
-        return {"model": "fake", "package": None, "live": {"loaded": True}}
+        return ServiceStats("fake", None, LiveStats(True, "all-on-gpu", "chosen with --memory-mode", False))
 
 
 @pytest.fixture(scope="session")

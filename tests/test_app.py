@@ -1,5 +1,6 @@
 """The app: UI around an injected service, and the real app served on loopback with a tiny package."""
 
+import json
 import subprocess
 import sys
 import time
@@ -82,11 +83,11 @@ def test_stop_ends_the_run_within_a_step(fake_app):
         page.locator("#prompt textarea").fill("slow cat")
         page.get_by_label("Steps").first.fill("200")
         page.locator("#generate").click()
-        page.get_by_text("denoising step").first.wait_for(timeout=30_000)
+        page.get_by_text("denoising · step").first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Stop").click()
         page.get_by_text("Stopped. Nothing was kept").first.wait_for(timeout=10_000)
         browser.close()
-    assert service.requests[-1].steps == 200
+    assert service.requests[-1].num_inference_steps == 200
     assert service.steps_done < 200
 
 
@@ -143,7 +144,7 @@ def test_auth_protects_the_app(tmp_path):
     bad = subprocess.run([sys.executable, "app.py", "--auth", "nopassword"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--auth must be USER:PASS" in bad.stderr
     bad = subprocess.run([sys.executable, "app.py", "--max-pe-tokens", "0"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "max_pe_tokens must be in [1, 4096], got 0" in bad.stderr
+    assert bad.returncode != 0 and "max_pe_tokens must be in [1, 8192], got 0" in bad.stderr
 
 
 def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
@@ -151,12 +152,17 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
     client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")
     stats = client.predict(api_name="/stats")
     meta = read_metadata(model_dir)
-    assert stats["package"]["totals"] == meta["totals"]
+    assert stats["package"]["bytes_before"] == meta["totals"]["bytes_before"]
+    assert stats["package"]["bytes_on_disk"] == sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    assert stats["package"]["verified"] is True and stats["package"]["name"] == model_dir.name
+    assert str(model_dir) not in json.dumps(stats)  # the operator's path is not shown to clients
+    components = {c["name"]: c for c in stats["package"]["components"]}
     for name, component in meta["components"].items():
-        assert stats["package"]["components"][name]["bytes_after"] == component["bytes_after"]
-        assert stats["package"]["components"][name]["bytes_before"] == component["bytes_before"]
+        assert components[name]["bytes_on_disk"] == component["bytes_after"]
+        assert components[name]["bytes_before"] == component["bytes_before"]
+        assert components[name]["quantized"] == (component["action"] == "quantized")
     assert stats["live"]["loaded"] and stats["live"]["load_seconds"] > 0
-    assert stats["live"]["memory_mode"] == "gpu" and stats["live"]["compile"] is False
+    assert stats["live"]["memory_mode"] == "all-on-gpu" and stats["live"]["compiled"] is False
     assert stats["live"]["last_run_seconds"]["total"] > 0
 
 
@@ -197,7 +203,7 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("only meaningful without a GPU")
     service = ImageService(ServiceConfig(model_dir=str(tmp_path / "pkg")))
-    assert "No CUDA GPU found" in service.missing() and "--tiny" in service.missing()
+    assert "No CUDA GPU found" in service.unavailable_reason() and "--tiny" in service.unavailable_reason()
     demo = build_demo(service, output_dir=str(tmp_path / "out"))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -211,37 +217,40 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
 
 
 def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
-    from app import build_parser, config_from_args
+    from ernie_nf4.memory import MemoryMode
+    from ernie_nf4.webapp.cli import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--memory-mode", "low-vram", "--compile"]))
-    assert config.memory_mode == "low-vram" and config.compile is True
-    assert config_from_args(build_parser().parse_args([])).memory_mode == "gpu"
+    assert config.memory_mode is MemoryMode.LOW_VRAM and config.compile is True
+    assert config_from_args(build_parser().parse_args([])).memory_mode is MemoryMode.ALL_ON_GPU
     monkeypatch.setenv("ERNIE_NF4_MEMORY_MODE", "low-vram")
     monkeypatch.setenv("ERNIE_NF4_COMPILE", "1")
     config = config_from_args(build_parser().parse_args([]))
-    assert config.memory_mode == "low-vram" and config.compile is True
+    assert config.memory_mode is MemoryMode.LOW_VRAM and config.compile is True
     monkeypatch.setenv("ERNIE_NF4_COMPILE", "0")
     assert config_from_args(build_parser().parse_args([])).compile is False
     bad = subprocess.run([sys.executable, "app.py", "--memory-mode", "tiny"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--memory-mode: invalid choice: 'tiny'" in bad.stderr
     from ernie_nf4.service import ServiceConfig
 
-    with pytest.raises(ValueError, match=r"memory_mode must be one of \['gpu', 'low-vram'\], got 'model-offload'"):
+    with pytest.raises(ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram'\], got 'model-offload'"):
         ServiceConfig(memory_mode="model-offload")
 
 
 def test_a_compiling_service_compiles_while_loading_and_then_generates(tmp_path):
     from ernie_nf4.fast_transformer import FastErnieImageTransformer2DModel
-    from ernie_nf4.generation import GenerationRequest
+    from ernie_nf4.request import GenerationRequest
     from ernie_nf4.service import ImageService, ServiceConfig
 
     service = ImageService(ServiceConfig(model_dir=str(tmp_path / "pkg"), tiny=True, compile=True))
     progress = []
     generator = service.load(on_progress=progress.append)
-    assert any("compiling the transformer blocks" in line for line in progress)
+    assert any("compiling the transformer blocks" in event.message for event in progress)
     transformer = generator.pipe.transformer
     assert isinstance(transformer, FastErnieImageTransformer2DModel)
     assert all(layer._compiled_call_impl is not None for layer in transformer.layers)  # compiled by the warm-up
-    result = service.generate(GenerationRequest("a cat", width=64, height=64, steps=2, seed=1, use_pe=False))
+    result = service.generate(
+        GenerationRequest("a cat", width=64, height=64, num_inference_steps=2, seed=1, use_pe=False)
+    )
     assert result.images[0].size == (64, 64)
-    assert service.stats()["live"]["compile"] is True
+    assert service.stats().live.compiled is True

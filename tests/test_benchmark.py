@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from ernie_nf4.benchmark import MODES, STAGES, main
+from ernie_nf4.benchmark import MODES, main
 from ernie_nf4.metadata import read_metadata
+from ernie_nf4.stats import RUN_STAGES as STAGES
 
 from .conftest import HAS_CUDA
 

@@ -68,7 +68,7 @@ def test_loader_without_gpu_refuses_an_nf4_transformer(tiny_package):
     code = f"from ernie_nf4.loader import load_pipeline; load_pipeline({str(tiny_package)!r}, device='cpu')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=NO_GPU)
     assert result.returncode != 0
-    assert "its transformer is NF4, which diffusers loads only on a GPU" in result.stderr
+    assert "its transformer is NF4, which diffusers loads only on a CUDA GPU" in result.stderr
 
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(tiny_original, tmp_path):

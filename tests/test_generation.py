@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from ernie_nf4.generation import SEED_LIMIT, GenerationCancelled, GenerationRequest, Generator, OutOfMemory
+from ernie_nf4.errors import GenerationCancelled, OutOfMemory
+from ernie_nf4.generation import Generator
+from ernie_nf4.request import SEED_LIMIT, GenerationRequest
 
 from .conftest import HAS_CUDA
 
 pytestmark = pytest.mark.gpu
-SMALL = {"width": 64, "height": 64, "steps": 2}
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
 
 def pixels(image):
@@ -17,14 +19,19 @@ def pixels(image):
 
 
 def test_generates_an_image_with_timings(tiny_generator):
-    result = tiny_generator.generate(GenerationRequest("an orange cat", width=96, height=64, steps=2, seed=7))
+    result = tiny_generator.generate(
+        GenerationRequest("an orange cat", width=96, height=64, num_inference_steps=2, seed=7)
+    )
     assert len(result.images) == 1
     assert result.images[0].size == (96, 64)
     assert result.seeds == [7]
     assert isinstance(result.revised_prompt, str)
     for stage in ("pe", "text_encoding", "denoising", "vae_decode"):
-        assert result.seconds[stage] > 0
-    assert sum(result.seconds[s] for s in ("pe", "text_encoding", "denoising", "vae_decode")) <= result.seconds["total"]
+        assert getattr(result.seconds, stage) > 0
+    assert (
+        sum(getattr(result.seconds, s) for s in ("pe", "text_encoding", "denoising", "vae_decode"))
+        <= result.seconds.total
+    )
 
 
 def test_same_seed_gives_the_same_image_with_pe_on(tiny_generator):
@@ -63,7 +70,9 @@ def test_a_step_callback_can_cancel_the_run(tiny_generator):
             raise GenerationCancelled
 
     with pytest.raises(GenerationCancelled):
-        tiny_generator.generate(GenerationRequest("a cat", use_pe=False, **{**SMALL, "steps": 5}), on_step=stop)
+        tiny_generator.generate(
+            GenerationRequest("a cat", use_pe=False, **{**SMALL, "num_inference_steps": 5}), on_step=stop
+        )
     assert tiny_generator.generate(GenerationRequest("a cat", use_pe=False, **SMALL)).images
 
 
@@ -76,11 +85,11 @@ def test_a_step_callback_can_cancel_the_run(tiny_generator):
         ("width", 1000, r"width must be a multiple of 16"),
         ("height", 0, r"height must be in \[64, 2048\]"),
         ("width", 10**9, r"width must be in \[64, 2048\]"),
-        ("steps", 0, r"steps must be in \[1, 200\]"),
-        ("steps", 10_000, r"steps must be in \[1, 200\]"),
-        ("guidance", math.nan, "guidance must be a finite number"),
-        ("guidance", math.inf, "guidance must be a finite number"),
-        ("guidance", -1.0, r"guidance must be in \[0.0, 30.0\]"),
+        ("num_inference_steps", 0, r"num_inference_steps must be in \[1, 200\]"),
+        ("num_inference_steps", 10_000, r"num_inference_steps must be in \[1, 200\]"),
+        ("guidance_scale", math.nan, "guidance_scale must be a finite number"),
+        ("guidance_scale", math.inf, "guidance_scale must be a finite number"),
+        ("guidance_scale", -1.0, r"guidance_scale must be in \[0.0, 30.0\]"),
         ("seed", -1, "seed must be in"),
         ("seed", SEED_LIMIT, "seed must be in"),
         ("num_images", 0, r"num_images must be in \[1, 4\]"),
@@ -97,14 +106,16 @@ def test_out_of_memory_is_caught_explained_and_the_next_request_runs(tiny_packag
     if not HAS_CUDA:
         pytest.skip("needs a CUDA GPU")
     generator = Generator.from_pretrained(tiny_package, device="cuda", max_pe_tokens=8)
-    small = GenerationRequest("a cat", width=64, height=64, steps=1, use_pe=False)
+    small = GenerationRequest("a cat", width=64, height=64, num_inference_steps=1, use_pe=False)
     generator.generate(small)
     torch.cuda.empty_cache()
     limit = torch.cuda.memory_allocated() + 256 * 2**20
     torch.cuda.set_per_process_memory_fraction(limit / torch.cuda.get_device_properties(0).total_memory)
     try:
         with pytest.raises(OutOfMemory, match="Try a smaller size, fewer images"):
-            generator.generate(GenerationRequest("a cat", width=2048, height=2048, steps=1, use_pe=False, num_images=4))
+            generator.generate(
+                GenerationRequest("a cat", width=2048, height=2048, num_inference_steps=1, use_pe=False, num_images=4)
+            )
         assert torch.cuda.memory_allocated() < limit
         assert generator.generate(small).images
     finally:
@@ -114,13 +125,13 @@ def test_out_of_memory_is_caught_explained_and_the_next_request_runs(tiny_packag
 def test_a_rerun_with_other_steps_or_guidance_reuses_the_pe_and_text_encoding(tiny_generator):
     from dataclasses import replace
 
-    cached = Generator(tiny_generator.pipe, max_pe_tokens=12, prompt_cache_size=2)
+    cached = Generator(tiny_generator.loaded, max_pe_tokens=12, prompt_cache_size=2)
     first = cached.generate(GenerationRequest("a cat", seed=5, **SMALL))
-    rerun = replace(first.request, steps=3, guidance=2.0)
+    rerun = replace(first.request, num_inference_steps=3, guidance_scale=2.0)
     second = cached.generate(rerun)
     assert not first.prompt_cached and second.prompt_cached
     assert second.revised_prompt == first.revised_prompt
-    assert second.seconds["pe"] < first.seconds["pe"]
+    assert second.seconds.pe < first.seconds.pe
     fresh = tiny_generator.generate(rerun)  # no cache: the same image
     assert not fresh.prompt_cached
     assert np.array_equal(pixels(second.images[0]), pixels(fresh.images[0]))
@@ -131,6 +142,6 @@ def test_a_rerun_with_other_steps_or_guidance_reuses_the_pe_and_text_encoding(ti
 
 def test_generator_settings_are_checked(tiny_generator):
     with pytest.raises(ValueError, match=r"prompt_cache_size must be in \[0, 1024\]"):
-        Generator(tiny_generator.pipe, prompt_cache_size=-1)
-    with pytest.raises(ValueError, match=r"max_pe_tokens must be in \[1, 4096\]"):
-        Generator(tiny_generator.pipe, max_pe_tokens=0)
+        Generator(tiny_generator.loaded, prompt_cache_size=-1)
+    with pytest.raises(ValueError, match=r"max_pe_tokens must be an integer in \[1, 8192\] or None"):
+        Generator(tiny_generator.loaded, max_pe_tokens=0)

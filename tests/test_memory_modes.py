@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from ernie_nf4.generation import GenerationRequest, Generator
+from ernie_nf4.errors import EnvironmentUnsupported
+from ernie_nf4.generation import Generator
 from ernie_nf4.loader import load_pipeline
+from ernie_nf4.request import GenerationRequest
 from ernie_nf4.residency import Residency
 
 from .conftest import DEVICE, HAS_CUDA
@@ -69,12 +71,14 @@ def test_residency_keeps_one_model_on_the_device_and_outputs_unchanged(tiny_pack
 def test_low_vram_needs_a_gpu(tiny_package, nf4_everywhere):
     if HAS_CUDA:
         pytest.skip("this machine has a GPU")
-    with pytest.raises(ValueError, match="memory_mode 'low-vram' needs a CUDA device; use memory_mode 'gpu'"):
+    with pytest.raises(
+        EnvironmentUnsupported, match="memory_mode 'low-vram' needs a CUDA GPU .* use memory_mode 'all-on-gpu'"
+    ):
         load_pipeline(tiny_package, device="cpu", memory_mode="low-vram")
 
 
 def test_bad_loader_and_residency_arguments_are_refused_by_name(tiny_package, nf4_everywhere):
-    with pytest.raises(ValueError, match=r"memory_mode must be one of \('gpu', 'low-vram', 'model-offload'\)"):
+    with pytest.raises(ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram', 'model-offload'\]"):
         load_pipeline(tiny_package, device=DEVICE, memory_mode="tiny")
     with pytest.raises(ValueError, match=r"compile needs fast=True"):
         load_pipeline(tiny_package, device=DEVICE, fast=False, compile=True)
@@ -85,7 +89,7 @@ def test_bad_loader_and_residency_arguments_are_refused_by_name(tiny_package, nf
 
 
 def test_fast_path_and_stock_forward_give_the_same_image(tiny_package, nf4_everywhere):
-    request = GenerationRequest("a red boat", width=96, height=64, steps=3, seed=5)
+    request = GenerationRequest("a red boat", width=96, height=64, num_inference_steps=3, seed=5)
     images = {
         fast: Generator.from_pretrained(tiny_package, device=DEVICE, fast=fast, max_pe_tokens=6).generate(request)
         for fast in (False, True)
@@ -97,7 +101,7 @@ def test_fast_path_and_stock_forward_give_the_same_image(tiny_package, nf4_every
 
 @needs_cuda
 def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_nothing(tiny_package):
-    request = GenerationRequest("a red boat", width=256, height=256, steps=3, seed=5)
+    request = GenerationRequest("a red boat", width=256, height=256, num_inference_steps=3, seed=5)
     results = {}
     for mode in ("gpu", "low-vram"):
         generator = Generator.from_pretrained(tiny_package, memory_mode=mode, max_pe_tokens=6)
@@ -122,7 +126,7 @@ def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_noth
 def test_text_encoder_table_in_cpu_memory_gives_the_same_embeddings(tiny_package, nf4_everywhere):
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from ernie_nf4.placement import CpuEmbedding, embeddings_on_cpu
+    from ernie_nf4.memory_savers import CpuEmbedding, embeddings_on_cpu
 
     kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}}
     model = AutoModel.from_pretrained(tiny_package / "text_encoder", **kwargs)
@@ -143,7 +147,7 @@ def test_text_encoder_table_in_cpu_memory_gives_the_same_embeddings(tiny_package
 def test_tiled_vae_decode_tiles_only_large_images_and_is_reproducible(tiny_original):
     from diffusers import AutoencoderKLFlux2
 
-    from ernie_nf4.placement import tile_vae
+    from ernie_nf4.memory_savers import tile_vae
 
     vae = AutoencoderKLFlux2.from_pretrained(tiny_original / "vae", dtype=torch.float32).to(DEVICE)
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,7 @@ from diffusers import ErnieImagePipeline
 from safetensors import safe_open
 
 from ernie_nf4.metadata import METADATA_FILE, PackageError, read_metadata, sha256_file, verify_package, write_metadata
+from ernie_nf4.package_check import header_sha256
 from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
 
 from .conftest import DEVICE
@@ -31,7 +32,10 @@ def test_metadata_figures_equal_the_bytes_on_disk(tiny_package, tiny_original):
         }
         assert set(on_disk) == set(record["files"])
         for rel, path in on_disk.items():
-            assert record["files"][rel] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            expected = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            if path.suffix == ".safetensors":
+                expected["header_sha256"] = header_sha256(path)
+            assert record["files"][rel] == expected
         assert record["bytes_after"] == sum(p.stat().st_size for p in on_disk.values())
         assert record["bytes_before"] == sum(p.stat().st_size for p in (tiny_original / name).rglob("*") if p.is_file())
         total_after += record["bytes_after"]
@@ -161,10 +165,11 @@ def test_the_seed_readme_per_component_snippet_loads_the_package(tiny_package, n
 
 
 def test_not_enough_disk_is_refused_before_any_work(tmp_path):
+    from ernie_nf4.errors import EnvironmentUnsupported
     from ernie_nf4.quantize import _check_disk
 
     _check_disk(tmp_path, 1)
-    with pytest.raises(OSError, match=r"GB free, the package needs about .* free some disk or choose another --output"):
+    with pytest.raises(EnvironmentUnsupported, match=r"B free, the package needs about 1000000.00 TB; free some disk"):
         _check_disk(tmp_path, 10**18)
 
 

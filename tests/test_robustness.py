@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ernie_nf4.generation import request_from_form
 from ernie_nf4.loader import load_pipeline
 from ernie_nf4.metadata import METADATA_FILE, PackageError
+from ernie_nf4.request import request_from_form
 
 pytest.importorskip("gradio")
 from .apphelpers import ROOT, Client  # noqa: E402
@@ -42,13 +42,13 @@ BAD = [
     ({"width": 10**9}, r"width must be in \[64, 2048\]"),
     ({"height": 65.5}, "height must be a whole number"),
     ({"height": "tall"}, "height must be a whole number"),
-    ({"num_inference_steps": 0}, r"steps must be in \[1, 200\]"),
-    ({"num_inference_steps": -3}, r"steps must be in \[1, 200\]"),
-    ({"num_inference_steps": 10_000}, r"steps must be in \[1, 200\]"),
-    ({"guidance_scale": math.nan}, "guidance must be a finite number"),
-    ({"guidance_scale": math.inf}, "guidance must be a finite number"),
-    ({"guidance_scale": -1.0}, r"guidance must be in \[0.0, 30.0\]"),
-    ({"guidance_scale": 1e6}, r"guidance must be in \[0.0, 30.0\]"),
+    ({"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 200\]"),
+    ({"num_inference_steps": -3}, r"num_inference_steps must be in \[1, 200\]"),
+    ({"num_inference_steps": 10_000}, r"num_inference_steps must be in \[1, 200\]"),
+    ({"guidance_scale": math.nan}, "guidance_scale must be a finite number"),
+    ({"guidance_scale": math.inf}, "guidance_scale must be a finite number"),
+    ({"guidance_scale": -1.0}, r"guidance_scale must be in \[0.0, 30.0\]"),
+    ({"guidance_scale": 1e6}, r"guidance_scale must be in \[0.0, 30.0\]"),
     ({"seed": -1}, "seed must be in"),
     ({"seed": 2**64}, "seed must be in"),
     ({"num_images": 0}, r"num_images must be in \[1, 4\]"),
@@ -95,9 +95,15 @@ def test_snapped_and_cleaned_values_are_reported_and_the_server_keeps_serving(se
 
 def test_form_values_are_coerced_only_where_safe():
     request, notes = request_from_form("cat", None, 64.0, "80", 2.0, "4.5", 3, True, 1)
-    assert (request.width, request.height, request.steps, request.guidance, request.seed) == (64, 80, 2, 4.5, 3)
+    assert (request.width, request.height, request.num_inference_steps, request.guidance_scale, request.seed) == (
+        64,
+        80,
+        2,
+        4.5,
+        3,
+    )
     assert notes == []
-    with pytest.raises(ValueError, match="steps must be a whole number"):
+    with pytest.raises(ValueError, match="num_inference_steps must be a whole number"):
         request_from_form("cat", "", 64, 64, 2.5, 4.0, 3, True, 1)
     request, notes = request_from_form("cat", "", 2047, 70, 2, 4.0, 3, False, 1)
     assert (request.width, request.height) == (2048, 64)
@@ -228,11 +234,17 @@ def test_only_the_apps_own_files_are_served(served_tiny_app, tmp_path):
     assert name.startswith("ernie-") and name.endswith(".png") and "/" not in name
 
 
-def test_share_warns_and_names_auth():
-    from app import share_warning
+def test_share_and_a_non_loopback_bind_warn_and_name_auth():
+    from ernie_nf4.webapp.cli import exposure_warning, parse_args
 
-    assert "anyone with the link" in share_warning(None) and "--auth" in share_warning(None)
-    assert "protected by --auth" in share_warning(("ann", "pw"))
+    def warning(*argv):
+        return exposure_warning(parse_args(list(argv), environ={}))
+
+    assert "anyone with the link" in warning("--share") and "--auth" in warning("--share")
+    assert "protected by --auth" in warning("--share", "--auth", "ann:pw")
+    assert "reachable from other machines" in warning("--host", "0.0.0.0")
+    assert warning("--host", "0.0.0.0", "--auth", "ann:pw") is None
+    assert warning() is None
 
 
 def test_the_app_service_checks_hashes_when_asked(tiny_package, tmp_path):

@@ -1,0 +1,171 @@
+"""The one place this project touches private parts of its upstream libraries, each checked before use.
+
+Tested ranges are pinned in requirements.txt / pyproject.toml. Should a new release rename or remove one of
+these, the check logs one warning naming it and the code falls back to a public or own path (slower, never
+wrong) instead of failing in the middle of a request. ``upstream_problems()`` lists what is missing (the tests
+assert it is empty for the pinned versions).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+logger = logging.getLogger(__name__)
+
+# What the fast transformer path (fast_transformer.py) reads of diffusers 0.42.1's ErnieImage model and block.
+_TRANSFORMER_ATTRS = (
+    "x_embedder",
+    "text_proj",
+    "time_proj",
+    "time_embedding",
+    "adaLN_modulation",
+    "layers",
+    "final_norm",
+    "final_linear",
+    "pos_embed",
+    "patch_size",
+    "out_channels",
+)
+_BLOCK_ATTRS = ("self_attention", "adaLN_sa_ln", "adaLN_mlp_ln", "mlp")
+_ATTENTION_ATTRS = ("to_q", "to_k", "to_v", "to_out", "norm_q", "norm_k", "heads")
+_FORWARD_ARGS = ("hidden_states", "timestep", "text_bth", "text_lens")
+
+
+@functools.cache
+def _warn_once(what: str, fallback: str) -> None:
+    logger.warning("upstream changed: %s is gone; %s", what, fallback)
+
+
+def unpatchify_latents(pipe, latents):
+    """[B, 128, H/2, W/2] -> [B, 32, H, W], as ``ErnieImagePipeline._unpatchify_latents`` (diffusers 0.42.1)."""
+    own = getattr(type(pipe), "_unpatchify_latents", None)
+    if own is not None:
+        return own(latents)
+    _warn_once("ErnieImagePipeline._unpatchify_latents", "using this project's copy")
+    # Copied from diffusers 0.42.1 pipelines/ernie_image/pipeline_ernie_image.py (_unpatchify_latents)
+    b, c, h, w = latents.shape
+    latents = latents.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return latents.reshape(b, c // 4, h * 2, w * 2)
+
+
+def pad_text(pipe, text_hiddens, device, dtype):
+    """Pad per-prompt embeddings to ``[B, T, D]`` plus lengths, as ``ErnieImagePipeline._pad_text`` does."""
+    import torch
+
+    dim = pipe.transformer.config.text_in_dim
+    own = getattr(type(pipe), "_pad_text", None)
+    if own is not None:
+        return own(text_hiddens, device, dtype, dim)
+    _warn_once("ErnieImagePipeline._pad_text", "using this project's copy")
+    # Copied from diffusers 0.42.1 pipelines/ernie_image/pipeline_ernie_image.py (_pad_text)
+    rows = [t.squeeze(1).to(device, dtype) if t.dim() == 3 else t.to(device, dtype) for t in text_hiddens]
+    lens = torch.tensor([t.shape[0] for t in rows], device=device, dtype=torch.long)
+    out = torch.zeros((len(rows), int(lens.max()) if rows else 0, dim), device=device, dtype=dtype)
+    for i, t in enumerate(rows):
+        out[i, : t.shape[0]] = t
+    return out, lens
+
+
+def fast_path_problem() -> str | None:
+    """Why ``fast_transformer`` cannot run on this diffusers (it subclasses the model and reads these attributes),
+    or None. Checked on the classes, so it needs no model."""
+    try:
+        from diffusers.models.transformers import transformer_ernie_image as module
+    except ImportError as err:
+        return f"diffusers has no ErnieImage transformer module ({err})"
+    for class_name in ("ErnieImageTransformer2DModel", "ErnieImageSharedAdaLNBlock"):
+        if not hasattr(module, class_name):
+            return f"diffusers lacks {class_name}"
+    params = inspect.signature(module.ErnieImageTransformer2DModel.forward).parameters
+    if not all(name in params for name in _FORWARD_ARGS):
+        return f"ErnieImageTransformer2DModel.forward no longer takes {_FORWARD_ARGS}"
+    source = inspect.getsource(module.ErnieImageTransformer2DModel.__init__)
+    missing = [a for a in _TRANSFORMER_ATTRS if f"self.{a}" not in source and a not in ("patch_size", "out_channels")]
+    source = inspect.getsource(module.ErnieImageSharedAdaLNBlock.__init__)
+    missing += [a for a in _BLOCK_ATTRS if f"self.{a}" not in source]
+    if not hasattr(module.ErnieImageTransformer2DModel, "compile_repeated_blocks"):
+        missing.append("compile_repeated_blocks")
+    return f"ErnieImage transformer lacks {missing}" if missing else None
+
+
+def fast_path_supported() -> bool:
+    """True when the fast path can run; otherwise one warning and the stock forward is used."""
+    problem = _cached_fast_path_problem()
+    if problem is not None:
+        _warn_once("the ErnieImage internals the fast path reads", f"running diffusers' stock forward ({problem})")
+    return problem is None
+
+
+@functools.cache
+def _cached_fast_path_problem() -> str | None:
+    return fast_path_problem()
+
+
+def check_block(block) -> bool:
+    """A loaded block has what the fast block reads (the class check above cannot see attention's attributes)."""
+    attention = getattr(block, "self_attention", None)
+    return attention is not None and all(hasattr(attention, a) for a in _ATTENTION_ATTRS)
+
+
+def set_allocator_settings(settings: str) -> bool:
+    """``torch.cuda.memory._set_allocator_settings`` (private in torch 2.4-2.13); False when it is gone."""
+    import torch
+
+    setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    if setter is None:
+        _warn_once("torch.cuda.memory._set_allocator_settings", "set PYTORCH_CUDA_ALLOC_CONF yourself")
+        return False
+    setter(settings)
+    return True
+
+
+def diffusers_bnb_guard():
+    """The class whose ``validate_environment`` refuses NF4 without a GPU (tests lift that one check)."""
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    return BnB4BitDiffusersQuantizer
+
+
+def quant_state_tensors(state) -> list[tuple[object, str]]:
+    """``(owner, attribute)`` of every tensor of a bitsandbytes ``QuantState`` (double quantization included):
+    what ``residency`` must move with an NF4 weight. bitsandbytes 0.46-0.50 keep them in these attributes."""
+    import torch
+
+    owners = (state, state.state2) if getattr(state, "nested", False) else (state,)
+    return [
+        (owner, attr)
+        for owner in owners
+        for attr in ("absmax", "code", "offset")
+        if torch.is_tensor(getattr(owner, attr, None))
+    ]
+
+
+def upstream_problems() -> list[str]:
+    """Every private attribute this project uses that the installed libraries lack (empty when all is well)."""
+    problems = []
+    from diffusers import ErnieImagePipeline
+
+    for name in ("_unpatchify_latents", "_pad_text"):
+        if not hasattr(ErnieImagePipeline, name):
+            problems.append(f"diffusers ErnieImagePipeline.{name}")
+    if (problem := fast_path_problem()) is not None:
+        problems.append(problem)
+    try:
+        diffusers_bnb_guard().validate_environment  # noqa: B018
+    except (ImportError, AttributeError):
+        problems.append("diffusers BnB4BitDiffusersQuantizer.validate_environment")
+    import torch
+
+    if not hasattr(torch.cuda.memory, "_set_allocator_settings"):
+        problems.append("torch.cuda.memory._set_allocator_settings")
+    try:
+        from bitsandbytes.functional import QuantState
+
+        for attr in ("absmax", "code", "offset", "state2", "nested"):
+            if attr not in inspect.getsource(QuantState.__init__):
+                problems.append(f"bitsandbytes QuantState.{attr}")
+    except ImportError:
+        problems.append("bitsandbytes.functional.QuantState")
+    return problems

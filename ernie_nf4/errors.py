@@ -1,0 +1,36 @@
+"""The library's one exception family. Every error a user can cause or meet derives from ``ErnieNF4Error`` and
+says what is wrong and what to do; the app maps the family to readable messages in one place.
+
+The classes also derive from the builtin a caller would expect (``ValueError`` for bad arguments, ``RuntimeError``
+for the environment), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ErnieNF4Error(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class InvalidArgument(ErnieNF4Error, ValueError):
+    """An argument or request field is out of range; the message names it and the allowed values."""
+
+
+class PackageError(ErnieNF4Error, ValueError):
+    """A package folder is missing, damaged, unsafe or not an ERNIE-Image pipeline; the message names the file."""
+
+
+class PackageUnavailable(ErnieNF4Error, RuntimeError):
+    """No package could be found, downloaded or built; the message lists what was tried."""
+
+
+class EnvironmentUnsupported(ErnieNF4Error, RuntimeError):
+    """This machine cannot do what was asked (no CUDA GPU, too little memory or disk)."""
+
+
+class OutOfMemory(ErnieNF4Error, RuntimeError):
+    """The GPU ran out of memory; memory was freed and the message says what to change."""
+
+
+class GenerationCancelled(ErnieNF4Error):
+    """A run was stopped (Stop pressed, client gone) after its current step; nothing was kept."""

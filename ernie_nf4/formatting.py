@@ -1,0 +1,239 @@
+"""Formatting for people, in one place: sizes, durations, run info, the Stats tab's markdown and chart rows, and
+the benchmark's tables. Pure functions of the library's dataclasses (no UI toolkit imported)."""
+
+from __future__ import annotations
+
+import json
+
+from .progress import format_seconds
+
+__all__ = ["format_bytes", "format_seconds"]
+
+
+def format_bytes(count: float | None) -> str:
+    """``9,048,442,156`` -> ``9.05 GB``; small sizes keep their unit (``512 B``, ``3.4 MB``)."""
+    if count is None:
+        return "unknown"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{int(count)} B"
+
+
+def readable_value(value, depth: int = 0) -> str:
+    """Any JSON value as short text for people (numbers with separators, nested objects flattened)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:200] + "…"
+    if isinstance(value, dict):
+        if depth >= 2:
+            return "{…}"
+        return "; ".join(f"{k}: {readable_value(v, depth + 1)}" for k, v in list(value.items())[:20])
+    if isinstance(value, list):
+        return ", ".join(readable_value(v, depth + 1) for v in value[:20]) + (" …" if len(value) > 20 else "")
+    return str(value)
+
+
+def run_info(result, notes=(), provenance: str | None = None) -> str:
+    """One line about a finished run: seeds, per-stage seconds, PE tokens, peak VRAM, package provenance."""
+    s = result.seconds
+    per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
+    parts = [
+        f"seed {', '.join(map(str, result.seeds))}",
+        f"PE {s.pe:.2f} s",
+        f"text {s.text_encoding:.2f} s",
+        f"denoise {s.denoising:.2f} s ({per_step:.0f} ms/step)",
+        f"VAE {s.vae_decode:.2f} s",
+        f"total {s.total:.2f} s",
+    ]
+    if result.enhancement is not None:
+        e = result.enhancement
+        parts.append(f"PE wrote {e.tokens} tokens" + (f" (cut at the cap of {e.cap})" if e.cut else ""))
+    elif result.prompt_cached and result.revised_prompt:
+        parts.append("PE from cache")
+    if result.peak_vram:
+        parts.append(f"peak VRAM {result.peak_vram.reserved_gib:.2f} GiB")
+    if provenance and not provenance.startswith("verified"):
+        parts.append(f"package {provenance}")
+    return " · ".join([*parts, *notes])
+
+
+def _reduction(before: int | None, after: int) -> str:
+    return "unknown" if not before else f"{1 - after / before:.1%}"
+
+
+def package_markdown(package) -> list[str]:
+    lines = [
+        f"**Package** `{package.name}` — {package.provenance}",
+        "",
+        "| component | NF4 | original bytes | package bytes | reduction |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for c in package.components:
+        before = "unknown" if c.bytes_before is None else f"{c.bytes_before:,}"
+        lines.append(
+            f"| {c.name} | {'yes' if c.quantized else 'no'} | {before} | {c.bytes_on_disk:,} | "
+            f"{_reduction(c.bytes_before, c.bytes_on_disk)} |"
+        )
+    before = "unknown" if package.bytes_before is None else f"{package.bytes_before:,}"
+    lines.append(
+        f"| **total** | | {before} | {package.bytes_on_disk:,} | "
+        f"{_reduction(package.bytes_before, package.bytes_on_disk)} |"
+    )
+    if package.bytes_before is None:
+        lines += ["", "Sizes of the original are unknown for this package (no ernie-nf4 metadata): not guessed."]
+    if package.foreign_metadata is not None:
+        lines += ["", "**Metadata written by another tool**", ""]
+        if isinstance(package.foreign_metadata, dict):
+            lines += [f"- {key}: {readable_value(value)}" for key, value in package.foreign_metadata.items()]
+        else:
+            lines.append(f"- {readable_value(package.foreign_metadata)}")
+    lines += [f"- note: {note}" for note in package.notes]
+    for key, bench in package.benchmarks.items():
+        lines += ["", f"**Benchmark {key}** on {bench.get('gpu') or 'CPU'}", ""]
+        lines += ["| mode | load s | total s | ms/step | peak reserved GiB |", "|---|---:|---:|---:|---:|"]
+        for m in bench.get("modes", []):
+            if m.get("status") == "ok":
+                peak = "–" if m.get("peak_reserved_gib") is None else f"{m['peak_reserved_gib']:.2f}"
+                lines.append(
+                    f"| {m['mode']} | {m['load_seconds']:.1f} | {m['seconds']['total']:.2f} | "
+                    f"{m['ms_per_step']:.1f} | {peak} |"
+                )
+    return lines
+
+
+def live_markdown(live, title: str = "This process") -> str:
+    line = (
+        f"**{title}** (memory mode {live.memory_mode}: {live.memory_mode_reason}"
+        f"{', compiled' if live.compiled else ''}): "
+        + (f"loaded in {live.load_seconds:.1f} s" if live.loaded and live.load_seconds else "not loaded")
+    )
+    if live.last_run_seconds:
+        line += ", last run " + ", ".join(f"{k} {v:.2f} s" for k, v in live.last_run_seconds.as_dict().items())
+    if live.last_run_peak_vram:
+        line += f", peak VRAM {live.last_run_peak_vram.reserved_gib:.2f} GiB"
+    return line
+
+
+def stats_markdown(stats) -> str:
+    """The Stats tab for ``stats.ServiceStats``."""
+    lines = [f"**{stats.model}**", ""]
+    if stats.package is None:
+        lines.append("No package yet: it is fetched on the first Generate (or with **Load model**).")
+    else:
+        lines += package_markdown(stats.package)
+    lines += ["", live_markdown(stats.live)]
+    for number, replica in enumerate(stats.replicas):
+        lines.append(live_markdown(replica, f"Replica {number} ({replica.device})"))
+    return "\n".join(lines)
+
+
+def size_rows(stats) -> list[dict]:
+    """Rows of the original-vs-package bar chart (components whose original size is known, and the package)."""
+    rows = []
+    for c in stats.package.components if stats.package else []:
+        if c.bytes_before is not None:
+            rows.append({"bar": f"{c.name} original", "version": "original", "GB": c.bytes_before / 1e9})
+        rows.append(
+            {"bar": f"{c.name} package", "version": "NF4" if c.quantized else "kept", "GB": c.bytes_on_disk / 1e9}
+        )
+    return rows
+
+
+def ratios(modes: list[dict]) -> list[str]:
+    """The issue's headline ratios from one run's modes (those present)."""
+    ok = {r["mode"]: r for r in modes if r["status"] == "ok"}
+    lines = []
+
+    def compare(what: str, mode: str, base: str, value) -> None:
+        if mode in ok and base in ok and value(ok[base]):
+            lines.append(f"- {what}: {mode} / {base} = {value(ok[mode]) / value(ok[base]):.2f}x")
+
+    for mode in ("nf4", "nf4-compile", "nf4-low-vram"):
+        compare("denoising step", mode, "nf4-stock", lambda r: r["ms_per_step"])
+    for mode in ("nf4-stock", "nf4", "nf4-compile", "nf4-low-vram"):
+        compare("end to end", mode, "bf16", lambda r: r["seconds"]["total"])
+    compare("end to end", "nf4-low-vram", "nf4", lambda r: r["seconds"]["total"])
+    compare("cold load", "nf4", "bf16", lambda r: r["load_seconds"])
+    for mode, r in ok.items():
+        if r["seconds"].get("total"):
+            share = f"- PE share of end to end, {mode}: {r['seconds']['pe'] / r['seconds']['total']:.0%}"
+            if r.get("moving_seconds") is not None:
+                share += f" (moving models on/off the GPU: {r['moving_seconds']:.2f} s per run)"
+            lines.append(share)
+    return lines
+
+
+def markdown_table(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        f"### {s['width']}x{s['height']}, {s.get('num_inference_steps', s.get('steps'))} steps, "
+        f"guidance {s.get('guidance_scale', s.get('guidance'))}, seed {s['seed']}, "
+        f"PE {'on' if s['use_pe'] else 'off'} (max {s['max_pe_tokens']} PE tokens), median of {s['repeat']}",
+        "",
+        f"GPU: {report['gpu'] or 'none (CPU)'}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+        "",
+    ]
+    if report["synthetic"]:
+        lines += [
+            f"Synthetic {report['synthetic']}-size model with random weights: timings and memory are real, "
+            "images are noise.",
+            "",
+        ]
+    lines += [
+        "| mode | load s | warm-up s | PE s | PE ms/token | text enc. s | denoise s | ms/step | VAE s | total s "
+        "| peak alloc GiB | peak reserved GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    for r in report["modes"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['mode']} | {r['status']} |||||||||||")
+            continue
+        sec = r["seconds"]
+        cold = "" if r["cold_cache"] else " (warm cache)"
+        lines.append(
+            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {num(r['warmup_seconds'], '.1f')} | "
+            f"{sec['pe']:.2f} | {num(r.get('pe_ms_per_token'), '.1f')} | {sec['text_encoding']:.2f} | "
+            f"{sec['denoising']:.2f} | {r['ms_per_step']:.1f} | {sec['vae_decode']:.2f} | {sec['total']:.2f} | "
+            f"{num(r['peak_allocated_gib'], '.2f')} | {num(r['peak_reserved_gib'], '.2f')} |"
+        )
+    if summary := ratios(report["modes"]):
+        lines += ["", *summary]
+    if report.get("fidelity"):
+        f = report["fidelity"]
+
+        def errors(key: str) -> str:
+            return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
+
+        lines += [
+            "",
+            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error "
+            f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
+            f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
+            f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
+            f"compiled: {errors('compiled_vs_stock_relative_error')}. Yardsticks: the stock forward with another "
+            f"attention kernel (SDPA math) vs itself: {errors('stock_other_attention_kernel_relative_error')}.",
+        ]
+        if vs32 := f.get("vs_float32_relative_error"):
+            lines.append(
+                "Against a float32 run of the same NF4 weights: "
+                + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
+                + "."
+            )
+        if report["synthetic"]:
+            lines.append(
+                "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."
+            )
+    if report.get("command"):
+        lines += ["", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"

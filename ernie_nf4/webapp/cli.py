@@ -1,0 +1,217 @@
+"""``python app.py`` / ``ernie-nf4-app``: flags, each also read from an environment variable, then launch.
+
+Flags mirror ``ServiceConfig``'s fields. Each flag ``--x-y`` can be set by ``ERNIE_NF4_X_Y`` (how a Hugging Face
+Space configures it); where to listen also follows Gradio's own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``,
+and on a Space (``SPACE_ID`` set) defaults to 0.0.0.0:7860. A flag given on the command line wins. Bad values,
+from a flag or a variable, end the program with one line naming them and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+
+from ..errors import ErnieNF4Error
+from ..memory import APP_MEMORY_MODES
+from ..variants import DEFAULT_VARIANT, VARIANTS
+
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value that cannot be used; the message names it."""
+
+
+def env_name(flag: str) -> str:
+    return "ERNIE_NF4_" + flag.upper().replace("-", "_")
+
+
+def switch(flag: str, environ) -> bool:
+    value = environ.get(env_name(flag), "").strip().lower()
+    if value in ON_WORDS:
+        return True
+    if value in OFF_WORDS:
+        return False
+    raise SettingsError(f"{env_name(flag)}={environ[env_name(flag)]!r}: use one of {ON_WORDS} or {OFF_WORDS[:-1]}")
+
+
+def port_number(text: str, name: str = "--port") -> int:
+    try:
+        port = int(str(text).strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a port number in [1, 65535], got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"{name} must be a port number in [1, 65535], got {port}")
+    return port
+
+
+def default_host(environ) -> str:
+    for name in (env_name("host"), "GRADIO_SERVER_NAME"):
+        if environ.get(name):
+            return environ[name]
+    return "0.0.0.0" if environ.get("SPACE_ID") else "127.0.0.1"
+
+
+def default_port(environ) -> tuple[str, str]:
+    for name in (env_name("port"), "GRADIO_SERVER_PORT"):
+        if environ.get(name):
+            return environ[name], name
+    return "7860", "--port"
+
+
+def build_parser(environ=None) -> argparse.ArgumentParser:
+    """The flags, with defaults from ``environ``; raises ``SettingsError`` for an unusable variable."""
+    environ = os.environ if environ is None else environ
+
+    def env(flag: str, default=None):
+        return environ.get(env_name(flag)) or default
+
+    p = argparse.ArgumentParser(
+        prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model-dir", default=env("model-dir"), help="package folder to use (or create)")
+    p.add_argument("--repo-id", default=env("repo-id"), help="Hub repo of a pre-quantized package to download")
+    p.add_argument("--source", default=env("source"), help="original to quantize if there is no package")
+    p.add_argument("--variant", choices=list(VARIANTS), default=env("variant", DEFAULT_VARIANT), help="model variant")
+    p.add_argument("--device", default=env("device"), help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument(
+        "--host", default=default_host(environ), help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)"
+    )
+    port, port_source = default_port(environ)
+    p.add_argument("--port", type=port_number, default=port_number(port, port_source), help="port to listen on")
+    p.add_argument("--share", action="store_true", default=switch("share", environ), help="public link (72 h)")
+    p.add_argument("--auth", default=env("auth"), help="USER:PASS required to open the app")
+    p.add_argument(
+        "--tiny", action="store_true", default=switch("tiny", environ), help="tiny random model (CPU is fine)"
+    )
+    p.add_argument(
+        "--max-pe-tokens",
+        type=int,
+        default=env("max-pe-tokens"),
+        help="cap on the prompt enhancer's new tokens (default: the stock limit, 2048; the PE stops by itself)",
+    )
+    p.add_argument(
+        "--memory-mode",
+        choices=[m.value for m in APP_MEMORY_MODES] + ["gpu"],
+        default=env("memory-mode", "all-on-gpu"),
+        help="all-on-gpu: every model stays on the GPU (about 9.3 GiB at 1024x1024); low-vram: the models "
+        "take turns on the GPU from pinned CPU memory (about 5.7 GiB, about as fast; ~9 GB of free RAM)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=switch("compile", environ),
+        help="compile the transformer blocks and CUDA-graph the prompt enhancer at load",
+    )
+    p.add_argument(
+        "--verify-sha256",
+        action="store_true",
+        default=switch("verify-sha256", environ),
+        help="check every package file's sha256 when loading (sizes and headers are always checked)",
+    )
+    return p
+
+
+def parse_args(argv=None, environ=None) -> argparse.Namespace:
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if args.variant not in VARIANTS:
+        raise SettingsError(f"{env_name('variant')}={args.variant!r}: choose one of {list(VARIANTS)}")
+    if args.memory_mode not in [m.value for m in APP_MEMORY_MODES] + ["gpu"]:
+        raise SettingsError(
+            f"{env_name('memory-mode')}={args.memory_mode!r}: choose one of {[m.value for m in APP_MEMORY_MODES]}"
+        )
+    if isinstance(args.max_pe_tokens, str):
+        try:
+            args.max_pe_tokens = int(args.max_pe_tokens)
+        except ValueError:
+            raise SettingsError(f"{env_name('max-pe-tokens')}={args.max_pe_tokens!r}: must be a whole number") from None
+    args.auth = parse_auth(args.auth)
+    check_host(args.host)
+    return args
+
+
+def parse_auth(text: str | None):
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SettingsError("--auth must be USER:PASS (both non-empty)")
+    return user, password
+
+
+def check_host(host: str) -> None:
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise SettingsError(f"--host {host!r}: not an address of this machine or a resolvable name") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(args) -> str | None:
+    """A warning when the app is reachable beyond this machine without ``--auth``."""
+    if args.share:
+        return "WARNING: --share makes this app reachable by anyone with the link (72 h). " + (
+            "It is protected by --auth." if args.auth else "Add --auth USER:PASS to protect it."
+        )
+    if not is_loopback(args.host) and not args.auth:
+        return (
+            f"WARNING: listening on {args.host}, reachable from other machines, without --auth. "
+            "Add --auth USER:PASS to protect it."
+        )
+    return None
+
+
+def config_from_args(args):
+    from ..service import ServiceConfig
+
+    variant = VARIANTS[args.variant]
+    model_dir = args.model_dir or (f"{variant.default_package_dir}-tiny" if args.tiny else variant.default_package_dir)
+    return ServiceConfig(
+        model_dir=model_dir,
+        repo_id=args.repo_id or variant.repo_id,
+        source=args.source or variant.source,
+        variant=args.variant,
+        device=args.device,
+        tiny=args.tiny,
+        verify_sha256=args.verify_sha256,
+        max_pe_tokens=args.max_pe_tokens,
+        memory_mode=args.memory_mode,
+        compile=args.compile,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..service import ImageService
+    from .ui import build_demo
+
+    try:
+        args = parse_args(argv)
+        config = config_from_args(args)
+    except (SettingsError, ErnieNF4Error) as err:
+        sys.exit(f"error: {err}")
+    demo = build_demo(ImageService(config))
+    if warning := exposure_warning(args):
+        print(warning, flush=True)
+    try:
+        _, _, share_url = demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share, auth=args.auth, prevent_thread_lock=True
+        )
+    except OSError as err:
+        sys.exit(f"error: cannot listen on {args.host}:{args.port} ({err}); choose another --port or --host")
+    if share_url:
+        print(f"Public link: {share_url}", flush=True)
+    demo.block_thread()
