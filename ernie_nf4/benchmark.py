@@ -384,6 +384,7 @@ def benchmark(
     """Run the benchmark and return its report (also written to metadata / markdown when asked)."""
     from .metadata import read_metadata
     from .metadata import write_metadata as store
+    from .model_card import write_model_card
 
     request = request or GenerationRequest(SEED_PROMPT, width=512, height=512, steps=50, guidance=4.0, seed=1234)
     if repeat < 1:
@@ -428,6 +429,7 @@ def benchmark(
         key = f"{request.width}x{request.height}-{request.steps}steps-{'pe' if request.use_pe else 'nope'}"
         meta["benchmarks"][key] = report
         store(Path(package), meta)
+        write_model_card(package)  # the card's benchmark tables follow the metadata
         log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
     if markdown:
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .metadata import FORMAT_VERSION, folder_bytes, measure_folder, totals, verify_package, write_metadata
+from .model_card import source_license, write_model_card
 from .source import precheck_source, resolve_source
 from .system import gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 
@@ -269,7 +270,12 @@ def quantize_package(
             "format_version": FORMAT_VERSION,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "created_by": f"ernie-nf4 {__version__} (quantize_package)",
-            "source": {"id": resolved.id, "revision": resolved.revision, "commit": resolved.commit},
+            "source": {
+                "id": resolved.id,
+                "revision": resolved.revision,
+                "commit": resolved.commit,
+                "license": source_license(resolved.path),
+            },
             "quantization": dict(NF4_SETTINGS),
             "components_quantized": [n for n in names if n in components],
             "components_kept": [n for n in names if n not in components],
@@ -287,6 +293,7 @@ def quantize_package(
             "benchmarks": {},
         }
         write_metadata(staging, metadata)
+        write_model_card(staging)  # README.md: the Hub model card, from the metadata alone
         verify_package(staging, check_sha256=False)
         # Swap into place: the old package (if any) is moved aside only now, and removed last.
         old = output.with_name(f".{output.name}.old-{os.getpid()}")
