@@ -45,6 +45,13 @@ def _hub_errors(repo_id: str, endpoint: str):
                 f"or cannot write there; {_LOGIN}"
             ) from err
         raise RuntimeError(f"repo_id {repo_id}: the Hub at {endpoint} answered HTTP {status}: {err}") from err
+    except (OSError, ValueError):  # ours, and local file errors: as they are
+        raise
+    except Exception as err:  # the HTTP client's own errors (connection refused, timeout, ...)
+        raise RuntimeError(
+            f"repo_id {repo_id}: the upload to {endpoint} failed ({type(err).__name__}: {err}); "
+            "check the network, or HF_ENDPOINT if you set it"
+        ) from err
 
 
 def push_to_hub(

@@ -130,6 +130,13 @@ def test_a_package_that_does_not_verify_is_not_pushed(package):
         assert not hub.requests
 
 
+def test_an_unreachable_hub_is_named(package):
+    with HubServer() as hub:
+        endpoint = hub.endpoint  # a port nobody listens on once the stand-in has stopped
+    with pytest.raises(RuntimeError, match=rf"repo_id me/nf4: the upload to {endpoint} failed.*check the network"):
+        push_to_hub(package, "me/nf4", token=TOKEN, endpoint=endpoint)
+
+
 @pytest.mark.parametrize("repo_id", ["nf4", "me/", "a/b/c", "me/x.git", ""])
 def test_bad_repo_id_is_named(package, repo_id):
     with pytest.raises(ValueError, match=r"repo_id .*USER/REPO"):
