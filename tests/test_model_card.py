@@ -3,6 +3,7 @@
 import copy
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,3 +127,13 @@ def test_benchmark_write_metadata_regenerates_the_card(tiny_package, tmp_path, n
     assert float(cells["ms/step"]) == pytest.approx(mode["ms_per_step"], abs=0.05)
     assert float(cells["total s"]) == pytest.approx(mode["seconds"]["total"], abs=0.005)
     assert not list(package.glob("*.tmp"))
+
+
+def test_quantize_copies_the_source_license_into_metadata_and_card(tiny_original, tmp_path):
+    from ernie_nf4.quantize import quantize_package
+
+    source = Path(shutil.copytree(tiny_original, tmp_path / "orig"))
+    (source / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: diffusers\n---\n# ERNIE-Image\n")
+    package = quantize_package(str(source), tmp_path / "pkg", components=["pe"], device="cpu")
+    assert read_metadata(package)["source"]["license"] == "apache-2.0"
+    assert front_matter((package / "README.md").read_text())["license"] == "apache-2.0"
