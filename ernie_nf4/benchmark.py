@@ -290,6 +290,7 @@ def benchmark(
     """Run the benchmark and return its report (also written to metadata / markdown when asked)."""
     from .metadata import read_metadata
     from .metadata import write_metadata as store
+    from .model_card import write_model_card
 
     request = request or GenerationRequest(
         SEED_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
@@ -338,6 +339,7 @@ def benchmark(
         )
         meta["benchmarks"][key] = report
         store(Path(package), meta)
+        write_model_card(package)  # the card's benchmark tables follow the metadata
         log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
     if markdown:
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from .nf4_format import (
     diffusers_nf4_blocker,
     is_nf4,
 )
+from .model_card import source_license, write_model_card
 from .source import precheck_source, resolve_source
 from .system import gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from .variants import DEFAULT_VARIANT, VARIANTS
@@ -223,7 +224,12 @@ def _metadata(plan: _Plan, records: dict, staging: Path, device: str, started: f
         "format_version": FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "created_by": f"ernie-nf4 {__version__} (quantize_package)",
-        "source": {"id": plan.source_id, "revision": plan.revision, "commit": plan.commit},
+        "source": {
+            "id": plan.source_id,
+            "revision": plan.revision,
+            "commit": plan.commit,
+            "license": source_license(plan.source),
+        },
         "quantization": dict(NF4_SETTINGS),
         "components_quantized": [n for n in plan.names if n in plan.components],
         "components_kept": [n for n in plan.names if n not in plan.components],
@@ -291,6 +297,7 @@ def quantize_package(
         (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
         metadata = _metadata(plan, records, staging, device, started)
         write_metadata(staging, metadata)
+        write_model_card(staging)
         verify_package(staging, check_sha256=False)
     report(
         f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
