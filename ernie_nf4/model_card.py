@@ -155,7 +155,7 @@ def benchmark_section(metadata: dict) -> list[str]:
     lines = ["## Benchmarks", ""]
     if not metadata["benchmarks"]:
         return [*lines, "No benchmark was recorded for this package."]
-    from .benchmark import markdown_table
+    from .formatting import markdown_table
 
     for key, report in metadata["benchmarks"].items():
         lines += [

@@ -233,7 +233,9 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
     assert bad.returncode != 0 and "--memory-mode: invalid choice: 'tiny'" in bad.stderr
     from ernie_nf4.service import ServiceConfig
 
-    with pytest.raises(ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram'\], got 'model-offload'"):
+    with pytest.raises(
+        ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram'\], got 'model-offload'"
+    ):
         ServiceConfig(memory_mode="model-offload")
 
 
