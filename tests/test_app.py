@@ -108,6 +108,7 @@ def test_served_tiny_app_generates_reproducible_pngs(served_tiny_app):
     assert (model_dir / "quantization_metadata.json").is_file()
 
 
+@pytest.mark.slow
 def test_auth_protects_the_app(tmp_path):
     port = free_port()
     cmd = [
@@ -167,6 +168,7 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app):
     sync_api = playwright_api()
     url, _, _ = served_tiny_app
@@ -239,6 +241,7 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
         ServiceConfig(memory_mode="model-offload")
 
 
+@pytest.mark.slow
 def test_a_compiling_service_compiles_while_loading_and_then_generates(tmp_path):
     from ernie_nf4.fast_transformer import FastErnieImageTransformer2DModel
     from ernie_nf4.request import GenerationRequest

@@ -8,9 +8,10 @@ from ernie_nf4.stats import RUN_STAGES as STAGES
 
 from .conftest import HAS_CUDA
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.nf4
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, tiny_package, tmp_path, nf4_everywhere):
     import shutil
 

@@ -13,7 +13,7 @@ from ernie_nf4.metadata import read_metadata, verify_package
 
 from .conftest import HAS_CUDA
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.nf4, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 # Without a GPU only the text encoder and PE can be quantized (diffusers refuses the transformer).
 COMPONENTS = [] if HAS_CUDA else ["--components", "text_encoder", "pe", "--device", "cpu"]

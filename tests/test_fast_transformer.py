@@ -11,7 +11,7 @@ from ernie_nf4.fast_transformer import (
 
 from .conftest import DEVICE
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.nf4
 
 
 def relative_error(a, b) -> float:

@@ -89,6 +89,7 @@ def foreign_mixed_package(tiny_original, tmp_path_factory):
     return write_foreign_package(tiny_original, tmp_path_factory.mktemp("mixed") / "ERNIE-Image-NF4", False)
 
 
+@pytest.mark.nf4
 def test_a_foreign_package_loads_generates_and_is_described(foreign_package, tmp_path, nf4_everywhere):
     from ernie_nf4.request import GenerationRequest
     from ernie_nf4.service import ImageService, ServiceConfig

@@ -10,7 +10,7 @@ from ernie_nf4.request import SEED_LIMIT, GenerationRequest
 
 from .conftest import HAS_CUDA
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.nf4
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
 

@@ -13,7 +13,7 @@ from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
 
 from .conftest import DEVICE
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.nf4
 KEPT = ["pe_tokenizer", "scheduler", "tokenizer", "vae"]
 
 
