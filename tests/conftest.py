@@ -15,7 +15,8 @@ from unittest import mock
 import pytest
 import torch
 
-from ernie_nf4.quantize import QUANTIZABLE, quantize_package
+from ernie_nf4.nf4_format import QUANTIZABLE
+from ernie_nf4.quantize import quantize_package
 from ernie_nf4.synthetic import build_original
 
 # Tests talk to loopback only: no analytics or telemetry calls out.
@@ -26,6 +27,16 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdi
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped, with the reason, where there is none."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,8 +215,7 @@ def test_download_refuses_early_when_the_disk_is_too_small(foreign_mixed_package
 
 
 def test_quantize_on_an_already_quantized_source_says_so_in_one_line(foreign_mixed_package, tmp_path):
-    from .apphelpers import ROOT
-
+    ROOT = Path(__file__).resolve().parents[1]
     cmd = [
         sys.executable,
         "quantize.py",
