@@ -72,6 +72,7 @@ class Generator:
         # PE and the text encoder.
         self._prompt_cache: OrderedDict = OrderedDict()
         self.prompt_cache_size = prompt_cache_size
+        self._pe_decoder = None  # pe_decoding.PEDecoder, made on first use
 
     @classmethod
     def from_pretrained(
@@ -109,12 +110,19 @@ class Generator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _stock_pe_decoding(self) -> bool:
+        """Stock runs (the benchmark's baselines) sample with transformers' ``generate``; ours with ``PEDecoder``."""
+        from .memory import MemoryMode
+
+        return not self.loaded.fast or self.loaded.memory_mode is MemoryMode.MODEL_OFFLOAD
+
     def enhance_prompt(self, prompt: str, width: int, height: int, seed: int) -> PromptEnhancement:
         """The PE's rewrite of ``prompt``, sampled as the stock pipeline does (temperature 0.6, top-p 0.95), but
-        seeded, and capped at ``pe_cap`` new tokens."""
+        seeded, and capped at ``pe_cap`` new tokens. Decoded by ``pe_decoding.PEDecoder`` (a static KV cache and,
+        on CUDA, graphed steps; built on first use, once the PE is on its device)."""
         import torch
 
-        from .pe_decoding import is_compiled, uncompile_decoding
+        from .pe_decoding import PEDecoder
 
         pipe = self.pipe
         message = json.dumps({"prompt": prompt, "width": width, "height": height}, ensure_ascii=False)
@@ -122,13 +130,12 @@ class Generator:
             [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=False
         )
         inputs = pipe.pe_tokenizer(text, return_tensors="pt").to(self.device)
-        devices = [self.device] if self.device.type == "cuda" else []
         cap, eos = self.pe_cap, pipe.pe_tokenizer.eos_token_id
-
-        def sample():
+        if self._stock_pe_decoding():
+            devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(seed)
-                return pipe.pe.generate(
+                output = pipe.pe.generate(
                     **inputs,
                     max_new_tokens=cap,
                     do_sample=True,
@@ -137,29 +144,28 @@ class Generator:
                     pad_token_id=pipe.pe_tokenizer.pad_token_id,
                     eos_token_id=eos,
                 )
-
-        try:
-            output = sample()
-        except Exception as err:  # compiled decoding is optional: never let it cost the user a run
-            if not is_compiled(pipe.pe) or isinstance(err, torch.OutOfMemoryError):
-                raise
-            logger.warning("compiled PE decoding failed (%s); decoding eagerly from now on", err)
-            uncompile_decoding(pipe.pe)
-            output = sample()
-        new = output[0][inputs["input_ids"].shape[1] :].tolist()
-        ended = eos in new
-        new = new[: new.index(eos) + 1] if ended else new
+            new = output[0][inputs["input_ids"].shape[1] :].tolist()
+            stopped = eos in new
+            new = new[: new.index(eos) + 1] if stopped else new
+        else:
+            if self._pe_decoder is None:
+                self._pe_decoder = PEDecoder(pipe.pe)
+            with torch.no_grad():
+                ids, stopped = self._pe_decoder.generate(
+                    inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos
+                )
+            new = ids.tolist()
         revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
-        return PromptEnhancement(revised, tokens=len(new), cut=not ended and len(new) >= cap, cap=cap)
+        return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)
 
     def warm_up(self, width: int = 1024, height: int = 1024, guidance_scale: float = 4.0) -> float:
         """A 2-step run, so that compilation (``compile=True``) and CUDA start-up happen now rather than in the
-        first request; it runs the PE only when its decoding is compiled. Nothing is cached. Returns seconds."""
-        from .pe_decoding import is_compiled
-
+        first request; on a GPU it runs the PE too, so its decoding graph is captured now. Nothing is cached.
+        Returns seconds."""
         start = time.perf_counter()
         size, self.prompt_cache_size = self.prompt_cache_size, 0
-        use_pe = self.loaded.has_pe and is_compiled(self.pipe.pe)
+        cap, self.max_pe_tokens = self.max_pe_tokens, 16  # enough to capture the graph
+        use_pe = self.loaded.has_pe and self.device.type == "cuda"
         try:
             request = GenerationRequest(
                 "warm-up",
@@ -171,7 +177,7 @@ class Generator:
             )
             self.generate(request)
         finally:
-            self.prompt_cache_size = size
+            self.prompt_cache_size, self.max_pe_tokens = size, cap
         return time.perf_counter() - start
 
     def initial_latents(self, seed: int, width: int, height: int):

@@ -107,7 +107,7 @@ def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_noth
         generator = Generator.from_pretrained(tiny_package, memory_mode=mode, max_pe_tokens=6)
         results[mode] = generator.generate(request)
         if mode == "low-vram":
-            residency = generator.residency
+            residency = generator.loaded.residency
             assert residency.resident == "transformer"
             assert all(t.device.type == "cpu" for t in tensors(generator.pipe.pe))
             moved = residency.seconds_moving
@@ -118,7 +118,7 @@ def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_noth
         torch.cuda.empty_cache()
     assert results["gpu"].revised_prompt == results["low-vram"].revised_prompt
     assert np.array_equal(pixels(results["gpu"].images[0]), pixels(results["low-vram"].images[0]))
-    peak = {mode: r.peak_vram["allocated_bytes"] for mode, r in results.items()}
+    peak = {mode: r.peak_vram.allocated_bytes for mode, r in results.items()}
     assert peak["low-vram"] < peak["gpu"]
 
 

@@ -1,0 +1,115 @@
+import sys
+
+import pytest
+import torch
+
+from .conftest import HAS_CUDA
+
+
+def test_importing_touches_neither_triton_nor_cuda():
+    import subprocess
+
+    code = "import sys, ernie_nf4.nf4_gemv; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_cpu_modules_are_not_supported():
+    from ernie_nf4.nf4_gemv import supports
+
+    assert not supports(torch.nn.Linear(64, 64, bias=False))
+
+
+def nf4_linear(n, k, nested=True):
+    import bitsandbytes as bnb
+
+    linear = bnb.nn.Linear4bit(
+        k, n, bias=False, compute_dtype=torch.bfloat16, compress_statistics=nested, quant_type="nf4", device="meta"
+    )
+    dense = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * k**-0.5
+    linear.weight = bnb.nn.Params4bit(dense, requires_grad=False, compress_statistics=nested, quant_type="nf4")
+    return linear.to("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize(
+    "n,k,nested", [(4096, 3072, True), (1024, 3072, True), (3072, 9216, True), (9216, 3072, True), (640, 512, False)]
+)
+def test_nf4_gemv_equals_bitsandbytes_dequantize_then_matmul(n, k, nested):
+    from ernie_nf4.nf4_gemv import nf4_gemv, reference_gemv, supports
+
+    torch.manual_seed(n + k)
+    linear = nf4_linear(n, k, nested)
+    assert supports(linear)
+    for _ in range(3):  # fresh inputs each time
+        x = torch.randn(1, 1, k, dtype=torch.bfloat16, device="cuda")
+        out = nf4_gemv(x, linear.weight)
+        ref = reference_gemv(x, linear.weight)
+        assert out.shape == ref.shape == (1, 1, n) and out.dtype == torch.bfloat16
+        assert torch.isfinite(out).all()
+        error = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        assert error < 1e-2  # bf16 output rounding and another summation order
+        assert ((out.float() - linear(x).float()).norm() / ref.float().norm()).item() < 1e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize("with_add", [False, True])
+def test_add_rmsnorm_matches_transformers_rmsnorm(with_add):
+    from ernie_nf4.nf4_gemv import add_rmsnorm
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 3072, dtype=torch.bfloat16, device="cuda")
+    add = torch.randn_like(x) if with_add else None
+    weight = torch.rand(3072, dtype=torch.bfloat16, device="cuda") + 0.5
+    h, y = add_rmsnorm(x, add, weight, 1e-5)
+    expected_h = x + add if with_add else x
+    hf = expected_h.float()
+    expected = weight * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)
+    assert torch.equal(h, expected_h)
+    # another summation order for the variance: at most one bf16 step apart
+    torch.testing.assert_close(y, expected, atol=0, rtol=2**-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize("scaled", [False, True])
+def test_rope_and_cache_equals_the_eager_rotary_scale_and_cache_write(scaled):
+    from ernie_nf4.nf4_gemv import rope_and_cache
+    from ernie_nf4.pe_decoding import _apply_rotary
+
+    torch.manual_seed(1)
+    heads, kv_heads, d, length, position = 32, 8, 128, 64, 37
+    q = torch.randn(1, 1, heads * d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, 1, kv_heads * d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    angles = torch.rand(1, 1, d // 2, device="cuda") * 6
+    cos = torch.cat((angles, angles), -1).cos().to(torch.bfloat16)
+    sin = torch.cat((angles, angles), -1).sin().to(torch.bfloat16)
+    scale = torch.full((1, 1, 1, 1), 1.0693, dtype=torch.bfloat16, device="cuda") if scaled else None
+    keys = torch.randn(1, kv_heads, length, d, dtype=torch.bfloat16, device="cuda")
+    values = torch.randn_like(keys)
+    expected_keys, expected_values = keys.clone(), values.clone()
+    q_out = rope_and_cache(q, k, v, cos, sin, scale, torch.tensor([position], device="cuda"), keys, values)
+    eq, ek = _apply_rotary(q.view(1, 1, heads, d).transpose(1, 2), k.view(1, 1, kv_heads, d).transpose(1, 2), cos, sin)
+    if scaled:
+        eq = eq * scale
+    expected_keys[:, :, position] = ek[:, :, 0]
+    expected_values[:, :, position] = v.view(1, kv_heads, d)
+    # the eager ops' bf16 roundings, up to one bf16 step of the products (|x| < 8) where the compiler fuses a
+    # multiply-add (seen on an H100: a few elements one step apart); a wrong index or sign is off by O(1)
+    torch.testing.assert_close(q_out.reshape(1, heads, d), eq.reshape(1, heads, d), atol=2**-4, rtol=0)
+    torch.testing.assert_close(keys, expected_keys, atol=2**-4, rtol=0)
+    assert torch.equal(values, expected_values)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+def test_silu_mul_matches_eager_silu_times_up():
+    from ernie_nf4.nf4_gemv import silu_mul
+
+    torch.manual_seed(2)
+    gate = torch.randn(1, 1, 9216, dtype=torch.bfloat16, device="cuda") * 3
+    up = torch.randn_like(gate)
+    torch.testing.assert_close(silu_mul(gate, up), torch.nn.functional.silu(gate) * up, atol=1e-2, rtol=2**-7)
