@@ -155,6 +155,8 @@ class Generator:
                     inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos
                 )
             new = ids.tolist()
+            if self.loaded.residency is not None:  # low-vram: the PE leaves the GPU, so do its cache and graph
+                self._pe_decoder = None
         revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
         return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)
 
