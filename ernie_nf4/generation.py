@@ -156,7 +156,10 @@ class Generator:
                 )
             new = ids.tolist()
             if self.loaded.residency is not None:  # low-vram: the PE leaves the GPU, so do its cache and graph
+                from .memory import free_device_memory
+
                 self._pe_decoder = None
+                free_device_memory()
         revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
         return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)
 
