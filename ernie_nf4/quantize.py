@@ -32,6 +32,7 @@ from .metadata import (
     verify_package,
     write_metadata,
 )
+from .model_card import source_license, write_model_card
 from .nf4_format import (
     NF4_SETTINGS,
     QUANTIZABLE,
@@ -41,7 +42,6 @@ from .nf4_format import (
     diffusers_nf4_blocker,
     is_nf4,
 )
-from .model_card import source_license, write_model_card
 from .source import precheck_source, resolve_source
 from .system import gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from .variants import DEFAULT_VARIANT, VARIANTS

@@ -113,7 +113,9 @@ def test_benchmark_write_metadata_regenerates_the_card(tiny_package, tmp_path, n
 
     package = tmp_path / "pkg"
     shutil.copytree(tiny_package, package)
-    request = GenerationRequest("a cat", width=64, height=64, num_inference_steps=2, guidance_scale=4.0, seed=1, use_pe=False)
+    request = GenerationRequest(
+        "a cat", width=64, height=64, num_inference_steps=2, guidance_scale=4.0, seed=1, use_pe=False
+    )
     report = benchmark(None, str(package), modes=["nf4"], request=request, device=DEVICE, write_metadata=True, log=str)
     text = (package / "README.md").read_text()
     assert text == model_card(read_metadata(package)), "the card on disk follows the new metadata"
