@@ -77,9 +77,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     def env(flag: str, default=None):
         return environ.get(env_name(flag)) or default
 
-    p = _Parser(
-        prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", default=env("model-dir"), help="package folder to use (or create)")
     p.add_argument("--repo-id", default=env("repo-id"), help="Hub repo of a pre-quantized package to download")
     p.add_argument("--source", default=env("source"), help="original to quantize if there is no package")

@@ -8,6 +8,7 @@ when absent) to answer "busy" before a job is accepted.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -103,7 +104,10 @@ class RequestLimits:
                 return await _refuse(send, 413, too_big)
             body.append(chunk)
             more = message.get("more_body", False)
-        replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+        body = b"".join(body)
+        if _is_job(path) and (problem := _missing_fields(scope, path, body)):
+            return await _refuse(send, 422, problem)
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replayed():
             return replay.pop() if replay else await receive()
@@ -127,6 +131,25 @@ class RequestLimits:
                 "try again when one has finished."
             )
         return None
+
+
+def _missing_fields(scope, path: str, body: bytes) -> str | None:
+    """Name the fields a job request left out (Gradio would answer ``{"error": null}``)."""
+    try:
+        data = json.loads(body)
+        fns = scope["app"].get_blocks().fns.values()
+    except (ValueError, AttributeError, KeyError):
+        return None  # Gradio answers malformed JSON itself
+    if not isinstance(data, dict) or not isinstance(values := data.get("data"), list):
+        return None
+    api_name = path.rstrip("/").rsplit("/call/", 1)[1] if "/call/" in path else None
+    fn = next((f for f in fns if (f.api_name == api_name if api_name else f._id == data.get("fn_index"))), None)
+    if fn is None or len(values) >= len(fn.inputs):
+        return None
+    names = list(inspect.signature(fn.fn).parameters)[: len(fn.inputs)] if fn.fn else []
+    missing = names[len(values) :] or [f"{len(fn.inputs) - len(values)} values"]
+    takes = f"it takes {len(fn.inputs)} values: {', '.join(names)}"
+    return f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
 
 
 async def _refuse(send, status: int, message: str) -> None:
