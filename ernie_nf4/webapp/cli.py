@@ -206,7 +206,7 @@ def build_service(args, config):
     from . import zerogpu
 
     if zerogpu.on_zerogpu():
-        service = ImageService(zerogpu.adjust_config(config))
+        service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
         zerogpu.preload(service)  # module level, outside the GPU function, as ZeroGPU expects
         return service
     devices = parse_gpus(args.gpus)

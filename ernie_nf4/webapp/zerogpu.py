@@ -75,6 +75,22 @@ def adjust_config(config):
     return config
 
 
+def use_hf_cache(config):
+    """The package from the HF cache (``preload_from_hub`` put it there at build time, so a restart downloads
+    nothing): ``snapshot_download`` returns its cached folder, which becomes ``model_dir``."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    if config.tiny or not config.repo_id or (Path(config.model_dir).expanduser() / "model_index.json").exists():
+        return config
+    from huggingface_hub import snapshot_download
+
+    return replace(config, model_dir=snapshot_download(config.repo_id))
+
+
 def preload(service) -> None:
-    """Download and load the weights now, at module level, as ZeroGPU expects (CUDA is emulated there)."""
+    """Load the weights now, in the main process and outside the GPU function, as ZeroGPU expects (``spaces``
+    emulates CUDA there, so the models go to "cuda" before any GPU is attached)."""
+    import spaces  # noqa: F401  (imported before torch touches CUDA, as the platform requires)
+
     service.load()
