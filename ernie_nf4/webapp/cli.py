@@ -156,8 +156,9 @@ def number(args, flag: str, kind=int, low=0):
         value = kind(str(text).strip())
     except ValueError:
         value = None
-    if value is None or value != value or value < low:
-        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number >= {low}, got {text!r}")
+    if value is None or value != value or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number{bound}, got {text!r}")
     setattr(args, attr, value)
     return value
 
@@ -173,7 +174,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
             f"{env_name('memory-mode')}={args.memory_mode!r}: choose one of {[m.value for m in APP_MEMORY_MODES]}"
         )
     if args.max_pe_tokens is not None:
-        number(args, "max-pe-tokens", int, 1)
+        number(args, "max-pe-tokens", int, None)  # the range is ServiceConfig's
     args.auth = parse_auth(args.auth)
     check_host(args.host)
     for flag, kind, low in (
