@@ -22,8 +22,15 @@ ON_WORDS = ("1", "true", "yes", "on")
 OFF_WORDS = ("0", "false", "no", "off", "")
 
 
-class SettingsError(ValueError):
+class SettingsError(argparse.ArgumentTypeError, ValueError):
     """A flag or environment variable has a value that cannot be used; the message names it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``SettingsError`` line (main prints it), not usage plus a message."""
+
+    def error(self, message):
+        raise SettingsError(f"{message} (see python app.py --help)")
 
 
 def env_name(flag: str) -> str:
@@ -70,9 +77,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     def env(flag: str, default=None):
         return environ.get(env_name(flag)) or default
 
-    p = argparse.ArgumentParser(
-        prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", default=env("model-dir"), help="package folder to use (or create)")
     p.add_argument("--repo-id", default=env("repo-id"), help="Hub repo of a pre-quantized package to download")
     p.add_argument("--source", default=env("source"), help="original to quantize if there is no package")
@@ -90,7 +95,6 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-pe-tokens",
-        type=int,
         default=env("max-pe-tokens"),
         help="cap on the prompt enhancer's new tokens (default: the stock limit, 2048; the PE stops by itself)",
     )
@@ -113,7 +117,50 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
         default=switch("verify-sha256", environ),
         help="check every package file's sha256 when loading (sizes and headers are always checked)",
     )
+    p.add_argument(
+        "--gpus",
+        default=env("gpus"),
+        help="all or 0,1,...: one model replica per GPU, one job per replica at a time (default: one device)",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=env("output-dir", "~/.cache/ernie-nf4/outputs"),
+        help="folder for the generated PNGs (one folder for every start)",
+    )
+    p.add_argument(
+        "--keep-outputs", default=env("keep-outputs", "200"), help="keep at most this many PNGs (newest first)"
+    )
+    p.add_argument("--keep-hours", default=env("keep-hours", "24"), help="delete PNGs older than this many hours")
+    p.add_argument(
+        "--max-queue", default=env("max-queue", "32"), help="jobs waiting or running, all clients; more are 'busy'"
+    )
+    p.add_argument(
+        "--max-jobs-per-client", default=env("max-jobs-per-client", "2"), help="jobs one client address may have queued"
+    )
+    p.add_argument(
+        "--max-body-kb", default=env("max-body-kb", "1000"), help="largest request body accepted (uploads aside)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        default=env("max-upload-mb", "10"),
+        help="largest upload (a PNG to restore settings from); 0 turns uploads off",
+    )
     return p
+
+
+def number(args, flag: str, kind=int, low=0):
+    """The value of ``--flag`` (from the command line or ``ERNIE_NF4_FLAG``) as a ``kind`` >= ``low``."""
+    attr = flag.replace("-", "_")
+    text = getattr(args, attr)
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or value != value or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number{bound}, got {text!r}")
+    setattr(args, attr, value)
+    return value
 
 
 def parse_args(argv=None, environ=None) -> argparse.Namespace:
@@ -126,14 +173,45 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
         raise SettingsError(
             f"{env_name('memory-mode')}={args.memory_mode!r}: choose one of {[m.value for m in APP_MEMORY_MODES]}"
         )
-    if isinstance(args.max_pe_tokens, str):
-        try:
-            args.max_pe_tokens = int(args.max_pe_tokens)
-        except ValueError:
-            raise SettingsError(f"{env_name('max-pe-tokens')}={args.max_pe_tokens!r}: must be a whole number") from None
+    if args.max_pe_tokens is not None:
+        number(args, "max-pe-tokens", int, None)  # the range is ServiceConfig's
     args.auth = parse_auth(args.auth)
     check_host(args.host)
+    for flag, kind, low in (
+        ("keep-outputs", int, 1),
+        ("keep-hours", float, 0.001),
+        ("max-queue", int, 1),
+        ("max-jobs-per-client", int, 1),
+        ("max-body-kb", int, 1),
+        ("max-upload-mb", int, 0),
+    ):
+        number(args, flag, kind, low)
     return args
+
+
+def limits_from_args(args):
+    from .limits import MB, Limits
+
+    return Limits.for_environment(
+        max_queue=args.max_queue,
+        max_jobs_per_client=args.max_jobs_per_client,
+        max_body_bytes=args.max_body_kb * 1000,
+        max_upload_bytes=args.max_upload_mb * MB,
+    )
+
+
+def build_service(args, config):
+    """One ``ImageService``, or a ``ReplicaService`` with ``--gpus``; on ZeroGPU the weights load now."""
+    from ..replicas import ReplicaService, parse_gpus
+    from ..service import ImageService
+    from . import zerogpu
+
+    if zerogpu.on_zerogpu():
+        service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
+        zerogpu.preload(service)  # module level, outside the GPU function, as ZeroGPU expects
+        return service
+    devices = parse_gpus(args.gpus)
+    return ReplicaService(config, devices) if devices else ImageService(config)
 
 
 def parse_auth(text: str | None):
@@ -195,20 +273,30 @@ def config_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..service import ImageService
+    from . import limits as app_limits
+    from .outputs import OutputStore
     from .ui import build_demo
 
     try:
         args = parse_args(argv)
         config = config_from_args(args)
-    except (SettingsError, ErnieNF4Error) as err:
+        limits = limits_from_args(args)
+        outputs = OutputStore(args.output_dir, keep_count=args.keep_outputs, keep_hours=args.keep_hours)
+        service = build_service(args, config)
+    except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")
-    demo = build_demo(ImageService(config))
+    demo = build_demo(service, output_dir=outputs)
+    launch_limits = app_limits.configure(demo, limits)
     if warning := exposure_warning(args):
         print(warning, flush=True)
     try:
         _, _, share_url = demo.launch(
-            server_name=args.host, server_port=args.port, share=args.share, auth=args.auth, prevent_thread_lock=True
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            auth=args.auth,
+            prevent_thread_lock=True,
+            **launch_limits,
         )
     except OSError as err:
         sys.exit(f"error: cannot listen on {args.host}:{args.port} ({err}); choose another --port or --host")

@@ -4,18 +4,21 @@ event handlers are methods of ``Handlers``, which holds the per-run stop signals
 from __future__ import annotations
 
 import secrets
-import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
 
+from ..errors import GenerationCancelled
 from ..formatting import run_info, size_rows, stats_markdown
 from ..memory import free_device_memory
-from ..png import parameters_text, save_png
+from ..png import parameters_text
 from ..progress import Progress
 from ..request import IMAGES_RANGE, STEPS_RANGE, request_from_form
-from .messages import user_message
+from .messages import STOPPED, user_message
+from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
+from .runs import RunRegistry, drop_queued
+from .zerogpu import decorator as zerogpu_decorator
+from .zerogpu import gpu_generate
 
 PRESETS = ["1024x1024", "848x1264", "1264x848", "768x1376", "896x1200", "1376x768", "1200x896"]
 CUSTOM = "custom"
@@ -24,19 +27,22 @@ HISTORY_LIMIT = 48
 
 
 def gpu_task(fn):
-    """Hook for ZeroGPU (``zerogpu.wrap``); plain call elsewhere."""
+    """Events call handlers as they are: on ZeroGPU only ``service.generate`` runs under ``spaces.GPU``
+    (``Handlers._generate``, see ``zerogpu``), after validation."""
     return fn
 
 
 class Handlers:
     """What the UI's events call. One stop signal per run; Stop sets every running one of the session."""
 
-    def __init__(self, service, output_dir: str | Path | None = None):
+    def __init__(self, service, output_dir: str | Path | OutputStore | None = None, gpu_decorator=None):
         self.service = service
-        self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="ernie-nf4-out-"))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._runs: dict[str, set[threading.Event]] = {}
-        self._runs_lock = threading.Lock()
+        self.outputs = (
+            output_dir if isinstance(output_dir, OutputStore) else OutputStore(output_dir or DEFAULT_OUTPUT_DIR)
+        )
+        self.output_dir = self.outputs.folder
+        self.runs = RunRegistry()
+        self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
     @staticmethod
     def _progress_callback(progress):
@@ -52,18 +58,11 @@ class Handlers:
             raise gr.Error(user_message(err)) from err
         return f"Model ready ({self.service.label})."
 
-    def _start_run(self, key: str) -> threading.Event:
-        cancel = threading.Event()
-        with self._runs_lock:
-            self._runs.setdefault(key, set()).add(cancel)
-        return cancel
+    def _start_run(self, key: str, request=None):
+        return self.runs.start(key, request)
 
-    def _end_run(self, key: str, cancel: threading.Event) -> None:
-        with self._runs_lock:
-            runs = self._runs.get(key, set())
-            runs.discard(cancel)
-            if not runs:
-                self._runs.pop(key, None)
+    def _end_run(self, key: str, cancel) -> None:
+        self.runs.end(key, cancel)
 
     def generate(
         self,
@@ -92,9 +91,11 @@ class Handlers:
         for note in notes:
             gr.Info(note)
         key = (request.session_hash if request else None) or "api"
-        cancel = self._start_run(key)
+        cancel = self._start_run(key, request)
         try:
-            result = self.service.generate(req, on_progress=self._progress_callback(progress), cancel=cancel)
+            result = self._generate(req, on_progress=self._progress_callback(progress), cancel=cancel)
+            if cancel.is_set():  # stopped or gone during the last step or the decode: keep nothing
+                raise GenerationCancelled("stopped after the last step")
         except Exception as err:
             free_device_memory()
             raise gr.Error(user_message(err)) from err
@@ -103,15 +104,15 @@ class Handlers:
         files = []
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, self.service.label)
-            files.append((str(save_png(image, self.output_dir, image_seed, text)), f"seed {image_seed}"))
+            files.append((str(self.outputs.save(image, image_seed, text)), f"seed {image_seed}"))
         info = run_info(result, notes, getattr(self.service, "provenance", None))
         return files, req.seed, result.revised_prompt or "", info
 
-    def stop(self, request: gr.Request):
+    async def stop(self, request: gr.Request):
+        """Stop the session's runs: running ones after their current step, queued ones before they start."""
         key = (request.session_hash if request else None) or "api"
-        with self._runs_lock:
-            for cancel in self._runs.get(key, ()):
-                cancel.set()
+        self.runs.stop_running(key)
+        await drop_queued(request, key, STOPPED)
 
     @staticmethod
     def apply_preset(preset):
@@ -193,7 +194,7 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
             inputs,
             [gallery, seed, revised, info],
             api_name="generate",
-            concurrency_limit=1,
+            concurrency_limit=getattr(service, "replica_count", 1),
             preprocess=False,
         )
         event.success(

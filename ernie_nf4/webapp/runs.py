@@ -1,0 +1,111 @@
+"""Run control: one stop signal per run, set by Stop or by the client going away, and Stop for queued jobs.
+
+Gradio (6.31) marks a running job dead (``Event.alive = False``) and drops the session's queued jobs when the
+client's event stream closes (``routes.queue_data_helper`` → ``Queue.clean_events``), but the worker thread keeps
+computing. ``RunSignal.is_set()`` also reads that flag, so the generator stops after its current step. Those Gradio
+attributes are private: they are read here only, checked with ``queue_supported`` and skipped (with one logged
+warning) when a Gradio version lacks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger(__name__)
+_QUEUE_ATTRIBUTES = ("active_jobs", "event_queue_per_concurrency_id", "event_ids_to_events", "delete_lock")
+_warned = False
+
+
+def _queue_of(request):
+    """Gradio's queue behind a ``gr.Request`` (None for a direct call or an unknown Gradio)."""
+    global _warned
+    try:
+        queue = request.request.app.get_blocks()._queue
+    except AttributeError:
+        return None
+    if all(hasattr(queue, name) for name in _QUEUE_ATTRIBUTES):
+        return queue
+    if not _warned:
+        logger.warning(
+            "this Gradio's queue lacks %s: closed tabs and Stop on queued jobs go unnoticed", _QUEUE_ATTRIBUTES
+        )
+        _warned = True
+    return None
+
+
+def client_gone(queue, session_hash: str) -> bool:
+    """True when Gradio has marked this session's running job dead (its client closed the stream)."""
+    try:
+        return any(
+            job.session_hash == session_hash and not job.alive for jobs in queue.active_jobs if jobs for job in jobs
+        )
+    except RuntimeError:  # the list changed while read; the next step checks again
+        return False
+
+
+class RunSignal(threading.Event):
+    """A run's stop signal: set by Stop, or reads as set once the run's client has gone."""
+
+    def __init__(self, request=None, session_hash: str | None = None):
+        super().__init__()
+        self._queue = _queue_of(request) if request is not None else None
+        self._session_hash = session_hash
+
+    def is_set(self) -> bool:
+        if super().is_set():
+            return True
+        if self._queue is not None and client_gone(self._queue, self._session_hash):
+            self.set()
+            return True
+        return False
+
+
+class RunRegistry:
+    """The stop signals of the runs in progress, by session; each run has its own."""
+
+    def __init__(self):
+        self._runs: dict[str, set[RunSignal]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str, request=None) -> RunSignal:
+        signal = RunSignal(request, key)
+        with self._lock:
+            self._runs.setdefault(key, set()).add(signal)
+        return signal
+
+    def end(self, key: str, signal: RunSignal) -> None:
+        with self._lock:
+            runs = self._runs.get(key, set())
+            runs.discard(signal)
+            if not runs:
+                self._runs.pop(key, None)
+
+    def stop_running(self, key: str) -> int:
+        with self._lock:
+            runs = list(self._runs.get(key, ()))
+        for signal in runs:
+            signal.set()
+        return len(runs)
+
+
+async def drop_queued(request, key: str, message: str) -> int:
+    """Remove the session's jobs still waiting in Gradio's queue; each client gets ``message`` as its error."""
+    from gradio.server_messages import ProcessCompletedMessage
+
+    queue = _queue_of(request)
+    if queue is None:
+        return 0
+    async with queue.delete_lock:
+        waiting = [
+            event
+            for event_queue in queue.event_queue_per_concurrency_id.values()
+            for event in event_queue.queue
+            if event.session_hash == key
+        ]
+        for event in waiting:
+            queue.event_queue_per_concurrency_id[event.concurrency_id].queue.remove(event)
+            queue.event_ids_to_events.pop(event._id, None)
+    for event in waiting:
+        queue.send_message(event, ProcessCompletedMessage(output={"error": message}, success=False, title="Stopped"))
+    return len(waiting)
