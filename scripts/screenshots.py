@@ -1,5 +1,6 @@
 """Fresh screenshots of the app for docs/screenshots: desktop (1400x1000), phone (390x844) and dark mode, each after
-one generation with the tiny random model on the CPU. Run: python scripts/screenshots.py [--out docs/screenshots]."""
+one generation with the tiny random model on the CPU (its images are noise).
+Run: python scripts/screenshots.py [--out docs/screenshots]."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def main(out: Path) -> None:
             for name, (viewport, query) in SHOTS.items():
                 page = browser.new_page(viewport=viewport)
                 page.goto(f"http://127.0.0.1:{port}/{query}")
-                page.locator("#examples").get_by_text("jazz night").first.click()
+                page.locator("#examples").get_by_text("Poster, English title").click()
+                page.wait_for_timeout(300)
+                for field in ("#width", "#height"):  # the tiny model is quick only at small sizes
+                    page.locator(f"{field} input").fill("256")
+                page.locator("#height input").blur()
                 page.locator("#generate").click()
                 page.locator("#gallery img").first.wait_for(timeout=300_000)
                 page.wait_for_timeout(800)

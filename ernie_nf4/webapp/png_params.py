@@ -52,7 +52,7 @@ def parse_parameters(text: str) -> FormSettings:
     Raises ``ValueError`` when the text holds no prompt."""
     lines = text.strip("\n").split("\n")
     pairs = {}
-    if len(lines) > 1 and ("Steps:" in lines[-1] or "Seed:" in lines[-1]):
+    if re.match(r"\s*(Steps|Seed|Size|CFG scale):", lines[-1]):
         pairs = _pairs(lines.pop())
     prompt_lines, negative_lines = lines, []
     for index, line in enumerate(lines):
