@@ -48,14 +48,20 @@ class FakeService:
     def generate(self, request, on_progress=None, cancel=None):
         self.requests.append(request)
         steps = request.num_inference_steps
+        slow = request.prompt.startswith("slow")
+        if on_progress:  # the stages a real run reports, in order
+            on_progress(Progress("pe" if request.use_pe else "text_encoding"))
         for step in range(1, steps + 1):
-            if request.prompt.startswith("slow"):
+            if slow:
                 time.sleep(0.2)
             if on_progress:
-                on_progress(Progress("denoising", done=step, total=steps, unit="steps"))
+                eta = 0.2 * (steps - step) if slow else None
+                on_progress(Progress("denoising", done=step, total=steps, unit="steps", eta_seconds=eta))
             self.steps_done = step
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("stopped")
+        if on_progress:
+            on_progress(Progress("vae_decode"))
         images = [
             Image.fromarray(np.random.default_rng(s).integers(0, 255, (request.height, request.width, 3), np.uint8))
             for s in request.seeds

@@ -81,11 +81,14 @@ def test_stop_ends_the_run_within_a_step(fake_app):
         page = browser.new_page()
         page.goto(client.src)
         page.locator("#prompt textarea").fill("slow cat")
-        page.get_by_label("Steps").first.fill("200")
+        page.locator("#advanced").get_by_text("Advanced").click()
+        page.locator("#steps input[type=number]").fill("200")
         page.locator("#generate").click()
         page.get_by_text("denoising · step").first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Stop").click()
-        page.get_by_text("Stopped. Nothing was kept").first.wait_for(timeout=10_000)
+        stopped = "document.querySelector('#info textarea').value.startsWith('Stopped. Nothing was kept')"
+        page.wait_for_function(stopped, timeout=10_000)
+        assert page.get_by_text("Error").count() == 0
         browser.close()
     assert service.requests[-1].num_inference_steps == 200
     assert service.steps_done < 200

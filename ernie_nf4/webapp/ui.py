@@ -4,6 +4,8 @@ event handlers are methods of ``Handlers``, which holds the per-run stop signals
 from __future__ import annotations
 
 import secrets
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -14,8 +16,11 @@ from ..memory import free_device_memory
 from ..png import parameters_text
 from ..progress import Progress
 from ..request import IMAGES_RANGE, STEPS_RANGE, request_from_form
+from .examples import EXAMPLES
+from .i18n import I18N, t
 from .messages import STOPPED, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
+from .png_params import read_png_parameters
 from .runs import RunRegistry, drop_queued
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_generate
@@ -24,6 +29,31 @@ PRESETS = ["1024x1024", "848x1264", "1264x848", "768x1376", "896x1200", "1376x76
 CUSTOM = "custom"
 RANDOM_SEED_LIMIT = 2**32
 HISTORY_LIMIT = 48
+TINY_SIZE, TINY_STEPS = 256, 4
+# The generate event's inputs by name (the validator marks the field an error names) and the fields a saved
+# image's settings fill back in.
+FORM_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "randomize_seed",
+    "use_pe",
+    "num_images",
+)
+FORM_RESTORE = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "use_pe",
+)
 
 
 def gpu_task(fn):
@@ -96,6 +126,10 @@ class Handlers:
             result = self._generate(req, on_progress=self._progress_callback(progress), cancel=cancel)
             if cancel.is_set():  # stopped or gone during the last step or the decode: keep nothing
                 raise GenerationCancelled("stopped after the last step")
+        except GenerationCancelled:
+            free_device_memory()
+            # Stop is not an error: the outputs keep what they showed and the info box says so.
+            return gr.skip(), gr.skip(), gr.skip(), STOPPED
         except Exception as err:
             free_device_memory()
             raise gr.Error(user_message(err)) from err
@@ -115,6 +149,37 @@ class Handlers:
         await drop_queued(request, key, STOPPED)
 
     @staticmethod
+    def validate(
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+        randomize_seed,
+        use_pe,
+        num_images,
+    ):
+        """Checks the form before the run is queued: a refusal shows once, on the field it names (no error badges
+        on the outputs), and API callers get the same message."""
+        values = [prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, use_pe, num_images]
+        if randomize_seed is True:
+            values[6] = 0  # the handler draws a fresh seed; the typed one does not matter
+        checks = [gr.validate(True, "") for _ in FORM_FIELDS]
+        try:
+            request_from_form(*values)
+        except ValueError as err:
+            message = user_message(err)
+            field = str(err).split(" ", 1)[0]
+            checks[FORM_FIELDS.index(field) if field in FORM_FIELDS else 0] = gr.validate(False, message)
+        return checks
+
+    @staticmethod
+    def stopped():
+        return STOPPED
+
+    @staticmethod
     def apply_preset(preset):
         if preset == CUSTOM:
             return gr.skip(), gr.skip()
@@ -122,10 +187,80 @@ class Handlers:
         return width, height
 
     @staticmethod
-    def add_history(images, history):
-        items = [item[0] if isinstance(item, (list, tuple)) else item for item in images or []]
-        history = ((history or []) + items)[-HISTORY_LIMIT:]
-        return history, history
+    def preset_for(width, height, choices=tuple(PRESETS)):
+        """The dropdown's value for typed W/H: the matching preset, else ``custom``."""
+        try:
+            size = f"{int(width)}x{int(height)}"
+        except (TypeError, ValueError):
+            return CUSTOM
+        return size if size in choices else CUSTOM
+
+    def _history_item(self, entry) -> dict | None:
+        """A history entry (file name in the output folder + the settings read back from its PNG), or None when
+        the file is gone or the entry is not one this app wrote (the browser's storage is the client's)."""
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+            return None
+        path = self.output_dir / name
+        if not path.is_file():
+            return None
+        try:
+            settings = read_png_parameters(path)
+        except ValueError:
+            return None
+        return {"file": name, "settings": asdict(settings)}
+
+    def _history_view(self, history):
+        return [(str(self.output_dir / item["file"]), f"seed {item['settings']['seed']}") for item in history]
+
+    def add_history(self, images, history):
+        """Appends this run's images (newest first) to the browser-kept history; returns (state, gallery)."""
+        new = []
+        for image in images or []:
+            path = image[0] if isinstance(image, (list, tuple)) else image
+            if (item := self._history_item({"file": Path(str(path)).name})) is not None:
+                new.append(item)
+        history = (new[::-1] + self.load_history(history))[:HISTORY_LIMIT]
+        return history, self._history_view(history)
+
+    def load_history(self, history):
+        """The entries of a stored history that still have their image here."""
+        items = [self._history_item(entry) for entry in (history if isinstance(history, list) else [])]
+        return [item for item in items if item is not None]
+
+    def show_history(self, history):
+        history = self.load_history(history)
+        return history, self._history_view(history)
+
+    @staticmethod
+    def pick(event: gr.SelectData):
+        return event.index
+
+    @staticmethod
+    def _fill_form(settings: dict):
+        """Form updates (FORM_RESTORE order) from saved settings; a missing value leaves its field alone."""
+        values = [settings.get(name) for name in FORM_RESTORE]
+        updates = [gr.skip() if value is None else value for value in values]
+        randomize = gr.skip() if settings.get("seed") is None else False  # the restored seed is the one used
+        return [*updates, randomize]
+
+    def use_history(self, history, index):
+        history = self.load_history(history)
+        if not isinstance(index, int) or not 0 <= index < len(history):
+            gr.Info("Select an image in the history first.")
+            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+        return self._fill_form(history[index]["settings"])
+
+    def restore_png(self, path):
+        if not path:
+            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+        try:
+            settings = read_png_parameters(path)
+        except ValueError as err:
+            gr.Warning(str(err))
+            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+        gr.Info("Settings restored from the PNG.")
+        return self._fill_form(asdict(settings))
 
     def stats(self):
         """Package sizes, recorded benchmarks and live figures (JSON)."""
@@ -138,43 +273,139 @@ class Handlers:
         return stats_markdown(data), pd.DataFrame(size_rows(data), columns=["bar", "version", "GB"])
 
 
+# Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
+KEYBOARD_JS = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || event.isComposing) return;
+  if (!(event.target instanceof Element) || !event.target.closest("#prompt")) return;
+  event.preventDefault();
+  document.querySelector("#generate")?.click();
+}, true);
+</script>
+"""
+
+CSS = """
+#actions { align-self: stretch; }
+#actions button { min-height: 44px; }
+#gallery { min-height: 320px; }
+/* Phone: the result comes right after the prompt and Generate, the settings below it. */
+@media (max-width: 768px) {
+  #main { flex-direction: column; }
+  #main > .column { min-width: 0 !important; width: 100%; }
+  #results { order: -1; }
+  #actions.column { flex-direction: row !important; }
+  #gallery { min-height: 260px; }
+}
+"""
+
+
+class ErnieBlocks(gr.Blocks):
+    """``gr.Blocks`` that launches with the app's CSS, keyboard shortcut and translations (Gradio 6 takes these in
+    ``launch()``); a caller's own values win."""
+
+    def launch(self, *args, **kwargs):
+        kwargs.setdefault("css", CSS)
+        kwargs.setdefault("head", KEYBOARD_JS)
+        kwargs.setdefault("i18n", I18N)
+        return super().launch(*args, **kwargs)
+
+
+def form_defaults(service) -> tuple[int, int, int, float]:
+    """(width, height, steps, guidance) the form starts with: the variant's recommendation, or a small fast run
+    when the service is the tiny random model (``--tiny``: an answer in seconds on a CPU)."""
+    defaults = service.defaults
+    config = getattr(service, "config", None)
+    if config is not None and getattr(config, "tiny", False):
+        return TINY_SIZE, TINY_SIZE, TINY_STEPS, defaults.guidance_scale
+    return 1024, 1024, defaults.num_inference_steps, defaults.guidance_scale
+
+
 def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
     """The UI around ``service`` (``ImageService`` or anything with its methods)."""
     handlers = Handlers(service, output_dir)
-    defaults = service.defaults
-    with gr.Blocks(title="ERNIE-Image NF4") as demo:
-        gr.Markdown(f"# ERNIE-Image NF4\n4-bit ERNIE-Image on an ordinary GPU. Model: **{service.label}**")
+    start_width, start_height, start_steps, start_guidance = form_defaults(service)
+    start_size = f"{start_width}x{start_height}"
+    choices = [*PRESETS, *([start_size] if start_size not in PRESETS else []), CUSTOM]
+    with ErnieBlocks(title="ERNIE-Image NF4") as demo:
+        gr.Markdown(f"# ERNIE-Image NF4\nModel: **{service.label}**", elem_id="header")
         if (problem := service.unavailable_reason()) is not None:
             gr.Markdown(f"⚠️ **{problem}**", elem_id="missing")
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    prompt = gr.Textbox(label="Prompt", lines=4, elem_id="prompt")
-                    negative = gr.Textbox(label="Negative prompt", lines=2)
+        with gr.Tab(t("tab_generate")):
+            with gr.Row(elem_id="top", equal_height=True):
+                prompt = gr.Textbox(
+                    label=t("prompt"),
+                    placeholder=t("prompt_placeholder"),
+                    lines=3,
+                    max_lines=12,
+                    scale=5,
+                    elem_id="prompt",
+                )
+                with gr.Column(scale=1, min_width=160, elem_id="actions"):
+                    run = gr.Button(t("generate"), variant="primary", elem_id="generate")
+                    stop = gr.Button(t("stop"), variant="stop", elem_id="stop")
+            with gr.Row(elem_id="main"):
+                with gr.Column(scale=2, elem_id="settings"):
                     with gr.Row():
-                        preset = gr.Dropdown([*PRESETS, CUSTOM], value="1024x1024", label="Resolution")
-                        width = gr.Number(1024, label="Width", precision=0, step=16)
-                        height = gr.Number(1024, label="Height", precision=0, step=16)
-                    with gr.Row():
-                        steps = gr.Slider(*STEPS_RANGE, value=defaults.num_inference_steps, step=1, label="Steps")
-                        guidance = gr.Slider(0.0, 15.0, value=defaults.guidance_scale, step=0.1, label="Guidance")
-                    with gr.Row():
-                        seed = gr.Number(1234, label="Seed", precision=0)
-                        randomize = gr.Checkbox(True, label="Randomize seed")
-                        use_pe = gr.Checkbox(True, label="Prompt enhancer (PE)")
-                        count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label="Images")
-                    with gr.Row():
-                        run = gr.Button("Generate", variant="primary", elem_id="generate")
-                        stop = gr.Button("Stop", variant="stop")
-                        load = gr.Button("Load model")
-                    status = gr.Markdown("")
+                        preset = gr.Dropdown(choices, value=start_size, label=t("resolution"), elem_id="preset")
+                        width = gr.Number(start_width, label=t("width"), precision=0, step=16, elem_id="width")
+                        height = gr.Number(start_height, label=t("height"), precision=0, step=16, elem_id="height")
+                    with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
+                        negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
+                        with gr.Row():
+                            steps = gr.Slider(
+                                *STEPS_RANGE, value=start_steps, step=1, label=t("steps"), elem_id="steps"
+                            )
+                            guidance = gr.Slider(
+                                0.0, 15.0, value=start_guidance, step=0.1, label=t("guidance"), elem_id="guidance"
+                            )
+                        with gr.Row():
+                            seed = gr.Number(1234, label=t("seed"), precision=0, elem_id="seed")
+                            randomize = gr.Checkbox(True, label=t("randomize"), elem_id="randomize")
+                        with gr.Row():
+                            use_pe = gr.Checkbox(True, label=t("pe"), elem_id="use-pe")
+                            count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label=t("images"), elem_id="count")
+                        load = gr.Button(t("load"), size="sm")
+                        status = gr.Markdown("")
+                    gr.Examples(
+                        [[prompt_text, w, h] for _, prompt_text, w, h in EXAMPLES],
+                        [prompt, width, height],
+                        label=t("examples"),
+                        example_labels=[f"{title} · {w}×{h}" for title, _, w, h in EXAMPLES],
+                        cache_examples=False,
+                        examples_per_page=len(EXAMPLES),
+                        elem_id="examples",
+                    )
+                with gr.Column(scale=3, elem_id="results"):
+                    gallery = gr.Gallery(
+                        label=t("result"),
+                        format="png",
+                        columns=2,
+                        interactive=False,
+                        buttons=["download", "fullscreen"],
+                        elem_id="gallery",
+                    )
+                    revised = gr.Textbox(label=t("revised"), interactive=False, elem_id="revised")
+                    info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
+            with gr.Row(elem_id="reuse"):
                 with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="Images", format="png", columns=2, elem_id="gallery")
-                    revised = gr.Textbox(label="Revised prompt (PE)", interactive=False)
-                    info = gr.Textbox(label="Run info", interactive=False, elem_id="info")
-            history_state = gr.State([])
-            history = gr.Gallery(label="This session", columns=6, height=200)
-        with gr.Tab("Stats", elem_id="stats-tab") as stats_tab:
+                    history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
+                    picked = gr.State(None)
+                    history = gr.Gallery(
+                        label=t("history"),
+                        columns=6,
+                        height=220,
+                        interactive=False,
+                        allow_preview=False,
+                        buttons=[],
+                        elem_id="history",
+                    )
+                    use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+                with gr.Column(scale=1, min_width=200):
+                    restore = gr.File(
+                        label=t("restore_png"), file_types=[".png"], type="filepath", height=140, elem_id="restore"
+                    )
+        with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
             stats_md = gr.Markdown(elem_id="stats")
             chart = gr.BarPlot(
                 x="bar",
@@ -184,11 +415,13 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
                 x_label_angle=-30,
                 title="Original vs NF4 per component",
             )
-            refresh = gr.Button("Refresh")
+            refresh = gr.Button(t("refresh"))
             stats_json = gr.JSON(visible=False)
 
         inputs = [prompt, negative, width, height, steps, guidance, seed, randomize, use_pe, count]
+        restored = [prompt, negative, width, height, steps, guidance, seed, use_pe, randomize]
         # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
+        # The validator refuses a bad form before it is queued, with the message on the field it names.
         event = run.click(
             gpu_task(handlers.generate),
             inputs,
@@ -196,13 +429,30 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
             api_name="generate",
             concurrency_limit=getattr(service, "replica_count", 1),
             preprocess=False,
+            validator=handlers.validate,
+            show_progress="full",
+            show_progress_on=gallery,
         )
         event.success(
-            handlers.add_history, [gallery, history_state], [history_state, history], api_visibility="private"
+            handlers.add_history,
+            [gallery, history_state],
+            [history_state, history],
+            api_visibility="private",
+            show_progress="hidden",
         )
-        stop.click(handlers.stop, None, None, queue=False, api_visibility="private")
+        # Stop: the run's stop signal ends the work within a step; cancels= drops this session's queued runs.
+        stop.click(handlers.stop, None, None, queue=False, api_visibility="private", cancels=[event]).then(
+            handlers.stopped, None, info, queue=False, api_visibility="private", show_progress="hidden"
+        )
         load.click(gpu_task(handlers.load_model), None, status, api_visibility="private")
-        preset.change(handlers.apply_preset, preset, [width, height], api_visibility="private", queue=False)
+        hidden = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+        preset.input(handlers.apply_preset, preset, [width, height], **hidden)
+        for size in (width, height):
+            size.change(partial(handlers.preset_for, choices=tuple(choices)), [width, height], preset, **hidden)
+        demo.load(handlers.show_history, history_state, [history_state, history], **hidden)
+        history.select(handlers.pick, None, picked, **hidden)
+        use_settings.click(handlers.use_history, [history_state, picked], restored, **hidden)
+        restore.upload(handlers.restore_png, restore, restored, **hidden)
         refresh.click(handlers.stats, None, stats_json, api_name="stats")
         for trigger in (refresh.click, stats_tab.select, demo.load):
             trigger(handlers.refresh_stats, None, [stats_md, chart], api_visibility="private")

@@ -1,0 +1,77 @@
+"""The interface's words in English and Chinese. Gradio picks the table from the browser's language
+(``navigator.language``: ``zh``, ``zh-CN``, … get Chinese) and falls back to English."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+EN = {
+    "tagline": "4-bit ERNIE-Image on an ordinary GPU.",
+    "prompt": "Prompt",
+    "prompt_placeholder": "Describe the image; quoted text is drawn into it. Ctrl+Enter (⌘+Enter) generates.",
+    "generate": "Generate",
+    "stop": "Stop",
+    "load": "Load model",
+    "advanced": "Advanced",
+    "negative": "Negative prompt",
+    "resolution": "Resolution",
+    "width": "Width",
+    "height": "Height",
+    "steps": "Steps",
+    "guidance": "Guidance",
+    "seed": "Seed",
+    "randomize": "Randomize seed",
+    "pe": "Prompt enhancer (PE)",
+    "images": "Images",
+    "result": "Result",
+    "revised": "Revised prompt (PE)",
+    "run_info": "Run info",
+    "examples": "Examples (click one to fill the form)",
+    "history": "History (kept in this browser)",
+    "use_settings": "Use these settings",
+    "restore_png": "Restore settings from a PNG",
+    "tab_generate": "Generate",
+    "tab_stats": "Stats",
+    "refresh": "Refresh",
+    "chart_title": "Original vs NF4 per component",
+}
+
+ZH = {
+    "tagline": "4 位量化的 ERNIE-Image，普通显卡即可运行。",
+    "prompt": "提示词",
+    "prompt_placeholder": "描述画面；引号中的文字会写进图里。Ctrl+Enter（⌘+Enter）生成。",
+    "generate": "生成",
+    "stop": "停止",
+    "load": "加载模型",
+    "advanced": "高级设置",
+    "negative": "反向提示词",
+    "resolution": "分辨率",
+    "width": "宽度",
+    "height": "高度",
+    "steps": "步数",
+    "guidance": "引导强度",
+    "seed": "随机种子",
+    "randomize": "随机种子（每次不同）",
+    "pe": "提示词增强（PE）",
+    "images": "图片数量",
+    "result": "生成结果",
+    "revised": "增强后的提示词（PE）",
+    "run_info": "运行信息",
+    "examples": "示例（点击填入表单）",
+    "history": "历史记录（保存在本浏览器）",
+    "use_settings": "使用这些设置",
+    "restore_png": "从 PNG 恢复设置",
+    "tab_generate": "生成",
+    "tab_stats": "统计",
+    "refresh": "刷新",
+    "chart_title": "各组件原始大小与 NF4 大小",
+}
+
+I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})
+
+
+def t(key: str):
+    """The translatable label for ``key`` (a key of ``EN``)."""
+    if key not in EN:
+        raise KeyError(f"no interface text named {key!r}")
+    return I18N(key)

@@ -1,0 +1,319 @@
+"""The app in headless Chromium, one test per point of issue 11, mostly around the fake service (fast)."""
+
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+from ernie_nf4.png import parameters_text, save_png  # noqa: E402
+from ernie_nf4.request import GenerationRequest  # noqa: E402
+from ernie_nf4.webapp.png_params import parse_parameters  # noqa: E402
+from ernie_nf4.webapp.ui import form_defaults  # noqa: E402
+
+from .apphelpers import FakeService, chromium_path, playwright_api  # noqa: E402
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+DESKTOP = {"width": 1400, "height": 1000}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = playwright_api()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_app(fake_app, browser):
+    """``open_app(viewport=..., locale=...)`` -> a page on the fake-service app, in a fresh browser context."""
+    contexts = []
+
+    def open_page(viewport=DESKTOP, locale="en-US", url=None):
+        context = browser.new_context(viewport=viewport, locale=locale)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(url or fake_app[1].src)
+        page.locator("#generate").wait_for()
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def set_size(page, width, height):
+    page.locator("#width input").fill(str(width))
+    page.locator("#height input").fill(str(height))
+    page.locator("#height input").blur()
+
+
+def wait_for_info(page, start, timeout=10_000):
+    script = f"document.querySelector('#info textarea').value.startsWith({start!r})"
+    page.wait_for_function(script, timeout=timeout)
+
+
+def generate(page, prompt, size=(64, 64)):
+    page.locator("#prompt textarea").fill(prompt)
+    set_size(page, *size)
+    page.locator("#generate").click()
+    wait_for_info(page, "seed", timeout=20_000)
+
+
+@pytest.mark.browser
+def test_examples_fill_the_form_with_prompt_and_size(open_app):
+    page = open_app()
+    examples = page.locator("#examples")
+    assert examples.locator("button").count() >= 6
+    examples.get_by_text("Infographic · 1376×768").click()
+    page.wait_for_function("document.querySelector('#width input').value === '1376'")
+    assert "infographic" in page.locator("#prompt textarea").input_value()
+    assert page.locator("#height input").input_value() == "768"
+    assert page.locator("#preset input").input_value() == "1376x768"
+    examples.get_by_text("Chinese shop sign").click()
+    page.wait_for_function("document.querySelector('#width input').value === '1024'")
+    assert "晨光咖啡" in page.locator("#prompt textarea").input_value()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("keys", ["Control+Enter", "Meta+Enter"])
+def test_ctrl_or_cmd_enter_in_the_prompt_generates(open_app, fake_app, keys):
+    service, _ = fake_app
+    page = open_app()
+    set_size(page, 64, 64)
+    prompt = f"keyboard cat {keys}"
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#prompt textarea").press(keys)
+    page.wait_for_function("document.querySelector('#info textarea').value.startsWith('seed')", timeout=20_000)
+    assert service.requests[-1].prompt == prompt
+    assert page.locator("#prompt textarea").input_value() == prompt  # no newline was typed
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_prompt_and_generate_on_top_advanced_folded_and_labels_whole(open_app, viewport):
+    page = open_app(viewport=viewport)
+    prompt, run = page.locator("#prompt").bounding_box(), page.locator("#generate").bounding_box()
+    assert run["y"] < prompt["y"] + prompt["height"] + 80  # Generate beside or right under the prompt
+    negative = page.locator("#negative textarea")
+    assert not negative.is_visible()
+    page.locator("#advanced").get_by_text("Advanced").click()
+    negative.wait_for(state="visible")
+    for field in ("#steps", "#guidance", "#seed", "#randomize", "#use-pe", "#count"):
+        assert page.locator("#advanced").locator(field).is_visible(), field
+    labels = '[data-testid="block-info"], label span, .label-wrap span, #examples button'
+    cut = page.evaluate(
+        f"""() => [...document.querySelectorAll('{labels}')]
+        .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+        .map(e => e.textContent.trim())"""
+    )
+    assert cut == []
+
+
+@pytest.mark.browser
+def test_result_gallery_is_output_only(open_app):
+    page = open_app()
+    generate(page, "output only")
+    gallery = page.locator("#gallery")
+    gallery.locator("img").first.wait_for()
+    assert gallery.locator("input[type=file]").count() == 0
+    for name in ("Clear", "Remove", "Delete", "Upload"):
+        assert gallery.get_by_role("button", name=name).count() == 0, name
+    assert gallery.get_by_text("Drop").count() == 0
+
+
+@pytest.mark.browser
+def test_history_survives_a_reload_and_gives_back_the_seed_used(open_app, fake_app):
+    service, _ = fake_app
+    page = open_app()
+    page.locator("#advanced").get_by_text("Advanced").click()
+    assert page.locator("#randomize input").is_checked()
+    page.locator("#use-pe input").uncheck()
+    generate(page, "history cat", size=(96, 64))
+    used = service.requests[-1].seed
+    page.locator("#history img").first.wait_for()
+    page.reload()
+    page.locator("#history img").first.wait_for(timeout=10_000)
+    page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#prompt textarea").fill("something else")
+    set_size(page, 1024, 1024)
+    page.locator("#history img").first.click()
+    page.locator("#use-settings").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'history cat'")
+    assert page.locator("#width input").input_value() == "96"
+    assert page.locator("#height input").input_value() == "64"
+    assert page.locator("#seed input").input_value() == str(used)
+    assert not page.locator("#randomize input").is_checked()  # so the next run uses that seed
+    assert not page.locator("#use-pe input").is_checked()
+    page.locator("#generate").click()
+    page.wait_for_function(f"document.querySelector('#info textarea').value.startsWith('seed {used}')")
+
+
+@pytest.mark.browser
+def test_dropping_a_png_restores_its_settings(open_app, tmp_path):
+    request = GenerationRequest(
+        "一张海报，写着“你好”", "blurry", width=848, height=1264, num_inference_steps=28, guidance_scale=3.5, seed=4242
+    )
+    text = parameters_text(request, 4243, "revised, with a comma", "ERNIE-Image NF4")
+    path = save_png(Image.new("RGB", (32, 32)), tmp_path, 4243, text)
+    page = open_app()
+    page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#restore input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#width input').value === '848'")
+    assert page.locator("#prompt textarea").input_value() == request.prompt
+    assert page.locator("#negative textarea").input_value() == "blurry"
+    assert page.locator("#height input").input_value() == "1264"
+    assert page.locator("#preset input").input_value() == "848x1264"
+    assert page.locator("#steps input[type=number]").input_value() == "28"
+    assert page.locator("#guidance input[type=number]").input_value() == "3.5"
+    assert page.locator("#seed input").input_value() == "4243"
+    assert not page.locator("#randomize input").is_checked()
+
+
+def test_a1111_parameters_text_parses():
+    text = (
+        "a castle, on a hill\nat dawn\nNegative prompt: fog,\nrain\n"
+        'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 99, Size: 512x768, Model hash: abc, Note: "x, y"'
+    )
+    settings = parse_parameters(text)
+    assert settings.prompt == "a castle, on a hill\nat dawn" and settings.negative_prompt == "fog,\nrain"
+    assert (settings.width, settings.height, settings.num_inference_steps) == (512, 768, 20)
+    assert (settings.guidance_scale, settings.seed, settings.use_pe) == (7.0, 99, None)
+    with pytest.raises(ValueError, match="no prompt"):
+        parse_parameters("\nSteps: 20, Seed: 1")
+
+
+@pytest.mark.browser
+def test_phone_shows_generate_without_scrolling_and_the_result_right_below(open_app):
+    page = open_app(viewport=PHONE)
+    run = page.locator("#generate").bounding_box()
+    assert run["y"] + run["height"] <= PHONE["height"]
+    assert run["x"] >= 0 and run["x"] + run["width"] <= PHONE["width"]
+    generate(page, "phone cat")
+    page.evaluate("window.scrollTo(0, 0)")
+    run, gallery = page.locator("#generate").bounding_box(), page.locator("#gallery").bounding_box()
+    assert 0 <= gallery["y"] - (run["y"] + run["height"]) < 80  # only the Stop button's row may sit between
+    assert gallery["y"] < PHONE["height"] and gallery["x"] + gallery["width"] <= PHONE["width"]
+    settings = page.locator("#settings").bounding_box()
+    assert settings["y"] > gallery["y"]  # settings come after the result on a phone
+
+
+@pytest.mark.browser
+def test_progress_names_the_stage_once_on_the_gallery(open_app):
+    page = open_app()
+    page.locator("#prompt textarea").fill("slow progress")
+    set_size(page, 64, 64)
+    page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#steps input[type=number]").fill("15")
+    page.locator("#steps input[type=number]").blur()
+    page.locator("#generate").click()
+    page.get_by_text("denoising · step").first.wait_for(timeout=10_000)
+    page.get_by_text("ETA").first.wait_for(timeout=10_000)
+    assert page.get_by_text("denoising").count() == 1
+    assert page.locator("#gallery").get_by_text("denoising").count() == 1
+    assert page.locator(".progress-text, .eta-bar").count() <= 2  # one tracker (its text and its bar)
+    page.locator("#stop").click()
+
+
+@pytest.mark.browser
+def test_stop_is_neutral_and_drops_the_users_queued_run(open_app, fake_app):
+    service, _ = fake_app
+    first = open_app()
+    first.locator("#prompt textarea").fill("slow first")
+    set_size(first, 64, 64)
+    first.locator("#advanced").get_by_text("Advanced").click()
+    first.locator("#steps input[type=number]").fill("200")
+    first.locator("#steps input[type=number]").blur()
+    first.locator("#generate").click()
+    first.get_by_text("denoising · step").first.wait_for(timeout=10_000)
+    # A second user queues behind the first, then stops: the queued run never starts.
+    second = open_app()
+    second.locator("#prompt textarea").fill("queued second")
+    set_size(second, 64, 64)
+    second.locator("#generate").click()
+    second.wait_for_timeout(800)
+    second.locator("#stop").click()
+    wait_for_info(second, "Stopped. Nothing was kept")
+    first.locator("#stop").click()
+    wait_for_info(first, "Stopped. Nothing was kept")
+    assert service.requests[-1].prompt == "slow first" and service.steps_done < 200
+    first.wait_for_timeout(1500)  # time for a wrongly kept queued run to start
+    assert all(r.prompt != "queued second" for r in service.requests)
+    for page in (first, second):
+        # no error message anywhere; the gallery badge race is tracked by the xfail test below
+        assert page.get_by_text("Error").count() == page.locator("#gallery").get_by_text("Error").count()
+
+
+@pytest.mark.browser
+@pytest.mark.xfail(
+    strict=False,
+    reason="Gradio 6.31 race: cancels=[event] sometimes leaves an 'Error' badge on the gallery's status tracker "
+    "of the cancelled run (about 1 run in 3 here); the Stopped message and the dropped queued run are unaffected",
+)
+def test_stop_leaves_no_error_badge_on_the_gallery(open_app):
+    page = open_app()
+    page.locator("#prompt textarea").fill("slow badge")
+    set_size(page, 64, 64)
+    page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#steps input[type=number]").fill("200")
+    page.locator("#steps input[type=number]").blur()
+    page.locator("#generate").click()
+    page.get_by_text("denoising · step").first.wait_for(timeout=10_000)
+    page.locator("#stop").click()
+    wait_for_info(page, "Stopped. Nothing was kept")
+    page.wait_for_timeout(1000)
+    assert page.get_by_text("Error").count() == 0
+
+
+@pytest.mark.browser
+def test_a_blank_prompt_gives_one_clear_message_and_no_error_badge(open_app, fake_app):
+    service, _ = fake_app
+    before = len(service.requests)
+    page = open_app()
+    page.locator("#prompt textarea").fill("   ")
+    page.locator("#generate").click()
+    page.get_by_text("prompt must be a non-blank text").first.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)
+    assert page.get_by_text("prompt must be a non-blank text").count() == 1
+    assert page.get_by_text("Error").count() == 0
+    assert len(service.requests) == before
+
+
+@pytest.mark.browser
+def test_resolution_dropdown_follows_typed_size(open_app):
+    page = open_app()
+    set_size(page, 1000, 700)
+    page.wait_for_function("document.querySelector('#preset input').value === 'custom'")
+    set_size(page, 1264, 848)
+    page.wait_for_function("document.querySelector('#preset input').value === '1264x848'")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("locale", "words"), [("zh-CN", ["提示词", "生成", "高级设置"]), ("en-US", ["Prompt", "Generate", "Advanced"])]
+)
+def test_interface_language_follows_the_browser(open_app, locale, words):
+    page = open_app(locale=locale)
+    assert page.locator("#prompt").get_by_text(words[0]).is_visible()
+    assert page.locator("#generate").inner_text().strip() == words[1]
+    assert page.locator("#advanced").get_by_text(words[2]).is_visible()
+
+
+def test_tiny_service_starts_the_form_small_and_fast():
+    tiny = SimpleNamespace(defaults=FakeService.defaults, config=SimpleNamespace(tiny=True))
+    assert form_defaults(tiny) == (256, 256, 4, FakeService.defaults.guidance_scale)
+    assert form_defaults(FakeService())[:3] == (1024, 1024, FakeService.defaults.num_inference_steps)
+
+
+@pytest.mark.browser
+def test_tiny_app_form_defaults_in_the_browser(served_tiny_app, open_app):
+    url, _, _ = served_tiny_app
+    page = open_app(url=url)
+    page.locator("#advanced").get_by_text("Advanced").click()
+    assert page.locator("#width input").input_value() == "256"
+    assert page.locator("#height input").input_value() == "256"
+    assert page.locator("#steps input[type=number]").input_value() == "4"
+    assert page.locator("#preset input").input_value() == "256x256"
