@@ -310,8 +310,10 @@ def test_4_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
     url, _, _ = limited_app
     codes, texts = [], []
     with httpx.Client(base_url=url, timeout=30) as http:
+        config = http.get("config").json()
+        generate = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
         for i in range(50):
-            r = join(http, 0, [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1], f"hostile-{i}")
+            r = join(http, generate, [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1], f"hostile-{i}")
             codes.append(r.status_code)
             texts.append(r.text)
         for i in range(50):  # free the server: close each session's stream
