@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EnvironmentUnsupported, InvalidArgument
-from .memory import MemoryMode, use_expandable_segments
+from .memory import MemoryMode, choose_memory_mode, use_expandable_segments
 from .nf4_format import MODEL_COMPONENTS, component_class, diffusers_nf4_blocker, is_nf4
 from .package_check import PackageCheck, check_package
 from .system import resolve_device
@@ -28,6 +28,7 @@ class LoadedPipeline:
     pipe: object  # diffusers ErnieImagePipeline
     device: str
     memory_mode: MemoryMode
+    memory_mode_reason: str
     fast: bool
     compiled: bool
     package: PackageCheck
@@ -148,6 +149,10 @@ def load_pipeline(
     model_dir = Path(model_dir)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
+    reason = f"memory_mode {mode.value}, as asked"
+    if mode is MemoryMode.AUTO:
+        mode, reason = choose_memory_mode(device)
+        logger.info("%s", reason)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()
@@ -160,7 +165,9 @@ def load_pipeline(
     else:
         pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)
-    loaded = LoadedPipeline(pipe, device, mode, fast=fast, compiled=compile, package=package, residency=residency)
+    loaded = LoadedPipeline(
+        pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency
+    )
     if fast:
         _speed_up(loaded)
     return loaded

@@ -19,8 +19,11 @@ class MemoryMode(str, enum.Enum):
     - ``low-vram``: only the VAE stays; the prompt enhancer, the text encoder and the transformer take turns on
       the GPU, copied from pinned CPU memory as each is needed (``residency.Residency``; about 5.7 GiB).
     - ``model-offload``: diffusers' ``enable_model_cpu_offload`` (the seed README's way; the benchmark's baseline).
+    - ``auto``: ``all-on-gpu`` when the GPU memory this process may use holds its peak at the largest size the app
+      offers, else ``low-vram``, and below that a refusal naming the GiB there and needed (``choose_memory_mode``).
     """
 
+    AUTO = "auto"
     ALL_ON_GPU = "all-on-gpu"
     LOW_VRAM = "low-vram"
     MODEL_OFFLOAD = "model-offload"
@@ -40,11 +43,43 @@ class MemoryMode(str, enum.Enum):
 
     @property
     def needs_cuda(self) -> bool:
-        return self is not MemoryMode.ALL_ON_GPU
+        return self in (MemoryMode.LOW_VRAM, MemoryMode.MODEL_OFFLOAD)
 
 
 # What the app offers (model-offload is slower than low-vram at more memory: kept for the benchmark only).
-APP_MEMORY_MODES = (MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM)
+APP_MEMORY_MODES = (MemoryMode.AUTO, MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM)
+# Peak reserved GiB of the full-size NF4 model at 1024x1024 (the largest presets are about one megapixel), measured
+# on an H100 (docs/benchmarks.md: 9.46 all-on-gpu, 5.85 low-vram), with a margin for the CUDA context's neighbours.
+NEEDS_GIB = {MemoryMode.ALL_ON_GPU: 10.0, MemoryMode.LOW_VRAM: 6.0}
+
+
+def usable_gib(device: str) -> float:
+    """GiB this process may still take on ``device``: free memory (plus what its allocator already holds), capped
+    by ``torch.cuda.set_per_process_memory_fraction`` when one is set."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    usable = free + torch.cuda.memory_reserved(device)
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = get_fraction(device) if get_fraction is not None else 1.0
+    return min(usable, fraction * total) / 2**30
+
+
+def choose_memory_mode(device: str, usable: float | None = None) -> tuple[MemoryMode, str]:
+    """The mode ``auto`` picks for ``device`` and why (for the UI and Stats); raises ``EnvironmentUnsupported``
+    naming the GiB there and needed when even ``low-vram`` does not fit."""
+    from .errors import EnvironmentUnsupported
+
+    if not device.startswith("cuda"):
+        return MemoryMode.ALL_ON_GPU, f"auto: {device} has no GPU memory to save"
+    usable = usable_gib(device) if usable is None else usable
+    for mode in (MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM):
+        if usable >= NEEDS_GIB[mode]:
+            return mode, f"auto: {usable:.1f} GiB usable on {device}, {mode.value} needs {NEEDS_GIB[mode]:.0f} GiB"
+    raise EnvironmentUnsupported(
+        f"memory_mode auto: {usable:.1f} GiB of GPU memory usable on {device}, the model needs at least "
+        f"{NEEDS_GIB[MemoryMode.LOW_VRAM]:.0f} GiB (low-vram) at 1024x1024; free GPU memory or use a larger GPU"
+    )
 
 
 def free_device_memory() -> None:

@@ -34,7 +34,7 @@ class ServiceConfig:
     tiny: bool = False
     max_pe_tokens: int | None = None  # None: the stock pipeline's limit (pe_tokenizer.model_max_length)
     verify_sha256: bool = False
-    memory_mode: MemoryMode = MemoryMode.ALL_ON_GPU
+    memory_mode: MemoryMode = MemoryMode.AUTO
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -178,8 +178,8 @@ class ImageService:
         loaded = self._generator.loaded if self._generator is not None else None
         return LiveStats(
             loaded=loaded is not None,
-            memory_mode=self.config.memory_mode.value,
-            memory_mode_reason="chosen with --memory-mode",
+            memory_mode=loaded.memory_mode.value if loaded else self.config.memory_mode.value,
+            memory_mode_reason=loaded.memory_mode_reason if loaded else "decided when the model loads",
             compiled=loaded.compiled if loaded else self.config.compile,
             device=loaded.device if loaded else None,
             load_seconds=self.load_seconds,

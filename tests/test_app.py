@@ -227,7 +227,7 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
 
     config = config_from_args(build_parser().parse_args(["--memory-mode", "low-vram", "--compile"]))
     assert config.memory_mode is MemoryMode.LOW_VRAM and config.compile is True
-    assert config_from_args(build_parser().parse_args([])).memory_mode is MemoryMode.ALL_ON_GPU
+    assert config_from_args(build_parser().parse_args([])).memory_mode is MemoryMode.AUTO
     monkeypatch.setenv("ERNIE_NF4_MEMORY_MODE", "low-vram")
     monkeypatch.setenv("ERNIE_NF4_COMPILE", "1")
     config = config_from_args(build_parser().parse_args([]))
@@ -239,7 +239,7 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
     from ernie_nf4.service import ServiceConfig
 
     with pytest.raises(
-        ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram'\], got 'model-offload'"
+        ValueError, match=r"memory_mode must be one of \['auto', 'all-on-gpu', 'low-vram'\], got 'model-offload'"
     ):
         ServiceConfig(memory_mode="model-offload")
 

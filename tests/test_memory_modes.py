@@ -78,7 +78,9 @@ def test_low_vram_needs_a_gpu(tiny_package, nf4_everywhere):
 
 
 def test_bad_loader_and_residency_arguments_are_refused_by_name(tiny_package, nf4_everywhere):
-    with pytest.raises(ValueError, match=r"memory_mode must be one of \['all-on-gpu', 'low-vram', 'model-offload'\]"):
+    with pytest.raises(
+        ValueError, match=r"memory_mode must be one of \['auto', 'all-on-gpu', 'low-vram', 'model-offload'\]"
+    ):
         load_pipeline(tiny_package, device=DEVICE, memory_mode="tiny")
     with pytest.raises(ValueError, match=r"compile needs fast=True"):
         load_pipeline(tiny_package, device=DEVICE, fast=False, compile=True)
@@ -160,3 +162,24 @@ def test_tiled_vae_decode_tiles_only_large_images_and_is_reproducible(tiny_origi
     assert tiled.shape == whole["large"].shape
     assert not torch.equal(tiled, whole["large"])  # 3 x 2 overlapping tiles
     assert torch.equal(vae.decode(large).sample, tiled)
+
+
+def test_auto_picks_the_mode_the_usable_memory_holds_and_refuses_below_it():
+    from ernie_nf4.errors import EnvironmentUnsupported
+    from ernie_nf4.memory import MemoryMode, choose_memory_mode
+
+    assert choose_memory_mode("cuda:0", usable=12.0)[0] is MemoryMode.ALL_ON_GPU
+    mode, reason = choose_memory_mode("cuda:0", usable=8.0)
+    assert mode is MemoryMode.LOW_VRAM and "8.0 GiB usable" in reason and "low-vram needs 6 GiB" in reason
+    assert choose_memory_mode("cuda:0", usable=6.0)[0] is MemoryMode.LOW_VRAM
+    with pytest.raises(
+        EnvironmentUnsupported, match=r"5.5 GiB of GPU memory usable on cuda:0, the model needs at least 6"
+    ):
+        choose_memory_mode("cuda:0", usable=5.5)
+    assert choose_memory_mode("cpu")[0] is MemoryMode.ALL_ON_GPU
+
+
+def test_auto_on_this_machine_loads_and_says_why(tiny_package, nf4_everywhere):
+    generator = Generator.from_pretrained(tiny_package, device=DEVICE, memory_mode="auto", max_pe_tokens=4)
+    assert generator.loaded.memory_mode.value in ("all-on-gpu", "low-vram")
+    assert generator.loaded.memory_mode_reason.startswith("auto: ")
