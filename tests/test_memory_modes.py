@@ -104,10 +104,12 @@ def test_fast_path_and_stock_forward_give_the_same_image(tiny_package, nf4_every
 @needs_cuda
 def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_nothing(tiny_package):
     request = GenerationRequest("a red boat", width=256, height=256, num_inference_steps=3, seed=5)
-    results = {}
-    for mode in ("gpu", "low-vram"):
+    results, resident = {}, {}
+    for mode in ("all-on-gpu", "low-vram"):
         generator = Generator.from_pretrained(tiny_package, memory_mode=mode, max_pe_tokens=6)
         results[mode] = generator.generate(request)
+        torch.cuda.empty_cache()
+        resident[mode] = torch.cuda.memory_allocated()  # what stays on the GPU between requests
         if mode == "low-vram":
             residency = generator.loaded.residency
             assert residency.resident == "transformer"
@@ -118,10 +120,11 @@ def test_low_vram_gives_the_gpu_mode_image_with_less_memory_and_reruns_move_noth
             assert np.array_equal(pixels(again.images[0]), pixels(results[mode].images[0]))
         del generator
         torch.cuda.empty_cache()
-    assert results["gpu"].revised_prompt == results["low-vram"].revised_prompt
-    assert np.array_equal(pixels(results["gpu"].images[0]), pixels(results["low-vram"].images[0]))
-    peak = {mode: r.peak_vram.allocated_bytes for mode, r in results.items()}
-    assert peak["low-vram"] < peak["gpu"]
+    assert results["all-on-gpu"].revised_prompt == results["low-vram"].revised_prompt
+    assert np.array_equal(pixels(results["all-on-gpu"].images[0]), pixels(results["low-vram"].images[0]))
+    # The peak of the tiny model is the decoder's and the activations' (the full model's peaks, 9.5 vs 5.9 GiB,
+    # are in docs/benchmarks.md); what low-vram saves, the models held between requests, is measurable here.
+    assert resident["low-vram"] < resident["all-on-gpu"]
 
 
 @torch.no_grad()
