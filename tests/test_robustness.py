@@ -55,10 +55,13 @@ BAD = [
 
 
 def call_raw(url: str, values: dict) -> str:
-    """POST /gradio_api/call/generate with plain JSON (NaN and inf allowed) and return the streamed result."""
+    """POST /gradio_api/call/generate with plain JSON (NaN and inf allowed) and return the streamed result, or the
+    refusal's text when the form's validator refuses it before it is queued (HTTP 422)."""
     body = json.dumps({"data": list(values.values())}, allow_nan=True)
     with httpx.Client(base_url=url, timeout=60) as http:
         event = http.post("/gradio_api/call/generate", content=body, headers={"Content-Type": "application/json"})
+        if event.status_code == 422:
+            return "event: error\n" + event.text
         event.raise_for_status()
         return http.get(f"/gradio_api/call/generate/{event.json()['event_id']}").text
 
