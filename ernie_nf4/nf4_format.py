@@ -73,6 +73,22 @@ def check_model_index(index: dict, where: str) -> dict[str, list]:
     return components
 
 
+def read_model_index(folder: Path, argument: str) -> tuple[dict, dict[str, list]]:
+    """A pipeline folder's ``model_index.json`` and its checked components (``check_model_index``); raises
+    ``PackageError`` naming the folder or file when it is missing, not JSON, or not an allowed ERNIE-Image index."""
+    folder = Path(folder)
+    path = folder / "model_index.json"
+    if not path.is_file():
+        raise PackageError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PackageError(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise PackageError(f"{argument} {folder}: model_index.json must hold a JSON object")
+    return index, check_model_index(index, f"{argument} {folder}")
+
+
 def component_class(name: str, entry: list):
     """The class that allowed ``model_index.json`` entry ``[library, class]`` of component ``name`` names."""
     if tuple(entry) not in ALLOWED_CLASSES.get(name, ()):

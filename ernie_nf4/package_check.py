@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import PackageError
 from .metadata import METADATA_FILE, is_own_metadata, read_metadata, verify_package
-from .nf4_format import check_model_index
+from .nf4_format import read_model_index
 
 _FIX = "re-download the package, or rebuild it with `python quantize.py --overwrite`"
 _MAX_HEADER = 100 << 20  # safetensors refuses larger headers too
@@ -109,16 +109,7 @@ def check_package(folder: str | Path, verify_sha256: bool = False, argument: str
     folder = Path(folder)
     if not folder.is_dir():
         raise PackageError(f"{argument} {folder}: no such folder")
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise PackageError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PackageError(f"{index_path}: not valid JSON ({err}); {_FIX}") from None
-    if not isinstance(index, dict):
-        raise PackageError(f"{index_path}: must hold a JSON object; {_FIX}")
-    components = check_model_index(index, f"{argument} {folder}")
+    _, components = read_model_index(folder, argument)
     for name in components:
         if not (folder / name).is_dir():
             raise PackageError(f"{folder / name}: component folder {name!r} is missing; {_FIX}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidArgument, PackageUnavailable
-from .nf4_format import check_model_index
+from .nf4_format import read_model_index
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +25,7 @@ class ResolvedSource:
 
 def check_pipeline_folder(folder: Path, argument: str = "source") -> dict:
     """The folder's ``model_index.json``, after checking it describes an ERNIE-Image pipeline of allowed classes."""
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise InvalidArgument(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidArgument(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from None
-    if not isinstance(index, dict):
-        raise InvalidArgument(f"{argument} {folder}: model_index.json must hold a JSON object")
-    check_model_index(index, f"{argument} {folder}")
-    return index
+    return read_model_index(folder, argument)[0]
 
 
 def is_hub_id(text: str) -> bool:
