@@ -40,10 +40,10 @@ class CountingGPU:
 
     def __call__(self, duration):
         def wrap(fn):
-            def counted(request):
+            def counted(*args):  # (request, stop slot), as spaces passes them to the task and to duration
                 self.entries += 1
-                self.durations.append(duration(request))
-                return fn(request)
+                self.durations.append(duration(*args))
+                return fn(*args)
 
             return self.spaces_gpu(duration=duration)(counted)
 
@@ -136,3 +136,166 @@ def test_the_app_runs_one_job_per_replica(tmp_path, nf4_everywhere):
     demo = build_demo(ReplicaService(config, ["cpu", "cpu"]), output_dir=OutputStore(tmp_path / "out"))
     generate = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
     assert generate.concurrency_limit == 2
+
+
+# Stop on ZeroGPU: the run's threading.Event reaches the forked worker through the shared stop flags.
+
+
+class SlowGPUService:
+    """A service for the forked worker: one 0.05 s step per ``num_inference_steps``, reading ``cancel`` at every
+    step like ``generation.py``; the result says how many steps ran and where."""
+
+    def generate(self, request, on_progress=None, cancel=None):
+        import os
+        import time
+
+        from ernie_nf4.errors import GenerationCancelled
+
+        for step in range(request.num_inference_steps):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"stopped after {step} steps")
+            time.sleep(0.05)
+        return {"steps": request.num_inference_steps, "pid": os.getpid()}
+
+
+def _forked_worker(task, args_queue, results):
+    """The loop a ``spaces`` worker runs: pickled (args, kwargs) in, the pickled result or exception out."""
+    while (item := args_queue.get()) is not None:
+        args, kwargs = item
+        try:
+            results.put((True, task(*args, **kwargs)))
+        except Exception as err:  # spaces sends back the exception; only gr.Error keeps its message
+            results.put((False, type(err).__name__))
+
+
+class ForkedGPU:
+    """What ``spaces.GPU`` does on ZeroGPU that matters to Stop: the task runs in a process forked (the 'fork'
+    context) when it is decorated, so before any run's Event exists, and reused for every call; arguments and
+    results cross as pickles through multiprocessing queues; an exception comes back as a generic error."""
+
+    def __init__(self):
+        self.durations, self.workers = [], []
+
+    def __call__(self, duration):
+        import multiprocessing
+
+        def wrap(task):
+            context = multiprocessing.get_context("fork")
+            args_queue, results = context.Queue(), context.Queue()
+            worker = context.Process(target=_forked_worker, args=(task, args_queue, results), daemon=True)
+            worker.start()
+            self.workers.append((worker, args_queue))
+
+            def handler(*args, **kwargs):
+                self.durations.append(duration(*args, **kwargs))
+                args_queue.put((args, kwargs))
+                ok, value = results.get(timeout=60)
+                if not ok:
+                    raise RuntimeError(f"ZeroGPU worker error: {value}")
+                return value
+
+            return handler
+
+        return wrap
+
+    def close(self):
+        for worker, args_queue in self.workers:
+            args_queue.put(None)
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+
+
+@pytest.fixture
+def forked_gpu():
+    gpu = ForkedGPU()
+    yield gpu
+    gpu.close()
+
+
+def test_zerogpu_run_without_stop_completes_in_the_forked_worker(forked_gpu):
+    import os
+
+    from ernie_nf4.webapp.zerogpu import STOP_FLAGS
+
+    generate = gpu_generate(SlowGPUService(), forked_gpu)
+    free = STOP_FLAGS.free_count
+    result = generate(request(num_inference_steps=10), cancel=threading.Event())
+    assert result["steps"] == 10 and result["pid"] != os.getpid()  # it ran in the forked worker
+    assert forked_gpu.durations == [gpu_seconds(request(num_inference_steps=10))]
+    assert STOP_FLAGS.free_count == free
+
+
+def test_zerogpu_stop_reaches_the_forked_worker_and_the_next_run_is_not_born_stopped(forked_gpu):
+    import re
+    import time
+
+    from ernie_nf4.errors import GenerationCancelled
+    from ernie_nf4.webapp.zerogpu import STOP_FLAGS
+
+    generate = gpu_generate(SlowGPUService(), forked_gpu)  # the worker is forked here, before the Event exists
+    free = STOP_FLAGS.free_count
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()  # Stop pressed 0.3 s into a 200-step (10 s) run
+    started = time.monotonic()
+    with pytest.raises(GenerationCancelled, match="stopped after") as stopped:
+        generate(request(num_inference_steps=200), cancel=cancel)
+    elapsed = time.monotonic() - started
+    steps = int(re.search(r"after (\d+) steps", str(stopped.value)).group(1))
+    assert 1 <= steps <= 20 and elapsed < 3, (steps, elapsed)
+    assert STOP_FLAGS.free_count == free
+    # The same worker, the slot just freed (the stack gives it again): a new run starts clear and completes.
+    slot = STOP_FLAGS.allocate()
+    assert not STOP_FLAGS.is_set(slot)
+    STOP_FLAGS.free(slot)
+    assert generate(request(num_inference_steps=5), cancel=threading.Event())["steps"] == 5
+    # A run stopped before it is sent never asks for the GPU.
+    cancel = threading.Event()
+    cancel.set()
+    calls = len(forked_gpu.durations)
+    with pytest.raises(GenerationCancelled):
+        generate(request(num_inference_steps=5), cancel=cancel)
+    assert len(forked_gpu.durations) == calls
+
+
+class _FlakyService:
+    """Completes, stops or fails by the request's seed (for the slot bookkeeping test)."""
+
+    def generate(self, request, on_progress=None, cancel=None):
+        from ernie_nf4.errors import GenerationCancelled
+
+        if request.seed % 3 == 1:
+            raise GenerationCancelled("stopped")
+        if request.seed % 3 == 2:
+            raise RuntimeError("boom")
+        return cancel.is_set()
+
+
+def test_zerogpu_stop_slots_are_freed_after_every_run(forked_gpu):
+    from ernie_nf4.errors import GenerationCancelled
+    from ernie_nf4.webapp.zerogpu import STOP_FLAGS, STOP_SLOTS
+
+    generate = gpu_generate(_FlakyService(), forked_gpu)
+    free = STOP_FLAGS.free_count
+    assert free == STOP_SLOTS
+    outcomes = {"ok": 0, "stopped": 0, "failed": 0}
+    for seed in range(300):  # more runs than slots: a leak would run out
+        cancel = threading.Event()
+        try:
+            assert generate(request(num_inference_steps=1, seed=seed), cancel=cancel) is False  # not born stopped
+            outcomes["ok"] += 1
+        except GenerationCancelled:
+            outcomes["stopped"] += 1
+        except RuntimeError:
+            outcomes["failed"] += 1
+        assert STOP_FLAGS.free_count == free
+    assert outcomes == {"ok": 100, "stopped": 100, "failed": 100}
+    # Slots handed out and not yet freed are distinct; when none is left the run goes on without Stop.
+    slots = [STOP_FLAGS.allocate() for _ in range(STOP_SLOTS)]
+    assert len(set(slots)) == STOP_SLOTS and STOP_FLAGS.allocate() is None
+    try:
+        assert generate(request(num_inference_steps=1, seed=0), cancel=threading.Event()) is False
+    finally:
+        for slot in slots:
+            STOP_FLAGS.free(slot)
+    assert STOP_FLAGS.free_count == free

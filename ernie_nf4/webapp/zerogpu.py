@@ -5,9 +5,13 @@
 - ``@spaces.GPU(duration=...)`` wraps only the GPU work; ``duration`` is called with the same arguments and
   returns the seconds to reserve (``gpu_seconds``). Validation happens before it, so a bad request never
   takes a GPU slot.
-- The decorated function runs in a forked worker and its arguments are pickled: a ``threading.Event`` cannot
-  cross, so Stop cannot reach a running ZeroGPU job. Stop still removes queued jobs, and a run stopped while on
-  the GPU keeps nothing (the handler checks its signal when the worker returns).
+- The decorated function runs in a worker process forked with the 'fork' context (reused across calls) and its
+  arguments are pickled, so the run's ``threading.Event`` cannot cross. Stop reaches it through ``STOP_FLAGS``: a
+  table of one-byte flags in anonymous shared memory, made when this module is imported (before any worker is
+  forked, so every worker shares it). The app's process gives each GPU call a slot, a bridge thread copies the
+  run's Event into the slot's flag, and the worker's ``service.generate`` reads it at every step
+  (``SharedCancel``). A stop inside the worker comes back as a plain value (``spaces`` turns any exception but
+  ``gr.Error`` into a generic "ZeroGPU worker error") and is raised here again as ``GenerationCancelled``.
 - ``--compile`` is turned off (the compile cache would not outlive the worker).
 """
 
@@ -15,7 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
+import threading
+
+from ..errors import GenerationCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +31,77 @@ BASE_SECONDS = 10  # moving the models in, the text encoder, the VAE decode
 PE_SECONDS = 12  # the prompt enhancer (up to 256 new tokens on a ZeroGPU H200 slice)
 STEP_SECONDS_1MP = 0.45  # one denoising step at 1024x1024 (measured 0.37 s on an H100; margin for H200 slices)
 MAX_SECONDS = 300
+STOP_SLOTS = 256  # runs on the GPU at once, at most, that Stop can reach (far above any concurrency limit)
+STOP_POLL_SECONDS = 0.1  # how often the bridge thread looks at the run's Event
+
+
+class StopFlags:
+    """One-byte stop flags in anonymous shared memory (``MAP_SHARED``), inherited by every process forked after
+    it was made. Slots are handed out and taken back in this (the app's) process only; a worker only reads."""
+
+    def __init__(self, size: int = STOP_SLOTS):
+        self._flags = mmap.mmap(-1, size)
+        self._free = list(range(size - 1, -1, -1))  # a stack: the slot freed last is given next
+        self._lock = threading.Lock()
+
+    def allocate(self):
+        """A free slot with its flag clear, or None when all are in use (the run then cannot be stopped)."""
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+        self._flags[slot] = 0
+        return slot
+
+    def free(self, slot) -> None:
+        if slot is None:
+            return
+        self._flags[slot] = 0
+        with self._lock:
+            self._free.append(slot)
+
+    def set(self, slot) -> None:
+        if slot is not None:
+            self._flags[slot] = 1
+
+    def is_set(self, slot) -> bool:
+        return slot is not None and self._flags[slot] != 0
+
+    @property
+    def free_count(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+
+STOP_FLAGS = StopFlags()  # made at import, in the app's process, before spaces forks any worker
+
+
+class SharedCancel:
+    """The stop signal as the worker sees it: ``is_set()`` reads the slot's shared flag."""
+
+    def __init__(self, slot, flags: StopFlags = STOP_FLAGS):
+        self.slot, self._flags = slot, flags
+
+    def is_set(self) -> bool:
+        return self._flags.is_set(self.slot)
+
+
+class Cancelled:
+    """What the worker returns when the run was stopped (plain and picklable; an exception would come back as a
+    generic worker error)."""
+
+    def __init__(self, message: str = ""):
+        self.message = message
+
+
+def _bridge(cancel, slot, done: threading.Event, flags: StopFlags) -> None:
+    """Copy the run's stop signal into the shared flag while the GPU call is in flight."""
+    while True:
+        if cancel.is_set():
+            flags.set(slot)
+            return
+        if done.wait(STOP_POLL_SECONDS):
+            return
 
 
 def on_zerogpu(environ=None) -> bool:
@@ -49,18 +128,42 @@ def decorator(environ=None):
 
 def gpu_generate(service, gpu_decorator=None):
     """``service.generate`` as the app calls it: ``(request, on_progress, cancel)``. With ``gpu_decorator``
-    (``spaces.GPU``), only ``service.generate(request)`` runs inside it, with ``duration=gpu_seconds``; progress
-    and the stop signal stay in this process."""
+    (``spaces.GPU``), ``service.generate(request, cancel=SharedCancel(slot))`` runs inside it, called with
+    ``(request, slot)`` and ``duration=gpu_seconds(request)``; progress stays in this process, and ``cancel``
+    reaches the worker through the slot's shared flag."""
     if gpu_decorator is None:
         return service.generate
 
-    def generate_on_gpu(request):
-        return service.generate(request)
+    def generate_on_gpu(request, slot):
+        try:
+            return service.generate(request, cancel=SharedCancel(slot))
+        except GenerationCancelled as err:
+            return Cancelled(str(err))
 
-    decorated = gpu_decorator(duration=lambda request: gpu_seconds(request))(generate_on_gpu)
+    decorated = gpu_decorator(duration=lambda request, slot: gpu_seconds(request))(generate_on_gpu)
 
     def generate(request, on_progress=None, cancel=None):
-        return decorated(request)
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("stopped before the GPU was asked for")
+        slot = STOP_FLAGS.allocate()
+        if slot is None:
+            logger.warning("ZeroGPU: all %d stop slots in use; this run cannot be stopped once on the GPU", STOP_SLOTS)
+        done, bridge = threading.Event(), None
+        try:
+            if cancel is not None and slot is not None:
+                bridge = threading.Thread(
+                    target=_bridge, args=(cancel, slot, done, STOP_FLAGS), name="zerogpu-stop", daemon=True
+                )
+                bridge.start()
+            result = decorated(request, slot)
+        finally:
+            done.set()
+            if bridge is not None:
+                bridge.join()  # no late write into a slot that is about to be given to another run
+            STOP_FLAGS.free(slot)
+        if isinstance(result, Cancelled):
+            raise GenerationCancelled(result.message or "stopped")
+        return result
 
     return generate
 
