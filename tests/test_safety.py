@@ -311,13 +311,16 @@ def test_4_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
     codes, texts = [], []
     with httpx.Client(base_url=url, timeout=30) as http:
         config = http.get("config").json()
-        generate = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+        ids = {d.get("api_name"): d["id"] for d in config["dependencies"]}
+        generate = ids["generate"]
         for i in range(50):
             r = join(http, generate, [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1], f"hostile-{i}")
             codes.append(r.status_code)
             texts.append(r.text)
         for i in range(50):  # free the server: close each session's stream
-            http.post("gradio_api/run/predict", json={"fn_index": 2, "data": [], "session_hash": f"hostile-{i}"})
+            http.post(
+                "gradio_api/run/predict", json={"fn_index": ids["stop"], "data": [], "session_hash": f"hostile-{i}"}
+            )
     assert codes[:3] == [200, 200, 200]
     assert set(codes[3:]) == {429}, codes
     assert "try again" in texts[-1]
