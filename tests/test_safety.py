@@ -311,14 +311,16 @@ def test_4_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
     codes, texts = [], []
     with httpx.Client(base_url=url, timeout=30) as http:
         config = http.get("config").json()
-        generate = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
-        stop = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "stop")
+        ids = {d.get("api_name"): d["id"] for d in config["dependencies"]}
+        generate = ids["generate"]
         for i in range(50):
             r = join(http, generate, [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1], f"hostile-{i}")
             codes.append(r.status_code)
             texts.append(r.text)
         for i in range(50):  # free the server: close each session's stream
-            http.post("gradio_api/run/predict", json={"fn_index": stop, "data": [], "session_hash": f"hostile-{i}"})
+            http.post(
+                "gradio_api/run/predict", json={"fn_index": ids["stop"], "data": [], "session_hash": f"hostile-{i}"}
+            )
     assert codes[:3] == [200, 200, 200]
     assert set(codes[3:]) == {429}, codes
     assert "try again" in texts[-1]
@@ -445,11 +447,9 @@ def test_5_missing_fields_and_a_lone_surrogate_get_named_errors(limited_app):
         assert "/generate is missing height, num_inference_steps" in missing.json()["error"]
         body = b'{"data": ["a \\ud800 cat", "", 64, 64, 1, 4.0, 7, false, false, 1]}'
         event = http.post("gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
-        if event.status_code == 422:  # refused by the form's validator before it is queued
-            surrogate = event.text
-        else:
-            surrogate = http.get(f"gradio_api/call/generate/{event.json()['event_id']}").text
-    assert "prompt holds a character that is not valid Unicode text" in surrogate, surrogate
+    # the form's validator refuses it before it is queued, naming the field
+    assert event.status_code == 422, event.text
+    assert "prompt holds a character that is not valid Unicode text" in event.text, event.text
 
 
 @pytest.mark.slow
@@ -503,3 +503,115 @@ def test_run_signal_from_a_cancelled_run_does_not_clear_a_newer_one():
     assert not third.is_set()
     threading.Thread(target=runs.stop_running, args=("tab",)).start()
     assert third.wait(5)
+
+
+# ---------------------------------------------------------------- 5: each library error reaches the client as text
+
+GENERIC = "upstream app has raised an exception"
+
+
+@pytest.fixture(scope="module")
+def app_package(tmp_path_factory):
+    """A tiny package as ``python app.py --tiny`` builds it on this machine (own metadata, with sha256s)."""
+    from ernie_nf4.tiny import build_tiny_package
+
+    return build_tiny_package(None, tmp_path_factory.mktemp("app-package") / "ERNIE-Image-tiny-NF4")
+
+
+@pytest.fixture()
+def package_copy(app_package, tmp_path):
+    copy = tmp_path / "ERNIE-Image-tiny-NF4"
+    shutil.copytree(app_package, copy)
+    return copy
+
+
+def served(tmp_path, package, *flags):
+    return start_app(tmp_path, "--model-dir", package, "--output-dir", tmp_path / "out", *flags)
+
+
+def generate_stream(url) -> str:
+    """The raw SSE answer of /generate, and the same error through gradio_client: both must carry the text."""
+    from gradio_client import Client
+
+    stream = call(url, FORM)
+    assert "event: error" in stream, stream
+    with pytest.raises(Exception) as info:
+        Client(url, verbose=False).predict(*FORM, api_name="/generate")
+    assert GENERIC not in stream and GENERIC not in str(info.value), (stream, info.value)
+    return stream + "\n" + str(info.value)
+
+
+def stopped(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_5_a_corrupted_file_under_verify_sha256_is_named_to_the_user(package_copy, tmp_path):
+    weights = package_copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100:] = bytes(255 - b for b in data[-100:])  # same size, header intact: only the hash can tell
+    weights.write_bytes(bytes(data))
+    proc, url, _ = served(tmp_path, package_copy, "--verify-sha256")
+    try:
+        text = generate_stream(url)
+    finally:
+        stopped(proc)
+    assert "diffusion_pytorch_model.safetensors" in text and "sha256" in text, text
+    assert "quantize.py --overwrite" in text
+
+
+@pytest.mark.parametrize("how", [["--device", "tpu"], {"ERNIE_NF4_DEVICE": "tpu"}], ids=["flag", "env"])
+def test_5_an_unknown_device_is_refused_at_start_in_one_line(how, tmp_path):
+    flags, env = (how, {}) if isinstance(how, list) else ([], how)
+    cmd = [sys.executable, "app.py", "--tiny", *flags, "--port", str(free_port()), "--output-dir", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "ERNIE_NF4_DEVICE" in result.stderr and "'tpu'" in result.stderr
+    assert "cuda, cuda:N or cpu" in result.stderr
+
+
+@pytest.mark.slow
+def test_5_garbage_metadata_still_shows_the_page_and_stats_and_generates_not_verified(package_copy, tmp_path):
+    from gradio_client import Client
+
+    (package_copy / "quantization_metadata.json").write_bytes(b"\xff\x00not json")
+    proc, url, log = served(tmp_path, package_copy)
+    try:
+        assert httpx.get(url, timeout=30).status_code == 200
+        client = Client(url, verbose=False)
+        stats = client.predict(api_name="/stats")
+        images, _, _, info = client.predict(*FORM, api_name="/generate")
+        stats_after = client.predict(api_name="/stats")
+    finally:
+        stopped(proc)
+    for answer in (stats, stats_after):
+        assert answer["package"]["verified"] is False
+        assert any("another tool" in note for note in answer["package"]["notes"]), answer
+    assert len(images) == 1 and "not verified by ernie-nf4 metadata" in info
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_5_a_wrong_pipeline_class_names_model_index_json(package_copy, tmp_path):
+    index_path = package_copy / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    index_path.write_text(json.dumps(index))
+    proc, url, _ = served(tmp_path, package_copy)
+    try:
+        text = generate_stream(url)
+    finally:
+        stopped(proc)
+    assert "model_index.json names 'StableDiffusionPipeline'" in text and "ErnieImagePipeline" in text, text
+
+
+@pytest.mark.slow
+def test_5_low_vram_on_a_cpu_says_it_needs_a_cuda_gpu(package_copy, tmp_path):
+    proc, url, _ = served(tmp_path, package_copy, "--memory-mode", "low-vram")
+    try:
+        text = generate_stream(url)
+    finally:
+        stopped(proc)
+    assert "needs a CUDA GPU" in text and "low-vram" in text, text

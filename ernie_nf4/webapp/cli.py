@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 import sys
 
@@ -54,6 +55,18 @@ def port_number(text: str, name: str = "--port") -> int:
     if not 1 <= port <= 65535:
         raise SettingsError(f"{name} must be a port number in [1, 65535], got {port}")
     return port
+
+
+def check_device(device: str | None) -> str | None:
+    """``--device`` / ``ERNIE_NF4_DEVICE`` as the loader takes it; refused at start when it is none of those."""
+    if device is None:
+        return None
+    text = device.strip().lower()
+    if text in ("cuda", "cpu") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise SettingsError(
+        f"--device (or {env_name('device')}) {device!r}: use one of cuda, cuda:N or cpu (N: the GPU's number)"
+    )
 
 
 def default_host(environ) -> str:
@@ -176,6 +189,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
         )
     if args.max_pe_tokens is not None:
         number(args, "max-pe-tokens", int, None)  # the range is ServiceConfig's
+    args.device = check_device(args.device)
     args.auth = parse_auth(args.auth)
     check_host(args.host)
     for flag, kind, low in (

@@ -89,8 +89,9 @@ class RunRegistry:
         return len(runs)
 
 
-async def drop_queued(request, key: str, message: str) -> int:
-    """Remove the session's jobs still waiting in Gradio's queue; each client gets ``message`` as its error."""
+async def drop_queued(request, key: str, outputs: list) -> int:
+    """Remove the session's jobs still waiting in Gradio's queue; each client gets ``outputs`` (the event's
+    output values, as sent on the wire) as a normal completion, so nothing shows an error."""
     from gradio.server_messages import ProcessCompletedMessage
 
     queue = _queue_of(request)
@@ -107,5 +108,7 @@ async def drop_queued(request, key: str, message: str) -> int:
             queue.event_queue_per_concurrency_id[event.concurrency_id].queue.remove(event)
             queue.event_ids_to_events.pop(event._id, None)
     for event in waiting:
-        queue.send_message(event, ProcessCompletedMessage(output={"error": message}, success=False, title="Stopped"))
+        queue.send_message(
+            event, ProcessCompletedMessage(output={"data": outputs, "is_generating": False}, success=True)
+        )
     return len(waiting)

@@ -129,7 +129,7 @@ class Handlers:
         except GenerationCancelled:
             free_device_memory()
             # Stop is not an error: the outputs keep what they showed and the info box says so.
-            return gr.skip(), gr.skip(), gr.skip(), STOPPED
+            return self.stopped_outputs()
         except Exception as err:
             free_device_memory()
             raise gr.Error(user_message(err)) from err
@@ -146,7 +146,13 @@ class Handlers:
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
         key = (request.session_hash if request else None) or "api"
         self.runs.stop_running(key)
-        await drop_queued(request, key, STOPPED)
+        await drop_queued(request, key, list(self.stopped_outputs()))
+
+    @staticmethod
+    def stopped_outputs():
+        """What a stopped run (running or queued) gives its outputs: gallery, seed and revised prompt keep what
+        they show, the info box says Stopped."""
+        return gr.skip(), gr.skip(), gr.skip(), STOPPED
 
     @staticmethod
     def validate(
@@ -215,12 +221,15 @@ class Handlers:
 
     def add_history(self, images, history):
         """Appends this run's images (newest first) to the browser-kept history; returns (state, gallery)."""
+        history = self.load_history(history)
+        known = {item["file"] for item in history}
         new = []
         for image in images or []:
             path = image[0] if isinstance(image, (list, tuple)) else image
-            if (item := self._history_item({"file": Path(str(path)).name})) is not None:
+            item = self._history_item({"file": Path(str(path)).name})
+            if item is not None and item["file"] not in known:  # a stopped run leaves the last images shown
                 new.append(item)
-        history = (new[::-1] + self.load_history(history))[:HISTORY_LIMIT]
+        history = (new[::-1] + history)[:HISTORY_LIMIT]
         return history, self._history_view(history)
 
     def load_history(self, history):
@@ -440,8 +449,10 @@ def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
             api_visibility="private",
             show_progress="hidden",
         )
-        # Stop: the run's stop signal ends the work within a step; cancels= drops this session's queued runs.
-        stop.click(handlers.stop, None, None, queue=False, api_visibility="private", cancels=[event]).then(
+        # Stop: the run's stop signal ends the work after its current step and the handler itself returns the
+        # neutral "Stopped" result; the session's queued runs are removed. Not cancels=[event]: a run cancelled
+        # through Gradio can leave an "Error" badge on the gallery (a race in Gradio 6.31's client).
+        stop.click(handlers.stop, None, None, queue=False, api_visibility="private").then(
             handlers.stopped, None, info, queue=False, api_visibility="private", show_progress="hidden"
         )
         load.click(gpu_task(handlers.load_model), None, status, api_visibility="private")
