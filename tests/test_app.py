@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
 from ernie_nf4.metadata import read_metadata  # noqa: E402
 
-from .apphelpers import ROOT, Client, chromium_path, free_port, playwright_api  # noqa: E402
+from .support.app import ROOT, chromium_path, free_port, playwright_api  # noqa: E402
 
 
 def test_api_exposes_generate_with_the_documented_parameters(fake_app):
@@ -172,11 +174,10 @@ def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app):
+def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app, tmp_path):
     sync_api = playwright_api()
     url, _, _ = served_tiny_app
-    shots = ROOT / "artifacts" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = tmp_path  # screenshots for a person to look at when the test fails; never into the repo
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=flags, headless=True)

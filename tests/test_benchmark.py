@@ -6,7 +6,7 @@ from ernie_nf4.benchmark import MODES, main
 from ernie_nf4.metadata import read_metadata
 from ernie_nf4.stats import RUN_STAGES as STAGES
 
-from .conftest import HAS_CUDA
+from .support.fixtures import HAS_CUDA
 
 pytestmark = pytest.mark.nf4
 

@@ -11,7 +11,7 @@ from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.png_params import parse_parameters  # noqa: E402
 from ernie_nf4.webapp.ui import form_defaults  # noqa: E402
 
-from .apphelpers import FakeService, chromium_path, playwright_api  # noqa: E402
+from .support.app import FakeService, chromium_path, playwright_api  # noqa: E402
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1400, "height": 1000}

@@ -11,7 +11,7 @@ import pytest
 
 from ernie_nf4.metadata import read_metadata, verify_package
 
-from .conftest import HAS_CUDA
+from .support.fixtures import HAS_CUDA
 
 pytestmark = [pytest.mark.nf4, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

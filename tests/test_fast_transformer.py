@@ -9,7 +9,7 @@ from ernie_nf4.fast_transformer import (
     enable_fast_path,
 )
 
-from .conftest import DEVICE
+from .support.fixtures import DEVICE
 
 pytestmark = pytest.mark.nf4
 

@@ -20,7 +20,7 @@ from ernie_nf4.errors import PackageError
 from ernie_nf4.package_check import check_package
 from ernie_nf4.provider import download_package
 
-from .hub_server import HubServer
+from .support.hub_server import HubServer
 
 FOREIGN_METADATA = {  # another tool's schema: no format_version, other field names
     "model": "ERNIE-Image-NF4",
@@ -241,7 +241,7 @@ def test_the_app_downloads_serves_and_describes_a_foreign_package(foreign_mixed_
     """The real app, as a user starts it, with the package published in a subfolder of a Hub repo."""
     from gradio_client import Client
 
-    from .apphelpers import ROOT, free_port
+    from .support.app import ROOT, free_port
 
     files = {
         "ERNIE-Image-NF4/" + p.relative_to(foreign_mixed_package).as_posix(): p.read_bytes()

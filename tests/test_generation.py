@@ -8,7 +8,7 @@ from ernie_nf4.errors import GenerationCancelled, OutOfMemory
 from ernie_nf4.generation import Generator
 from ernie_nf4.request import SEED_LIMIT, GenerationRequest
 
-from .conftest import HAS_CUDA
+from .support.fixtures import HAS_CUDA
 
 pytestmark = pytest.mark.nf4
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}

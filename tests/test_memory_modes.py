@@ -10,7 +10,7 @@ from ernie_nf4.loader import load_pipeline
 from ernie_nf4.request import GenerationRequest
 from ernie_nf4.residency import Residency
 
-from .conftest import DEVICE, HAS_CUDA
+from .support.fixtures import DEVICE, HAS_CUDA
 
 pytestmark = pytest.mark.nf4
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="low-vram moves models between CPU and a CUDA GPU")

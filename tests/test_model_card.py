@@ -11,7 +11,7 @@ import yaml
 from ernie_nf4.metadata import read_metadata, verify_package
 from ernie_nf4.model_card import TAGS, model_card, source_license
 
-from .conftest import DEVICE
+from .support.fixtures import DEVICE
 
 
 def front_matter(text: str) -> dict:

@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from .conftest import HAS_CUDA
+from .support.fixtures import HAS_CUDA
 
 
 def test_importing_touches_neither_triton_nor_cuda():

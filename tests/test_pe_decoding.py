@@ -12,7 +12,7 @@ from ernie_nf4.pe_decoding import (
     uncompile_decoding,
 )
 
-from .conftest import DEVICE
+from .support.fixtures import DEVICE
 
 PROMPTS = ([1, 5, 77, 300, 12, 44, 9], [1, 8, 8, 9])
 SAMPLING = dict(do_sample=True, temperature=0.6, top_p=0.95, pad_token_id=0)

@@ -6,7 +6,7 @@ from ernie_nf4.errors import PackageError
 from ernie_nf4.metadata import verify_package
 from ernie_nf4.provider import download_package, ensure_package
 
-from .hub_standin import HubStandIn
+from .support.hub_server import HubServer as HubStandIn
 
 
 def test_download_gets_a_verified_package(tiny_package, tmp_path):

@@ -15,7 +15,7 @@ from ernie_nf4.model_card import model_card
 from ernie_nf4.provider import ensure_package
 from ernie_nf4.publish import push_to_hub
 
-from .hub_server import GITATTRIBUTES, HubServer
+from .support.hub_server import GITATTRIBUTES, HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_dummy_write_token"

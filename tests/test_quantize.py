@@ -11,7 +11,7 @@ from ernie_nf4.metadata import METADATA_FILE, PackageError, read_metadata, sha25
 from ernie_nf4.package_check import header_sha256
 from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
 
-from .conftest import DEVICE
+from .support.fixtures import DEVICE
 
 pytestmark = pytest.mark.nf4
 KEPT = ["pe_tokenizer", "scheduler", "tokenizer", "vae"]

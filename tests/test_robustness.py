@@ -14,7 +14,9 @@ from ernie_nf4.metadata import METADATA_FILE
 from ernie_nf4.request import request_from_form
 
 pytest.importorskip("gradio")
-from .apphelpers import ROOT, Client  # noqa: E402
+from gradio_client import Client  # noqa: E402
+
+from .support.app import ROOT  # noqa: E402
 
 GOOD = {
     "prompt": "一只橙色的小猫 🐱 on a table",

@@ -23,7 +23,7 @@ from app import build_demo  # noqa: E402
 from ernie_nf4.webapp import limits as app_limits  # noqa: E402
 from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 
-from .apphelpers import ROOT, FakeService, free_port  # noqa: E402
+from .support.app import ROOT, FakeService, free_port  # noqa: E402
 
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
 FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1]  # prompt … num_images, as /generate takes them

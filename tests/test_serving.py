@@ -11,7 +11,7 @@ pytest.importorskip("gradio")
 from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 from ernie_nf4.webapp.ui import Handlers  # noqa: E402
 
-from .apphelpers import FakeService  # noqa: E402
+from .support.app import FakeService  # noqa: E402
 
 
 def request(**values):

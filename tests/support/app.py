@@ -1,4 +1,5 @@
-"""Helpers and fixtures for the app tests: a fake service, the real app served on loopback, Chromium."""
+"""Helpers and fixtures for the app tests: a fake service, the real app served on loopback, Chromium.
+gradio and gradio_client are imported inside the fixtures, so this module loads where they are absent."""
 
 import os
 import shutil
@@ -10,17 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client
 from PIL import Image
 
-from app import build_demo
 from ernie_nf4.errors import GenerationCancelled
 from ernie_nf4.generation import GenerationResult
 from ernie_nf4.progress import Progress
 from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
 from ernie_nf4.variants import VARIANTS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -75,6 +74,10 @@ class FakeService:
 
 @pytest.fixture(scope="session")
 def fake_app(tmp_path_factory):
+    from gradio_client import Client
+
+    from app import build_demo
+
     service = FakeService()
     demo = build_demo(service, output_dir=str(tmp_path_factory.mktemp("out")))
     port = free_port()
@@ -86,6 +89,8 @@ def fake_app(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_tiny_app(tmp_path_factory):
     """The real app, as a user starts it: python app.py --tiny --device cpu."""
+    from gradio_client import Client
+
     model_dir = tmp_path_factory.mktemp("app") / "tiny-package"
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}

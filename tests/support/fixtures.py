@@ -1,0 +1,70 @@
+"""Fixtures of the library tests: tiny random ERNIE-Image originals and NF4 packages, built once per session.
+
+On a machine without CUDA, diffusers' bitsandbytes quantizer refuses to run ("No GPU found"); the
+``nf4_everywhere`` fixture lifts that one environment check so the transformer's NF4 path runs on the
+CPU. With a GPU nothing is patched: the same tests run on stock diffusers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from unittest import mock
+
+import pytest
+import torch
+
+from ernie_nf4.nf4_format import QUANTIZABLE
+from ernie_nf4.quantize import quantize_package
+from ernie_nf4.synthetic import build_original
+
+# Tests talk to loopback only: no analytics or telemetry calls out.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# torch.compile's kernel cache for the tests: not the user's ~/.cache
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ernie-nf4-tests-inductor"))
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped, with the reason, where there is none."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def nf4_everywhere():
+    """Lift diffusers' GPU-only environment check when there is no GPU; no-op with CUDA."""
+    if HAS_CUDA:
+        yield
+        return
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    with mock.patch.object(BnB4BitDiffusersQuantizer, "validate_environment", lambda self, *a, **k: None):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory):
+    return build_original(tmp_path_factory.mktemp("orig") / "ERNIE-Image-tiny", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_original, tmp_path_factory, nf4_everywhere):
+    """All three of transformer, text_encoder and pe in NF4."""
+    out = tmp_path_factory.mktemp("pkg") / "ERNIE-Image-tiny-NF4"
+    return quantize_package(str(tiny_original), out, components=QUANTIZABLE, device=DEVICE)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_package, nf4_everywhere):
+    from ernie_nf4.generation import Generator
+
+    return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12, prompt_cache_size=0)
