@@ -128,6 +128,24 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     return result
 
 
+def bf16_matmul_tflops(device: str) -> float | None:
+    """The card's bf16 matrix rate, measured (8192³ products after a warm-up): the yardstick of the step floor."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, runs = time.perf_counter(), 10
+    for _ in range(runs):
+        a @ b
+    torch.cuda.synchronize(device)
+    return runs * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+
+
 def _ssim(a, b) -> float:
     """Mean SSIM of two grayscale images in [0, 1] (7x7 uniform windows)."""
     import torch.nn.functional as F
@@ -331,6 +349,8 @@ def benchmark(
         "modes": [asdict(r) for r in results],
         "fidelity": fidelity(folders["original"], folders["package"], request, device, log) if with_fidelity else None,
         "command": command,
+        "bf16_tflops": bf16_matmul_tflops(device),
+        "transformer_config": _transformer_config(folders["package"] or folders["original"]),
     }
     if write_metadata:
         meta = read_metadata(package)
@@ -345,6 +365,11 @@ def benchmark(
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown).write_text(markdown_table(report))
     return report
+
+
+def _transformer_config(folder: str | None) -> dict | None:
+    path = Path(folder or "") / "transformer" / "config.json"
+    return json.loads(path.read_text()) if folder and path.is_file() else None
 
 
 def prepare_synthetic(size: str, original: str | None, package: str | None, device: str, log):

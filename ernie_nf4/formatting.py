@@ -8,6 +8,7 @@ import json
 from .progress import format_seconds
 
 __all__ = ["format_bytes", "format_seconds"]
+FLOOR_TEXT_TOKENS = 256  # about what a PE rewrite encodes to
 
 
 def format_bytes(count: float | None) -> str:
@@ -209,6 +210,18 @@ def markdown_table(report: dict) -> str:
         )
     if summary := ratios(report["modes"]):
         lines += ["", *summary]
+    if report.get("bf16_tflops") and report.get("transformer_config"):
+        for r in report["modes"]:
+            if r["status"] == "ok" and r["ms_per_step"]:
+                line = step_floor_line(
+                    report["transformer_config"],
+                    s["width"],
+                    s["height"],
+                    FLOOR_TEXT_TOKENS,
+                    r["ms_per_step"],
+                    report["bf16_tflops"],
+                )
+                lines.append(f"{line} ({r['mode']}; {FLOOR_TEXT_TOKENS} text tokens assumed)")
     if report.get("fidelity"):
         f = report["fidelity"]
 
@@ -237,3 +250,26 @@ def markdown_table(report: dict) -> str:
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def denoising_step_flops(config: dict, width: int, height: int, text_tokens: int, batch: int = 2) -> float:
+    """Floating-point operations of one denoising step of the ErnieImage transformer (``batch`` 2: the conditional
+    and unconditional halves of classifier-free guidance): per block q/k/v/out projections (8·h²), the gated MLP
+    (6·h·f) and attention scores and values (4·S·h) per token, plus the text projection. Embeddings and norms are
+    left out (under 1%)."""
+    h, f, layers = config["hidden_size"], config["ffn_hidden_size"], config["num_layers"]
+    image_tokens = (width // 16) * (height // 16)  # VAE factor 8 and a 2x2 patch packing: 16 px per token
+    tokens = image_tokens + text_tokens
+    per_token = layers * (8 * h * h + 6 * h * f + 4 * tokens * h)
+    return batch * (tokens * per_token + text_tokens * 2 * config["text_in_dim"] * h)
+
+
+def step_floor_line(config: dict, width: int, height: int, text_tokens: int, ms_per_step: float, tflops: float) -> str:
+    """The arithmetic floor of a denoising step at ``tflops`` (the card's bf16 matrix rate) and how far a measured
+    step is from it."""
+    flops = denoising_step_flops(config, width, height, text_tokens)
+    floor_ms = 1000 * flops / (tflops * 1e12)
+    return (
+        f"- denoising step vs the bf16 arithmetic floor at {width}x{height}: {flops / 1e12:.1f} TFLOP per step, "
+        f"{floor_ms:.0f} ms at {tflops:.0f} TFLOP/s; measured {ms_per_step:.1f} ms = {ms_per_step / floor_ms:.2f}x"
+    )

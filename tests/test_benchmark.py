@@ -78,3 +78,17 @@ def test_resolution_flag_and_a_progress_line_per_stage(tiny_original, tmp_path, 
     with pytest.raises(SystemExit):
         main(["--original", str(tiny_original), "--resolution", "big"])
     assert "--resolution must be WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_the_step_floor_counts_the_transformers_weights_and_attention():
+    from ernie_nf4.formatting import denoising_step_flops, step_floor_line
+    from ernie_nf4.model_configs import REFERENCE_ORIGINAL_BYTES, component_config
+
+    config = component_config("transformer")
+    params = REFERENCE_ORIGINAL_BYTES["transformer"] / 2  # bf16 file of the real model
+    tokens, h, layers = 64 * 64 + 256, config["hidden_size"], config["num_layers"]
+    independent = 2 * (2 * params * tokens + 4 * tokens * tokens * h * layers)  # CFG batch of 2
+    flops = denoising_step_flops(config, 1024, 1024, 256)
+    assert abs(flops / independent - 1) < 0.05
+    assert denoising_step_flops(config, 2048, 2048, 256) > 4 * flops  # attention grows with the square
+    assert "= 2.00x" in step_floor_line(config, 1024, 1024, 256, 2 * 1000 * flops / 500e12, 500)
