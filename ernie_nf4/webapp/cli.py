@@ -292,6 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     from .outputs import OutputStore
     from .ui import build_demo
 
+    import logging
+
+    # The operator's log: what the library reports (download, build, load, memory mode, warnings) with times.
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("ernie_nf4").setLevel(logging.INFO)
     try:
         args = parse_args(argv)
         config = config_from_args(args)
