@@ -288,11 +288,11 @@ def config_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> None:
+    import logging
+
     from . import limits as app_limits
     from .outputs import OutputStore
     from .ui import build_demo
-
-    import logging
 
     # The operator's log: what the library reports (download, build, load, memory mode, warnings) with times.
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
