@@ -84,7 +84,15 @@ def test_stop_ends_the_run_within_a_step(fake_app):
         page.goto(client.src)
         page.locator("#prompt textarea").fill("slow cat")
         page.locator("#advanced").get_by_text("Advanced").click()
-        page.locator("#steps input[type=number]").fill("200")
+        steps = page.locator("#steps input[type=number]")
+        steps.wait_for(state="visible")
+        for _ in range(5):  # the accordion may still be opening: type until the slider shows the value
+            steps.fill("200")
+            steps.press("Enter")
+            if page.locator("#steps input[type=range]").input_value() == "200":
+                break
+            page.wait_for_timeout(300)
+        assert page.locator("#steps input[type=range]").input_value() == "200"
         page.locator("#generate").click()
         page.get_by_text("denoising · step").first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Stop").click()

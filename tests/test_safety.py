@@ -512,10 +512,18 @@ GENERIC = "upstream app has raised an exception"
 
 @pytest.fixture(scope="module")
 def app_package(tmp_path_factory):
-    """A tiny package as ``python app.py --tiny`` builds it on this machine (own metadata, with sha256s)."""
-    from ernie_nf4.tiny import build_tiny_package
+    """A tiny package as ``python app.py --tiny`` builds it on this machine (own metadata, with sha256s): the
+    transformer in NF4 only with a GPU (the app's process runs diffusers unpatched, whatever other tests patched)."""
+    import torch
 
-    return build_tiny_package(None, tmp_path_factory.mktemp("app-package") / "ERNIE-Image-tiny-NF4")
+    from ernie_nf4.nf4_format import QUANTIZABLE
+    from ernie_nf4.quantize import quantize_package
+    from ernie_nf4.synthetic import build_original
+
+    folder = tmp_path_factory.mktemp("app-package")
+    original = build_original(folder / "original", size="tiny")
+    components = QUANTIZABLE if torch.cuda.is_available() else ("text_encoder", "pe")
+    return quantize_package(str(original), folder / "ERNIE-Image-tiny-NF4", components=components)
 
 
 @pytest.fixture()
