@@ -110,10 +110,14 @@ def check_block(block) -> bool:
 
 
 def set_allocator_settings(settings: str) -> bool:
-    """``torch.cuda.memory._set_allocator_settings`` (private in torch 2.4-2.13); False when it is gone."""
+    """The CUDA allocator's settings: ``torch._C._accelerator_setAllocatorSettings`` (torch 2.9+; the older
+    ``torch.cuda.memory._set_allocator_settings`` warns that it is deprecated there), else the older one; False
+    when neither is there."""
     import torch
 
-    setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
+        torch.cuda.memory, "_set_allocator_settings", None
+    )
     if setter is None:
         _warn_once("torch.cuda.memory._set_allocator_settings", "set PYTORCH_CUDA_ALLOC_CONF yourself")
         return False
@@ -158,8 +162,10 @@ def upstream_problems() -> list[str]:
         problems.append("diffusers BnB4BitDiffusersQuantizer.validate_environment")
     import torch
 
-    if not hasattr(torch.cuda.memory, "_set_allocator_settings"):
-        problems.append("torch.cuda.memory._set_allocator_settings")
+    if not hasattr(torch._C, "_accelerator_setAllocatorSettings") and not hasattr(
+        torch.cuda.memory, "_set_allocator_settings"
+    ):
+        problems.append("torch allocator settings (_accelerator_setAllocatorSettings / _set_allocator_settings)")
     try:
         from bitsandbytes.functional import QuantState
 
