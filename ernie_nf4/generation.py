@@ -7,6 +7,7 @@ request (seed included) gives the same pixels; image ``i`` of a request is exact
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -150,16 +151,18 @@ class Generator:
         else:
             if self._pe_decoder is None:
                 self._pe_decoder = PEDecoder(pipe.pe)
-            with torch.no_grad():
-                ids, stopped = self._pe_decoder.generate(
-                    inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos
-                )
-            new = ids.tolist()
-            if self.loaded.residency is not None:  # low-vram: the PE leaves the GPU, so do its cache and graph
-                from .memory import free_device_memory
+            try:
+                with torch.no_grad():
+                    ids, stopped = self._pe_decoder.generate(
+                        inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos
+                    )
+            finally:
+                if self.loaded.residency is not None:  # low-vram: the PE leaves the GPU, so do its cache and graph
+                    from .memory import free_device_memory
 
-                self._pe_decoder = None
-                free_device_memory()
+                    self._pe_decoder = None
+                    free_device_memory()
+            new = ids.tolist()
         revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
         return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)
 
@@ -225,9 +228,11 @@ class Generator:
 
         from .memory import free_device_memory
 
+        device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         try:
-            return self._generate(request, on_step, on_stage, cancel)
-        except torch.OutOfMemoryError as err:
+            with device:  # graphs, streams and Triton kernels go to this GPU, also when it is not cuda:0
+                return self._generate(request, on_step, on_stage, cancel)
+        except torch.cuda.OutOfMemoryError as err:
             free_device_memory()
             raise OutOfMemory(
                 f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
@@ -314,7 +319,7 @@ class Generator:
 
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("stopped before it started")
-        reset_peak_vram()
+        reset_peak_vram(self.device)
         start = self._since = time.perf_counter()
         self._seconds, self._on_stage = StageSeconds(), on_stage
         prompt, cached = self._prompt(request)
@@ -335,7 +340,7 @@ class Generator:
             seeds=request.seeds,
             revised_prompt=prompt.revised,
             seconds=self._seconds,
-            peak_vram=peak_vram(),
+            peak_vram=peak_vram(self.device),
             prompt_cached=cached,
             enhancement=prompt.enhancement,
         )

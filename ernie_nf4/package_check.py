@@ -60,7 +60,7 @@ def read_safetensors_header(path: Path) -> tuple[bytes, dict]:
         raw = handle.read(length)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise PackageError(
             f"{path}: safetensors header is not valid JSON ({err}); the file is damaged; {_FIX}"
         ) from None
@@ -72,6 +72,8 @@ def read_safetensors_header(path: Path) -> tuple[bytes, dict]:
             continue
         try:
             start, stop = entry["data_offsets"]
+            if not (type(start) is int and type(stop) is int):
+                raise TypeError("offsets must be integers")
             count = 1
             for dim in entry["shape"]:
                 count *= int(dim)

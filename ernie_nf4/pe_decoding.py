@@ -517,7 +517,7 @@ class PEDecoder:
             try:
                 with self._seeded(seed):
                     return self._generate(input_ids, max_new_tokens, sampling, eos, graphed=True)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as err:  # the graph is an optimisation: never let it cost the user a run
                 self.broken = f"{type(err).__name__}: {err}"

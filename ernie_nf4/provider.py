@@ -32,6 +32,7 @@ DEFAULT_REPO_ID = VARIANTS["ernie-image"].repo_id
 class RepoLayout:
     root: str  # "" (the repo's root) or the one subfolder that holds the package
     files: dict[str, int]  # path in the repo -> bytes, of the package's files
+    skipped: tuple[str, ...] = ()  # folders ("name/") of other pipelines in the repo, left out
 
     @property
     def bytes(self) -> int:
@@ -44,7 +45,8 @@ def repo_layout(repo_id: str, revision: str | None = None, endpoint: str | None 
 
     entries = HfApi(endpoint=endpoint).list_repo_tree(repo_id, revision=revision, recursive=True)
     sizes = {e.path: int(getattr(e, "size", 0) or 0) for e in entries if type(e).__name__ == "RepoFile"}
-    roots = sorted({p.rsplit("/", 1)[0] if "/" in p else "" for p in sizes if p.endswith("model_index.json")})
+    indexes = [p for p in sizes if p == "model_index.json" or p.endswith("/model_index.json")]
+    roots = sorted({p.rsplit("/", 1)[0] if "/" in p else "" for p in indexes})
     roots = [r for r in roots if r.count("/") == 0]  # the root, or one level down
     if not roots:
         raise PackageError(f"repo_id {repo_id}: no model_index.json at its root or in a subfolder; not a pipeline")
@@ -52,11 +54,23 @@ def repo_layout(repo_id: str, revision: str | None = None, endpoint: str | None 
     if len(roots) > 1 and root:
         raise PackageError(f"repo_id {repo_id}: several subfolders hold a pipeline ({roots}); pass a repo with one")
     prefix = f"{root}/" if root else ""
-    return RepoLayout(root, {p: s for p, s in sizes.items() if p.startswith(prefix)})
+    others = tuple(f"{r}/" for r in roots if r != root)  # other pipelines beside a root package: not fetched
+    files = {p: s for p, s in sizes.items() if p.startswith(prefix) and not p.startswith(others)}
+    return RepoLayout(root, files, others)
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+    """Bytes under ``folder``, tolerating files that move while it counts (a download renames as it goes)."""
+    total = 0
+    try:
+        for path in folder.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return total
 
 
 def _watch(folder: Path, total: int, on_progress: ProgressCallback | None, stop: threading.Event) -> None:
@@ -106,6 +120,7 @@ def download_package(
             local_dir=partial,
             endpoint=endpoint,
             allow_patterns=[f"{layout.root}/*"] if layout.root else None,
+            ignore_patterns=[f"{folder}*" for folder in layout.skipped] or None,
         )
     except Exception as err:
         raise PackageUnavailable(

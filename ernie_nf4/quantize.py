@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
     folder_bytes,
+    is_own_metadata,
     measure_folder,
     totals,
     verify_package,
@@ -35,6 +37,7 @@ from .metadata import (
 from .model_card import source_license, write_model_card
 from .nf4_format import (
     NF4_SETTINGS,
+    PIPELINE_CLASS,
     QUANTIZABLE,
     bnb_config,
     component_class,
@@ -65,7 +68,25 @@ def check_components(components) -> tuple[str, ...]:
 
 
 def _is_package(folder: Path) -> bool:
-    return (folder / METADATA_FILE).is_file() or (folder / "model_index.json").is_file()
+    """This project's package, or an ERNIE-Image pipeline folder (never any other folder, nor another pipeline)."""
+    if (folder / METADATA_FILE).is_file() and is_own_metadata(folder / METADATA_FILE):
+        return True
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == PIPELINE_CLASS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _same_or_contains(outer: Path, inner: Path) -> bool:
+    """Whether folder ``outer`` is ``inner`` or holds it, by identity on disk (case-insensitive file systems and bind
+    mounts included), not by spelling."""
+    for candidate in (inner, *inner.parents):
+        try:
+            if candidate.exists() and outer.exists() and os.path.samefile(candidate, outer):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def check_output(output: Path, source: str, overwrite: bool) -> None:
@@ -74,7 +95,7 @@ def check_output(output: Path, source: str, overwrite: bool) -> None:
     local = Path(source).expanduser()
     if local.exists():
         src = local.resolve()
-        if output == src or output in src.parents or src in output.parents:
+        if _same_or_contains(output, src) or _same_or_contains(src, output.parent) or output == src:
             raise InvalidArgument(
                 f"output {output}: it is the source {src}, holds it or lies inside it; choose a folder outside it"
             )
@@ -87,8 +108,9 @@ def check_output(output: Path, source: str, overwrite: bool) -> None:
         )
     if output.exists() and not _is_package(output):
         raise InvalidArgument(
-            f"output {output}: exists and is not a package (no {METADATA_FILE} or model_index.json), so "
-            "--overwrite will not replace it; choose a new folder or remove it yourself"
+            f"output {output}: exists and is not an ERNIE-Image package (no ernie-nf4 {METADATA_FILE}, no "
+            f"{PIPELINE_CLASS} model_index.json), so --overwrite will not replace it; choose a new folder or remove "
+            "it yourself"
         )
 
 

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EnvironmentUnsupported, InvalidArgument
+from .errors import EnvironmentUnsupported, InvalidArgument, OutOfMemory
 from .generation import GenerationResult, Generator
-from .memory import APP_MEMORY_MODES, MemoryMode
+from .memory import APP_MEMORY_MODES, MemoryMode, free_device_memory
 from .progress import ProgressCallback, RateMeter, report
 from .request import GenerationRequest
 from .stats import LiveStats, ServiceStats
@@ -129,6 +129,8 @@ class ImageService:
         )
 
     def load(self, on_progress: ProgressCallback | None = None) -> Generator:
+        import torch
+
         with self._lock:
             if self._generator is not None:
                 return self._generator
@@ -139,14 +141,25 @@ class ImageService:
             self.package_dir = self._get_package(on_progress)
             report(on_progress, "load", f"loading {self.package_dir.name}")
             device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
-            generator = Generator.from_pretrained(
-                self.package_dir,
-                device=device,
-                memory_mode=config.memory_mode,
-                verify_sha256=config.verify_sha256,
-                compile=config.compile,
-                max_pe_tokens=config.max_pe_tokens,
+            # auto's thresholds are the full model's; a tiny one fits anywhere
+            mode = (
+                MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode
             )
+            try:
+                generator = Generator.from_pretrained(
+                    self.package_dir,
+                    device=device,
+                    memory_mode=mode,
+                    verify_sha256=config.verify_sha256,
+                    compile=config.compile,
+                    max_pe_tokens=config.max_pe_tokens,
+                )
+            except torch.cuda.OutOfMemoryError as err:
+                free_device_memory()
+                raise OutOfMemory(
+                    "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
+                    "1024x1024), close what else uses the GPU, or use a GPU with more memory."
+                ) from err
             if generator.loaded.compiled:
                 report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
                 generator.warm_up(guidance_scale=self.defaults.guidance_scale)

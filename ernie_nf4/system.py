@@ -32,24 +32,35 @@ def gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else None
 
 
-def reset_peak_vram() -> None:
+def _cuda(device):
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda" if device is None else device)
+    return device if device.type == "cuda" else None
 
 
-def peak_vram():
-    """Peak allocated and reserved CUDA bytes since the last reset (``stats.PeakVram``), or None without CUDA."""
+def reset_peak_vram(device=None) -> None:
+    """Start measuring ``device``'s peak (default: the current CUDA device); nothing without CUDA."""
+    import torch
+
+    if (cuda := _cuda(device)) is not None:
+        torch.cuda.synchronize(cuda)
+        torch.cuda.reset_peak_memory_stats(cuda)
+
+
+def peak_vram(device=None):
+    """``device``'s peak allocated and reserved bytes since the last reset (``stats.PeakVram``), or None without
+    CUDA (or for a CPU device)."""
     import torch
 
     from .stats import PeakVram
 
-    if not torch.cuda.is_available():
+    if (cuda := _cuda(device)) is None:
         return None
-    torch.cuda.synchronize()
-    return PeakVram(torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
+    torch.cuda.synchronize(cuda)
+    return PeakVram(torch.cuda.max_memory_allocated(cuda), torch.cuda.max_memory_reserved(cuda))
 
 
 def library_versions() -> dict[str, str | None]:

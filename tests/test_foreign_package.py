@@ -298,3 +298,32 @@ def test_the_app_downloads_serves_and_describes_a_foreign_package(foreign_mixed_
     quantized = {c["name"]: c["quantized"] for c in package["components"]}
     assert quantized["pe"] and quantized["text_encoder"] and not quantized["transformer"]
     assert all(c["bytes_before"] is None for c in package["components"])
+
+
+def test_a_root_package_beside_another_pipeline_and_look_alike_names(foreign_mixed_package, tmp_path):
+    files = {
+        p.relative_to(foreign_mixed_package).as_posix(): p.read_bytes()
+        for p in foreign_mixed_package.rglob("*")
+        if p.is_file()
+    }
+    files["old_model_index.json"] = b"{}"  # only a file named exactly model_index.json marks a pipeline
+    files["bf16/model_index.json"] = files["model_index.json"]
+    files["bf16/transformer/diffusion_pytorch_model.safetensors"] = b"x" * 5000
+    with HubServer() as hub:
+        hub.add_repo("seed/two", files)
+        out = download_package("seed/two", tmp_path / "pkg", endpoint=hub.endpoint)
+        fetched = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
+    assert check_package(out).foreign_metadata == FOREIGN_METADATA
+    assert not (out / "bf16").exists() and not any("/bf16/" in path for path in fetched)
+
+
+def test_a_header_with_offsets_of_the_wrong_type_is_refused_by_name(tmp_path):
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    from ernie_nf4.package_check import read_safetensors_header
+
+    with pytest.raises(PackageError, match=r"model.safetensors: safetensors entry 'w' is malformed"):
+        read_safetensors_header(path)

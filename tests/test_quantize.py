@@ -209,3 +209,21 @@ def test_text_encoder_ships_without_its_vision_tower_and_gives_the_same_embeddin
         a = slim(input_ids=ids, output_hidden_states=True).hidden_states[-2]
         b = big(input_ids=ids, output_hidden_states=True).hidden_states[-2]
     assert torch.equal(a, b)
+
+
+def test_overwrite_never_replaces_another_pipeline_or_a_lookalike(tmp_path):
+    import json as _json
+
+    from ernie_nf4.quantize import check_output
+
+    other = tmp_path / "FLUX.1-dev"
+    other.mkdir()
+    (other / "model_index.json").write_text(_json.dumps({"_class_name": "FluxPipeline"}))
+    (other / "quantization_metadata.json").write_text(_json.dumps({"model": "someone else's"}))
+    with pytest.raises(ValueError, match="is not an ERNIE-Image package"):
+        check_output(other, "baidu/ERNIE-Image", overwrite=True)
+    assert (other / "model_index.json").exists()
+    ernie = tmp_path / "old-package"
+    ernie.mkdir()
+    (ernie / "model_index.json").write_text(_json.dumps({"_class_name": "ErnieImagePipeline"}))
+    check_output(ernie, "baidu/ERNIE-Image", overwrite=True)  # an ERNIE-Image pipeline folder may be replaced

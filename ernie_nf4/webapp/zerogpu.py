@@ -172,9 +172,13 @@ def adjust_config(config):
     """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line)."""
     from dataclasses import replace
 
+    from ..memory import MemoryMode
+
     if config.compile:
         print("ZeroGPU: --compile turned off (each GPU call runs in a fresh worker)", flush=True)
-        return replace(config, compile=False)
+        config = replace(config, compile=False)
+    if config.memory_mode is MemoryMode.AUTO:  # the main process sees no real GPU to measure; a slice has 70 GB
+        config = replace(config, memory_mode=MemoryMode.ALL_ON_GPU)
     return config
 
 
@@ -188,7 +192,11 @@ def use_hf_cache(config):
         return config
     from huggingface_hub import snapshot_download
 
-    return replace(config, model_dir=snapshot_download(config.repo_id))
+    from ..provider import repo_layout
+
+    root = repo_layout(config.repo_id).root  # the package may sit in one subfolder of the repo
+    snapshot = snapshot_download(config.repo_id, allow_patterns=[f"{root}/*"] if root else None)
+    return replace(config, model_dir=str(Path(snapshot) / root) if root else snapshot)
 
 
 def preload(service) -> None:
