@@ -299,3 +299,30 @@ def test_zerogpu_stop_slots_are_freed_after_every_run(forked_gpu):
         for slot in slots:
             STOP_FLAGS.free(slot)
     assert STOP_FLAGS.free_count == free
+
+
+def test_zerogpu_config_turns_compile_off_and_auto_into_all_on_gpu():
+    from ernie_nf4.memory import MemoryMode
+    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.webapp.zerogpu import adjust_config
+
+    config = adjust_config(ServiceConfig(compile=True))
+    assert config.compile is False and config.memory_mode is MemoryMode.ALL_ON_GPU
+    assert adjust_config(ServiceConfig(memory_mode="low-vram")).memory_mode is MemoryMode.LOW_VRAM
+
+
+def test_running_out_of_gpu_memory_while_loading_is_explained(tiny_package, monkeypatch):
+    import torch
+
+    from ernie_nf4.errors import OutOfMemory
+    from ernie_nf4.generation import Generator
+    from ernie_nf4.service import ImageService, ServiceConfig
+
+    def out_of_memory(*args, **kwargs):  # what bitsandbytes/diffusers raise on a card that is too small
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Generator, "from_pretrained", out_of_memory)
+    service = ImageService(ServiceConfig(model_dir=str(tiny_package), device="cpu"))
+    with pytest.raises(OutOfMemory, match="while loading the model. Use --memory-mode low-vram"):
+        service.load()
+    assert not service.loaded
