@@ -109,6 +109,29 @@ def check_block(block) -> bool:
     return attention is not None and all(hasattr(attention, a) for a in _ATTENTION_ATTRS)
 
 
+# What the app's run control and limits read of Gradio 6.31's queue (gradio/queueing.py), none of it public API.
+_GRADIO_QUEUE_ATTRS = (
+    "active_jobs",
+    "event_queue_per_concurrency_id",
+    "event_ids_to_events",
+    "delete_lock",
+    "max_size",
+)
+
+
+def gradio_queue(app):
+    """Gradio's queue behind a running app (``Blocks._queue``), or None with one warning when this Gradio's queue
+    lacks what the app reads: then closed tabs, Stop on queued jobs and the per-client limit go unnoticed."""
+    try:
+        queue = app.get_blocks()._queue
+    except (AttributeError, KeyError, RuntimeError):
+        queue = None
+    if queue is not None and all(hasattr(queue, name) for name in _GRADIO_QUEUE_ATTRS):
+        return queue
+    _warn_once("Gradio's queue attributes " + ", ".join(_GRADIO_QUEUE_ATTRS), "run control and job limits are off")
+    return None
+
+
 def set_allocator_settings(settings: str) -> bool:
     """The CUDA allocator's settings: ``torch._C._accelerator_setAllocatorSettings`` (torch 2.9+; the older
     ``torch.cuda.memory._set_allocator_settings`` warns that it is deprecated there), else the older one; False
@@ -166,6 +189,13 @@ def upstream_problems() -> list[str]:
         torch.cuda.memory, "_set_allocator_settings"
     ):
         problems.append("torch allocator settings (_accelerator_setAllocatorSettings / _set_allocator_settings)")
+    try:
+        from gradio.queueing import Queue
+
+        source = inspect.getsource(Queue.__init__)
+        problems += [f"gradio Queue.{a}" for a in _GRADIO_QUEUE_ATTRS if f"self.{a}" not in source]
+    except ImportError:
+        pass  # the library runs without gradio; only the app needs it
     try:
         from bitsandbytes.functional import QuantState
 

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from ..compat import gradio_queue
 from ..errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -115,12 +116,10 @@ class RequestLimits:
         return await self.app(scope, replayed, send)
 
     def _busy(self, scope, headers) -> tuple[int, str] | None:
-        try:
-            queue = scope["app"].get_blocks()._queue
-            events = list(queue.event_ids_to_events.values())
-        except (AttributeError, KeyError, RuntimeError):
-            logger.warning("cannot read Gradio's queue: the per-client job limit is not applied")
+        queue = gradio_queue(scope.get("app"))
+        if queue is None:
             return None
+        events = list(queue.event_ids_to_events.values())
         if queue.max_size is not None and len(events) >= queue.max_size:
             return 503, f"The server is busy ({len(events)} jobs waiting, its most); try again in a few minutes."
         me = _client_id(headers, scope.get("client"), self.limits.trust_forwarded_for)

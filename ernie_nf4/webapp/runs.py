@@ -12,26 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..compat import gradio_queue
+
 logger = logging.getLogger(__name__)
-_QUEUE_ATTRIBUTES = ("active_jobs", "event_queue_per_concurrency_id", "event_ids_to_events", "delete_lock")
-_warned = False
 
 
 def _queue_of(request):
     """Gradio's queue behind a ``gr.Request`` (None for a direct call or an unknown Gradio)."""
-    global _warned
-    try:
-        queue = request.request.app.get_blocks()._queue
-    except AttributeError:
-        return None
-    if all(hasattr(queue, name) for name in _QUEUE_ATTRIBUTES):
-        return queue
-    if not _warned:
-        logger.warning(
-            "this Gradio's queue lacks %s: closed tabs and Stop on queued jobs go unnoticed", _QUEUE_ATTRIBUTES
-        )
-        _warned = True
-    return None
+    app = getattr(getattr(request, "request", None), "app", None)
+    return None if app is None else gradio_queue(app)
 
 
 def client_gone(queue, session_hash: str) -> bool:
