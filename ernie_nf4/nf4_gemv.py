@@ -22,130 +22,37 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 
+class Kernels(NamedTuple):
+    gemv: object
+    gemv3: object
+    gate_up: object
+    decode_attention: object
+    add_rmsnorm: object
+    rope_cache: object
+    silu_mul: object
+
+
 @functools.cache
-def _kernels():
-    import triton
-    import triton.language as tl
+def _kernels() -> Kernels:
+    from . import nf4_kernels as k
 
-    @triton.jit
-    def nf4_gemv_kernel(
-        x_ptr,
-        w_ptr,
-        absmax_ptr,
-        code_ptr,
-        absmax2_ptr,
-        code2_ptr,
-        offset_ptr,
-        y_ptr,
-        N,
-        K,
-        BLOCKS_PER_ROW: tl.constexpr,
-        NESTED: tl.constexpr,
-        QBLOCK: tl.constexpr,
-        QBLOCK2: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCKS: tl.constexpr,
-    ):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        rows64 = rows.to(tl.int64)
-        blocks = tl.arange(0, BLOCKS)
-        half = tl.arange(0, QBLOCK // 2)
-        # element-wise partial sums, reduced once at the end: no cross-thread reduction inside the loop
-        acc = tl.zeros((BLOCK_N, BLOCKS, QBLOCK // 2), dtype=tl.float32)
-        for first in range(0, BLOCKS_PER_ROW, BLOCKS):
-            b = first + blocks
-            x_at = b[:, None] * QBLOCK + 2 * half[None, :]
-            x_even = tl.load(x_ptr + x_at).to(tl.float32)
-            x_odd = tl.load(x_ptr + x_at + 1).to(tl.float32)
-            byte_at = rows64[:, None, None] * (K // 2) + (b[None, :, None] * (QBLOCK // 2) + half[None, None, :])
-            packed = tl.load(w_ptr + byte_at, mask=row_ok[:, None, None], other=0).to(tl.int32)
-            w_even = tl.load(code_ptr + (packed >> 4))
-            w_odd = tl.load(code_ptr + (packed & 15))
-            block_at = rows64[:, None] * BLOCKS_PER_ROW + b[None, :]
-            if NESTED:
-                quantized = tl.load(absmax_ptr + block_at, mask=row_ok[:, None], other=0).to(tl.int32)
-                outer = tl.load(absmax2_ptr + block_at // QBLOCK2, mask=row_ok[:, None], other=0.0)
-                scale = tl.load(code2_ptr + quantized) * outer + tl.load(offset_ptr)
-            else:
-                scale = tl.load(absmax_ptr + block_at, mask=row_ok[:, None], other=0.0)
-            acc += (w_even * x_even[None, :, :] + w_odd * x_odd[None, :, :]) * scale[:, :, None]
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @triton.jit
-    def add_rmsnorm_kernel(x_ptr, add_ptr, w_ptr, h_ptr, y_ptr, H, eps, HAS_ADD: tl.constexpr, BLOCK: tl.constexpr):
-        at = tl.arange(0, BLOCK)
-        ok = at < H
-        x = tl.load(x_ptr + at, mask=ok, other=0.0)
-        if HAS_ADD:  # the residual add, rounded to the activations' dtype as the eager add is
-            x = (x.to(tl.float32) + tl.load(add_ptr + at, mask=ok, other=0.0).to(tl.float32)).to(x.dtype)
-            tl.store(h_ptr + at, x, mask=ok)
-        xf = x.to(tl.float32)
-        variance = tl.sum(xf * xf, axis=0) / H
-        normed = (xf * (1.0 / tl.sqrt(variance + eps))).to(x.dtype)
-        weight = tl.load(w_ptr + at, mask=ok, other=0.0)
-        tl.store(y_ptr + at, (weight.to(tl.float32) * normed.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def rope_cache_kernel(
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        cos_ptr,
-        sin_ptr,
-        scale_ptr,
-        pos_ptr,
-        q_out_ptr,
-        k_cache_ptr,
-        v_cache_ptr,
-        cache_len,
-        HEADS: tl.constexpr,
-        D: tl.constexpr,
-        HAS_SCALE: tl.constexpr,
-    ):
-        # each product and sum rounded to bf16 like the eager ops: (x * cos) + (rotate_half(x) * sin), then * scale
-        head = tl.program_id(0)
-        d = tl.arange(0, D)
-        partner = (d + D // 2) % D
-        sign = tl.where(d < D // 2, -1.0, 1.0)
-        cos = tl.load(cos_ptr + d).to(tl.float32)
-        sin = tl.load(sin_ptr + d).to(tl.float32)
-        if head < HEADS:
-            x = tl.load(q_ptr + head * D + d)
-            rotated = tl.load(q_ptr + head * D + partner).to(tl.float32) * sign
-        else:
-            x = tl.load(k_ptr + (head - HEADS) * D + d)
-            rotated = tl.load(k_ptr + (head - HEADS) * D + partner).to(tl.float32) * sign
-        a = (x.to(tl.float32) * cos).to(x.dtype).to(tl.float32)
-        b = (rotated * sin).to(x.dtype).to(tl.float32)
-        out = (a + b).to(x.dtype)
-        if head < HEADS:
-            if HAS_SCALE:
-                out = (out.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(x.dtype)
-            tl.store(q_out_ptr + head * D + d, out)
-        else:
-            at = ((head - HEADS) * cache_len + tl.load(pos_ptr)) * D + d
-            tl.store(k_cache_ptr + at, out)
-            tl.store(v_cache_ptr + at, tl.load(v_ptr + (head - HEADS) * D + d))
-
-    @triton.jit
-    def silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, BLOCK: tl.constexpr):
-        at = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        ok = at < N
-        g = tl.load(g_ptr + at, mask=ok, other=0.0)
-        gf = g.to(tl.float32)
-        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
-        u = tl.load(u_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + at, (act * u).to(g.dtype), mask=ok)
-
-    return nf4_gemv_kernel, add_rmsnorm_kernel, rope_cache_kernel, silu_mul_kernel
+    return Kernels(
+        k.gemv_kernel,
+        k.gemv3_kernel,
+        k.gate_up_kernel,
+        k.decode_attention_kernel,
+        k.add_rmsnorm_kernel,
+        k.rope_cache_kernel,
+        k.silu_mul_kernel,
+    )
 
 
 def available() -> bool:
@@ -170,63 +77,142 @@ def supports(module: torch.nn.Module) -> bool:
         state.quant_type == "nf4"
         and weight.dtype == torch.uint8
         and weight.is_cuda
-        and state.blocksize in (32, 64, 128, 256)
-        and k % (state.blocksize * 8) == 0
+        and weight.data_ptr() % 16 == 0
+        and state.blocksize in (64, 128, 256)
+        and k % (state.blocksize * GEMV_CONFIG.blocks) == 0
         and (not state.nested or state.state2.blocksize == 256)
     )
 
 
-# (rows per program, quantization blocks per loop step, warps, pipeline stages)
-GEMV_CONFIGS = ((4, 4, 4, 3), (8, 4, 4, 3), (16, 4, 4, 3), (8, 8, 4, 3), (16, 8, 8, 3), (32, 4, 8, 3), (8, 4, 4, 5))
+@dataclass(frozen=True)
+class GemvConfig:
+    """A launch configuration: ``rows`` per program, quantization ``blocks`` per loop step, ``warps``, whether
+    activations are read with one contiguous load per word (``split_x``) or eight strided ones, whether the next
+    step's weights are loaded before this step's arithmetic (``prefetch``), and Triton's pipeline ``stages``."""
+
+    rows: int = 8
+    blocks: int = 8
+    warps: int = 8
+    split_x: bool = True
+    prefetch: bool = True
+    stages: int = 1
 
 
-def _default_config(n: int, k: int) -> tuple[int, int, int, int]:
-    """The fastest of ``GEMV_CONFIGS`` for the PE's shapes on an H100 (scripts/gpu_pe_bench.py's sweep)."""
-    if n > 4096:
-        return (8, 4, 4, 3)
-    if n == 4096 and k % 512 == 0:
-        return (16, 8, 8, 3)
-    if k % 512 == 0:
-        return (8, 8, 4, 3)
-    return (8, 4, 4, 3)
+GEMV_CONFIG = GemvConfig()  # the configuration the PE decoder launches (scripts/gpu_pe_bench.py sweeps others)
+SWEEP = tuple(
+    GemvConfig(rows, blocks, warps, True, prefetch, stages)
+    for rows, blocks, warps in ((4, 8, 4), (8, 4, 4), (8, 8, 4), (8, 8, 8), (4, 16, 4), (16, 8, 8), (8, 16, 8))
+    for prefetch, stages in ((False, 1), (True, 1), (False, 3))
+) + (GemvConfig(8, 8, 8, False, True, 1), GemvConfig(2, 8, 4, True, True, 1))
 
 
-def nf4_gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """``x @ W.T`` for one token ``x`` (``K`` elements, any leading shape) and a bitsandbytes NF4 ``weight``
-    (``Params4bit`` of shape ``(N, K)``); returns ``x``'s leading shape with ``N`` last, in ``x.dtype``."""
+def _operands(weight) -> tuple:
+    """The six tensors the kernels read for one NF4 weight: packed codes as int32 words, absmax, code, and the
+    second-level absmax, code and offset (stand-ins when the absmax is not double quantized)."""
     state = weight.quant_state
-    n, k = state.shape
+    words = weight.data.reshape(-1).view(torch.int32)
+    if state.nested:
+        return (words, state.absmax, state.code, state.state2.absmax, state.state2.code, state.offset.reshape(1))
+    return (words, state.absmax, state.code, state.absmax, state.absmax, state.absmax)
+
+
+def _meta(weight, config: GemvConfig) -> dict:
+    state = weight.quant_state
+    k = state.shape[1]
+    if k % (state.blocksize * config.blocks):
+        raise ValueError(f"K={k} must be a multiple of {state.blocksize * config.blocks} for {config}")
+    return {
+        "NESTED": bool(state.nested),
+        "QBLOCK": state.blocksize,
+        "QBLOCK2": state.state2.blocksize if state.nested else 256,
+        "BN": config.rows,
+        "NB": config.blocks,
+        "SPLIT_X": config.split_x,
+        "PREFETCH": config.prefetch,
+        "num_warps": config.warps,
+        "num_stages": config.stages,
+    }
+
+
+def _one_token(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.numel() != k:
         raise ValueError(f"x must hold one token of {k} features, got shape {tuple(x.shape)}")
-    gemv = _kernels()[0]
-    x = x.contiguous()
+    return x.contiguous()
+
+
+def nf4_gemv(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig | None = None) -> torch.Tensor:
+    """``x @ W.T`` for one token ``x`` (``K`` elements, any leading shape) and a bitsandbytes NF4 ``weight``
+    (``Params4bit`` of shape ``(N, K)``); returns ``x``'s leading shape with ``N`` last, in ``x.dtype``."""
+    config = config or GEMV_CONFIG
+    n, k = weight.quant_state.shape
+    x = _one_token(x, k)
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    rows, blocks, warps, stages = config or _default_config(n, k)
-    if k % (state.blocksize * blocks):
-        raise ValueError(f"K={k} must be a multiple of {state.blocksize * blocks} for this configuration")
-    if state.nested:
-        extra = (state.state2.absmax, state.state2.code, state.offset.reshape(1))
-    else:
-        extra = (state.absmax, state.absmax, state.absmax)  # unused when not nested
-    gemv[(triton_cdiv(n, rows),)](
-        x,
-        weight,
-        state.absmax,
-        state.code,
-        *extra,
-        y,
-        n,
-        k,
-        BLOCKS_PER_ROW=k // state.blocksize,
-        NESTED=bool(state.nested),
-        QBLOCK=state.blocksize,
-        QBLOCK2=state.state2.blocksize if state.nested else 256,
-        BLOCK_N=rows,
-        BLOCKS=blocks,
-        num_warps=warps,
-        num_stages=stages,
-    )
+    meta = _meta(weight, config)
+    _kernels().gemv[(triton_cdiv(n, config.rows),)](x, y, *_operands(weight), n, k, **meta)
     return y
+
+
+def nf4_gemv3(x: torch.Tensor, weights, config: GemvConfig | None = None) -> torch.Tensor:
+    """``x`` times three NF4 weights of the same ``K`` (a layer's q, k and v projections) in one launch; returns
+    the three outputs one after the other in one tensor (``N1 + N2 + N3`` last)."""
+    config = config or GEMV_CONFIG
+    first, second, third = weights
+    shapes = [w.quant_state.shape for w in weights]
+    k = shapes[0][1]
+    if any(shape[1] != k for shape in shapes):
+        raise ValueError(f"the three weights must share K, got shapes {shapes}")
+    meta = _meta(first, config)
+    if any(_meta(w, config) != meta for w in (second, third)):
+        raise ValueError("the three weights must be quantized alike (block sizes, double quantization)")
+    x = _one_token(x, k)
+    sizes = [shape[0] for shape in shapes]
+    y = torch.empty((*x.shape[:-1], sum(sizes)), dtype=x.dtype, device=x.device)
+    programs = sum(triton_cdiv(n, config.rows) for n in sizes)
+    operands = (*_operands(first), *_operands(second), *_operands(third))
+    _kernels().gemv3[(programs,)](x, y, *operands, *sizes, k, **meta)
+    return y
+
+
+def nf4_gate_up(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, config: GemvConfig | None = None):
+    """``silu(x @ G.T) * (x @ U.T)`` for one token and two NF4 weights of one shape (an MLP's gate and up
+    projections), in one launch, rounded like the eager ops."""
+    config = config or GEMV_CONFIG
+    if gate.quant_state.shape != up.quant_state.shape:
+        raise ValueError(f"gate and up must have one shape, got {gate.quant_state.shape} and {up.quant_state.shape}")
+    n, k = gate.quant_state.shape
+    meta = _meta(gate, config)
+    if _meta(up, config) != meta:
+        raise ValueError("gate and up must be quantized alike (block sizes, double quantization)")
+    x = _one_token(x, k)
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    _kernels().gate_up[(triton_cdiv(n, config.rows),)](x, y, *_operands(gate), *_operands(up), n, k, **meta)
+    return y
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor, scale: float):
+    """One token's attention: ``q`` ``(1, kv_heads, groups, D)`` (as ``rope_and_cache`` returns it) against the
+    caches ``(1, kv_heads, length, D)``, reading only entries ``0..position`` (``position``: a device tensor, so a
+    captured graph serves every step). Returns ``(1, kv_heads * groups * D)``, heads in transformers' order."""
+    _, kv_heads, groups, d = q.shape
+    if keys.shape[1] != kv_heads or keys.shape[3] != d or keys.shape != values.shape:
+        raise ValueError(f"q {tuple(q.shape)} and caches {tuple(keys.shape)}/{tuple(values.shape)} do not match")
+    out = torch.empty((1, kv_heads * groups * d), dtype=q.dtype, device=q.device)
+    padded = max(16, 1 << (groups - 1).bit_length())  # tl.dot needs 16 rows
+    _kernels().decode_attention[(kv_heads,)](
+        q.contiguous(),
+        keys,
+        values,
+        position,
+        out,
+        keys.shape[2],
+        scale,
+        G=groups,
+        GP=padded,
+        D=d,
+        BL=64,
+        num_warps=4,
+    )
+    return out
 
 
 def add_rmsnorm(
@@ -234,7 +220,7 @@ def add_rmsnorm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + add`` (when given) and ``weight * rmsnorm(h)`` for one token, as transformers' RMSNorm computes it
     (float32 statistics, normalized value rounded to ``x.dtype`` before the weight); returns ``(h, normed)``."""
-    kernel = _kernels()[1]
+    kernel = _kernels().add_rmsnorm
     hidden = x.shape[-1]
     if x.numel() != hidden:
         raise ValueError(f"x must hold one token, got shape {tuple(x.shape)}")
@@ -264,7 +250,7 @@ def rope_and_cache(
     heads = q.numel() // d
     q_out = torch.empty((1, kv_heads, heads // kv_heads, d), dtype=q.dtype, device=q.device)
     scale = query_scale if query_scale is not None else q
-    _kernels()[2][(heads + kv_heads,)](
+    _kernels().rope_cache[(heads + kv_heads,)](
         q,
         k,
         v,
@@ -287,7 +273,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` in one kernel (each rounded to the input dtype as the eager ops are)."""
     out = torch.empty_like(gate)
     n = gate.numel()
-    _kernels()[3][(triton_cdiv(n, 1024),)](gate, up, out, n, BLOCK=1024)
+    _kernels().silu_mul[(triton_cdiv(n, 1024),)](gate, up, out, n, BLOCK=1024)
     return out
 
 

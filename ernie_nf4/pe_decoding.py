@@ -47,6 +47,9 @@ CACHE_TOKENS = 1024
 DECODER_CACHE_TOKENS = 512
 CACHE_ROUNDING = 256
 CHUNK_TOKENS = 16  # decode steps per CUDA graph replay: the host looks for EOS once per chunk
+# nf4_gemv's own NF4 kernels for the decode steps' linears: correct, but on an H100 they read the weights at
+# 220-470 GB/s where bitsandbytes 0.50's batch-1 kernel reaches 310-940 GB/s (scripts/gpu_pe_bench.py), so off
+TRITON_GEMV_DEFAULT = False
 HF_DEFAULT_TOP_K = 50  # transformers' GenerationConfig default, applied when the model's config leaves top_k unset
 _SUPPORTED_CONFIG_DEFAULTS = {  # generation-config fields whose other values would add logits processors
     "repetition_penalty": 1.0,
@@ -140,6 +143,26 @@ def sample_token(logits: torch.Tensor, noise: torch.Tensor, sampling: Sampling) 
         scores = scores.masked_fill(indices_to_remove, -math.inf)
     probs = torch.nn.functional.softmax(scores, dim=-1)
     return torch.argmax(probs / noise, dim=-1)
+
+
+def sample_token_topk_first(logits: torch.Tensor, noise: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """``sample_token``'s distribution, computed on the ``top_k`` best candidates only (top-k runs first, so every
+    other logit is -inf before top-p and the softmax see it): a few kernels on 50 values instead of a sort, two
+    softmaxes and a cumulative sum over the whole vocabulary. The same logits and noise give the same token except
+    where rounding of the shorter sums flips a near tie, or where logits tie at the k-th place (top-k keeps ties,
+    ``torch.topk`` exactly k). Graph-safe. Needs ``sampling.top_k``."""
+    scores = logits
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    values, indices = torch.topk(scores, min(sampling.top_k, scores.size(-1)))  # descending
+    if sampling.top_p < 1.0:
+        ascending = values.flip(-1)
+        remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - sampling.top_p)
+        remove[..., -1:] = False
+        values = ascending.masked_fill(remove, -math.inf).flip(-1)
+    probs = torch.nn.functional.softmax(values, dim=-1)
+    best = torch.argmax(probs / noise.gather(-1, indices), dim=-1, keepdim=True)
+    return indices.gather(-1, best).view(-1)
 
 
 # --- the model, read through its modules --------------------------------------------------------------------------
@@ -285,14 +308,21 @@ def _attention(parts: _Parts, index: int, x, cos, sin, query_scale, cache: Stati
     # Adapted from transformers 5.24 models/ministral3/modeling_ministral3.py (Ministral3Attention.forward)
     attn = parts.layers[index].self_attn
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    q, k, v = (_linear(proj, x, step) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     if step.fused:
-        from .nf4_gemv import rope_and_cache
+        from .nf4_gemv import decode_attention, nf4_gemv3, rope_and_cache, supports
 
+        if step.gemv and all(supports(proj) for proj in projections):
+            qkv = nf4_gemv3(x, [proj.weight for proj in projections])
+            sizes = [proj.weight.quant_state.shape[0] for proj in projections]
+            q, k, v = qkv.split(sizes, dim=-1)
+        else:
+            q, k, v = (proj(x) for proj in projections)
         keys, values = cache.keys[index], cache.values[index]
         q = rope_and_cache(q, k, v, cos, sin, query_scale, step.position_ids, keys, values)
-        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, scale=attn.scaling)
-        return _linear(attn.o_proj, out.reshape(*x.shape[:-1], -1), step)
+        out = decode_attention(q, keys, values, step.position_ids, attn.scaling)
+        return _linear(attn.o_proj, out.view(*x.shape[:-1], -1), step)
+    q, k, v = (_linear(proj, x, step) for proj in projections)
     q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
     q, k = _apply_rotary(q, k, cos, sin)
     if query_scale is not None:
@@ -334,6 +364,11 @@ def _masked_attention(parts: _Parts, q, keys, values, mask, scaling):
 def _mlp(mlp, x: torch.Tensor, step: _Step) -> torch.Tensor:
     if not (step.fused or step.gemv):
         return mlp(x)
+    if step.fused and step.gemv:
+        from .nf4_gemv import nf4_gate_up, supports
+
+        if supports(mlp.gate_proj) and supports(mlp.up_proj):
+            return _linear(mlp.down_proj, nf4_gate_up(x, mlp.gate_proj.weight, mlp.up_proj.weight), step)
     gate, up = _linear(mlp.gate_proj, x, step), _linear(mlp.up_proj, x, step)
     if step.fused:
         from .nf4_gemv import silu_mul
@@ -383,6 +418,8 @@ def decode_one_token(
     position_ids = position.view(1, 1)
     if exact:
         return _forward(parts, token, cache, _Step(position_ids, int(position) + 1, None))
+    if fused:  # decode_attention reads the written entries only: no mask
+        return _forward(parts, token, cache, _Step(position_ids, None, None, fused, gemv))
     dtype = parts.embed.weight.dtype
     mask = torch.zeros(cache.positions.shape, dtype=dtype, device=position.device)
     mask = mask.masked_fill(cache.positions > position, -math.inf).view(1, 1, 1, -1)
@@ -402,11 +439,13 @@ class _Graph:
         self.host_tokens = torch.zeros((chunk,), dtype=torch.long, pin_memory=True)
         self.done = torch.cuda.Event()
 
+        sample = sample_token_topk_first if sampling.top_k else sample_token
+
         def steps():
             self.noise.copy_(self.staging)  # so the host can draw the next chunk's noise while this one runs
             for i in range(chunk):
                 logits = decode_one_token(parts, self.token, self.position, cache, False, fused, gemv)
-                next_token = sample_token(logits, self.noise[i], sampling)
+                next_token = sample(logits, self.noise[i], sampling)
                 self.tokens[i : i + 1].copy_(next_token)
                 self.token.view(-1).copy_(next_token)
                 self.position.add_(1)
@@ -448,10 +487,11 @@ class PEDecoder:
 
     Keep one per PE model: the cache and graph are reused across calls and re-made only when the cache must grow,
     the sampling settings change, or the PE's tensors moved (low-vram mode). ``graphs`` defaults to CUDA;
-    ``triton_kernels`` (``nf4_gemv``'s fused norm, rotary + cache write and SiLU kernels inside the graph) defaults
-    to on where Triton is importable; ``triton_gemv`` (its NF4 matrix-vector kernel instead of bitsandbytes') to
-    off, as bitsandbytes 0.50's own kernel is faster on an H100 (scripts/gpu_pe_bench.py). Any failure while
-    capturing falls back to transformers' ``generate`` with a logged warning, for this call and the later ones.
+    ``triton_kernels`` (``nf4_gemv``'s fused norm, rotary + cache write, SiLU and flash-decoding attention kernels
+    inside the graph) defaults to on where Triton is importable; ``triton_gemv`` (its NF4 matrix-vector kernels,
+    q/k/v and gate/up fused, instead of bitsandbytes') to ``TRITON_GEMV_DEFAULT`` when the fused kernels are on
+    (scripts/gpu_pe_bench.py compares both). Any failure while capturing falls back to transformers' ``generate``
+    with a logged warning, for this call and the later ones.
     """
 
     def __init__(
@@ -459,7 +499,7 @@ class PEDecoder:
         model,
         graphs: bool | None = None,
         triton_kernels: bool | None = None,
-        triton_gemv: bool = False,
+        triton_gemv: bool | None = None,
         chunk_tokens: int = CHUNK_TOKENS,
         cache_tokens: int = DECODER_CACHE_TOKENS,
     ):
@@ -477,7 +517,7 @@ class PEDecoder:
 
             triton_kernels = self.graphs and available()
         self.triton_kernels = bool(triton_kernels)
-        self.triton_gemv = bool(triton_gemv)
+        self.triton_gemv = self.triton_kernels and TRITON_GEMV_DEFAULT if triton_gemv is None else bool(triton_gemv)
         if (self.triton_kernels or self.triton_gemv) and not self.graphs:
             raise ValueError("triton_kernels and triton_gemv run inside the CUDA graph: they need graphs=True")
         self.chunk_tokens = chunk_tokens

@@ -153,46 +153,102 @@ def graph_us(fn, calls: int = 50) -> float:
 
 
 def gemv_bench(pe, rows):
-    from ernie_nf4.nf4_gemv import GEMV_CONFIGS, _default_config, nf4_gemv, reference_gemv
+    from ernie_nf4.nf4_gemv import GEMV_CONFIG, SWEEP, nf4_gate_up, nf4_gemv, nf4_gemv3, reference_gemv
 
     layer = pe.model.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
     modules = {
-        "q_proj": layer.self_attn.q_proj,
-        "k_proj": layer.self_attn.k_proj,
-        "o_proj": layer.self_attn.o_proj,
-        "gate_proj": layer.mlp.gate_proj,
-        "down_proj": layer.mlp.down_proj,
+        "q_proj": attn.q_proj,
+        "k_proj": attn.k_proj,
+        "o_proj": attn.o_proj,
+        "gate_proj": mlp.gate_proj,
+        "down_proj": mlp.down_proj,
     }
+
+    def nbytes(module):
+        state = module.weight.quant_state
+        n, k = state.shape
+        return module.weight.numel() + state.absmax.numel() + k * 2 + n * 2
+
+    best_per_config = dict.fromkeys(SWEEP, 0.0)
     for name, module in modules.items():
         weight = module.weight
         n, k = weight.quant_state.shape
         x = torch.randn(1, 1, k, device="cuda", dtype=torch.bfloat16)
         ref = reference_gemv(x, weight).float()
-        out = nf4_gemv(x, weight).float()
-        error = ((out - ref).norm() / ref.norm()).item()
-        state = weight.quant_state
-        nbytes = weight.numel() + state.absmax.numel() + k * 2 + n * 2
+        error = ((nf4_gemv(x, weight).float() - ref).norm() / ref.norm()).item()
         bnb_us = graph_us(lambda m=module, v=x: m(v))
-        rows.append((f"gemv {name} {n}x{k} bitsandbytes", f"{bnb_us:.1f} us", f"{nbytes / bnb_us / 1e3:.0f} GB/s"))
+        rows.append(
+            (f"gemv {name} {n}x{k} bitsandbytes", f"{bnb_us:.1f} us", f"{nbytes(module) / bnb_us / 1e3:.0f} GB/s")
+        )
         timings = {}
-        for config in GEMV_CONFIGS:
-            if k % (64 * config[1]):
-                continue
+        for config in SWEEP:
             try:
                 timings[config] = graph_us(lambda c=config, w=weight, v=x: nf4_gemv(v, w, c))
             except Exception as err:  # a configuration that does not compile or fit
-                print(f"gemv {name} config {config} failed: {err}", flush=True)
+                print(f"gemv {name} {config} failed: {err}", flush=True)
+                timings[config] = float("inf")
+            best_per_config[config] += timings[config]
         best = min(timings, key=timings.get)
-        default = _default_config(n, k)
         rows.append(
             (
-                f"gemv {name} {n}x{k} triton best {best}",
+                f"gemv {name} {n}x{k} triton best",
                 f"{timings[best]:.1f} us",
-                f"{nbytes / timings[best] / 1e3:.0f} GB/s; default {default}: "
-                f"{timings.get(default, float('nan')):.1f} us; rel err {error:.1e}",
+                f"{nbytes(module) / timings[best] / 1e3:.0f} GB/s {best}; default: {timings[GEMV_CONFIG]:.1f} us; "
+                f"rel err {error:.1e}",
             )
         )
         print("gemv", name, {str(c): round(t, 2) for c, t in timings.items()}, flush=True)
+    ranked = sorted(best_per_config.items(), key=lambda item: item[1])
+    for config, total in ranked[:3]:
+        rows.append(("gemv config, sum over the 5 shapes", f"{total:.1f} us", str(config)))
+
+    x = torch.randn(1, 1, 3072, device="cuda", dtype=torch.bfloat16)
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    separate = graph_us(lambda: [p(x) for p in projections])
+    fused = graph_us(lambda: nf4_gemv3(x, [p.weight for p in projections]))
+    total = sum(nbytes(p) for p in projections)
+    rows.append(
+        (
+            "q,k,v: bitsandbytes x3 / nf4_gemv3",
+            f"{fused:.1f} us",
+            f"bnb {separate:.1f} us; {total / fused / 1e3:.0f} GB/s",
+        )
+    )
+    separate = graph_us(lambda: torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    fused = graph_us(lambda: nf4_gate_up(x, mlp.gate_proj.weight, mlp.up_proj.weight))
+    total = nbytes(mlp.gate_proj) + nbytes(mlp.up_proj)
+    rows.append(
+        (
+            "gate,up,silu: bitsandbytes / nf4_gate_up",
+            f"{fused:.1f} us",
+            f"bnb {separate:.1f} us; {total / fused / 1e3:.0f} GB/s",
+        )
+    )
+
+
+def attention_bench(rows):
+    import math
+
+    from ernie_nf4.nf4_gemv import decode_attention
+
+    kv_heads, groups, d, cache = 8, 4, 128, 512
+    q = torch.randn(1, kv_heads, groups, d, dtype=torch.bfloat16, device="cuda")
+    keys = torch.randn(1, kv_heads, cache, d, dtype=torch.bfloat16, device="cuda")
+    values = torch.randn_like(keys)
+    for written in (200, 456):
+        position = torch.tensor([written - 1], device="cuda")
+        positions = torch.arange(cache, device="cuda")
+
+        def masked(position=position, positions=positions):
+            mask = torch.zeros(cache, dtype=torch.bfloat16, device="cuda")
+            mask = mask.masked_fill(positions > position, -math.inf).view(1, 1, 1, -1)
+            return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=d**-0.5)
+
+        ours = graph_us(lambda p=position: decode_attention(q, keys, values, p, d**-0.5))
+        rows.append(
+            (f"attention, {written} of {cache} written", f"{ours:.1f} us", f"masked SDPA {graph_us(masked):.1f} us")
+        )
 
 
 def main() -> None:
@@ -201,6 +257,7 @@ def main() -> None:
     parser.add_argument("--eager-tokens", type=int, default=48, help="new tokens for the eager (slow) runs")
     parser.add_argument("--skip-hf-compiled", action="store_true", help="skip transformers' auto-compiled generate")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--sections", default=None, help="comma-separated section names to run (default: all)")
     args = parser.parse_args()
 
     from ernie_nf4.pe_decoding import PEDecoder, compile_decoding, uncompile_decoding
@@ -215,6 +272,8 @@ def main() -> None:
     results = {}
 
     def section(name, fn):
+        if args.sections and name not in args.sections.split(","):
+            return
         try:
             fn()
         except Exception:
@@ -252,9 +311,6 @@ def main() -> None:
             )
         )
         return decoder
-
-    def short_cache():
-        ours_graphed("ours, graphed, defaults, 512-token cache", "graphed_512", cache_tokens=512)
 
     def profile():
         from torch.profiler import ProfilerActivity, profile
@@ -299,14 +355,14 @@ def main() -> None:
     section("HF eager", eager_hf)
     section("ours eager", ours_eager)
     section("graphed", lambda: ours_graphed("ours, graphed, torch ops", "graphed", triton_kernels=False))
-    section("graphed fused", lambda: ours_graphed("ours, graphed, fused kernels (defaults)", "graphed_fused"))
+    section("graphed fused", lambda: ours_graphed("ours, graphed (defaults)", "graphed_fused"))
     section(
         "graphed fused gemv",
-        lambda: ours_graphed("ours, graphed, fused + NF4 GEMV", "graphed_gemv", triton_kernels=True, triton_gemv=True),
+        lambda: ours_graphed("ours, graphed, Triton NF4 GEMV", "graphed_gemv", triton_kernels=True, triton_gemv=True),
     )
-    section("short cache", short_cache)
     section("profile", profile)
     section("gemv", lambda: gemv_bench(pe, rows))
+    section("attention", lambda: attention_bench(rows))
     section("low-vram", low_vram)
     if not args.skip_hf_compiled:
         section("HF compiled", hf_compiled)

@@ -55,6 +55,63 @@ def test_nf4_gemv_equals_bitsandbytes_dequantize_then_matmul(n, k, nested):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+def test_every_launch_configuration_computes_the_same_product():
+    from ernie_nf4.nf4_gemv import SWEEP, nf4_gemv, reference_gemv
+
+    torch.manual_seed(3)
+    linear = nf4_linear(1024, 3072)
+    x = torch.randn(1, 1, 3072, dtype=torch.bfloat16, device="cuda")
+    ref = reference_gemv(x, linear.weight).float()
+    for config in SWEEP:
+        out = nf4_gemv(x, linear.weight, config).float()
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-2, config
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+def test_fused_qkv_and_gate_up_products_equal_the_separate_ones():
+    from ernie_nf4.nf4_gemv import nf4_gate_up, nf4_gemv3, reference_gemv
+
+    torch.manual_seed(4)
+    q, k, v = nf4_linear(4096, 3072), nf4_linear(1024, 3072), nf4_linear(1024, 3072)
+    x = torch.randn(1, 1, 3072, dtype=torch.bfloat16, device="cuda")
+    out = nf4_gemv3(x, [q.weight, k.weight, v.weight])
+    assert out.shape == (1, 1, 6144)
+    for part, linear in zip(out.split([4096, 1024, 1024], -1), (q, k, v), strict=True):
+        ref = reference_gemv(x, linear.weight).float()
+        assert ((part.float() - ref).norm() / ref.norm()).item() < 1e-2
+    gate, up = nf4_linear(9216, 3072), nf4_linear(9216, 3072)
+    fused = nf4_gate_up(x, gate.weight, up.weight).float()
+    ref = (torch.nn.functional.silu(reference_gemv(x, gate.weight)) * reference_gemv(x, up.weight)).float()
+    assert ((fused - ref).norm() / ref.norm()).item() < 2e-2
+    with pytest.raises(ValueError, match="gate and up"):
+        nf4_gate_up(x, gate.weight, q.weight)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize("position", [0, 63, 64, 200, 511])
+def test_decode_attention_reads_the_written_entries_only(position):
+    from ernie_nf4.nf4_gemv import decode_attention
+
+    torch.manual_seed(position)
+    kv_heads, groups, d, length = 8, 4, 128, 512
+    q = torch.randn(1, kv_heads, groups, d, dtype=torch.bfloat16, device="cuda")
+    keys = torch.randn(1, kv_heads, length, d, dtype=torch.bfloat16, device="cuda")
+    values = torch.randn_like(keys)
+    keys[:, :, position + 1 :] = float("nan")  # unwritten entries must never be read
+    values[:, :, position + 1 :] = float("nan")
+    out = decode_attention(q, keys, values, torch.tensor([position], device="cuda"), d**-0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), keys[:, :, : position + 1].float(), values[:, :, : position + 1].float(), scale=d**-0.5
+    )
+    assert out.shape == (1, kv_heads * groups * d) and torch.isfinite(out).all()
+    error = ((out.float() - ref.reshape(1, -1)).norm() / ref.norm()).item()
+    assert error < 1e-2  # bf16 probabilities in the second product, as flash attention rounds them
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize("with_add", [False, True])
 def test_add_rmsnorm_matches_transformers_rmsnorm(with_add):
     from ernie_nf4.nf4_gemv import add_rmsnorm

@@ -205,3 +205,21 @@ def test_legacy_compile_decoding_samples_the_same_tokens_and_serves_other_prompt
         uncompile_decoding(tiny_pe)
     assert not is_compiled(tiny_pe) and tiny_pe.generation_config.cache_implementation is None
     assert torch.equal(eager_generate(tiny_pe, as_ids(PROMPTS[0]), 12, seed=0), eager[0])
+
+
+@pytest.mark.parametrize("top_p", [0.95, 1.0])
+def test_top_k_first_sampling_picks_the_tokens_full_sampling_picks(top_p):
+    from ernie_nf4.pe_decoding import Sampling, sample_token, sample_token_topk_first
+
+    generator = torch.Generator().manual_seed(5)
+    sampling = Sampling(temperature=0.6, top_k=50, top_p=top_p)
+    picked = []
+    for _ in range(300):
+        logits = torch.randn(1, 4096, generator=generator) * 3
+        noise = torch.empty(1, 4096).exponential_(generator=generator)
+        full = sample_token(logits, noise, sampling)
+        fast = sample_token_topk_first(logits, noise, sampling)
+        assert fast.shape == full.shape == (1,)
+        picked.append(int(fast))
+        assert torch.equal(fast, full)
+    assert len(set(picked)) > 100  # it samples, it does not always take the best logit

@@ -1,0 +1,315 @@
+"""The Triton kernels behind ``nf4_gemv`` (imported on first use: importing this module imports Triton).
+
+See ``nf4_gemv`` for what each computes and the bitsandbytes layout read.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def rows_dot(
+    x_ptr,
+    w_ptr,
+    absmax_ptr,
+    code_ptr,
+    absmax2_ptr,
+    code2_ptr,
+    offset_ptr,
+    rows,
+    N,
+    K,
+    NESTED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    QBLOCK2: tl.constexpr,
+    BN: tl.constexpr,
+    NB: tl.constexpr,
+    SPLIT_X: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """``sum_k W[row, k] * x[k]`` in float32 for ``BN`` rows; ``w_ptr`` is the packed weight read as int32
+    words (eight 4-bit codes each: byte ``t`` of a word holds elements ``2t`` (high nibble) and ``2t + 1``)."""
+    WPB: tl.constexpr = QBLOCK // 8  # int32 words per quantization block
+    row_ok = rows < N
+    rows64 = rows.to(tl.int64)
+    blocks_per_row = K // QBLOCK
+    words_per_row = K // 8
+    b = tl.arange(0, NB)
+    w = tl.arange(0, WPB)
+    acc = tl.zeros((BN, NB, WPB), dtype=tl.float32)
+    row_at = rows64[:, None, None] * words_per_row
+    upcoming = tl.zeros((BN, NB, WPB), dtype=tl.int32)
+    if PREFETCH:  # the next step's words are loaded before this step's arithmetic: two loads in flight
+        first_words = b[:, None] * WPB + w[None, :]
+        upcoming = tl.load(w_ptr + (row_at + first_words[None, :, :]), mask=row_ok[:, None, None], other=0)
+    for first in range(0, blocks_per_row, NB):
+        word = (first + b)[:, None] * WPB + w[None, :]  # (NB, WPB): word index within a row
+        if PREFETCH:
+            words = upcoming
+            ahead = row_ok[:, None, None] & (first + NB < blocks_per_row)
+            upcoming = tl.load(w_ptr + (row_at + (word + NB * WPB)[None, :, :]), mask=ahead, other=0)
+        else:
+            words = tl.load(w_ptr + (row_at + word[None, :, :]), mask=row_ok[:, None, None], other=0)
+        if SPLIT_X:  # one contiguous load of the 8 activations of each word, split in registers
+            xs = tl.load(x_ptr + (word[:, :, None] * 8 + tl.arange(0, 8)[None, None, :])).to(tl.float32)
+            even, odd = tl.split(tl.reshape(xs, (NB, WPB, 2, 2, 2)))
+            e0, e1 = tl.split(even)
+            o0, o1 = tl.split(odd)
+            x0, x4 = tl.split(e0)
+            x2, x6 = tl.split(e1)
+            x1, x5 = tl.split(o0)
+            x3, x7 = tl.split(o1)
+        else:
+            x0 = tl.load(x_ptr + word * 8).to(tl.float32)
+            x1 = tl.load(x_ptr + word * 8 + 1).to(tl.float32)
+            x2 = tl.load(x_ptr + word * 8 + 2).to(tl.float32)
+            x3 = tl.load(x_ptr + word * 8 + 3).to(tl.float32)
+            x4 = tl.load(x_ptr + word * 8 + 4).to(tl.float32)
+            x5 = tl.load(x_ptr + word * 8 + 5).to(tl.float32)
+            x6 = tl.load(x_ptr + word * 8 + 6).to(tl.float32)
+            x7 = tl.load(x_ptr + word * 8 + 7).to(tl.float32)
+        part = tl.load(code_ptr + ((words >> 4) & 15)) * x0[None, :, :]
+        part += tl.load(code_ptr + (words & 15)) * x1[None, :, :]
+        part += tl.load(code_ptr + ((words >> 12) & 15)) * x2[None, :, :]
+        part += tl.load(code_ptr + ((words >> 8) & 15)) * x3[None, :, :]
+        part += tl.load(code_ptr + ((words >> 20) & 15)) * x4[None, :, :]
+        part += tl.load(code_ptr + ((words >> 16) & 15)) * x5[None, :, :]
+        part += tl.load(code_ptr + ((words >> 28) & 15)) * x6[None, :, :]
+        part += tl.load(code_ptr + ((words >> 24) & 15)) * x7[None, :, :]
+        block_at = rows64[:, None] * blocks_per_row + (first + b)[None, :]
+        if NESTED:
+            quantized = tl.load(absmax_ptr + block_at, mask=row_ok[:, None], other=0).to(tl.int32)
+            outer = tl.load(absmax2_ptr + block_at // QBLOCK2, mask=row_ok[:, None], other=0.0)
+            scale = tl.load(code2_ptr + quantized) * outer + tl.load(offset_ptr)
+        else:
+            scale = tl.load(absmax_ptr + block_at, mask=row_ok[:, None], other=0.0)
+        acc += part * scale[:, :, None]
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr,
+    y_ptr,
+    w,
+    a,
+    c,
+    a2,
+    c2,
+    o,
+    N,
+    K,
+    NESTED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    QBLOCK2: tl.constexpr,
+    BN: tl.constexpr,
+    NB: tl.constexpr,
+    SPLIT_X: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    y = rows_dot(x_ptr, w, a, c, a2, c2, o, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+
+
+@triton.jit
+def gemv3_kernel(
+    x_ptr,
+    y_ptr,
+    w1,
+    a1,
+    c1,
+    a21,
+    c21,
+    o1,
+    w2,
+    a2,
+    c2,
+    a22,
+    c22,
+    o2,
+    w3,
+    a3,
+    c3,
+    a23,
+    c23,
+    o3,
+    N1,
+    N2,
+    N3,
+    K,
+    NESTED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    QBLOCK2: tl.constexpr,
+    BN: tl.constexpr,
+    NB: tl.constexpr,
+    SPLIT_X: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """Three products of one ``x`` (q, k and v), written one after the other into ``y``."""
+    pid = tl.program_id(0)
+    p1 = tl.cdiv(N1, BN)
+    p2 = tl.cdiv(N2, BN)
+    lane = tl.arange(0, BN)
+    if pid < p1:
+        rows = pid * BN + lane
+        y = rows_dot(x_ptr, w1, a1, c1, a21, c21, o1, rows, N1, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N1)
+    elif pid < p1 + p2:
+        rows = (pid - p1) * BN + lane
+        y = rows_dot(x_ptr, w2, a2, c2, a22, c22, o2, rows, N2, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        tl.store(y_ptr + N1 + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N2)
+    else:
+        rows = (pid - p1 - p2) * BN + lane
+        y = rows_dot(x_ptr, w3, a3, c3, a23, c23, o3, rows, N3, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        tl.store(y_ptr + N1 + N2 + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N3)
+
+
+@triton.jit
+def gate_up_kernel(
+    x_ptr,
+    y_ptr,
+    w1,
+    a1,
+    c1,
+    a21,
+    c21,
+    o1,
+    w2,
+    a2,
+    c2,
+    a22,
+    c22,
+    o2,
+    N,
+    K,
+    NESTED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    QBLOCK2: tl.constexpr,
+    BN: tl.constexpr,
+    NB: tl.constexpr,
+    SPLIT_X: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """``silu(x @ G.T) * (x @ U.T)``, each rounded to the activations' dtype as the eager ops are."""
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    gate = rows_dot(x_ptr, w1, a1, c1, a21, c21, o1, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+    up = rows_dot(x_ptr, w2, a2, c2, a22, c22, o2, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+    dtype = y_ptr.dtype.element_ty
+    g = gate.to(dtype).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    tl.store(y_ptr + rows, (act * up.to(dtype).to(tl.float32)).to(dtype), mask=rows < N)
+
+
+@triton.jit
+def decode_attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    pos_ptr,
+    out_ptr,
+    cache_len,
+    scale,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BL: tl.constexpr,
+):
+    """One token's attention for the ``G`` query heads of one key/value head over the cache's first
+    ``position + 1`` entries (flash-decoding's online softmax; unwritten entries are never read)."""
+    kvh = tl.program_id(0)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    g_ok = g < G
+    heads = kvh * G + g
+    q = tl.load(q_ptr + heads[:, None] * D + d[None, :], mask=g_ok[:, None], other=0.0)
+    length = tl.load(pos_ptr).to(tl.int32) + 1
+    m = tl.full((GP,), float("-inf"), tl.float32)
+    total = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    base = kvh.to(tl.int64) * cache_len * D
+    for start in range(0, length, BL):
+        t = start + tl.arange(0, BL)
+        t_ok = t < length
+        at = base + t[:, None] * D + d[None, :]
+        k = tl.load(k_ptr + at, mask=t_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(t_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])
+        total = total * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + at, mask=t_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+    out = acc / total[:, None]
+    tl.store(out_ptr + heads[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+
+
+@triton.jit
+def add_rmsnorm_kernel(x_ptr, add_ptr, w_ptr, h_ptr, y_ptr, H, eps, HAS_ADD: tl.constexpr, BLOCK: tl.constexpr):
+    at = tl.arange(0, BLOCK)
+    ok = at < H
+    x = tl.load(x_ptr + at, mask=ok, other=0.0)
+    if HAS_ADD:  # the residual add, rounded to the activations' dtype as the eager add is
+        x = (x.to(tl.float32) + tl.load(add_ptr + at, mask=ok, other=0.0).to(tl.float32)).to(x.dtype)
+        tl.store(h_ptr + at, x, mask=ok)
+    xf = x.to(tl.float32)
+    variance = tl.sum(xf * xf, axis=0) / H
+    normed = (xf * (1.0 / tl.sqrt(variance + eps))).to(x.dtype)
+    weight = tl.load(w_ptr + at, mask=ok, other=0.0)
+    tl.store(y_ptr + at, (weight.to(tl.float32) * normed.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def rope_cache_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    scale_ptr,
+    pos_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    cache_len,
+    HEADS: tl.constexpr,
+    D: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    # each product and sum rounded to bf16 like the eager ops: (x * cos) + (rotate_half(x) * sin), then * scale
+    head = tl.program_id(0)
+    d = tl.arange(0, D)
+    partner = (d + D // 2) % D
+    sign = tl.where(d < D // 2, -1.0, 1.0)
+    cos = tl.load(cos_ptr + d).to(tl.float32)
+    sin = tl.load(sin_ptr + d).to(tl.float32)
+    if head < HEADS:
+        x = tl.load(q_ptr + head * D + d)
+        rotated = tl.load(q_ptr + head * D + partner).to(tl.float32) * sign
+    else:
+        x = tl.load(k_ptr + (head - HEADS) * D + d)
+        rotated = tl.load(k_ptr + (head - HEADS) * D + partner).to(tl.float32) * sign
+    a = (x.to(tl.float32) * cos).to(x.dtype).to(tl.float32)
+    b = (rotated * sin).to(x.dtype).to(tl.float32)
+    out = (a + b).to(x.dtype)
+    if head < HEADS:
+        if HAS_SCALE:
+            out = (out.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(x.dtype)
+        tl.store(q_out_ptr + head * D + d, out)
+    else:
+        at = ((head - HEADS) * cache_len + tl.load(pos_ptr)) * D + d
+        tl.store(k_cache_ptr + at, out)
+        tl.store(v_cache_ptr + at, tl.load(v_ptr + (head - HEADS) * D + d))
+
+
+@triton.jit
+def silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, BLOCK: tl.constexpr):
+    at = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = at < N
+    g = tl.load(g_ptr + at, mask=ok, other=0.0)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
+    u = tl.load(u_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + at, (act * u).to(g.dtype), mask=ok)
