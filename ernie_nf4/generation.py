@@ -99,6 +99,12 @@ class Generator:
         return self.pipe._execution_device
 
     @property
+    def pe_decoder(self):
+        """The ``pe_decoding.PEDecoder`` kept for the PE (its KV cache and graph), or None before the PE first ran
+        with it (and after a failed run in low-vram mode)."""
+        return self._pe_decoder
+
+    @property
     def pe_cap(self) -> int:
         """The PE's token cap in force: ``max_pe_tokens``, else the PE tokenizer's ``model_max_length``."""
         if self.max_pe_tokens is not None:
@@ -120,7 +126,7 @@ class Generator:
     def enhance_prompt(self, prompt: str, width: int, height: int, seed: int) -> PromptEnhancement:
         """The PE's rewrite of ``prompt``, sampled as the stock pipeline does (temperature 0.6, top-p 0.95), but
         seeded, and capped at ``pe_cap`` new tokens. Decoded by ``pe_decoding.PEDecoder`` (a static KV cache and,
-        on CUDA, graphed steps; built on first use, once the PE is on its device)."""
+        on CUDA, graphed steps; built on first use, once the PE is on its device, and kept: ``pe_decoder``)."""
         import torch
 
         from .pe_decoding import PEDecoder
@@ -149,6 +155,11 @@ class Generator:
             stopped = eos in new
             new = new[: new.index(eos) + 1] if stopped else new
         else:
+            # Kept between requests in every memory mode. In low-vram the PE leaves the GPU after this, but the
+            # residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
+            # next request replays it without capturing again. What stays on the GPU meanwhile: the KV cache, sized
+            # for prompt + cap (104 KiB a token for the full PE: 55 MB at the benchmark's 256-token cap, 245 MB at
+            # the stock 2048), the graph's noise buffers (17 MB) and its memory pool.
             if self._pe_decoder is None:
                 self._pe_decoder = PEDecoder(pipe.pe)
             try:
@@ -156,12 +167,13 @@ class Generator:
                     ids, stopped = self._pe_decoder.generate(
                         inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos
                     )
-            finally:
-                if self.loaded.residency is not None:  # low-vram: the PE leaves the GPU, so do its cache and graph
+            except BaseException:
+                if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
                     from .memory import free_device_memory
 
                     self._pe_decoder = None
                     free_device_memory()
+                raise
             new = ids.tolist()
         revised = pipe.pe_tokenizer.decode(new, skip_special_tokens=True).strip()
         return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)

@@ -1,16 +1,24 @@
 """One big model on the GPU at a time: what ``memory_mode="low-vram"`` runs on.
 
 Every tensor of the managed models (parameters, buffers and bitsandbytes' NF4 quantization states) gets a
-copy in page-locked CPU memory once. ``use(name)`` puts that model on the GPU (a fast copy from pinned memory)
-and drops the GPU tensors of the one that was there (no copy back: weights never change). So the prompt
-enhancer and the text encoder leave the GPU once used, the transformer leaves while they run, and a rerun
-that needs only the transformer moves nothing.
+copy in page-locked CPU memory once. On the device there is one arena: a single byte buffer as large as the
+largest model, allocated on the first ``use`` and kept. ``use(name)`` copies that model into the arena (a fast
+copy from pinned memory) and points its tensors at views of it; the model that was there goes back to its CPU
+copies (no copy back: weights never change). So the prompt enhancer and the text encoder leave the GPU once used,
+the transformer leaves while they run, and a rerun that needs only the transformer moves nothing.
+
+Each tensor has a fixed place in the arena (``plan_offsets``), so a model lands at the same addresses every time
+it comes back: the prompt enhancer's CUDA graph (``pe_decoding.PEDecoder``), which holds those addresses, stays
+valid across moves instead of being captured again. The arena is the one allocation the models need, and it is
+never larger than the largest model was when it was moved in tensor by tensor.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,96 +27,175 @@ from .errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
+ALIGNMENT = 256  # bytes: every tensor of the arena starts at a multiple (CUDA's own allocations are 512-aligned)
+
+
+def plan_offsets(sizes: Sequence[int], alignment: int = ALIGNMENT) -> tuple[list[int], int]:
+    """Byte offsets for tensors of ``sizes`` bytes laid one after another, each starting at a multiple of
+    ``alignment``, and the bytes they span (rounded up to ``alignment``): the arena one model needs."""
+    if not (isinstance(alignment, int) and alignment > 0 and alignment & (alignment - 1) == 0):
+        raise InvalidArgument(f"alignment must be a positive power of two, got {alignment!r}")
+    offsets, end = [], 0
+    for size in sizes:
+        if size < 0:
+            raise InvalidArgument(f"sizes must not be negative, got {size!r}")
+        offsets.append(end)
+        end += -(-size // alignment) * alignment
+    return offsets, end
+
 
 def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    copy = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+    copy = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)  # contiguous
     return copy.copy_(tensor.detach())
 
 
-class _Slots:
-    """Where each tensor of one model lives, with its CPU copy: (owner, kind, key, cpu tensor)."""
+def _memory_key(tensor: torch.Tensor) -> tuple:
+    """Equal for two tensor objects that view the same memory the same way (tied weights, shared states)."""
+    return (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+
+
+@dataclass
+class _Tensor:
+    """One tensor of a model: its pinned CPU copy, its place in the arena and the slots that hold it, each
+    ``(owner, kind, key)``: a parameter's ``.data``, a quantization state's attribute or a module's buffer."""
+
+    host: torch.Tensor
+    offset: int = 0
+    slots: list = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return self.host.numel() * self.host.element_size()
+
+    def view(self, arena: torch.Tensor) -> torch.Tensor:
+        """Its place in ``arena`` (uint8), as a contiguous tensor of its dtype and shape."""
+        return arena[self.offset : self.offset + self.nbytes].view(self.host.dtype).view(self.host.shape)
+
+
+class _Model:
+    """Every tensor of one model, each once (tied and shared ones too), with its place in the arena."""
 
     def __init__(self, model: torch.nn.Module, pin: bool):
-        self.slots = []
-        self.bytes = 0
+        self.tensors: list[_Tensor] = []
+        by_memory: dict[tuple, _Tensor] = {}
         seen = set()
         for module in model.modules():
             for param in module._parameters.values():
                 if param is None or id(param) in seen:
                     continue
                 seen.add(id(param))
-                self._add(param, "data", None, param.data, pin)
+                self._add(by_memory, param, "data", None, param.data, pin)
                 state = getattr(param, "quant_state", None)
                 if state is not None:  # bitsandbytes Params4bit
                     for owner, attr in quant_state_tensors(state):
-                        self._add(owner, "attr", attr, getattr(owner, attr), pin)
+                        self._add(by_memory, owner, "attr", attr, getattr(owner, attr), pin)
             for key, buffer in module._buffers.items():
                 if buffer is not None:
-                    self._add(module._buffers, "item", key, buffer, pin)
+                    self._add(by_memory, module._buffers, "item", key, buffer, pin)
+        sizes = [entry.nbytes for entry in self.tensors]
+        self.bytes = sum(sizes)
+        offsets, self.span = plan_offsets(sizes)
+        for tensor, offset in zip(self.tensors, offsets, strict=True):
+            tensor.offset = offset
 
-    def _add(self, owner, kind, key, tensor, pin):
-        self.slots.append((owner, kind, key, _host_copy(tensor, pin)))
-        self.bytes += tensor.numel() * tensor.element_size()
+    def _add(self, by_memory: dict, owner, kind, key, tensor, pin):
+        memory = _memory_key(tensor)
+        entry = by_memory.get(memory)
+        if entry is None:
+            entry = by_memory[memory] = _Tensor(_host_copy(tensor, pin))
+            self.tensors.append(entry)
+        entry.slots.append((owner, kind, key))
 
-    def place(self, device: torch.device | None) -> None:
-        """Point every slot at a new copy on ``device``, or back at the CPU copy when ``device`` is None."""
-        for owner, kind, key, host in self.slots:
-            tensor = host if device is None else host.to(device, non_blocking=True)
-            if kind == "data":
-                owner.data = tensor
-            elif kind == "attr":
-                setattr(owner, key, tensor)
-            else:
-                owner[key] = tensor
+    def place(self, arena: torch.Tensor | None) -> None:
+        """Copy every tensor into its place in ``arena`` and point its slots there, or with ``arena`` None point
+        them back at the CPU copies. The copies are queued on the arena device's current stream, behind the work
+        that still reads the model that was there before."""
+        for entry in self.tensors:
+            tensor = entry.host if arena is None else entry.view(arena).copy_(entry.host, non_blocking=True)
+            for owner, kind, key in entry.slots:
+                if kind == "data":
+                    owner.data = tensor
+                elif kind == "attr":
+                    setattr(owner, key, tensor)
+                else:
+                    owner[key] = tensor
 
 
 class Residency:
     """Keeps at most one of its models on ``device``; the others wait in pinned CPU memory.
 
     ``add`` takes a model from anywhere (on the GPU is fine: its CPU copy is taken then, and its GPU memory
-    freed), so a pipeline can be loaded one model at a time without ever holding two on the GPU.
+    freed), so a pipeline can be loaded one model at a time without ever holding two on the GPU. The arena that
+    ``use`` copies models into is allocated once and kept until ``close``.
     """
 
     def __init__(self, device: str | torch.device):
         self.device = torch.device(device)
         self._pin = self.device.type == "cuda"
-        self._slots: dict[str, _Slots] = {}
+        self._models: dict[str, _Model] = {}
+        self._arena: torch.Tensor | None = None
         self.resident: str | None = None
         self.seconds_moving = 0.0
 
     def add(self, name: str, model: torch.nn.Module) -> None:
-        if name in self._slots:
+        if name in self._models:
             raise InvalidArgument(f"name {name!r} is already managed")
-        self._slots[name] = slots = _Slots(model, self._pin)
-        slots.place(None)
+        self._models[name] = entry = _Model(model, self._pin)
+        entry.place(None)
         if self._pin:
             torch.cuda.empty_cache()
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self._slots)
+        return tuple(self._models)
 
     def bytes(self, name: str) -> int:
-        return self._slots[name].bytes
+        """Bytes of model ``name``'s tensors (each shared tensor once)."""
+        return self._models[name].bytes
+
+    @property
+    def arena_bytes(self) -> int:
+        """Size of the arena: the largest model's bytes, each tensor's start aligned to ``ALIGNMENT``."""
+        return max((model.span for model in self._models.values()), default=0)
+
+    def _ensure_arena(self) -> torch.Tensor:
+        """The arena, allocated now if there is none or it is smaller than a model added since."""
+        if self._arena is None or self._arena.numel() < self.arena_bytes:
+            self._arena = None  # nothing points into an old one (see use): freed before the new one is made
+            self._arena = torch.empty(self.arena_bytes, dtype=torch.uint8, device=self.device)
+            logger.debug("arena of %.2f GB on %s", self.arena_bytes / 1e9, self.device)
+        return self._arena
 
     def use(self, name: str) -> None:
-        """Make ``name`` the model on the device (the one there before goes back to its CPU copy)."""
-        if name not in self._slots:
+        """Make ``name`` the model on the device (the one there before goes back to its CPU copy). A model is put
+        at the same addresses every time."""
+        if name not in self._models:
             raise InvalidArgument(f"name must be one of {self.names}, got {name!r}")
         if name == self.resident:
             return
         start = time.perf_counter()
-        if self.resident is not None:
-            self._slots[self.resident].place(None)
-        self._slots[name].place(self.device)
+        self.release()
+        model = self._models[name]
+        try:
+            model.place(self._ensure_arena())
+        except BaseException:
+            model.place(None)  # all of it back on its CPU copies, none half in the arena
+            raise
         self.resident = name
         if self._pin:
             torch.cuda.synchronize(self.device)  # so seconds_moving is the copy's real time
         self.seconds_moving += time.perf_counter() - start
-        logger.debug("%s on %s (%.2f GB)", name, self.device, self._slots[name].bytes / 1e9)
+        logger.debug("%s on %s (%.2f GB)", name, self.device, model.bytes / 1e9)
 
     def release(self) -> None:
-        """Nothing on the device."""
+        """No model on the device (the arena stays, for the next ``use``)."""
         if self.resident is not None:
-            self._slots[self.resident].place(None)
+            self._models[self.resident].place(None)
             self.resident = None
+
+    def close(self) -> None:
+        """No model on the device and the arena freed; a later ``use`` allocates a new one (other addresses)."""
+        self.release()
+        self._arena = None
+        if self._pin:
+            torch.cuda.empty_cache()

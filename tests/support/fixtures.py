@@ -68,3 +68,15 @@ def tiny_generator(tiny_package, nf4_everywhere):
     from ernie_nf4.generation import Generator
 
     return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12, prompt_cache_size=0)
+
+
+def model_tensors(model):
+    """Every tensor a forward of ``model`` reads: parameters, buffers and bitsandbytes' NF4 quantization states."""
+    from ernie_nf4.compat import quant_state_tensors
+
+    for param in model.parameters():
+        yield param.data
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            yield from (getattr(owner, attr) for owner, attr in quant_state_tensors(state))
+    yield from model.buffers()

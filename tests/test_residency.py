@@ -1,0 +1,167 @@
+"""``residency.Residency``: low-vram's models take turns in one arena, each at the same addresses every time."""
+
+import gc
+
+import pytest
+import torch
+
+from ernie_nf4.pe_decoding import PEDecoder, tensor_fingerprint
+from ernie_nf4.residency import ALIGNMENT, Residency, plan_offsets
+
+from .support.fixtures import model_tensors
+
+pytestmark = pytest.mark.nf4
+
+
+def padded(size: int) -> int:
+    return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [256], [257, 1, 0, 512, 3, 100_000], [2] * 5])
+@pytest.mark.parametrize("alignment", [ALIGNMENT, 64])
+def test_plan_aligns_every_tensor_and_packs_them_without_overlap(sizes, alignment):
+    offsets, total = plan_offsets(sizes, alignment)
+    assert len(offsets) == len(sizes) and total % alignment == 0
+    assert all(offset % alignment == 0 for offset in offsets)
+    ends = [offset + size for offset, size in zip(offsets, sizes, strict=True)]
+    for end, following in zip(ends, offsets[1:], strict=False):
+        assert end <= following < end + alignment  # disjoint, and no wider gap than the alignment needs
+    assert total == (-(-ends[-1] // alignment) * alignment if sizes else 0)
+    assert total == sum(-(-size // alignment) * alignment for size in sizes)
+
+
+def test_plan_refuses_bad_arguments_by_name():
+    with pytest.raises(ValueError, match="alignment must be a positive power of two, got 48"):
+        plan_offsets([1], 48)
+    with pytest.raises(ValueError, match="sizes must not be negative, got -1"):
+        plan_offsets([4, -1])
+
+
+class Toy(torch.nn.Module):
+    """The kinds of tensor a residency meets: a weight tied across two modules, another parameter on the same
+    memory as a bias, a non-contiguous parameter, a 0-d float64 buffer and a bool buffer."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.first = torch.nn.Linear(width, width)
+        self.second = torch.nn.Linear(width, width)
+        self.second.weight = self.first.weight
+        self.shared = torch.nn.Parameter(self.first.bias.data)
+        self.transposed = torch.nn.Parameter(torch.randn(3, width).t())
+        self.register_buffer("scale", torch.tensor(0.5, dtype=torch.float64))
+        self.register_buffer("keep", torch.arange(width) % 2 == 0)
+
+    def forward(self, x):
+        y = self.second(self.first(x)) + self.shared
+        return (torch.where(self.keep, y, -y) * self.scale.float()) @ self.transposed.contiguous()  # same rounding
+
+    def unique_sizes(self) -> list[int]:
+        w = self.first.in_features
+        return [w * w * 4, w * 4, w * 4, 3 * w * 4, 8, w]  # first.weight, first.bias (= shared), second.bias, ...
+
+
+@torch.no_grad()
+def test_models_take_turns_in_one_arena_at_the_same_addresses():
+    torch.manual_seed(0)
+    models = {"small": Toy(8), "large": Toy(32)}
+    inputs = {name: torch.randn(2, model.first.in_features) for name, model in models.items()}
+    expected = {name: model(inputs[name]) for name, model in models.items()}
+    transposed = models["small"].transposed.detach().clone()
+    residency = Residency("cpu")
+    for name, model in models.items():
+        residency.add(name, model)
+    assert residency.bytes("small") == sum(Toy(8).unique_sizes())  # each shared tensor once
+    assert residency.arena_bytes == sum(padded(size) for size in models["large"].unique_sizes())
+    addresses = {}
+    for name in ("small", "large", "small", "large"):
+        residency.use(name)
+        model = models[name]
+        fingerprint = tensor_fingerprint(model)
+        assert addresses.setdefault(name, fingerprint) == fingerprint
+        assert torch.equal(model(inputs[name]), expected[name])
+        start = min(fingerprint)
+        assert all((pointer - start) % ALIGNMENT == 0 for pointer in fingerprint)
+        assert max(fingerprint) - start < residency.arena_bytes
+    assert min(addresses["small"]) == min(addresses["large"])  # both laid out from the arena's first byte
+    assert tensor_fingerprint(models["small"]) != addresses["small"]  # it left: back on its CPU copies
+    small = models["small"]
+    residency.use("small")
+    assert small.second.weight is small.first.weight and small.shared.data_ptr() == small.first.bias.data_ptr()
+    assert small.transposed.is_contiguous() and torch.equal(small.transposed, transposed)
+
+
+@torch.no_grad()
+def test_a_larger_model_added_later_grows_the_arena_and_release_and_close_go_back_to_the_cpu_copies():
+    torch.manual_seed(0)
+    small, large = Toy(8), Toy(32)
+    x_small, x_large = torch.randn(2, 8), torch.randn(2, 32)
+    expected_small, expected_large = small(x_small), large(x_large)
+    residency = Residency("cpu")
+    residency.add("small", small)
+    on_cpu = tensor_fingerprint(small)
+    residency.use("small")
+    before = residency.arena_bytes
+    residency.add("large", large)
+    assert residency.arena_bytes > before
+    residency.use("large")
+    assert torch.equal(large(x_large), expected_large)
+    residency.use("small")
+    assert torch.equal(small(x_small), expected_small)
+    residency.release()
+    assert residency.resident is None and tensor_fingerprint(small) == on_cpu
+    residency.use("small")
+    residency.close()
+    assert residency.resident is None and tensor_fingerprint(small) == on_cpu
+    residency.use("small")
+    assert torch.equal(small(x_small), expected_small)
+
+
+# --- on a GPU: the tiny NF4 pipeline in low-vram mode ---------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@torch.no_grad()
+def test_low_vram_holds_only_the_arena_and_puts_each_model_at_the_same_addresses(tiny_package):
+    from ernie_nf4.loader import load_pipeline
+
+    loaded = load_pipeline(tiny_package, memory_mode="low-vram")
+    residency, pipe = loaded.residency, loaded.pipe
+    gc.collect()
+    base = torch.cuda.memory_allocated()
+    addresses = {}
+    for name in ("pe", "transformer", "text_encoder", "pe", "transformer"):
+        residency.use(name)
+        gc.collect()
+        # the arena is all the models hold on the GPU: nothing of the one that left stays behind
+        assert residency.arena_bytes <= torch.cuda.memory_allocated() - base < residency.arena_bytes + 512
+        assert all(t.is_cuda for t in model_tensors(getattr(pipe, name)))
+        for other in set(residency.names) - {name}:
+            assert all(t.device.type == "cpu" and t.is_pinned() for t in model_tensors(getattr(pipe, other)))
+        fingerprint = tensor_fingerprint(getattr(pipe, name))
+        assert addresses.setdefault(name, fingerprint) == fingerprint
+    assert len({min(fingerprint) for fingerprint in addresses.values()}) == 1  # one arena, from its first byte
+    ids = torch.tensor([[1, 5, 77, 300, 12]], device="cuda")
+    residency.use("pe")
+    logits = pipe.pe(input_ids=ids).logits
+    residency.use("transformer")
+    residency.use("pe")
+    assert torch.equal(pipe.pe(input_ids=ids).logits, logits)
+
+
+@pytest.mark.cuda
+def test_pe_graph_captured_once_serves_requests_across_low_vram_moves(tiny_package):
+    from ernie_nf4.loader import load_pipeline
+
+    loaded = load_pipeline(tiny_package, memory_mode="low-vram")
+    residency, pipe = loaded.residency, loaded.pipe
+    ids = torch.tensor([[1, 5, 77, 300, 12, 44, 9]], device="cuda")
+    residency.use("pe")
+    decoder = PEDecoder(pipe.pe, graphs=True, chunk_tokens=4)
+    first, _ = decoder.generate(ids, 21, seed=11)
+    start = min(tensor_fingerprint(pipe.pe))
+    residency.use("transformer")
+    assert min(tensor_fingerprint(pipe.transformer)) == start  # the transformer was written over the PE's bytes
+    residency.use("pe")
+    again, _ = decoder.generate(ids, 21, seed=11)
+    assert decoder.broken is None and decoder.captures == 1
+    assert torch.equal(again, first)
