@@ -8,6 +8,7 @@ request (seed included) gives the same pixels; image ``i`` of a request is exact
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -157,11 +158,16 @@ class Generator:
         else:
             # Kept between requests in every memory mode. In low-vram the PE leaves the GPU after this, but the
             # residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
-            # next request replays it without capturing again. What stays on the GPU meanwhile: the KV cache, sized
-            # for prompt + cap (104 KiB a token for the full PE: 55 MB at the benchmark's 256-token cap, 245 MB at
-            # the stock 2048), the graph's noise buffers (17 MB) and its memory pool.
+            # next request replays it without capturing again; the KV cache (104 KiB a token for the full PE: 245
+            # MB at the stock cap of 2048) lives in the arena behind the PE, where the larger transformer's bytes
+            # go while the PE is away, so it costs no memory of its own. What stays on the GPU meanwhile: the
+            # graph's noise buffers (17 MB) and its memory pool.
             if self._pe_decoder is None:
-                self._pe_decoder = PEDecoder(pipe.pe)
+                residency = self.loaded.residency
+                storage = None
+                if residency is not None and "pe" in residency.names:
+                    storage = functools.partial(residency.scratch, "pe")
+                self._pe_decoder = PEDecoder(pipe.pe, cache_storage=storage)
             try:
                 with torch.no_grad():
                     ids, stopped = self._pe_decoder.generate(

@@ -19,8 +19,9 @@ whole cache under a mask (another kernel, other rounding) and, with ``triton_ker
 run ``nf4_gemv``'s kernels; its logits then differ from eager ones in the last bits, and a token can differ where
 two candidates are that close. It is reproducible: the same seed gives the same tokens.
 
-Low-vram mode moves the PE's tensors between CPU and GPU, so their addresses change; a graph holds addresses, so it
-is captured again (a fraction of a second) whenever a fingerprint of the PE's tensor addresses changed.
+A graph holds addresses. Low-vram mode moves the PE's tensors between CPU and GPU, always into the same place of
+the residency's arena, so the graph stays valid (and the KV cache can live in the arena too: ``cache_storage``); it
+is captured again (a fraction of a second) only when a fingerprint of the PE's tensor addresses changed.
 
 The old names ``compile_decoding``/``is_compiled``/``uncompile_decoding`` (transformers' own auto-compile of
 ``model.generate``) stay for callers not yet moved to ``PEDecoder``.
@@ -242,14 +243,38 @@ def tensor_fingerprint(model) -> tuple[int, ...]:
 
 
 class StaticKV:
-    """Per-layer key/value buffers ``(1, kv_heads, length, head_dim)``, allocated once and written in place."""
+    """Per-layer key/value buffers ``(1, kv_heads, length, head_dim)``, allocated once and written in place, or
+    laid in ``storage`` (uint8, at least ``nbytes(...)``) when given."""
 
-    def __init__(self, parts: _Parts, length: int, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        parts: _Parts,
+        length: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        storage: torch.Tensor | None = None,
+    ):
         shape = (1, parts.num_kv_heads, length, parts.head_dim)
         self.length = length
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in parts.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in parts.layers]
+        self.storage = storage
+        if storage is None:
+            self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in parts.layers]
+            self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in parts.layers]
+        else:
+            count = 2 * len(parts.layers)
+            flat = storage[: StaticKV.nbytes(parts, length, dtype)].view(dtype).view(count, *shape)
+            self.keys, self.values = list(flat[: count // 2]), list(flat[count // 2 :])
+            self.clear()
         self.positions = torch.arange(length, device=device)
+
+    @staticmethod
+    def nbytes(parts: _Parts, length: int, dtype: torch.dtype) -> int:
+        return 2 * len(parts.layers) * parts.num_kv_heads * length * parts.head_dim * dtype.itemsize
+
+    def clear(self) -> None:
+        """Zeros in every entry (storage that another model used in between holds its bytes)."""
+        if self.storage is not None:
+            self.storage.zero_()
 
 
 # Adapted from transformers 5.24 models/ministral3/modeling_ministral3.py (rotate_half, apply_rotary_pos_emb,
@@ -502,6 +527,7 @@ class PEDecoder:
         triton_gemv: bool | None = None,
         chunk_tokens: int = CHUNK_TOKENS,
         cache_tokens: int = DECODER_CACHE_TOKENS,
+        cache_storage=None,
     ):
         if not (isinstance(chunk_tokens, int) and 1 <= chunk_tokens <= 256):
             raise ValueError(f"chunk_tokens must be an integer in [1, 256], got {chunk_tokens!r}")
@@ -522,6 +548,7 @@ class PEDecoder:
             raise ValueError("triton_kernels and triton_gemv run inside the CUDA graph: they need graphs=True")
         self.chunk_tokens = chunk_tokens
         self.cache_tokens = cache_tokens
+        self.cache_storage = cache_storage  # nbytes -> uint8 GPU tensor at a fixed address, or None
         self.cache: StaticKV | None = None
         self._graph: _Graph | None = None
         self._graph_key = None
@@ -578,11 +605,23 @@ class PEDecoder:
             yield
 
     def _ensure_cache(self, needed: int) -> StaticKV:
-        if self.cache is None or self.cache.length < needed:
-            length = _round_up(max(needed, self.cache_tokens), CACHE_ROUNDING)
-            self.cache = self._graph = self._graph_key = None  # free the old one first
-            dtype = self.parts.embed.weight.dtype
-            self.cache = StaticKV(self.parts, length, dtype, self.device)
+        """A cache of at least ``needed`` entries: the one kept when it is large enough and still where
+        ``cache_storage`` puts it (zeroed when it lives there), else a new one (the graph is then captured again)."""
+        dtype, cache = self.parts.embed.weight.dtype, self.cache
+        length = _round_up(max(needed, self.cache_tokens), CACHE_ROUNDING)
+        if cache is not None and cache.length >= needed:
+            length = cache.length
+        storage = None
+        if self.cache_storage is not None:
+            storage = self.cache_storage(StaticKV.nbytes(self.parts, length, dtype))
+        if cache is not None and cache.length == length:
+            if storage is None and cache.storage is None:
+                return cache
+            if storage is not None and cache.storage is not None and storage.data_ptr() == cache.storage.data_ptr():
+                cache.clear()
+                return cache
+        self.cache = self._graph = self._graph_key = None  # free the old one first
+        self.cache = StaticKV(self.parts, length, dtype, self.device, storage)
         return self.cache
 
     def _generate(self, input_ids, max_new_tokens, sampling, eos, graphed):

@@ -187,6 +187,16 @@ class Residency:
         self.seconds_moving += time.perf_counter() - start
         logger.debug("%s on %s (%.2f GB)", name, self.device, model.bytes / 1e9)
 
+    def scratch(self, name: str, nbytes: int) -> torch.Tensor | None:
+        """``nbytes`` of the arena behind model ``name`` (uint8, 256-byte aligned), or None when they do not fit
+        there. The space is free only while ``name`` is the model on the device (a larger model overwrites it),
+        and it stays at the same address: the PE decoder keeps its KV cache there in low-vram mode, so the cache
+        costs no GPU memory of its own."""
+        start = self._models[name].span  # a multiple of ALIGNMENT
+        if self.resident != name or self._arena is None or start + nbytes > self._arena.numel():
+            return None
+        return self._arena[start : start + nbytes]
+
     def release(self) -> None:
         """No model on the device (the arena stays, for the next ``use``)."""
         if self.resident is not None:

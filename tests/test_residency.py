@@ -116,6 +116,39 @@ def test_a_larger_model_added_later_grows_the_arena_and_release_and_close_go_bac
     assert torch.equal(small(x_small), expected_small)
 
 
+@torch.no_grad()
+def test_pe_kv_cache_lives_in_the_arena_behind_the_pe_and_outlasts_other_models_there(tiny_package, nf4_everywhere):
+    import functools
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from ernie_nf4.pe_decoding import StaticKV, model_parts
+
+    pe = AutoModelForCausalLM.from_pretrained(tiny_package / "pe", dtype=torch.bfloat16, device_map={"": "cpu"})
+    ids = torch.tensor([[1, 5, 77, 300, 12, 44, 9]])
+    expected, _ = PEDecoder(pe, graphs=False).generate(ids, 12, seed=3)  # (a forward before add: see fixtures)
+    residency = Residency("cpu")
+    residency.add("pe", pe)
+    cache_bytes = StaticKV.nbytes(model_parts(pe), 512, torch.bfloat16)
+    big = Toy(int(math.sqrt((residency.bytes("pe") + cache_bytes) / 4)) + 64)  # room for the PE and its cache
+    residency.add("big", big)
+    residency.use("pe")
+    decoder = PEDecoder(pe, graphs=False, cache_storage=functools.partial(residency.scratch, "pe"))
+    tokens, _ = decoder.generate(ids, 12, seed=3)
+    storage = decoder.cache.storage
+    arena_start = min(tensor_fingerprint(pe))  # the PE is laid out from the arena's first byte
+    assert storage is not None and storage.data_ptr() >= max(tensor_fingerprint(pe))
+    assert storage.data_ptr() + storage.numel() <= arena_start + residency.arena_bytes + ALIGNMENT
+    assert torch.equal(tokens, expected)
+    residency.use("big")  # written over the cache
+    assert residency.scratch("pe", 16) is None  # only while the PE is the model there
+    residency.use("pe")
+    again, _ = decoder.generate(ids, 12, seed=3)
+    assert decoder.cache.storage.data_ptr() == storage.data_ptr() and torch.equal(again, expected)
+    assert residency.scratch("pe", residency.arena_bytes) is None  # does not fit: the decoder allocates its own
+
+
 # --- on a GPU: the tiny NF4 pipeline in low-vram mode ---------------------------------------------------------------
 
 
