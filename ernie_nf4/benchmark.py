@@ -42,6 +42,7 @@ MODE_SETUPS = {
     "nf4": ModeSetup("package", MemoryMode.ALL_ON_GPU),
     "nf4-compile": ModeSetup("package", MemoryMode.ALL_ON_GPU, compile=True),
     "nf4-low-vram": ModeSetup("package", MemoryMode.LOW_VRAM),
+    "nf4-low-vram-compile": ModeSetup("package", MemoryMode.LOW_VRAM, compile=True),
 }
 MODES = tuple(MODE_SETUPS)
 WARMUP_STEPS = 2

@@ -88,22 +88,29 @@ def supports(module: torch.nn.Module) -> bool:
 class GemvConfig:
     """A launch configuration: ``rows`` per program, quantization ``blocks`` per loop step, ``warps``, whether
     activations are read with one contiguous load per word (``split_x``) or eight strided ones, whether the next
-    step's weights are loaded before this step's arithmetic (``prefetch``), and Triton's pipeline ``stages``."""
+    step's weights are loaded before this step's arithmetic (``prefetch``), Triton's pipeline ``stages``, and
+    whether the NF4 table is read with a plain PTX load (``lut_asm``: twice as fast on an H100, see
+    ``nf4_kernels.nf4_value``)."""
 
     rows: int = 8
-    blocks: int = 8
+    blocks: int = 16
     warps: int = 8
-    split_x: bool = True
+    split_x: bool = False
     prefetch: bool = True
     stages: int = 1
+    lut_asm: bool = True
 
 
 GEMV_CONFIG = GemvConfig()  # the configuration the PE decoder launches (scripts/gpu_pe_bench.py sweeps others)
-SWEEP = tuple(
-    GemvConfig(rows, blocks, warps, True, prefetch, stages)
-    for rows, blocks, warps in ((4, 8, 4), (8, 4, 4), (8, 8, 4), (8, 8, 8), (4, 16, 4), (16, 8, 8), (8, 16, 8))
-    for prefetch, stages in ((False, 1), (True, 1), (False, 3))
-) + (GemvConfig(8, 8, 8, False, True, 1), GemvConfig(2, 8, 4, True, True, 1))
+SWEEP = (
+    (GEMV_CONFIG,)
+    + tuple(
+        GemvConfig(rows, blocks, warps, split_x, prefetch, 1, lut_asm)
+        for rows, blocks, warps in ((8, 8, 8), (16, 16, 8), (8, 32, 8), (4, 16, 4), (8, 16, 4), (16, 8, 8))
+        for split_x, prefetch, lut_asm in ((False, True, True), (True, True, True))
+    )
+    + (GemvConfig(lut_asm=False), GemvConfig(split_x=True), GemvConfig(prefetch=False))
+)
 
 
 def _operands(weight) -> tuple:
@@ -129,6 +136,7 @@ def _meta(weight, config: GemvConfig) -> dict:
         "NB": config.blocks,
         "SPLIT_X": config.split_x,
         "PREFETCH": config.prefetch,
+        "LUT_ASM": config.lut_asm,
         "num_warps": config.warps,
         "num_stages": config.stages,
     }

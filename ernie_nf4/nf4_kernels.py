@@ -8,6 +8,18 @@ import triton.language as tl
 
 
 @triton.jit
+def nf4_value(code_ptr, nibble, LUT_ASM: tl.constexpr):
+    """``code[nibble]``. With ``LUT_ASM`` the table read is a plain PTX load in the nibbles' own layout: Triton's
+    load would re-lay out the pointer tensor through shared memory for every one of these gathers."""
+    if LUT_ASM:
+        bits = tl.inline_asm_elementwise(
+            "ld.global.nc.b32 $0, [$1];", "=r,l", [code_ptr + nibble], dtype=tl.int32, is_pure=True, pack=1
+        )
+        return bits.to(tl.float32, bitcast=True)
+    return tl.load(code_ptr + nibble)
+
+
+@triton.jit
 def rows_dot(
     x_ptr,
     w_ptr,
@@ -26,6 +38,7 @@ def rows_dot(
     NB: tl.constexpr,
     SPLIT_X: tl.constexpr,
     PREFETCH: tl.constexpr,
+    LUT_ASM: tl.constexpr,
 ):
     """``sum_k W[row, k] * x[k]`` in float32 for ``BN`` rows; ``w_ptr`` is the packed weight read as int32
     words (eight 4-bit codes each: byte ``t`` of a word holds elements ``2t`` (high nibble) and ``2t + 1``)."""
@@ -68,14 +81,14 @@ def rows_dot(
             x5 = tl.load(x_ptr + word * 8 + 5).to(tl.float32)
             x6 = tl.load(x_ptr + word * 8 + 6).to(tl.float32)
             x7 = tl.load(x_ptr + word * 8 + 7).to(tl.float32)
-        part = tl.load(code_ptr + ((words >> 4) & 15)) * x0[None, :, :]
-        part += tl.load(code_ptr + (words & 15)) * x1[None, :, :]
-        part += tl.load(code_ptr + ((words >> 12) & 15)) * x2[None, :, :]
-        part += tl.load(code_ptr + ((words >> 8) & 15)) * x3[None, :, :]
-        part += tl.load(code_ptr + ((words >> 20) & 15)) * x4[None, :, :]
-        part += tl.load(code_ptr + ((words >> 16) & 15)) * x5[None, :, :]
-        part += tl.load(code_ptr + ((words >> 28) & 15)) * x6[None, :, :]
-        part += tl.load(code_ptr + ((words >> 24) & 15)) * x7[None, :, :]
+        part = nf4_value(code_ptr, (words >> 4) & 15, LUT_ASM) * x0[None, :, :]
+        part += nf4_value(code_ptr, words & 15, LUT_ASM) * x1[None, :, :]
+        part += nf4_value(code_ptr, (words >> 12) & 15, LUT_ASM) * x2[None, :, :]
+        part += nf4_value(code_ptr, (words >> 8) & 15, LUT_ASM) * x3[None, :, :]
+        part += nf4_value(code_ptr, (words >> 20) & 15, LUT_ASM) * x4[None, :, :]
+        part += nf4_value(code_ptr, (words >> 16) & 15, LUT_ASM) * x5[None, :, :]
+        part += nf4_value(code_ptr, (words >> 28) & 15, LUT_ASM) * x6[None, :, :]
+        part += nf4_value(code_ptr, (words >> 24) & 15, LUT_ASM) * x7[None, :, :]
         block_at = rows64[:, None] * blocks_per_row + (first + b)[None, :]
         if NESTED:
             quantized = tl.load(absmax_ptr + block_at, mask=row_ok[:, None], other=0).to(tl.int32)
@@ -106,9 +119,10 @@ def gemv_kernel(
     NB: tl.constexpr,
     SPLIT_X: tl.constexpr,
     PREFETCH: tl.constexpr,
+    LUT_ASM: tl.constexpr,
 ):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    y = rows_dot(x_ptr, w, a, c, a2, c2, o, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+    y = rows_dot(x_ptr, w, a, c, a2, c2, o, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
 
@@ -145,6 +159,7 @@ def gemv3_kernel(
     NB: tl.constexpr,
     SPLIT_X: tl.constexpr,
     PREFETCH: tl.constexpr,
+    LUT_ASM: tl.constexpr,
 ):
     """Three products of one ``x`` (q, k and v), written one after the other into ``y``."""
     pid = tl.program_id(0)
@@ -153,15 +168,21 @@ def gemv3_kernel(
     lane = tl.arange(0, BN)
     if pid < p1:
         rows = pid * BN + lane
-        y = rows_dot(x_ptr, w1, a1, c1, a21, c21, o1, rows, N1, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        y = rows_dot(
+            x_ptr, w1, a1, c1, a21, c21, o1, rows, N1, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM
+        )
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N1)
     elif pid < p1 + p2:
         rows = (pid - p1) * BN + lane
-        y = rows_dot(x_ptr, w2, a2, c2, a22, c22, o2, rows, N2, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        y = rows_dot(
+            x_ptr, w2, a2, c2, a22, c22, o2, rows, N2, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM
+        )
         tl.store(y_ptr + N1 + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N2)
     else:
         rows = (pid - p1 - p2) * BN + lane
-        y = rows_dot(x_ptr, w3, a3, c3, a23, c23, o3, rows, N3, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+        y = rows_dot(
+            x_ptr, w3, a3, c3, a23, c23, o3, rows, N3, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM
+        )
         tl.store(y_ptr + N1 + N2 + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N3)
 
 
@@ -190,11 +211,16 @@ def gate_up_kernel(
     NB: tl.constexpr,
     SPLIT_X: tl.constexpr,
     PREFETCH: tl.constexpr,
+    LUT_ASM: tl.constexpr,
 ):
     """``silu(x @ G.T) * (x @ U.T)``, each rounded to the activations' dtype as the eager ops are."""
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    gate = rows_dot(x_ptr, w1, a1, c1, a21, c21, o1, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
-    up = rows_dot(x_ptr, w2, a2, c2, a22, c22, o2, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH)
+    gate = rows_dot(
+        x_ptr, w1, a1, c1, a21, c21, o1, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM
+    )
+    up = rows_dot(
+        x_ptr, w2, a2, c2, a22, c22, o2, rows, N, K, NESTED, QBLOCK, QBLOCK2, BN, NB, SPLIT_X, PREFETCH, LUT_ASM
+    )
     dtype = y_ptr.dtype.element_ty
     g = gate.to(dtype).to(tl.float32)
     act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)

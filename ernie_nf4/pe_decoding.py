@@ -48,9 +48,9 @@ CACHE_TOKENS = 1024
 DECODER_CACHE_TOKENS = 512
 CACHE_ROUNDING = 256
 CHUNK_TOKENS = 16  # decode steps per CUDA graph replay: the host looks for EOS once per chunk
-# nf4_gemv's own NF4 kernels for the decode steps' linears: correct, but on an H100 they read the weights at
-# 220-470 GB/s where bitsandbytes 0.50's batch-1 kernel reaches 310-940 GB/s (scripts/gpu_pe_bench.py), so off
-TRITON_GEMV_DEFAULT = False
+# nf4_gemv's own NF4 kernels for the decode steps' linears (q/k/v and gate/up fused): on an H100 a layer's products
+# take 70 us against bitsandbytes 0.50's 76 (scripts/gpu_pe_bench.py)
+TRITON_GEMV_DEFAULT = True
 HF_DEFAULT_TOP_K = 50  # transformers' GenerationConfig default, applied when the model's config leaves top_k unset
 _SUPPORTED_CONFIG_DEFAULTS = {  # generation-config fields whose other values would add logits processors
     "repetition_penalty": 1.0,
