@@ -237,7 +237,7 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         nf4(**inputs(timesteps[0]))  # the eager call that sets compilation up
         for t in timesteps:
             out["compiled"][t] = nf4(**inputs(t))[0]
-        disable_fast_path(nf4)  # the image comparison below runs the shipped default: fast, not compiled
+        disable_fast_path(nf4)  # the image comparison below runs the fast path eagerly (--no-compile)
         enable_fast_path(nf4)
         finals, images = {}, {}
         for name, gen in generators.items():

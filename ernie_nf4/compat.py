@@ -85,8 +85,6 @@ def fast_path_problem() -> str | None:
     missing = [a for a in _TRANSFORMER_ATTRS if f"self.{a}" not in source and a not in ("patch_size", "out_channels")]
     source = inspect.getsource(module.ErnieImageSharedAdaLNBlock.__init__)
     missing += [a for a in _BLOCK_ATTRS if f"self.{a}" not in source]
-    if not hasattr(module.ErnieImageTransformer2DModel, "compile_repeated_blocks"):
-        missing.append("compile_repeated_blocks")
     return f"ErnieImage transformer lacks {missing}" if missing else None
 
 
@@ -148,6 +146,19 @@ def set_allocator_settings(settings: str) -> bool:
     return True
 
 
+def run_compiled_only(fn):
+    """``fn`` running only the code dynamo already compiled for it: ``torch._dynamo.run`` (in torch since 2.0) looks
+    the compiled graphs up and runs a call none of them covers eagerly, instead of compiling on the caller's time.
+    Without it, one warning and ``torch.compile(fn, dynamic=True)``, which may compile again during a run."""
+    import torch
+
+    run = getattr(torch._dynamo, "run", None)
+    if run is None:
+        _warn_once("torch._dynamo.run", "a call the compiled blocks do not cover compiles again during its run")
+        return torch.compile(fn, dynamic=True)
+    return run(fn)
+
+
 def diffusers_bnb_guard():
     """The class whose ``validate_environment`` refuses NF4 without a GPU (tests lift that one check)."""
     from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
@@ -189,6 +200,8 @@ def upstream_problems() -> list[str]:
         torch.cuda.memory, "_set_allocator_settings"
     ):
         problems.append("torch allocator settings (_accelerator_setAllocatorSettings / _set_allocator_settings)")
+    if not callable(getattr(torch._dynamo, "run", None)):
+        problems.append("torch._dynamo.run")
     try:
         from gradio.queueing import Queue
 

@@ -109,9 +109,10 @@ def package_markdown(package) -> list[str]:
 
 
 def live_markdown(live, title: str = "This process") -> str:
+    compile_status = live.compile_status or ("compiled" if live.compiled else "")
     line = (
         f"**{title}** (memory mode {live.memory_mode}: {live.memory_mode_reason}"
-        f"{', compiled' if live.compiled else ''}): "
+        f"{'; transformer blocks ' + compile_status if compile_status else ''}): "
         + (f"loaded in {live.load_seconds:.1f} s" if live.loaded and live.load_seconds else "not loaded")
     )
     if live.last_run_seconds:

@@ -135,7 +135,9 @@ def load_pipeline(
     ``memory_mode``: see ``MemoryMode``. ``fast`` runs the transformer with ``fast_transformer``'s forward
     (flash attention without a padding mask, same outputs) and applies ``memory_savers`` (text encoder's token
     table in CPU memory, tiled VAE decode above 768 px); ``fast=False`` is diffusers' stock execution, the
-    benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks.
+    benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks, compiled at the end
+    of the first call (``fast_transformer.compile_blocks``); off by default here: the app's ``ImageService`` compiles in
+    the background on a CUDA GPU instead, while its first requests run eagerly.
     The folder is checked first (``package_check``): allowed classes only, every safetensors header against its
     file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
     A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.

@@ -1,4 +1,10 @@
-"""The image service behind the app: gets the package lazily, loads it once, generates, reports stats."""
+"""The image service behind the app: gets the package lazily, loads it once, generates, reports stats.
+
+Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, the transformer blocks
+compile in a background thread (``fast_transformer.BlockCompiler``) while requests run eagerly, and the next request
+after it is ready runs compiled. The switch happens only between requests, so each image is wholly eager or wholly
+compiled: the same seed gives the same image on one path, and the two paths differ in the last bits of bf16 rounding.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,14 @@ from .variants import DEFAULT_VARIANT, VARIANTS, get_variant
 
 logger = logging.getLogger(__name__)
 
+# Prompt of the prompt enhancer's warm-up at load (only when compiling in the background, see ImageService._load):
+# its decoding graph is captured then, before the compile thread uses the GPU. A typical length, so that the KV cache
+# it sizes (prompt + token cap) holds most prompts without growing, which would capture again.
+PE_WARM_UP_PROMPT = (
+    "A quiet harbour town at dawn, seen from a hill: fishing boats with faded blue and red hulls, wet cobblestones, "
+    "white houses with terracotta roofs, gulls over the water, soft mist, warm low sunlight, photographed on film."
+)
+
 NO_GPU_MESSAGE = (
     "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). "
     "To try the app without one, run `python app.py --tiny` (a tiny random model; images are noise)."
@@ -35,7 +49,10 @@ class ServiceConfig:
     max_pe_tokens: int | None = None  # None: the stock pipeline's limit (pe_tokenizer.model_max_length)
     verify_sha256: bool = False
     memory_mode: MemoryMode = MemoryMode.AUTO
-    compile: bool = False
+    # None: compile in the background on a CUDA GPU with every model on it (all-on-gpu), else eager; True: compile
+    # anywhere (on the CPU too; at load in low-vram mode, where the transformer is on the GPU only in its turn);
+    # False: eager.
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
@@ -91,11 +108,15 @@ class ImageService:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self.defaults = config.defaults
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while loading and while generating
         self._generator: Generator | None = None
+        self._load_progress = None  # the last Progress of a load under way, for requests waiting for it
+        self.compiler = None  # fast_transformer.BlockCompiler once loaded, when the blocks compile
+        self._eager_reason: str | None = None  # why there is no compiler, once loaded
         self.package_dir: Path | None = None
         self.load_seconds: float | None = None
         self.last_result: GenerationResult | None = None
+        self.last_run_compiled: bool | None = None  # whether the last request ran the compiled blocks
 
     @property
     def loaded(self) -> bool:
@@ -129,43 +150,117 @@ class ImageService:
         )
 
     def load(self, on_progress: ProgressCallback | None = None) -> Generator:
-        import torch
-
-        with self._lock:
+        """Get and load the package once (a call while another thread loads waits, seeing that load's progress)."""
+        if self._generator is not None:
+            return self._generator
+        self._acquire(on_progress)
+        try:
             if self._generator is not None:
                 return self._generator
-            if (problem := self.unavailable_reason()) is not None:
-                raise EnvironmentUnsupported(problem)
-            start = time.perf_counter()
-            config = self.config
-            self.package_dir = self._get_package(on_progress)
-            report(on_progress, "load", f"loading {self.package_dir.name}")
-            device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
-            # auto's thresholds are the full model's; a tiny one fits anywhere
-            mode = (
-                MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode
+            return self._load(self._recorded(on_progress))
+        finally:
+            self._load_progress = None
+            self._lock.release()
+
+    def _acquire(self, on_progress: ProgressCallback | None) -> None:
+        """Take the lock; meanwhile pass on the progress of a load running in another thread (``preload``)."""
+        shown = None
+        while not self._lock.acquire(timeout=0.25):
+            event = self._load_progress
+            if on_progress is not None and event is not None and event is not shown:
+                on_progress(event)
+                shown = event
+
+    def _recorded(self, on_progress: ProgressCallback | None) -> ProgressCallback:
+        def record(event) -> None:
+            self._load_progress = event
+            if on_progress is not None:
+                on_progress(event)
+
+        return record
+
+    def _load(self, on_progress: ProgressCallback) -> Generator:
+        import torch
+
+        if (problem := self.unavailable_reason()) is not None:
+            raise EnvironmentUnsupported(problem)
+        start = time.perf_counter()
+        config = self.config
+        self.package_dir = self._get_package(on_progress)
+        report(on_progress, "load", f"loading {self.package_dir.name}")
+        device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
+        # auto's thresholds are the full model's; a tiny one fits anywhere
+        mode = MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode
+        try:
+            generator = Generator.from_pretrained(
+                self.package_dir,
+                device=device,
+                memory_mode=mode,
+                verify_sha256=config.verify_sha256,
+                max_pe_tokens=config.max_pe_tokens,
             )
-            try:
-                generator = Generator.from_pretrained(
-                    self.package_dir,
-                    device=device,
-                    memory_mode=mode,
-                    verify_sha256=config.verify_sha256,
-                    compile=config.compile,
-                    max_pe_tokens=config.max_pe_tokens,
-                )
-            except torch.cuda.OutOfMemoryError as err:
-                free_device_memory()
-                raise OutOfMemory(
-                    "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
-                    "1024x1024), close what else uses the GPU, or use a GPU with more memory."
-                ) from err
-            if generator.loaded.compiled:
-                report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
-                generator.warm_up(guidance_scale=self.defaults.guidance_scale)
-            self._generator = generator
-            self.load_seconds = time.perf_counter() - start
-            return generator
+            self._eager_reason = self._why_eager(generator.loaded)
+            if self._eager_reason is None:
+                self._start_compiling(generator, on_progress)
+        except torch.cuda.OutOfMemoryError as err:
+            free_device_memory()
+            raise OutOfMemory(
+                "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
+                "1024x1024), close what else uses the GPU, or use a GPU with more memory."
+            ) from err
+        self._generator = generator
+        self.load_seconds = time.perf_counter() - start
+        return generator
+
+    def _why_eager(self, loaded) -> str | None:
+        """None when the transformer blocks should compile, else why they run eagerly (for Stats)."""
+        wanted = self.config.compile
+        if wanted is False:
+            return "eager: compile off (--no-compile)"
+        if not loaded.fast:
+            return "eager: this diffusers has no fast path to compile"
+        if wanted is None and not loaded.device.startswith("cuda"):
+            return "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
+        if wanted is None and loaded.memory_mode is not MemoryMode.ALL_ON_GPU:
+            return f"eager: {loaded.memory_mode.value} compiles only with --compile (at load, before the first run)"
+        return None
+
+    def _start_compiling(self, generator: Generator, on_progress: ProgressCallback) -> None:
+        """``self.compiler`` for the loaded transformer, compiling in the background (all-on-gpu) or now (low-vram,
+        where the transformer is on the GPU only in its turn)."""
+        from .fast_transformer import BlockCompiler
+
+        loaded = generator.loaded
+        try:
+            compiler = BlockCompiler(loaded.pipe.transformer)
+        except Exception as err:  # e.g. a cache folder that cannot be made: compiling never costs a run
+            self._eager_reason = f"eager: compile failed ({type(err).__name__}: {err})"
+            logger.warning("%s", self._eager_reason)
+            return
+        self.compiler = compiler
+        if loaded.residency is not None:
+            report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
+            loaded.use("transformer")
+            if compiler.compile():
+                compiler.activate()
+            return
+        if loaded.device.startswith("cuda") and loaded.has_pe:
+            self._capture_pe_graph(generator, on_progress)
+        compiler.start()
+        report(on_progress, "compile", "the transformer blocks compile in the background; runs are eager until then")
+
+    def _capture_pe_graph(self, generator: Generator, on_progress: ProgressCallback) -> None:
+        """Run the prompt enhancer once now, so its CUDA graph is captured before the compile thread starts: a
+        capture (in the default global mode) fails when another thread uses the GPU meanwhile. A failure here is
+        only logged: the first request runs the PE as it would have."""
+        import torch
+
+        report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")
+        try:
+            with torch.cuda.device(generator.loaded.device):
+                generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
+        except Exception as err:  # a warm-up: the real run reports its own errors
+            logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
 
     def generate(
         self,
@@ -177,10 +272,21 @@ class ImageService:
         generator = self.load(on_progress)
         stages = _StageReporter(request, on_progress)
         with self._lock:  # one generation at a time per GPU
+            # Compiled blocks, once ready, from this request on: never halfway through one.
+            compiled = self.compiler is not None and self.compiler.activate()
             stages.start(request.use_pe and generator.loaded.has_pe)
             result = generator.generate(request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel)
-        self.last_result = result
+        self.last_result, self.last_run_compiled = result, compiled
         return result
+
+    @property
+    def compile_status(self) -> str:
+        """For people: ``compiled``, ``eager: compiling in the background``, ``eager: compile off (--no-compile)``..."""
+        if self.compiler is not None:
+            return self.compiler.describe()
+        if self._eager_reason is not None:
+            return self._eager_reason
+        return "eager: compile off (--no-compile)" if self.config.compile is False else "decided when the model loads"
 
     @property
     def provenance(self) -> str | None:
@@ -193,7 +299,8 @@ class ImageService:
             loaded=loaded is not None,
             memory_mode=loaded.memory_mode.value if loaded else self.config.memory_mode.value,
             memory_mode_reason=loaded.memory_mode_reason if loaded else "decided when the model loads",
-            compiled=loaded.compiled if loaded else self.config.compile,
+            compiled=self.compiler is not None and self.compiler.active,
+            compile_status=self.compile_status,
             device=loaded.device if loaded else None,
             load_seconds=self.load_seconds,
             last_run_seconds=last.seconds if last else None,
@@ -207,6 +314,22 @@ class ImageService:
 
         folder = self.package_dir or Path(self.config.model_dir).expanduser()
         return ServiceStats(model=self.label, package=package_stats(folder), live=self.live_stats())
+
+
+def preload(service) -> threading.Thread:
+    """``service.load()`` in a background thread (daemon): what the app starts with on a GPU. A request that comes
+    meanwhile waits for it (an ``ImageService`` shows it that load's progress); a failure is logged, and the next
+    request loads again and reports it."""
+
+    def run() -> None:
+        try:
+            service.load()
+        except Exception as err:  # the next request tries again and shows the error to its user
+            logger.warning("loading at start failed (the next request tries again): %s", err)
+
+    thread = threading.Thread(target=run, name="ernie-nf4-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _has_cuda() -> bool:

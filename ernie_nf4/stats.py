@@ -79,8 +79,9 @@ class LiveStats:
     loaded: bool
     memory_mode: str
     memory_mode_reason: str
-    compiled: bool
+    compiled: bool  # the compiled transformer blocks are in use
     device: str | None = None
+    compile_status: str = ""  # for people: "compiled", "eager: compiling in the background", "eager: compile off"...
     load_seconds: float | None = None
     last_run_seconds: StageSeconds | None = None
     last_run_peak_vram: PeakVram | None = None

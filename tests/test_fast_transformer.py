@@ -1,8 +1,12 @@
+import logging
+
 import pytest
 import torch
 from diffusers import ErnieImageTransformer2DModel
 
 from ernie_nf4.fast_transformer import (
+    BlockCompiler,
+    CompileState,
     FastErnieImageTransformer2DModel,
     compile_blocks,
     disable_fast_path,
@@ -92,3 +96,85 @@ def test_compiled_nf4_blocks_match_stock_and_one_graph_serves_every_size(tiny_pa
     third = model(**cfg_inputs(model, height=12, width=4, lengths=(2, 5)))[0]
     assert third.shape == (2, model.config.out_channels, 12, 4)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.fixture
+def nf4_transformer(tiny_package, nf4_everywhere):
+    model = ErnieImageTransformer2DModel.from_pretrained(
+        tiny_package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}
+    )
+    enable_fast_path(model)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["nf4", "bf16"])
+@torch.no_grad()
+def test_background_compile_serves_eager_calls_meanwhile_and_switches_only_when_activated(weights, request):
+    from torch._dynamo.utils import counters
+
+    model = request.getfixturevalue(f"{weights}_transformer")
+    enable_fast_path(model)
+    cases = [  # a CFG batch, a new size and prompt lengths, one sample (guidance <= 1)
+        cfg_inputs(model),
+        cfg_inputs(model, height=10, width=4, lengths=(3, 9), seed=1),
+        cfg_inputs(model, height=12, width=8, lengths=(6,), seed=2),
+    ]
+    eager = [model(**inputs)[0] for inputs in cases]
+    compiler = compile_blocks(model, background=True)
+    assert compiler.state is CompileState.COMPILING and not compiler.active
+    calls = 0
+    while compiler.state is CompileState.COMPILING:  # the model keeps serving, eagerly and exactly as before
+        assert torch.equal(model(**cases[calls % 3])[0], eager[calls % 3])
+        calls += 1
+    assert calls >= 1
+    assert compiler.wait(timeout=600) is CompileState.READY, compiler.error
+    assert compiler.describe() == "compiled (from the next run)"
+    assert torch.equal(model(**cases[0])[0], eager[0])  # ready, but nothing switches until activate()
+    assert compiler.activate() and compiler.describe() == "compiled"
+    graphs = counters["stats"]["unique_graphs"]
+    for inputs, reference in zip(cases, eager, strict=True):
+        compiled = model(**inputs)[0]
+        assert relative_error(compiled, reference) <= 1e-2  # compiled rounds bf16 a little differently
+        assert torch.equal(model(**inputs)[0], compiled)  # and the same inputs give the same outputs
+    assert compiler.fallback_calls == 0  # every block of every call ran the compiled code
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled on a caller's time
+
+
+@pytest.mark.slow
+def test_a_call_the_compiled_block_does_not_cover_runs_eagerly_without_compiling(nf4_transformer, caplog):
+    from torch._dynamo.utils import counters
+
+    model = nf4_transformer
+    inputs = cfg_inputs(model, lengths=(1, 7, 4))  # three samples: the warm-up compiled for one and for two
+    with torch.no_grad():
+        eager = model(**inputs)[0]
+    compiler = BlockCompiler(model)
+    assert compiler.compile() and compiler.activate()
+    graphs = counters["stats"]["unique_graphs"]
+    with caplog.at_level(logging.WARNING, logger="ernie_nf4.fast_transformer"), torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(model(**inputs)[0], eager)
+    assert compiler.fallback_calls == 2 * len(model.layers)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert caplog.text.count("does not cover a call") == 1
+
+
+def broken_backend(graph, example_inputs):
+    """A torch.compile backend that cannot compile anything."""
+    raise RuntimeError("no compiler here")
+
+
+def test_a_failed_compile_logs_one_line_and_leaves_the_model_eager(nf4_transformer, caplog):
+    model = nf4_transformer
+    inputs = cfg_inputs(model)
+    with torch.no_grad():
+        expected = model(**inputs)[0]
+    compiler = BlockCompiler(model, backend=broken_backend)
+    with caplog.at_level(logging.WARNING, logger="ernie_nf4.fast_transformer"):
+        assert compiler.start().wait(timeout=300) is CompileState.FAILED
+    assert "no compiler here" in compiler.error and compiler.describe().startswith("eager: compile failed (")
+    assert caplog.text.count("compiling the transformer blocks failed") == 1
+    assert compiler.activate() is False
+    with torch.no_grad():
+        assert torch.equal(model(**inputs)[0], expected)

@@ -47,6 +47,13 @@ def switch(flag: str, environ) -> bool:
     raise SettingsError(f"{env_name(flag)}={environ[env_name(flag)]!r}: use one of {ON_WORDS} or {OFF_WORDS[:-1]}")
 
 
+def optional_switch(flag: str, environ) -> bool | None:
+    """A ``--x/--no-x`` switch's default from ``ERNIE_NF4_X``: None (the automatic choice) when unset or empty."""
+    if not environ.get(env_name(flag), "").strip():
+        return None
+    return switch(flag, environ)
+
+
 def port_number(text: str, name: str = "--port") -> int:
     try:
         port = int(str(text).strip())
@@ -121,9 +128,18 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        action="store_true",
-        default=switch("compile", environ),
-        help="compile the transformer blocks and CUDA-graph the prompt enhancer at load",
+        action=argparse.BooleanOptionalAction,
+        default=optional_switch("compile", environ),
+        help="compile the transformer blocks (torch.compile). Default: on with a CUDA GPU in all-on-gpu mode, "
+        "compiling in the background after loading while requests run eagerly, switching at the next request once "
+        "ready; --compile also turns it on elsewhere (low-vram: at load); --no-compile: always eager",
+    )
+    p.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        default=optional_switch("preload", environ),
+        help="load the model (and start compiling) in the background as the app starts. Default: on with a CUDA "
+        "GPU; --no-preload waits for the first Generate or Load model",
     )
     p.add_argument(
         "--verify-sha256",
@@ -229,6 +245,26 @@ def build_service(args, config):
     return ReplicaService(config, devices) if devices else ImageService(config)
 
 
+def start_loading(service, args):
+    """What ``python app.py`` starts as it comes up: on a CUDA GPU (or with ``--preload``) the model loads in a
+    background thread, and with it the transformer blocks start compiling; a request that comes first waits for
+    that load (and shows its progress). Returns the thread, or None. Imports no Gradio (scripts/gpu_first_image.py
+    runs this as the app does)."""
+    from ..service import preload
+    from . import zerogpu
+
+    if zerogpu.on_zerogpu():  # loaded already, before the app (build_service)
+        return None
+    wanted = args.preload
+    if wanted is None:
+        import torch
+
+        wanted = torch.cuda.is_available() and args.device != "cpu"
+    if not wanted or service.unavailable_reason() is not None:
+        return None
+    return preload(service)
+
+
 def parse_auth(text: str | None):
     if not text:
         return None
@@ -292,7 +328,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import limits as app_limits
     from .outputs import OutputStore
-    from .ui import build_demo
 
     # The operator's log: what the library reports (download, build, load, memory mode, warnings) with times.
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
@@ -305,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
         service = build_service(args, config)
     except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")
+    start_loading(service, args)  # before Gradio is imported and the UI built and launched: the two overlap
+    from .ui import build_demo
+
     demo = build_demo(service, output_dir=outputs)
     launch_limits = app_limits.configure(demo, limits)
     if warning := exposure_warning(args):

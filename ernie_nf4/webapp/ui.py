@@ -86,7 +86,8 @@ class Handlers:
             self.service.load(self._progress_callback(progress))
         except Exception as err:
             raise gr.Error(user_message(err)) from err
-        return f"Model ready ({self.service.label})."
+        status = getattr(self.service, "compile_status", None)  # ImageService's; other services may lack it
+        return f"Model ready ({self.service.label}" + (f"; transformer blocks {status}" if status else "") + ")."
 
     def _start_run(self, key: str, request=None):
         return self.runs.start(key, request)

@@ -169,13 +169,14 @@ def gpu_generate(service, gpu_decorator=None):
 
 
 def adjust_config(config):
-    """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line)."""
+    """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line when --compile asked for it)."""
     from dataclasses import replace
 
     from ..memory import MemoryMode
 
     if config.compile:
         print("ZeroGPU: --compile turned off (each GPU call runs in a fresh worker)", flush=True)
+    if config.compile is not False:  # also the default (None), which would compile on a GPU
         config = replace(config, compile=False)
     if config.memory_mode is MemoryMode.AUTO:  # the main process sees no real GPU to measure; a slice has 70 GB
         config = replace(config, memory_mode=MemoryMode.ALL_ON_GPU)
