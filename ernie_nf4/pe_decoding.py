@@ -481,7 +481,8 @@ class _Graph:
             steps()
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: GPU work of other threads (the transformer compiling in the background) is no error here
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             steps()
 
     def draw_noise(self) -> None:

@@ -130,4 +130,4 @@ def test_the_service_compiles_in_the_background_while_requests_run_eagerly_then_
         assert runs[-1][0]
     assert compiler.fallback_calls == 0
     if HAS_CUDA:  # the PE's graph was captured at load, before the compile thread used the GPU
-        assert generator._pe_decoder is not None and generator._pe_decoder.broken is None
+        assert generator.pe_decoder is not None and generator.pe_decoder.broken is None
