@@ -22,9 +22,6 @@ two candidates are that close. It is reproducible: the same seed gives the same 
 A graph holds addresses. Low-vram mode moves the PE's tensors between CPU and GPU, always into the same place of
 the residency's arena, so the graph stays valid (and the KV cache can live in the arena too: ``cache_storage``); it
 is captured again (a fraction of a second) only when a fingerprint of the PE's tensor addresses changed.
-
-The old names ``compile_decoding``/``is_compiled``/``uncompile_decoding`` (transformers' own auto-compile of
-``model.generate``) stay for callers not yet moved to ``PEDecoder``.
 """
 
 from __future__ import annotations
@@ -39,9 +36,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# transformers' static cache for the legacy compile_decoding, reserved from the start so prompts of other lengths
-# reuse the compiled step.
-CACHE_TOKENS = 1024
 # PEDecoder's KV cache: at least this long (prompt + new tokens + a chunk), grown in steps of CACHE_ROUNDING (each
 # growth captures the graph again). Graphed attention reads the whole cache, so shorter is faster: on an H100,
 # 3.55 ms/token with 512 against 3.79 with 1024 (200-token prompt, 256 new tokens).
@@ -70,30 +64,6 @@ _SUPPORTED_CONFIG_DEFAULTS = {  # generation-config fields whose other values wo
     "guidance_scale": None,
     "top_h": None,
 }
-
-
-# --- transformers' auto-compile of generate (the previous approach) ---------------------------------------------
-
-
-def _always(model_kwargs, generation_config) -> bool:
-    return True
-
-
-def compile_decoding(model) -> None:
-    """Legacy: decode ``model.generate`` steps with a static cache and transformers' compiled, CUDA-graphed forward."""
-    model.generation_config.cache_implementation = "static"
-    model._valid_auto_compile_criteria = _always
-    model._previous_max_cache_length = max(getattr(model, "_previous_max_cache_length", -1), CACHE_TOKENS)
-
-
-def is_compiled(model) -> bool:
-    return model.__dict__.get("_valid_auto_compile_criteria") is _always
-
-
-def uncompile_decoding(model) -> None:
-    """Back to transformers' default (dynamic cache, eager steps)."""
-    model.generation_config.cache_implementation = None
-    model.__dict__.pop("_valid_auto_compile_criteria", None)
 
 
 # --- sampling ---------------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 Builds the PE (Ministral3, 3.8 B parameters) with random weights on the GPU and quantizes its decoder linears to
 NF4 in memory with bitsandbytes (double quantization, bf16 compute: what the package holds), then measures
 ms/token for eager transformers ``generate``, our loop without graphs (checked token for token against eager
-``generate``), our CUDA-graphed loop with bitsandbytes and with the Triton kernels, the same after low-vram moves
-(``Residency``), capture costs, the NF4 GEMV against bitsandbytes per weight shape, and (unless
-``--skip-hf-compiled``) transformers' auto-compiled generate. Random weights never emit EOS, so every run writes
-``--tokens`` tokens. Prints a table last; ``--out`` also gets it as JSON.
+``generate``), our CUDA-graphed loop with torch ops, with the fused kernels and bitsandbytes' products, and with
+``nf4_gemv``'s NF4 kernels (the default), the same after a low-vram move (``Residency``), capture costs, each NF4
+product against bitsandbytes per weight shape and launch configuration, and the decode attention against masked
+SDPA. Random weights never emit EOS, so every run writes ``--tokens`` tokens. Prints a table last; ``--out`` also
+gets it as JSON; ``--sections`` picks sections by name.
 
     python scripts/gpu_pe_bench.py --out $OUT/pe_bench.json
 """
@@ -255,12 +256,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="PE decoding speed on a full-size random NF4 PE.")
     parser.add_argument("--tokens", type=int, default=256, help="new tokens per timed run")
     parser.add_argument("--eager-tokens", type=int, default=48, help="new tokens for the eager (slow) runs")
-    parser.add_argument("--skip-hf-compiled", action="store_true", help="skip transformers' auto-compiled generate")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--sections", default=None, help="comma-separated section names to run (default: all)")
     args = parser.parse_args()
 
-    from ernie_nf4.pe_decoding import PEDecoder, compile_decoding, uncompile_decoding
+    from ernie_nf4.pe_decoding import PEDecoder
     from ernie_nf4.residency import Residency
 
     rows = []
@@ -342,29 +342,18 @@ def main() -> None:
         )
         residency.use("pe")
 
-    def hf_compiled():
-        compile_decoding(pe)
-        _, first = timed(lambda: hf_generate(pe, ids, args.eager_tokens, seed))
-        out, s = timed(lambda: hf_generate(pe, ids, args.tokens, seed))
-        uncompile_decoding(pe)
-        rows.append(
-            ("HF generate, auto-compiled", f"{s / len(out) * 1e3:.2f} ms/tok", f"first call (compiles) {first:.1f} s")
-        )
-
     section("HF eager", eager_hf)
     section("ours eager", ours_eager)
     section("graphed", lambda: ours_graphed("ours, graphed, torch ops", "graphed", triton_kernels=False))
-    section("graphed fused", lambda: ours_graphed("ours, graphed (defaults)", "graphed_fused"))
     section(
-        "graphed fused gemv",
-        lambda: ours_graphed("ours, graphed, Triton NF4 GEMV", "graphed_gemv", triton_kernels=True, triton_gemv=True),
+        "graphed fused bnb",
+        lambda: ours_graphed("ours, graphed, bitsandbytes products", "graphed_bnb", triton_gemv=False),
     )
+    section("graphed fused", lambda: ours_graphed("ours, graphed (defaults: nf4_gemv products)", "graphed_fused"))
     section("profile", profile)
     section("gemv", lambda: gemv_bench(pe, rows))
     section("attention", lambda: attention_bench(rows))
     section("low-vram", low_vram)
-    if not args.skip_hf_compiled:
-        section("HF compiled", hf_compiled)
 
     table = [f"PE decoding, full-size random NF4 PE, prompt {PROMPT_TOKENS} tokens, {device_name}"]
     table += [f"{name:<48} {value:>14}  {note}" for name, value, note in rows]

@@ -3,13 +3,10 @@ import torch
 
 from ernie_nf4.pe_decoding import (
     PEDecoder,
-    compile_decoding,
     decode_one_token,
     generate_tokens,
-    is_compiled,
     model_parts,
     prefill,
-    uncompile_decoding,
 )
 
 from .support.fixtures import DEVICE
@@ -181,30 +178,6 @@ def test_a_failing_capture_falls_back_to_generate(tiny_pe, caplog, monkeypatch):
     tokens, _ = decoder.generate(as_ids(PROMPTS[0]), 10, seed=8)
     assert decoder.broken and "capture failed" in caplog.text
     assert torch.equal(tokens, eager_generate(tiny_pe, as_ids(PROMPTS[0]), 10, seed=8))
-
-
-@pytest.mark.cuda
-def test_legacy_compile_decoding_samples_the_same_tokens_and_serves_other_prompt_lengths(tiny_pe):
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    eager = [eager_generate(tiny_pe, as_ids(prompt), 12, seed=0) for prompt in PROMPTS]
-    compile_decoding(tiny_pe)
-    try:
-        assert is_compiled(tiny_pe)
-        first = eager_generate(tiny_pe, as_ids(PROMPTS[0]), 12, seed=0)
-        assert first.shape == eager[0].shape
-        if DEVICE == "cpu":  # on a GPU, fused kernels may round differently and pick other tokens
-            assert torch.equal(first, eager[0])
-        graphs = counters["stats"]["unique_graphs"]
-        assert graphs > 0
-        assert torch.equal(eager_generate(tiny_pe, as_ids(PROMPTS[0]), 12, seed=0), first)
-        assert eager_generate(tiny_pe, as_ids(PROMPTS[1]), 12, seed=0).shape == eager[1].shape
-        assert counters["stats"]["unique_graphs"] == graphs
-    finally:
-        uncompile_decoding(tiny_pe)
-    assert not is_compiled(tiny_pe) and tiny_pe.generation_config.cache_implementation is None
-    assert torch.equal(eager_generate(tiny_pe, as_ids(PROMPTS[0]), 12, seed=0), eager[0])
 
 
 @pytest.mark.parametrize("top_p", [0.95, 1.0])
