@@ -159,9 +159,10 @@ class Generator:
             # Kept between requests in every memory mode. In low-vram the PE leaves the GPU after this, but the
             # residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
             # next request replays it without capturing again; the KV cache (104 KiB a token for the full PE: 245
-            # MB at the stock cap of 2048) lives in the arena behind the PE, where the larger transformer's bytes
-            # go while the PE is away, so it costs no memory of its own. What stays on the GPU meanwhile: the
-            # graph's noise buffers (17 MB) and its memory pool.
+            # MB at the stock cap of 2048) lives in the arena behind the PE when it fits there (about 17,000 tokens
+            # for the full model), where the larger transformer's bytes go while the PE is away, so it costs no
+            # memory of its own; a cache that does not fit is allocated and kept as in all-on-gpu. What else stays on
+            # the GPU meanwhile: the graph's noise buffers (17 MB) and its memory pool.
             if self._pe_decoder is None:
                 residency = self.loaded.residency
                 storage = None

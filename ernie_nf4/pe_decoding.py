@@ -9,15 +9,20 @@ tokens back once to look for EOS.
 Sampling reproduces transformers' ``generate(do_sample=True, temperature, top_p)`` exactly: the same logits
 processors in the same order (temperature, the default top-k of 50 unless the model's generation config says
 otherwise, top-p) and the same random numbers. ``torch.multinomial(probs, 1)`` is computed by PyTorch as
-``argmax(probs / q)`` with ``q = empty_like(probs).exponential_()``: we draw each step's ``q`` with the same call on
-the same generator, outside the graph, and the graph reads it. So with the same logits the same tokens come out.
+``argmax(probs / q)`` with ``q = empty_like(probs).exponential_()``: we draw each step's ``q`` with the same call,
+outside the graph, from a generator of the call's own seeded as ``torch.manual_seed(seed)`` seeds the default one
+(so the draws are the same, and no other thread can reset them midway), and the graph reads it. So with the same
+logits the same tokens come out. In the graph, top-k runs first and the rest on its 50 candidates only
+(``sample_token_topk_first``): the same distribution, a token apart only where rounding flips a near tie.
 
 Which logits: ``PEDecoder(graphs=False)`` (the CPU, and the GPU when asked) runs the model's own modules and
 transformers' attention function on exactly the tokens written so far, which is what eager ``generate`` computes:
-its tokens equal eager ``generate``'s. The graphed path must keep tensor shapes fixed, so its attention reads the
-whole cache under a mask (another kernel, other rounding) and, with ``triton_kernels``, its linear layers and norms
-run ``nf4_gemv``'s kernels; its logits then differ from eager ones in the last bits, and a token can differ where
-two candidates are that close. It is reproducible: the same seed gives the same tokens.
+its tokens equal eager ``generate``'s. The graphed path must keep tensor shapes fixed, so its attention is another
+kernel (other rounding) and, with ``triton_kernels``, its linear layers and norms run ``nf4_gemv``'s kernels; its
+logits then differ from eager ones in the last bits, and a token can differ where
+two candidates are that close. It is reproducible: the same seed gives the same tokens. Without Triton the graphed
+attention reads the whole cache under a mask; with it (``triton_kernels``, the default) ``decode_attention`` reads
+the written entries only.
 
 A graph holds addresses. Low-vram mode moves the PE's tensors between CPU and GPU, always into the same place of
 the residency's arena, so the graph stays valid (and the KV cache can live in the arena too: ``cache_storage``); it
@@ -37,8 +42,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 # PEDecoder's KV cache: at least this long (prompt + new tokens + a chunk), grown in steps of CACHE_ROUNDING (each
-# growth captures the graph again). Graphed attention reads the whole cache, so shorter is faster: on an H100,
-# 3.55 ms/token with 512 against 3.79 with 1024 (200-token prompt, 256 new tokens).
+# growth captures the graph again). Without Triton, graphed attention reads the whole cache under a mask, so shorter
+# is faster there: on an H100, 3.55 ms/token with 512 against 3.79 with 1024 (200-token prompt, 256 new tokens).
 DECODER_CACHE_TOKENS = 512
 CACHE_ROUNDING = 256
 CHUNK_TOKENS = 16  # decode steps per CUDA graph replay: the host looks for EOS once per chunk
@@ -455,10 +460,10 @@ class _Graph:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             steps()
 
-    def draw_noise(self) -> None:
+    def draw_noise(self, rng: torch.Generator) -> None:
         """This chunk's ``q ~ Exp(1)`` draws, one ``(1, V)`` call per step as ``torch.multinomial`` makes them."""
         for i in range(self.chunk):
-            self.staging[i].exponential_()
+            self.staging[i].exponential_(generator=rng)
 
     def run(self) -> None:
         self.graph.replay()
@@ -553,19 +558,26 @@ class PEDecoder:
             return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
         if self.graphs and self.broken is None:
             try:
-                with self._seeded(seed):
-                    return self._generate(input_ids, max_new_tokens, sampling, eos, graphed=True)
+                with torch.no_grad():
+                    return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), graphed=True)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as err:  # the graph is an optimisation: never let it cost the user a run
                 self.broken = f"{type(err).__name__}: {err}"
-                self._graph = self._graph_key = None
+                self.cache = self._graph = self._graph_key = None  # transformers' generate keeps its own cache
                 logger.warning("CUDA-graphed PE decoding failed (%s); using transformers' generate", self.broken)
                 return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
         if self.broken is not None:
             return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
-        with self._seeded(seed):
-            return self._generate(input_ids, max_new_tokens, sampling, eos, graphed=False)
+        with torch.no_grad():
+            return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), graphed=False)
+
+    def _rng(self, seed: int) -> torch.Generator:
+        """The random numbers of one call: a generator of its own, seeded with ``seed``, which draws what the
+        default generator would after ``torch.manual_seed(seed)`` (so the tokens are ``generate``'s), without
+        touching the process's random state. Another thread may reset that meanwhile: Dynamo restores it at the end
+        of every compile (the transformer compiles in the background), which would change the draws mid-call."""
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int):
@@ -591,32 +603,32 @@ class PEDecoder:
             if storage is not None and cache.storage is not None and storage.data_ptr() == cache.storage.data_ptr():
                 cache.clear()
                 return cache
-        self.cache = self._graph = self._graph_key = None  # free the old one first
+        cache = self.cache = self._graph = self._graph_key = None  # free the old one first
         self.cache = StaticKV(self.parts, length, dtype, self.device, storage)
         return self.cache
 
-    def _generate(self, input_ids, max_new_tokens, sampling, eos, graphed):
+    def _generate(self, input_ids, max_new_tokens, sampling, eos, rng, graphed):
         length = input_ids.shape[1]
         cache = self._ensure_cache(length + max_new_tokens + (self.chunk_tokens if graphed else 0))
         graph = self._ensure_graph(cache, sampling) if graphed else None
         logits = prefill(self.parts, input_ids, cache)
-        noise = torch.empty_like(logits).exponential_()
+        noise = torch.empty_like(logits).exponential_(generator=rng)
         first = sample_token(logits, noise, sampling)
         if graphed:
-            tokens = decode_n_tokens(graph, first, length, max_new_tokens - 1, eos)
+            tokens = decode_n_tokens(graph, first, length, max_new_tokens - 1, eos, rng)
         else:
-            tokens = self._decode_eagerly(first, length, max_new_tokens - 1, sampling, eos)
+            tokens = self._decode_eagerly(first, length, max_new_tokens - 1, sampling, eos, rng)
         ids = torch.tensor(tokens, dtype=torch.long)
         return ids, bool(tokens) and tokens[-1] in eos
 
-    def _decode_eagerly(self, first, length, budget, sampling, eos) -> list[int]:
+    def _decode_eagerly(self, first, length, budget, sampling, eos, rng) -> list[int]:
         tokens = [int(first)]
         token, position = first.view(1, 1), torch.tensor([length], device=self.device)
         for _ in range(budget):
             if tokens[-1] in eos:
                 break
             logits = decode_one_token(self.parts, token, position, self.cache, exact=True)
-            token = sample_token(logits, torch.empty_like(logits).exponential_(), sampling).view(1, 1)
+            token = sample_token(logits, torch.empty_like(logits).exponential_(generator=rng), sampling).view(1, 1)
             tokens.append(int(token))
             position += 1
         return tokens
@@ -657,7 +669,9 @@ class PEDecoder:
         return tokens, bool(len(tokens)) and int(tokens[-1]) in eos
 
 
-def decode_n_tokens(graph: _Graph, first: torch.Tensor, length: int, budget: int, eos: frozenset[int]) -> list[int]:
+def decode_n_tokens(
+    graph: _Graph, first: torch.Tensor, length: int, budget: int, eos: frozenset[int], rng: torch.Generator
+) -> list[int]:
     """Up to ``budget`` tokens after ``first`` by whole-chunk graph replays; the host reads each chunk's tokens once
     (its only sync) and stops at the first EOS. Steps run past EOS or the budget inside the last chunk are dropped."""
     tokens = [int(first)]
@@ -665,11 +679,11 @@ def decode_n_tokens(graph: _Graph, first: torch.Tensor, length: int, budget: int
         return tokens
     graph.token.view(-1).copy_(first)
     graph.position.fill_(length)
-    graph.draw_noise()
+    graph.draw_noise(rng)
     while budget > 0:
         graph.run()
         if budget > graph.chunk:
-            graph.draw_noise()  # queued behind the replay: the GPU has it ready when the host comes back
+            graph.draw_noise(rng)  # queued behind the replay: the GPU has it ready when the host comes back
         graph.done.synchronize()
         for token in graph.host_tokens[: min(budget, graph.chunk)].tolist():
             tokens.append(token)

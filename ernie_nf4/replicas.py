@@ -48,6 +48,8 @@ class ReplicaService:
             raise InvalidArgument("ReplicaService needs at least one device")
         self.config = config
         self.replicas = [ImageService(replace(config, device=device)) for device in devices]
+        for replica in self.replicas:  # their compiles start once all have loaded (see ImageService.compile_later)
+            replica.compile_later = True
         self.defaults = self.replicas[0].defaults
         self._free: queue.Queue[int] = queue.Queue()
         for index in range(len(self.replicas)):
@@ -78,6 +80,8 @@ class ReplicaService:
         with self._load_lock:
             for replica in self.replicas:
                 replica.load(on_progress)
+        for replica in self.replicas:
+            replica.start_compiling()
         return self
 
     def generate(self, request, on_progress=None, cancel=None):
@@ -88,6 +92,7 @@ class ReplicaService:
             if not replica.loaded:
                 with self._load_lock:
                     replica.load(on_progress)
+                replica.start_compiling()
             result = replica.generate(request, on_progress=on_progress, cancel=cancel)
             self.served_by.append(index)
             return result

@@ -161,7 +161,9 @@ class Residency:
     def _ensure_arena(self) -> torch.Tensor:
         """The arena, allocated now if there is none or it is smaller than a model added since."""
         if self._arena is None or self._arena.numel() < self.arena_bytes:
-            self._arena = None  # nothing points into an old one (see use): freed before the new one is made
+            # no model points into an old one (see use); a PE decoder's KV cache in ``scratch`` may, and keeps that
+            # one alive until the decoder makes a new cache (its storage then moved: ``PEDecoder._ensure_cache``)
+            self._arena = None
             self._arena = torch.empty(self.arena_bytes, dtype=torch.uint8, device=self.device)
             logger.debug("arena of %.2f GB on %s", self.arena_bytes / 1e9, self.device)
         return self._arena
@@ -204,7 +206,8 @@ class Residency:
             self.resident = None
 
     def close(self) -> None:
-        """No model on the device and the arena freed; a later ``use`` allocates a new one (other addresses)."""
+        """No model on the device and the arena given up; a later ``use`` allocates a new one (other addresses). The
+        memory is freed once nothing else holds a view of it (a PE decoder's KV cache in ``scratch`` does)."""
         self.release()
         self._arena = None
         if self._pin:

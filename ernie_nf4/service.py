@@ -117,6 +117,9 @@ class ImageService:
         self.load_seconds: float | None = None
         self.last_result: GenerationResult | None = None
         self.last_run_compiled: bool | None = None  # whether the last request ran the compiled blocks
+        # True: the background compile waits for ``start_compiling()`` (ReplicaService: until every replica has
+        # loaded, since a load changes process-wide torch state, e.g. the default dtype, under a running compile)
+        self.compile_later = False
 
     @property
     def loaded(self) -> bool:
@@ -246,13 +249,23 @@ class ImageService:
             return
         if loaded.device.startswith("cuda") and loaded.has_pe:
             self._capture_pe_graph(generator, on_progress)
+        if self.compile_later:
+            return
         compiler.start()
         report(on_progress, "compile", "the transformer blocks compile in the background; runs are eager until then")
 
+    def start_compiling(self) -> None:
+        """Start the background compile that a load with ``compile_later`` prepared (nothing otherwise)."""
+        from .fast_transformer import CompileState
+
+        with self._lock:  # priming runs the model: not beside a request
+            if self.compiler is not None and self.compiler.state is CompileState.PENDING:
+                self.compiler.start()
+
     def _capture_pe_graph(self, generator: Generator, on_progress: ProgressCallback) -> None:
-        """Run the prompt enhancer once now, so its CUDA graph is captured before the compile thread starts: a
-        capture (in the default global mode) fails when another thread uses the GPU meanwhile. A failure here is
-        only logged: the first request runs the PE as it would have."""
+        """Run the prompt enhancer once now, before the compile thread starts, so its CUDA graph is captured (and
+        its Triton kernels built) while nothing else uses the GPU, and the first request does not pay for it. A
+        failure here is only logged: the first request runs the PE as it would have."""
         import torch
 
         report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")

@@ -131,3 +131,20 @@ def test_the_service_compiles_in_the_background_while_requests_run_eagerly_then_
     assert compiler.fallback_calls == 0
     if HAS_CUDA:  # the PE's graph was captured at load, before the compile thread used the GPU
         assert generator.pe_decoder is not None and generator.pe_decoder.broken is None
+
+
+@pytest.mark.slow
+def test_replicas_start_compiling_only_once_every_replica_has_loaded(tiny_package, nf4_everywhere):
+    # A load sets process-wide torch state (the default dtype) that a compile running in another thread trips on.
+    from ernie_nf4.replicas import ReplicaService
+
+    replicas = ReplicaService(package_config(tiny_package, compile=True), ["cpu", "cpu"])
+    first, second = replicas.replicas
+    first.load()
+    assert first.compiler is not None and first.compiler.state is CompileState.PENDING  # waits for the others
+    replicas.load()
+    for replica in (first, second):
+        assert replica.compiler.state is not CompileState.PENDING
+        assert replica.compiler.wait(timeout=600) is CompileState.READY, replica.compiler.error
+    result = replicas.generate(GenerationRequest("a red fox", width=64, height=64, num_inference_steps=2, seed=3))
+    assert result.images and replicas.replicas[replicas.served_by[-1]].last_run_compiled

@@ -34,7 +34,15 @@ def nf4_linear(n, k, nested=True):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize(
-    "n,k,nested", [(4096, 3072, True), (1024, 3072, True), (3072, 9216, True), (9216, 3072, True), (640, 1024, False)]
+    "n,k,nested",
+    [
+        (4096, 3072, True),
+        (1024, 3072, True),
+        (3072, 9216, True),
+        (9216, 3072, True),
+        (640, 1024, False),
+        (1004, 3072, True),
+    ],
 )
 def test_nf4_gemv_equals_bitsandbytes_dequantize_then_matmul(n, k, nested):
     from ernie_nf4.nf4_gemv import nf4_gemv, reference_gemv, supports

@@ -196,3 +196,21 @@ def test_top_k_first_sampling_picks_the_tokens_full_sampling_picks(top_p):
         picked.append(int(fast))
         assert torch.equal(fast, full)
     assert len(set(picked)) > 100  # it samples, it does not always take the best logit
+
+
+def test_another_thread_resetting_the_global_random_state_midway_changes_no_token(tiny_pe):
+    """Dynamo restores the process's random state when a compile (the transformer's, in the background) ends; a
+    decode running meanwhile must not draw from it."""
+    decoder = PEDecoder(tiny_pe, graphs=False)
+    expected, _ = decoder.generate(as_ids(PROMPTS[0]), 20, seed=21)
+
+    def reset(_module, _inputs):  # stands in for the other thread, once per decode step
+        torch.manual_seed(777)
+
+    hook = model_parts(tiny_pe).embed.register_forward_pre_hook(reset)
+    try:
+        tokens, _ = decoder.generate(as_ids(PROMPTS[0]), 20, seed=21)
+    finally:
+        hook.remove()
+    assert torch.equal(tokens, expected)
+    assert torch.equal(expected, eager_generate(tiny_pe, as_ids(PROMPTS[0]), 20, seed=21))  # still generate's draws

@@ -122,7 +122,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
         "--memory-mode",
         choices=[m.value for m in APP_MEMORY_MODES] + ["gpu"],
         default=env("memory-mode", "auto"),
-        help="auto (default): all-on-gpu when the GPU has 10 GiB for this app, else low-vram (6 GiB), else a clear "
+        help="auto (default): all-on-gpu when the GPU has 10.5 GiB for this app, else low-vram (6 GiB), else a clear "
         "refusal; all-on-gpu: every model stays on the GPU (about 9.5 GiB at 1024x1024); low-vram: the models "
         "take turns on the GPU from pinned CPU memory (about 5.9 GiB, about as fast; ~9 GB of free RAM)",
     )
