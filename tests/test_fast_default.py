@@ -138,7 +138,7 @@ def test_replicas_start_compiling_only_once_every_replica_has_loaded(tiny_packag
     # A load sets process-wide torch state (the default dtype) that a compile running in another thread trips on.
     from ernie_nf4.replicas import ReplicaService
 
-    replicas = ReplicaService(package_config(tiny_package, compile=True), ["cpu", "cpu"])
+    replicas = ReplicaService(package_config(tiny_package, compile=True), [DEVICE, DEVICE])
     first, second = replicas.replicas
     first.load()
     assert first.compiler is not None and first.compiler.state is CompileState.PENDING  # waits for the others
