@@ -15,8 +15,11 @@ row-major, two 4-bit codes per byte, the even element in the high nibble; elemen
 ``code[nibble] * absmax[i // blocksize]``; with double quantization (``state.nested``)
 ``absmax[b] = state2.code[absmax_u8[b]] * state2.absmax[b // state2.blocksize] + state.offset``.
 
-Only for the decode steps of ``pe_decoding``; bitsandbytes runs everywhere else. Triton is imported on first use,
-so importing this module touches neither Triton nor CUDA.
+For the prompt (many tokens) ``nf4_dequantize`` gives bitsandbytes' dense weight bit for bit in one kernel (its
+``dequantize_4bit`` takes three and several Python layers), and the norm and rotary kernels take many tokens.
+
+Only for ``pe_decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
+Triton is imported on first use, so importing this module touches neither Triton nor CUDA.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Kernels(NamedTuple):
     add_rmsnorm: object
     rope_cache: object
     silu_mul: object
+    dequantize: object
 
 
 @functools.cache
@@ -53,6 +57,7 @@ def _kernels() -> Kernels:
         k.add_rmsnorm_kernel,
         k.rope_cache_kernel,
         k.silu_mul_kernel,
+        k.dequantize_kernel,
     )
 
 
@@ -228,17 +233,19 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 def add_rmsnorm(
     x: torch.Tensor, add: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h = x + add`` (when given) and ``weight * rmsnorm(h)`` for one token, as transformers' RMSNorm computes it
-    (float32 statistics, normalized value rounded to ``x.dtype`` before the weight); returns ``(h, normed)``."""
+    """``h = x + add`` (when given) and ``weight * rmsnorm(h)`` for each token (last dimension), as transformers'
+    RMSNorm computes it (float32 statistics, normalized value rounded to ``x.dtype`` before the weight); returns
+    ``(h, normed)``."""
     kernel = _kernels().add_rmsnorm
     hidden = x.shape[-1]
-    if x.numel() != hidden:
-        raise ValueError(f"x must hold one token, got shape {tuple(x.shape)}")
     x = x.contiguous()
+    if add is not None:
+        add = add.contiguous()
     h = torch.empty_like(x) if add is not None else x
     y = torch.empty_like(x)
     block = 1 << (hidden - 1).bit_length()
-    kernel[(1,)](x, add if add is not None else x, weight, h, y, hidden, eps, HAS_ADD=add is not None, BLOCK=block)
+    tokens = x.numel() // hidden
+    kernel[(tokens,)](x, add if add is not None else x, weight, h, y, hidden, eps, HAS_ADD=add is not None, BLOCK=block)
     return h, y
 
 
@@ -253,26 +260,34 @@ def rope_and_cache(
     keys: torch.Tensor,
     values: torch.Tensor,
 ) -> torch.Tensor:
-    """One token's rotary embedding of ``q`` (``heads * D``) and ``k``, the query scale, and the key/value write into
-    the caches ``(1, kv_heads, length, D)`` at ``position`` (a device tensor): twelve eager kernels in one. Returns
-    the query as ``(1, kv_heads, heads // kv_heads, D)``, ready for attention on the key/value heads."""
+    """The rotary embedding of ``q`` (``(1, T, heads * D)``) and ``k``, the query scale, and the key/value write into
+    the caches ``(1, kv_heads, length, D)`` at ``position`` (``(T,)`` device positions, so a captured graph serves
+    every step): twelve eager kernels in one. ``cos``/``sin``: ``(1, T, D)``; ``query_scale``: one per token.
+    Returns the query as ``(1, heads, T, D)``; for one token that is ``(1, kv_heads, heads // kv_heads, D)``, ready
+    for ``decode_attention``."""
     kv_heads, length, d = keys.shape[1], keys.shape[2], keys.shape[3]
-    heads = q.numel() // d
-    q_out = torch.empty((1, kv_heads, heads // kv_heads, d), dtype=q.dtype, device=q.device)
-    scale = query_scale if query_scale is not None else q
-    _kernels().rope_cache[(heads + kv_heads,)](
-        q,
-        k,
-        v,
-        cos,
-        sin,
+    tokens = position.numel()
+    heads = q.numel() // (d * tokens)
+    if tokens == 1:
+        q_out = torch.empty((1, kv_heads, heads // kv_heads, d), dtype=q.dtype, device=q.device)
+    else:
+        q_out = torch.empty((1, heads, tokens, d), dtype=q.dtype, device=q.device)
+    scale = query_scale.contiguous() if query_scale is not None else q
+    _kernels().rope_cache[(heads + kv_heads, tokens)](
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        cos.contiguous(),
+        sin.contiguous(),
         scale,
         position,
         q_out,
         keys,
         values,
         length,
+        tokens,
         HEADS=heads,
+        KV_HEADS=kv_heads,
         D=d,
         HAS_SCALE=query_scale is not None,
     )
@@ -284,6 +299,49 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(gate)
     n = gate.numel()
     _kernels().silu_mul[(triton_cdiv(n, 1024),)](gate, up, out, n, BLOCK=1024)
+    return out
+
+
+def dequantizes(module: torch.nn.Module) -> bool:
+    """Whether ``nf4_dequantize`` can stand in for bitsandbytes' dequantization of ``module``'s weight."""
+    weight = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return False
+    n, k = state.shape
+    return (
+        state.quant_type == "nf4"
+        and weight.dtype == torch.uint8
+        and weight.is_cuda
+        and weight.data_ptr() % 4 == 0
+        and state.code.dtype == torch.float32
+        and state.blocksize % 8 == 0
+        and (n * k) % 8 == 0
+    )
+
+
+def nf4_dequantize(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16, lut_asm: bool = True) -> torch.Tensor:
+    """bitsandbytes' ``dequantize_4bit(weight, weight.quant_state)`` (the same values, one kernel instead of three):
+    the dense ``(N, K)`` weight in ``dtype``, for the prompt's many-token products."""
+    state = weight.quant_state
+    n, k = state.shape
+    out = torch.empty((n, k), dtype=dtype, device=weight.device)
+    words = n * k // 8
+    block = 1024
+    packed, *scales = _operands(weight)
+    _kernels().dequantize[(triton_cdiv(words, block),)](
+        packed,
+        out,
+        *scales,
+        words,
+        NESTED=bool(state.nested),
+        QBLOCK=state.blocksize,
+        QBLOCK2=state.state2.blocksize if state.nested else 256,
+        BLOCK=block,
+        LUT_ASM=lut_asm,
+        num_warps=4,
+        enable_fp_fusion=False,  # the nested absmax rounds its product before the offset, as bitsandbytes does
+    )
     return out
 
 

@@ -274,7 +274,12 @@ def decode_attention_kernel(
 
 @triton.jit
 def add_rmsnorm_kernel(x_ptr, add_ptr, w_ptr, h_ptr, y_ptr, H, eps, HAS_ADD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * H  # one token per program
     at = tl.arange(0, BLOCK)
+    x_ptr += row
+    add_ptr += row
+    h_ptr += row
+    y_ptr += row
     ok = at < H
     x = tl.load(x_ptr + at, mask=ok, other=0.0)
     if HAS_ADD:  # the residual add, rounded to the activations' dtype as the eager add is
@@ -300,34 +305,41 @@ def rope_cache_kernel(
     k_cache_ptr,
     v_cache_ptr,
     cache_len,
+    tokens,
     HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
     D: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
-    # each product and sum rounded to bf16 like the eager ops: (x * cos) + (rotate_half(x) * sin), then * scale
+    # each product and sum rounded to bf16 like the eager ops: (x * cos) + (rotate_half(x) * sin), then * scale;
+    # program (head, token); the query goes out as (heads, tokens, D), key and value into the caches at the token's
+    # position
     head = tl.program_id(0)
+    token = tl.program_id(1)
     d = tl.arange(0, D)
     partner = (d + D // 2) % D
     sign = tl.where(d < D // 2, -1.0, 1.0)
-    cos = tl.load(cos_ptr + d).to(tl.float32)
-    sin = tl.load(sin_ptr + d).to(tl.float32)
+    cos = tl.load(cos_ptr + token * D + d).to(tl.float32)
+    sin = tl.load(sin_ptr + token * D + d).to(tl.float32)
     if head < HEADS:
-        x = tl.load(q_ptr + head * D + d)
-        rotated = tl.load(q_ptr + head * D + partner).to(tl.float32) * sign
+        at = (token * HEADS + head) * D
+        x = tl.load(q_ptr + at + d)
+        rotated = tl.load(q_ptr + at + partner).to(tl.float32) * sign
     else:
-        x = tl.load(k_ptr + (head - HEADS) * D + d)
-        rotated = tl.load(k_ptr + (head - HEADS) * D + partner).to(tl.float32) * sign
+        at = (token * KV_HEADS + head - HEADS) * D
+        x = tl.load(k_ptr + at + d)
+        rotated = tl.load(k_ptr + at + partner).to(tl.float32) * sign
     a = (x.to(tl.float32) * cos).to(x.dtype).to(tl.float32)
     b = (rotated * sin).to(x.dtype).to(tl.float32)
     out = (a + b).to(x.dtype)
     if head < HEADS:
         if HAS_SCALE:
-            out = (out.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(x.dtype)
-        tl.store(q_out_ptr + head * D + d, out)
+            out = (out.to(tl.float32) * tl.load(scale_ptr + token).to(tl.float32)).to(x.dtype)
+        tl.store(q_out_ptr + (head * tokens + token) * D + d, out)
     else:
-        at = ((head - HEADS) * cache_len + tl.load(pos_ptr)) * D + d
-        tl.store(k_cache_ptr + at, out)
-        tl.store(v_cache_ptr + at, tl.load(v_ptr + (head - HEADS) * D + d))
+        cached = ((head - HEADS) * cache_len + tl.load(pos_ptr + token)) * D + d
+        tl.store(k_cache_ptr + cached, out)
+        tl.store(v_cache_ptr + cached, tl.load(v_ptr + at + d))
 
 
 @triton.jit
@@ -339,3 +351,38 @@ def silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, BLOCK: tl.constexpr):
     act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
     u = tl.load(u_ptr + at, mask=ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + at, (act * u).to(g.dtype), mask=ok)
+
+
+@triton.jit
+def dequantize_kernel(
+    w_ptr,
+    y_ptr,
+    absmax_ptr,
+    code_ptr,
+    absmax2_ptr,
+    code2_ptr,
+    offset_ptr,
+    WORDS,
+    NESTED: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    QBLOCK2: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LUT_ASM: tl.constexpr,
+):
+    """The dense weight, as bitsandbytes' ``dequantize_4bit`` computes it: ``code[nibble] * absmax`` in float32
+    (the nested absmax as ``code2[q] * absmax2`` plus the offset, two roundings: launch without fp fusion), rounded
+    once to ``y``'s dtype. ``BLOCK`` int32 words (8 elements each) per program."""
+    word = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = word < WORDS
+    words = tl.load(w_ptr + word, mask=ok, other=0)
+    block = word // (QBLOCK // 8)  # the 8 elements of a word share one quantization block
+    if NESTED:
+        quantized = tl.load(absmax_ptr + block, mask=ok, other=0).to(tl.int32)
+        outer = tl.load(absmax2_ptr + block // QBLOCK2, mask=ok, other=0.0)
+        scale = tl.load(code2_ptr + quantized) * outer + tl.load(offset_ptr)
+    else:
+        scale = tl.load(absmax_ptr + block, mask=ok, other=0.0)
+    element = tl.arange(0, 8)
+    nibbles = (words[:, None] >> ((element ^ 1) * 4)[None, :]) & 15  # element 2t: byte t's high nibble
+    values = nf4_value(code_ptr, nibbles, LUT_ASM) * scale[:, None]
+    tl.store(y_ptr + (word[:, None] * 8 + element[None, :]), values.to(y_ptr.dtype.element_ty), mask=ok[:, None])

@@ -5,9 +5,10 @@ NF4 in memory with bitsandbytes (double quantization, bf16 compute: what the pac
 ms/token for eager transformers ``generate``, our loop without graphs (checked token for token against eager
 ``generate``), our CUDA-graphed loop with torch ops, with the fused kernels and bitsandbytes' products, and with
 ``nf4_gemv``'s NF4 kernels (the default), the same after a low-vram move (``Residency``), capture costs, each NF4
-product against bitsandbytes per weight shape and launch configuration, and the decode attention against masked
-SDPA. Random weights never emit EOS, so every run writes ``--tokens`` tokens. Prints a table last; ``--out`` also
-gets it as JSON; ``--sections`` picks sections by name.
+product against bitsandbytes per weight shape and launch configuration, the decode attention against masked
+SDPA, and where one default call's time goes (prefill, decode loop, one graph replay). Random weights never emit
+EOS, so every run writes ``--tokens`` tokens. Prints a table last; ``--out`` also gets it as JSON; ``--sections``
+picks sections by name.
 
     python scripts/gpu_pe_bench.py --out $OUT/pe_bench.json
 """
@@ -321,6 +322,52 @@ def main() -> None:
             decoder.generate(ids, 64, seed, eos_token_id=2)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 
+    def breakdown():
+        """Where one default call's seconds go: prefill, graph replays (with the host's chunk loop), the rest."""
+        from ernie_nf4 import pe_decoding
+
+        spent = {}
+
+        def timing(name, fn):
+            def wrapper(*a, **k):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = fn(*a, **k)
+                torch.cuda.synchronize()
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+                return out
+
+            return wrapper
+
+        originals = pe_decoding.prefill, pe_decoding.decode_n_tokens
+        pe_decoding.prefill = timing("prefill", originals[0])
+        pe_decoding.decode_n_tokens = timing("decode", originals[1])
+        try:
+            decoder = PEDecoder(pe)
+            decoder.generate(ids, args.tokens, seed, eos_token_id=2)
+            spent.clear()
+            (out, _), s = timed(lambda: decoder.generate(ids, args.tokens, seed, eos_token_id=2))
+        finally:
+            pe_decoding.prefill, pe_decoding.decode_n_tokens = originals
+        graph = decoder._graph
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            graph.graph.replay()
+        end.record()
+        end.synchronize()
+        replay = start.elapsed_time(end) * 1000 / (10 * graph.chunk)
+        rest = s - spent["prefill"] - spent["decode"]
+        rows.append(
+            (
+                "breakdown of one call (defaults)",
+                f"{s / len(out) * 1e3:.2f} ms/tok",
+                f"call {s * 1e3:.1f} ms: prefill {spent['prefill'] * 1e3:.1f} ms, "
+                f"decode loop {spent['decode'] * 1e3:.1f} ms ({len(out) - 1} tokens), "
+                f"rest {rest * 1e3:.1f} ms; one replay {replay:.1f} us/token",
+            )
+        )
+
     def low_vram():
         decoder = PEDecoder(pe, graphs=True)  # the defaults
         residency = Residency("cuda")
@@ -354,6 +401,7 @@ def main() -> None:
     section("gemv", lambda: gemv_bench(pe, rows))
     section("attention", lambda: attention_bench(rows))
     section("low-vram", low_vram)
+    section("breakdown", breakdown)
 
     table = [f"PE decoding, full-size random NF4 PE, prompt {PROMPT_TOKENS} tokens, {device_name}"]
     table += [f"{name:<48} {value:>14}  {note}" for name, value, note in rows]

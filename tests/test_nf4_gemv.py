@@ -67,8 +67,8 @@ def test_every_launch_configuration_computes_the_same_product():
     from ernie_nf4.nf4_gemv import SWEEP, nf4_gemv, reference_gemv
 
     torch.manual_seed(3)
-    linear = nf4_linear(1024, 3072)
-    x = torch.randn(1, 1, 3072, dtype=torch.bfloat16, device="cuda")
+    linear = nf4_linear(1024, 4096)  # K a multiple of every configuration's step (2048 at most)
+    x = torch.randn(1, 1, 4096, dtype=torch.bfloat16, device="cuda")
     ref = reference_gemv(x, linear.weight).float()
     for config in SWEEP:
         out = nf4_gemv(x, linear.weight, config).float()
@@ -121,11 +121,12 @@ def test_decode_attention_reads_the_written_entries_only(position):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize("with_add", [False, True])
-def test_add_rmsnorm_matches_transformers_rmsnorm(with_add):
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_add_rmsnorm_matches_transformers_rmsnorm(with_add, tokens):
     from ernie_nf4.nf4_gemv import add_rmsnorm
 
     torch.manual_seed(0)
-    x = torch.randn(1, 1, 3072, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(1, tokens, 3072, dtype=torch.bfloat16, device="cuda")
     add = torch.randn_like(x) if with_add else None
     weight = torch.rand(3072, dtype=torch.bfloat16, device="cuda") + 0.5
     h, y = add_rmsnorm(x, add, weight, 1e-5)
@@ -178,3 +179,55 @@ def test_silu_mul_matches_eager_silu_times_up():
     gate = torch.randn(1, 1, 9216, dtype=torch.bfloat16, device="cuda") * 3
     up = torch.randn_like(gate)
     torch.testing.assert_close(silu_mul(gate, up), torch.nn.functional.silu(gate) * up, atol=1e-2, rtol=2**-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize("scaled", [False, True])
+def test_rope_and_cache_of_a_prompt_equals_the_eager_rotary_scale_and_cache_write(scaled):
+    from ernie_nf4.nf4_gemv import rope_and_cache
+    from ernie_nf4.pe_decoding import _apply_rotary
+
+    torch.manual_seed(5)
+    heads, kv_heads, d, length, tokens = 32, 8, 128, 64, 19
+    q = torch.randn(1, tokens, heads * d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1, tokens, kv_heads * d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    angles = torch.rand(1, tokens, d // 2, device="cuda") * 6
+    cos = torch.cat((angles, angles), -1).cos().to(torch.bfloat16)
+    sin = torch.cat((angles, angles), -1).sin().to(torch.bfloat16)
+    scale = None
+    if scaled:  # one scale per token, as _query_scale gives them
+        scale = (1 + torch.arange(tokens, device="cuda") / 8).to(torch.bfloat16)[None, None, :, None]
+    keys = torch.randn(1, kv_heads, length, d, dtype=torch.bfloat16, device="cuda")
+    values = torch.randn_like(keys)
+    expected_keys, expected_values = keys.clone(), values.clone()
+    positions = torch.arange(tokens, device="cuda")
+    q_out = rope_and_cache(q, k, v, cos, sin, scale, positions, keys, values)
+    shaped = (q.view(1, tokens, heads, d).transpose(1, 2), k.view(1, tokens, kv_heads, d).transpose(1, 2))
+    eq, ek = _apply_rotary(*shaped, cos, sin)
+    if scaled:
+        eq = eq * scale
+    expected_keys[:, :, :tokens] = ek
+    expected_values[:, :, :tokens] = v.view(1, tokens, kv_heads, d).transpose(1, 2)
+    assert q_out.shape == (1, heads, tokens, d)
+    torch.testing.assert_close(q_out, eq, atol=2**-4, rtol=0)  # as in the one-token test
+    torch.testing.assert_close(keys, expected_keys, atol=2**-4, rtol=0)  # entries past the prompt untouched
+    assert torch.equal(values, expected_values)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
+@pytest.mark.parametrize("n,k,nested", [(9216, 3072, True), (1024, 3072, False), (1000, 72, True)])
+def test_nf4_dequantize_gives_bitsandbytes_dense_weight_bit_for_bit(n, k, nested):
+    import bitsandbytes.functional as bnbf
+
+    from ernie_nf4.nf4_gemv import dequantizes, nf4_dequantize
+
+    torch.manual_seed(6)
+    linear = nf4_linear(n, k, nested)
+    assert dequantizes(linear)
+    expected = bnbf.dequantize_4bit(linear.weight.data, linear.weight.quant_state)
+    dense = nf4_dequantize(linear.weight)
+    assert dense.shape == (n, k) and dense.dtype == torch.bfloat16
+    assert torch.equal(dense, expected)

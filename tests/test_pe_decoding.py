@@ -143,9 +143,78 @@ def test_graphed_loop_is_reproducible_and_follows_eager_decoding(tiny_pe, kernel
         assert graphed.broken is None and graphed.captures == 1  # a second prompt reuses the graph
         assert torch.equal(graphed.generate(as_ids(prompt), 21, seed=11)[0], tokens)
         reference, _ = eager.generate(as_ids(prompt), 21, seed=11)
-        # the first token comes from the same (eager) prefill; later ones may part ways where rounding flips a
-        # near tie (the tiny random PE has many)
-        assert len(tokens) == 21 and tokens[0] == reference[0]
+        assert len(tokens) == 21
+        # without the fused kernels the first token comes from the same (eager) prefill; later ones, and with them
+        # (a fused prefill: test below) the first too, may part ways where rounding flips a near tie (the tiny
+        # random PE has many)
+        if not fused:
+            assert tokens[0] == reference[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="Triton kernels need a GPU")
+def test_fused_prefill_writes_the_cache_and_logits_of_the_exact_one(monkeypatch):
+    """The graphed path's prompt runs through nf4_gemv's kernels (dequantize + dense products, norms, rotary + cache
+    write, SiLU): the same keys, values and logits as the exact prefill up to bf16 rounding, on the full PE's
+    shapes (32 heads of 128 over 8 key/value heads, NF4 3072 x 9216, the query scale of its rope settings)."""
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+
+    from ernie_nf4 import nf4_gemv
+    from ernie_nf4.pe_decoding import StaticKV
+
+    from .test_nf4_gemv import nf4_linear
+
+    dequantize = nf4_gemv.nf4_dequantize
+    config = Ministral3Config(
+        hidden_size=3072,
+        intermediate_size=9216,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=1024,
+        rope_parameters={  # the full PE's, but scaling from position 16 on (its query scale then varies here)
+            "rope_type": "yarn",
+            "type": "yarn",
+            "rope_theta": 1e6,
+            "factor": 16.0,
+            "original_max_position_embeddings": 16,
+            "llama_4_scaling_beta": 0.1,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(8)
+    with torch.device("cuda"):
+        pe = Ministral3ForCausalLM(config).to(torch.bfloat16).eval()
+    for layer in pe.model.layers:
+        for parent, names in (
+            (layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (layer.mlp, ("gate_proj", "up_proj", "down_proj")),
+        ):
+            for name in names:
+                dense = getattr(parent, name)
+                setattr(parent, name, nf4_linear(dense.out_features, dense.in_features))
+    parts = model_parts(pe)
+    assert parts is not None and parts.attn_scale_beta == 0.1
+    ids = torch.randint(0, 1024, (1, 40), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    dequantized = []
+    monkeypatch.setattr(nf4_gemv, "nf4_dequantize", lambda *a, **k: dequantized.append(a) or dequantize(*a, **k))
+    with torch.no_grad():
+        exact_cache, fused_cache = (StaticKV(parts, 64, torch.bfloat16, ids.device) for _ in range(2))
+        exact = prefill(parts, ids, exact_cache)
+        fused = prefill(parts, ids, fused_cache, fused=True)
+    assert fused.shape == exact.shape == (1, 1024)
+    for exact_part, fused_part in zip(
+        exact_cache.keys + exact_cache.values, fused_cache.keys + fused_cache.values, strict=True
+    ):
+        assert fused_part[:, :, 40:].abs().max() == 0  # nothing written past the prompt
+        torch.testing.assert_close(fused_part, exact_part, atol=0.06, rtol=0.02)
+    torch.testing.assert_close(fused, exact, atol=0.06, rtol=0.02)
+    assert len(dequantized) == 2 * 7  # every NF4 product of the fused prompt: none went through bitsandbytes
 
 
 @pytest.mark.cuda
