@@ -303,10 +303,13 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def dequantizes(module: torch.nn.Module) -> bool:
-    """Whether ``nf4_dequantize`` can stand in for bitsandbytes' dequantization of ``module``'s weight."""
+    """Whether ``module`` is a plain bitsandbytes NF4 ``Linear4bit`` on a GPU, without bias, whose weight
+    ``nf4_dequantize`` reads (an adapter wrapping one, such as a LoRA layer, is not)."""
+    import bitsandbytes as bnb
+
     weight = getattr(module, "weight", None)
     state = getattr(weight, "quant_state", None)
-    if state is None:
+    if type(module) is not bnb.nn.Linear4bit or module.bias is not None or state is None:
         return False
     n, k = state.shape
     return (

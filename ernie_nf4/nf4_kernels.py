@@ -292,7 +292,7 @@ def add_rmsnorm_kernel(x_ptr, add_ptr, w_ptr, h_ptr, y_ptr, H, eps, HAS_ADD: tl.
     tl.store(y_ptr + at, (weight.to(tl.float32) * normed.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tokens"])  # one compiled kernel for every prompt length (and the decode steps)
 def rope_cache_kernel(
     q_ptr,
     k_ptr,

@@ -294,9 +294,9 @@ def _linear(module, x: torch.Tensor, step: _Step) -> torch.Tensor:
     if step.dense:
         from .nf4_gemv import dequantizes, nf4_dequantize
 
-        if dequantizes(module):  # what bitsandbytes' Linear4bit computes, with one kernel and no Python layers
-            weight = module.weight
-            return torch.nn.functional.linear(x, nf4_dequantize(weight, weight.quant_state.dtype).to(x.dtype))
+        # the weight as bitsandbytes' dequantize_4bit gives it, in one kernel and without bitsandbytes' Python layers
+        if dequantizes(module) and module.compute_dtype in (None, x.dtype):
+            return torch.nn.functional.linear(x, nf4_dequantize(module.weight, x.dtype))
     return module(x)
 
 
@@ -414,9 +414,10 @@ def _forward(parts: _Parts, input_ids: torch.Tensor, cache: StaticKV, step: _Ste
 
 def prefill(parts: _Parts, input_ids: torch.Tensor, cache: StaticKV, fused: bool = False) -> torch.Tensor:
     """Run the prompt eagerly; returns the logits of its last token. Exactly as ``generate`` does, or with ``fused``
-    (a GPU with Triton) through ``nf4_gemv``'s kernels: its NF4 dequantization before each dense product (the same
-    weights bitsandbytes multiplies), norms, rotary + cache write and SiLU: a fifth of the launches, and of the
-    Python work that bounds a prompt of a few hundred tokens (88 ms for 200 tokens on an H100 machine's host)."""
+    (a GPU with Triton) through ``nf4_gemv``'s kernels: its NF4 dequantization (the weights as bitsandbytes'
+    ``dequantize_4bit`` gives them) before each dense product, norms, rotary + cache write and SiLU: a fifth of the
+    launches, and of the Python work that bounds a prompt of a few hundred tokens (88 ms for 200 tokens on an H100
+    machine's host, 50 ms so)."""
     length = input_ids.shape[1]
     positions = cache.positions[:length].unsqueeze(0)
     return _forward(parts, input_ids, cache, _Step(positions, length, None, fused=fused, dense=fused))
@@ -548,6 +549,7 @@ class PEDecoder:
         self._graph: _Graph | None = None
         self._graph_key = None
         self.broken: str | None = None  # why the fast path was given up, if it was
+        self.fused_prefill = True  # the prompt through nf4_gemv's kernels (with triton_kernels), until that fails
         self.captures = 0
         self.capture_seconds = 0.0  # of the last capture
 
@@ -630,7 +632,7 @@ class PEDecoder:
         length = input_ids.shape[1]
         cache = self._ensure_cache(length + max_new_tokens + (self.chunk_tokens if graphed else 0))
         graph = self._ensure_graph(cache, sampling) if graphed else None
-        logits = prefill(self.parts, input_ids, cache, fused=graphed and self.triton_kernels)
+        logits = self._prefill(input_ids, cache, fused=graphed and self.triton_kernels and self.fused_prefill)
         noise = torch.empty_like(logits).exponential_(generator=rng)
         first = sample_token(logits, noise, sampling)
         if graphed:
@@ -639,6 +641,20 @@ class PEDecoder:
             tokens = self._decode_eagerly(first, length, max_new_tokens - 1, sampling, eos, rng)
         ids = torch.tensor(tokens, dtype=torch.long)
         return ids, bool(tokens) and tokens[-1] in eos
+
+    def _prefill(self, input_ids, cache: StaticKV, fused: bool) -> torch.Tensor:
+        """``prefill``; a fused one that fails is logged and given up for the model's own modules (which write the
+        same cache entries again), this call and later ones, leaving the decode graph as it is."""
+        try:
+            return prefill(self.parts, input_ids, cache, fused=fused)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:
+            if not fused:
+                raise
+            self.fused_prefill = False
+            logger.warning("the PE's fused prefill failed (%s: %s); the prompt runs unfused", type(err).__name__, err)
+            return prefill(self.parts, input_ids, cache)
 
     def _decode_eagerly(self, first, length, budget, sampling, eos, rng) -> list[int]:
         tokens = [int(first)]

@@ -15,9 +15,10 @@ def test_importing_touches_neither_triton_nor_cuda():
 
 
 def test_cpu_modules_are_not_supported():
-    from ernie_nf4.nf4_gemv import supports
+    from ernie_nf4.nf4_gemv import dequantizes, supports
 
     assert not supports(torch.nn.Linear(64, 64, bias=False))
+    assert not dequantizes(torch.nn.Linear(64, 64, bias=False))
 
 
 def nf4_linear(n, k, nested=True):
@@ -231,3 +232,5 @@ def test_nf4_dequantize_gives_bitsandbytes_dense_weight_bit_for_bit(n, k, nested
     dense = nf4_dequantize(linear.weight)
     assert dense.shape == (n, k) and dense.dtype == torch.bfloat16
     assert torch.equal(dense, expected)
+    linear.bias = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16, device="cuda"))
+    assert not dequantizes(linear)  # the dense path would drop it: such layers stay bitsandbytes'

@@ -153,6 +153,28 @@ def test_graphed_loop_is_reproducible_and_follows_eager_decoding(tiny_pe, kernel
 
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="Triton kernels need a GPU")
+def test_a_failing_fused_prefill_falls_back_to_the_exact_one_and_keeps_the_graph(tiny_pe, caplog, monkeypatch):
+    from ernie_nf4 import nf4_gemv
+
+    fused = PEDecoder(tiny_pe, graphs=True, chunk_tokens=4)
+    exact = PEDecoder(tiny_pe, graphs=True, chunk_tokens=4)
+    exact.fused_prefill = False
+    expected, _ = exact.generate(as_ids(PROMPTS[0]), 12, seed=3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(nf4_gemv, "nf4_dequantize", broken)
+    tokens, _ = fused.generate(as_ids(PROMPTS[0]), 12, seed=3)
+    assert "fused prefill failed (RuntimeError: no kernel image" in caplog.text
+    assert fused.broken is None and fused.captures == 1 and not fused.fused_prefill  # still graphed
+    assert torch.equal(tokens, expected)  # the exact prefill's tokens, as from a decoder that never fused it
+    monkeypatch.undo()
+    assert torch.equal(fused.generate(as_ids(PROMPTS[0]), 12, seed=3)[0], expected)  # given up for good
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="Triton kernels need a GPU")
 def test_fused_prefill_writes_the_cache_and_logits_of_the_exact_one(monkeypatch):
     """The graphed path's prompt runs through nf4_gemv's kernels (dequantize + dense products, norms, rotary + cache
     write, SiLU): the same keys, values and logits as the exact prefill up to bf16 rounding, on the full PE's
