@@ -145,3 +145,23 @@ def test_generator_settings_are_checked(tiny_generator):
         Generator(tiny_generator.loaded, prompt_cache_size=-1)
     with pytest.raises(ValueError, match=r"max_pe_tokens must be an integer in \[1, 8192\] or None"):
         Generator(tiny_generator.loaded, max_pe_tokens=0)
+
+
+def test_warm_up_collects_the_garbage_it_leaves_so_no_full_collection_falls_in_the_first_request(tiny_generator):
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # freed only by a garbage collection
+    freed = weakref.ref(cycle)
+    del cycle
+    gc.disable()  # no automatic collection meanwhile: only warm_up's own
+    try:
+        assert freed() is not None
+        assert tiny_generator.warm_up(width=256, height=256) > 0
+        assert freed() is None
+    finally:
+        gc.enable()
