@@ -72,19 +72,25 @@ def available() -> bool:
     return True
 
 
-def supports(module: torch.nn.Module) -> bool:
-    """Whether ``nf4_gemv`` can stand in for ``module`` (a bitsandbytes NF4 ``Linear4bit`` on a GPU, no bias)."""
+def _nf4_state(module: torch.nn.Module):
+    """The quantization state of a bias-free NF4 weight on a GPU with a float32 code (the table load reads 32-bit
+    floats), else None: what every kernel here needs of a layer."""
     weight = getattr(module, "weight", None)
     state = getattr(weight, "quant_state", None)
     if state is None or getattr(module, "bias", None) is not None:
+        return None
+    nf4 = state.quant_type == "nf4" and weight.dtype == torch.uint8 and state.code.dtype == torch.float32
+    return state if nf4 and weight.is_cuda else None
+
+
+def supports(module: torch.nn.Module) -> bool:
+    """Whether ``nf4_gemv`` can stand in for ``module`` (a bitsandbytes NF4 ``Linear4bit`` on a GPU, no bias)."""
+    state = _nf4_state(module)
+    if state is None:
         return False
-    n, k = state.shape
+    k = state.shape[1]
     return (
-        state.quant_type == "nf4"
-        and weight.dtype == torch.uint8
-        and weight.is_cuda
-        and weight.data_ptr() % 16 == 0
-        and state.code.dtype == torch.float32  # the table load reads 32-bit floats
+        module.weight.data_ptr() % 16 == 0
         and state.blocksize in (64, 128, 256)
         and k % (state.blocksize * GEMV_CONFIG.blocks) == 0
         and (not state.nested or state.state2.blocksize == 256)
@@ -307,20 +313,11 @@ def dequantizes(module: torch.nn.Module) -> bool:
     ``nf4_dequantize`` reads (an adapter wrapping one, such as a LoRA layer, is not)."""
     import bitsandbytes as bnb
 
-    weight = getattr(module, "weight", None)
-    state = getattr(weight, "quant_state", None)
-    if type(module) is not bnb.nn.Linear4bit or module.bias is not None or state is None:
+    state = _nf4_state(module) if type(module) is bnb.nn.Linear4bit else None
+    if state is None:
         return False
     n, k = state.shape
-    return (
-        state.quant_type == "nf4"
-        and weight.dtype == torch.uint8
-        and weight.is_cuda
-        and weight.data_ptr() % 4 == 0
-        and state.code.dtype == torch.float32
-        and state.blocksize % 8 == 0
-        and (n * k) % 8 == 0
-    )
+    return module.weight.data_ptr() % 4 == 0 and state.blocksize % 8 == 0 and (n * k) % 8 == 0
 
 
 def nf4_dequantize(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16, lut_asm: bool = True) -> torch.Tensor:
