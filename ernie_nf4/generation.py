@@ -138,9 +138,10 @@ class Generator:
         text = pipe.pe_tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=False
         )
-        inputs = pipe.pe_tokenizer(text, return_tensors="pt").to(self.device)
+        inputs = pipe.pe_tokenizer(text, return_tensors="pt")  # on the CPU: no wait for a move still copying
         cap, eos = self.pe_cap, pipe.pe_tokenizer.eos_token_id
         if self._stock_pe_decoding():
+            inputs = inputs.to(self.device)
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(seed)

@@ -490,6 +490,14 @@ class _Graph:
         self.done.record()
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from the CPU to a GPU through pinned memory, without waiting: a copy from pageable
+    memory would wait for everything queued first (in low-vram, the PE's own move onto the GPU)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _eos_set(eos_token_id) -> frozenset[int]:
     if eos_token_id is None:
         return frozenset()
@@ -573,7 +581,7 @@ class PEDecoder:
             raise ValueError("attention_mask must be all ones (one unpadded prompt)")
         sampling = resolve_sampling(self.model, temperature, top_p)
         eos = _eos_set(eos_token_id)
-        input_ids = input_ids.to(self.device)
+        input_ids = _to_device(input_ids, self.device)
         if sampling is None or self.parts is None:
             return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
         if self.graphs and self.broken is None:

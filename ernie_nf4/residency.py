@@ -135,7 +135,8 @@ class Residency:
         self._models: dict[str, _Model] = {}
         self._arena: torch.Tensor | None = None
         self.resident: str | None = None
-        self.seconds_moving = 0.0
+        self._seconds = 0.0
+        self._moves: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA moves not yet read into _seconds
 
     def add(self, name: str, model: torch.nn.Module) -> None:
         if name in self._models:
@@ -170,11 +171,20 @@ class Residency:
 
     def use(self, name: str) -> None:
         """Make ``name`` the model on the device (the one there before goes back to its CPU copy). A model is put
-        at the same addresses every time."""
+        at the same addresses every time.
+
+        On CUDA this returns once the copies are queued, without waiting for them: the host goes on to what comes
+        next (tokenizing the prompt, launching the model's first kernels) while they run, and the GPU runs that
+        work after them, in stream order. The weights' pinned CPU copies never change, so nothing can overwrite
+        them meanwhile."""
         if name not in self._models:
             raise InvalidArgument(f"name must be one of {self.names}, got {name!r}")
         if name == self.resident:
             return
+        if self._pin:
+            stream = torch.cuda.current_stream(self.device)
+            began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            began.record(stream)
         start = time.perf_counter()
         self.release()
         model = self._models[name]
@@ -185,9 +195,21 @@ class Residency:
             raise
         self.resident = name
         if self._pin:
-            torch.cuda.synchronize(self.device)  # so seconds_moving is the copy's real time
-        self.seconds_moving += time.perf_counter() - start
+            ended.record(stream)
+            self._moves.append((began, ended))
+        else:
+            self._seconds += time.perf_counter() - start
         logger.debug("%s on %s (%.2f GB)", name, self.device, model.bytes / 1e9)
+
+    @property
+    def seconds_moving(self) -> float:
+        """Seconds spent moving models onto the device so far. On CUDA, each move's time on the GPU, from before
+        the model there was released to its last copy's end (reading it waits for the moves queued)."""
+        for began, ended in self._moves:
+            ended.synchronize()
+            self._seconds += began.elapsed_time(ended) / 1000
+        self._moves.clear()
+        return self._seconds
 
     def scratch(self, name: str, nbytes: int) -> torch.Tensor | None:
         """``nbytes`` of the arena behind model ``name`` (uint8, 256-byte aligned), or None when they do not fit

@@ -198,3 +198,27 @@ def test_pe_graph_captured_once_serves_requests_across_low_vram_moves(tiny_packa
     again, _ = decoder.generate(ids, 21, seed=11)
     assert decoder.broken is None and decoder.captures == 1
     assert torch.equal(again, first)
+
+
+@pytest.mark.cuda
+@torch.no_grad()
+def test_a_move_is_queued_without_waiting_and_what_follows_runs_after_it():
+    """``use`` returns while its copy still runs (the host gets on with the next work), yet the work queued after it
+    reads the copied weights, and ``seconds_moving`` counts the copy's time on the GPU."""
+    torch.manual_seed(0)
+    big = torch.nn.Linear(16384, 16384, bias=False, dtype=torch.bfloat16)  # 512 MiB: ~10 ms from pinned memory
+    small = torch.nn.Linear(64, 16384, bias=False, dtype=torch.bfloat16)
+    x = torch.randn(1, 16384, dtype=torch.bfloat16)
+    expected = big.cuda()(x.cuda()).cpu()
+    residency = Residency("cuda")
+    residency.add("big", big)
+    residency.add("small", small)
+    for _ in range(2):  # the second time, the arena is there already: only the copy is left to wait for
+        residency.use("small")
+        torch.cuda.synchronize()
+        moved = residency.seconds_moving
+        residency.use("big")
+        assert not torch.cuda.current_stream().query()  # the copy is still running
+        assert torch.equal(big(x.cuda()).cpu(), expected)  # queued behind the copy: the weights are all there
+        seconds = residency.seconds_moving - moved
+        assert 512 * 2**20 / 200e9 < seconds < 5  # under 200 GB/s is a real copy; and it did end
