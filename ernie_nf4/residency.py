@@ -1,11 +1,12 @@
 """One big model on the GPU at a time: what ``memory_mode="low-vram"`` runs on.
 
 Every tensor of the managed models (parameters, buffers and bitsandbytes' NF4 quantization states) gets a
-copy in page-locked CPU memory once. On the device there is one arena: a single byte buffer as large as the
-largest model, allocated on the first ``use`` and kept. ``use(name)`` copies that model into the arena (a fast
-copy from pinned memory) and points its tensors at views of it; the model that was there goes back to its CPU
-copies (no copy back: weights never change). So the prompt enhancer and the text encoder leave the GPU once used,
-the transformer leaves while they run, and a rerun that needs only the transformer moves nothing.
+copy in CPU memory once: one page-locked buffer per model, its tensors laid out as they will be on the device.
+There, one arena: a single byte buffer as large as the largest model, allocated on the first ``use`` and kept.
+``use(name)`` copies that model's buffer into the arena (one fast copy) and points its tensors at views of it;
+the model that was there goes back to its CPU copies (no copy back: weights never change). So the prompt
+enhancer and the text encoder leave the GPU once used, the transformer leaves while they run, and a rerun that needs
+only the transformer moves nothing.
 
 Each tensor has a fixed place in the arena (``plan_offsets``), so a model lands at the same addresses every time
 it comes back: the prompt enhancer's CUDA graph (``pe_decoding.PEDecoder``), which holds those addresses, stays
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,74 +46,99 @@ def plan_offsets(sizes: Sequence[int], alignment: int = ALIGNMENT) -> tuple[list
     return offsets, end
 
 
-def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    copy = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)  # contiguous
-    return copy.copy_(tensor.detach())
-
-
 def _memory_key(tensor: torch.Tensor) -> tuple:
     """Equal for two tensor objects that view the same memory the same way (tied weights, shared states)."""
     return (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
 
 
+def page_lock(buffer: torch.Tensor) -> bool:
+    """Page-lock ``buffer``'s memory for CUDA (``cudaHostRegister``) until ``buffer`` is collected: copies from it
+    run asynchronously at full speed. Unlike ``pin_memory=True``, which PyTorch's pinned-memory cache rounds up to
+    a power of two (a 4.1 GB model would lock 8 GB), it locks the buffer's bytes and no more. False, with a log line,
+    when CUDA refuses (copies from it are then slower)."""
+    cudart = torch.cuda.cudart()
+    pointer, nbytes = buffer.data_ptr(), buffer.numel() * buffer.element_size()
+    error = cudart.cudaHostRegister(pointer, nbytes, 0)
+    if int(error) != 0:
+        logger.warning(
+            "could not page-lock %.2f GB of CPU memory (CUDA error %s); moves will be slower", nbytes / 1e9, error
+        )
+        return False
+    weakref.finalize(buffer, cudart.cudaHostUnregister, pointer)
+    return True
+
+
 @dataclass
 class _Tensor:
-    """One tensor of a model: its pinned CPU copy, its place in the arena and the slots that hold it, each
-    ``(owner, kind, key)``: a parameter's ``.data``, a quantization state's attribute or a module's buffer."""
+    """One tensor of a model: its dtype and shape, its place (``offset``) in the model's layout, which its CPU copy
+    and the arena share, and the slots that hold it, each ``(owner, kind, key)``: a parameter's ``.data``, a
+    quantization state's attribute or a module's buffer."""
 
-    host: torch.Tensor
+    dtype: torch.dtype
+    shape: torch.Size
     offset: int = 0
     slots: list = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        return self.host.numel() * self.host.element_size()
+        return self.shape.numel() * self.dtype.itemsize
 
-    def view(self, arena: torch.Tensor) -> torch.Tensor:
-        """Its place in ``arena`` (uint8), as a contiguous tensor of its dtype and shape."""
-        return arena[self.offset : self.offset + self.nbytes].view(self.host.dtype).view(self.host.shape)
+    def view(self, buffer: torch.Tensor) -> torch.Tensor:
+        """Its place in ``buffer`` (uint8: the model's CPU copy or the arena), as a contiguous tensor."""
+        return buffer[self.offset : self.offset + self.nbytes].view(self.dtype).view(self.shape)
 
 
 class _Model:
-    """Every tensor of one model, each once (tied and shared ones too), with its place in the arena."""
+    """Every tensor of one model, each once (tied and shared ones too), laid out in one CPU buffer (``host``,
+    page-locked for CUDA) exactly as in the arena: a move is one copy."""
 
     def __init__(self, model: torch.nn.Module, pin: bool):
         self.tensors: list[_Tensor] = []
+        sources: list[torch.Tensor] = []
         by_memory: dict[tuple, _Tensor] = {}
         seen = set()
+
+        def add(owner, kind, key, tensor):
+            memory = _memory_key(tensor)
+            entry = by_memory.get(memory)
+            if entry is None:
+                entry = by_memory[memory] = _Tensor(tensor.dtype, tensor.shape)
+                self.tensors.append(entry)
+                sources.append(tensor)
+            entry.slots.append((owner, kind, key))
+
         for module in model.modules():
             for param in module._parameters.values():
                 if param is None or id(param) in seen:
                     continue
                 seen.add(id(param))
-                self._add(by_memory, param, "data", None, param.data, pin)
+                add(param, "data", None, param.data)
                 state = getattr(param, "quant_state", None)
                 if state is not None:  # bitsandbytes Params4bit
                     for owner, attr in quant_state_tensors(state):
-                        self._add(by_memory, owner, "attr", attr, getattr(owner, attr), pin)
+                        add(owner, "attr", attr, getattr(owner, attr))
             for key, buffer in module._buffers.items():
                 if buffer is not None:
-                    self._add(by_memory, module._buffers, "item", key, buffer, pin)
+                    add(module._buffers, "item", key, buffer)
         sizes = [entry.nbytes for entry in self.tensors]
         self.bytes = sum(sizes)
         offsets, self.span = plan_offsets(sizes)
-        for tensor, offset in zip(self.tensors, offsets, strict=True):
-            tensor.offset = offset
-
-    def _add(self, by_memory: dict, owner, kind, key, tensor, pin):
-        memory = _memory_key(tensor)
-        entry = by_memory.get(memory)
-        if entry is None:
-            entry = by_memory[memory] = _Tensor(_host_copy(tensor, pin))
-            self.tensors.append(entry)
-        entry.slots.append((owner, kind, key))
+        self.host = torch.empty(self.span, dtype=torch.uint8)
+        self.pinned = pin and page_lock(self.host)
+        self._host_views = []
+        for entry, offset, source in zip(self.tensors, offsets, sources, strict=True):
+            entry.offset = offset
+            self._host_views.append(entry.view(self.host).copy_(source.detach()))
 
     def place(self, arena: torch.Tensor | None) -> None:
-        """Copy every tensor into its place in ``arena`` and point its slots there, or with ``arena`` None point
-        them back at the CPU copies. The copies are queued on the arena device's current stream, behind the work
-        that still reads the model that was there before."""
-        for entry in self.tensors:
-            tensor = entry.host if arena is None else entry.view(arena).copy_(entry.host, non_blocking=True)
+        """Copy the model into ``arena`` and point its slots there, or with ``arena`` None point them back at the
+        CPU copy. The copy is queued on the arena device's current stream, behind the work that still reads the
+        model that was there before."""
+        views = self._host_views
+        if arena is not None:
+            arena[: self.span].copy_(self.host, non_blocking=self.pinned)
+            views = [entry.view(arena) for entry in self.tensors]
+        for entry, tensor in zip(self.tensors, views, strict=True):
             for owner, kind, key in entry.slots:
                 if kind == "data":
                     owner.data = tensor

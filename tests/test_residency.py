@@ -222,3 +222,28 @@ def test_a_move_is_queued_without_waiting_and_what_follows_runs_after_it():
         assert torch.equal(big(x.cuda()).cpu(), expected)  # queued behind the copy: the weights are all there
         seconds = residency.seconds_moving - moved
         assert 512 * 2**20 / 200e9 < seconds < 5  # under 200 GB/s is a real copy; and it did end
+
+
+@pytest.mark.cuda
+@torch.no_grad()
+def test_cpu_copies_are_page_locked_as_they_are_not_rounded_up_by_the_pinned_memory_cache():
+    """The CPU copies lock their own bytes: PyTorch's pinned-memory cache (``pin_memory=True``), which rounds every
+    block up to a power of two, gives them nothing. A model of odd sizes shows it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3000, 1001), torch.nn.Linear(1001, 77)).to(torch.bfloat16)
+    x = torch.randn(2, 3000, dtype=torch.bfloat16)
+    expected = model.cuda()(x.cuda()).cpu()
+
+    def pinned_cache():
+        return {k: v for k, v in torch.cuda.host_memory_stats().items() if k.endswith("bytes.current")}
+
+    before = pinned_cache()
+    assert before  # the statistics this test reads exist
+    residency = Residency("cuda")
+    residency.add("m", model)
+    assert pinned_cache() == before
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in model_tensors(model))
+    residency.use("m")
+    assert torch.equal(model(x.cuda()).cpu(), expected)
+    residency.release()
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in model_tensors(model))
