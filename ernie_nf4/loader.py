@@ -78,7 +78,7 @@ def _check_arguments(model_dir: Path, device: str, mode: MemoryMode, fast: bool,
 
 def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency) -> dict:
     """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
-    where the memory mode wants them; in low-vram mode each goes to pinned CPU memory before the next loads."""
+    where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads."""
     import torch
 
     from .memory_savers import embeddings_on_cpu

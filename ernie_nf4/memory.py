@@ -18,7 +18,7 @@ class MemoryMode(str, enum.Enum):
     - ``all-on-gpu``: every model stays on the GPU (fastest; about 9.7 GiB at 1024x1024 on the full model, 10.0
       with the compiled blocks).
     - ``low-vram``: only the VAE stays; the prompt enhancer, the text encoder and the transformer take turns on
-      the GPU, copied from pinned CPU memory as each is needed (``residency.Residency``; about 5.9 GiB).
+      the GPU, copied from page-locked CPU memory as each is needed (``residency.Residency``; about 5.9 GiB).
     - ``model-offload``: diffusers' ``enable_model_cpu_offload`` (the seed README's way; the benchmark's baseline).
     - ``auto``: ``all-on-gpu`` when the GPU memory this process may use holds its peak at the largest size the app
       offers, else ``low-vram``, and below that a refusal naming the GiB there and needed (``choose_memory_mode``).
