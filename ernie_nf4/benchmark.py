@@ -56,7 +56,7 @@ class ModeResult:
     load_seconds: float | None = None
     warmup_seconds: float | None = None  # includes compiling, for nf4-compile
     cold_cache: bool | None = None
-    moving_seconds: float | None = None  # low-vram: moving models on and off the GPU, per timed run
+    moving_seconds: float | None = None  # low-vram: models' copies onto the GPU (GPU time), per timed run
     seconds: dict[str, float] = field(default_factory=dict)  # median per stage + total
     ms_per_step: float | None = None
     pe_tokens: int | None = None  # new tokens the PE wrote per run (random weights never stop: the cap)

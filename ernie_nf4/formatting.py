@@ -166,7 +166,7 @@ def ratios(modes: list[dict]) -> list[str]:
         if r["seconds"].get("total"):
             share = f"- PE share of end to end, {mode}: {r['seconds']['pe'] / r['seconds']['total']:.0%}"
             if r.get("moving_seconds") is not None:
-                share += f" (moving models on/off the GPU: {r['moving_seconds']:.2f} s per run)"
+                share += f" (moving models onto the GPU: {r['moving_seconds']:.2f} s per run)"
             lines.append(share)
     return lines
 

@@ -40,7 +40,8 @@ class LoadedPipeline:
 
     @property
     def seconds_moving(self) -> float | None:
-        """Time spent moving models on and off the GPU (low-vram), else None."""
+        """Seconds spent moving models onto the GPU (low-vram; their copies' GPU time: ``Residency.seconds_moving``,
+        which waits for moves still queued), else None."""
         return None if self.residency is None else self.residency.seconds_moving
 
     @property

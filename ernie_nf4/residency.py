@@ -10,8 +10,8 @@ only the transformer moves nothing.
 
 Each tensor has a fixed place in the arena (``plan_offsets``), so a model lands at the same addresses every time
 it comes back: the prompt enhancer's CUDA graph (``pe_decoding.PEDecoder``), which holds those addresses, stays
-valid across moves instead of being captured again. The arena is the one allocation the models need, and it is
-never larger than the largest model was when it was moved in tensor by tensor.
+valid across moves instead of being captured again. The arena is the one allocation the models need on the device:
+as large as the largest model, each tensor's start rounded up to ``ALIGNMENT``.
 """
 
 from __future__ import annotations
@@ -55,17 +55,43 @@ def page_lock(buffer: torch.Tensor) -> bool:
     """Page-lock ``buffer``'s memory for CUDA (``cudaHostRegister``) until ``buffer`` is collected: copies from it
     run asynchronously at full speed. Unlike ``pin_memory=True``, which PyTorch's pinned-memory cache rounds up to
     a power of two (a 4.1 GB model would lock 8 GB), it locks the buffer's bytes and no more. False, with a log line,
-    when CUDA refuses (copies from it are then slower)."""
+    when CUDA refuses (copies from it then wait for the GPU, and are slower)."""
+    nbytes = buffer.numel() * buffer.element_size()
+    if nbytes == 0:
+        return True  # nothing to lock (and no address to lock it at)
     cudart = torch.cuda.cudart()
-    pointer, nbytes = buffer.data_ptr(), buffer.numel() * buffer.element_size()
+    pointer = buffer.data_ptr()
     error = cudart.cudaHostRegister(pointer, nbytes, 0)
     if int(error) != 0:
+        _consume_cuda_error()
         logger.warning(
-            "could not page-lock %.2f GB of CPU memory (CUDA error %s); moves will be slower", nbytes / 1e9, error
+            "could not page-lock %.2f GB of CPU memory for CUDA (%s); moving models onto the GPU will be slower",
+            nbytes / 1e9,
+            cudart.cudaGetErrorString(error),
         )
         return False
-    weakref.finalize(buffer, cudart.cudaHostUnregister, pointer)
+    unlock = weakref.finalize(buffer, _unlock, pointer)
+    unlock.atexit = False  # at exit the process's memory goes anyway, and CUDA may be gone before this runs
     return True
+
+
+def _consume_cuda_error() -> None:
+    """A failed runtime call leaves its error for the next check to read, which PyTorch's next kernel launch does (and
+    raises): read it now, with a throwaway launch."""
+    try:
+        torch.zeros(1, device="cuda").add_(1)
+    except RuntimeError:
+        pass
+
+
+def _unlock(pointer: int) -> None:
+    """Unregister a page-locked buffer that is being freed, once no copy from it can still be running."""
+    try:
+        for device in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(device)
+    finally:
+        if int(torch.cuda.cudart().cudaHostUnregister(pointer)) != 0:
+            _consume_cuda_error()
 
 
 @dataclass
@@ -149,7 +175,7 @@ class _Model:
 
 
 class Residency:
-    """Keeps at most one of its models on ``device``; the others wait in pinned CPU memory.
+    """Keeps at most one of its models on ``device``; the others wait in CPU memory (page-locked for CUDA).
 
     ``add`` takes a model from anywhere (on the GPU is fine: its CPU copy is taken then, and its GPU memory
     freed), so a pipeline can be loaded one model at a time without ever holding two on the GPU. The arena that
@@ -200,10 +226,10 @@ class Residency:
         """Make ``name`` the model on the device (the one there before goes back to its CPU copy). A model is put
         at the same addresses every time.
 
-        On CUDA this returns once the copies are queued, without waiting for them: the host goes on to what comes
-        next (tokenizing the prompt, launching the model's first kernels) while they run, and the GPU runs that
-        work after them, in stream order. The weights' pinned CPU copies never change, so nothing can overwrite
-        them meanwhile."""
+        On CUDA this returns once the copy is queued, without waiting for it (when the CPU copy is page-locked, as
+        it is unless CUDA refused: ``page_lock``): the host goes on to what comes next (tokenizing the prompt,
+        launching the model's first kernels) while it runs, and the GPU runs that work after it, in stream order.
+        The CPU copies never change, so nothing can overwrite them meanwhile."""
         if name not in self._models:
             raise InvalidArgument(f"name must be one of {self.names}, got {name!r}")
         if name == self.resident:
@@ -223,6 +249,7 @@ class Residency:
         self.resident = name
         if self._pin:
             ended.record(stream)
+            self._moves = [move for move in self._moves if not self._count(move, wait=False)]
             self._moves.append((began, ended))
         else:
             self._seconds += time.perf_counter() - start
@@ -230,13 +257,21 @@ class Residency:
 
     @property
     def seconds_moving(self) -> float:
-        """Seconds spent moving models onto the device so far. On CUDA, each move's time on the GPU, from before
-        the model there was released to its last copy's end (reading it waits for the moves queued)."""
-        for began, ended in self._moves:
-            ended.synchronize()
-            self._seconds += began.elapsed_time(ended) / 1000
+        """Seconds spent moving models onto the device so far. On CUDA: each move's time on the GPU, from its start
+        (the model there before released) to the end of its copy; reading it waits for the moves still queued."""
+        for move in self._moves:
+            self._count(move, wait=True)
         self._moves.clear()
         return self._seconds
+
+    def _count(self, move: tuple, wait: bool) -> bool:
+        """Add a CUDA move's time to the total once it is done (``wait``: wait for that); True when added."""
+        began, ended = move
+        if not wait and not ended.query():
+            return False
+        ended.synchronize()
+        self._seconds += began.elapsed_time(ended) / 1000
+        return True
 
     def scratch(self, name: str, nbytes: int) -> torch.Tensor | None:
         """``nbytes`` of the arena behind model ``name`` (uint8, 256-byte aligned), or None when they do not fit

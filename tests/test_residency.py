@@ -206,22 +206,28 @@ def test_a_move_is_queued_without_waiting_and_what_follows_runs_after_it():
     """``use`` returns while its copy still runs (the host gets on with the next work), yet the work queued after it
     reads the copied weights, and ``seconds_moving`` counts the copy's time on the GPU."""
     torch.manual_seed(0)
-    big = torch.nn.Linear(16384, 16384, bias=False, dtype=torch.bfloat16)  # 512 MiB: ~10 ms from pinned memory
-    small = torch.nn.Linear(64, 16384, bias=False, dtype=torch.bfloat16)
-    x = torch.randn(1, 16384, dtype=torch.bfloat16)
-    expected = big.cuda()(x.cuda()).cpu()
+    # two models of 512 MiB each (~10 ms from page-locked memory), taking turns at the same addresses: a product
+    # that ran before its model's copy ended would read the other one's weights
+    models = {name: torch.nn.Linear(16384, 16384, bias=False, dtype=torch.bfloat16) for name in ("a", "b")}
+    x = torch.randn(1, 16384, dtype=torch.bfloat16).cuda()
+    expected = {name: model.cuda()(x).cpu() for name, model in models.items()}
+    assert not torch.equal(expected["a"], expected["b"])
     residency = Residency("cuda")
-    residency.add("big", big)
-    residency.add("small", small)
-    for _ in range(2):  # the second time, the arena is there already: only the copy is left to wait for
-        residency.use("small")
+    for name, model in models.items():
+        residency.add(name, model)
+    for name in ("a", "b", "a", "b", "a"):
         torch.cuda.synchronize()
         moved = residency.seconds_moving
-        residency.use("big")
+        residency.use(name)
         assert not torch.cuda.current_stream().query()  # the copy is still running
-        assert torch.equal(big(x.cuda()).cpu(), expected)  # queued behind the copy: the weights are all there
+        assert torch.equal(models[name](x).cpu(), expected[name])  # queued behind the copy: its weights are there
         seconds = residency.seconds_moving - moved
         assert 512 * 2**20 / 200e9 < seconds < 5  # under 200 GB/s is a real copy; and it did end
+    for _ in range(20):  # moves nobody reads the time of are counted as they end, not kept
+        residency.use("a")
+        residency.use("b")
+        torch.cuda.synchronize()
+    assert len(residency._moves) <= 2  # at most the last two moves, not all 40
 
 
 @pytest.mark.cuda
@@ -247,3 +253,21 @@ def test_cpu_copies_are_page_locked_as_they_are_not_rounded_up_by_the_pinned_mem
     assert torch.equal(model(x.cuda()).cpu(), expected)
     residency.release()
     assert all(t.device.type == "cpu" and t.is_pinned() for t in model_tensors(model))
+
+
+@pytest.mark.cuda
+def test_page_lock_reports_a_refusal_without_leaving_an_error_behind_and_unlocks_when_collected(caplog):
+    from ernie_nf4.residency import page_lock
+
+    memory = torch.empty(3_000_001, dtype=torch.uint8)
+    buffer = memory[:]  # another tensor object on the same memory, which outlives the first
+    assert page_lock(buffer) and memory.is_pinned()
+    assert not page_lock(memory)  # CUDA refuses to lock the same memory twice
+    assert "could not page-lock 0.00 GB of CPU memory for CUDA" in caplog.text
+    assert "already" in caplog.text.lower()  # CUDA's own reason, in words
+    assert torch.zeros(4, device="cuda").add_(1).sum().item() == 4  # the refusal did not surface in a later launch
+    del buffer
+    gc.collect()
+    assert not memory.is_pinned()  # unlocked when the buffer that locked it was collected
+    assert page_lock(memory)
+    assert page_lock(torch.empty(0, dtype=torch.uint8))  # nothing to lock
