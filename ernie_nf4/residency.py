@@ -17,6 +17,7 @@ as large as the largest model, each tensor's start rounded up to ``ALIGNMENT``.
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 import weakref
 from collections.abc import Sequence
@@ -51,11 +52,13 @@ def _memory_key(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
 
 
-def page_lock(buffer: torch.Tensor) -> bool:
-    """Page-lock ``buffer``'s memory for CUDA (``cudaHostRegister``) until ``buffer`` is collected: copies from it
-    run asynchronously at full speed. Unlike ``pin_memory=True``, which PyTorch's pinned-memory cache rounds up to
-    a power of two (a 4.1 GB model would lock 8 GB), it locks the buffer's bytes and no more. False, with a log line,
-    when CUDA refuses (copies from it then wait for the GPU, and are slower)."""
+def page_lock(buffer: torch.Tensor, done: torch.cuda.Event | None = None) -> bool:
+    """Page-lock ``buffer``'s memory for CUDA (``cudaHostRegister``) until ``buffer`` is collected (then, once
+    ``done``, the event recorded after the last copy from it, has passed): copies from it run asynchronously at full
+    speed. Unlike ``pin_memory=True``, which PyTorch's pinned-memory cache rounds up to a power of two (a 4.1 GB model
+    would lock 8 GB), it locks the buffer's own pages. False, with a log line, when CUDA refuses (copies from it then
+    wait for the GPU, and are slower). CUDA locks whole pages: a buffer that shares one with another locked buffer
+    is refused (``host_buffer`` makes buffers of whole pages)."""
     nbytes = buffer.numel() * buffer.element_size()
     if nbytes == 0:
         return True  # nothing to lock (and no address to lock it at)
@@ -70,9 +73,18 @@ def page_lock(buffer: torch.Tensor) -> bool:
             cudart.cudaGetErrorString(error),
         )
         return False
-    unlock = weakref.finalize(buffer, _unlock, pointer)
+    unlock = weakref.finalize(buffer, _unlock, pointer, done)
     unlock.atexit = False  # at exit the process's memory goes anyway, and CUDA may be gone before this runs
     return True
+
+
+def host_buffer(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of CPU memory (uint8) on whole pages of their own: the first byte starts a page, and the pages
+    after the last byte belong to it too (``page_lock`` locks whole pages)."""
+    pages = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    raw = torch.empty(pages + mmap.PAGESIZE, dtype=torch.uint8)
+    start = -raw.data_ptr() % mmap.PAGESIZE
+    return raw[start : start + pages]
 
 
 def _consume_cuda_error() -> None:
@@ -84,14 +96,19 @@ def _consume_cuda_error() -> None:
         pass
 
 
-def _unlock(pointer: int) -> None:
-    """Unregister a page-locked buffer that is being freed, once no copy from it can still be running."""
-    try:
-        for device in range(torch.cuda.device_count()):
-            torch.cuda.synchronize(device)
-    finally:
-        if int(torch.cuda.cudart().cudaHostUnregister(pointer)) != 0:
-            _consume_cuda_error()
+def _unlock(pointer: int, done: torch.cuda.Event | None) -> None:
+    """Unregister a page-locked buffer that is being freed, once no copy from it can still be running. Not in a
+    process forked after CUDA started (it holds no registration), nor on a thread capturing a CUDA graph (no call
+    that may wait is allowed there: the pages then stay locked until the process ends)."""
+    if not torch.cuda.is_initialized():
+        return
+    if torch.cuda.is_current_stream_capturing():
+        logger.warning("a page-locked buffer was freed during a CUDA graph capture; it stays locked")
+        return
+    if done is not None:
+        done.synchronize()
+    if int(torch.cuda.cudart().cudaHostUnregister(pointer)) != 0:
+        _consume_cuda_error()
 
 
 @dataclass
@@ -149,8 +166,10 @@ class _Model:
         sizes = [entry.nbytes for entry in self.tensors]
         self.bytes = sum(sizes)
         offsets, self.span = plan_offsets(sizes)
-        self.host = torch.empty(self.span, dtype=torch.uint8)
-        self.pinned = pin and page_lock(self.host)
+        self._pages = host_buffer(self.span)  # kept: it is unlocked when collected
+        self.host = self._pages[: self.span]
+        self.copied = torch.cuda.Event() if pin else None  # recorded after each copy from ``host``
+        self.pinned = pin and page_lock(self._pages, self.copied)
         self._host_views = []
         for entry, offset, source in zip(self.tensors, offsets, sources, strict=True):
             entry.offset = offset
@@ -163,6 +182,8 @@ class _Model:
         views = self._host_views
         if arena is not None:
             arena[: self.span].copy_(self.host, non_blocking=self.pinned)
+            if self.copied is not None:
+                self.copied.record(torch.cuda.current_stream(arena.device))
             views = [entry.view(arena) for entry in self.tensors]
         for entry, tensor in zip(self.tensors, views, strict=True):
             for owner, kind, key in entry.slots:
@@ -259,9 +280,9 @@ class Residency:
     def seconds_moving(self) -> float:
         """Seconds spent moving models onto the device so far. On CUDA: each move's time on the GPU, from its start
         (the model there before released) to the end of its copy; reading it waits for the moves still queued."""
-        for move in self._moves:
-            self._count(move, wait=True)
-        self._moves.clear()
+        while self._moves:
+            self._count(self._moves[0], wait=True)
+            del self._moves[0]
         return self._seconds
 
     def _count(self, move: tuple, wait: bool) -> bool:

@@ -1,12 +1,13 @@
 """``residency.Residency``: low-vram's models take turns in one arena, each at the same addresses every time."""
 
 import gc
+import mmap
 
 import pytest
 import torch
 
 from ernie_nf4.pe_decoding import PEDecoder, tensor_fingerprint
-from ernie_nf4.residency import ALIGNMENT, Residency, plan_offsets
+from ernie_nf4.residency import ALIGNMENT, Residency, host_buffer, plan_offsets
 
 from .support.fixtures import model_tensors
 
@@ -35,6 +36,20 @@ def test_plan_refuses_bad_arguments_by_name():
         plan_offsets([1], 48)
     with pytest.raises(ValueError, match="sizes must not be negative, got -1"):
         plan_offsets([4, -1])
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, mmap.PAGESIZE - 1, mmap.PAGESIZE, mmap.PAGESIZE + 1, 3_000_001])
+def test_host_buffers_sit_on_whole_pages_of_their_own(nbytes):
+    """CUDA locks whole pages, and refuses a buffer whose page another locked buffer holds."""
+    buffers = [host_buffer(nbytes) for _ in range(3)]
+    spans = []
+    for buffer in buffers:
+        assert buffer.dtype == torch.uint8 and buffer.data_ptr() % mmap.PAGESIZE == 0
+        assert buffer.numel() % mmap.PAGESIZE == 0 and nbytes <= buffer.numel() < nbytes + mmap.PAGESIZE
+        buffer.fill_(7)  # all of it is writable memory
+        spans.append((buffer.data_ptr(), buffer.data_ptr() + buffer.numel()))
+    spans.sort()
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
 
 
 class Toy(torch.nn.Module):
@@ -260,7 +275,7 @@ def test_page_lock_reports_a_refusal_without_leaving_an_error_behind_and_unlocks
     from ernie_nf4.residency import page_lock
 
     memory = torch.empty(3_000_001, dtype=torch.uint8)
-    buffer = memory[:]  # another tensor object on the same memory, which outlives the first
+    buffer = memory[:]  # another tensor object on the same memory; ``memory`` outlives it
     assert page_lock(buffer) and memory.is_pinned()
     assert not page_lock(memory)  # CUDA refuses to lock the same memory twice
     assert "could not page-lock 0.00 GB of CPU memory for CUDA" in caplog.text
