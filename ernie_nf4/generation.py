@@ -138,7 +138,7 @@ class Generator:
         text = pipe.pe_tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=False
         )
-        inputs = pipe.pe_tokenizer(text, return_tensors="pt")  # on the CPU: PEDecoder takes it to the GPU unwaiting
+        inputs = pipe.pe_tokenizer(text, return_tensors="pt")  # CPU; PEDecoder copies it without waiting for a move
         cap, eos = self.pe_cap, pipe.pe_tokenizer.eos_token_id
         if self._stock_pe_decoding():
             inputs = inputs.to(self.device)
