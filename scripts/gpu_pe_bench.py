@@ -392,11 +392,9 @@ def main() -> None:
             where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-3:]))
             syncs[where] = syncs.get(where, 0) + 1
 
-        shown = warnings.showwarning
-        warnings.showwarning = note
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # restores showwarning on the way out
                 warnings.simplefilter("always")
                 warnings.showwarning = note
                 start = time.perf_counter()
@@ -407,7 +405,6 @@ def main() -> None:
                 s = time.perf_counter() - start
         finally:
             torch.cuda.set_sync_debug_mode("default")
-            warnings.showwarning = shown
         copy = residency.seconds_moving - moved
         for where, count in syncs.items():
             print(f"host waited for the GPU {count}x at {where}", flush=True)

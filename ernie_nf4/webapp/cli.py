@@ -124,7 +124,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
         default=env("memory-mode", "auto"),
         help="auto (default): all-on-gpu when the GPU has 10.5 GiB for this app, else low-vram (6 GiB), else a clear "
         "refusal; all-on-gpu: every model stays on the GPU (about 9.5 GiB at 1024x1024); low-vram: the models "
-        "take turns on the GPU from pinned CPU memory (about 5.9 GiB, about as fast; ~9 GB of free RAM)",
+        "take turns on the GPU from page-locked CPU memory (about 5.9 GiB, about as fast; ~9 GB of free RAM)",
     )
     p.add_argument(
         "--compile",
