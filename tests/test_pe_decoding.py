@@ -305,3 +305,21 @@ def test_another_thread_resetting_the_global_random_state_midway_changes_no_toke
         hook.remove()
     assert torch.equal(tokens, expected)
     assert torch.equal(expected, eager_generate(tiny_pe, as_ids(PROMPTS[0]), 20, seed=21))  # still generate's draws
+
+
+@pytest.mark.cuda
+def test_the_prompt_goes_to_the_gpu_without_waiting_for_work_queued_before_it():
+    """In low-vram the PE's own move is still copying when its prompt goes to the GPU: that copy must not wait for it
+    (a copy from pageable memory would). ``set_sync_debug_mode("error")`` raises at any call that waits."""
+    from ernie_nf4.pe_decoding import _to_device
+
+    ids = torch.tensor([[1, 5, 77, 300, 12]])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError):
+            ids.to("cuda")  # what it replaced waits: the check does catch it
+        on_gpu = _to_device(ids, torch.device("cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), ids)
+    assert _to_device(ids, torch.device("cpu")) is ids  # on the CPU nothing moves
