@@ -79,12 +79,14 @@ def page_lock(buffer: torch.Tensor, done: torch.cuda.Event | None = None) -> boo
 
 
 def host_buffer(nbytes: int) -> torch.Tensor:
-    """``nbytes`` of CPU memory (uint8) on whole pages of their own: the first byte starts a page, and the pages
-    after the last byte belong to it too (``page_lock`` locks whole pages)."""
+    """``nbytes`` of CPU memory (uint8), rounded up to whole pages, in a mapping of its own: no other buffer shares its
+    pages (``page_lock`` locks whole pages), and its storage starts where it starts, which is where PyTorch's
+    ``is_pinned`` looks."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
     pages = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
-    raw = torch.empty(pages + mmap.PAGESIZE, dtype=torch.uint8)
-    start = -raw.data_ptr() % mmap.PAGESIZE
-    return raw[start : start + pages]
+    memory = mmap.mmap(-1, pages, flags=mmap.MAP_PRIVATE)  # private: a forked child writes to its own copy
+    return torch.frombuffer(memory, dtype=torch.uint8)  # the tensor's storage keeps the mapping alive
 
 
 def _consume_cuda_error() -> None:

@@ -45,6 +45,9 @@ def test_host_buffers_sit_on_whole_pages_of_their_own(nbytes):
     spans = []
     for buffer in buffers:
         assert buffer.dtype == torch.uint8 and buffer.data_ptr() % mmap.PAGESIZE == 0
+        # its storage is its own pages, from its first byte: PyTorch's ``is_pinned`` asks CUDA about the storage's
+        assert buffer.untyped_storage().data_ptr() == buffer.data_ptr()
+        assert buffer.untyped_storage().nbytes() == buffer.numel()
         assert buffer.numel() % mmap.PAGESIZE == 0 and nbytes <= buffer.numel() < nbytes + mmap.PAGESIZE
         buffer.fill_(7)  # all of it is writable memory
         spans.append((buffer.data_ptr(), buffer.data_ptr() + buffer.numel()))
