@@ -85,7 +85,8 @@ def host_buffer(nbytes: int) -> torch.Tensor:
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
     pages = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
-    memory = mmap.mmap(-1, pages, flags=mmap.MAP_PRIVATE)  # private: a forked child writes to its own copy
+    private = getattr(mmap, "MAP_PRIVATE", None)  # a forked child writes to its own copy; Windows has neither
+    memory = mmap.mmap(-1, pages) if private is None else mmap.mmap(-1, pages, flags=private)
     return torch.frombuffer(memory, dtype=torch.uint8)  # the tensor's storage keeps the mapping alive
 
 

@@ -2,6 +2,7 @@
 
 import gc
 import mmap
+import os
 
 import pytest
 import torch
@@ -53,6 +54,18 @@ def test_host_buffers_sit_on_whole_pages_of_their_own(nbytes):
         spans.append((buffer.data_ptr(), buffer.data_ptr() + buffer.numel()))
     spans.sort()
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_writes_to_its_own_copy_of_a_host_buffer():
+    buffer = host_buffer(3 * mmap.PAGESIZE).fill_(1)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        buffer.fill_(2)
+        os._exit(0 if int(buffer[-1]) == 2 else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(buffer.min()) == int(buffer.max()) == 1  # the parent's models are not the child's to change
 
 
 class Toy(torch.nn.Module):
