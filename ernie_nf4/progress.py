@@ -3,6 +3,7 @@ reports and the app shows: a stage name, a message, and where known how far it i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,6 @@ class RateMeter:
 
 def report(callback: ProgressCallback | None, stage: str, message: str = "", **amounts) -> None:
     """Call ``callback`` (if any) with a ``Progress``; also the library's log line."""
-    import logging
 
     event = Progress(stage, message, **amounts)
     logging.getLogger("ernie_nf4").info("%s", event.describe())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from importlib import metadata
 
 from .errors import EnvironmentUnsupported, InvalidArgument
+from .stats import PeakVram
 
 
 def resolve_device(device: str | None) -> str:
@@ -55,8 +57,6 @@ def peak_vram(device=None):
     CUDA (or for a CPU device)."""
     import torch
 
-    from .stats import PeakVram
-
     if (cuda := _cuda(device)) is None:
         return None
     torch.cuda.synchronize(cuda)
@@ -71,3 +71,12 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def free_device_memory() -> None:
+    """Drop unreferenced tensors and hand cached CUDA blocks back (after a run, a failure or a model swap)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -5,7 +5,7 @@
 
 Four fresh processes, one after another: the default flags (the blocks compile in the background), cold then warm,
 and ``--no-compile``, cold then warm. Cold: new, empty TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR, and the
-package's files dropped from the page cache (``posix_fadvise(DONTNEED)``, as ``ernie_nf4.benchmark`` does); warm:
+package's files dropped from the page cache (``posix_fadvise(DONTNEED)``, as ``ernie_nf4.benchmark.run`` does); warm:
 the same cache folders again, the files left in the page cache.
 
 Each process runs what ``python app.py`` runs as it starts (``webapp.cli``: ``parse_args``, ``config_from_args``,
@@ -46,8 +46,8 @@ def emit(event: str, **fields) -> None:
 def child(spec: dict) -> None:
     """One app start: what ``python app.py`` does before serving, then the requests."""
     emit("python_started")
-    from ernie_nf4.fast_transformer import CompileState
     from ernie_nf4.request import GenerationRequest
+    from ernie_nf4.runtime.fast_transformer import CompileState
     from ernie_nf4.webapp import cli
 
     args = cli.parse_args(spec["app_args"])
@@ -102,7 +102,7 @@ def child(spec: dict) -> None:
 
 
 def run_one(mode: str, cache: str, args, caches: Path, timeout: float) -> dict:
-    from ernie_nf4.benchmark import evict_page_cache
+    from ernie_nf4.benchmark.run import evict_page_cache
 
     record = {"mode": mode, "cache": cache, "status": "ok", "events": []}
     if cache == "cold":

@@ -12,7 +12,7 @@ python3 quantize.py --source "$work/ERNIE-Image" --output "$work/ERNIE-Image-NF4
 cp "$work/ERNIE-Image-NF4/quantization_metadata.json" "$out/full_quantization_metadata.json"
 python3 - "$work/ERNIE-Image-NF4" <<'PY'
 import sys
-from ernie_nf4.metadata import read_metadata
+from ernie_nf4.package.metadata import read_metadata
 meta = read_metadata(sys.argv[1])
 seed = {"transformer": 4_146_045_428, "text_encoder": 2_585_177_824, "pe": 2_367_115_496}
 print(f"card: {meta['gpu']}; versions: {meta['versions']}")

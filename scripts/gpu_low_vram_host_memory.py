@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from ernie_nf4.loader import load_pipeline
+from ernie_nf4.runtime.loader import load_pipeline
 
 
 def power_of_two(size: int) -> int:

@@ -16,7 +16,7 @@ import sys
 
 CHILD = """
 import json, sys, time, torch
-from ernie_nf4.generation import Generator
+from ernie_nf4.runtime.generation import Generator
 from ernie_nf4.request import GenerationRequest
 cap, package, steps = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)

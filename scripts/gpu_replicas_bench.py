@@ -1,4 +1,4 @@
-"""Several GPUs: time 4 concurrent 1024x1024 requests with 1 replica vs 2 (``ernie_nf4.replicas``).
+"""Several GPUs: time 4 concurrent 1024x1024 requests with 1 replica vs 2 (``ernie_nf4.serving.replicas``).
 
     python scripts/gpu_replicas_bench.py [--package DIR] [--steps 50] [--requests 4] [--gpus 0,1]
 
@@ -53,9 +53,9 @@ def timed(service, requests) -> tuple[float, dict]:
 def main() -> None:
     import numpy as np
 
-    from ernie_nf4.replicas import ReplicaService, parse_gpus
     from ernie_nf4.request import GenerationRequest
-    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.serving.replicas import ReplicaService, parse_gpus
+    from ernie_nf4.serving.service import ServiceConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", help="an NF4 package folder (default: build the full-size synthetic one)")

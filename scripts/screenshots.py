@@ -31,7 +31,7 @@ def free_port() -> int:
 def main(out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
     from ernie_nf4.webapp.ui import build_demo
 
     work = Path(tempfile.mkdtemp(prefix="ernie-shots-"))

@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from ernie_nf4.metadata import read_metadata  # noqa: E402
+from ernie_nf4.package.metadata import read_metadata  # noqa: E402
 
 from .support.app import ROOT, chromium_path, free_port, playwright_api  # noqa: E402
 
@@ -212,7 +212,7 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
     import torch
 
     from app import build_demo
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
 
     if torch.cuda.is_available():
         pytest.skip("only meaningful without a GPU")
@@ -231,7 +231,7 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
 
 
 def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
-    from ernie_nf4.memory import MemoryMode
+    from ernie_nf4.runtime.memory_modes import MemoryMode
     from ernie_nf4.webapp.cli import build_parser, config_from_args
 
     monkeypatch.delenv("ERNIE_NF4_COMPILE", raising=False)
@@ -247,7 +247,7 @@ def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
     assert config_from_args(build_parser().parse_args([])).compile is False
     bad = subprocess.run([sys.executable, "app.py", "--memory-mode", "tiny"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--memory-mode: invalid choice: 'tiny'" in bad.stderr
-    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.serving.service import ServiceConfig
 
     with pytest.raises(
         ValueError, match=r"memory_mode must be one of \['auto', 'all-on-gpu', 'low-vram'\], got 'model-offload'"

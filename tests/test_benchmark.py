@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ernie_nf4.benchmark import MODES, main
-from ernie_nf4.metadata import read_metadata
+from ernie_nf4.benchmark.run import MODES, main
+from ernie_nf4.package.metadata import read_metadata
 from ernie_nf4.stats import RUN_STAGES as STAGES
 
 from .support.fixtures import HAS_CUDA
@@ -82,7 +82,7 @@ def test_resolution_flag_and_a_progress_line_per_stage(tiny_original, tmp_path, 
 
 def test_the_step_floor_counts_the_transformers_weights_and_attention():
     from ernie_nf4.formatting import denoising_step_flops, step_floor_line
-    from ernie_nf4.model_configs import REFERENCE_ORIGINAL_BYTES, component_config
+    from ernie_nf4.synthetic.configs import REFERENCE_ORIGINAL_BYTES, component_config
 
     config = component_config("transformer")
     params = REFERENCE_ORIGINAL_BYTES["transformer"] / 2  # bf16 file of the real model

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("gradio")
-from ernie_nf4.png import parameters_text, save_png  # noqa: E402
 from ernie_nf4.request import GenerationRequest  # noqa: E402
+from ernie_nf4.webapp.png import parameters_text, save_png  # noqa: E402
 from ernie_nf4.webapp.png_params import parse_parameters  # noqa: E402
 from ernie_nf4.webapp.ui import form_defaults  # noqa: E402
 

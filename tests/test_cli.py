@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ernie_nf4.metadata import read_metadata, verify_package
+from ernie_nf4.package.metadata import read_metadata, verify_package
 
 from .support.fixtures import HAS_CUDA
 
@@ -65,7 +65,7 @@ def test_transformer_without_gpu_says_what_can_run(tiny_original, tmp_path):
 
 
 def test_loader_without_gpu_refuses_an_nf4_transformer(tiny_package):
-    code = f"from ernie_nf4.loader import load_pipeline; load_pipeline({str(tiny_package)!r}, device='cpu')"
+    code = f"from ernie_nf4.runtime.loader import load_pipeline; load_pipeline({str(tiny_package)!r}, device='cpu')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=NO_GPU)
     assert result.returncode != 0
     assert "its transformer is NF4, which diffusers loads only on a CUDA GPU" in result.stderr

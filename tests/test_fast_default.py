@@ -5,9 +5,9 @@ app's start-up is driven through ``webapp.cli``'s functions, as ``python app.py`
 import numpy as np
 import pytest
 
-from ernie_nf4.fast_transformer import CompileState
 from ernie_nf4.request import GenerationRequest
-from ernie_nf4.service import ImageService, ServiceConfig, preload
+from ernie_nf4.runtime.fast_transformer import CompileState
+from ernie_nf4.serving.service import ImageService, ServiceConfig, preload
 from ernie_nf4.webapp.cli import SettingsError, build_parser, config_from_args, parse_args, start_loading
 from ernie_nf4.webapp.zerogpu import adjust_config
 
@@ -136,7 +136,7 @@ def test_the_service_compiles_in_the_background_while_requests_run_eagerly_then_
 @pytest.mark.slow
 def test_replicas_start_compiling_only_once_every_replica_has_loaded(tiny_package, nf4_everywhere):
     # A load sets process-wide torch state (the default dtype) that a compile running in another thread trips on.
-    from ernie_nf4.replicas import ReplicaService
+    from ernie_nf4.serving.replicas import ReplicaService
 
     replicas = ReplicaService(package_config(tiny_package, compile=True), [DEVICE, DEVICE])
     first, second = replicas.replicas

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import ErnieImageTransformer2DModel
 
-from ernie_nf4.fast_transformer import (
+from ernie_nf4.runtime.fast_transformer import (
     BlockCompiler,
     CompileState,
     FastErnieImageTransformer2DModel,
@@ -152,7 +152,7 @@ def test_a_call_the_compiled_block_does_not_cover_runs_eagerly_without_compiling
     compiler = BlockCompiler(model)
     assert compiler.compile() and compiler.activate()
     graphs = counters["stats"]["unique_graphs"]
-    with caplog.at_level(logging.WARNING, logger="ernie_nf4.fast_transformer"), torch.no_grad():
+    with caplog.at_level(logging.WARNING, logger="ernie_nf4.runtime.fast_transformer"), torch.no_grad():
         for _ in range(2):
             assert torch.equal(model(**inputs)[0], eager)
     assert compiler.fallback_calls == 2 * len(model.layers)
@@ -171,7 +171,7 @@ def test_a_failed_compile_logs_one_line_and_leaves_the_model_eager(nf4_transform
     with torch.no_grad():
         expected = model(**inputs)[0]
     compiler = BlockCompiler(model, backend=broken_backend)
-    with caplog.at_level(logging.WARNING, logger="ernie_nf4.fast_transformer"):
+    with caplog.at_level(logging.WARNING, logger="ernie_nf4.runtime.fast_transformer"):
         assert compiler.start().wait(timeout=300) is CompileState.FAILED
     assert "no compiler here" in compiler.error and compiler.describe().startswith("eager: compile failed (")
     assert caplog.text.count("compiling the transformer blocks failed") == 1

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from ernie_nf4.errors import PackageError
-from ernie_nf4.package_check import check_package
-from ernie_nf4.provider import download_package
+from ernie_nf4.package.check import check_package
+from ernie_nf4.serving.provider import download_package
 
 from .support.hub_server import HubServer
 
@@ -93,7 +93,7 @@ def foreign_mixed_package(tiny_original, tmp_path_factory):
 @pytest.mark.nf4
 def test_a_foreign_package_loads_generates_and_is_described(foreign_package, tmp_path, nf4_everywhere):
     from ernie_nf4.request import GenerationRequest
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
 
     check = check_package(foreign_package)
     assert not check.verified and check.foreign_metadata == FOREIGN_METADATA
@@ -201,7 +201,7 @@ def test_download_refuses_early_when_the_disk_is_too_small(foreign_mixed_package
     from ernie_nf4.errors import EnvironmentUnsupported
 
     usage = shutil_module.disk_usage(tmp_path)
-    monkeypatch.setattr("ernie_nf4.provider.shutil.disk_usage", lambda path: usage._replace(free=999))
+    monkeypatch.setattr("ernie_nf4.serving.provider.shutil.disk_usage", lambda path: usage._replace(free=999))
     files = {
         p.relative_to(foreign_mixed_package).as_posix(): p.read_bytes()
         for p in foreign_mixed_package.rglob("*")
@@ -323,7 +323,7 @@ def test_a_header_with_offsets_of_the_wrong_type_is_refused_by_name(tmp_path):
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
-    from ernie_nf4.package_check import read_safetensors_header
+    from ernie_nf4.package.safetensors_header import read_safetensors_header
 
     with pytest.raises(PackageError, match=r"model.safetensors: safetensors entry 'w' is malformed"):
         read_safetensors_header(path)

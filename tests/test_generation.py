@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ernie_nf4.errors import GenerationCancelled, OutOfMemory
-from ernie_nf4.generation import Generator
 from ernie_nf4.request import SEED_LIMIT, GenerationRequest
+from ernie_nf4.runtime.generation import Generator
 
 from .support.fixtures import HAS_CUDA
 

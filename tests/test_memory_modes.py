@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from ernie_nf4.errors import EnvironmentUnsupported
-from ernie_nf4.generation import Generator
-from ernie_nf4.loader import load_pipeline
-from ernie_nf4.memory import MemoryMode
-from ernie_nf4.pe_decoding import tensor_fingerprint
+from ernie_nf4.pe.decoding import tensor_fingerprint
 from ernie_nf4.request import GenerationRequest
-from ernie_nf4.residency import Residency
+from ernie_nf4.runtime.generation import Generator
+from ernie_nf4.runtime.loader import load_pipeline
+from ernie_nf4.runtime.memory_modes import MemoryMode
+from ernie_nf4.runtime.residency import Residency
 
 from .support.fixtures import DEVICE, HAS_CUDA
 from .support.fixtures import model_tensors as tensors
@@ -190,7 +190,7 @@ def test_low_vram_reuses_the_pe_graph_across_requests_and_matches_all_on_gpu(tin
 def test_text_encoder_table_in_cpu_memory_gives_the_same_embeddings(tiny_package, nf4_everywhere):
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from ernie_nf4.memory_savers import CpuEmbedding, embeddings_on_cpu
+    from ernie_nf4.runtime.memory_savers import CpuEmbedding, embeddings_on_cpu
 
     kwargs = {"dtype": torch.bfloat16, "device_map": {"": DEVICE}}
     model = AutoModel.from_pretrained(tiny_package / "text_encoder", **kwargs)
@@ -211,7 +211,7 @@ def test_text_encoder_table_in_cpu_memory_gives_the_same_embeddings(tiny_package
 def test_tiled_vae_decode_tiles_only_large_images_and_is_reproducible(tiny_original):
     from diffusers import AutoencoderKLFlux2
 
-    from ernie_nf4.memory_savers import tile_vae
+    from ernie_nf4.runtime.memory_savers import tile_vae
 
     vae = AutoencoderKLFlux2.from_pretrained(tiny_original / "vae", dtype=torch.float32).to(DEVICE)
     g = torch.Generator().manual_seed(0)
@@ -228,7 +228,7 @@ def test_tiled_vae_decode_tiles_only_large_images_and_is_reproducible(tiny_origi
 
 def test_auto_picks_the_mode_the_usable_memory_holds_and_refuses_below_it():
     from ernie_nf4.errors import EnvironmentUnsupported
-    from ernie_nf4.memory import MemoryMode, choose_memory_mode
+    from ernie_nf4.runtime.memory_modes import MemoryMode, choose_memory_mode
 
     assert choose_memory_mode("cuda:0", usable=12.0)[0] is MemoryMode.ALL_ON_GPU
     mode, reason = choose_memory_mode("cuda:0", usable=8.0)

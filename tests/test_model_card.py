@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ernie_nf4.metadata import read_metadata, verify_package
-from ernie_nf4.model_card import TAGS, model_card, source_license
+from ernie_nf4.build.model_card import TAGS, model_card, source_license
+from ernie_nf4.package.metadata import read_metadata, verify_package
 
 from .support.fixtures import DEVICE
 
@@ -108,8 +108,8 @@ def test_license_is_read_from_the_source_card(tmp_path):
 
 
 def test_benchmark_write_metadata_regenerates_the_card(tiny_package, tmp_path, nf4_everywhere):
-    from ernie_nf4.benchmark import benchmark
-    from ernie_nf4.generation import GenerationRequest
+    from ernie_nf4.benchmark.run import benchmark
+    from ernie_nf4.runtime.generation import GenerationRequest
 
     package = tmp_path / "pkg"
     shutil.copytree(tiny_package, package)
@@ -132,7 +132,7 @@ def test_benchmark_write_metadata_regenerates_the_card(tiny_package, tmp_path, n
 
 
 def test_quantize_copies_the_source_license_into_metadata_and_card(tiny_original, tmp_path):
-    from ernie_nf4.quantize import quantize_package
+    from ernie_nf4.build.quantize import quantize_package
 
     source = Path(shutil.copytree(tiny_original, tmp_path / "orig"))
     (source / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: diffusers\n---\n# ERNIE-Image\n")

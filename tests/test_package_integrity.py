@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ernie_nf4.errors import PackageError
-from ernie_nf4.loader import load_pipeline
-from ernie_nf4.metadata import METADATA_FILE
+from ernie_nf4.package.metadata import METADATA_FILE
+from ernie_nf4.runtime.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_no_remote_code_is_ever_trusted():
 
 
 def test_the_app_service_checks_hashes_when_asked(tiny_package, tmp_path):
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
 
     package = tmp_path / "pkg"
     shutil.copytree(tiny_package, package)

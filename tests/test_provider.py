@@ -3,8 +3,8 @@
 import pytest
 
 from ernie_nf4.errors import PackageError
-from ernie_nf4.metadata import verify_package
-from ernie_nf4.provider import download_package, ensure_package
+from ernie_nf4.package.metadata import verify_package
+from ernie_nf4.serving.provider import download_package, ensure_package
 
 from .support.hub_server import HubServer as HubStandIn
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ernie_nf4.metadata import read_metadata, verify_package
-from ernie_nf4.model_card import model_card
-from ernie_nf4.provider import ensure_package
-from ernie_nf4.publish import push_to_hub
+from ernie_nf4.build.model_card import model_card
+from ernie_nf4.build.publish import push_to_hub
+from ernie_nf4.package.metadata import read_metadata, verify_package
+from ernie_nf4.serving.provider import ensure_package
 
 from .support.hub_server import GITATTRIBUTES, HubServer
 

@@ -7,9 +7,16 @@ import torch
 from diffusers import ErnieImagePipeline
 from safetensors import safe_open
 
-from ernie_nf4.metadata import METADATA_FILE, PackageError, read_metadata, sha256_file, verify_package, write_metadata
-from ernie_nf4.package_check import header_sha256
-from ernie_nf4.quantize import QUANTIZABLE, bnb_config, check_components
+from ernie_nf4.build.quantize import QUANTIZABLE, bnb_config, check_components
+from ernie_nf4.package.metadata import (
+    METADATA_FILE,
+    PackageError,
+    read_metadata,
+    sha256_file,
+    verify_package,
+    write_metadata,
+)
+from ernie_nf4.package.safetensors_header import header_sha256
 
 from .support.fixtures import DEVICE
 
@@ -165,8 +172,8 @@ def test_the_seed_readme_per_component_snippet_loads_the_package(tiny_package, n
 
 
 def test_not_enough_disk_is_refused_before_any_work(tmp_path):
+    from ernie_nf4.build.quantize import _check_disk
     from ernie_nf4.errors import EnvironmentUnsupported
-    from ernie_nf4.quantize import _check_disk
 
     _check_disk(tmp_path, 1)
     with pytest.raises(EnvironmentUnsupported, match=r"B free, the package needs about 1000000.00 TB; free some disk"):
@@ -178,7 +185,7 @@ def test_text_encoder_ships_without_its_vision_tower_and_gives_the_same_embeddin
 ):
     from transformers import Mistral3Model, MistralModel
 
-    from ernie_nf4.quantize import quantize_package
+    from ernie_nf4.build.quantize import quantize_package
 
     meta = read_metadata(tiny_package)
     record = meta["components"]["text_encoder"]
@@ -214,7 +221,7 @@ def test_text_encoder_ships_without_its_vision_tower_and_gives_the_same_embeddin
 def test_overwrite_never_replaces_another_pipeline_or_a_lookalike(tmp_path):
     import json as _json
 
-    from ernie_nf4.quantize import check_output
+    from ernie_nf4.build.quantize import check_output
 
     other = tmp_path / "FLUX.1-dev"
     other.mkdir()

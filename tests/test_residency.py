@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from ernie_nf4.pe_decoding import PEDecoder, tensor_fingerprint
-from ernie_nf4.residency import ALIGNMENT, Residency, host_buffer, plan_offsets
+from ernie_nf4.pe.decoding import PEDecoder, tensor_fingerprint
+from ernie_nf4.runtime.residency import ALIGNMENT, Residency, host_buffer, plan_offsets
 
 from .support.fixtures import model_tensors
 
@@ -154,7 +154,7 @@ def test_pe_kv_cache_lives_in_the_arena_behind_the_pe_and_outlasts_other_models_
 
     from transformers import AutoModelForCausalLM
 
-    from ernie_nf4.pe_decoding import StaticKV, model_parts
+    from ernie_nf4.pe.decoding import StaticKV, model_parts
 
     pe = AutoModelForCausalLM.from_pretrained(tiny_package / "pe", dtype=torch.bfloat16, device_map={"": "cpu"})
     ids = torch.tensor([[1, 5, 77, 300, 12, 44, 9]])
@@ -186,7 +186,7 @@ def test_pe_kv_cache_lives_in_the_arena_behind_the_pe_and_outlasts_other_models_
 @pytest.mark.cuda
 @torch.no_grad()
 def test_low_vram_holds_only_the_arena_and_puts_each_model_at_the_same_addresses(tiny_package):
-    from ernie_nf4.loader import load_pipeline
+    from ernie_nf4.runtime.loader import load_pipeline
 
     loaded = load_pipeline(tiny_package, memory_mode="low-vram")
     residency, pipe = loaded.residency, loaded.pipe
@@ -214,7 +214,7 @@ def test_low_vram_holds_only_the_arena_and_puts_each_model_at_the_same_addresses
 
 @pytest.mark.cuda
 def test_pe_graph_captured_once_serves_requests_across_low_vram_moves(tiny_package):
-    from ernie_nf4.loader import load_pipeline
+    from ernie_nf4.runtime.loader import load_pipeline
 
     loaded = load_pipeline(tiny_package, memory_mode="low-vram")
     residency, pipe = loaded.residency, loaded.pipe
@@ -288,7 +288,7 @@ def test_cpu_copies_are_page_locked_as_they_are_not_rounded_up_by_the_pinned_mem
 
 @pytest.mark.cuda
 def test_page_lock_reports_a_refusal_without_leaving_an_error_behind_and_unlocks_when_collected(caplog):
-    from ernie_nf4.residency import page_lock
+    from ernie_nf4.runtime.residency import page_lock
 
     memory = torch.empty(3_000_001, dtype=torch.uint8)
     buffer = memory[:]  # another tensor object on the same memory; ``memory`` outlives it

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ernie_nf4.metadata import METADATA_FILE
+from ernie_nf4.package.metadata import METADATA_FILE
 from ernie_nf4.request import request_from_form
 
 pytest.importorskip("gradio")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ernie_nf4.errors import PackageError
-from ernie_nf4.package_check import check_package
+from ernie_nf4.package.check import check_package
 
 pytest.importorskip("gradio")
 from app import build_demo  # noqa: E402
@@ -170,8 +170,8 @@ def test_8_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, 
 
 
 def test_8_a_tiny_disk_names_real_figures_not_zero(tmp_path):
+    from ernie_nf4.build.quantize import _check_disk
     from ernie_nf4.errors import EnvironmentUnsupported
-    from ernie_nf4.quantize import _check_disk
 
     with pytest.raises(EnvironmentUnsupported) as info:
         _check_disk(tmp_path, 10**18)
@@ -179,7 +179,7 @@ def test_8_a_tiny_disk_names_real_figures_not_zero(tmp_path):
 
 
 def test_2_component_classes_come_only_from_the_allow_list(tmp_path):
-    from ernie_nf4.synthetic import build_original
+    from ernie_nf4.synthetic.build import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
     index = json.loads((folder / "model_index.json").read_text())
@@ -190,7 +190,7 @@ def test_2_component_classes_come_only_from_the_allow_list(tmp_path):
 
 
 def test_6_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
-    from ernie_nf4.synthetic import build_original
+    from ernie_nf4.synthetic.build import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
     weights = next((folder / "vae").glob("*.safetensors"))
@@ -516,9 +516,9 @@ def app_package(tmp_path_factory):
     transformer in NF4 only with a GPU (the app's process runs diffusers unpatched, whatever other tests patched)."""
     import torch
 
-    from ernie_nf4.nf4_format import QUANTIZABLE
-    from ernie_nf4.quantize import quantize_package
-    from ernie_nf4.synthetic import build_original
+    from ernie_nf4.build.quantize import quantize_package
+    from ernie_nf4.package.format import QUANTIZABLE
+    from ernie_nf4.synthetic.build import build_original
 
     folder = tmp_path_factory.mktemp("app-package")
     original = build_original(folder / "original", size="tiny")

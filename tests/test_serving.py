@@ -73,7 +73,7 @@ def test_off_zerogpu_generate_is_the_service_itself():
 
 
 def test_on_zerogpu_compile_is_turned_off_with_one_line(capsys):
-    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.serving.service import ServiceConfig
     from ernie_nf4.webapp.zerogpu import adjust_config, on_zerogpu
 
     assert on_zerogpu({"SPACES_ZERO_GPU": "true"}) and not on_zerogpu({})
@@ -84,7 +84,7 @@ def test_on_zerogpu_compile_is_turned_off_with_one_line(capsys):
 
 def test_parse_gpus():
     from ernie_nf4.errors import InvalidArgument
-    from ernie_nf4.replicas import parse_gpus
+    from ernie_nf4.serving.replicas import parse_gpus
 
     assert parse_gpus("all", device_count=2) == ["cuda:0", "cuda:1"]
     assert parse_gpus("1,0", device_count=2) == ["cuda:1", "cuda:0"]
@@ -98,8 +98,8 @@ def test_parse_gpus():
 def test_two_cpu_replicas_serve_concurrent_requests_with_identical_images(tmp_path, nf4_everywhere):
     import numpy as np
 
-    from ernie_nf4.replicas import ReplicaService
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.serving.replicas import ReplicaService
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
 
     config = ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device="cpu", max_pe_tokens=8)
     replicas = ReplicaService(config, ["cpu", "cpu"])
@@ -128,8 +128,8 @@ def test_two_cpu_replicas_serve_concurrent_requests_with_identical_images(tmp_pa
 
 @pytest.mark.slow
 def test_the_app_runs_one_job_per_replica(tmp_path, nf4_everywhere):
-    from ernie_nf4.replicas import ReplicaService
-    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.serving.replicas import ReplicaService
+    from ernie_nf4.serving.service import ServiceConfig
     from ernie_nf4.webapp.ui import build_demo
 
     config = ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device="cpu")
@@ -302,8 +302,8 @@ def test_zerogpu_stop_slots_are_freed_after_every_run(forked_gpu):
 
 
 def test_zerogpu_config_turns_compile_off_and_auto_into_all_on_gpu():
-    from ernie_nf4.memory import MemoryMode
-    from ernie_nf4.service import ServiceConfig
+    from ernie_nf4.runtime.memory_modes import MemoryMode
+    from ernie_nf4.serving.service import ServiceConfig
     from ernie_nf4.webapp.zerogpu import adjust_config
 
     config = adjust_config(ServiceConfig(compile=True))
@@ -315,8 +315,8 @@ def test_running_out_of_gpu_memory_while_loading_is_explained(tiny_package, monk
     import torch
 
     from ernie_nf4.errors import OutOfMemory
-    from ernie_nf4.generation import Generator
-    from ernie_nf4.service import ImageService, ServiceConfig
+    from ernie_nf4.runtime.generation import Generator
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
 
     def out_of_memory(*args, **kwargs):  # what bitsandbytes/diffusers raise on a card that is too small
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -1,1 +1,11 @@
-"""The Gradio app around ``ImageService``: ``ui.build_demo(service)`` builds it, ``cli.main()`` runs it."""
+"""The Gradio app (``python app.py``): the UI built around any object with ``ImageService``'s methods.
+
+- ``ui``: ``build_demo(service)``, the layout and its event handlers;
+- ``cli``: the flags (each also an ``ERNIE_NF4_*`` variable) and the launch;
+- ``limits``, ``runs``: queue and per-client limits, one stop signal per run;
+- ``outputs``, ``png``, ``png_params``: saved images and the settings they carry;
+- ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
+- ``i18n``, ``messages``, ``examples``: the words users read.
+
+May import: the root modules, ``runtime``, ``serving``.
+"""

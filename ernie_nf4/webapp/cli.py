@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import re
 import socket
 import sys
 
 from ..errors import ErnieNF4Error
-from ..memory import APP_MEMORY_MODES
+from ..runtime.memory_modes import APP_MEMORY_MODES
+from ..serving.replicas import ReplicaService, parse_gpus
+from ..serving.service import ImageService, ServiceConfig, preload
 from ..variants import DEFAULT_VARIANT, VARIANTS
+from . import limits as app_limits
+from . import zerogpu
+from .limits import MB, Limits
+from .outputs import OutputStore
 
 ON_WORDS = ("1", "true", "yes", "on")
 OFF_WORDS = ("0", "false", "no", "off", "")
@@ -221,7 +228,6 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
 
 
 def limits_from_args(args):
-    from .limits import MB, Limits
 
     return Limits.for_environment(
         max_queue=args.max_queue,
@@ -233,9 +239,6 @@ def limits_from_args(args):
 
 def build_service(args, config):
     """One ``ImageService``, or a ``ReplicaService`` with ``--gpus``; on ZeroGPU the weights load now."""
-    from ..replicas import ReplicaService, parse_gpus
-    from ..service import ImageService
-    from . import zerogpu
 
     if zerogpu.on_zerogpu():
         service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
@@ -250,8 +253,6 @@ def start_loading(service, args):
     background thread, and with it the transformer blocks start compiling; a request that comes first waits for
     that load (and shows its progress). Returns the thread, or None. Imports no Gradio (scripts/gpu_first_image.py
     runs this as the app does)."""
-    from ..service import preload
-    from . import zerogpu
 
     if zerogpu.on_zerogpu():  # loaded already, before the app (build_service)
         return None
@@ -305,7 +306,6 @@ def exposure_warning(args) -> str | None:
 
 
 def config_from_args(args):
-    from ..service import ServiceConfig
 
     variant = VARIANTS[args.variant]
     model_dir = args.model_dir or (f"{variant.default_package_dir}-tiny" if args.tiny else variant.default_package_dir)
@@ -324,10 +324,6 @@ def config_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    import logging
-
-    from . import limits as app_limits
-    from .outputs import OutputStore
 
     # The operator's log: what the library reports (download, build, load, memory mode, warnings) with times.
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from ..png import save_png
+from .png import save_png
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("~/.cache/ernie-nf4/outputs")

@@ -1,4 +1,4 @@
-"""Settings back from a PNG: the A1111-style ``parameters`` text chunk this app writes (``ernie_nf4.png``), parsed
+"""Settings back from a PNG: the A1111-style ``parameters`` text chunk this app writes (``png.py``), parsed
 into the form's fields. Unknown keys are ignored; a key that is missing leaves that field as it is."""
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ import gradio as gr
 
 from ..errors import GenerationCancelled
 from ..formatting import run_info, size_rows, stats_markdown
-from ..memory import free_device_memory
-from ..png import parameters_text
 from ..progress import Progress
 from ..request import IMAGES_RANGE, STEPS_RANGE, request_from_form
+from ..system import free_device_memory
 from .examples import EXAMPLES
 from .i18n import I18N, t
 from .messages import STOPPED, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
+from .png import parameters_text
 from .png_params import read_png_parameters
 from .runs import RunRegistry, drop_queued
 from .zerogpu import decorator as zerogpu_decorator

@@ -22,8 +22,12 @@ import math
 import mmap
 import os
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 from ..errors import GenerationCancelled
+from ..runtime.memory_modes import MemoryMode
+from ..serving.provider import repo_layout
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +174,6 @@ def gpu_generate(service, gpu_decorator=None):
 
 def adjust_config(config):
     """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line when --compile asked for it)."""
-    from dataclasses import replace
-
-    from ..memory import MemoryMode
 
     if config.compile:
         print("ZeroGPU: --compile turned off (each GPU call runs in a fresh worker)", flush=True)
@@ -186,14 +187,10 @@ def adjust_config(config):
 def use_hf_cache(config):
     """The package from the HF cache (``preload_from_hub`` put it there at build time, so a restart downloads
     nothing): ``snapshot_download`` returns its cached folder, which becomes ``model_dir``."""
-    from dataclasses import replace
-    from pathlib import Path
 
     if config.tiny or not config.repo_id or (Path(config.model_dir).expanduser() / "model_index.json").exists():
         return config
     from huggingface_hub import snapshot_download
-
-    from ..provider import repo_layout
 
     root = repo_layout(config.repo_id).root  # the package may sit in one subfolder of the repo
     snapshot = snapshot_download(config.repo_id, allow_patterns=[f"{root}/*"] if root else None)

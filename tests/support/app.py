@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from ernie_nf4.errors import GenerationCancelled
-from ernie_nf4.generation import GenerationResult
 from ernie_nf4.progress import Progress
+from ernie_nf4.runtime.generation import GenerationResult
 from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
 from ernie_nf4.variants import VARIANTS
 

@@ -15,9 +15,9 @@ from unittest import mock
 import pytest
 import torch
 
-from ernie_nf4.nf4_format import QUANTIZABLE
-from ernie_nf4.quantize import quantize_package
-from ernie_nf4.synthetic import build_original
+from ernie_nf4.build.quantize import quantize_package
+from ernie_nf4.package.format import QUANTIZABLE
+from ernie_nf4.synthetic.build import build_original
 
 # Tests talk to loopback only: no analytics or telemetry calls out.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -65,7 +65,7 @@ def tiny_package(tiny_original, tmp_path_factory, nf4_everywhere):
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_package, nf4_everywhere):
-    from ernie_nf4.generation import Generator
+    from ernie_nf4.runtime.generation import Generator
 
     return Generator.from_pretrained(tiny_package, device=DEVICE, max_pe_tokens=12, prompt_cache_size=0)
 

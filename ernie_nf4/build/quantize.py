@@ -1,0 +1,327 @@
+"""Build an NF4 package from an ERNIE-Image original: the library behind ``python quantize.py``.
+
+transformer, text_encoder and pe are quantized to 4-bit NF4 (double quantization, bf16 compute) through the
+standard diffusers/transformers ``BitsAndBytesConfig``; every other component is copied byte for byte. The package
+is written into a hidden sibling folder and renamed into place only when complete (``atomic.staged_folder``), so a
+killed build never leaves a half package that looks whole, and an old package survives until the new one is done.
+``--overwrite`` replaces only a folder that is a package, never the source or a folder holding or inside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..atomic import clean_leftovers, staged_folder
+from ..errors import EnvironmentUnsupported, InvalidArgument
+from ..formatting import format_bytes
+from ..package.format import (
+    NF4_SETTINGS,
+    PIPELINE_CLASS,
+    QUANTIZABLE,
+    bnb_config,
+    component_class,
+    components_of,
+    diffusers_nf4_blocker,
+    is_nf4,
+)
+from ..package.metadata import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    folder_bytes,
+    is_own_metadata,
+    measure_folder,
+    totals,
+    verify_package,
+    write_metadata,
+)
+from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
+from ..variants import DEFAULT_VARIANT, VARIANTS
+from .model_card import source_license, write_model_card
+from .source import precheck_source, resolve_source
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = VARIANTS[DEFAULT_VARIANT].source
+DEFAULT_OUTPUT = VARIANTS[DEFAULT_VARIANT].default_package_dir
+# NF4 weights take ~0.28 of their bf16 bytes; the estimate keeps a margin for quant states.
+_NF4_SIZE_FACTOR = 0.35
+
+
+def check_components(components) -> tuple[str, ...]:
+    components = tuple(dict.fromkeys(components))
+    unknown = [name for name in components if name not in QUANTIZABLE]
+    if unknown:
+        raise InvalidArgument(f"components: unknown {unknown}; choose from {list(QUANTIZABLE)}")
+    if not components:
+        raise InvalidArgument(f"components: give at least one of {list(QUANTIZABLE)}")
+    return components
+
+
+def _is_package(folder: Path) -> bool:
+    """This project's package, or an ERNIE-Image pipeline folder (never any other folder, nor another pipeline)."""
+    if (folder / METADATA_FILE).is_file() and is_own_metadata(folder / METADATA_FILE):
+        return True
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == PIPELINE_CLASS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _same_or_contains(outer: Path, inner: Path) -> bool:
+    """Whether folder ``outer`` is ``inner`` or holds it, by identity on disk (case-insensitive file systems and bind
+    mounts included), not by spelling."""
+    for candidate in (inner, *inner.parents):
+        try:
+            if candidate.exists() and outer.exists() and os.path.samefile(candidate, outer):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_output(output: Path, source: str, overwrite: bool) -> None:
+    """Refuse an ``output`` that would lose data: the source itself, a folder holding it or inside it, a file, or
+    (with ``overwrite``) an existing folder that is not a package. Nothing is deleted by a refusal."""
+    local = Path(source).expanduser()
+    if local.exists():
+        src = local.resolve()
+        if _same_or_contains(output, src) or _same_or_contains(src, output.parent) or output == src:
+            raise InvalidArgument(
+                f"output {output}: it is the source {src}, holds it or lies inside it; choose a folder outside it"
+            )
+    if output.is_file() or output.is_symlink() and not output.is_dir():
+        raise InvalidArgument(f"output {output}: is a file; choose a folder path for the package")
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {output} exists; pass --overwrite to replace it "
+            "(the old package stays until the new one is complete)"
+        )
+    if output.exists() and not _is_package(output):
+        raise InvalidArgument(
+            f"output {output}: exists and is not an ERNIE-Image package (no ernie-nf4 {METADATA_FILE}, no "
+            f"{PIPELINE_CLASS} model_index.json), so --overwrite will not replace it; choose a new folder or remove "
+            "it yourself"
+        )
+
+
+def _check_disk(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise EnvironmentUnsupported(
+            f"output {folder}: {format_bytes(free)} free, the package needs about {format_bytes(needed)}; "
+            "free some disk or choose another --output"
+        )
+
+
+def check_not_quantized(folder: Path, components: dict, source: str) -> None:
+    """A source whose models are already 4-bit is a package, not an original: say so in one line."""
+    done = [name for name in QUANTIZABLE if name in components and is_nf4(folder / name)]
+    if done:
+        raise InvalidArgument(
+            f"source {source}: already quantized ({', '.join(done)} in 4-bit); quantize.py needs the bf16 original "
+            f"(e.g. {DEFAULT_SOURCE}). To run this package, pass it to the app: python app.py --model-dir {source}"
+        )
+
+
+@dataclass
+class _Plan:
+    source: Path
+    source_id: str
+    revision: str | None
+    commit: str | None
+    index: dict
+    names: list[str]
+    components: tuple[str, ...]
+    before: dict[str, int]
+
+
+def _plan(source: str, revision: str | None, components: tuple[str, ...], output: Path) -> _Plan:
+    resolved = resolve_source(source, revision)
+    index = json.loads((resolved.path / "model_index.json").read_text())
+    entries = components_of(index)
+    names = list(entries)
+    missing = [name for name in names if not (resolved.path / name).is_dir()]
+    if missing:
+        raise InvalidArgument(f"source {source}: component folders {missing} are missing")
+    for name in components:
+        if name not in names:
+            raise InvalidArgument(f"components: {name} is not in the source's model_index.json ({names})")
+    check_not_quantized(resolved.path, entries, source)
+    before = {name: folder_bytes(resolved.path / name) for name in names}
+    _check_disk(output.parent, int(sum(b * (_NF4_SIZE_FACTOR if n in components else 1.0) for n, b in before.items())))
+    return _Plan(resolved.path, resolved.id, resolved.revision, resolved.commit, index, names, components, before)
+
+
+def _text_model_only(model):
+    """The language model of a vision-language text encoder (``Mistral3Model``), ready to save as its own
+    model, and a record of what was left out. ``ErnieImagePipeline.encode_prompt`` reads only the
+    language model's ``hidden_states[-2]`` (no pixels are ever passed), which this model gives unchanged."""
+    text = model.language_model
+    left_out = [n for n in ("vision_tower", "multi_modal_projector") if hasattr(model, n)]
+    text.config.quantization_config = model.config.quantization_config
+    text.hf_quantizer = model.hf_quantizer
+    text.config.architectures = [type(text).__name__]
+    dropped = {
+        "modules": left_out,
+        "parameters": sum(_parameter_count(getattr(model, n)) for n in left_out),
+        "original_class": type(model).__name__,
+        "saved_class": type(text).__name__,
+        "why": "text-to-image never reads them: the pipeline passes no images to the text encoder",
+    }
+    return text, dropped
+
+
+def _parameter_count(module) -> int:
+    """Parameters of ``module`` as in the original (an NF4 weight packs two values in each stored byte)."""
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in module.parameters()
+    )
+
+
+def _quantize_component(name: str, entry: list, source: Path, target: Path, device: str, keep_vision: bool) -> dict:
+    """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
+    import torch
+
+    model = component_class(name, entry).from_pretrained(
+        source / name,
+        quantization_config=bnb_config(entry[0]),
+        dtype=torch.bfloat16,
+        device_map={"": device},
+        use_safetensors=True,
+    )
+    dropped = {}
+    if name == "text_encoder" and not keep_vision and hasattr(model, "vision_tower"):
+        model, dropped = _text_model_only(model)
+    model.save_pretrained(target, max_shard_size="100GB")
+    del model
+    free_device_memory()
+    return dropped
+
+
+def _write_component(plan: _Plan, name: str, staging: Path, device: str, keep_vision: bool, report) -> dict:
+    """Quantize or copy one component into ``staging``; its metadata record."""
+    t0 = time.perf_counter()
+    vram = dropped = None
+    if name in plan.components:
+        report(f"quantizing {name} to NF4 on {device}")
+        reset_peak_vram()
+        dropped = _quantize_component(name, plan.index[name], plan.source, staging / name, device, keep_vision)
+        vram = peak_vram()
+        if dropped:
+            report(f"    {name}: left out {', '.join(dropped['modules'])} ({dropped['parameters']:,} parameters)")
+            plan.index[name] = ["transformers", dropped["saved_class"]]
+    else:
+        report(f"copying {name}")
+        shutil.copytree(plan.source / name, staging / name)
+    files = measure_folder(staging / name)
+    return {
+        "action": "quantized" if name in plan.components else "copied",
+        "class": plan.index[name],
+        **totals(plan.before[name], sum(entry["bytes"] for entry in files.values())),
+        "files": files,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "peak_vram": None
+        if vram is None
+        else {"allocated_bytes": vram.allocated_bytes, "reserved_bytes": vram.reserved_bytes},
+        **({"left_out": dropped} if dropped else {}),
+    }
+
+
+def _metadata(plan: _Plan, records: dict, staging: Path, device: str, started: float) -> dict:
+    index_before = (plan.source / "model_index.json").stat().st_size
+    index_after = (staging / "model_index.json").stat().st_size
+    quantized_vram = [r["peak_vram"]["allocated_bytes"] for r in records.values() if r["peak_vram"]]
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_by": f"ernie-nf4 {__version__} (quantize_package)",
+        "source": {
+            "id": plan.source_id,
+            "revision": plan.revision,
+            "commit": plan.commit,
+            "license": source_license(plan.source),
+        },
+        "quantization": dict(NF4_SETTINGS),
+        "components_quantized": [n for n in plan.names if n in plan.components],
+        "components_kept": [n for n in plan.names if n not in plan.components],
+        "components": records,
+        "totals": totals(
+            sum(plan.before.values()) + index_before, sum(r["bytes_after"] for r in records.values()) + index_after
+        ),
+        "versions": library_versions(),
+        "gpu": gpu_name(device),
+        "device": device,
+        "build": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "peak_vram_allocated_bytes": max(quantized_vram) if quantized_vram else None,
+        },
+        "benchmarks": {},
+    }
+
+
+def quantize_package(
+    source: str = DEFAULT_SOURCE,
+    output: str | Path = DEFAULT_OUTPUT,
+    components=QUANTIZABLE,
+    revision: str | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    keep_vision: bool = False,
+) -> Path:
+    """Quantize ``components`` of the ERNIE-Image at ``source`` into an NF4 package at ``output``.
+
+    The text encoder is saved as its language model alone (its vision tower and projector are never used for
+    text-to-image); ``keep_vision`` keeps the whole vision-language model instead.
+    Raises ``InvalidArgument`` (bad argument, source or output), ``FileExistsError`` (output exists and not
+    ``overwrite``), ``EnvironmentUnsupported`` (no GPU for the transformer, not enough disk) before any heavy
+    work. Returns the package folder.
+    """
+
+    def report(message: str) -> None:
+        logger.info(message)
+        if on_progress is not None:
+            on_progress(message)
+
+    components = check_components(components)
+    output = Path(output).expanduser().resolve()
+    clean_leftovers(output)
+    check_output(output, source, overwrite)
+    precheck_source(source)
+    device = resolve_device(device)
+    if "transformer" in components and (blocker := diffusers_nf4_blocker()) is not None:
+        can = [c for c in components if c != "transformer"] or ["text_encoder", "pe"]
+        raise EnvironmentUnsupported(
+            f"components: quantizing the transformer needs a CUDA GPU (diffusers says: {blocker}). "
+            f"On this machine only {' '.join(can)} can be quantized: --components {' '.join(can)} --device cpu"
+        )
+    report(f"getting the original from {source}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plan = _plan(source, revision, components, output)
+    started = time.perf_counter()
+    with staged_folder(output) as staging:
+        records = {}
+        for step, name in enumerate(plan.names, 1):
+            records[name] = _write_component(
+                plan, name, staging, device, keep_vision, lambda m, s=step: report(f"[{s}/{len(plan.names)}] {m}")
+            )
+        (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
+        metadata = _metadata(plan, records, staging, device, started)
+        write_metadata(staging, metadata)
+        write_model_card(staging)
+        verify_package(staging, check_sha256=False)
+    report(
+        f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
+        f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s"
+    )
+    return output

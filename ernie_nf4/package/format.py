@@ -1,0 +1,153 @@
+"""What an ERNIE-Image NF4 package is: its components, their allowed classes, the NF4 settings, and what this
+machine can load or quantize. The loader, the package builder and the service all import it from here.
+
+Component classes are resolved only from an allow-list: a ``model_index.json`` entry names a library and a class,
+and only ``diffusers`` / ``transformers`` classes that an ERNIE-Image pipeline uses are accepted; nothing named in
+a package is ever imported as a module (a package is data, never code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import PackageError
+
+PIPELINE_CLASS = "ErnieImagePipeline"
+QUANTIZABLE = ("transformer", "text_encoder", "pe")
+MODEL_COMPONENTS = QUANTIZABLE  # the three large models; the VAE is small and stays in bf16
+NF4_SETTINGS = {
+    "method": "bitsandbytes",
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_compute_dtype": "bfloat16",
+}
+_TOKENIZERS = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast", "LlamaTokenizerFast", "AutoTokenizer"})
+# component -> {(library, class)}: every class an ERNIE-Image package may name (slim or whole text encoder).
+ALLOWED_CLASSES: dict[str, frozenset[tuple[str, str]]] = {
+    "transformer": frozenset({("diffusers", "ErnieImageTransformer2DModel")}),
+    "vae": frozenset({("diffusers", "AutoencoderKLFlux2")}),
+    "scheduler": frozenset({("diffusers", "FlowMatchEulerDiscreteScheduler")}),
+    "text_encoder": frozenset({("transformers", "Mistral3Model"), ("transformers", "MistralModel")}),
+    "pe": frozenset({("transformers", "Ministral3ForCausalLM"), ("transformers", "MistralForCausalLM")}),
+    "tokenizer": frozenset(("transformers", name) for name in _TOKENIZERS),
+    "pe_tokenizer": frozenset(("transformers", name) for name in _TOKENIZERS),
+}
+OPTIONAL_COMPONENTS = frozenset({"pe", "pe_tokenizer"})  # a pipeline without the prompt enhancer still generates
+
+
+def components_of(index: dict) -> dict[str, list]:
+    """The component entries of a ``model_index.json`` (keys not starting with ``_``), ``None`` ones left out."""
+    return {
+        name: entry
+        for name, entry in index.items()
+        if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is not None
+    }
+
+
+def check_model_index(index: dict, where: str) -> dict[str, list]:
+    """Check that every component of ``index`` is one an ERNIE-Image pipeline has, with an allowed class.
+    Returns the components; raises ``PackageError`` naming the entry otherwise."""
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise PackageError(
+            f"{where}: model_index.json names {index.get('_class_name')!r}, expected {PIPELINE_CLASS!r}; "
+            "pass an ERNIE-Image pipeline folder"
+        )
+    components = components_of(index)
+    for name, entry in components.items():
+        allowed = ALLOWED_CLASSES.get(name)
+        if allowed is None:
+            raise PackageError(
+                f"{where}: model_index.json has an unknown component {name!r}; an ERNIE-Image pipeline has "
+                f"{sorted(ALLOWED_CLASSES)}"
+            )
+        if len(entry) != 2 or tuple(entry) not in allowed:
+            raise PackageError(
+                f"{where}: model_index.json component {name!r} names {entry!r}, which is not allowed "
+                f"(allowed: {sorted(list(a) for a in allowed)}); packages are never run as code"
+            )
+    missing = set(ALLOWED_CLASSES) - OPTIONAL_COMPONENTS - set(components)
+    if missing:
+        raise PackageError(f"{where}: model_index.json lacks the components {sorted(missing)}")
+    return components
+
+
+def read_model_index(folder: Path, argument: str) -> tuple[dict, dict[str, list]]:
+    """A pipeline folder's ``model_index.json`` and its checked components (``check_model_index``); raises
+    ``PackageError`` naming the folder or file when it is missing, not JSON, or not an allowed ERNIE-Image index."""
+    folder = Path(folder)
+    path = folder / "model_index.json"
+    if not path.is_file():
+        raise PackageError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PackageError(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise PackageError(f"{argument} {folder}: model_index.json must hold a JSON object")
+    return index, check_model_index(index, f"{argument} {folder}")
+
+
+def component_class(name: str, entry: list):
+    """The class that allowed ``model_index.json`` entry ``[library, class]`` of component ``name`` names."""
+    if tuple(entry) not in ALLOWED_CLASSES.get(name, ()):
+        raise PackageError(f"component {name!r}: class {entry!r} is not allowed")
+    library, class_name = entry
+    if library == "diffusers":
+        import diffusers as module
+    else:
+        import transformers as module
+    return getattr(module, class_name)
+
+
+def bnb_config(library: str):
+    """The ``BitsAndBytesConfig`` of ``library`` ("diffusers" or "transformers") with our NF4 settings."""
+    import torch
+
+    if library == "diffusers":
+        from diffusers import BitsAndBytesConfig
+    else:
+        from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def quantization_config(component_dir: Path) -> dict | None:
+    """The ``quantization_config`` recorded in a component's ``config.json`` (None: not quantized)."""
+    config = Path(component_dir) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PackageError(f"{config}: not valid JSON ({err}); re-download or rebuild the package") from err
+    value = data.get("quantization_config") if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def is_nf4(component_dir: Path) -> bool:
+    """Whether the component was saved quantized with bitsandbytes 4-bit (NF4 or FP4)."""
+    config = quantization_config(component_dir)
+    return bool(config) and (config.get("load_in_4bit") or config.get("quant_method") == "bitsandbytes")
+
+
+def diffusers_nf4_blocker() -> str | None:
+    """Why diffusers refuses to load or quantize an NF4 transformer here (its own environment check), or None."""
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    try:
+        BnB4BitDiffusersQuantizer(bnb_config("diffusers")).validate_environment()
+    except (RuntimeError, ImportError) as err:
+        return str(err)
+    return None
+
+
+def quantizable_here() -> tuple[str, ...]:
+    """The components this machine can quantize: all three with a GPU, text_encoder and pe without one
+    (diffusers' bitsandbytes path needs a GPU for the transformer; transformers' runs on the CPU)."""
+    return QUANTIZABLE if diffusers_nf4_blocker() is None else ("text_encoder", "pe")

@@ -1,0 +1,11 @@
+"""Running a loaded model: the loader, the memory modes, the fast transformer and the one generation path.
+
+- ``loader``: ``load_pipeline``, the one place a pipeline is built (``LoadedPipeline``);
+- ``memory_modes``: ``MemoryMode`` and what ``auto`` picks;
+- ``residency``: low-vram mode, one big model on the GPU at a time from page-locked CPU memory;
+- ``memory_savers``: the text encoder's token table in CPU memory, the tiled VAE decode;
+- ``fast_transformer``: the packed-token transformer forward and its compiled blocks;
+- ``generation``: ``Generator``, the stages of a request.
+
+May import: the root modules, ``package``, ``pe``.
+"""

@@ -1,0 +1,179 @@
+"""The one place an ``ErnieImagePipeline`` is built, from an NF4 package, a foreign NF4 folder or a bf16 original.
+
+``load_pipeline`` returns a ``LoadedPipeline``: the diffusers pipeline plus what this project decided about it
+(device, memory mode, the ``Residency`` that moves models in low-vram mode, whether it is compiled, what the
+package check found). State lives here, never in attributes planted on diffusers objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..compat import fast_path_supported
+from ..errors import EnvironmentUnsupported, InvalidArgument
+from ..package.check import PackageCheck, check_package
+from ..package.format import MODEL_COMPONENTS, component_class, diffusers_nf4_blocker, is_nf4
+from ..system import resolve_device
+from .memory_modes import MemoryMode, choose_memory_mode, use_expandable_segments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPipeline:
+    """A loaded pipeline and how it runs. ``use(name)`` puts model ``name`` on the GPU when it takes turns."""
+
+    pipe: object  # diffusers ErnieImagePipeline
+    device: str
+    memory_mode: MemoryMode
+    memory_mode_reason: str
+    fast: bool
+    compiled: bool
+    package: PackageCheck
+    residency: object | None = None  # residency.Residency in low-vram mode
+
+    def use(self, name: str) -> None:
+        if self.residency is not None and name in self.residency.names:
+            self.residency.use(name)
+
+    @property
+    def seconds_moving(self) -> float | None:
+        """Seconds spent moving models onto the GPU (low-vram; their copies' GPU time: ``Residency.seconds_moving``,
+        which waits for moves still queued), else None."""
+        return None if self.residency is None else self.residency.seconds_moving
+
+    @property
+    def has_pe(self) -> bool:
+        return getattr(self.pipe, "pe", None) is not None and getattr(self.pipe, "pe_tokenizer", None) is not None
+
+
+class _TextModelTypeFilter(logging.Filter):
+    """diffusers warns that the text encoder is not a ``Mistral3Model``; a package's is that model's language
+    model alone (quantize.py leaves out the vision tower), which the pipeline runs exactly the same way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Expected types for text_encoder")
+
+
+@contextlib.contextmanager
+def _quiet_text_encoder_type_warning():
+    target = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    quiet = _TextModelTypeFilter()
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
+
+
+def _check_arguments(model_dir: Path, device: str, mode: MemoryMode, fast: bool, compile: bool) -> None:
+    if mode.needs_cuda and not device.startswith("cuda"):
+        raise EnvironmentUnsupported(
+            f"memory_mode {mode.value!r} needs a CUDA GPU (device is {device}); use memory_mode 'all-on-gpu' there"
+        )
+    if compile and not fast:
+        raise InvalidArgument("compile needs fast=True (it compiles the fast path's blocks)")
+
+
+def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency) -> dict:
+    """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
+    where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads."""
+    import torch
+
+    from .memory_savers import embeddings_on_cpu
+
+    quantized = [name for name in MODEL_COMPONENTS if name in components and is_nf4(model_dir / name)]
+    if "transformer" in quantized and (blocker := diffusers_nf4_blocker()) is not None:
+        raise EnvironmentUnsupported(
+            f"model_dir {model_dir}: its transformer is NF4, which diffusers loads only on a CUDA GPU ({blocker}); "
+            "run on a machine with an NVIDIA GPU, or use a package whose transformer is bf16"
+        )
+    place = device if mode is MemoryMode.ALL_ON_GPU else "cpu"
+    models = {}
+    for name in MODEL_COMPONENTS:
+        if name not in components:
+            continue
+        target = device if name in quantized else place
+        logger.info("loading %s (%s) on %s", name, "NF4" if name in quantized else "bf16", target)
+        models[name] = component_class(name, components[name]).from_pretrained(
+            model_dir / name, dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
+        )
+        if fast and name == "text_encoder":
+            embeddings_on_cpu(models[name])
+        if residency is not None:
+            residency.add(name, models[name])
+    return models
+
+
+def _speed_up(loaded: LoadedPipeline) -> None:
+    """The fast path (packed-token transformer forward, tiled VAE) and, with ``compile``, compiled blocks."""
+    from .fast_transformer import compile_blocks, enable_fast_path
+    from .memory_savers import tile_vae
+
+    pipe = loaded.pipe
+    tile_vae(pipe.vae)
+    if not fast_path_supported():
+        loaded.fast = loaded.compiled = False
+        return
+    enable_fast_path(pipe.transformer)
+    if loaded.compiled:
+        compile_blocks(pipe.transformer)
+
+
+def load_pipeline(
+    model_dir: str | Path,
+    device: str | None = None,
+    memory_mode: str | MemoryMode = MemoryMode.ALL_ON_GPU,
+    verify_sha256: bool = False,
+    fast: bool = True,
+    compile: bool = False,
+) -> LoadedPipeline:
+    """Load an ERNIE-Image pipeline (NF4 package, any diffusers ERNIE-Image folder, or bf16 original).
+
+    ``memory_mode``: see ``MemoryMode``. ``fast`` runs the transformer with ``fast_transformer``'s forward
+    (flash attention without a padding mask, same outputs) and applies ``memory_savers`` (text encoder's token
+    table in CPU memory, tiled VAE decode above 768 px); ``fast=False`` is diffusers' stock execution, the
+    benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks, compiled at the end
+    of the first call (``fast_transformer.compile_blocks``); off by default here: the app's ``ImageService`` compiles in
+    the background on a CUDA GPU instead, while its first requests run eagerly.
+    The folder is checked first (``package_check``): allowed classes only, every safetensors header against its
+    file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
+    A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.
+    """
+    import torch
+    from diffusers import ErnieImagePipeline
+
+    from .residency import Residency
+
+    mode = MemoryMode.parse(memory_mode)
+    model_dir = Path(model_dir)
+    package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
+    device = resolve_device(device)
+    reason = f"memory_mode {mode.value}, as asked"
+    if mode is MemoryMode.AUTO:
+        mode, reason = choose_memory_mode(device)
+        logger.info("%s", reason)
+    _check_arguments(model_dir, device, mode, fast, compile)
+    if device.startswith("cuda"):
+        use_expandable_segments()
+    residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
+    models = _load_models(model_dir, package.components, device, mode, fast, residency)
+    with _quiet_text_encoder_type_warning():
+        # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
+        vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtypes = {"default": torch.bfloat16, "vae": vae_dtype}
+        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, dtype=dtypes, use_safetensors=True)
+    if mode is MemoryMode.MODEL_OFFLOAD:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.vae.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    loaded = LoadedPipeline(
+        pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency
+    )
+    if fast:
+        _speed_up(loaded)
+    return loaded

@@ -1,0 +1,8 @@
+"""Serving requests: a package fetched lazily, loaded once, shared by the app's requests.
+
+- ``provider``: a local folder, else a download, else a build;
+- ``service``: ``ImageService``, one lock per GPU, progress and stats;
+- ``replicas``: one service per GPU behind the same methods.
+
+May import: the root modules, ``package``, ``build``, ``runtime``, ``synthetic``.
+"""

@@ -1,0 +1,349 @@
+"""The image service behind the app: gets the package lazily, loads it once, generates, reports stats.
+
+Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, the transformer blocks
+compile in a background thread (``fast_transformer.BlockCompiler``) while requests run eagerly, and the next request
+after it is ready runs compiled. The switch happens only between requests, so each image is wholly eager or wholly
+compiled: the same seed gives the same image on one path, and the two paths differ in the last bits of bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EnvironmentUnsupported, InvalidArgument, OutOfMemory
+from ..package.stats import package_stats
+from ..progress import ProgressCallback, RateMeter, report
+from ..request import GenerationRequest
+from ..runtime.generation import GenerationResult, Generator
+from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
+from ..stats import LiveStats, ServiceStats
+from ..synthetic.tiny import build_tiny_package
+from ..system import free_device_memory
+from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from .provider import ensure_package
+
+logger = logging.getLogger(__name__)
+
+# Prompt of the prompt enhancer's warm-up at load (only when compiling in the background, see ImageService._load):
+# its decoding graph is captured then, before the compile thread uses the GPU. A typical length, so that the KV cache
+# it sizes (prompt + token cap) holds most prompts without growing, which would capture again.
+PE_WARM_UP_PROMPT = (
+    "A quiet harbour town at dawn, seen from a hill: fishing boats with faded blue and red hulls, wet cobblestones, "
+    "white houses with terracotta roofs, gulls over the water, soft mist, warm low sunlight, photographed on film."
+)
+
+NO_GPU_MESSAGE = (
+    "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). "
+    "To try the app without one, run `python app.py --tiny` (a tiny random model; images are noise)."
+)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    model_dir: str = VARIANTS[DEFAULT_VARIANT].default_package_dir
+    repo_id: str | None = VARIANTS[DEFAULT_VARIANT].repo_id
+    source: str | None = VARIANTS[DEFAULT_VARIANT].source
+    variant: str = DEFAULT_VARIANT
+    device: str | None = None
+    tiny: bool = False
+    max_pe_tokens: int | None = None  # None: the stock pipeline's limit (pe_tokenizer.model_max_length)
+    verify_sha256: bool = False
+    memory_mode: MemoryMode = MemoryMode.AUTO
+    # None: compile in the background on a CUDA GPU with every model on it (all-on-gpu), else eager; True: compile
+    # anywhere (on the CPU too; at load in low-vram mode, where the transformer is on the GPU only in its turn);
+    # False: eager.
+    compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        get_variant(self.variant)
+        mode = MemoryMode.parse(self.memory_mode)
+        if mode not in APP_MEMORY_MODES:
+            raise InvalidArgument(
+                f"memory_mode must be one of {[m.value for m in APP_MEMORY_MODES]}, got {mode.value!r}"
+            )
+        object.__setattr__(self, "memory_mode", mode)
+        if self.max_pe_tokens is not None and not 1 <= self.max_pe_tokens <= 8192:
+            raise InvalidArgument(f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}")
+
+    @property
+    def defaults(self):
+        return get_variant(self.variant)
+
+
+class _StageReporter:
+    """Turns the generator's step and stage callbacks into ``Progress`` events naming the next stage, with an ETA
+    for denoising."""
+
+    def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None):
+        self.request, self.on_progress = request, on_progress
+        self.images_left = request.num_images
+        self.meter = RateMeter()
+
+    def start(self, use_pe: bool) -> None:
+        report(self.on_progress, "pe" if use_pe else "text_encoding")
+
+    def step(self, done: int, total: int) -> None:
+        report(
+            self.on_progress, "denoising", done=done, total=total, unit="steps", eta_seconds=self.meter.eta(done, total)
+        )
+
+    def stage_done(self, stage: str, _seconds: float) -> None:
+        if stage == "pe":
+            report(self.on_progress, "text_encoding")
+        elif stage == "text_encoding":
+            report(
+                self.on_progress,
+                "denoising",
+                done=0,
+                total=self.request.num_inference_steps * self.request.num_images,
+                unit="steps",
+            )
+        elif stage == "denoising":
+            report(self.on_progress, "vae_decode")
+
+
+class ImageService:
+    """Thread-safe, lazy: nothing is read or loaded until the first ``load`` or ``generate``."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.defaults = config.defaults
+        self._lock = threading.Lock()  # held while loading and while generating
+        self._generator: Generator | None = None
+        self._load_progress = None  # the last Progress of a load under way, for requests waiting for it
+        self.compiler = None  # fast_transformer.BlockCompiler once loaded, when the blocks compile
+        self._eager_reason: str | None = None  # why there is no compiler, once loaded
+        self.package_dir: Path | None = None
+        self.load_seconds: float | None = None
+        self.last_result: GenerationResult | None = None
+        self.last_run_compiled: bool | None = None  # whether the last request ran the compiled blocks
+        # True: the background compile waits for ``start_compiling()`` (ReplicaService: until every replica has
+        # loaded, since a load changes process-wide torch state, e.g. the default dtype, under a running compile)
+        self.compile_later = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._generator is not None
+
+    @property
+    def label(self) -> str:
+        return "TINY RANDOM MODEL (images are noise)" if self.config.tiny else "ERNIE-Image NF4"
+
+    def unavailable_reason(self) -> str | None:
+        """What keeps this machine from running the model, or None."""
+        import torch
+
+        if self.config.tiny or torch.cuda.is_available() or self.config.device == "cpu":
+            return None
+        return NO_GPU_MESSAGE
+
+    def _get_package(self, on_progress: ProgressCallback | None) -> Path:
+        config = self.config
+        build = build_tiny_package if config.tiny else None
+        return ensure_package(
+            config.model_dir,
+            repo_id=None if config.tiny else config.repo_id,
+            source="tiny" if config.tiny else config.source,
+            on_progress=on_progress,
+            build=build,
+        )
+
+    def load(self, on_progress: ProgressCallback | None = None) -> Generator:
+        """Get and load the package once (a call while another thread loads waits, seeing that load's progress)."""
+        if self._generator is not None:
+            return self._generator
+        self._acquire(on_progress)
+        try:
+            if self._generator is not None:
+                return self._generator
+            return self._load(self._recorded(on_progress))
+        finally:
+            self._load_progress = None
+            self._lock.release()
+
+    def _acquire(self, on_progress: ProgressCallback | None) -> None:
+        """Take the lock; meanwhile pass on the progress of a load running in another thread (``preload``)."""
+        shown = None
+        while not self._lock.acquire(timeout=0.25):
+            event = self._load_progress
+            if on_progress is not None and event is not None and event is not shown:
+                on_progress(event)
+                shown = event
+
+    def _recorded(self, on_progress: ProgressCallback | None) -> ProgressCallback:
+        def record(event) -> None:
+            self._load_progress = event
+            if on_progress is not None:
+                on_progress(event)
+
+        return record
+
+    def _load(self, on_progress: ProgressCallback) -> Generator:
+        import torch
+
+        if (problem := self.unavailable_reason()) is not None:
+            raise EnvironmentUnsupported(problem)
+        start = time.perf_counter()
+        config = self.config
+        self.package_dir = self._get_package(on_progress)
+        report(on_progress, "load", f"loading {self.package_dir.name}")
+        device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
+        # auto's thresholds are the full model's; a tiny one fits anywhere
+        mode = MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode
+        try:
+            generator = Generator.from_pretrained(
+                self.package_dir,
+                device=device,
+                memory_mode=mode,
+                verify_sha256=config.verify_sha256,
+                max_pe_tokens=config.max_pe_tokens,
+            )
+            self._eager_reason = self._why_eager(generator.loaded)
+            if self._eager_reason is None:
+                self._start_compiling(generator, on_progress)
+        except torch.cuda.OutOfMemoryError as err:
+            free_device_memory()
+            raise OutOfMemory(
+                "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
+                "1024x1024), close what else uses the GPU, or use a GPU with more memory."
+            ) from err
+        self._generator = generator
+        self.load_seconds = time.perf_counter() - start
+        return generator
+
+    def _why_eager(self, loaded) -> str | None:
+        """None when the transformer blocks should compile, else why they run eagerly (for Stats)."""
+        wanted = self.config.compile
+        if wanted is False:
+            return "eager: compile off (--no-compile)"
+        if not loaded.fast:
+            return "eager: this diffusers has no fast path to compile"
+        if wanted is None and not loaded.device.startswith("cuda"):
+            return "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
+        if wanted is None and loaded.memory_mode is not MemoryMode.ALL_ON_GPU:
+            return f"eager: {loaded.memory_mode.value} compiles only with --compile (at load, before the first run)"
+        return None
+
+    def _start_compiling(self, generator: Generator, on_progress: ProgressCallback) -> None:
+        """``self.compiler`` for the loaded transformer, compiling in the background (all-on-gpu) or now (low-vram,
+        where the transformer is on the GPU only in its turn)."""
+        from ..runtime.fast_transformer import BlockCompiler
+
+        loaded = generator.loaded
+        try:
+            compiler = BlockCompiler(loaded.pipe.transformer)
+        except Exception as err:  # e.g. a cache folder that cannot be made: compiling never costs a run
+            self._eager_reason = f"eager: compile failed ({type(err).__name__}: {err})"
+            logger.warning("%s", self._eager_reason)
+            return
+        self.compiler = compiler
+        if loaded.residency is not None:
+            report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
+            loaded.use("transformer")
+            if compiler.compile():
+                compiler.activate()
+            return
+        if loaded.device.startswith("cuda") and loaded.has_pe:
+            self._capture_pe_graph(generator, on_progress)
+        if self.compile_later:
+            return
+        compiler.start()
+        report(on_progress, "compile", "the transformer blocks compile in the background; runs are eager until then")
+
+    def start_compiling(self) -> None:
+        """Start the background compile that a load with ``compile_later`` prepared (nothing otherwise)."""
+        from ..runtime.fast_transformer import CompileState
+
+        with self._lock:  # priming runs the model: not beside a request
+            if self.compiler is not None and self.compiler.state is CompileState.PENDING:
+                self.compiler.start()
+
+    def _capture_pe_graph(self, generator: Generator, on_progress: ProgressCallback) -> None:
+        """Run the prompt enhancer once now, before the compile thread starts, so its CUDA graph is captured (and
+        its Triton kernels built) while nothing else uses the GPU, and the first request does not pay for it. A
+        failure here is only logged: the first request runs the PE as it would have."""
+        import torch
+
+        report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")
+        try:
+            with torch.cuda.device(generator.loaded.device):
+                generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
+        except Exception as err:  # a warm-up: the real run reports its own errors
+            logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Run ``request`` (loading first if needed); ``cancel`` stops it after the current step."""
+        generator = self.load(on_progress)
+        stages = _StageReporter(request, on_progress)
+        with self._lock:  # one generation at a time per GPU
+            # Compiled blocks, once ready, from this request on: never halfway through one.
+            compiled = self.compiler is not None and self.compiler.activate()
+            stages.start(request.use_pe and generator.loaded.has_pe)
+            result = generator.generate(request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel)
+        self.last_result, self.last_run_compiled = result, compiled
+        return result
+
+    @property
+    def compile_status(self) -> str:
+        """For people: ``compiled``, ``eager: compiling in the background``, ``eager: compile off (--no-compile)``..."""
+        if self.compiler is not None:
+            return self.compiler.describe()
+        if self._eager_reason is not None:
+            return self._eager_reason
+        return "eager: compile off (--no-compile)" if self.config.compile is False else "decided when the model loads"
+
+    @property
+    def provenance(self) -> str | None:
+        return self._generator.loaded.package.provenance if self._generator is not None else None
+
+    def live_stats(self) -> LiveStats:
+        last = self.last_result
+        loaded = self._generator.loaded if self._generator is not None else None
+        return LiveStats(
+            loaded=loaded is not None,
+            memory_mode=loaded.memory_mode.value if loaded else self.config.memory_mode.value,
+            memory_mode_reason=loaded.memory_mode_reason if loaded else "decided when the model loads",
+            compiled=self.compiler is not None and self.compiler.active,
+            compile_status=self.compile_status,
+            device=loaded.device if loaded else None,
+            load_seconds=self.load_seconds,
+            last_run_seconds=last.seconds if last else None,
+            last_run_peak_vram=last.peak_vram if last else None,
+        )
+
+    def stats(self) -> ServiceStats:
+        """Package sizes (measured on disk; the original's where this project's metadata recorded them), recorded
+        benchmarks, and live figures of this process."""
+        folder = self.package_dir or Path(self.config.model_dir).expanduser()
+        return ServiceStats(model=self.label, package=package_stats(folder), live=self.live_stats())
+
+
+def preload(service) -> threading.Thread:
+    """``service.load()`` in a background thread (daemon): what the app starts with on a GPU. A request that comes
+    meanwhile waits for it (an ``ImageService`` shows it that load's progress); a failure is logged, and the next
+    request loads again and reports it."""
+
+    def run() -> None:
+        try:
+            service.load()
+        except Exception as err:  # the next request tries again and shows the error to its user
+            logger.warning("loading at start failed (the next request tries again): %s", err)
+
+    thread = threading.Thread(target=run, name="ernie-nf4-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
