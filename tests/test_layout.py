@@ -153,3 +153,47 @@ def test_importing_the_library_loads_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     assert len(light) > len(MODULES) // 2
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def test_no_function_is_longer_than_60_lines():
+    kernels = ROOT / "pe" / "kernels" / "triton_kernels.py"  # Triton kernels read best whole
+    files = [ROOT.parent / "app.py", ROOT.parent / "quantize.py"] + [p for p in MODULES.values() if p != kernels]
+    long = [
+        f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in files
+        for node in _functions(path)
+        if node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, "\n".join(long)
+
+
+# How the team works is no business of the product's words: no tracker numbers, review rounds or borrowed machines.
+PROCESS_WORDS = re.compile(
+    r"\bissues? ?#?\d+|\b(first|second|third|fourth|fifth|closing) (pass|run of issue)\b|\bpass(es)? ?\d\b|"
+    r"\blent\b|\bseed[ -]readme|\b(previous|this|earlier|next) (work )?session\b",
+    re.I,
+)
+
+
+def test_no_words_of_the_teams_process_in_code_docs_or_tests():
+    repo = ROOT.parent
+    paths = [repo / "README.md", repo / "app.py", repo / "quantize.py", repo / "pyproject.toml"]
+    for folder, patterns in (("ernie_nf4", ("*.py",)), ("tests", ("*.py",)), ("scripts", ("*",)), ("docs", ("*",))):
+        for pattern in patterns:
+            paths += [p for p in (repo / folder).rglob(pattern) if p.is_file()]
+    hits = []
+    for path in paths:
+        if path == Path(__file__).resolve() or path.suffix in {".png", ".jpg", ".pyc"}:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if match := PROCESS_WORDS.search(line):
+                hits.append(f"{path.relative_to(repo)}:{number}: {match.group(0)!r}")
+        if "issue" in path.name.lower():
+            hits.append(f"{path.relative_to(repo)}: file name")
+    assert not hits, "\n".join(hits)
