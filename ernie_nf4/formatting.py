@@ -148,7 +148,7 @@ def size_rows(stats) -> list[dict]:
 
 
 def ratios(modes: list[dict]) -> list[str]:
-    """The issue's headline ratios from one run's modes (those present)."""
+    """The headline ratios from one run's modes (those present): NF4 against stock and bf16."""
     ok = {r["mode"]: r for r in modes if r["status"] == "ok"}
     lines = []
 
@@ -171,7 +171,12 @@ def ratios(modes: list[dict]) -> list[str]:
     return lines
 
 
-def markdown_table(report: dict) -> str:
+def _num(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _report_heading(report: dict) -> list[str]:
+    """The table's heading: settings, card and versions, and a note on synthetic models."""
     s = report["settings"]
     lines = [
         f"### {s['width']}x{s['height']}, {s.get('num_inference_steps', s.get('steps'))} steps, "
@@ -188,66 +193,88 @@ def markdown_table(report: dict) -> str:
             "images are noise.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _mode_rows(modes: list[dict]) -> list[str]:
+    """One table row per benchmark mode (its status alone when it did not run)."""
+    lines = [
         "| mode | load s | warm-up s | PE s | PE ms/token | text enc. s | denoise s | ms/step | VAE s | total s "
         "| peak alloc GiB | peak reserved GiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-
-    def num(value, fmt):
-        return "–" if value is None else format(value, fmt)
-
-    for r in report["modes"]:
+    for r in modes:
         if r["status"] != "ok":
             lines.append(f"| {r['mode']} | {r['status']} |||||||||||")
             continue
         sec = r["seconds"]
         cold = "" if r["cold_cache"] else " (warm cache)"
         lines.append(
-            f"| {r['mode']} | {num(r['load_seconds'], '.1f')}{cold} | {num(r['warmup_seconds'], '.1f')} | "
-            f"{sec['pe']:.2f} | {num(r.get('pe_ms_per_token'), '.1f')} | {sec['text_encoding']:.2f} | "
+            f"| {r['mode']} | {_num(r['load_seconds'], '.1f')}{cold} | {_num(r['warmup_seconds'], '.1f')} | "
+            f"{sec['pe']:.2f} | {_num(r.get('pe_ms_per_token'), '.1f')} | {sec['text_encoding']:.2f} | "
             f"{sec['denoising']:.2f} | {r['ms_per_step']:.1f} | {sec['vae_decode']:.2f} | {sec['total']:.2f} | "
-            f"{num(r['peak_allocated_gib'], '.2f')} | {num(r['peak_reserved_gib'], '.2f')} |"
+            f"{_num(r['peak_allocated_gib'], '.2f')} | {_num(r['peak_reserved_gib'], '.2f')} |"
         )
+    return lines
+
+
+def _floor_lines(report: dict) -> list[str]:
+    """Each mode's denoising step against the card's bf16 arithmetic floor (when the report has the card's rate)."""
+    if not (report.get("bf16_tflops") and report.get("transformer_config")):
+        return []
+    s = report["settings"]
+    return [
+        step_floor_line(
+            report["transformer_config"],
+            s["width"],
+            s["height"],
+            FLOOR_TEXT_TOKENS,
+            r["ms_per_step"],
+            report["bf16_tflops"],
+        )
+        + f" ({r['mode']}; {FLOOR_TEXT_TOKENS} text tokens assumed)"
+        for r in report["modes"]
+        if r["status"] == "ok" and r["ms_per_step"]
+    ]
+
+
+def _fidelity_lines(f: dict, synthetic) -> list[str]:
+    """The fidelity figures: NF4 vs bf16, the fast path vs the stock forward, and their yardsticks."""
+
+    def errors(key: str) -> str:
+        return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
+
+    lines = [
+        "",
+        f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error "
+        f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
+        f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
+        f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
+        f"compiled: {errors('compiled_vs_stock_relative_error')}. Yardsticks: the stock forward with another "
+        f"attention kernel (SDPA math) vs itself: {errors('stock_other_attention_kernel_relative_error')}.",
+    ]
+    if vs32 := f.get("vs_float32_relative_error"):
+        lines.append(
+            "Against a float32 run of the same NF4 weights: "
+            + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
+            + "."
+        )
+    if synthetic:
+        lines.append(
+            "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."
+        )
+    return lines
+
+
+def markdown_table(report: dict) -> str:
+    """A benchmark report (``python -m ernie_nf4.benchmark``) as markdown: heading, one row per mode, the headline
+    ratios, the arithmetic floor, fidelity and the command."""
+    lines = [*_report_heading(report), *_mode_rows(report["modes"])]
     if summary := ratios(report["modes"]):
         lines += ["", *summary]
-    if report.get("bf16_tflops") and report.get("transformer_config"):
-        for r in report["modes"]:
-            if r["status"] == "ok" and r["ms_per_step"]:
-                line = step_floor_line(
-                    report["transformer_config"],
-                    s["width"],
-                    s["height"],
-                    FLOOR_TEXT_TOKENS,
-                    r["ms_per_step"],
-                    report["bf16_tflops"],
-                )
-                lines.append(f"{line} ({r['mode']}; {FLOOR_TEXT_TOKENS} text tokens assumed)")
+    lines += _floor_lines(report)
     if report.get("fidelity"):
-        f = report["fidelity"]
-
-        def errors(key: str) -> str:
-            return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
-
-        lines += [
-            "",
-            f"Fidelity (NF4 vs bf16, PE off, same latents): transformer relative output error "
-            f"{errors('transformer_relative_error')}; final-latent cosine {f['final_latent_cosine']:.4f}; "
-            f"PSNR {f['psnr_db']:.2f} dB; SSIM {f['ssim']:.4f}.",
-            f"Fast path vs stock forward (same NF4 model, same inputs): {errors('fast_path_vs_stock_relative_error')}; "
-            f"compiled: {errors('compiled_vs_stock_relative_error')}. Yardsticks: the stock forward with another "
-            f"attention kernel (SDPA math) vs itself: {errors('stock_other_attention_kernel_relative_error')}.",
-        ]
-        if vs32 := f.get("vs_float32_relative_error"):
-            lines.append(
-                "Against a float32 run of the same NF4 weights: "
-                + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
-                + "."
-            )
-        if report["synthetic"]:
-            lines.append(
-                "On random weights only the transformer-level error means something; PSNR/SSIM need the real weights."
-            )
+        lines += _fidelity_lines(report["fidelity"], report["synthetic"])
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Issue 15 target 4 on a GPU: ``memory_mode="auto"`` under per-process memory caps (held as caps, not read as peaks).
+"""What ``memory_mode="auto"`` picks on a GPU under per-process memory caps (held as caps, not read as peaks).
 
 python scripts/gpu_memory_caps.py /tmp/ernie-full/ERNIE-Image-NF4 [--caps 12 8 6] [--steps 8]
 

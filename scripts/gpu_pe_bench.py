@@ -1,9 +1,9 @@
-"""PE decoding speed on a GPU: a full-size random NF4 prompt enhancer, decoded every way we have.
+"""PE decoding speed on a GPU: a full-size random NF4 prompt enhancer, decoded every way this project can.
 
 Builds the PE (Ministral3, 3.8 B parameters) with random weights on the GPU and quantizes its decoder linears to
 NF4 in memory with bitsandbytes (double quantization, bf16 compute: what the package holds), then measures
-ms/token for eager transformers ``generate``, our loop without graphs (checked token for token against eager
-``generate``), our CUDA-graphed loop with torch ops, with the fused kernels and bitsandbytes' products, and with
+ms/token for eager transformers ``generate``, the project's loop without graphs (checked token for token against eager
+``generate``), its CUDA-graphed loop with torch ops, with the fused kernels and bitsandbytes' products, and with
 ``nf4_gemv``'s NF4 kernels (the default), the same after a low-vram move (``Residency``), capture costs, each NF4
 product against bitsandbytes per weight shape and launch configuration, the decode attention against masked
 SDPA, and where one default call's time goes (prefill, decode loop, one graph replay). Random weights never emit

@@ -31,15 +31,16 @@ FOREIGN_METADATA = {  # another tool's schema: no format_version, other field na
 EXTRAS = {
     "README.md": "# ERNIE-Image-NF4\nA 4-bit package.\n",
     ".gitattributes": "*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
-    # Scripts that ship with the seed package: loading must never run them.
+    # Scripts that ship with the published ERNIE-Image-NF4 package: loading must never run them.
     "quantize_ernie_image_nf4.py": "open('RAN_PACKAGE_CODE', 'w').write('yes')\n",
     "validate_quantized_ernie_image.py": "open('RAN_PACKAGE_CODE', 'w').write('yes')\n",
 }
 
 
 def write_foreign_package(original, out, transformer_nf4: bool):
-    """Quantize as the seed README's author did: each model with its library's BitsAndBytesConfig, saved with
-    save_pretrained; the text encoder whole (vision tower included); other components copied."""
+    """Quantize as the published ERNIE-Image-NF4 model card describes: each model with its library's
+    BitsAndBytesConfig, saved with save_pretrained; the text encoder whole (vision tower included);
+    other components copied."""
     from diffusers import BitsAndBytesConfig as DiffusersBnb
     from diffusers import ErnieImageTransformer2DModel
     from PIL import Image

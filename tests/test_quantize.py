@@ -155,7 +155,7 @@ def test_unknown_components_are_refused():
         check_components(["transformer", "vae"])
 
 
-def test_the_seed_readme_per_component_snippet_loads_the_package(tiny_package, nf4_everywhere):
+def test_the_published_model_cards_per_component_snippet_loads_the_package(tiny_package, nf4_everywhere):
     from diffusers import AutoModel
     from transformers import AutoModel as TransformersAutoModel
     from transformers import AutoModelForCausalLM

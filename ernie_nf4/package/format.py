@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..compat import diffusers_bnb_guard
 from ..errors import PackageError
 
 PIPELINE_CLASS = "ErnieImagePipeline"
 QUANTIZABLE = ("transformer", "text_encoder", "pe")
 MODEL_COMPONENTS = QUANTIZABLE  # the three large models; the VAE is small and stays in bf16
+# The NF4 settings, in one place: ``bnb_config`` builds each library's config from them, and the package's
+# metadata records them as they are.
 NF4_SETTINGS = {
     "method": "bitsandbytes",
     "load_in_4bit": True,
@@ -102,7 +105,7 @@ def component_class(name: str, entry: list):
 
 
 def bnb_config(library: str):
-    """The ``BitsAndBytesConfig`` of ``library`` ("diffusers" or "transformers") with our NF4 settings."""
+    """The ``BitsAndBytesConfig`` of ``library`` ("diffusers" or "transformers") with ``NF4_SETTINGS``."""
     import torch
 
     if library == "diffusers":
@@ -110,10 +113,10 @@ def bnb_config(library: str):
     else:
         from transformers import BitsAndBytesConfig
     return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        load_in_4bit=NF4_SETTINGS["load_in_4bit"],
+        bnb_4bit_quant_type=NF4_SETTINGS["bnb_4bit_quant_type"],
+        bnb_4bit_use_double_quant=NF4_SETTINGS["bnb_4bit_use_double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, NF4_SETTINGS["bnb_4bit_compute_dtype"]),
     )
 
 
@@ -138,10 +141,9 @@ def is_nf4(component_dir: Path) -> bool:
 
 def diffusers_nf4_blocker() -> str | None:
     """Why diffusers refuses to load or quantize an NF4 transformer here (its own environment check), or None."""
-    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
-
+    quantizer = diffusers_bnb_guard()
     try:
-        BnB4BitDiffusersQuantizer(bnb_config("diffusers")).validate_environment()
+        quantizer(bnb_config("diffusers")).validate_environment()
     except (RuntimeError, ImportError) as err:
         return str(err)
     return None

@@ -56,7 +56,18 @@ def measure_folder(folder: Path, with_sha256: bool = True) -> dict[str, dict]:
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(entry["bytes"] for entry in measure_folder(folder, with_sha256=False).values())
+    """Bytes of the files under ``folder`` (symlinks followed; 0 when it does not exist), tolerating files that
+    move while it counts (a download renames its files as it goes)."""
+    total = 0
+    try:
+        for path in Path(folder).rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+    except OSError:
+        return total
+    return total
 
 
 def totals(bytes_before: int, bytes_after: int) -> dict:

@@ -1,6 +1,6 @@
 """Get a package: a loadable local folder, else a pre-quantized download, else a build from the original.
 
-Any ERNIE-Image diffusers folder is accepted (``package_check``), whoever wrote it. A download may hold the
+Any ERNIE-Image diffusers folder is accepted (``package.check``), whoever wrote it. A download may hold the
 package at the repo's root or in one subfolder; its size is compared with free disk before anything is fetched;
 bytes done/total and an ETA are reported while it runs; it lands in ``<model_dir>.download`` (where
 huggingface_hub resumes an interrupted download) and is moved into place only once complete and checked. A
@@ -21,6 +21,7 @@ from ..build.quantize import quantize_package
 from ..errors import EnvironmentUnsupported, PackageError, PackageUnavailable
 from ..formatting import format_bytes
 from ..package.check import check_package
+from ..package.metadata import folder_bytes
 from ..progress import ProgressCallback, RateMeter, report
 from ..variants import VARIANTS
 
@@ -60,25 +61,11 @@ def repo_layout(repo_id: str, revision: str | None = None, endpoint: str | None 
     return RepoLayout(root, files, others)
 
 
-def _folder_bytes(folder: Path) -> int:
-    """Bytes under ``folder``, tolerating files that move while it counts (a download renames as it goes)."""
-    total = 0
-    try:
-        for path in folder.rglob("*"):
-            try:
-                total += path.stat().st_size if path.is_file() else 0
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return total
-
-
 def _watch(folder: Path, total: int, on_progress: ProgressCallback | None, stop: threading.Event) -> None:
     """Report the bytes under ``folder`` (finished and partial files) against ``total`` until ``stop``."""
     meter = RateMeter()
     while not stop.wait(0.5):
-        done = min(_folder_bytes(folder), total)
+        done = min(folder_bytes(folder), total)
         report(on_progress, "download", done=done, total=total, unit="bytes", eta_seconds=meter.eta(done, total))
 
 
@@ -96,7 +83,7 @@ def download_package(
     layout = repo_layout(repo_id, revision, endpoint)
     partial = model_dir.with_name(model_dir.name + ".download")
     model_dir.parent.mkdir(parents=True, exist_ok=True)
-    needed = layout.bytes - _folder_bytes(partial)
+    needed = layout.bytes - folder_bytes(partial)
     free = shutil.disk_usage(model_dir.parent).free
     if needed > free:
         raise EnvironmentUnsupported(

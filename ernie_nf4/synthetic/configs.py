@@ -14,7 +14,7 @@ from importlib import resources
 COMPONENT_CONFIGS = ("transformer", "text_encoder", "pe", "vae", "scheduler")
 SIZES = ("tiny", "full")
 
-# Sizes of the original bf16 files (reference table in shared/reference/ernie-image/README.md).
+# Sizes of the original bf16 files, as the published ERNIE-Image-NF4 model card lists them.
 REFERENCE_ORIGINAL_BYTES = {
     "transformer": 16_067_025_160,
     "text_encoder": 7_698_241_104,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 15 on the lent GPU machine: the full-size package (unless WORK already holds it), then one benchmark run of
-# every NF4 mode at 1024x1024, 50 steps, PE capped at 256 tokens. Results land in $OUT (or ./artifacts).
+# Every NF4 mode on a CUDA GPU: the full-size synthetic package (unless WORK already holds it), then one benchmark run
+# of every NF4 mode at 1024x1024 (RESOLUTION=512x512 for the other size; MODES to pick), 50 steps, PE capped at 256
+# tokens. Results land in $OUT (or ./artifacts).
 set -euo pipefail
 out=${OUT:-artifacts}; mkdir -p "$out"
 work=${WORK:-/tmp/ernie-full}
