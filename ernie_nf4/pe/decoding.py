@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compat import quant_state_tensors
+
 logger = logging.getLogger(__name__)
 
 # PEDecoder's KV cache: at least this long (prompt + new tokens + a chunk), grown in steps of CACHE_ROUNDING (each
@@ -208,11 +210,7 @@ def tensor_fingerprint(model) -> tuple[int, ...]:
         pointers.append(tensor.data_ptr())
         state = getattr(tensor, "quant_state", None)
         if state is not None:
-            for owner in (state, state.state2) if state.nested else (state,):
-                for attr in ("absmax", "code", "offset"):
-                    value = getattr(owner, attr, None)
-                    if torch.is_tensor(value):
-                        pointers.append(value.data_ptr())
+            pointers.extend(getattr(owner, attr).data_ptr() for owner, attr in quant_state_tensors(state))
     pointers.extend(buffer.data_ptr() for buffer in model.buffers())
     return tuple(pointers)
 
