@@ -1,6 +1,6 @@
-"""Fast by default (issue 15, target 3): compiling is the default on a CUDA GPU, in the background while requests run
-eagerly, switched on between requests; the app loads as it starts. No gradio needed (the GPU machine has none): the
-app's start-up is driven through ``webapp.cli``'s functions, as ``python app.py`` runs them."""
+"""Fast by default: compiling is the default on a CUDA GPU, in the background while requests run eagerly, switched on
+between requests; the app loads as it starts. No gradio needed (these tests run where it is not installed): the app's
+start-up is driven through ``webapp.cli``'s functions, as ``python app.py`` runs them."""
 
 import numpy as np
 import pytest

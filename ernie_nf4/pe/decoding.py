@@ -413,8 +413,8 @@ def prefill(parts: _Parts, input_ids: torch.Tensor, cache: StaticKV, fused: bool
     """Run the prompt eagerly; returns the logits of its last token. Exactly as ``generate`` does, or with ``fused``
     (a GPU with Triton) through ``nf4_gemv``'s kernels: its NF4 dequantization (the weights as bitsandbytes'
     ``dequantize_4bit`` gives them) before each dense product, norms, rotary + cache write and SiLU: a fifth of the
-    launches, and of the Python work that bounds a prompt of a few hundred tokens (on the lent H100 machine, a
-    200-token prompt took 88 ms unfused, 50 ms fused)."""
+    launches, and of the Python work that bounds a prompt of a few hundred tokens (on an H100, a 200-token prompt
+    took 88 ms unfused, 50 ms fused)."""
     length = input_ids.shape[1]
     positions = cache.positions[:length].unsqueeze(0)
     return _forward(parts, input_ids, cache, _Step(positions, length, None, fused=fused, dense=fused))

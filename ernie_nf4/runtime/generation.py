@@ -37,8 +37,6 @@ from .vae_decode import decode
 
 WARM_UP_PE_TOKENS = 16  # enough to capture the PE decoder's graph
 
-__all__ = ["GenerationRequest", "GenerationResult", "Generator", "PromptEnhancement"]
-
 
 @dataclass
 class GenerationResult:
@@ -101,10 +99,6 @@ class Generator:
         import torch
 
         return torch.device(self.loaded.device)
-
-    @property
-    def prompt_cache_size(self) -> int:
-        return self.prompt_cache.size
 
     @property
     def pe_decoder(self):
