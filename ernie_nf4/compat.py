@@ -176,7 +176,8 @@ def diffusers_bnb_guard():
 
 def quant_state_tensors(state) -> list[tuple[object, str]]:
     """``(owner, attribute)`` of every tensor of a bitsandbytes ``QuantState`` (double quantization included):
-    what ``residency`` must move with an NF4 weight. bitsandbytes 0.46-0.50 keep them in these attributes."""
+    what ``residency`` must move with an NF4 weight, and what the PE decoder's graph fingerprint reads.
+    bitsandbytes 0.46-0.50 keep them in these attributes."""
     import torch
 
     owners = (state, state.state2) if getattr(state, "nested", False) else (state,)

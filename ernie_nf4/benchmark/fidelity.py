@@ -53,9 +53,9 @@ def _float32_compute(model) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.compute_dtype = torch.float32
-        for key, buffer in module._buffers.items():
-            if buffer is not None and buffer.is_floating_point():
-                module._buffers[key] = buffer.float()
+        for key, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_floating_point():
+                setattr(module, key, buffer.float())
     for param in model.parameters():
         if not isinstance(param, bnb.nn.Params4bit):
             param.data = param.data.float()
