@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-# What the fast transformer path (fast_transformer.py) reads of diffusers 0.42.1's ErnieImage model and block.
+# What the fast transformer path (runtime/fast_transformer.py) reads of diffusers 0.42.1's ErnieImage model and block.
 _TRANSFORMER_ATTRS = (
     "x_embedder",
     "text_proj",
@@ -29,7 +30,6 @@ _TRANSFORMER_ATTRS = (
     "out_channels",
 )
 _BLOCK_ATTRS = ("self_attention", "adaLN_sa_ln", "adaLN_mlp_ln", "mlp")
-_ATTENTION_ATTRS = ("to_q", "to_k", "to_v", "to_out", "norm_q", "norm_k", "heads")
 _FORWARD_ARGS = ("hidden_states", "timestep", "text_bth", "text_lens")
 
 
@@ -101,10 +101,18 @@ def _cached_fast_path_problem() -> str | None:
     return fast_path_problem()
 
 
-def check_block(block) -> bool:
-    """A loaded block has what the fast block reads (the class check above cannot see attention's attributes)."""
-    attention = getattr(block, "self_attention", None)
-    return attention is not None and all(hasattr(attention, a) for a in _ATTENTION_ATTRS)
+def swap_class(obj, cls: type) -> None:
+    """Make ``obj`` (a diffusers model or block) an instance of ``cls``, where one of the two classes subclasses the
+    other: the fast path (``runtime.fast_transformer``) runs diffusers' ErnieImage model and blocks with its own
+    subclasses' forward this way, and swaps back. Weights, config, hooks and quantization stay as they are. Checked:
+    ``TypeError`` when the classes are not parent and child, or when either declares ``__slots__`` (a layout the
+    swap would break)."""
+    current = type(obj)
+    if not (issubclass(cls, current) or issubclass(current, cls)):
+        raise TypeError(f"cannot turn a {current.__name__} into a {cls.__name__}: neither subclasses the other")
+    if "__slots__" in vars(cls) or "__slots__" in vars(current):
+        raise TypeError(f"cannot swap {current.__name__} and {cls.__name__}: one declares __slots__")
+    obj.__class__ = cls
 
 
 # What the app's run control and limits read of Gradio 6.31's queue (gradio/queueing.py), none of it public API.
@@ -168,7 +176,8 @@ def diffusers_bnb_guard():
 
 def quant_state_tensors(state) -> list[tuple[object, str]]:
     """``(owner, attribute)`` of every tensor of a bitsandbytes ``QuantState`` (double quantization included):
-    what ``residency`` must move with an NF4 weight. bitsandbytes 0.46-0.50 keep them in these attributes."""
+    what ``residency`` must move with an NF4 weight, and what the PE decoder's graph fingerprint reads.
+    bitsandbytes 0.46-0.50 keep them in these attributes."""
     import torch
 
     owners = (state, state.state2) if getattr(state, "nested", False) else (state,)
@@ -178,6 +187,25 @@ def quant_state_tensors(state) -> list[tuple[object, str]]:
         for attr in ("absmax", "code", "offset")
         if torch.is_tensor(getattr(owner, attr, None))
     ]
+
+
+@dataclass(frozen=True)
+class NestedAbsmax:
+    """The second level of a double-quantized ``QuantState``: the absmax is stored as uint8 codes, and
+    ``absmax[b] = code[absmax_u8[b]] * absmax2[b // blocksize] + offset``."""
+
+    absmax: object  # float32 tensor: one scale per ``blocksize`` first-level scales
+    code: object  # float32 tensor: the 256-entry table of the uint8 codes
+    offset: object  # float32 scalar tensor
+    blocksize: int
+
+
+def nested_absmax(state) -> NestedAbsmax | None:
+    """The second-level quantization of a bitsandbytes ``QuantState``'s absmax (its ``state2`` and ``offset``,
+    bitsandbytes 0.46-0.50), or None when the absmax is not double quantized."""
+    if not getattr(state, "nested", False):
+        return None
+    return NestedAbsmax(state.state2.absmax, state.state2.code, state.offset, int(state.state2.blocksize))
 
 
 def upstream_problems() -> list[str]:
@@ -212,7 +240,7 @@ def upstream_problems() -> list[str]:
     try:
         from bitsandbytes.functional import QuantState
 
-        for attr in ("absmax", "code", "offset", "state2", "nested"):
+        for attr in ("absmax", "code", "offset", "state2", "nested", "blocksize"):
             if attr not in inspect.getsource(QuantState.__init__):
                 problems.append(f"bitsandbytes QuantState.{attr}")
     except ImportError:

@@ -3,6 +3,7 @@ the upstream attribute computes (so a release that drops one changes speed, neve
 
 import logging
 
+import pytest
 import torch
 from diffusers import ErnieImagePipeline
 
@@ -39,3 +40,33 @@ def test_the_fast_path_check_names_what_is_missing(monkeypatch):
     assert compat.fast_path_problem() is None
     monkeypatch.delattr(module, "ErnieImageSharedAdaLNBlock")
     assert compat.fast_path_problem() == "diffusers lacks ErnieImageSharedAdaLNBlock"
+
+
+def test_swap_class_turns_an_object_into_its_subclass_and_back_and_refuses_strangers():
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    class Faster(Model):
+        def forward(self, x):
+            return 2 * x
+
+    model = Model()
+    compat.swap_class(model, Faster)
+    assert type(model) is Faster and model(torch.ones(1)).item() == 2
+    compat.swap_class(model, Model)
+    assert type(model) is Model and model(torch.ones(1)).item() == 1
+    with pytest.raises(TypeError, match="neither subclasses the other"):
+        compat.swap_class(model, torch.nn.Linear)
+
+
+def test_nested_absmax_gives_the_second_level_of_a_double_quantized_state():
+    import bitsandbytes.functional as bnbf
+
+    weight = torch.randn(16, 256)
+    _, nested_state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+    nested = compat.nested_absmax(nested_state)
+    assert nested.blocksize == nested_state.state2.blocksize
+    assert nested.absmax is nested_state.state2.absmax and nested.offset is nested_state.offset
+    _, plain_state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=False, quant_type="nf4")
+    assert compat.nested_absmax(plain_state) is None

@@ -1,6 +1,6 @@
-"""Fast by default (issue 15, target 3): compiling is the default on a CUDA GPU, in the background while requests run
-eagerly, switched on between requests; the app loads as it starts. No gradio needed (the GPU machine has none): the
-app's start-up is driven through ``webapp.cli``'s functions, as ``python app.py`` runs them."""
+"""Fast by default: compiling is the default on a CUDA GPU, in the background while requests run eagerly, switched on
+between requests; the app loads as it starts. No gradio needed (these tests run where it is not installed): the app's
+start-up is driven through ``webapp.cli``'s functions, as ``python app.py`` runs them."""
 
 import numpy as np
 import pytest
@@ -148,3 +148,29 @@ def test_replicas_start_compiling_only_once_every_replica_has_loaded(tiny_packag
         assert replica.compiler.wait(timeout=600) is CompileState.READY, replica.compiler.error
     result = replicas.generate(GenerationRequest("a red fox", width=64, height=64, num_inference_steps=2, seed=3))
     assert result.images and replicas.replicas[replicas.served_by[-1]].last_run_compiled
+
+
+def test_the_compile_decision_is_a_value_made_from_the_setting_and_the_loaded_pipeline():
+    from types import SimpleNamespace
+
+    from ernie_nf4.runtime.memory_modes import MemoryMode
+    from ernie_nf4.serving.compiling import CompileWhen, decide_compile
+
+    def loaded(device="cuda:0", mode=MemoryMode.ALL_ON_GPU, fast=True, residency=None, has_pe=True):
+        return SimpleNamespace(device=device, memory_mode=mode, fast=fast, residency=residency, has_pe=has_pe)
+
+    background = decide_compile(None, loaded())
+    assert background.when is CompileWhen.BACKGROUND and background.capture_pe_graph
+    assert not decide_compile(None, loaded(has_pe=False)).capture_pe_graph
+    now = decide_compile(True, loaded(mode=MemoryMode.LOW_VRAM, residency=object()))
+    assert now.when is CompileWhen.NOW and not now.capture_pe_graph
+    assert decide_compile(True, loaded(device="cpu")).when is CompileWhen.BACKGROUND
+    assert decide_compile(False, loaded()).reason == "eager: compile off (--no-compile)"
+    assert decide_compile(None, loaded(fast=False)).reason == "eager: this diffusers has no fast path to compile"
+    assert decide_compile(None, loaded(device="cpu")).reason == (
+        "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
+    )
+    assert decide_compile(None, loaded(mode=MemoryMode.LOW_VRAM)).reason == (
+        "eager: low-vram compiles only with --compile (at load, before the first run)"
+    )
+    assert decide_compile(None, loaded(mode=MemoryMode.LOW_VRAM)).when is CompileWhen.EAGER

@@ -245,3 +245,13 @@ def test_auto_on_this_machine_loads_and_says_why(tiny_package, nf4_everywhere):
     generator = Generator.from_pretrained(tiny_package, device=DEVICE, memory_mode="auto", max_pe_tokens=4)
     assert generator.loaded.memory_mode.value in ("all-on-gpu", "low-vram")
     assert generator.loaded.memory_mode_reason.startswith("auto: ")
+
+
+def test_parse_is_the_one_check_of_a_memory_mode_and_its_old_name():
+    from ernie_nf4.runtime.memory_modes import APP_MEMORY_MODES
+
+    assert MemoryMode.parse(" Low-VRAM ") is MemoryMode.LOW_VRAM
+    assert MemoryMode.parse("gpu") is MemoryMode.ALL_ON_GPU  # the old name of all-on-gpu
+    assert MemoryMode.parse(MemoryMode.AUTO, allowed=APP_MEMORY_MODES) is MemoryMode.AUTO
+    with pytest.raises(ValueError, match=r"--memory-mode must be one of \['auto', 'all-on-gpu', 'low-vram'\], got"):
+        MemoryMode.parse(MemoryMode.MODEL_OFFLOAD, argument="--memory-mode", allowed=APP_MEMORY_MODES)

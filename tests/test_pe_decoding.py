@@ -23,7 +23,8 @@ def tiny_pe(tiny_package, nf4_everywhere):
 
 
 def eager_generate(pe, ids, max_new_tokens, seed, eos_token_id=None, **extra):
-    """Today's Generator.enhance_prompt: torch.manual_seed(seed) inside fork_rng, then eager generate."""
+    """The stock sampling (``runtime.prompt.sample_with_generate``): ``torch.manual_seed(seed)`` inside
+    ``fork_rng``, then eager ``generate``."""
     devices = [ids.device] if ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)

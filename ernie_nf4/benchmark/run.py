@@ -3,7 +3,8 @@
 Each mode is loaded and run in this process one after another, memory freed between: load seconds (from a
 cold page cache where the files can be evicted), a short warm-up, then the median of ``--repeat`` runs for
 each stage (PE, text encoding, denoising and ms per step, VAE decode), total, peak VRAM and the GPU name.
-Defaults reproduce the seed README's experiment (its prompt, 512x512, 50 steps, guidance 4.0, seed 1234, PE on).
+Defaults reproduce the published ERNIE-Image-NF4 model card's example (its prompt, 512x512, 50 steps, guidance 4.0,
+seed 1234, PE on). ``--fidelity`` adds ``fidelity``'s comparison of the outputs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 from ..build.model_card import write_model_card
 from ..build.quantize import quantize_package
 from ..build.source import resolve_source
-from ..compat import pad_text
 from ..formatting import markdown_table
 from ..package.format import quantizable_here
 from ..package.metadata import METADATA_FILE, read_metadata
@@ -36,8 +36,10 @@ from ..runtime.memory_modes import MemoryMode
 from ..stats import RUN_STAGES
 from ..synthetic.build import build_original
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
+from .fidelity import fidelity
 
-SEED_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hello Ernie-Image NF4 的白纸,柔和自然光,写实风格。"
+# The prompt of the published ERNIE-Image-NF4 model card's example.
+CARD_PROMPT = "一只橙色的小猫坐在木桌上,前面放着一张写有 Hello Ernie-Image NF4 的白纸,柔和自然光,写实风格。"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class ModeSetup:
     compile: bool = False
 
 
-# Stock modes run diffusers' own transformer forward, as the seed README did.
+# Stock modes run diffusers' own transformer forward, as the published ERNIE-Image-NF4 model card does.
 MODE_SETUPS = {
     "bf16": ModeSetup("original", MemoryMode.ALL_ON_GPU, fast=False),
     "bf16-offload": ModeSetup("original", MemoryMode.MODEL_OFFLOAD, fast=False),
@@ -159,147 +161,6 @@ def bf16_matmul_tflops(device: str) -> float | None:
     return runs * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
 
 
-def _ssim(a, b) -> float:
-    """Mean SSIM of two grayscale images in [0, 1] (7x7 uniform windows)."""
-    import torch.nn.functional as F
-
-    c1, c2 = 0.01**2, 0.03**2
-    a, b = a[None, None], b[None, None]
-    mu_a, mu_b = F.avg_pool2d(a, 7, 1), F.avg_pool2d(b, 7, 1)
-    var_a = F.avg_pool2d(a * a, 7, 1) - mu_a**2
-    var_b = F.avg_pool2d(b * b, 7, 1) - mu_b**2
-    cov = F.avg_pool2d(a * b, 7, 1) - mu_a * mu_b
-    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(ssim.mean())
-
-
-def _relative_error(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
-def _float(value):
-    import torch
-
-    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
-
-
-def _float32_compute(model) -> None:
-    """Make an NF4 (or bf16) model compute in float32: its 4-bit weights are dequantized to float32."""
-    import bitsandbytes as bnb
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.compute_dtype = torch.float32
-        for key, buffer in module._buffers.items():
-            if buffer is not None and buffer.is_floating_point():
-                module._buffers[key] = buffer.float()
-    for param in model.parameters():
-        if not isinstance(param, bnb.nn.Params4bit):
-            param.data = param.data.float()
-
-
-def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print) -> dict:
-    """NF4 vs bf16 on the same seed and latents, PE off: the transformer's relative output error at a few
-    steps (same inputs), cosine similarity of the final latents, PSNR and SSIM of the decoded images.
-    Also the fast path (eager and compiled) against the stock forward of the same NF4 model, beside two yardsticks:
-    the stock forward with another attention kernel (bf16 rounding noise) and a float32 run of the NF4 weights."""
-    import numpy as np
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from ..runtime.fast_transformer import compile_blocks, disable_fast_path, enable_fast_path
-
-    request = GenerationRequest(**{**asdict(request), "use_pe": False, "num_images": 1})
-    generators = {
-        "bf16": Generator(load_pipeline(original, device=device, fast=False)),
-        "nf4": Generator(load_pipeline(package, device=device)),
-    }
-    reference = generators["bf16"]
-    nf4 = generators["nf4"].pipe.transformer
-    latents0 = reference.initial_latents(request.seed, request.width, request.height)
-    with torch.no_grad():
-        text = reference.pipe.encode_prompt([request.prompt], reference.device)
-        negative = reference.pipe.encode_prompt([request.negative_prompt], reference.device)
-        text_bth, text_lens = pad_text(reference.pipe, negative + text, reference.device, latents0.dtype)
-
-        def inputs(t: float) -> dict:
-            return dict(
-                hidden_states=torch.cat([latents0, latents0]),
-                text_bth=text_bth,
-                text_lens=text_lens,
-                timestep=torch.full((2,), t, device=reference.device, dtype=latents0.dtype),
-                return_dict=False,
-            )
-
-        timesteps = (999.0, 500.0, 20.0)
-        out = {name: {} for name in ("bf16", "stock", "stock_math_attention", "fast", "compiled")}
-        for t in timesteps:
-            out["bf16"][t] = reference.pipe.transformer(**inputs(t))[0]
-            out["fast"][t] = nf4(**inputs(t))[0]
-            disable_fast_path(nf4)
-            out["stock"][t] = nf4(**inputs(t))[0]
-            with sdpa_kernel(SDPBackend.MATH):  # the stock model with another attention kernel: bf16 noise
-                out["stock_math_attention"][t] = nf4(**inputs(t))[0]
-            enable_fast_path(nf4)
-        compile_blocks(nf4)
-        nf4(**inputs(timesteps[0]))  # the eager call that sets compilation up
-        for t in timesteps:
-            out["compiled"][t] = nf4(**inputs(t))[0]
-        disable_fast_path(nf4)  # the image comparison below runs the fast path eagerly (--no-compile)
-        enable_fast_path(nf4)
-        finals, images = {}, {}
-        for name, gen in generators.items():
-            pipe = gen.pipe
-            finals[name] = pipe(
-                prompt_embeds=pipe.encode_prompt([request.prompt], gen.device),
-                negative_prompt_embeds=pipe.encode_prompt([request.negative_prompt], gen.device),
-                height=request.height,
-                width=request.width,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                latents=latents0.clone(),
-                output_type="latent",
-                use_pe=False,
-            ).images
-            images[name] = np.asarray(gen.decode(finals[name])[0], dtype=np.float64) / 255.0
-        # Last (it changes the NF4 model for good): the same NF4 weights computing in float32, as a reference
-        # that tells rounding noise from real differences.
-        disable_fast_path(nf4)
-        _float32_compute(nf4)
-        with sdpa_kernel(SDPBackend.MATH):
-            fp32 = {t: nf4(**{k: _float(v) for k, v in inputs(t).items()})[0] for t in timesteps}
-
-    def relative(a: str, b) -> dict:
-        return {str(int(t)): _relative_error(out[a][t], b[t]) for t in timesteps}
-
-    cosine = float(
-        torch.nn.functional.cosine_similarity(finals["nf4"].flatten().float(), finals["bf16"].flatten().float(), dim=0)
-    )
-    mse = float(np.mean((images["nf4"] - images["bf16"]) ** 2))
-    gray = {n: torch.from_numpy(im.mean(axis=2)).float() for n, im in images.items()}
-    result = {
-        "transformer_relative_error": relative("fast", out["bf16"]),
-        "fast_path_vs_stock_relative_error": relative("fast", out["stock"]),
-        "compiled_vs_stock_relative_error": relative("compiled", out["stock"]),
-        "stock_other_attention_kernel_relative_error": relative("stock_math_attention", out["stock"]),
-        "vs_float32_relative_error": {name: relative(name, fp32) for name in ("stock", "fast", "compiled")},
-        "final_latent_cosine": cosine,
-        "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
-        "ssim": _ssim(gray["nf4"], gray["bf16"]),
-        "settings": asdict(request),
-    }
-    log(
-        f"[fidelity] nf4 vs bf16 {json.dumps(result['transformer_relative_error'])}; "
-        f"fast vs stock {json.dumps(result['fast_path_vs_stock_relative_error'])}; "
-        f"compiled vs stock {json.dumps(result['compiled_vs_stock_relative_error'])}; cosine {cosine:.4f} "
-        f"PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
-    )
-    del generators
-    free_device_memory()
-    return result
-
-
 def benchmark(
     original: str | None,
     package: str | None,
@@ -318,29 +179,11 @@ def benchmark(
     """Run the benchmark and return its report (also written to metadata / markdown when asked)."""
 
     request = request or GenerationRequest(
-        SEED_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
+        CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
+    _check_modes(modes, repeat)
     device = resolve_device(device)
-    if synthetic is not None:
-        original, package = prepare_synthetic(synthetic, original, package, device, log)
-    folders = {"original": original, "package": package}
-    for mode in modes:
-        kind = MODE_SETUPS[mode].folder
-        if folders[kind] is None:
-            raise ValueError(f"mode {mode} needs --{kind}")
-    if original is not None and not Path(original).is_dir():
-        original = str(resolve_source(original).path)
-        folders["original"] = original
-    if (write_metadata or with_fidelity) and package is None:
-        raise ValueError("--write-metadata and --fidelity need --package")
-    if with_fidelity and original is None:
-        raise ValueError("--fidelity needs --original")
-
+    folders = _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log)
     results = [
         run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log) for m in modes
     ]
@@ -358,18 +201,48 @@ def benchmark(
         "transformer_config": _transformer_config(folders["package"] or folders["original"]),
     }
     if write_metadata:
-        meta = read_metadata(package)
-        key = (
-            f"{request.width}x{request.height}-{request.num_inference_steps}steps-{'pe' if request.use_pe else 'nope'}"
-        )
-        meta["benchmarks"][key] = report
-        save_metadata(Path(package), meta)
-        write_model_card(package)  # the card's benchmark tables follow the metadata
-        log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
+        _store_in_package(report, folders["package"], request, log)
     if markdown:
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown).write_text(markdown_table(report))
     return report
+
+
+def _check_modes(modes, repeat: int) -> None:
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
+
+
+def _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log) -> dict:
+    """``{"original": ..., "package": ...}`` the modes read (a synthetic pair built when asked, a Hub id fetched);
+    ``ValueError`` naming the argument when something the modes need is missing."""
+    if synthetic is not None:
+        original, package = prepare_synthetic(synthetic, original, package, device, log)
+    folders = {"original": original, "package": package}
+    for mode in modes:
+        kind = MODE_SETUPS[mode].folder
+        if folders[kind] is None:
+            raise ValueError(f"mode {mode} needs --{kind}")
+    if original is not None and not Path(original).is_dir():
+        folders["original"] = str(resolve_source(original).path)
+    if (write_metadata or with_fidelity) and package is None:
+        raise ValueError("--write-metadata and --fidelity need --package")
+    if with_fidelity and original is None:
+        raise ValueError("--fidelity needs --original")
+    return folders
+
+
+def _store_in_package(report: dict, package: str, request: GenerationRequest, log) -> None:
+    """The report into the package's metadata (under its settings' key) and its model card."""
+    meta = read_metadata(package)
+    key = f"{request.width}x{request.height}-{request.num_inference_steps}steps-{'pe' if request.use_pe else 'nope'}"
+    meta["benchmarks"][key] = report
+    save_metadata(Path(package), meta)
+    write_model_card(package)  # the card's benchmark tables follow the metadata
+    log(f"results stored in {package}/quantization_metadata.json under benchmarks.{key}")
 
 
 def _transformer_config(folder: str | None) -> dict | None:
@@ -404,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="build (or reuse) a random-weight original of this size and its NF4 package (default size: full)",
     )
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to measure, in order")
-    p.add_argument("--prompt", default=SEED_PROMPT, help="prompt (default: the seed README's)")
+    p.add_argument("--prompt", default=CARD_PROMPT, help="prompt (default: the published ERNIE-Image-NF4 model card's)")
     p.add_argument("--width", type=int, default=512, help="image width")
     p.add_argument("--height", type=int, default=512, help="image height")
     p.add_argument("--resolution", help="WIDTHxHEIGHT, e.g. 1024x1024 (overrides --width/--height)")

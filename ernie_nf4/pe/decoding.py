@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compat import quant_state_tensors
+
 logger = logging.getLogger(__name__)
 
 # PEDecoder's KV cache: at least this long (prompt + new tokens + a chunk), grown in steps of CACHE_ROUNDING (each
@@ -208,11 +210,7 @@ def tensor_fingerprint(model) -> tuple[int, ...]:
         pointers.append(tensor.data_ptr())
         state = getattr(tensor, "quant_state", None)
         if state is not None:
-            for owner in (state, state.state2) if state.nested else (state,):
-                for attr in ("absmax", "code", "offset"):
-                    value = getattr(owner, attr, None)
-                    if torch.is_tensor(value):
-                        pointers.append(value.data_ptr())
+            pointers.extend(getattr(owner, attr).data_ptr() for owner, attr in quant_state_tensors(state))
     pointers.extend(buffer.data_ptr() for buffer in model.buffers())
     return tuple(pointers)
 
@@ -415,8 +413,8 @@ def prefill(parts: _Parts, input_ids: torch.Tensor, cache: StaticKV, fused: bool
     """Run the prompt eagerly; returns the logits of its last token. Exactly as ``generate`` does, or with ``fused``
     (a GPU with Triton) through ``nf4_gemv``'s kernels: its NF4 dequantization (the weights as bitsandbytes'
     ``dequantize_4bit`` gives them) before each dense product, norms, rotary + cache write and SiLU: a fifth of the
-    launches, and of the Python work that bounds a prompt of a few hundred tokens (on the lent H100 machine, a
-    200-token prompt took 88 ms unfused, 50 ms fused)."""
+    launches, and of the Python work that bounds a prompt of a few hundred tokens (on an H100, a 200-token prompt
+    took 88 ms unfused, 50 ms fused)."""
     length = input_ids.shape[1]
     positions = cache.positions[:length].unsqueeze(0)
     return _forward(parts, input_ids, cache, _Step(positions, length, None, fused=fused, dense=fused))

@@ -5,7 +5,9 @@
 - ``residency``: low-vram mode, one big model on the GPU at a time from page-locked CPU memory;
 - ``memory_savers``: the text encoder's token table in CPU memory, the tiled VAE decode;
 - ``fast_transformer``: the packed-token transformer forward and its compiled blocks;
-- ``generation``: ``Generator``, the stages of a request.
+- ``generation``: ``Generator``, the one generation path, running a request's stages:
+  ``prompt`` (the prompt enhancer, the prompt cache, text encoding), ``denoising``, ``vae_decode``, each timed on a
+  ``timing.StageClock`` made for the request.
 
 May import: the root modules, ``package``, ``pe``.
 """

@@ -1,8 +1,10 @@
 """A faster way to run diffusers' ``ErnieImageTransformer2DModel``: same weights, same image-token outputs.
 
-``enable_fast_path(transformer)`` swaps the model's and its blocks' classes for the subclasses below
-(weights, config and quantization untouched; ``disable_fast_path`` swaps them back). What changes against
-the stock forward of diffusers 0.42.1:
+``enable_fast_path(transformer)`` swaps the model's and its blocks' classes for the subclasses below through
+``compat.swap_class`` (weights, config and quantization untouched; ``disable_fast_path`` swaps them back): the one
+change this project makes to a diffusers object. What the fast forward keeps for a model (its ``BlockCompiler``, the
+last rotary tables) lives beside it in ``_FastState``, not on it. What changes against the stock forward of
+diffusers 0.42.1:
 
 - **No padding mask.** The stock model pads every sample's text to the longest one and passes a
   ``[B, 1, 1, S]`` mask, which keeps SDPA off its flash/cuDNN kernels and spends compute on padding. Here
@@ -34,6 +36,7 @@ import os
 import threading
 import time
 import types
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +48,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
     ErnieImageTransformer2DModelOutput,
 )
 
-from ..compat import run_compiled_only
+from ..compat import run_compiled_only, swap_class
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,26 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     """The stock rotary embedding (non-interleaved rotate-half over the whole head) with precomputed tables."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@dataclass
+class _FastState:
+    """What the fast forward keeps for one model: its ``BlockCompiler`` (when compiling) and the last rotary tables
+    (key, (cos, sin))."""
+
+    compiler: BlockCompiler | None = None
+    rotary: tuple | None = None
+
+
+# Per model, beside it rather than on it; an entry goes with its model.
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(model) -> _FastState:
+    state = _STATES.get(model)
+    if state is None:
+        state = _STATES[model] = _FastState()
+    return state
 
 
 class FastErnieImageBlock(ErnieImageSharedAdaLNBlock):
@@ -123,7 +146,7 @@ class FastErnieImageTransformer2DModel(ErnieImageTransformer2DModel):
         if self.patch_size != 1 or B == 0 or text_bth.shape[1] == 0 or not bool((timestep == timestep[0]).all()):
             return super().forward(hidden_states, timestep, text_bth, text_lens, return_dict=return_dict)
         packed = self._pack(hidden_states, timestep, text_bth, text_lens)
-        compiler = self.__dict__.get("_block_compiler")
+        compiler = _state(self).compiler
         if compiler is not None and compiler.active:  # read once: a call is wholly compiled or wholly eager
             x = compiler.run_blocks(self.layers, packed)
         else:
@@ -166,9 +189,9 @@ class FastErnieImageTransformer2DModel(ErnieImageTransformer2DModel):
         """cos/sin tables of the packed tokens' positions, built as the stock forward builds its position ids.
         The same for every step of an image, so the last one is kept."""
         key = (H, W, lengths, device, dtype)
-        cached = self.__dict__.get("_rotary_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        state = _state(self)
+        if state.rotary is not None and state.rotary[0] == key:
+            return state.rotary[1]
         grid = torch.stack(
             torch.meshgrid(
                 torch.arange(H, device=device, dtype=torch.float32),
@@ -184,7 +207,7 @@ class FastErnieImageTransformer2DModel(ErnieImageTransformer2DModel):
             ids += [torch.cat([torch.full((H * W, 1), float(length), device=device), grid], dim=-1), text_ids]
         freqs = self.pos_embed(torch.cat(ids)[None])  # [1, T, 1, head_dim], float32
         rotary = (torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype))
-        self.__dict__["_rotary_cache"] = (key, rotary)
+        state.rotary = (key, rotary)
         return rotary
 
 
@@ -277,7 +300,7 @@ class BlockCompiler:
         self._run = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        transformer.__dict__["_block_compiler"] = self  # what the fast forward consults
+        _state(transformer).compiler = self  # what the fast forward consults
 
     @property
     def active(self) -> bool:
@@ -437,18 +460,18 @@ def enable_fast_path(transformer) -> None:
     """Run ``transformer`` (an ``ErnieImageTransformer2DModel``, bf16 or NF4) with the fast forward."""
     if not isinstance(transformer, ErnieImageTransformer2DModel):
         raise TypeError(f"transformer must be an ErnieImageTransformer2DModel, got {type(transformer).__name__}")
-    transformer.__class__ = FastErnieImageTransformer2DModel
+    swap_class(transformer, FastErnieImageTransformer2DModel)
     for layer in transformer.layers:
-        layer.__class__ = FastErnieImageBlock
+        swap_class(layer, FastErnieImageBlock)
 
 
 def disable_fast_path(transformer) -> None:
     """Back to the stock forward (a ``BlockCompiler`` is detached too)."""
     if isinstance(transformer, FastErnieImageTransformer2DModel):
-        transformer.__class__ = ErnieImageTransformer2DModel
-        transformer.__dict__.pop("_block_compiler", None)
+        swap_class(transformer, ErnieImageTransformer2DModel)
+        _STATES.pop(transformer, None)
         for layer in transformer.layers:
-            layer.__class__ = ErnieImageSharedAdaLNBlock
+            swap_class(layer, ErnieImageSharedAdaLNBlock)
 
 
 def compile_blocks(

@@ -2,7 +2,9 @@
 
 ``load_pipeline`` returns a ``LoadedPipeline``: the diffusers pipeline plus what this project decided about it
 (device, memory mode, the ``Residency`` that moves models in low-vram mode, whether it is compiled, what the
-package check found). State lives here, never in attributes planted on diffusers objects.
+package check found). State lives here, never in attributes planted on diffusers objects; the one change made to one
+is the fast path's class swap of the transformer and its blocks (``fast_transformer.enable_fast_path``, through
+``compat.swap_class``).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def load_pipeline(
     benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks, compiled at the end
     of the first call (``fast_transformer.compile_blocks``); off by default here: the app's ``ImageService`` compiles in
     the background on a CUDA GPU instead, while its first requests run eagerly.
-    The folder is checked first (``package_check``): allowed classes only, every safetensors header against its
+    The folder is checked first (``package.check``): allowed classes only, every safetensors header against its
     file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
     A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.
     """

@@ -11,6 +11,8 @@ import os
 from ..compat import set_allocator_settings
 from ..errors import EnvironmentUnsupported, InvalidArgument
 
+OLD_ALL_ON_GPU_NAME = "gpu"  # what all-on-gpu was called before; still accepted by ``MemoryMode.parse``
+
 
 class MemoryMode(str, enum.Enum):
     """Where the models live while a request runs.
@@ -19,7 +21,8 @@ class MemoryMode(str, enum.Enum):
       with the compiled blocks).
     - ``low-vram``: only the VAE stays; the prompt enhancer, the text encoder and the transformer take turns on
       the GPU, copied from page-locked CPU memory as each is needed (``residency.Residency``; about 5.9 GiB).
-    - ``model-offload``: diffusers' ``enable_model_cpu_offload`` (the seed README's way; the benchmark's baseline).
+    - ``model-offload``: diffusers' ``enable_model_cpu_offload`` (the way the published ERNIE-Image-NF4 model card
+      runs it; the benchmark's baseline).
     - ``auto``: ``all-on-gpu`` when the GPU memory this process may use holds its peak at the largest size the app
       offers, else ``low-vram``, and below that a refusal naming the GiB there and needed (``choose_memory_mode``).
     """
@@ -30,17 +33,20 @@ class MemoryMode(str, enum.Enum):
     MODEL_OFFLOAD = "model-offload"
 
     @classmethod
-    def parse(cls, value: str | MemoryMode, argument: str = "memory_mode") -> MemoryMode:
-        """A mode from its value; ``gpu`` (the old name of ``all-on-gpu``) is still accepted."""
+    def parse(cls, value: str | MemoryMode, argument: str = "memory_mode", allowed=None) -> MemoryMode:
+        """A mode from its value: the one place a memory mode is validated. ``gpu`` (the old name of ``all-on-gpu``)
+        is still accepted; ``allowed`` narrows the modes (the app offers ``APP_MEMORY_MODES``). Raises
+        ``InvalidArgument`` naming ``argument`` and the modes it takes."""
+        choices = tuple(cls) if allowed is None else tuple(allowed)
         if isinstance(value, cls):
-            return value
-        text = str(value).strip().lower()
-        if text == "gpu":
-            return cls.ALL_ON_GPU
-        try:
-            return cls(text)
-        except ValueError:
-            raise InvalidArgument(f"{argument} must be one of {[m.value for m in cls]}, got {value!r}") from None
+            mode = value
+        else:
+            text = str(value).strip().lower()
+            mode = cls.ALL_ON_GPU if text == OLD_ALL_ON_GPU_NAME else next((m for m in cls if m.value == text), None)
+        if mode not in choices:
+            shown = value.value if isinstance(value, cls) else value
+            raise InvalidArgument(f"{argument} must be one of {[m.value for m in choices]}, got {shown!r}")
+        return mode
 
     @property
     def needs_cuda(self) -> bool:
@@ -50,7 +56,7 @@ class MemoryMode(str, enum.Enum):
 # What the app offers (model-offload is slower than low-vram at more memory: kept for the benchmark only).
 APP_MEMORY_MODES = (MemoryMode.AUTO, MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM)
 # Peak reserved GiB of the full-size NF4 model at 1024x1024 (the largest presets are about one megapixel), measured
-# on an H100 (docs/benchmarks.md, issue 15's second pass: all-on-gpu 9.67 eager, 10.04 with the compiled blocks,
+# on an NVIDIA H100 80GB HBM3 (docs/benchmarks.md: all-on-gpu 9.67 eager, 10.04 with the compiled blocks,
 # which is the app's default; low-vram 5.85, and 5.94 for 4 images under a 6 GiB cap), with a margin for the CUDA
 # context's neighbours.
 NEEDS_GIB = {MemoryMode.ALL_ON_GPU: 10.5, MemoryMode.LOW_VRAM: 6.0}

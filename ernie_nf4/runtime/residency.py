@@ -9,7 +9,7 @@ enhancer and the text encoder leave the GPU once used, the transformer leaves wh
 only the transformer moves nothing.
 
 Each tensor has a fixed place in the arena (``plan_offsets``), so a model lands at the same addresses every time
-it comes back: the prompt enhancer's CUDA graph (``pe_decoding.PEDecoder``), which holds those addresses, stays
+it comes back: the prompt enhancer's CUDA graph (``pe.decoding.PEDecoder``), which holds those addresses, stays
 valid across moves instead of being captured again. The arena is the one allocation the models need on the device:
 as large as the largest model, each tensor's start rounded up to ``ALIGNMENT``.
 """
@@ -117,8 +117,8 @@ def _unlock(pointer: int, done: torch.cuda.Event | None) -> None:
 @dataclass
 class _Tensor:
     """One tensor of a model: its dtype and shape, its place (``offset``) in the model's layout, which its CPU copy
-    and the arena share, and the slots that hold it, each ``(owner, kind, key)``: a parameter's ``.data``, a
-    quantization state's attribute or a module's buffer."""
+    and the arena share, and the slots that hold it, each ``(owner, kind, key)``: a parameter's ``.data``, or an
+    attribute (a quantization state's tensor, a module's buffer: set through ``setattr``)."""
 
     dtype: torch.dtype
     shape: torch.Size
@@ -154,8 +154,8 @@ class _Model:
             entry.slots.append((owner, kind, key))
 
         for module in model.modules():
-            for param in module._parameters.values():
-                if param is None or id(param) in seen:
+            for param in module.parameters(recurse=False):
+                if id(param) in seen:
                     continue
                 seen.add(id(param))
                 add(param, "data", None, param.data)
@@ -163,9 +163,8 @@ class _Model:
                 if state is not None:  # bitsandbytes Params4bit
                     for owner, attr in quant_state_tensors(state):
                         add(owner, "attr", attr, getattr(owner, attr))
-            for key, buffer in module._buffers.items():
-                if buffer is not None:
-                    add(module._buffers, "item", key, buffer)
+            for key, buffer in module.named_buffers(recurse=False, remove_duplicate=False):
+                add(module, "attr", key, buffer)
         sizes = [entry.nbytes for entry in self.tensors]
         self.bytes = sum(sizes)
         offsets, self.span = plan_offsets(sizes)
@@ -192,10 +191,8 @@ class _Model:
             for owner, kind, key in entry.slots:
                 if kind == "data":
                     owner.data = tensor
-                elif kind == "attr":
-                    setattr(owner, key, tensor)
                 else:
-                    owner[key] = tensor
+                    setattr(owner, key, tensor)
 
 
 class Residency:

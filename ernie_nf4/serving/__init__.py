@@ -2,6 +2,7 @@
 
 - ``provider``: a local folder, else a download, else a build;
 - ``service``: ``ImageService``, one lock per GPU, progress and stats;
+- ``compiling``: whether and when the transformer blocks compile, decided from the setting and the loaded pipeline;
 - ``replicas``: one service per GPU behind the same methods.
 
 May import: the root modules, ``package``, ``build``, ``runtime``, ``synthetic``.

@@ -1,9 +1,10 @@
 """The image service behind the app: gets the package lazily, loads it once, generates, reports stats.
 
-Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, the transformer blocks
-compile in a background thread (``fast_transformer.BlockCompiler``) while requests run eagerly, and the next request
-after it is ready runs compiled. The switch happens only between requests, so each image is wholly eager or wholly
-compiled: the same seed gives the same image on one path, and the two paths differ in the last bits of bf16 rounding.
+Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, ``compiling.decide_compile``
+says what to do; by default the transformer blocks compile in a background thread (``BlockCompiler``) while requests
+run eagerly, and the next request after it is ready runs compiled. The switch happens only between requests, so each
+image is wholly eager or wholly compiled: the same seed gives the same image on one path, and the two paths differ in
+the last bits of bf16 rounding.
 """
 
 from __future__ import annotations
@@ -24,17 +25,10 @@ from ..stats import LiveStats, ServiceStats
 from ..synthetic.tiny import build_tiny_package
 from ..system import free_device_memory
 from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from .compiling import CompileDecision, CompileWhen, capture_pe_graph, compile_now, decide_compile, make_compiler
 from .provider import ensure_package
 
 logger = logging.getLogger(__name__)
-
-# Prompt of the prompt enhancer's warm-up at load (only when compiling in the background, see ImageService._load):
-# its decoding graph is captured then, before the compile thread uses the GPU. A typical length, so that the KV cache
-# it sizes (prompt + token cap) holds most prompts without growing, which would capture again.
-PE_WARM_UP_PROMPT = (
-    "A quiet harbour town at dawn, seen from a hill: fishing boats with faded blue and red hulls, wet cobblestones, "
-    "white houses with terracotta roofs, gulls over the water, soft mist, warm low sunlight, photographed on film."
-)
 
 NO_GPU_MESSAGE = (
     "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). "
@@ -60,12 +54,7 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         get_variant(self.variant)
-        mode = MemoryMode.parse(self.memory_mode)
-        if mode not in APP_MEMORY_MODES:
-            raise InvalidArgument(
-                f"memory_mode must be one of {[m.value for m in APP_MEMORY_MODES]}, got {mode.value!r}"
-            )
-        object.__setattr__(self, "memory_mode", mode)
+        object.__setattr__(self, "memory_mode", MemoryMode.parse(self.memory_mode, allowed=APP_MEMORY_MODES))
         if self.max_pe_tokens is not None and not 1 <= self.max_pe_tokens <= 8192:
             raise InvalidArgument(f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}")
 
@@ -202,9 +191,7 @@ class ImageService:
                 verify_sha256=config.verify_sha256,
                 max_pe_tokens=config.max_pe_tokens,
             )
-            self._eager_reason = self._why_eager(generator.loaded)
-            if self._eager_reason is None:
-                self._start_compiling(generator, on_progress)
+            self._act_on(decide_compile(config.compile, generator.loaded), generator, on_progress)
         except torch.cuda.OutOfMemoryError as err:
             free_device_memory()
             raise OutOfMemory(
@@ -215,44 +202,26 @@ class ImageService:
         self.load_seconds = time.perf_counter() - start
         return generator
 
-    def _why_eager(self, loaded) -> str | None:
-        """None when the transformer blocks should compile, else why they run eagerly (for Stats)."""
-        wanted = self.config.compile
-        if wanted is False:
-            return "eager: compile off (--no-compile)"
-        if not loaded.fast:
-            return "eager: this diffusers has no fast path to compile"
-        if wanted is None and not loaded.device.startswith("cuda"):
-            return "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
-        if wanted is None and loaded.memory_mode is not MemoryMode.ALL_ON_GPU:
-            return f"eager: {loaded.memory_mode.value} compiles only with --compile (at load, before the first run)"
-        return None
-
-    def _start_compiling(self, generator: Generator, on_progress: ProgressCallback) -> None:
-        """``self.compiler`` for the loaded transformer, compiling in the background (all-on-gpu) or now (low-vram,
-        where the transformer is on the GPU only in its turn)."""
-        from ..runtime.fast_transformer import BlockCompiler
-
+    def _act_on(self, decision: CompileDecision, generator: Generator, on_progress: ProgressCallback) -> None:
+        """Do what ``decide_compile`` decided: nothing (eager), compile now, or capture the PE's graph and start the
+        background compile (unless ``compile_later``)."""
+        if decision.when is CompileWhen.EAGER:
+            self._eager_reason = decision.reason
+            return
         loaded = generator.loaded
-        try:
-            compiler = BlockCompiler(loaded.pipe.transformer)
-        except Exception as err:  # e.g. a cache folder that cannot be made: compiling never costs a run
-            self._eager_reason = f"eager: compile failed ({type(err).__name__}: {err})"
-            logger.warning("%s", self._eager_reason)
+        self.compiler, self._eager_reason = make_compiler(loaded.pipe.transformer)
+        if self.compiler is None:
             return
-        self.compiler = compiler
-        if loaded.residency is not None:
-            report(on_progress, "compile", "compiling the transformer blocks (cached for later starts)")
-            loaded.use("transformer")
-            if compiler.compile():
-                compiler.activate()
+        if decision.when is CompileWhen.NOW:
+            report(on_progress, "compile", decision.reason)
+            compile_now(self.compiler, loaded)
             return
-        if loaded.device.startswith("cuda") and loaded.has_pe:
-            self._capture_pe_graph(generator, on_progress)
+        if decision.capture_pe_graph:
+            capture_pe_graph(generator, on_progress)
         if self.compile_later:
             return
-        compiler.start()
-        report(on_progress, "compile", "the transformer blocks compile in the background; runs are eager until then")
+        self.compiler.start()
+        report(on_progress, "compile", decision.reason)
 
     def start_compiling(self) -> None:
         """Start the background compile that a load with ``compile_later`` prepared (nothing otherwise)."""
@@ -261,19 +230,6 @@ class ImageService:
         with self._lock:  # priming runs the model: not beside a request
             if self.compiler is not None and self.compiler.state is CompileState.PENDING:
                 self.compiler.start()
-
-    def _capture_pe_graph(self, generator: Generator, on_progress: ProgressCallback) -> None:
-        """Run the prompt enhancer once now, before the compile thread starts, so its CUDA graph is captured (and
-        its Triton kernels built) while nothing else uses the GPU, and the first request does not pay for it. A
-        failure here is only logged: the first request runs the PE as it would have."""
-        import torch
-
-        report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")
-        try:
-            with torch.cuda.device(generator.loaded.device):
-                generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
-        except Exception as err:  # a warm-up: the real run reports its own errors
-            logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
 
     def generate(
         self,

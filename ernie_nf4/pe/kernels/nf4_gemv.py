@@ -1,4 +1,4 @@
-"""Triton kernels for the prompt enhancer's one-token decode steps (kernels in ``nf4_kernels``): NF4
+"""Triton kernels for the prompt enhancer's one-token decode steps (kernels in ``triton_kernels``): NF4
 matrix-vector products (``nf4_gemv``; q/k/v in one launch, ``nf4_gemv3``; gate/up with SiLU, ``nf4_gate_up``), a
 fused residual-add + RMSNorm, rotary embedding + KV-cache write, SiLU-times-up, and a flash-decoding attention over
 the written cache entries (``decode_attention``).
@@ -13,12 +13,13 @@ replace several eager ones each, since in a CUDA-graphed step the count of small
 Layout read (bitsandbytes 0.46-0.50, ``Params4bit`` with ``quant_type="nf4"``): the weight ``(N, K)`` flattened
 row-major, two 4-bit codes per byte, the even element in the high nibble; element ``i`` is
 ``code[nibble] * absmax[i // blocksize]``; with double quantization (``state.nested``)
-``absmax[b] = state2.code[absmax_u8[b]] * state2.absmax[b // state2.blocksize] + state.offset``.
+``absmax[b] = state2.code[absmax_u8[b]] * state2.absmax[b // state2.blocksize] + state.offset`` (read through
+``compat.nested_absmax``).
 
 For the prompt (many tokens) ``nf4_dequantize`` gives bitsandbytes' dense weight bit for bit in one kernel (its
 ``dequantize_4bit`` takes three and several Python layers), and the norm and rotary kernels take many tokens.
 
-Only for ``pe_decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
+Only for ``pe.decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
 Triton is imported on first use, so importing this module touches neither Triton nor CUDA.
 """
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+from ...compat import nested_absmax
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def supports(module: torch.nn.Module) -> bool:
         module.weight.data_ptr() % 16 == 0
         and state.blocksize in (64, 128, 256)
         and k % (state.blocksize * GEMV_CONFIG.blocks) == 0
-        and (not state.nested or state.state2.blocksize == 256)
+        and ((nested := nested_absmax(state)) is None or nested.blocksize == 256)
     )
 
 
@@ -103,7 +106,7 @@ class GemvConfig:
     activations are read with one contiguous load per word (``split_x``) or eight strided ones, whether the next
     step's weights are loaded before this step's arithmetic (``prefetch``), Triton's pipeline ``stages``, and
     whether the NF4 table is read with a plain PTX load (``lut_asm``: twice as fast on an H100, see
-    ``nf4_kernels.nf4_value``)."""
+    ``triton_kernels.nf4_value``)."""
 
     rows: int = 8
     blocks: int = 16
@@ -131,9 +134,19 @@ def _operands(weight) -> tuple:
     second-level absmax, code and offset (stand-ins when the absmax is not double quantized)."""
     state = weight.quant_state
     words = weight.data.reshape(-1).view(torch.int32)
-    if state.nested:
-        return (words, state.absmax, state.code, state.state2.absmax, state.state2.code, state.offset.reshape(1))
+    if (nested := nested_absmax(state)) is not None:
+        return (words, state.absmax, state.code, nested.absmax, nested.code, nested.offset.reshape(1))
     return (words, state.absmax, state.code, state.absmax, state.absmax, state.absmax)
+
+
+def _nesting(state) -> dict:
+    """The kernels' quantization constants: double quantized or not, and both levels' block sizes."""
+    nested = nested_absmax(state)
+    return {
+        "NESTED": nested is not None,
+        "QBLOCK": state.blocksize,
+        "QBLOCK2": 256 if nested is None else nested.blocksize,
+    }
 
 
 def _meta(weight, config: GemvConfig) -> dict:
@@ -142,9 +155,7 @@ def _meta(weight, config: GemvConfig) -> dict:
     if k % (state.blocksize * config.blocks):
         raise ValueError(f"K={k} must be a multiple of {state.blocksize * config.blocks} for {config}")
     return {
-        "NESTED": bool(state.nested),
-        "QBLOCK": state.blocksize,
-        "QBLOCK2": state.state2.blocksize if state.nested else 256,
+        **_nesting(state),
         "BN": config.rows,
         "NB": config.blocks,
         "SPLIT_X": config.split_x,
@@ -334,9 +345,7 @@ def nf4_dequantize(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16, lu
         out,
         *scales,
         words,
-        NESTED=bool(state.nested),
-        QBLOCK=state.blocksize,
-        QBLOCK2=state.state2.blocksize if state.nested else 256,
+        **_nesting(state),
         BLOCK=block,
         LUT_ASM=lut_asm,
         num_warps=4,

@@ -1,0 +1,173 @@
+"""The prompt stage: the prompt enhancer's rewrite (two samplers), an LRU cache of prompts, text encoding.
+
+``prepare_prompt`` runs the stage for one request: from the cache when the same prompt, negative prompt, PE seed and
+size came before (a rerun with other steps or guidance skips the PE and the text encoder), else the PE (when on)
+and the text encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..request import GenerationRequest
+from .memory_modes import MemoryMode
+from .timing import StageClock
+
+PE_TEMPERATURE, PE_TOP_P = 0.6, 0.95  # the stock pipeline's sampling of the prompt enhancer
+
+
+@dataclass
+class PromptEnhancement:
+    text: str
+    tokens: int  # new tokens the PE wrote
+    cut: bool  # the cap stopped it before its end-of-sequence token
+    cap: int
+
+
+@dataclass
+class Prompt:
+    """What the prompt stage hands the denoising stage: the revised prompt and the text embeddings."""
+
+    revised: str | None = None
+    positive: list = field(default_factory=list)
+    negative: list | None = None
+    enhancement: PromptEnhancement | None = None  # None when the PE did not run (off, or cached)
+
+
+class PromptCache:
+    """The last ``size`` prompts (0: none kept), least recently used dropped first."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, key) -> Prompt | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key, prompt: Prompt) -> None:
+        if not self.size:
+            return
+        self._entries[key] = Prompt(prompt.revised, prompt.positive, prompt.negative, None)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def uses_stock_pe_sampling(loaded) -> bool:
+    """Stock runs (the benchmark's baselines) sample with transformers' ``generate``; ours with ``PEDecoder``."""
+    return not loaded.fast or loaded.memory_mode is MemoryMode.MODEL_OFFLOAD
+
+
+def pe_inputs(tokenizer, prompt: str, width: int, height: int):
+    """The PE's chat message for ``prompt`` at this size, tokenized on the CPU (``PEDecoder`` copies it to the GPU
+    without waiting for queued work)."""
+    message = json.dumps({"prompt": prompt, "width": width, "height": height}, ensure_ascii=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=False
+    )
+    return tokenizer(text, return_tensors="pt")
+
+
+def sample_with_generate(pipe, inputs, cap: int, seed: int, device) -> tuple[list[int], bool]:
+    """New token ids (up to and with the end-of-sequence token) and whether it came, from transformers' ``generate``
+    sampling as the stock pipeline does, seeded: ``torch.manual_seed(seed)`` inside ``fork_rng``."""
+    import torch
+
+    eos = pipe.pe_tokenizer.eos_token_id
+    inputs = inputs.to(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        output = pipe.pe.generate(
+            **inputs,
+            max_new_tokens=cap,
+            do_sample=True,
+            temperature=PE_TEMPERATURE,
+            top_p=PE_TOP_P,
+            pad_token_id=pipe.pe_tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
+    new = output[0][inputs["input_ids"].shape[1] :].tolist()
+    stopped = eos in new
+    return (new[: new.index(eos) + 1] if stopped else new), stopped
+
+
+def sample_with_decoder(decoder, inputs, cap: int, seed: int, eos_token_id: int) -> tuple[list[int], bool]:
+    """The same sampling with ``pe.decoding.PEDecoder`` (a static KV cache and, on CUDA, graphed steps)."""
+    import torch
+
+    with torch.no_grad():
+        ids, stopped = decoder.generate(
+            inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos_token_id
+        )
+    return ids.tolist(), stopped
+
+
+def make_pe_decoder(loaded):
+    """A ``PEDecoder`` for the loaded PE. In low-vram mode its KV cache lies in the residency's arena behind the PE
+    when it fits there (104 KiB a token for the full PE: 245 MB at the stock cap of 2048; about 17,000 tokens fit
+    for the full model), where the larger transformer's bytes go while the PE is away, so it costs no memory of its
+    own; a cache that does not fit is allocated and kept as in all-on-gpu."""
+    from ..pe.decoding import PEDecoder
+
+    residency, storage = loaded.residency, None
+    if residency is not None and "pe" in residency.names:
+        storage = functools.partial(residency.scratch, "pe")
+    return PEDecoder(loaded.pipe.pe, cache_storage=storage)
+
+
+def enhancement(tokenizer, new: list[int], stopped: bool, cap: int) -> PromptEnhancement:
+    revised = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return PromptEnhancement(revised, tokens=len(new), cut=not stopped, cap=cap)
+
+
+def prompt_key(request: GenerationRequest, use_pe: bool) -> tuple:
+    """What the prompt stage's output depends on: prompt, negative prompt, PE seed, size, PE on."""
+    seed = request.seed if use_pe else None
+    return (request.prompt, request.negative_prompt, seed, request.width, request.height, use_pe)
+
+
+def encode_text(loaded, request: GenerationRequest, prompt: Prompt, fresh: bool, device) -> None:
+    """Fill ``prompt``'s embeddings with the text encoder: the positive one when ``fresh``, the negative one when
+    guidance needs it and it is missing."""
+    import torch
+
+    needs_negative = prompt.negative is None and request.guidance_scale > 1.0
+    with torch.no_grad():
+        if fresh or needs_negative:
+            loaded.use("text_encoder")
+        if fresh:
+            prompt.positive = loaded.pipe.encode_prompt([prompt.revised or request.prompt], device)
+        if needs_negative:
+            prompt.negative = loaded.pipe.encode_prompt([request.negative_prompt], device)
+
+
+def prepare_prompt(
+    loaded,
+    request: GenerationRequest,
+    cache: PromptCache,
+    enhance: Callable[[GenerationRequest], PromptEnhancement],
+    clock: StageClock,
+) -> tuple[Prompt, bool]:
+    """The prompt stage of one request: revised prompt and text embeddings, and whether they came from ``cache``.
+    ``enhance`` runs the PE (the model is put on the GPU first); the ``pe`` and ``text_encoding`` laps go to
+    ``clock``."""
+    use_pe = request.use_pe and loaded.has_pe
+    key = prompt_key(request, use_pe)
+    cached = cache.get(key)
+    prompt = cached or Prompt()
+    if cached is None and use_pe:
+        loaded.use("pe")
+        prompt.enhancement = enhance(request)
+        prompt.revised = prompt.enhancement.text
+    clock.lap("pe")
+    encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device)
+    clock.lap("text_encoding")
+    cache.put(key, prompt)
+    return prompt, cached is not None

@@ -1,0 +1,98 @@
+"""Whether and when the service compiles the transformer blocks, decided from its setting and the loaded pipeline.
+
+``decide_compile`` returns a ``CompileDecision`` (compile now, in the background, or run eagerly, and why); the
+service acts on it with ``make_compiler``, ``compile_now`` and ``capture_pe_graph``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from ..progress import ProgressCallback, report
+from ..runtime.memory_modes import MemoryMode
+
+logger = logging.getLogger(__name__)
+
+# Prompt of the prompt enhancer's warm-up at load (only when compiling in the background): its decoding graph is
+# captured then, before the compile thread uses the GPU. A typical length, so that the KV cache it sizes (prompt +
+# token cap) holds most prompts without growing, which would capture again.
+PE_WARM_UP_PROMPT = (
+    "A quiet harbour town at dawn, seen from a hill: fishing boats with faded blue and red hulls, wet cobblestones, "
+    "white houses with terracotta roofs, gulls over the water, soft mist, warm low sunlight, photographed on film."
+)
+
+
+class CompileWhen(str, enum.Enum):
+    NOW = "now"  # at load, before the first run (low-vram: the transformer is on the GPU only in its turn)
+    BACKGROUND = "background"  # in a thread while runs are eager (all-on-gpu)
+    EAGER = "eager"  # not at all
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    when: CompileWhen
+    reason: str  # for people: why eager (shown in Stats), or what compiling does
+    capture_pe_graph: bool = False  # run the PE once before the compile thread starts
+
+
+def eager_reason(compile: bool | None, loaded) -> str | None:
+    """None when the transformer blocks should compile, else why they run eagerly (for Stats). ``compile``: the
+    service's setting (None: on a CUDA GPU in all-on-gpu mode only)."""
+    if compile is False:
+        return "eager: compile off (--no-compile)"
+    if not loaded.fast:
+        return "eager: this diffusers has no fast path to compile"
+    if compile is None and not loaded.device.startswith("cuda"):
+        return "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
+    if compile is None and loaded.memory_mode is not MemoryMode.ALL_ON_GPU:
+        return f"eager: {loaded.memory_mode.value} compiles only with --compile (at load, before the first run)"
+    return None
+
+
+def decide_compile(compile: bool | None, loaded) -> CompileDecision:
+    """What to do with the loaded pipeline's transformer blocks under the service's ``compile`` setting."""
+    if (reason := eager_reason(compile, loaded)) is not None:
+        return CompileDecision(CompileWhen.EAGER, reason)
+    if loaded.residency is not None:
+        return CompileDecision(CompileWhen.NOW, "compiling the transformer blocks (cached for later starts)")
+    return CompileDecision(
+        CompileWhen.BACKGROUND,
+        "the transformer blocks compile in the background; runs are eager until then",
+        capture_pe_graph=loaded.device.startswith("cuda") and loaded.has_pe,
+    )
+
+
+def make_compiler(transformer):
+    """``(BlockCompiler, None)`` for the fast-path transformer, or ``(None, why eager)`` when it cannot be made (e.g. a
+    cache folder that cannot be created): compiling never costs a run."""
+    from ..runtime.fast_transformer import BlockCompiler
+
+    try:
+        return BlockCompiler(transformer), None
+    except Exception as err:
+        reason = f"eager: compile failed ({type(err).__name__}: {err})"
+        logger.warning("%s", reason)
+        return None, reason
+
+
+def compile_now(compiler, loaded) -> None:
+    """Compile in this thread with the transformer on the GPU, and switch to the compiled blocks when ready."""
+    loaded.use("transformer")
+    if compiler.compile():
+        compiler.activate()
+
+
+def capture_pe_graph(generator, on_progress: ProgressCallback | None) -> None:
+    """Run the prompt enhancer once now, before the compile thread starts, so its CUDA graph is captured (and
+    its Triton kernels built) while nothing else uses the GPU, and the first request does not pay for it. A
+    failure here is only logged: the first request runs the PE as it would have."""
+    import torch
+
+    report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")
+    try:
+        with torch.cuda.device(generator.loaded.device):
+            generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
+    except Exception as err:  # a warm-up: the real run reports its own errors
+        logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
