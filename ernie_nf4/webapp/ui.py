@@ -158,8 +158,9 @@ class Handlers:
             form = replace(form, seed=0)  # the handler draws a fresh seed; the typed one does not matter
         try:
             request_from_form(form)
-        except InvalidArgument as err:
-            marked = err.field if err.field in FORM_FIELDS else FORM_FIELDS[0]
+        except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
+            field = err.field if isinstance(err, InvalidArgument) else None
+            marked = field if field in FORM_FIELDS else FORM_FIELDS[0]
             message = user_message(err)
             return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
         return [gr.validate(True, "") for _ in FORM_FIELDS]
