@@ -13,7 +13,15 @@ class ErnieNF4Error(Exception):
 
 
 class InvalidArgument(ErnieNF4Error, ValueError):
-    """An argument or request field is out of range; the message names it and the allowed values."""
+    """An argument or request field is out of range; the message names it and the allowed values, and ``field``
+    (when given) is the name of the argument, for a caller that marks it (the UI puts the message on that field)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):  # keeps ``field`` across pickling (a worker process sends errors back as pickles)
+        return type(self), (str(self), self.field)
 
 
 class PackageError(ErnieNF4Error, ValueError):

@@ -1,7 +1,8 @@
 """A generation request: the one dataclass UI, API, CLI and benchmark build, validated at the boundary.
 
-``GenerationRequest`` raises ``InvalidArgument`` (a ``ValueError``) naming the field and its range;
-``request_from_form`` is the forgiving parser for UI/API values (snaps sizes, strips control characters).
+``GenerationRequest`` raises ``InvalidArgument`` (a ``ValueError``) naming the field and its range, with the
+field's name in ``err.field``; ``FormValues`` holds the form's fields as the UI or the API sent them, and
+``request_from_form`` is their forgiving parser (snaps sizes, strips control characters).
 Field names are the diffusers pipeline's and the API's (``num_inference_steps``, ``guidance_scale``).
 """
 
@@ -23,9 +24,9 @@ IMAGES_RANGE = (1, 4)
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{name} must be an integer in [{low}, {high}]{extra}, got {value!r}")
+        raise InvalidArgument(f"{name} must be an integer in [{low}, {high}]{extra}, got {value!r}", field=name)
     if not low <= value <= high:
-        raise InvalidArgument(f"{name} must be in [{low}, {high}]{extra}, got {value}")
+        raise InvalidArgument(f"{name} must be in [{low}, {high}]{extra}, got {value}", field=name)
 
 
 @dataclass(frozen=True)
@@ -42,34 +43,43 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidArgument("prompt must be a non-blank text")
+            raise InvalidArgument("prompt must be a non-blank text", field="prompt")
         for name in ("prompt", "negative_prompt"):
             text = getattr(self, name)
             if not isinstance(text, str):
-                raise InvalidArgument(f"{name} must be text, got {type(text).__name__}")
+                raise InvalidArgument(f"{name} must be text, got {type(text).__name__}", field=name)
             if len(text) > MAX_PROMPT_CHARS:
-                raise InvalidArgument(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
+                raise InvalidArgument(
+                    f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name
+                )
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as err:
                 raise InvalidArgument(
-                    f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it"
+                    f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it",
+                    field=name,
                 ) from None
         for name in ("width", "height"):
             _check_int(name, getattr(self, name), *SIZE_RANGE, f" and a multiple of {SIZE_MULTIPLE}")
             if getattr(self, name) % SIZE_MULTIPLE:
                 raise InvalidArgument(
-                    f"{name} must be a multiple of {SIZE_MULTIPLE} in {list(SIZE_RANGE)}, got {getattr(self, name)}"
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} in {list(SIZE_RANGE)}, got {getattr(self, name)}",
+                    field=name,
                 )
         _check_int("num_inference_steps", self.num_inference_steps, *STEPS_RANGE)
         guidance = self.guidance_scale
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise InvalidArgument(f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance!r}")
+            raise InvalidArgument(
+                f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance!r}",
+                field="guidance_scale",
+            )
         if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
-            raise InvalidArgument(f"guidance_scale must be in {list(GUIDANCE_RANGE)}, got {guidance}")
+            raise InvalidArgument(
+                f"guidance_scale must be in {list(GUIDANCE_RANGE)}, got {guidance}", field="guidance_scale"
+            )
         _check_int("seed", self.seed, 0, SEED_LIMIT - IMAGES_RANGE[1])
         if not isinstance(self.use_pe, bool):
-            raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}")
+            raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}", field="use_pe")
         _check_int("num_images", self.num_images, *IMAGES_RANGE)
 
     @property
@@ -81,68 +91,92 @@ class GenerationRequest:
 _CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
 
 
+def _not_whole(name: str, value) -> InvalidArgument:
+    return InvalidArgument(f"{name} must be a whole number, got {value!r}", field=name)
+
+
 def _whole(name: str, value) -> int:
-    """An integer from a form value: ints, and floats/strings holding a whole number; else ValueError."""
+    """An integer from a form value: ints, and floats/strings holding a whole number; else ``InvalidArgument``."""
     if isinstance(value, bool):
-        raise InvalidArgument(f"{name} must be a whole number, got {value!r}")
+        raise _not_whole(name, value)
     if isinstance(value, str):
         value = value.strip()
     try:
         number = float(value) if not isinstance(value, int) else value
     except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be a whole number, got {value!r}") from None
+        raise _not_whole(name, value) from None
     if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
-        raise InvalidArgument(f"{name} must be a whole number, got {value!r}")
+        raise _not_whole(name, value)
     return int(number)
 
 
-def request_from_form(
-    prompt,
-    negative_prompt,
-    width,
-    height,
-    num_inference_steps,
-    guidance_scale,
-    seed,
-    use_pe,
-    num_images,
-) -> tuple[GenerationRequest, list[str]]:
-    """A request from UI/API values, forgiving where a user would expect it, with notes of each change:
-    control characters are removed from the prompts and a width/height inside the range is snapped to the
-    nearest multiple of 16 (1000 -> 1008). Everything else out of range raises ``ValueError`` naming the field."""
-    notes = []
+@dataclass(frozen=True)
+class FormValues:
+    """The form's fields as the UI or the API sent them (any type; ``request_from_form`` checks them), in the
+    order of the ``/generate`` API. ``randomize_seed``: the UI draws a fresh seed in place of ``seed``."""
+
+    prompt: object
+    negative_prompt: object = ""
+    width: object = 1024
+    height: object = 1024
+    num_inference_steps: object = 50
+    guidance_scale: object = 4.0
+    seed: object = 1234
+    randomize_seed: object = False
+    use_pe: object = True
+    num_images: object = 1
+
+
+def _clean_texts(form: FormValues, notes: list[str]) -> dict[str, str]:
+    """The prompts without control characters (a note for each one changed)."""
     texts = {}
-    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
+    for name, text in (("prompt", form.prompt), ("negative_prompt", form.negative_prompt or "")):
         if not isinstance(text, str):
-            raise InvalidArgument(f"{name} must be text, got {type(text).__name__}")
+            raise InvalidArgument(f"{name} must be text, got {type(text).__name__}", field=name)
         cleaned = text.translate(_CONTROL)
         if cleaned != text:
             notes.append(f"{name}: removed {len(text) - len(cleaned)} control character(s)")
         texts[name] = cleaned
+    return texts
+
+
+def _snapped_sizes(form: FormValues, notes: list[str]) -> dict[str, int]:
+    """Width and height as whole numbers, one inside the range snapped to a multiple of 16 (with a note)."""
     sizes = {}
-    for name, value in (("width", width), ("height", height)):
+    for name, value in (("width", form.width), ("height", form.height)):
         size = _whole(name, value)
         if SIZE_RANGE[0] <= size <= SIZE_RANGE[1] and size % SIZE_MULTIPLE:
             snapped = min(SIZE_RANGE[1], (size + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
             notes.append(f"{name} {size} → {snapped} (a multiple of {SIZE_MULTIPLE})")
             size = snapped
         sizes[name] = size
+    return sizes
+
+
+def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
+    """A request from UI/API values, forgiving where a user would expect it, with notes of each change:
+    control characters are removed from the prompts and a width/height inside the range is snapped to the
+    nearest multiple of 16 (1000 -> 1008). Everything else out of range raises ``InvalidArgument`` naming the
+    field (``err.field``). ``randomize_seed`` is not read: the caller draws the seed first."""
+    notes = []
+    texts = _clean_texts(form, notes)
+    sizes = _snapped_sizes(form, notes)
     try:
-        guidance = float(guidance_scale)
+        guidance = float(form.guidance_scale)
     except (TypeError, ValueError):
         raise InvalidArgument(
-            f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance_scale!r}"
+            f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {form.guidance_scale!r}",
+            field="guidance_scale",
         ) from None
-    if not isinstance(use_pe, bool):
-        raise InvalidArgument(f"use_pe must be true or false, got {use_pe!r}")
+    if not isinstance(form.use_pe, bool):
+        raise InvalidArgument(f"use_pe must be true or false, got {form.use_pe!r}", field="use_pe")
     request = GenerationRequest(
-        prompt=texts["prompt"],
-        negative_prompt=texts["negative_prompt"],
-        num_inference_steps=_whole("num_inference_steps", num_inference_steps),
+        num_inference_steps=_whole("num_inference_steps", form.num_inference_steps),
         guidance_scale=guidance,
-        seed=_whole("seed", seed),
-        use_pe=use_pe,
-        num_images=_whole("num_images", num_images),
+        seed=_whole("seed", form.seed),
+        use_pe=form.use_pe,
+        num_images=_whole("num_images", form.num_images),
+        **texts,
         **sizes,
     )
     return request, notes

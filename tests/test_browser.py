@@ -1,5 +1,7 @@
-"""The app in headless Chromium, one test per point of issue 11, mostly around the fake service (fast)."""
+"""The app in headless Chromium, mostly around the fake service (fast): the form, examples and presets, the
+keyboard shortcut, the phone layout, progress, Stop, the history and settings restored from a PNG, the language."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -7,11 +9,10 @@ from PIL import Image
 
 pytest.importorskip("gradio")
 from ernie_nf4.request import GenerationRequest  # noqa: E402
-from ernie_nf4.webapp.png import parameters_text, save_png  # noqa: E402
-from ernie_nf4.webapp.png_params import parse_parameters  # noqa: E402
+from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 from ernie_nf4.webapp.ui import form_defaults  # noqa: E402
 
-from .support.app import FakeService, chromium_path, playwright_api  # noqa: E402
+from .support.app import BOUND, RUN_ENDED, FakeService, chromium_path, playwright_api  # noqa: E402
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1400, "height": 1000}
@@ -21,6 +22,7 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture(scope="module")
 def browser():
     sync_api = playwright_api()
+    sync_api.expect.set_options(timeout=BOUND)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
         yield browser
@@ -34,6 +36,7 @@ def open_app(fake_app, browser):
 
     def open_page(viewport=DESKTOP, locale="en-US", url=None):
         context = browser.new_context(viewport=viewport, locale=locale)
+        context.set_default_timeout(BOUND)
         contexts.append(context)
         page = context.new_page()
         page.goto(url or fake_app[1].src)
@@ -51,16 +54,24 @@ def set_size(page, width, height):
     page.locator("#height input").blur()
 
 
-def wait_for_info(page, start, timeout=10_000):
+def wait_for_info(page, start):
     script = f"document.querySelector('#info textarea').value.startsWith({start!r})"
-    page.wait_for_function(script, timeout=timeout)
+    page.wait_for_function(script)
+
+
+def wait_for_the_run_to_end(page):
+    page.wait_for_function(RUN_ENDED)
+
+
+def expect(locator):
+    return playwright_api().expect(locator)
 
 
 def generate(page, prompt, size=(64, 64)):
     page.locator("#prompt textarea").fill(prompt)
     set_size(page, *size)
     page.locator("#generate").click()
-    wait_for_info(page, "seed", timeout=20_000)
+    wait_for_info(page, "seed")
 
 
 @pytest.mark.browser
@@ -87,7 +98,7 @@ def test_ctrl_or_cmd_enter_in_the_prompt_generates(open_app, fake_app, keys):
     prompt = f"keyboard cat {keys}"
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#prompt textarea").press(keys)
-    page.wait_for_function("document.querySelector('#info textarea').value.startsWith('seed')", timeout=20_000)
+    wait_for_info(page, "seed")
     assert service.requests[-1].prompt == prompt
     assert page.locator("#prompt textarea").input_value() == prompt  # no newline was typed
 
@@ -136,20 +147,20 @@ def test_history_survives_a_reload_and_gives_back_the_seed_used(open_app, fake_a
     used = service.requests[-1].seed
     page.locator("#history img").first.wait_for()
     page.reload()
-    page.locator("#history img").first.wait_for(timeout=10_000)
+    page.locator("#history img").first.wait_for()
     page.locator("#advanced").get_by_text("Advanced").click()
     page.locator("#prompt textarea").fill("something else")
     set_size(page, 1024, 1024)
     page.locator("#history img").first.click()
     page.locator("#use-settings").click()
-    page.wait_for_function("document.querySelector('#prompt textarea').value === 'history cat'")
-    assert page.locator("#width input").input_value() == "96"
-    assert page.locator("#height input").input_value() == "64"
-    assert page.locator("#seed input").input_value() == str(used)
-    assert not page.locator("#randomize input").is_checked()  # so the next run uses that seed
-    assert not page.locator("#use-pe input").is_checked()
+    expect(page.locator("#prompt textarea")).to_have_value("history cat")
+    expect(page.locator("#width input")).to_have_value("96")
+    expect(page.locator("#height input")).to_have_value("64")
+    expect(page.locator("#seed input")).to_have_value(str(used))
+    expect(page.locator("#randomize input")).not_to_be_checked()  # so the next run uses that seed
+    expect(page.locator("#use-pe input")).not_to_be_checked()
     page.locator("#generate").click()
-    page.wait_for_function(f"document.querySelector('#info textarea').value.startsWith('seed {used}')")
+    wait_for_info(page, f"seed {used}")
 
 
 @pytest.mark.browser
@@ -162,15 +173,16 @@ def test_dropping_a_png_restores_its_settings(open_app, tmp_path):
     page = open_app()
     page.locator("#advanced").get_by_text("Advanced").click()
     page.locator("#restore input[type=file]").set_input_files(str(path))
-    page.wait_for_function("document.querySelector('#width input').value === '848'")
-    assert page.locator("#prompt textarea").input_value() == request.prompt
-    assert page.locator("#negative textarea").input_value() == "blurry"
-    assert page.locator("#height input").input_value() == "1264"
-    assert page.locator("#preset input").input_value() == "848x1264"
-    assert page.locator("#steps input[type=number]").input_value() == "28"
-    assert page.locator("#guidance input[type=number]").input_value() == "3.5"
-    assert page.locator("#seed input").input_value() == "4243"
-    assert not page.locator("#randomize input").is_checked()
+    # Each field is awaited: the form's values come in one update, the preset follows in an event of its own.
+    expect(page.locator("#width input")).to_have_value("848")
+    expect(page.locator("#prompt textarea")).to_have_value(request.prompt)
+    expect(page.locator("#negative textarea")).to_have_value("blurry")
+    expect(page.locator("#height input")).to_have_value("1264")
+    expect(page.locator("#preset input")).to_have_value("848x1264")
+    expect(page.locator("#steps input[type=number]")).to_have_value("28")
+    expect(page.locator("#guidance input[type=number]")).to_have_value("3.5")
+    expect(page.locator("#seed input")).to_have_value("4243")
+    expect(page.locator("#randomize input")).not_to_be_checked()
 
 
 def test_a1111_parameters_text_parses():
@@ -210,8 +222,8 @@ def test_progress_names_the_stage_once_on_the_gallery(open_app):
     page.locator("#steps input[type=number]").fill("15")
     page.locator("#steps input[type=number]").blur()
     page.locator("#generate").click()
-    page.get_by_text("denoising · step").first.wait_for(timeout=10_000)
-    page.get_by_text("ETA").first.wait_for(timeout=10_000)
+    page.get_by_text("denoising · step").first.wait_for()
+    page.get_by_text("ETA").first.wait_for()
     assert page.get_by_text("denoising").count() == 1
     assert page.locator("#gallery").get_by_text("denoising").count() == 1
     assert page.locator(".progress-text, .eta-bar").count() <= 2  # one tracker (its text and its bar)
@@ -228,19 +240,23 @@ def test_stop_is_neutral_and_drops_the_users_queued_run(open_app, fake_app):
     first.locator("#steps input[type=number]").fill("200")
     first.locator("#steps input[type=number]").blur()
     first.locator("#generate").click()
-    first.get_by_text("denoising · step").first.wait_for(timeout=10_000)
+    first.get_by_text("denoising · step").first.wait_for()
     # A second user queues behind the first, then stops: the queued run never starts.
     second = open_app()
     second.locator("#prompt textarea").fill("queued second")
     set_size(second, 64, 64)
     second.locator("#generate").click()
-    second.wait_for_timeout(800)
+    second.locator("#gallery").get_by_text(re.compile(r"queue: \d+/\d+")).wait_for()  # in the server's queue
     second.locator("#stop").click()
     wait_for_info(second, "Stopped. Nothing was kept")
+    wait_for_the_run_to_end(second)
     first.locator("#stop").click()
     wait_for_info(first, "Stopped. Nothing was kept")
+    wait_for_the_run_to_end(first)
     assert service.requests[-1].prompt == "slow first" and service.steps_done < 200
-    first.wait_for_timeout(1500)  # time for a wrongly kept queued run to start
+    # One queue, one job at a time, first in first out: a queued run wrongly kept would run before this one.
+    generate(first, "after the stop")
+    assert [r.prompt for r in service.requests[-2:]] == ["slow first", "after the stop"]
     assert all(r.prompt != "queued second" for r in service.requests)
     for page in (first, second):  # neither the stopped run nor the dropped queued one shows an error
         assert page.get_by_text("Error").count() == 0, page.locator("body").inner_text()
@@ -259,10 +275,10 @@ def test_stop_leaves_no_error_badge_on_the_gallery(open_app):
     page.locator("#steps input[type=number]").fill("200")
     page.locator("#steps input[type=number]").blur()
     page.locator("#generate").click()
-    page.get_by_text("denoising · step").first.wait_for(timeout=10_000)
+    page.get_by_text("denoising · step").first.wait_for()
     page.locator("#stop").click()
     wait_for_info(page, "Stopped. Nothing was kept")
-    page.wait_for_timeout(1000)
+    wait_for_the_run_to_end(page)  # the page has the run's last message: a badge would show now
     assert page.get_by_text("Error").count() == 0
     # the gallery keeps the last run's image, and the stopped run adds nothing to the history
     assert page.locator("#gallery img").count() >= 1
@@ -276,8 +292,8 @@ def test_a_blank_prompt_gives_one_clear_message_and_no_error_badge(open_app, fak
     page = open_app()
     page.locator("#prompt textarea").fill("   ")
     page.locator("#generate").click()
-    page.get_by_text("prompt must be a non-blank text").first.wait_for(timeout=10_000)
-    page.wait_for_timeout(500)
+    page.get_by_text("prompt must be a non-blank text").first.wait_for()
+    wait_for_the_run_to_end(page)
     assert page.get_by_text("prompt must be a non-blank text").count() == 1
     assert page.get_by_text("Error").count() == 0
     assert len(service.requests) == before

@@ -3,6 +3,7 @@
 import json
 import math
 import threading
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ernie_nf4.package.metadata import METADATA_FILE
-from ernie_nf4.request import request_from_form
+from ernie_nf4.request import FormValues, request_from_form
 
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
@@ -96,7 +97,7 @@ def test_snapped_and_cleaned_values_are_reported_and_the_server_keeps_serving(se
 
 
 def test_form_values_are_coerced_only_where_safe():
-    request, notes = request_from_form("cat", None, 64.0, "80", 2.0, "4.5", 3, True, 1)
+    request, notes = request_from_form(FormValues("cat", None, 64.0, "80", 2.0, "4.5", 3, use_pe=True, num_images=1))
     assert (request.width, request.height, request.num_inference_steps, request.guidance_scale, request.seed) == (
         64,
         80,
@@ -106,10 +107,29 @@ def test_form_values_are_coerced_only_where_safe():
     )
     assert notes == []
     with pytest.raises(ValueError, match="num_inference_steps must be a whole number"):
-        request_from_form("cat", "", 64, 64, 2.5, 4.0, 3, True, 1)
-    request, notes = request_from_form("cat", "", 2047, 70, 2, 4.0, 3, False, 1)
+        request_from_form(FormValues("cat", "", 64, 64, 2.5, 4.0, 3, use_pe=True, num_images=1))
+    request, notes = request_from_form(FormValues("cat", "", 2047, 70, 2, 4.0, 3, use_pe=False, num_images=1))
     assert (request.width, request.height) == (2048, 64)
     assert len(notes) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("prompt", " "), ("width", 10**9), ("num_inference_steps", 2.5), ("guidance_scale", "x"), ("num_images", 9)],
+)
+def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(field, value):
+    pytest.importorskip("gradio")
+    from ernie_nf4.errors import InvalidArgument
+    from ernie_nf4.webapp.ui import FORM_FIELDS, Handlers
+
+    form = FormValues("cat", "", 64, 64, 2, 4.0, 3, use_pe=True, num_images=1)
+    bad = replace(form, **{field: value})
+    with pytest.raises(InvalidArgument) as refused:
+        request_from_form(bad)
+    assert refused.value.field == field
+    checks = dict(zip(FORM_FIELDS, Handlers.validate(*astuple(bad)), strict=True))
+    assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
+    assert checks[field]["message"] == str(refused.value)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Issue 13 (and 12's binding): each point proven with real things — a real server on loopback, real files, a real
-SIGINT — and hostile clients built here (httpx, bounded loops, 127.0.0.1 only)."""
+"""Safety of the app and of quantize.py, proven with real things — a real server on loopback, real files, a real
+SIGINT — and hostile clients built here (httpx, bounded loops, 127.0.0.1 only): sources never overwritten, junk
+settings refused in one line, Stop and disconnects, queue and size limits, errors as text, where the app listens."""
 
 import json
 import os
@@ -99,7 +100,7 @@ def wait_until(condition, seconds=10.0):
     return False
 
 
-# ---------------------------------------------------------------- 1, 2, 6, 8: files and quantize.py
+# ---------------------------------------------------------------- files and quantize.py
 
 
 def quantize(*args, timeout=300):
@@ -126,7 +127,7 @@ def tree(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_1_overwrite_never_replaces_the_source_its_ancestors_inside_it_or_a_non_package(tiny_source, tmp_path):
+def test_overwrite_never_replaces_the_source_its_ancestors_inside_it_or_a_non_package(tiny_source, tmp_path):
     src = tmp_path / "holder" / "orig"
     shutil.copytree(tiny_source, src)
     (tmp_path / "holder" / "mine.txt").write_text("keep me")
@@ -144,7 +145,7 @@ def test_1_overwrite_never_replaces_the_source_its_ancestors_inside_it_or_a_non_
 
 
 @pytest.mark.slow
-def test_8_overwrite_onto_a_file_is_refused_and_leaves_no_old_copy(tiny_source, tmp_path):
+def test_overwrite_onto_a_file_is_refused_and_leaves_no_old_copy(tiny_source, tmp_path):
     target = tmp_path / "pkg"
     target.write_text("a file")
     result = quantize("--source", tiny_source, "--output", target, "--overwrite")
@@ -154,7 +155,7 @@ def test_8_overwrite_onto_a_file_is_refused_and_leaves_no_old_copy(tiny_source, 
 
 
 @pytest.mark.slow
-def test_8_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, tmp_path):
+def test_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, tmp_path):
     out = tmp_path / "pkg"
     cmd = [sys.executable, "quantize.py", "--source", str(tiny_source), "--output", str(out)]
     cmd += ["--components", "text_encoder", "pe", "--device", "cpu"]
@@ -169,7 +170,7 @@ def test_8_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, 
     assert not out.exists()
 
 
-def test_8_a_tiny_disk_names_real_figures_not_zero(tmp_path):
+def test_a_tiny_disk_names_real_figures_not_zero(tmp_path):
     from ernie_nf4.build.quantize import _check_disk
     from ernie_nf4.errors import EnvironmentUnsupported
 
@@ -178,7 +179,7 @@ def test_8_a_tiny_disk_names_real_figures_not_zero(tmp_path):
     assert "0.00 GB" not in str(info.value)
 
 
-def test_2_component_classes_come_only_from_the_allow_list(tmp_path):
+def test_component_classes_come_only_from_the_allow_list(tmp_path):
     from ernie_nf4.synthetic.build import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
@@ -189,7 +190,7 @@ def test_2_component_classes_come_only_from_the_allow_list(tmp_path):
         check_package(folder)
 
 
-def test_6_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
+def test_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
     from ernie_nf4.synthetic.build import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
@@ -201,7 +202,7 @@ def test_6_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
         check_package(folder)
 
 
-# ---------------------------------------------------------------- 7: junk settings
+# ---------------------------------------------------------------- junk settings
 
 
 @pytest.mark.parametrize(
@@ -218,7 +219,7 @@ def test_6_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
         ({"ERNIE_NF4_GPUS": "7,7"}, [], "--gpus"),
     ],
 )
-def test_7_junk_settings_end_with_one_line_naming_them(env, flags, words):
+def test_junk_settings_end_with_one_line_naming_them(env, flags, words):
     result = subprocess.run(
         [sys.executable, "app.py", *flags], cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True, timeout=60
     )
@@ -228,7 +229,7 @@ def test_7_junk_settings_end_with_one_line_naming_them(env, flags, words):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_7_a_port_in_use_is_one_line(tmp_path):
+def test_a_port_in_use_is_one_line(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -245,10 +246,10 @@ def test_7_a_port_in_use_is_one_line(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-# ---------------------------------------------------------------- 3: cancel, disconnect, Stop
+# ---------------------------------------------------------------- cancel, disconnect, Stop
 
 
-def test_3_a_client_that_closes_its_stream_stops_its_run_within_a_step_and_nothing_is_saved(fake_server):
+def test_a_client_that_closes_its_stream_stops_its_run_within_a_step_and_nothing_is_saved(fake_server):
     service, url, _, out = fake_server
     with httpx.Client(base_url=url, timeout=30) as http:
         event = http.post("gradio_api/call/generate", json={"data": slow_form(steps=50)}).json()["event_id"]
@@ -266,7 +267,7 @@ def _settled(service, pause=0.5):
     return service.steps_done == done
 
 
-def test_3_stop_removes_queued_jobs_and_stops_the_running_one_each_run_its_own_signal(fake_server):
+def test_stop_removes_queued_jobs_and_stops_the_running_one_each_run_its_own_signal(fake_server):
     service, url, ids, out = fake_server
     with httpx.Client(base_url=url, timeout=30) as http:
         assert join(http, ids["generate"], slow_form(steps=40), "tab-a").status_code == 200
@@ -286,7 +287,7 @@ def test_3_stop_removes_queued_jobs_and_stops_the_running_one_each_run_its_own_s
     assert len(list(out.glob("*.png"))) == 1  # only tab-b's image
 
 
-def test_3_stop_before_the_run_starts_also_stops_a_job_already_in_the_queue_of_an_api_client(fake_server):
+def test_stop_before_the_run_starts_also_stops_a_job_already_in_the_queue_of_an_api_client(fake_server):
     service, url, ids, _ = fake_server
     with httpx.Client(base_url=url, timeout=30) as http:
         assert join(http, ids["generate"], slow_form(steps=10), "tab-c").status_code == 200
@@ -302,11 +303,11 @@ def test_3_stop_before_the_run_starts_also_stops_a_job_already_in_the_queue_of_a
     assert service.steps_done < 10
 
 
-# ---------------------------------------------------------------- 4: limits
+# ---------------------------------------------------------------- limits
 
 
 @pytest.mark.slow
-def test_4_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
+def test_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
     url, _, _ = limited_app
     codes, texts = [], []
     with httpx.Client(base_url=url, timeout=30) as http:
@@ -326,7 +327,7 @@ def test_4_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
     assert "try again" in texts[-1]
 
 
-def test_4_a_full_queue_answers_busy_try_again(tmp_path):
+def test_a_full_queue_answers_busy_try_again(tmp_path):
     service = FakeService()
     demo = build_demo(service, output_dir=OutputStore(tmp_path / "out"))
     launch = app_limits.configure(demo, app_limits.Limits(max_queue=4, max_jobs_per_client=100))
@@ -351,7 +352,7 @@ def rss_kib(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_4_a_50_mb_body_is_refused_quickly_without_memory_growth(limited_app):
+def test_a_50_mb_body_is_refused_quickly_without_memory_growth(limited_app):
     url, proc, _ = limited_app
     before = rss_kib(proc.pid)
     body = b'{"data": ["' + b"x" * 50_000_000 + b'"]}'
@@ -370,7 +371,7 @@ def test_4_a_50_mb_body_is_refused_quickly_without_memory_growth(limited_app):
 
 
 @pytest.mark.slow
-def test_4_uploads_are_small_or_off(limited_app, tmp_path):
+def test_uploads_are_small_or_off(limited_app, tmp_path):
     url, _, _ = limited_app
     with httpx.Client(base_url=url, timeout=30) as http:
         big = http.post("gradio_api/upload", files={"files": ("big.png", b"\0" * 5_000_000, "image/png")})
@@ -387,7 +388,7 @@ def test_4_uploads_are_small_or_off(limited_app, tmp_path):
 
 
 @pytest.mark.slow
-def test_4_outputs_live_in_one_folder_are_served_from_it_and_pruned(limited_app):
+def test_outputs_live_in_one_folder_are_served_from_it_and_pruned(limited_app):
     url, _, out = limited_app
     from gradio_client import Client
 
@@ -402,7 +403,7 @@ def test_4_outputs_live_in_one_folder_are_served_from_it_and_pruned(limited_app)
     assert str(out) in stream  # served in place, not copied into Gradio's cache
 
 
-def test_4_pruning_by_age_and_count(tmp_path):
+def test_pruning_by_age_and_count(tmp_path):
     store = OutputStore(tmp_path, keep_count=3, keep_hours=1)
     old = tmp_path / "ernie-old-1.png"
     old.write_bytes(b"png")
@@ -418,7 +419,7 @@ def test_4_pruning_by_age_and_count(tmp_path):
     assert len([n for n in names if n.startswith("ernie-")]) == 3
 
 
-def test_4_no_folder_is_left_per_start(tmp_path):
+def test_no_folder_is_left_per_start(tmp_path):
     import tempfile
 
     before = set(Path(tempfile.gettempdir()).glob("ernie-nf4-out-*"))
@@ -428,7 +429,7 @@ def test_4_no_folder_is_left_per_start(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-# ---------------------------------------------------------------- 5, 9: errors and what clients see
+# ---------------------------------------------------------------- errors and what clients see
 
 
 def call(url, data):
@@ -439,7 +440,7 @@ def call(url, data):
 
 
 @pytest.mark.slow
-def test_5_missing_fields_and_a_lone_surrogate_get_named_errors(limited_app):
+def test_missing_fields_and_a_lone_surrogate_get_named_errors(limited_app):
     url, _, _ = limited_app
     with httpx.Client(base_url=url, timeout=60) as http:
         missing = http.post("gradio_api/call/generate", json={"data": ["a cat", "", 64]})
@@ -453,7 +454,7 @@ def test_5_missing_fields_and_a_lone_surrogate_get_named_errors(limited_app):
 
 
 @pytest.mark.slow
-def test_9_stats_shows_the_folder_name_only(limited_app):
+def test_stats_shows_the_folder_name_only(limited_app):
     url, _, _ = limited_app
     from gradio_client import Client
 
@@ -461,10 +462,10 @@ def test_9_stats_shows_the_folder_name_only(limited_app):
     assert "/tmp" not in stats and str(ROOT) not in stats
 
 
-# ---------------------------------------------------------------- issue 12.1: binding
+# ---------------------------------------------------------------- where the app listens
 
 
-def test_12_space_env_binding_without_flags(tmp_path):
+def test_space_env_binding_without_flags(tmp_path):
     port = free_port()
     env = {**ENV, "SPACE_ID": "someone/ernie", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
     env["ERNIE_NF4_OUTPUT_DIR"] = str(tmp_path / "out")
@@ -481,7 +482,7 @@ def test_12_space_env_binding_without_flags(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_12_on_a_space_the_default_is_all_interfaces_port_7860():
+def test_on_a_space_the_default_is_all_interfaces_port_7860():
     from ernie_nf4.webapp.cli import exposure_warning, parse_args
 
     args = parse_args([], environ={"SPACE_ID": "someone/ernie"})
@@ -505,7 +506,7 @@ def test_run_signal_from_a_cancelled_run_does_not_clear_a_newer_one():
     assert third.wait(5)
 
 
-# ---------------------------------------------------------------- 5: each library error reaches the client as text
+# ---------------------------------------------------------------- each library error reaches the client as text
 
 GENERIC = "upstream app has raised an exception"
 
@@ -555,7 +556,7 @@ def stopped(proc):
 
 
 @pytest.mark.slow
-def test_5_a_corrupted_file_under_verify_sha256_is_named_to_the_user(package_copy, tmp_path):
+def test_a_corrupted_file_under_verify_sha256_is_named_to_the_user(package_copy, tmp_path):
     weights = package_copy / "vae" / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-100:] = bytes(255 - b for b in data[-100:])  # same size, header intact: only the hash can tell
@@ -570,7 +571,7 @@ def test_5_a_corrupted_file_under_verify_sha256_is_named_to_the_user(package_cop
 
 
 @pytest.mark.parametrize("how", [["--device", "tpu"], {"ERNIE_NF4_DEVICE": "tpu"}], ids=["flag", "env"])
-def test_5_an_unknown_device_is_refused_at_start_in_one_line(how, tmp_path):
+def test_an_unknown_device_is_refused_at_start_in_one_line(how, tmp_path):
     flags, env = (how, {}) if isinstance(how, list) else ([], how)
     cmd = [sys.executable, "app.py", "--tiny", *flags, "--port", str(free_port()), "--output-dir", str(tmp_path)]
     result = subprocess.run(cmd, cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True, timeout=30)
@@ -581,7 +582,7 @@ def test_5_an_unknown_device_is_refused_at_start_in_one_line(how, tmp_path):
 
 
 @pytest.mark.slow
-def test_5_garbage_metadata_still_shows_the_page_and_stats_and_generates_not_verified(package_copy, tmp_path):
+def test_garbage_metadata_still_shows_the_page_and_stats_and_generates_not_verified(package_copy, tmp_path):
     from gradio_client import Client
 
     (package_copy / "quantization_metadata.json").write_bytes(b"\xff\x00not json")
@@ -602,7 +603,7 @@ def test_5_garbage_metadata_still_shows_the_page_and_stats_and_generates_not_ver
 
 
 @pytest.mark.slow
-def test_5_a_wrong_pipeline_class_names_model_index_json(package_copy, tmp_path):
+def test_a_wrong_pipeline_class_names_model_index_json(package_copy, tmp_path):
     index_path = package_copy / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = "StableDiffusionPipeline"
@@ -616,7 +617,7 @@ def test_5_a_wrong_pipeline_class_names_model_index_json(package_copy, tmp_path)
 
 
 @pytest.mark.slow
-def test_5_low_vram_on_a_cpu_says_it_needs_a_cuda_gpu(package_copy, tmp_path):
+def test_low_vram_on_a_cpu_says_it_needs_a_cuda_gpu(package_copy, tmp_path):
     proc, url, _ = served(tmp_path, package_copy, "--memory-mode", "low-vram")
     try:
         text = generate_stream(url)

@@ -3,7 +3,7 @@
 - ``ui``: ``build_demo(service)``, the layout and its event handlers;
 - ``cli``: the flags (each also an ``ERNIE_NF4_*`` variable) and the launch;
 - ``limits``, ``runs``: queue and per-client limits, one stop signal per run;
-- ``outputs``, ``png``, ``png_params``: saved images and the settings they carry;
+- ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;
 - ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
 - ``i18n``, ``messages``, ``examples``: the words users read.
 

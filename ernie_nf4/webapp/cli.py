@@ -16,11 +16,11 @@ import re
 import socket
 import sys
 
-from ..errors import ErnieNF4Error
-from ..runtime.memory_modes import APP_MEMORY_MODES
+from ..errors import ErnieNF4Error, InvalidArgument
+from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
 from ..serving.replicas import ReplicaService, parse_gpus
 from ..serving.service import ImageService, ServiceConfig, preload
-from ..variants import DEFAULT_VARIANT, VARIANTS
+from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
 from . import limits as app_limits
 from . import zerogpu
 from .limits import MB, Limits
@@ -97,138 +97,213 @@ def default_port(environ) -> tuple[str, str]:
     return "7860", "--port"
 
 
-def build_parser(environ=None) -> argparse.ArgumentParser:
-    """The flags, with defaults from ``environ``; raises ``SettingsError`` for an unusable variable."""
-    environ = os.environ if environ is None else environ
+def _model_flags(p: argparse.ArgumentParser, env) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model-dir", default=env("model-dir"), help="package folder to use (or create)")
+    g.add_argument("--repo-id", default=env("repo-id"), help="Hub repo of a pre-quantized package to download")
+    g.add_argument("--source", default=env("source"), help="original to quantize if there is no package")
+    g.add_argument(
+        "--variant",
+        metavar="{" + ",".join(VARIANTS) + "}",
+        default=env("variant", DEFAULT_VARIANT),
+        help="model variant",
+    )
+    g.add_argument("--tiny", action="store_true", default=env.switch("tiny"), help="tiny random model (CPU is fine)")
+    g.add_argument(
+        "--verify-sha256",
+        action="store_true",
+        default=env.switch("verify-sha256"),
+        help="check every package file's sha256 when loading (sizes and headers are always checked)",
+    )
 
-    def env(flag: str, default=None):
-        return environ.get(env_name(flag)) or default
 
-    p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", default=env("model-dir"), help="package folder to use (or create)")
-    p.add_argument("--repo-id", default=env("repo-id"), help="Hub repo of a pre-quantized package to download")
-    p.add_argument("--source", default=env("source"), help="original to quantize if there is no package")
-    p.add_argument("--variant", choices=list(VARIANTS), default=env("variant", DEFAULT_VARIANT), help="model variant")
-    p.add_argument("--device", default=env("device"), help="cuda, cuda:N or cpu (default: cuda when present)")
-    p.add_argument(
-        "--host", default=default_host(environ), help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)"
-    )
-    port, port_source = default_port(environ)
-    p.add_argument("--port", type=port_number, default=port_number(port, port_source), help="port to listen on")
-    p.add_argument("--share", action="store_true", default=switch("share", environ), help="public link (72 h)")
-    p.add_argument("--auth", default=env("auth"), help="USER:PASS required to open the app")
-    p.add_argument(
-        "--tiny", action="store_true", default=switch("tiny", environ), help="tiny random model (CPU is fine)"
-    )
-    p.add_argument(
-        "--max-pe-tokens",
-        default=env("max-pe-tokens"),
-        help="cap on the prompt enhancer's new tokens (default: the stock limit, 2048; the PE stops by itself)",
-    )
-    p.add_argument(
+def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
+    g = p.add_argument_group("running the model")
+    g.add_argument("--device", default=env("device"), help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument(
         "--memory-mode",
-        choices=[m.value for m in APP_MEMORY_MODES] + ["gpu"],
-        default=env("memory-mode", "auto"),
+        metavar="{" + ",".join(mode.value for mode in APP_MEMORY_MODES) + "}",
+        default=env("memory-mode", MemoryMode.AUTO.value),
         help="auto (default): all-on-gpu when the GPU has 10.5 GiB for this app, else low-vram (6 GiB), else a clear "
         "refusal; all-on-gpu: every model stays on the GPU (about 9.5 GiB at 1024x1024); low-vram: the models "
         "take turns on the GPU from page-locked CPU memory (about 5.9 GiB, about as fast; ~9 GB of free RAM)",
     )
-    p.add_argument(
+    g.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=optional_switch("compile", environ),
+        default=env.optional_switch("compile"),
         help="compile the transformer blocks (torch.compile). Default: on with a CUDA GPU in all-on-gpu mode, "
         "compiling in the background after loading while requests run eagerly, switching at the next request once "
         "ready; --compile also turns it on elsewhere (low-vram: at load); --no-compile: always eager",
     )
-    p.add_argument(
+    g.add_argument(
         "--preload",
         action=argparse.BooleanOptionalAction,
-        default=optional_switch("preload", environ),
+        default=env.optional_switch("preload"),
         help="load the model (and start compiling) in the background as the app starts. Default: on with a CUDA "
         "GPU; --no-preload waits for the first Generate or Load model",
     )
-    p.add_argument(
-        "--verify-sha256",
-        action="store_true",
-        default=switch("verify-sha256", environ),
-        help="check every package file's sha256 when loading (sizes and headers are always checked)",
+    g.add_argument(
+        "--max-pe-tokens",
+        default=env("max-pe-tokens"),
+        help="cap on the prompt enhancer's new tokens (default: the stock limit, 2048; the PE stops by itself)",
     )
-    p.add_argument(
+    g.add_argument(
         "--gpus",
         default=env("gpus"),
         help="all or 0,1,...: one model replica per GPU, one job per replica at a time (default: one device)",
     )
-    p.add_argument(
+
+
+def _server_flags(p: argparse.ArgumentParser, env) -> None:
+    g = p.add_argument_group("serving")
+    g.add_argument(
+        "--host", default=default_host(env.environ), help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)"
+    )
+    port, port_source = default_port(env.environ)
+    g.add_argument("--port", type=port_number, default=port_number(port, port_source), help="port to listen on")
+    g.add_argument("--share", action="store_true", default=env.switch("share"), help="public link (72 h)")
+    g.add_argument("--auth", default=env("auth"), help="USER:PASS required to open the app")
+
+
+def _output_and_limit_flags(p: argparse.ArgumentParser, env) -> None:
+    g = p.add_argument_group("outputs and limits")
+    g.add_argument(
         "--output-dir",
         default=env("output-dir", "~/.cache/ernie-nf4/outputs"),
         help="folder for the generated PNGs (one folder for every start)",
     )
-    p.add_argument(
+    g.add_argument(
         "--keep-outputs", default=env("keep-outputs", "200"), help="keep at most this many PNGs (newest first)"
     )
-    p.add_argument("--keep-hours", default=env("keep-hours", "24"), help="delete PNGs older than this many hours")
-    p.add_argument(
+    g.add_argument("--keep-hours", default=env("keep-hours", "24"), help="delete PNGs older than this many hours")
+    g.add_argument(
         "--max-queue", default=env("max-queue", "32"), help="jobs waiting or running, all clients; more are 'busy'"
     )
-    p.add_argument(
+    g.add_argument(
         "--max-jobs-per-client", default=env("max-jobs-per-client", "2"), help="jobs one client address may have queued"
     )
-    p.add_argument(
+    g.add_argument(
         "--max-body-kb", default=env("max-body-kb", "1000"), help="largest request body accepted (uploads aside)"
     )
-    p.add_argument(
+    g.add_argument(
         "--max-upload-mb",
         default=env("max-upload-mb", "10"),
         help="largest upload (a PNG to restore settings from); 0 turns uploads off",
     )
+
+
+class _Environment:
+    """The ``ERNIE_NF4_*`` variables as flag defaults: ``env("flag", default)`` for text, ``switch`` for on/off."""
+
+    def __init__(self, environ):
+        self.environ = environ
+
+    def __call__(self, flag: str, default=None):
+        return self.environ.get(env_name(flag)) or default
+
+    def switch(self, flag: str) -> bool:
+        return switch(flag, self.environ)
+
+    def optional_switch(self, flag: str) -> bool | None:
+        return optional_switch(flag, self.environ)
+
+
+def build_parser(environ=None) -> argparse.ArgumentParser:
+    """The flags, with defaults from ``environ``; raises ``SettingsError`` for an unusable variable. Values are
+    checked once, where they are used: ``parse_args`` and ``settings_from_args`` name the flag a refusal is for."""
+    env = _Environment(os.environ if environ is None else environ)
+    p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_flags(p, env)
+    _runtime_flags(p, env)
+    _server_flags(p, env)
+    _output_and_limit_flags(p, env)
     return p
 
 
-def number(args, flag: str, kind=int, low=0):
-    """The value of ``--flag`` (from the command line or ``ERNIE_NF4_FLAG``) as a ``kind`` >= ``low``."""
+def flag_error(flag: str, err: Exception) -> SettingsError:
+    """``err`` as a ``SettingsError`` that names ``--flag`` and its variable."""
+    return SettingsError(f"--{flag} (or {env_name(flag)}): {err}")
+
+
+def number(args, flag: str, kind=int):
+    """The text of ``--flag`` (from the command line or ``ERNIE_NF4_FLAG``) as a ``kind``; its range is checked
+    where the value is used (``settings_from_args``)."""
     attr = flag.replace("-", "_")
     text = getattr(args, attr)
     try:
         value = kind(str(text).strip())
     except ValueError:
-        value = None
-    if value is None or value != value or (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number{bound}, got {text!r}")
+        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number, got {text!r}") from None
     setattr(args, attr, value)
     return value
 
 
+def memory_mode(text) -> MemoryMode:
+    """``--memory-mode`` through ``MemoryMode.parse``, the one check of a mode's name (the modes the app offers are
+    ``ServiceConfig``'s to check)."""
+    try:
+        return MemoryMode.parse(text)
+    except InvalidArgument as err:
+        raise flag_error("memory-mode", err) from None
+
+
 def parse_args(argv=None, environ=None) -> argparse.Namespace:
+    """The flags parsed: text turned into the values the app takes (numbers, the memory mode, the variant's
+    name), each refusal one ``SettingsError`` naming the flag and its variable."""
     environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    args = parser.parse_args(argv)
-    if args.variant not in VARIANTS:
-        raise SettingsError(f"{env_name('variant')}={args.variant!r}: choose one of {list(VARIANTS)}")
-    if args.memory_mode not in [m.value for m in APP_MEMORY_MODES] + ["gpu"]:
-        raise SettingsError(
-            f"{env_name('memory-mode')}={args.memory_mode!r}: choose one of {[m.value for m in APP_MEMORY_MODES]}"
-        )
+    args = build_parser(environ).parse_args(argv)
+    try:
+        args.variant = get_variant(args.variant).name
+    except InvalidArgument as err:
+        raise flag_error("variant", err) from None
+    args.memory_mode = memory_mode(args.memory_mode)
     if args.max_pe_tokens is not None:
-        number(args, "max-pe-tokens", int, None)  # the range is ServiceConfig's
+        number(args, "max-pe-tokens", int)  # the range is ServiceConfig's
     args.device = check_device(args.device)
     args.auth = parse_auth(args.auth)
     check_host(args.host)
-    for flag, kind, low in (
-        ("keep-outputs", int, 1),
-        ("keep-hours", float, 0.001),
-        ("max-queue", int, 1),
-        ("max-jobs-per-client", int, 1),
-        ("max-body-kb", int, 1),
-        ("max-upload-mb", int, 0),
+    for flag, kind in (
+        ("keep-outputs", int),
+        ("keep-hours", float),
+        ("max-queue", int),
+        ("max-jobs-per-client", int),
+        ("max-body-kb", int),
+        ("max-upload-mb", int),
     ):
-        number(args, flag, kind, low)
+        number(args, flag, kind)
     return args
 
 
-def limits_from_args(args):
+# The flag behind each field a settings class checks (the error's ``field``), to name it in a refusal.
+FIELD_FLAGS = {
+    "max_pe_tokens": "max-pe-tokens",
+    "memory_mode": "memory-mode",
+    "keep_count": "keep-outputs",
+    "keep_hours": "keep-hours",
+    "max_queue": "max-queue",
+    "max_jobs_per_client": "max-jobs-per-client",
+    "max_body_bytes": "max-body-kb",
+    "max_upload_bytes": "max-upload-mb",
+}
 
+
+def settings_from_args(args) -> tuple[ServiceConfig, Limits, OutputStore]:
+    """The service's config, the limits and the output folder from parsed flags. Their classes check the ranges;
+    a refusal becomes a ``SettingsError`` naming the flag and its variable."""
+    try:
+        config = config_from_args(args)
+        limits = limits_from_args(args)
+        outputs = OutputStore(args.output_dir, keep_count=args.keep_outputs, keep_hours=args.keep_hours)
+    except InvalidArgument as err:
+        if err.field not in FIELD_FLAGS:
+            raise
+        raise flag_error(FIELD_FLAGS[err.field], err) from None
+    return config, limits, outputs
+
+
+def limits_from_args(args) -> Limits:
+    """The queue, per-client and size limits from parsed flags (``Limits`` checks their ranges)."""
     return Limits.for_environment(
         max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client,
@@ -239,7 +314,6 @@ def limits_from_args(args):
 
 def build_service(args, config):
     """One ``ImageService``, or a ``ReplicaService`` with ``--gpus``; on ZeroGPU the weights load now."""
-
     if zerogpu.on_zerogpu():
         service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
         zerogpu.preload(service)  # module level, outside the GPU function, as ZeroGPU expects
@@ -253,7 +327,6 @@ def start_loading(service, args):
     background thread, and with it the transformer blocks start compiling; a request that comes first waits for
     that load (and shows its progress). Returns the thread, or None. Imports no Gradio (scripts/gpu_first_image.py
     runs this as the app does)."""
-
     if zerogpu.on_zerogpu():  # loaded already, before the app (build_service)
         return None
     wanted = args.preload
@@ -305,8 +378,8 @@ def exposure_warning(args) -> str | None:
     return None
 
 
-def config_from_args(args):
-
+def config_from_args(args) -> ServiceConfig:
+    """The service's config from parsed flags (``ServiceConfig`` checks the memory mode and the PE cap)."""
     variant = VARIANTS[args.variant]
     model_dir = args.model_dir or (f"{variant.default_package_dir}-tiny" if args.tiny else variant.default_package_dir)
     return ServiceConfig(
@@ -324,15 +397,13 @@ def config_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> None:
-
+    """``python app.py``: settings, the service (and its model loading in the background), the UI, launch."""
     # The operator's log: what the library reports (download, build, load, memory mode, warnings) with times.
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("ernie_nf4").setLevel(logging.INFO)
     try:
         args = parse_args(argv)
-        config = config_from_args(args)
-        limits = limits_from_args(args)
-        outputs = OutputStore(args.output_dir, keep_count=args.keep_outputs, keep_hours=args.keep_hours)
+        config, limits, outputs = settings_from_args(args)
         service = build_service(args, config)
     except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")

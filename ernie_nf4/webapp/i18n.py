@@ -6,7 +6,6 @@ from __future__ import annotations
 import gradio as gr
 
 EN = {
-    "tagline": "4-bit ERNIE-Image on an ordinary GPU.",
     "prompt": "Prompt",
     "prompt_placeholder": "Describe the image; quoted text is drawn into it. Ctrl+Enter (⌘+Enter) generates.",
     "generate": "Generate",
@@ -33,11 +32,9 @@ EN = {
     "tab_generate": "Generate",
     "tab_stats": "Stats",
     "refresh": "Refresh",
-    "chart_title": "Original vs NF4 per component",
 }
 
 ZH = {
-    "tagline": "4 位量化的 ERNIE-Image，普通显卡即可运行。",
     "prompt": "提示词",
     "prompt_placeholder": "描述画面；引号中的文字会写进图里。Ctrl+Enter（⌘+Enter）生成。",
     "generate": "生成",
@@ -64,7 +61,6 @@ ZH = {
     "tab_generate": "生成",
     "tab_stats": "统计",
     "refresh": "刷新",
-    "chart_title": "各组件原始大小与 NF4 大小",
 }
 
 I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})

@@ -32,9 +32,12 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_jobs_per_client", "max_body_bytes"):
             if getattr(self, name) < 1:
-                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}", field=name)
         if self.max_upload_bytes < 0:
-            raise InvalidArgument(f"max_upload_bytes must be 0 (uploads off) or more, got {self.max_upload_bytes}")
+            raise InvalidArgument(
+                f"max_upload_bytes must be 0 (uploads off) or more, got {self.max_upload_bytes}",
+                field="max_upload_bytes",
+            )
 
     @classmethod
     def for_environment(cls, **values) -> Limits:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from .png import save_png
+from .png_params import save_png
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("~/.cache/ernie-nf4/outputs")
@@ -26,9 +26,9 @@ class OutputStore:
 
     def __post_init__(self) -> None:
         if self.keep_count < 1:
-            raise InvalidArgument(f"--keep-outputs must be at least 1, got {self.keep_count}")
+            raise InvalidArgument(f"keep_count must be at least 1, got {self.keep_count}", field="keep_count")
         if not self.keep_hours > 0:
-            raise InvalidArgument(f"--keep-hours must be more than 0, got {self.keep_hours}")
+            raise InvalidArgument(f"keep_hours must be more than 0, got {self.keep_hours}", field="keep_hours")
         self.folder = Path(self.folder).expanduser().resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()

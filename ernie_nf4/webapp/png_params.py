@@ -1,12 +1,49 @@
-"""Settings back from a PNG: the A1111-style ``parameters`` text chunk this app writes (``png.py``), parsed
-into the form's fields. Unknown keys are ignored; a key that is missing leaves that field as it is."""
+"""PNG files that carry their generation parameters, written and read here: the A1111-style ``parameters`` text
+chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` pairs). ``parameters_text`` and
+``save_png`` write it; ``read_png_parameters`` / ``parse_parameters`` read it back into the form's fields (unknown
+keys are ignored; a key that is missing leaves that field as it is)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..request import GenerationRequest
+
+
+def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str | None, model: str) -> str:
+    """A1111-style text: prompt, then ``Negative prompt:``, then ``Key: value`` pairs."""
+    pairs = {
+        "Steps": request.num_inference_steps,
+        "Sampler": "FlowMatchEuler",
+        "CFG scale": request.guidance_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model": model,
+        "Prompt enhancer": "on" if request.use_pe else "off",
+    }
+    if revised_prompt:
+        pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
+    lines = [request.prompt, f"Negative prompt: {request.negative_prompt}"]
+    lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
+    return "\n".join(lines)
+
+
+def save_png(image, folder: Path, seed: int, parameters: str) -> Path:
+    """Save ``image`` under a generated, safe name (time and seed only; nothing from user text)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = Path(folder) / f"ernie-{stamp}-{seed}.png"
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
 
 # A1111's pattern for the last line's "Key: value" pairs; a value may be a JSON-quoted string holding commas.
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -32,10 +69,8 @@ def _pairs(line: str) -> dict[str, str]:
     for key, value in _PAIR.findall(line):
         value = value.strip()
         if value.startswith('"'):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON after all: keep the text as written
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         pairs[key.strip()] = value
     return pairs
 

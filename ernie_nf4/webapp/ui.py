@@ -1,26 +1,28 @@
 """The UI: ``build_demo(service)`` lays out the Blocks around any object with ``ImageService``'s methods; the
-event handlers are methods of ``Handlers``, which holds the per-run stop signals and the output folder."""
+event handlers are methods of ``Handlers``, which holds the per-run stop signals and the output folder.
+
+The form's fields go by name: the components sit in a dict keyed by ``FormValues``' field names, and the handlers
+turn Gradio's positional values into a ``FormValues`` as they receive them."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
-from ..errors import GenerationCancelled
+from ..errors import GenerationCancelled, InvalidArgument
 from ..formatting import run_info, size_rows, stats_markdown
 from ..progress import Progress
-from ..request import IMAGES_RANGE, STEPS_RANGE, request_from_form
+from ..request import IMAGES_RANGE, STEPS_RANGE, FormValues, request_from_form
 from ..system import free_device_memory
 from .examples import EXAMPLES
 from .i18n import I18N, t
 from .messages import STOPPED, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
-from .png import parameters_text
-from .png_params import read_png_parameters
+from .png_params import FormSettings, parameters_text, read_png_parameters
 from .runs import RunRegistry, drop_queued
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_generate
@@ -30,36 +32,14 @@ CUSTOM = "custom"
 RANDOM_SEED_LIMIT = 2**32
 HISTORY_LIMIT = 48
 TINY_SIZE, TINY_STEPS = 256, 4
-# The generate event's inputs by name (the validator marks the field an error names) and the fields a saved
-# image's settings fill back in.
-FORM_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "num_inference_steps",
-    "guidance_scale",
-    "seed",
-    "randomize_seed",
-    "use_pe",
-    "num_images",
-)
-FORM_RESTORE = (
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "num_inference_steps",
-    "guidance_scale",
-    "seed",
-    "use_pe",
-)
+# The generate event's inputs, by name and in the API's order; the fields a saved image's settings fill back in,
+# then the randomize box (cleared, so the next run uses the restored seed).
+FORM_FIELDS = tuple(field.name for field in fields(FormValues))
+RESTORED_FIELDS = (*(field.name for field in fields(FormSettings)), "randomize_seed")
 
 
-def gpu_task(fn):
-    """Events call handlers as they are: on ZeroGPU only ``service.generate`` runs under ``spaces.GPU``
-    (``Handlers._generate``, see ``zerogpu``), after validation."""
-    return fn
+def _session_key(request) -> str:
+    return (request.session_hash if request else None) or "api"
 
 
 class Handlers:
@@ -89,12 +69,6 @@ class Handlers:
         status = getattr(self.service, "compile_status", None)  # ImageService's; other services may lack it
         return f"Model ready ({self.service.label}" + (f"; transformer blocks {status}" if status else "") + ")."
 
-    def _start_run(self, key: str, request=None):
-        return self.runs.start(key, request)
-
-    def _end_run(self, key: str, cancel) -> None:
-        self.runs.end(key, cancel)
-
     def generate(
         self,
         prompt,
@@ -111,31 +85,50 @@ class Handlers:
         progress=gr.Progress(),
     ):
         """Generate images; returns (gallery, seed used, revised prompt, run info)."""
-        if randomize_seed is True:
-            seed = secrets.randbelow(RANDOM_SEED_LIMIT)
+        form = FormValues(
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            num_inference_steps,
+            guidance_scale,
+            seed,
+            randomize_seed,
+            use_pe,
+            num_images,
+        )
+        if form.randomize_seed is True:
+            form = replace(form, seed=secrets.randbelow(RANDOM_SEED_LIMIT))
         try:
-            req, notes = request_from_form(
-                prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, use_pe, num_images
-            )
+            req, notes = request_from_form(form)
         except ValueError as err:
             raise gr.Error(user_message(err)) from err
         for note in notes:
             gr.Info(note)
-        key = (request.session_hash if request else None) or "api"
-        cancel = self._start_run(key, request)
+        result = self._run(req, _session_key(request), request, progress)
+        if result is None:  # stopped: the outputs keep what they showed and the info box says so
+            return self.stopped_outputs()
+        return self._saved(req, result, notes)
+
+    def _run(self, req, key: str, request, progress):
+        """The request through the service under a stop signal of its own; None when it was stopped."""
+        cancel = self.runs.start(key, request)
         try:
             result = self._generate(req, on_progress=self._progress_callback(progress), cancel=cancel)
             if cancel.is_set():  # stopped or gone during the last step or the decode: keep nothing
                 raise GenerationCancelled("stopped after the last step")
+            return result
         except GenerationCancelled:
             free_device_memory()
-            # Stop is not an error: the outputs keep what they showed and the info box says so.
-            return self.stopped_outputs()
+            return None  # Stop is not an error
         except Exception as err:
             free_device_memory()
             raise gr.Error(user_message(err)) from err
         finally:
-            self._end_run(key, cancel)
+            self.runs.end(key, cancel)
+
+    def _saved(self, req, result, notes):
+        """Each image saved as a PNG with its parameters; the event's outputs."""
         files = []
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, self.service.label)
@@ -145,7 +138,7 @@ class Handlers:
 
     async def stop(self, request: gr.Request):
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
-        key = (request.session_hash if request else None) or "api"
+        key = _session_key(request)
         self.runs.stop_running(key)
         await drop_queued(request, key, list(self.stopped_outputs()))
 
@@ -156,31 +149,21 @@ class Handlers:
         return gr.skip(), gr.skip(), gr.skip(), STOPPED
 
     @staticmethod
-    def validate(
-        prompt,
-        negative_prompt,
-        width,
-        height,
-        num_inference_steps,
-        guidance_scale,
-        seed,
-        randomize_seed,
-        use_pe,
-        num_images,
-    ):
-        """Checks the form before the run is queued: a refusal shows once, on the field it names (no error badges
-        on the outputs), and API callers get the same message."""
-        values = [prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, use_pe, num_images]
-        if randomize_seed is True:
-            values[6] = 0  # the handler draws a fresh seed; the typed one does not matter
-        checks = [gr.validate(True, "") for _ in FORM_FIELDS]
+    def validate(*inputs):
+        """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
+        refusal shows once, on the field it names (no error badges on the outputs), and API callers get the same
+        message."""
+        form = FormValues(*inputs)
+        if form.randomize_seed is True:
+            form = replace(form, seed=0)  # the handler draws a fresh seed; the typed one does not matter
         try:
-            request_from_form(*values)
-        except ValueError as err:
+            request_from_form(form)
+        except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
+            field = err.field if isinstance(err, InvalidArgument) else None
+            marked = field if field in FORM_FIELDS else FORM_FIELDS[0]
             message = user_message(err)
-            field = str(err).split(" ", 1)[0]
-            checks[FORM_FIELDS.index(field) if field in FORM_FIELDS else 0] = gr.validate(False, message)
-        return checks
+            return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
+        return [gr.validate(True, "") for _ in FORM_FIELDS]
 
     @staticmethod
     def stopped():
@@ -248,27 +231,26 @@ class Handlers:
 
     @staticmethod
     def _fill_form(settings: dict):
-        """Form updates (FORM_RESTORE order) from saved settings; a missing value leaves its field alone."""
-        values = [settings.get(name) for name in FORM_RESTORE]
-        updates = [gr.skip() if value is None else value for value in values]
-        randomize = gr.skip() if settings.get("seed") is None else False  # the restored seed is the one used
-        return [*updates, randomize]
+        """Form updates (``RESTORED_FIELDS`` order) from saved settings; a missing value leaves its field alone,
+        and a restored seed clears the randomize box (so the next run uses it)."""
+        settings = {**settings, "randomize_seed": None if settings.get("seed") is None else False}
+        return [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
 
     def use_history(self, history, index):
         history = self.load_history(history)
         if not isinstance(index, int) or not 0 <= index < len(history):
             gr.Info("Select an image in the history first.")
-            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+            return [gr.skip()] * len(RESTORED_FIELDS)
         return self._fill_form(history[index]["settings"])
 
     def restore_png(self, path):
         if not path:
-            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+            return [gr.skip()] * len(RESTORED_FIELDS)
         try:
             settings = read_png_parameters(path)
         except ValueError as err:
             gr.Warning(str(err))
-            return [gr.skip()] * (len(FORM_RESTORE) + 1)
+            return [gr.skip()] * len(RESTORED_FIELDS)
         gr.Info("Settings restored from the PNG.")
         return self._fill_form(asdict(settings))
 
@@ -331,142 +313,217 @@ def form_defaults(service) -> tuple[int, int, int, float]:
     return 1024, 1024, defaults.num_inference_steps, defaults.guidance_scale
 
 
-def build_demo(service, output_dir: str | None = None) -> gr.Blocks:
+def size_choices(width: int, height: int) -> list[str]:
+    """The resolution dropdown's choices: the presets, the form's starting size when it is none of them, custom."""
+    start = f"{width}x{height}"
+    return [*PRESETS, *([start] if start not in PRESETS else []), CUSTOM]
+
+
+# Layout: each function below builds one section inside the open Blocks and returns its components by name (the
+# form's fields under their ``FormValues`` names).
+
+
+def _prompt_row() -> dict:
+    with gr.Row(elem_id="top", equal_height=True):
+        prompt = gr.Textbox(
+            label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, max_lines=12, scale=5, elem_id="prompt"
+        )
+        with gr.Column(scale=1, min_width=160, elem_id="actions"):
+            run = gr.Button(t("generate"), variant="primary", elem_id="generate")
+            stop = gr.Button(t("stop"), variant="stop", elem_id="stop")
+    return {"prompt": prompt, "run": run, "stop": stop}
+
+
+def _size_row(width: int, height: int, choices: list[str]) -> dict:
+    with gr.Row():
+        preset = gr.Dropdown(choices, value=f"{width}x{height}", label=t("resolution"), elem_id="preset")
+        width_box = gr.Number(width, label=t("width"), precision=0, step=16, elem_id="width")
+        height_box = gr.Number(height, label=t("height"), precision=0, step=16, elem_id="height")
+    return {"preset": preset, "width": width_box, "height": height_box}
+
+
+def _advanced(steps: int, guidance: float) -> dict:
+    with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
+        negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
+        with gr.Row():
+            steps_slider = gr.Slider(*STEPS_RANGE, value=steps, step=1, label=t("steps"), elem_id="steps")
+            guidance_slider = gr.Slider(0.0, 15.0, value=guidance, step=0.1, label=t("guidance"), elem_id="guidance")
+        with gr.Row():
+            seed = gr.Number(1234, label=t("seed"), precision=0, elem_id="seed")
+            randomize = gr.Checkbox(True, label=t("randomize"), elem_id="randomize")
+        with gr.Row():
+            use_pe = gr.Checkbox(True, label=t("pe"), elem_id="use-pe")
+            count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label=t("images"), elem_id="count")
+        load = gr.Button(t("load"), size="sm")
+        status = gr.Markdown("")
+    return {
+        "negative_prompt": negative,
+        "num_inference_steps": steps_slider,
+        "guidance_scale": guidance_slider,
+        "seed": seed,
+        "randomize_seed": randomize,
+        "use_pe": use_pe,
+        "num_images": count,
+        "load": load,
+        "status": status,
+    }
+
+
+def _examples(ui: dict) -> None:
+    gr.Examples(
+        [[prompt, width, height] for _, prompt, width, height in EXAMPLES],
+        [ui["prompt"], ui["width"], ui["height"]],
+        label=t("examples"),
+        example_labels=[f"{title} · {width}×{height}" for title, _, width, height in EXAMPLES],
+        cache_examples=False,
+        examples_per_page=len(EXAMPLES),
+        elem_id="examples",
+    )
+
+
+def _results() -> dict:
+    with gr.Column(scale=3, elem_id="results"):
+        gallery = gr.Gallery(
+            label=t("result"),
+            format="png",
+            columns=2,
+            interactive=False,
+            buttons=["download", "fullscreen"],
+            elem_id="gallery",
+        )
+        revised = gr.Textbox(label=t("revised"), interactive=False, elem_id="revised")
+        info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
+    return {"gallery": gallery, "revised": revised, "info": info}
+
+
+def _reuse_row() -> dict:
+    with gr.Row(elem_id="reuse"):
+        with gr.Column(scale=3):
+            history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
+            picked = gr.State(None)
+            history = gr.Gallery(
+                label=t("history"),
+                columns=6,
+                height=220,
+                interactive=False,
+                allow_preview=False,
+                buttons=[],
+                elem_id="history",
+            )
+            use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+        with gr.Column(scale=1, min_width=200):
+            restore = gr.File(
+                label=t("restore_png"), file_types=[".png"], type="filepath", height=140, elem_id="restore"
+            )
+    return {
+        "history_state": history_state,
+        "picked": picked,
+        "history": history,
+        "use_settings": use_settings,
+        "restore": restore,
+    }
+
+
+def _generate_tab(width: int, height: int, steps: int, guidance: float, choices: list[str]) -> dict:
+    ui = _prompt_row()
+    with gr.Row(elem_id="main"):
+        with gr.Column(scale=2, elem_id="settings"):
+            ui |= _size_row(width, height, choices)
+            ui |= _advanced(steps, guidance)
+            _examples(ui)
+        ui |= _results()
+    ui |= _reuse_row()
+    return ui
+
+
+def _stats_tab() -> dict:
+    with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
+        stats_md = gr.Markdown(elem_id="stats")
+        chart = gr.BarPlot(
+            x="bar",
+            y="GB",
+            color="version",
+            sort=None,
+            x_label_angle=-30,
+            title="Original vs NF4 per component",
+            elem_id="chart",
+        )
+        refresh = gr.Button(t("refresh"))
+        stats_json = gr.JSON(visible=False)
+    return {"stats_tab": stats_tab, "stats_md": stats_md, "chart": chart, "refresh": refresh, "stats_json": stats_json}
+
+
+# Events: each function wires one part of the page to the handlers.
+HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+
+
+def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
+    # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
+    # The validator refuses a bad form before it is queued, with the message on the field it names.
+    event = ui["run"].click(
+        handlers.generate,
+        [ui[name] for name in FORM_FIELDS],
+        [ui["gallery"], ui["seed"], ui["revised"], ui["info"]],
+        api_name="generate",
+        concurrency_limit=concurrency,
+        preprocess=False,
+        validator=handlers.validate,
+        show_progress="full",
+        show_progress_on=ui["gallery"],
+    )
+    event.success(
+        handlers.add_history,
+        [ui["gallery"], ui["history_state"]],
+        [ui["history_state"], ui["history"]],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    # Stop: the run's stop signal ends the work after its current step and the handler itself returns the
+    # neutral "Stopped" result; the session's queued runs are removed. Not cancels=[event]: a run cancelled
+    # through Gradio can leave an "Error" badge on the gallery (a race in Gradio 6.31's client).
+    ui["stop"].click(handlers.stop, None, None, queue=False, api_visibility="private").then(
+        handlers.stopped, None, ui["info"], queue=False, api_visibility="private", show_progress="hidden"
+    )
+    ui["load"].click(handlers.load_model, None, ui["status"], api_visibility="private")
+
+
+def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
+    ui["preset"].input(handlers.apply_preset, ui["preset"], [ui["width"], ui["height"]], **HIDDEN)
+    follow = partial(handlers.preset_for, choices=tuple(choices))
+    for size in (ui["width"], ui["height"]):
+        size.change(follow, [ui["width"], ui["height"]], ui["preset"], **HIDDEN)
+
+
+def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
+    restored = [ui[name] for name in RESTORED_FIELDS]
+    history = [ui["history_state"], ui["history"]]
+    demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
+    ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
+    ui["use_settings"].click(handlers.use_history, [ui["history_state"], ui["picked"]], restored, **HIDDEN)
+    ui["restore"].upload(handlers.restore_png, ui["restore"], restored, **HIDDEN)
+
+
+def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
+    ui["refresh"].click(handlers.stats, None, ui["stats_json"], api_name="stats")
+    for trigger in (ui["refresh"].click, ui["stats_tab"].select, demo.load):
+        trigger(handlers.refresh_stats, None, [ui["stats_md"], ui["chart"]], api_visibility="private")
+
+
+def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> gr.Blocks:
     """The UI around ``service`` (``ImageService`` or anything with its methods)."""
     handlers = Handlers(service, output_dir)
-    start_width, start_height, start_steps, start_guidance = form_defaults(service)
-    start_size = f"{start_width}x{start_height}"
-    choices = [*PRESETS, *([start_size] if start_size not in PRESETS else []), CUSTOM]
+    width, height, steps, guidance = form_defaults(service)
+    choices = size_choices(width, height)
     with ErnieBlocks(title="ERNIE-Image NF4") as demo:
         gr.Markdown(f"# ERNIE-Image NF4\nModel: **{service.label}**", elem_id="header")
         if (problem := service.unavailable_reason()) is not None:
             gr.Markdown(f"⚠️ **{problem}**", elem_id="missing")
         with gr.Tab(t("tab_generate")):
-            with gr.Row(elem_id="top", equal_height=True):
-                prompt = gr.Textbox(
-                    label=t("prompt"),
-                    placeholder=t("prompt_placeholder"),
-                    lines=3,
-                    max_lines=12,
-                    scale=5,
-                    elem_id="prompt",
-                )
-                with gr.Column(scale=1, min_width=160, elem_id="actions"):
-                    run = gr.Button(t("generate"), variant="primary", elem_id="generate")
-                    stop = gr.Button(t("stop"), variant="stop", elem_id="stop")
-            with gr.Row(elem_id="main"):
-                with gr.Column(scale=2, elem_id="settings"):
-                    with gr.Row():
-                        preset = gr.Dropdown(choices, value=start_size, label=t("resolution"), elem_id="preset")
-                        width = gr.Number(start_width, label=t("width"), precision=0, step=16, elem_id="width")
-                        height = gr.Number(start_height, label=t("height"), precision=0, step=16, elem_id="height")
-                    with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
-                        negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
-                        with gr.Row():
-                            steps = gr.Slider(
-                                *STEPS_RANGE, value=start_steps, step=1, label=t("steps"), elem_id="steps"
-                            )
-                            guidance = gr.Slider(
-                                0.0, 15.0, value=start_guidance, step=0.1, label=t("guidance"), elem_id="guidance"
-                            )
-                        with gr.Row():
-                            seed = gr.Number(1234, label=t("seed"), precision=0, elem_id="seed")
-                            randomize = gr.Checkbox(True, label=t("randomize"), elem_id="randomize")
-                        with gr.Row():
-                            use_pe = gr.Checkbox(True, label=t("pe"), elem_id="use-pe")
-                            count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label=t("images"), elem_id="count")
-                        load = gr.Button(t("load"), size="sm")
-                        status = gr.Markdown("")
-                    gr.Examples(
-                        [[prompt_text, w, h] for _, prompt_text, w, h in EXAMPLES],
-                        [prompt, width, height],
-                        label=t("examples"),
-                        example_labels=[f"{title} · {w}×{h}" for title, _, w, h in EXAMPLES],
-                        cache_examples=False,
-                        examples_per_page=len(EXAMPLES),
-                        elem_id="examples",
-                    )
-                with gr.Column(scale=3, elem_id="results"):
-                    gallery = gr.Gallery(
-                        label=t("result"),
-                        format="png",
-                        columns=2,
-                        interactive=False,
-                        buttons=["download", "fullscreen"],
-                        elem_id="gallery",
-                    )
-                    revised = gr.Textbox(label=t("revised"), interactive=False, elem_id="revised")
-                    info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
-            with gr.Row(elem_id="reuse"):
-                with gr.Column(scale=3):
-                    history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
-                    picked = gr.State(None)
-                    history = gr.Gallery(
-                        label=t("history"),
-                        columns=6,
-                        height=220,
-                        interactive=False,
-                        allow_preview=False,
-                        buttons=[],
-                        elem_id="history",
-                    )
-                    use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
-                with gr.Column(scale=1, min_width=200):
-                    restore = gr.File(
-                        label=t("restore_png"), file_types=[".png"], type="filepath", height=140, elem_id="restore"
-                    )
-        with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
-            stats_md = gr.Markdown(elem_id="stats")
-            chart = gr.BarPlot(
-                x="bar",
-                y="GB",
-                color="version",
-                sort=None,
-                x_label_angle=-30,
-                title="Original vs NF4 per component",
-            )
-            refresh = gr.Button(t("refresh"))
-            stats_json = gr.JSON(visible=False)
-
-        inputs = [prompt, negative, width, height, steps, guidance, seed, randomize, use_pe, count]
-        restored = [prompt, negative, width, height, steps, guidance, seed, use_pe, randomize]
-        # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
-        # The validator refuses a bad form before it is queued, with the message on the field it names.
-        event = run.click(
-            gpu_task(handlers.generate),
-            inputs,
-            [gallery, seed, revised, info],
-            api_name="generate",
-            concurrency_limit=getattr(service, "replica_count", 1),
-            preprocess=False,
-            validator=handlers.validate,
-            show_progress="full",
-            show_progress_on=gallery,
-        )
-        event.success(
-            handlers.add_history,
-            [gallery, history_state],
-            [history_state, history],
-            api_visibility="private",
-            show_progress="hidden",
-        )
-        # Stop: the run's stop signal ends the work after its current step and the handler itself returns the
-        # neutral "Stopped" result; the session's queued runs are removed. Not cancels=[event]: a run cancelled
-        # through Gradio can leave an "Error" badge on the gallery (a race in Gradio 6.31's client).
-        stop.click(handlers.stop, None, None, queue=False, api_visibility="private").then(
-            handlers.stopped, None, info, queue=False, api_visibility="private", show_progress="hidden"
-        )
-        load.click(gpu_task(handlers.load_model), None, status, api_visibility="private")
-        hidden = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
-        preset.input(handlers.apply_preset, preset, [width, height], **hidden)
-        for size in (width, height):
-            size.change(partial(handlers.preset_for, choices=tuple(choices)), [width, height], preset, **hidden)
-        demo.load(handlers.show_history, history_state, [history_state, history], **hidden)
-        history.select(handlers.pick, None, picked, **hidden)
-        use_settings.click(handlers.use_history, [history_state, picked], restored, **hidden)
-        restore.upload(handlers.restore_png, restore, restored, **hidden)
-        refresh.click(handlers.stats, None, stats_json, api_name="stats")
-        for trigger in (refresh.click, stats_tab.select, demo.load):
-            trigger(handlers.refresh_stats, None, [stats_md, chart], api_visibility="private")
+            ui = _generate_tab(width, height, steps, guidance, choices)
+        ui |= _stats_tab()
+        _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
+        _wire_sizes(handlers, ui, choices)
+        _wire_reuse(handlers, ui, demo)
+        _wire_stats(handlers, ui, demo)
     demo.queue(default_concurrency_limit=1)
     return demo

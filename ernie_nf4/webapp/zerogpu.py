@@ -174,7 +174,6 @@ def gpu_generate(service, gpu_decorator=None):
 
 def adjust_config(config):
     """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line when --compile asked for it)."""
-
     if config.compile:
         print("ZeroGPU: --compile turned off (each GPU call runs in a fresh worker)", flush=True)
     if config.compile is not False:  # also the default (None), which would compile on a GPU
@@ -187,7 +186,6 @@ def adjust_config(config):
 def use_hf_cache(config):
     """The package from the HF cache (``preload_from_hub`` put it there at build time, so a restart downloads
     nothing): ``snapshot_download`` returns its cached folder, which becomes ``model_dir``."""
-
     if config.tiny or not config.repo_id or (Path(config.model_dir).expanduser() / "model_index.json").exists():
         return config
     from huggingface_hub import snapshot_download

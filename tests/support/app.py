@@ -20,6 +20,11 @@ from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
 from ernie_nf4.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
+# The browser tests wait for a state of the page (a value, a text, the progress tracker hidden), never for a time;
+# this is only the upper bound on any one wait, generous for a loaded machine.
+BOUND = 90_000  # ms
+# True once the gallery's progress tracker (Gradio's status tracker) is hidden: the page has the run's last message.
+RUN_ENDED = "![...document.querySelectorAll('#gallery .wrap.default')].some(e => !e.classList.contains('hide'))"
 
 
 def free_port() -> int:
