@@ -45,7 +45,9 @@ class MemoryMode(str, enum.Enum):
             mode = cls.ALL_ON_GPU if text == OLD_ALL_ON_GPU_NAME else next((m for m in cls if m.value == text), None)
         if mode not in choices:
             shown = value.value if isinstance(value, cls) else value
-            raise InvalidArgument(f"{argument} must be one of {[m.value for m in choices]}, got {shown!r}")
+            raise InvalidArgument(
+                f"{argument} must be one of {[m.value for m in choices]}, got {shown!r}", field=argument
+            )
         return mode
 
     @property

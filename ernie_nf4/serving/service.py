@@ -56,7 +56,9 @@ class ServiceConfig:
         get_variant(self.variant)
         object.__setattr__(self, "memory_mode", MemoryMode.parse(self.memory_mode, allowed=APP_MEMORY_MODES))
         if self.max_pe_tokens is not None and not 1 <= self.max_pe_tokens <= 8192:
-            raise InvalidArgument(f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}")
+            raise InvalidArgument(
+                f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}", field="max_pe_tokens"
+            )
 
     @property
     def defaults(self):

@@ -240,10 +240,10 @@ def number(args, flag: str, kind=int):
 
 
 def memory_mode(text) -> MemoryMode:
-    """``--memory-mode`` through ``MemoryMode.parse``, the one check of a mode's name (the modes the app offers are
-    ``ServiceConfig``'s to check)."""
+    """``--memory-mode`` through ``MemoryMode.parse``, the one check of a mode's name, narrowed to the modes the app
+    offers."""
     try:
-        return MemoryMode.parse(text)
+        return MemoryMode.parse(text, allowed=APP_MEMORY_MODES)
     except InvalidArgument as err:
         raise flag_error("memory-mode", err) from None
 
