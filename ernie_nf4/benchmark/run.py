@@ -266,7 +266,9 @@ def prepare_synthetic(size: str, original: str | None, package: str | None, devi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ernie_nf4.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--original", help="bf16 original: local diffusers folder or Hub id")
     p.add_argument("--package", help="NF4 package folder")
     p.add_argument(

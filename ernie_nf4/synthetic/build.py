@@ -116,7 +116,10 @@ def build_original(output_dir: str | Path, size: str = "tiny", seed: int = 0, de
 
 def main(argv: list[str] | None = None) -> None:
 
-    parser = argparse.ArgumentParser(description="Write a random-weight ERNIE-Image original (images are noise).")
+    parser = argparse.ArgumentParser(
+        prog="python -m ernie_nf4.synthetic",
+        description="Write a random-weight ERNIE-Image original (images are noise).",
+    )
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--size", choices=SIZES, default="tiny", help="tiny (tests, CPU) or full (real sizes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
