@@ -6,7 +6,7 @@ subpackage, whose ``__init__`` says what it owns and what it may import:
 
 - ``package``: the package format and the checks every open runs;
 - ``build``: building, carding and publishing packages (``python quantize.py``);
-- ``pe``: the prompt enhancer's decoding loop and its kernels;
+- ``prompt_enhancer``: the prompt enhancer's decoding loop and its kernels;
 - ``runtime``: loading, memory modes, the fast transformer, generation;
 - ``serving``: the service behind the app (lazy package, one load, several GPUs);
 - ``webapp``: the Gradio app (``python app.py``);

@@ -1,4 +1,9 @@
-"""The one place this project touches private parts of its upstream libraries, each checked before use.
+"""The private parts of upstream libraries this project touches, each checked before use.
+
+Every such access to diffusers, transformers, bitsandbytes and torch goes through this module. Gradio's queue and
+events are the exception: ``gradio_queue`` here finds the queue and checks the attributes read of it, and two web app
+modules read the rest where they act on it: ``webapp/limits.py`` (the event a request names: its function and
+inputs) and ``webapp/runs.py`` (a job's ``alive`` and ``session_hash``; dropping a session's queued events).
 
 Tested ranges are pinned in requirements.txt / pyproject.toml. Should a new release rename or remove one of
 these, the check logs one warning naming it and the code falls back to a public or own path (slower, never

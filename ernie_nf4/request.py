@@ -168,8 +168,6 @@ def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
             f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {form.guidance_scale!r}",
             field="guidance_scale",
         ) from None
-    if not isinstance(form.use_pe, bool):
-        raise InvalidArgument(f"use_pe must be true or false, got {form.use_pe!r}", field="use_pe")
     request = GenerationRequest(
         num_inference_steps=_whole("num_inference_steps", form.num_inference_steps),
         guidance_scale=guidance,

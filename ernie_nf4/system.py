@@ -10,17 +10,25 @@ from .errors import EnvironmentUnsupported, InvalidArgument
 from .stats import PeakVram
 
 
+def parse_device(device: str | None) -> str | None:
+    """A device's name as the loader takes it (``cuda``, ``cuda:N``, ``cpu``; None: pick), checked without torch."""
+    if device is None:
+        return None
+    text = str(device).strip().lower()
+    if not (text in ("cuda", "cpu") or re.fullmatch(r"cuda:\d+", text)):
+        raise InvalidArgument(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}", field="device")
+    return text
+
+
 def resolve_device(device: str | None) -> str:
     """``cuda`` when a GPU is there and no device is given; ``cuda`` becomes ``cuda:0``."""
     import torch
 
-    device = None if device is None else str(device).strip().lower()
+    device = parse_device(device)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = "cuda:0"
-    if not (device == "cpu" or re.fullmatch(r"cuda:\d+", device)):
-        raise InvalidArgument(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EnvironmentUnsupported(f"device {device}: no CUDA GPU is visible; use device cpu or a machine with a GPU")
     if device.startswith("cuda") and int(device[5:]) >= torch.cuda.device_count():

@@ -156,7 +156,14 @@ def graph_us(fn, calls: int = 50) -> float:
 
 
 def gemv_bench(pe, rows):
-    from ernie_nf4.pe.kernels.nf4_gemv import GEMV_CONFIG, SWEEP, nf4_gate_up, nf4_gemv, nf4_gemv3, reference_gemv
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import (
+        GEMV_CONFIG,
+        SWEEP,
+        nf4_gate_up,
+        nf4_gemv,
+        nf4_gemv3,
+        reference_gemv,
+    )
 
     layer = pe.model.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
@@ -233,7 +240,7 @@ def gemv_bench(pe, rows):
 def attention_bench(rows):
     import math
 
-    from ernie_nf4.pe.kernels.nf4_gemv import decode_attention
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import decode_attention
 
     kv_heads, groups, d, cache = 8, 4, 128, 512
     q = torch.randn(1, kv_heads, groups, d, dtype=torch.bfloat16, device="cuda")
@@ -262,7 +269,7 @@ def main() -> None:
     parser.add_argument("--sections", default=None, help="comma-separated section names to run (default: all)")
     args = parser.parse_args()
 
-    from ernie_nf4.pe.decoding import PEDecoder
+    from ernie_nf4.prompt_enhancer.decoding import PEDecoder
     from ernie_nf4.runtime.residency import Residency
 
     rows = []
@@ -325,7 +332,7 @@ def main() -> None:
 
     def breakdown():
         """Where one default call's seconds go: prefill, graph replays (with the host's chunk loop), the rest."""
-        from ernie_nf4.pe import decoding as pe_decoding
+        from ernie_nf4.prompt_enhancer import decoding as pe_decoding
 
         spent = {}
 

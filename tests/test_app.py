@@ -163,7 +163,7 @@ def test_auth_protects_the_app(tmp_path):
     bad = subprocess.run([sys.executable, "app.py", "--auth", "nopassword"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--auth must be USER:PASS" in bad.stderr
     bad = subprocess.run([sys.executable, "app.py", "--max-pe-tokens", "0"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "max_pe_tokens must be in [1, 8192], got 0" in bad.stderr
+    assert bad.returncode != 0 and "max_pe_tokens must be an integer in [1, 8192] or None, got 0" in bad.stderr
 
 
 def test_stats_endpoint_reports_the_metadata_figures(served_tiny_app):

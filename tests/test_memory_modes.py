@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ernie_nf4.errors import EnvironmentUnsupported
-from ernie_nf4.pe.decoding import tensor_fingerprint
+from ernie_nf4.prompt_enhancer.decoding import tensor_fingerprint
 from ernie_nf4.request import GenerationRequest
 from ernie_nf4.runtime.generation import Generator
 from ernie_nf4.runtime.loader import load_pipeline

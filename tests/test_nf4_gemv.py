@@ -9,13 +9,13 @@ from .support.fixtures import HAS_CUDA
 def test_importing_touches_neither_triton_nor_cuda():
     import subprocess
 
-    code = "import sys, ernie_nf4.pe.kernels.nf4_gemv; print('triton' in sys.modules)"
+    code = "import sys, ernie_nf4.prompt_enhancer.kernels.nf4_gemv; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
 
 def test_cpu_modules_are_not_supported():
-    from ernie_nf4.pe.kernels.nf4_gemv import dequantizes, supports
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import dequantizes, supports
 
     assert not supports(torch.nn.Linear(64, 64, bias=False))
     assert not dequantizes(torch.nn.Linear(64, 64, bias=False))
@@ -46,7 +46,7 @@ def nf4_linear(n, k, nested=True):
     ],
 )
 def test_nf4_gemv_equals_bitsandbytes_dequantize_then_matmul(n, k, nested):
-    from ernie_nf4.pe.kernels.nf4_gemv import nf4_gemv, reference_gemv, supports
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import nf4_gemv, reference_gemv, supports
 
     torch.manual_seed(n + k)
     linear = nf4_linear(n, k, nested)
@@ -65,7 +65,7 @@ def test_nf4_gemv_equals_bitsandbytes_dequantize_then_matmul(n, k, nested):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 def test_every_launch_configuration_computes_the_same_product():
-    from ernie_nf4.pe.kernels.nf4_gemv import SWEEP, nf4_gemv, reference_gemv
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import SWEEP, nf4_gemv, reference_gemv
 
     torch.manual_seed(3)
     linear = nf4_linear(1024, 4096)  # K a multiple of every configuration's step (2048 at most)
@@ -79,7 +79,7 @@ def test_every_launch_configuration_computes_the_same_product():
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 def test_fused_qkv_and_gate_up_products_equal_the_separate_ones():
-    from ernie_nf4.pe.kernels.nf4_gemv import nf4_gate_up, nf4_gemv3, reference_gemv
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import nf4_gate_up, nf4_gemv3, reference_gemv
 
     torch.manual_seed(4)
     q, k, v = nf4_linear(4096, 3072), nf4_linear(1024, 3072), nf4_linear(1024, 3072)
@@ -101,7 +101,7 @@ def test_fused_qkv_and_gate_up_products_equal_the_separate_ones():
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize("position", [0, 63, 64, 200, 511])
 def test_decode_attention_reads_the_written_entries_only(position):
-    from ernie_nf4.pe.kernels.nf4_gemv import decode_attention
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import decode_attention
 
     torch.manual_seed(position)
     kv_heads, groups, d, length = 8, 4, 128, 512
@@ -124,7 +124,7 @@ def test_decode_attention_reads_the_written_entries_only(position):
 @pytest.mark.parametrize("with_add", [False, True])
 @pytest.mark.parametrize("tokens", [1, 7])
 def test_add_rmsnorm_matches_transformers_rmsnorm(with_add, tokens):
-    from ernie_nf4.pe.kernels.nf4_gemv import add_rmsnorm
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import add_rmsnorm
 
     torch.manual_seed(0)
     x = torch.randn(1, tokens, 3072, dtype=torch.bfloat16, device="cuda")
@@ -143,8 +143,8 @@ def test_add_rmsnorm_matches_transformers_rmsnorm(with_add, tokens):
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize("scaled", [False, True])
 def test_rope_and_cache_equals_the_eager_rotary_scale_and_cache_write(scaled):
-    from ernie_nf4.pe.decoding import _apply_rotary
-    from ernie_nf4.pe.kernels.nf4_gemv import rope_and_cache
+    from ernie_nf4.prompt_enhancer.decoding import _apply_rotary
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import rope_and_cache
 
     torch.manual_seed(1)
     heads, kv_heads, d, length, position = 32, 8, 128, 64, 37
@@ -174,7 +174,7 @@ def test_rope_and_cache_equals_the_eager_rotary_scale_and_cache_write(scaled):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 def test_silu_mul_matches_eager_silu_times_up():
-    from ernie_nf4.pe.kernels.nf4_gemv import silu_mul
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import silu_mul
 
     torch.manual_seed(2)
     gate = torch.randn(1, 1, 9216, dtype=torch.bfloat16, device="cuda") * 3
@@ -186,8 +186,8 @@ def test_silu_mul_matches_eager_silu_times_up():
 @pytest.mark.skipif(not HAS_CUDA, reason="Triton kernels need a GPU")
 @pytest.mark.parametrize("scaled", [False, True])
 def test_rope_and_cache_of_a_prompt_equals_the_eager_rotary_scale_and_cache_write(scaled):
-    from ernie_nf4.pe.decoding import _apply_rotary
-    from ernie_nf4.pe.kernels.nf4_gemv import rope_and_cache
+    from ernie_nf4.prompt_enhancer.decoding import _apply_rotary
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import rope_and_cache
 
     torch.manual_seed(5)
     heads, kv_heads, d, length, tokens = 32, 8, 128, 64, 19
@@ -223,7 +223,7 @@ def test_rope_and_cache_of_a_prompt_equals_the_eager_rotary_scale_and_cache_writ
 def test_nf4_dequantize_gives_bitsandbytes_dense_weight_bit_for_bit(n, k, nested):
     import bitsandbytes.functional as bnbf
 
-    from ernie_nf4.pe.kernels.nf4_gemv import dequantizes, nf4_dequantize
+    from ernie_nf4.prompt_enhancer.kernels.nf4_gemv import dequantizes, nf4_dequantize
 
     torch.manual_seed(6)
     linear = nf4_linear(n, k, nested)

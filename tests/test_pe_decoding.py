@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ernie_nf4.pe.decoding import (
+from ernie_nf4.prompt_enhancer.decoding import (
     PEDecoder,
     decode_one_token,
     generate_tokens,
@@ -92,7 +92,7 @@ def test_cache_is_sized_once_and_grows_for_a_long_request(tiny_pe):
 
 def test_masked_whole_cache_step_matches_the_exact_step(tiny_pe):
     """The graph-safe step (whole cache under a mask) computes the same logits as the exact one, up to rounding."""
-    from ernie_nf4.pe.decoding import StaticKV
+    from ernie_nf4.prompt_enhancer.decoding import StaticKV
 
     parts = model_parts(tiny_pe)
     ids = as_ids(PROMPTS[0])
@@ -155,7 +155,7 @@ def test_graphed_loop_is_reproducible_and_follows_eager_decoding(tiny_pe, kernel
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="Triton kernels need a GPU")
 def test_a_failing_fused_prefill_falls_back_to_the_exact_one_and_keeps_the_graph(tiny_pe, caplog, monkeypatch):
-    from ernie_nf4.pe.kernels import nf4_gemv
+    from ernie_nf4.prompt_enhancer.kernels import nf4_gemv
 
     fused = PEDecoder(tiny_pe, graphs=True, chunk_tokens=4)
     exact = PEDecoder(tiny_pe, graphs=True, chunk_tokens=4)
@@ -182,8 +182,8 @@ def test_fused_prefill_writes_the_cache_and_logits_of_the_exact_one(monkeypatch)
     shapes (32 heads of 128 over 8 key/value heads, NF4 3072 x 9216, the query scale of its rope settings)."""
     from transformers import Ministral3Config, Ministral3ForCausalLM
 
-    from ernie_nf4.pe.decoding import StaticKV
-    from ernie_nf4.pe.kernels import nf4_gemv
+    from ernie_nf4.prompt_enhancer.decoding import StaticKV
+    from ernie_nf4.prompt_enhancer.kernels import nf4_gemv
 
     from .test_nf4_gemv import nf4_linear
 
@@ -260,7 +260,7 @@ def test_graphed_loop_captures_again_after_a_low_vram_move(tiny_pe):
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
 def test_a_failing_capture_falls_back_to_generate(tiny_pe, caplog, monkeypatch):
-    import ernie_nf4.pe.decoding as pe_decoding
+    import ernie_nf4.prompt_enhancer.decoding as pe_decoding
 
     def broken(*args, **kwargs):
         raise RuntimeError("capture failed")
@@ -274,7 +274,7 @@ def test_a_failing_capture_falls_back_to_generate(tiny_pe, caplog, monkeypatch):
 
 @pytest.mark.parametrize("top_p", [0.95, 1.0])
 def test_top_k_first_sampling_picks_the_tokens_full_sampling_picks(top_p):
-    from ernie_nf4.pe.decoding import Sampling, sample_token, sample_token_topk_first
+    from ernie_nf4.prompt_enhancer.decoding import Sampling, sample_token, sample_token_topk_first
 
     generator = torch.Generator().manual_seed(5)
     sampling = Sampling(temperature=0.6, top_k=50, top_p=top_p)
@@ -312,7 +312,7 @@ def test_another_thread_resetting_the_global_random_state_midway_changes_no_toke
 def test_the_prompt_goes_to_the_gpu_without_waiting_for_work_queued_before_it():
     """In low-vram the PE's own move is still copying when its prompt goes to the GPU: that copy must not wait for it
     (a copy from pageable memory would). ``set_sync_debug_mode("error")`` raises at any call that waits."""
-    from ernie_nf4.pe.decoding import _to_device
+    from ernie_nf4.prompt_enhancer.decoding import _to_device
 
     ids = torch.tensor([[1, 5, 77, 300, 12]])
     torch.cuda.set_sync_debug_mode("error")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from ernie_nf4.pe.decoding import PEDecoder, tensor_fingerprint
+from ernie_nf4.prompt_enhancer.decoding import PEDecoder, tensor_fingerprint
 from ernie_nf4.runtime.residency import ALIGNMENT, Residency, host_buffer, plan_offsets
 
 from .support.fixtures import model_tensors
@@ -154,7 +154,7 @@ def test_pe_kv_cache_lives_in_the_arena_behind_the_pe_and_outlasts_other_models_
 
     from transformers import AutoModelForCausalLM
 
-    from ernie_nf4.pe.decoding import StaticKV, model_parts
+    from ernie_nf4.prompt_enhancer.decoding import StaticKV, model_parts
 
     pe = AutoModelForCausalLM.from_pretrained(tiny_package / "pe", dtype=torch.bfloat16, device_map={"": "cpu"})
     ids = torch.tensor([[1, 5, 77, 300, 12, 44, 9]])

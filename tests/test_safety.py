@@ -180,7 +180,7 @@ def test_a_tiny_disk_names_real_figures_not_zero(tmp_path):
 
 
 def test_component_classes_come_only_from_the_allow_list(tmp_path):
-    from ernie_nf4.synthetic.build import build_original
+    from ernie_nf4.synthetic.original import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
     index = json.loads((folder / "model_index.json").read_text())
@@ -191,7 +191,7 @@ def test_component_classes_come_only_from_the_allow_list(tmp_path):
 
 
 def test_a_hostile_safetensors_header_is_refused_when_opened(tmp_path):
-    from ernie_nf4.synthetic.build import build_original
+    from ernie_nf4.synthetic.original import build_original
 
     folder = build_original(tmp_path / "orig", size="tiny", seed=0)
     weights = next((folder / "vae").glob("*.safetensors"))
@@ -519,7 +519,7 @@ def app_package(tmp_path_factory):
 
     from ernie_nf4.build.quantize import quantize_package
     from ernie_nf4.package.format import QUANTIZABLE
-    from ernie_nf4.synthetic.build import build_original
+    from ernie_nf4.synthetic.original import build_original
 
     folder = tmp_path_factory.mktemp("app-package")
     original = build_original(folder / "original", size="tiny")

@@ -3,8 +3,8 @@ import torch
 from diffusers import ErnieImagePipeline
 
 from ernie_nf4.package.metadata import sha256_file
-from ernie_nf4.synthetic.build import _build_component, build_original, stored_bytes
 from ernie_nf4.synthetic.configs import REFERENCE_ORIGINAL_BYTES, component_config
+from ernie_nf4.synthetic.original import _build_component, build_original, stored_bytes
 
 COMPONENTS = ["pe", "pe_tokenizer", "scheduler", "text_encoder", "tokenizer", "transformer", "vae"]
 

@@ -34,7 +34,7 @@ from ..runtime.generation import Generator
 from ..runtime.loader import load_pipeline
 from ..runtime.memory_modes import MemoryMode
 from ..stats import RUN_STAGES
-from ..synthetic.build import build_original
+from ..synthetic.original import build_original
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from .fidelity import fidelity
 

@@ -4,7 +4,7 @@
 - ``safetensors_header``: a safetensors file's header, checked against the file's length;
 - ``metadata``: ``quantization_metadata.json``, measured from the files, validated, verified;
 - ``check``: ``check_package``, what opening any folder checks, whoever wrote it;
-- ``stats``: sizes of a package as found on disk, for the Stats tab.
+- ``sizes``: sizes of a package as found on disk, for the Stats tab.
 
 May import: the root modules.
 """

@@ -1,6 +1,6 @@
 """Open-time checks of a pipeline folder, whoever wrote it: what can be checked without trusting anyone.
 
-- ``model_index.json`` names an ERNIE-Image pipeline with allowed classes only (``nf4_format``);
+- ``model_index.json`` names an ERNIE-Image pipeline with allowed classes only (``format``);
 - every component folder is there, and every ``.safetensors`` file's header parses and its tensors end exactly
   at the end of the file (a truncated or damaged file is named, with the fix);
 - a ``quantization_metadata.json`` written by this project is validated strictly: every file's size, every

@@ -128,7 +128,7 @@ def read_metadata(package_dir: str | Path) -> dict:
 
 def verify_package(package_dir: str | Path, check_sha256: bool = False, header_hashes: dict | None = None) -> dict:
     """Validate the metadata and check every listed file exists with its recorded size (and hash).
-    ``header_hashes`` (``{path: sha256}`` of the safetensors headers, from ``package_check``) are compared with
+    ``header_hashes`` (``{path: sha256}`` of the safetensors headers, from ``check``) are compared with
     the recorded ones where the metadata has them."""
     package_dir = Path(package_dir)
     data = read_metadata(package_dir)

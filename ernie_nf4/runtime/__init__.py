@@ -9,5 +9,5 @@
   ``prompt`` (the prompt enhancer, the prompt cache, text encoding), ``denoising``, ``vae_decode``, each timed on a
   ``timing.StageClock`` made for the request.
 
-May import: the root modules, ``package``, ``pe``.
+May import: the root modules, ``package``, ``prompt_enhancer``.
 """

@@ -21,17 +21,7 @@ from ..stats import PeakVram, StageSeconds
 from ..system import free_device_memory, peak_vram, reset_peak_vram
 from .denoising import denoise, initial_latents, step_callback
 from .loader import load_pipeline
-from .prompt import (
-    PromptCache,
-    PromptEnhancement,
-    enhancement,
-    make_pe_decoder,
-    pe_inputs,
-    prepare_prompt,
-    sample_with_decoder,
-    sample_with_generate,
-    uses_stock_pe_sampling,
-)
+from .prompt import PromptCache, PromptEnhancement, PromptStage, check_max_pe_tokens
 from .timing import StageClock
 from .vae_decode import decode
 
@@ -51,17 +41,14 @@ class GenerationResult:
 
 
 def _check_limits(max_pe_tokens: int | None, prompt_cache_size: int) -> None:
-    if max_pe_tokens is not None and not (
-        isinstance(max_pe_tokens, int) and not isinstance(max_pe_tokens, bool) and 1 <= max_pe_tokens <= 8192
-    ):
-        raise InvalidArgument(f"max_pe_tokens must be an integer in [1, 8192] or None, got {max_pe_tokens!r}")
+    check_max_pe_tokens(max_pe_tokens)
     if not 0 <= prompt_cache_size <= 1024:
         raise InvalidArgument(f"prompt_cache_size must be in [0, 1024], got {prompt_cache_size!r}")
 
 
 class Generator:
-    """Generates images from a ``loader.LoadedPipeline``. Holds what outlives a request (the pipeline, the prompt
-    cache, the PE decoder); each request's state travels as values through the stages.
+    """Generates images from a ``loader.LoadedPipeline``. Holds what outlives a request (the pipeline and the prompt
+    stage, with its cache and the PE's decoder); each request's state travels as values through the stages.
 
     ``max_pe_tokens``: cap on the prompt enhancer's new tokens; None (default) is the stock pipeline's limit,
     ``pe_tokenizer.model_max_length`` (2048): the real PE stops at its end-of-sequence token long before.
@@ -71,9 +58,7 @@ class Generator:
         _check_limits(max_pe_tokens, prompt_cache_size)
         self.loaded = loaded
         self.pipe = loaded.pipe
-        self.max_pe_tokens = max_pe_tokens
-        self.prompt_cache = PromptCache(prompt_cache_size)
-        self._pe_decoder = None  # pe.decoding.PEDecoder, made on first use
+        self.prompt_stage = PromptStage(loaded, max_pe_tokens, prompt_cache_size)
 
     @classmethod
     def from_pretrained(
@@ -102,44 +87,22 @@ class Generator:
 
     @property
     def pe_decoder(self):
-        """The ``pe.decoding.PEDecoder`` kept for the PE (its KV cache and graph), or None before the PE first ran
-        with it (and after a failed run in low-vram mode)."""
-        return self._pe_decoder
+        """The ``PEDecoder`` kept for the PE (its KV cache and graph), or None before the PE first ran with it (and
+        after a failed run in low-vram mode)."""
+        return self.prompt_stage.decoder
 
     @property
     def pe_cap(self) -> int:
         """The PE's token cap in force: ``max_pe_tokens``, else the PE tokenizer's ``model_max_length``."""
-        if self.max_pe_tokens is not None:
-            return self.max_pe_tokens
-        return int(min(getattr(self.pipe.pe_tokenizer, "model_max_length", 2048), 8192))
+        return self.prompt_stage.cap
+
+    @property
+    def prompt_cache(self) -> PromptCache:
+        return self.prompt_stage.cache
 
     def enhance_prompt(self, prompt: str, width: int, height: int, seed: int, cap: int | None = None):
-        """The PE's rewrite of ``prompt`` (a ``PromptEnhancement``), sampled as the stock pipeline does (temperature
-        0.6, top-p 0.95), but seeded, and capped at ``cap`` new tokens (default ``pe_cap``). Decoded by
-        ``pe.decoding.PEDecoder`` (built on first use, once the PE is on its device, and kept: ``pe_decoder``), or by
-        transformers' ``generate`` on the stock path (``fast=False``, model-offload)."""
-        tokenizer, cap = self.pipe.pe_tokenizer, cap or self.pe_cap
-        inputs = pe_inputs(tokenizer, prompt, width, height)
-        if uses_stock_pe_sampling(self.loaded):
-            new, stopped = sample_with_generate(self.pipe, inputs, cap, seed, self.device)
-        else:
-            new, stopped = self._sample_with_decoder(inputs, cap, seed)
-        return enhancement(tokenizer, new, stopped, cap)
-
-    def _sample_with_decoder(self, inputs, cap: int, seed: int) -> tuple[list[int], bool]:
-        # The decoder is kept between requests in every memory mode. In low-vram the PE leaves the GPU after this,
-        # but the residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
-        # next request replays it without capturing again. What else stays on the GPU meanwhile: the graph's noise
-        # buffers (17 MB) and its memory pool.
-        if self._pe_decoder is None:
-            self._pe_decoder = make_pe_decoder(self.loaded)
-        try:
-            return sample_with_decoder(self._pe_decoder, inputs, cap, seed, self.pipe.pe_tokenizer.eos_token_id)
-        except BaseException:
-            if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
-                self._pe_decoder = None
-                free_device_memory()
-            raise
+        """The PE's rewrite of ``prompt`` (a ``PromptEnhancement``): ``PromptStage.enhance``."""
+        return self.prompt_stage.enhance(prompt, width, height, seed, cap)
 
     def warm_up(self, width: int = 1024, height: int = 1024, guidance_scale: float = 4.0) -> float:
         """A 2-step run, so that compilation (``compile=True``) and CUDA start-up happen now rather than in the
@@ -167,9 +130,9 @@ class Generator:
         after each stage. When ``cancel`` is set (or ``on_step`` raises ``GenerationCancelled``) the run stops after
         its current step and raises ``GenerationCancelled``. Running out of GPU memory frees what the run held and
         raises ``OutOfMemory`` saying what to change."""
-        return self._on_device(request, on_step, on_stage, cancel, self.prompt_cache, self.pe_cap)
+        return self._on_device(request, on_step, on_stage, cancel, None, None)
 
-    def _on_device(self, request, on_step, on_stage, cancel, cache: PromptCache, pe_cap: int) -> GenerationResult:
+    def _on_device(self, request, on_step, on_stage, cancel, cache, pe_cap) -> GenerationResult:
         """``_run`` on this generator's GPU, with out-of-memory and cancellation freeing what the run held."""
         import torch
 
@@ -188,8 +151,9 @@ class Generator:
             free_device_memory()
             raise
 
-    def _run(self, request, on_step, on_stage, cancel, cache: PromptCache, pe_cap: int) -> GenerationResult:
-        """The stages of one request: prompt, then per image denoising and VAE decode."""
+    def _run(self, request, on_step, on_stage, cancel, cache, pe_cap) -> GenerationResult:
+        """The stages of one request: prompt, then per image denoising and VAE decode (``cache``, ``pe_cap``: None
+        for the prompt stage's own)."""
         import torch
 
         if cancel is not None and cancel.is_set():
@@ -197,11 +161,7 @@ class Generator:
         device, pipe = self.device, self.pipe
         reset_peak_vram(device)
         clock = StageClock(device, on_stage)
-
-        def enhance(r: GenerationRequest) -> PromptEnhancement:
-            return self.enhance_prompt(r.prompt, r.width, r.height, r.seed, cap=pe_cap)
-
-        prompt, cached = prepare_prompt(self.loaded, request, cache, enhance, clock)
+        prompt, cached = self.prompt_stage.run(request, clock, cache=cache, cap=pe_cap)
         self.loaded.use("transformer")
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).

@@ -2,9 +2,10 @@
 
 ``load_pipeline`` returns a ``LoadedPipeline``: the diffusers pipeline plus what this project decided about it
 (device, memory mode, the ``Residency`` that moves models in low-vram mode, whether it is compiled, what the
-package check found). State lives here, never in attributes planted on diffusers objects; the one change made to one
-is the fast path's class swap of the transformer and its blocks (``fast_transformer.enable_fast_path``, through
-``compat.swap_class``).
+package check found). State lives here, never in attributes planted on diffusers objects. What the fast path
+changes of them: the transformer's and its blocks' classes (``fast_transformer.enable_fast_path``, through
+``compat.swap_class``), and through public API the VAE's tiling settings and the text encoder's token table
+(``memory_savers``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Memory modes and freeing device memory: how the models share the GPU.
+"""Memory modes: how the models share the GPU, and which mode ``auto`` picks.
 
 ``MemoryMode`` is the one definition of the modes the loader, the service, the app and the benchmark accept.
 """

@@ -1,6 +1,6 @@
 """The prompt stage: the prompt enhancer's rewrite (two samplers), an LRU cache of prompts, text encoding.
 
-``prepare_prompt`` runs the stage for one request: from the cache when the same prompt, negative prompt, PE seed and
+``PromptStage.run`` runs the stage for one request: from the cache when the same prompt, negative prompt, PE seed and
 size came before (a rerun with other steps or guidance skips the PE and the text encoder), else the PE (when on)
 and the text encoder.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..errors import InvalidArgument
 from ..request import GenerationRequest
+from ..system import free_device_memory
 from .memory_modes import MemoryMode
 from .timing import StageClock
 
@@ -99,7 +100,7 @@ def sample_with_generate(pipe, inputs, cap: int, seed: int, device) -> tuple[lis
 
 
 def sample_with_decoder(decoder, inputs, cap: int, seed: int, eos_token_id: int) -> tuple[list[int], bool]:
-    """The same sampling with ``pe.decoding.PEDecoder`` (a static KV cache and, on CUDA, graphed steps)."""
+    """The same sampling with ``prompt_enhancer.decoding.PEDecoder`` (a static KV cache and, on CUDA, graphed steps)."""
     import torch
 
     with torch.no_grad():
@@ -114,7 +115,7 @@ def make_pe_decoder(loaded):
     when it fits there (104 KiB a token for the full PE: 245 MB at the stock cap of 2048; about 17,000 tokens fit
     for the full model), where the larger transformer's bytes go while the PE is away, so it costs no memory of its
     own; a cache that does not fit is allocated and kept as in all-on-gpu."""
-    from ..pe.decoding import PEDecoder
+    from ..prompt_enhancer.decoding import PEDecoder
 
     residency, storage = loaded.residency, None
     if residency is not None and "pe" in residency.names:
@@ -148,26 +149,85 @@ def encode_text(loaded, request: GenerationRequest, prompt: Prompt, fresh: bool,
             prompt.negative = loaded.pipe.encode_prompt([request.negative_prompt], device)
 
 
-def prepare_prompt(
-    loaded,
-    request: GenerationRequest,
-    cache: PromptCache,
-    enhance: Callable[[GenerationRequest], PromptEnhancement],
-    clock: StageClock,
-) -> tuple[Prompt, bool]:
-    """The prompt stage of one request: revised prompt and text embeddings, and whether they came from ``cache``.
-    ``enhance`` runs the PE (the model is put on the GPU first); the ``pe`` and ``text_encoding`` laps go to
-    ``clock``."""
-    use_pe = request.use_pe and loaded.has_pe
-    key = prompt_key(request, use_pe)
-    cached = cache.get(key)
-    prompt = cached or Prompt()
-    if cached is None and use_pe:
-        loaded.use("pe")
-        prompt.enhancement = enhance(request)
-        prompt.revised = prompt.enhancement.text
-    clock.lap("pe")
-    encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device)
-    clock.lap("text_encoding")
-    cache.put(key, prompt)
-    return prompt, cached is not None
+def check_max_pe_tokens(value) -> None:
+    """The one check of a PE token cap: an integer in [1, 8192], or None (the stock pipeline's limit)."""
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8192):
+        raise InvalidArgument(
+            f"max_pe_tokens must be an integer in [1, 8192] or None, got {value!r}", field="max_pe_tokens"
+        )
+
+
+class PromptStage:
+    """The prompt stage of a ``Generator``: it owns what outlives a request (the prompt cache and the PE's decoder,
+    with its KV cache and graph) and runs the stage for one request at a time (``run``).
+
+    ``max_pe_tokens``: cap on the PE's new tokens; None is the stock pipeline's limit,
+    ``pe_tokenizer.model_max_length`` (2048): the real PE stops at its end-of-sequence token long before.
+    """
+
+    def __init__(self, loaded, max_pe_tokens: int | None = None, cache_size: int = 16):
+        self.loaded = loaded
+        self.max_pe_tokens = max_pe_tokens
+        self.cache = PromptCache(cache_size)
+        self.decoder = None  # prompt_enhancer.decoding.PEDecoder, made on first use
+
+    @property
+    def cap(self) -> int:
+        """The PE's token cap in force: ``max_pe_tokens``, else the PE tokenizer's ``model_max_length``."""
+        if self.max_pe_tokens is not None:
+            return self.max_pe_tokens
+        return int(min(getattr(self.loaded.pipe.pe_tokenizer, "model_max_length", 2048), 8192))
+
+    def enhance(self, prompt: str, width: int, height: int, seed: int, cap: int | None = None) -> PromptEnhancement:
+        """The PE's rewrite of ``prompt``, sampled as the stock pipeline does (temperature 0.6, top-p 0.95), but
+        seeded, and capped at ``cap`` new tokens (default ``self.cap``): by ``PEDecoder`` (built on first use, once
+        the PE is on its device, and kept), or by transformers' ``generate`` on the stock path."""
+        pipe, cap = self.loaded.pipe, cap or self.cap
+        inputs = pe_inputs(pipe.pe_tokenizer, prompt, width, height)
+        if uses_stock_pe_sampling(self.loaded):
+            new, stopped = sample_with_generate(pipe, inputs, cap, seed, _device(self.loaded))
+        else:
+            new, stopped = self._sample_with_decoder(inputs, cap, seed)
+        return enhancement(pipe.pe_tokenizer, new, stopped, cap)
+
+    def _sample_with_decoder(self, inputs, cap: int, seed: int) -> tuple[list[int], bool]:
+        # The decoder is kept between requests in every memory mode. In low-vram the PE leaves the GPU after this,
+        # but the residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
+        # next request replays it without capturing again. What else stays on the GPU meanwhile: the graph's noise
+        # buffers (17 MB) and its memory pool.
+        if self.decoder is None:
+            self.decoder = make_pe_decoder(self.loaded)
+        try:
+            return sample_with_decoder(self.decoder, inputs, cap, seed, self.loaded.pipe.pe_tokenizer.eos_token_id)
+        except BaseException:
+            if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
+                self.decoder = None
+                free_device_memory()
+            raise
+
+    def run(
+        self, request: GenerationRequest, clock: StageClock, cache: PromptCache | None = None, cap: int | None = None
+    ) -> tuple[Prompt, bool]:
+        """Revised prompt and text embeddings for ``request``, and whether they came from the cache (``cache``:
+        another one than the stage's own, e.g. an empty one for a warm-up; ``cap``: another PE cap). The ``pe``
+        and ``text_encoding`` laps go to ``clock``."""
+        loaded, cache = self.loaded, self.cache if cache is None else cache
+        use_pe = request.use_pe and loaded.has_pe
+        key = prompt_key(request, use_pe)
+        cached = cache.get(key)
+        prompt = replace(cached) if cached is not None else Prompt()  # the cache's entry itself stays as it is
+        if cached is None and use_pe:
+            loaded.use("pe")
+            prompt.enhancement = self.enhance(request.prompt, request.width, request.height, request.seed, cap)
+            prompt.revised = prompt.enhancement.text
+        clock.lap("pe")
+        encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device)
+        clock.lap("text_encoding")
+        cache.put(key, prompt)
+        return prompt, cached is not None
+
+
+def _device(loaded):
+    import torch
+
+    return torch.device(loaded.device)

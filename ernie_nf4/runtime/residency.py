@@ -9,9 +9,9 @@ enhancer and the text encoder leave the GPU once used, the transformer leaves wh
 only the transformer moves nothing.
 
 Each tensor has a fixed place in the arena (``plan_offsets``), so a model lands at the same addresses every time
-it comes back: the prompt enhancer's CUDA graph (``pe.decoding.PEDecoder``), which holds those addresses, stays
-valid across moves instead of being captured again. The arena is the one allocation the models need on the device:
-as large as the largest model, each tensor's start rounded up to ``ALIGNMENT``.
+it comes back: the prompt enhancer's CUDA graph (``prompt_enhancer.decoding.PEDecoder``), which holds those
+addresses, stays valid across moves instead of being captured again. The arena is the one allocation the models
+need on the device: as large as the largest model, each tensor's start rounded up to ``ALIGNMENT``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ class CompileWhen(str, enum.Enum):
     EAGER = "eager"  # not at all
 
 
+COMPILE_OFF = "eager: compile off (--no-compile)"
+
+
 @dataclass(frozen=True)
 class CompileDecision:
     when: CompileWhen
@@ -41,7 +44,7 @@ def eager_reason(compile: bool | None, loaded) -> str | None:
     """None when the transformer blocks should compile, else why they run eagerly (for Stats). ``compile``: the
     service's setting (None: on a CUDA GPU in all-on-gpu mode only)."""
     if compile is False:
-        return "eager: compile off (--no-compile)"
+        return COMPILE_OFF
     if not loaded.fast:
         return "eager: this diffusers has no fast path to compile"
     if compile is None and not loaded.device.startswith("cuda"):

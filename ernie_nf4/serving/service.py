@@ -15,17 +15,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EnvironmentUnsupported, InvalidArgument, OutOfMemory
-from ..package.stats import package_stats
+from ..errors import EnvironmentUnsupported, OutOfMemory
+from ..package.sizes import package_stats
 from ..progress import ProgressCallback, RateMeter, report
 from ..request import GenerationRequest
 from ..runtime.generation import GenerationResult, Generator
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
+from ..runtime.prompt import check_max_pe_tokens
 from ..stats import LiveStats, ServiceStats
 from ..synthetic.tiny import build_tiny_package
 from ..system import free_device_memory
 from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
-from .compiling import CompileDecision, CompileWhen, capture_pe_graph, compile_now, decide_compile, make_compiler
+from .compiling import (
+    COMPILE_OFF,
+    CompileDecision,
+    CompileWhen,
+    capture_pe_graph,
+    compile_now,
+    decide_compile,
+    make_compiler,
+)
 from .provider import ensure_package
 
 logger = logging.getLogger(__name__)
@@ -55,10 +64,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         get_variant(self.variant)
         object.__setattr__(self, "memory_mode", MemoryMode.parse(self.memory_mode, allowed=APP_MEMORY_MODES))
-        if self.max_pe_tokens is not None and not 1 <= self.max_pe_tokens <= 8192:
-            raise InvalidArgument(
-                f"max_pe_tokens must be in [1, 8192], got {self.max_pe_tokens}", field="max_pe_tokens"
-            )
+        check_max_pe_tokens(self.max_pe_tokens)
 
     @property
     def defaults(self):
@@ -257,7 +263,7 @@ class ImageService:
             return self.compiler.describe()
         if self._eager_reason is not None:
             return self._eager_reason
-        return "eager: compile off (--no-compile)" if self.config.compile is False else "decided when the model loads"
+        return COMPILE_OFF if self.config.compile is False else "decided when the model loads"
 
     @property
     def provenance(self) -> str | None:

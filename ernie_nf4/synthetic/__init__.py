@@ -3,7 +3,7 @@ ones for speed, memory and size figures.
 
 - ``configs``: the real components' configs (``configs_data/``) and the tiny variant;
 - ``tokenizers``: byte-level BPE tokenizers trained offline;
-- ``build``: ``build_original``, a diffusers folder like the real one (``python -m ernie_nf4.synthetic``);
+- ``original``: ``build_original``, a diffusers folder like the real one (``python -m ernie_nf4.synthetic``);
 - ``tiny``: a tiny NF4 package built on the fly.
 
 May import: the root modules, ``package``, ``build``.

@@ -1,5 +1,5 @@
-"""``python -m ernie_nf4.synthetic``: see ``ernie_nf4.synthetic.build``."""
+"""``python -m ernie_nf4.synthetic``: see ``ernie_nf4.synthetic.original``."""
 
-from .build import main
+from .original import main
 
 main()

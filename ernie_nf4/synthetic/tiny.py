@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..build.quantize import quantize_package
 from ..package.format import quantizable_here
-from .build import build_original
+from .original import build_original
 
 
 def build_tiny_package(source: str | None, output: Path, on_progress: Callable[[str], None] | None = None) -> Path:

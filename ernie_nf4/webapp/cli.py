@@ -12,7 +12,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import re
 import socket
 import sys
 
@@ -20,6 +19,7 @@ from ..errors import ErnieNF4Error, InvalidArgument
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
 from ..serving.replicas import ReplicaService, parse_gpus
 from ..serving.service import ImageService, ServiceConfig, preload
+from ..system import parse_device
 from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
 from . import limits as app_limits
 from . import zerogpu
@@ -73,14 +73,12 @@ def port_number(text: str, name: str = "--port") -> int:
 
 def check_device(device: str | None) -> str | None:
     """``--device`` / ``ERNIE_NF4_DEVICE`` as the loader takes it; refused at start when it is none of those."""
-    if device is None:
-        return None
-    text = device.strip().lower()
-    if text in ("cuda", "cpu") or re.fullmatch(r"cuda:\d+", text):
-        return text
-    raise SettingsError(
-        f"--device (or {env_name('device')}) {device!r}: use one of cuda, cuda:N or cpu (N: the GPU's number)"
-    )
+    try:
+        return parse_device(device)
+    except InvalidArgument:
+        raise SettingsError(
+            f"--device (or {env_name('device')}) {device!r}: use one of cuda, cuda:N or cpu (N: the GPU's number)"
+        ) from None
 
 
 def default_host(environ) -> str:

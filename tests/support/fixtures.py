@@ -17,7 +17,7 @@ import torch
 
 from ernie_nf4.build.quantize import quantize_package
 from ernie_nf4.package.format import QUANTIZABLE
-from ernie_nf4.synthetic.build import build_original
+from ernie_nf4.synthetic.original import build_original
 
 # Tests talk to loopback only: no analytics or telemetry calls out.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -19,7 +19,7 @@ row-major, two 4-bit codes per byte, the even element in the high nibble; elemen
 For the prompt (many tokens) ``nf4_dequantize`` gives bitsandbytes' dense weight bit for bit in one kernel (its
 ``dequantize_4bit`` takes three and several Python layers), and the norm and rotary kernels take many tokens.
 
-Only for ``pe.decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
+Only for ``prompt_enhancer.decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
 Triton is imported on first use, so importing this module touches neither Triton nor CUDA.
 """
 
