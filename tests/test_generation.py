@@ -165,3 +165,20 @@ def test_warm_up_collects_the_garbage_it_leaves_so_no_full_collection_falls_in_t
         assert freed() is None
     finally:
         gc.enable()
+
+
+def test_the_vae_decodes_in_float32_on_the_cpu_and_bf16_on_a_gpu(tiny_generator):
+    """bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions."""
+    pipe = tiny_generator.pipe
+    assert pipe.vae.dtype == (torch.bfloat16 if tiny_generator.device.type == "cuda" else torch.float32)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("value", [0, 8193, 2.5, True, "64"])
+def test_the_service_and_the_generator_check_max_pe_tokens_the_same_way(value):
+    from ernie_nf4.errors import InvalidArgument
+    from ernie_nf4.serving.service import ServiceConfig
+
+    with pytest.raises(InvalidArgument, match=r"max_pe_tokens must be an integer in \[1, 8192\]") as refused:
+        ServiceConfig(max_pe_tokens=value)
+    assert refused.value.field == "max_pe_tokens"
