@@ -120,7 +120,7 @@ def test_form_values_are_coerced_only_where_safe():
 def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(field, value):
     pytest.importorskip("gradio")
     from ernie_nf4.errors import InvalidArgument
-    from ernie_nf4.webapp.ui import FORM_FIELDS, Handlers
+    from ernie_nf4.webapp.handlers import FORM_FIELDS, Handlers
 
     form = FormValues("cat", "", 64, 64, 2, 4.0, 3, use_pe=True, num_images=1)
     bad = replace(form, **{field: value})

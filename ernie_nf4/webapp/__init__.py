@@ -1,6 +1,6 @@
 """The Gradio app (``python app.py``): the UI built around any object with ``ImageService``'s methods.
 
-- ``ui``: ``build_demo(service)``, the layout and its event handlers;
+- ``ui``: ``build_demo(service)``: the page (``layout``, ``theme``) wired to ``handlers``;
 - ``cli``: the flags (each also an ``ERNIE_NF4_*`` variable) and the launch;
 - ``limits``, ``runs``: queue and per-client limits, one stop signal per run;
 - ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;

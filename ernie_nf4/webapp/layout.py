@@ -1,0 +1,159 @@
+"""The page's sections: each function builds one part inside the open Blocks and returns its components by name
+(the form's fields under their ``FormValues`` names)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..request import IMAGES_RANGE, STEPS_RANGE
+from .examples import EXAMPLES
+from .handlers import CUSTOM, PRESETS
+from .i18n import t
+
+TINY_SIZE, TINY_STEPS = 256, 4
+
+
+def form_defaults(service) -> tuple[int, int, int, float]:
+    """(width, height, steps, guidance) the form starts with: the variant's recommendation, or a small fast run
+    when the service is the tiny random model (``--tiny``: an answer in seconds on a CPU)."""
+    defaults = service.defaults
+    config = getattr(service, "config", None)
+    if config is not None and getattr(config, "tiny", False):
+        return TINY_SIZE, TINY_SIZE, TINY_STEPS, defaults.guidance_scale
+    return 1024, 1024, defaults.num_inference_steps, defaults.guidance_scale
+
+
+def size_choices(width: int, height: int) -> list[str]:
+    """The resolution dropdown's choices: the presets, the form's starting size when it is none of them, custom."""
+    start = f"{width}x{height}"
+    return [*PRESETS, *([start] if start not in PRESETS else []), CUSTOM]
+
+
+def _prompt_row() -> dict:
+    with gr.Row(elem_id="top", equal_height=True):
+        prompt = gr.Textbox(
+            label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, max_lines=12, scale=5, elem_id="prompt"
+        )
+        with gr.Column(scale=1, min_width=160, elem_id="actions"):
+            run = gr.Button(t("generate"), variant="primary", elem_id="generate")
+            stop = gr.Button(t("stop"), variant="stop", elem_id="stop")
+    return {"prompt": prompt, "run": run, "stop": stop}
+
+
+def _size_row(width: int, height: int, choices: list[str]) -> dict:
+    with gr.Row():
+        preset = gr.Dropdown(choices, value=f"{width}x{height}", label=t("resolution"), elem_id="preset")
+        width_box = gr.Number(width, label=t("width"), precision=0, step=16, elem_id="width")
+        height_box = gr.Number(height, label=t("height"), precision=0, step=16, elem_id="height")
+    return {"preset": preset, "width": width_box, "height": height_box}
+
+
+def _advanced(steps: int, guidance: float) -> dict:
+    with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
+        negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
+        with gr.Row():
+            steps_slider = gr.Slider(*STEPS_RANGE, value=steps, step=1, label=t("steps"), elem_id="steps")
+            guidance_slider = gr.Slider(0.0, 15.0, value=guidance, step=0.1, label=t("guidance"), elem_id="guidance")
+        with gr.Row():
+            seed = gr.Number(1234, label=t("seed"), precision=0, elem_id="seed")
+            randomize = gr.Checkbox(True, label=t("randomize"), elem_id="randomize")
+        with gr.Row():
+            use_pe = gr.Checkbox(True, label=t("pe"), elem_id="use-pe")
+            count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label=t("images"), elem_id="count")
+        load = gr.Button(t("load"), size="sm")
+        status = gr.Markdown("")
+    return {
+        "negative_prompt": negative,
+        "num_inference_steps": steps_slider,
+        "guidance_scale": guidance_slider,
+        "seed": seed,
+        "randomize_seed": randomize,
+        "use_pe": use_pe,
+        "num_images": count,
+        "load": load,
+        "status": status,
+    }
+
+
+def _examples(ui: dict) -> None:
+    gr.Examples(
+        [[prompt, width, height] for _, prompt, width, height in EXAMPLES],
+        [ui["prompt"], ui["width"], ui["height"]],
+        label=t("examples"),
+        example_labels=[f"{title} · {width}×{height}" for title, _, width, height in EXAMPLES],
+        cache_examples=False,
+        examples_per_page=len(EXAMPLES),
+        elem_id="examples",
+    )
+
+
+def _results() -> dict:
+    with gr.Column(scale=3, elem_id="results"):
+        gallery = gr.Gallery(
+            label=t("result"),
+            format="png",
+            columns=2,
+            interactive=False,
+            buttons=["download", "fullscreen"],
+            elem_id="gallery",
+        )
+        revised = gr.Textbox(label=t("revised"), interactive=False, elem_id="revised")
+        info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
+    return {"gallery": gallery, "revised": revised, "info": info}
+
+
+def _reuse_row() -> dict:
+    with gr.Row(elem_id="reuse"):
+        with gr.Column(scale=3):
+            history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
+            picked = gr.State(None)
+            history = gr.Gallery(
+                label=t("history"),
+                columns=6,
+                height=220,
+                interactive=False,
+                allow_preview=False,
+                buttons=[],
+                elem_id="history",
+            )
+            use_settings = gr.Button(t("use_settings"), size="sm", elem_id="use-settings")
+        with gr.Column(scale=1, min_width=200):
+            restore = gr.File(
+                label=t("restore_png"), file_types=[".png"], type="filepath", height=140, elem_id="restore"
+            )
+    return {
+        "history_state": history_state,
+        "picked": picked,
+        "history": history,
+        "use_settings": use_settings,
+        "restore": restore,
+    }
+
+
+def generate_tab(width: int, height: int, steps: int, guidance: float, choices: list[str]) -> dict:
+    ui = _prompt_row()
+    with gr.Row(elem_id="main"):
+        with gr.Column(scale=2, elem_id="settings"):
+            ui |= _size_row(width, height, choices)
+            ui |= _advanced(steps, guidance)
+            _examples(ui)
+        ui |= _results()
+    ui |= _reuse_row()
+    return ui
+
+
+def stats_tab() -> dict:
+    with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
+        stats_md = gr.Markdown(elem_id="stats")
+        chart = gr.BarPlot(
+            x="bar",
+            y="GB",
+            color="version",
+            sort=None,
+            x_label_angle=-30,
+            title="Original vs NF4 per component",
+            elem_id="chart",
+        )
+        refresh = gr.Button(t("refresh"))
+        stats_json = gr.JSON(visible=False)
+    return {"stats_tab": stats_tab, "stats_md": stats_md, "chart": chart, "refresh": refresh, "stats_json": stats_json}
