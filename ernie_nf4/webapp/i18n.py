@@ -1,5 +1,10 @@
-"""The interface's words in English and Chinese. Gradio picks the table from the browser's language
-(``navigator.language``: ``zh``, ``zh-CN``, … get Chinese) and falls back to English."""
+"""The interface's words in English and Chinese.
+
+- Labels (``t(key)``): Gradio picks the table from the browser's language (``navigator.language``: ``zh``,
+  ``zh-CN``, … get Chinese) and falls back to English.
+- Texts the server writes (run info, popups, progress, errors, stats): ``say(key, lang, **values)`` from the
+  ``MESSAGES`` tables, in the language of the request that caused them (``language(request)``, read from its
+  ``Accept-Language`` header)."""
 
 from __future__ import annotations
 
@@ -71,3 +76,35 @@ def t(key: str):
     if key not in EN:
         raise KeyError(f"no interface text named {key!r}")
     return I18N(key)
+
+
+# Texts the server writes, by language; ``{name}`` fields are filled by ``say``. Every key exists in each table.
+MESSAGES = {
+    "en": {
+        "stopped": "Stopped. Nothing was kept from this run.",
+    },
+    "zh": {
+        "stopped": "已停止。本次运行未保留任何结果。",
+    },
+}
+LANGUAGES = tuple(MESSAGES)
+
+
+def language(request) -> str:
+    """``"zh"`` when the request's browser prefers Chinese (its ``Accept-Language`` header's first language is
+    ``zh``, ``zh-CN``, …), else ``"en"``; ``request`` is a ``gr.Request`` or None."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        accepted = headers.get("accept-language", "") or ""
+    except AttributeError:
+        return "en"
+    first = accepted.split(",", 1)[0].split(";", 1)[0].strip().lower()
+    return "zh" if first.split("-", 1)[0] == "zh" else "en"
+
+
+def say(key: str, lang: str = "en", **values) -> str:
+    """The server's text ``key`` in ``lang`` (English when ``lang`` is not one of ``LANGUAGES``)."""
+    table = MESSAGES.get(lang, MESSAGES["en"])
+    if key not in table:
+        raise KeyError(f"no server text named {key!r} in {lang!r}")
+    return table[key].format(**values)
