@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from ..errors import ErnieNF4Error, InvalidArgument
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
@@ -27,6 +28,7 @@ from .limits import MB, Limits
 from .outputs import OutputStore
 
 ON_WORDS = ("1", "true", "yes", "on")
+SHARED_KEEP = ("200", "24")  # --keep-outputs, --keep-hours when shared (--share, a Space) and neither is given
 OFF_WORDS = ("0", "false", "no", "off", "")
 
 
@@ -71,14 +73,36 @@ def port_number(text: str, name: str = "--port") -> int:
     return port
 
 
-def check_device(device: str | None) -> str | None:
-    """``--device`` / ``ERNIE_NF4_DEVICE`` as the loader takes it; refused at start when it is none of those."""
+def check_device(device: str | None, environ=None) -> str | None:
+    """``--device`` / ``ERNIE_NF4_DEVICE`` as the loader takes it; refused at start when it is none of those, or
+    names a GPU number this machine does not have."""
     try:
-        return parse_device(device)
+        device = parse_device(device)
     except InvalidArgument:
         raise SettingsError(
             f"--device (or {env_name('device')}) {device!r}: use one of cuda, cuda:N or cpu (N: the GPU's number)"
         ) from None
+    if device is None or not device.startswith("cuda:") or zerogpu.on_zerogpu(environ):
+        return device  # on ZeroGPU, CUDA is not touched before the platform's package is imported
+    import torch
+
+    count = torch.cuda.device_count()
+    if int(device[5:]) >= max(count, 1):
+        gpus = f"GPUs cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
+        raise SettingsError(f"--device (or {env_name('device')}) {device}: this machine has {gpus}")
+    return device
+
+
+def check_folder(path, flag: str) -> None:
+    """A folder the app uses or creates: refused at start when it, or the nearest existing folder above it, is a
+    file."""
+    if path is None:
+        return
+    folder = Path(str(path)).expanduser()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
+        raise SettingsError(f"--{flag} (or {env_name(flag)}) {str(path)!r} {where}; give a folder")
 
 
 def default_host(environ) -> str:
@@ -88,11 +112,12 @@ def default_host(environ) -> str:
     return "0.0.0.0" if environ.get("SPACE_ID") else "127.0.0.1"
 
 
-def default_port(environ) -> tuple[str, str]:
+def default_port(environ) -> int:
+    """The port when ``--port`` is not given: ``ERNIE_NF4_PORT``, else ``GRADIO_SERVER_PORT``, else 7860."""
     for name in (env_name("port"), "GRADIO_SERVER_PORT"):
         if environ.get(name):
-            return environ[name], name
-    return "7860", "--port"
+            return port_number(environ[name], name)
+    return 7860
 
 
 def _model_flags(p: argparse.ArgumentParser, env) -> None:
@@ -158,8 +183,7 @@ def _server_flags(p: argparse.ArgumentParser, env) -> None:
     g.add_argument(
         "--host", default=default_host(env.environ), help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)"
     )
-    port, port_source = default_port(env.environ)
-    g.add_argument("--port", type=port_number, default=port_number(port, port_source), help="port to listen on")
+    g.add_argument("--port", type=port_number, help="port to listen on (default 7860)")
     g.add_argument("--share", action="store_true", default=env.switch("share"), help="public link (72 h)")
     g.add_argument("--auth", default=env("auth"), help="USER:PASS required to open the app")
 
@@ -172,9 +196,15 @@ def _output_and_limit_flags(p: argparse.ArgumentParser, env) -> None:
         help="folder for the generated PNGs (one folder for every start)",
     )
     g.add_argument(
-        "--keep-outputs", default=env("keep-outputs", "200"), help="keep at most this many PNGs (newest first)"
+        "--keep-outputs",
+        default=env("keep-outputs"),
+        help="keep at most this many PNGs, deleting older ones (default: all kept; with --share or on a Space 200)",
     )
-    g.add_argument("--keep-hours", default=env("keep-hours", "24"), help="delete PNGs older than this many hours")
+    g.add_argument(
+        "--keep-hours",
+        default=env("keep-hours"),
+        help="delete PNGs older than this many hours (default: never; with --share or on a Space 24)",
+    )
     g.add_argument(
         "--max-queue", default=env("max-queue", "32"), help="jobs waiting or running, all clients; more are 'busy'"
     )
@@ -258,12 +288,20 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
     args.memory_mode = memory_mode(args.memory_mode)
     if args.max_pe_tokens is not None:
         number(args, "max-pe-tokens", int)  # the range is ServiceConfig's
-    args.device = check_device(args.device)
+    args.device = check_device(args.device, environ)
     args.auth = parse_auth(args.auth)
     check_host(args.host)
+    if args.port is None:
+        args.port = default_port(environ)
+    check_folder(args.model_dir, "model-dir")
+    check_folder(args.output_dir, "output-dir")
+    keep_given = args.keep_outputs is not None or args.keep_hours is not None
+    if not keep_given and (args.share or environ.get("SPACE_ID")):  # shared: old outputs are deleted
+        args.keep_outputs, args.keep_hours = SHARED_KEEP
+    for flag, kind in (("keep-outputs", int), ("keep-hours", float)):
+        if getattr(args, flag.replace("-", "_")) is not None:
+            number(args, flag, kind)
     for flag, kind in (
-        ("keep-outputs", int),
-        ("keep-hours", float),
         ("max-queue", int),
         ("max-jobs-per-client", int),
         ("max-body-kb", int),
@@ -402,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = parse_args(argv)
         config, limits, outputs = settings_from_args(args)
+        os.environ["GRADIO_SERVER_PORT"] = str(args.port)  # Gradio reads it when imported; the port is checked
         service = build_service(args, config)
     except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")
@@ -409,9 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     from .ui import build_demo
 
     demo = build_demo(service, output_dir=outputs)
-    launch_limits = app_limits.configure(demo, limits)
-    if warning := exposure_warning(args):
-        print(warning, flush=True)
+    launch_limits = app_limits.configure(demo, limits, outputs)
+    for line in start_lines(args, service, outputs):
+        print(line, flush=True)
     try:
         _, _, share_url = demo.launch(
             server_name=args.host,
@@ -419,10 +458,27 @@ def main(argv: list[str] | None = None) -> None:
             share=args.share,
             auth=args.auth,
             prevent_thread_lock=True,
+            quiet=True,  # Gradio's own lines suggest share=True in code; the app's name its flags
             **launch_limits,
         )
     except OSError as err:
         sys.exit(f"error: cannot listen on {args.host}:{args.port} ({err}); choose another --port or --host")
+    print(f"Running on http://{display_host(args.host)}:{args.port}", flush=True)
     if share_url:
         print(f"Public link: {share_url}", flush=True)
+    elif not os.environ.get("SPACE_ID"):
+        print("For a public link (72 h), start it with --share (and --auth USER:PASS to protect it).", flush=True)
     demo.block_thread()
+
+
+def display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def start_lines(args, service, outputs) -> list[str]:
+    """What the terminal says before the server starts: a warning when exposed, no GPU, where outputs go."""
+    lines = [warning] if (warning := exposure_warning(args)) else []
+    if (problem := service.unavailable_reason()) is not None:
+        lines.append(f"Note: {problem}")
+    lines.append(outputs.policy())
+    return lines

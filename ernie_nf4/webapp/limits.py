@@ -1,9 +1,13 @@
 """Limits for an app open to anonymous users: a bounded queue, a cap on each client's jobs, a request body cap
-checked before anything is parsed, and small uploads only (or none).
+checked before anything is parsed, JSON no deeper than a few levels, small uploads only (or none) and a few per
+client, a throttle on wrong passwords, and from the output folder only the app's own images.
 
 ``RequestLimits`` is a plain ASGI middleware put on Gradio's FastAPI app through ``launch(app_kwargs=...)``.
 It reads Gradio's queue (private ``Queue.event_ids_to_events`` / ``max_size``; checked, skipped with a warning
-when absent) to answer "busy" before a job is accepted.
+when absent) to answer "busy" before a job is accepted. Jobs are admitted atomically: a job counts from the moment
+its request is let through (a reservation) until Gradio has answered it, so requests sent at the same instant
+cannot all pass the same check. Generations run only through the queue: ``configure`` closes Gradio's direct run
+routes (``/run/<name>``, ``/api/<name>``) for queued events (``api_open=False``).
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import inspect
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 from ..compat import gradio_queue
 from ..errors import InvalidArgument
+from .clients import Recent, client_id, request_client
 
 logger = logging.getLogger(__name__)
 MB = 1_000_000
@@ -27,106 +33,201 @@ class Limits:
     max_jobs_per_client: int = 2  # per client address
     max_body_bytes: int = 1 * MB  # any POST but uploads (prompts are capped at 8000 characters)
     max_upload_bytes: int = 10 * MB  # 0: uploads off
-    trust_forwarded_for: bool = False  # behind a proxy that sets X-Forwarded-For (a Space)
+    trust_forwarded_for: bool = False  # behind a proxy that appends to X-Forwarded-For (a Space)
+    max_json_depth: int = 32  # nesting of a request's JSON (the app's requests use 4)
+    uploads_per_window: int = 10  # uploads one client may make per upload window
+    upload_bytes_per_window: int = 30 * MB  # bytes one client may upload per upload window
+    upload_window_seconds: float = 600.0
+    upload_keep_seconds: int = 3600  # uploaded files older than this are deleted
+    login_failures: int = 5  # wrong passwords per client per login window; then 429 until the window has passed
+    login_window_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("max_queue", "max_jobs_per_client", "max_body_bytes"):
+        for name in ("max_queue", "max_jobs_per_client", "max_body_bytes", "max_json_depth", "login_failures"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}", field=name)
-        if self.max_upload_bytes < 0:
-            raise InvalidArgument(
-                f"max_upload_bytes must be 0 (uploads off) or more, got {self.max_upload_bytes}",
-                field="max_upload_bytes",
-            )
+        for name in ("max_upload_bytes", "uploads_per_window", "upload_bytes_per_window"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must be 0 (off) or more, got {getattr(self, name)}", field=name)
+        for name in ("upload_window_seconds", "upload_keep_seconds", "login_window_seconds"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be more than 0, got {getattr(self, name)}", field=name)
 
     @classmethod
     def for_environment(cls, **values) -> Limits:
         return cls(trust_forwarded_for=bool(os.environ.get("SPACE_ID")), **values)
 
 
-def configure(demo, limits: Limits) -> dict:
-    """Bound ``demo``'s queue and return the extra ``demo.launch`` arguments that put the other limits in place."""
+def configure(demo, limits: Limits, outputs=None) -> dict:
+    """Bound ``demo``'s queue, close the direct run routes of its queued events, delete stale uploads, and return
+    the extra ``demo.launch`` arguments that put the other limits in place. ``outputs`` (an ``OutputStore``): of
+    its folder, only the app's own images are served."""
     from starlette.middleware import Middleware
 
-    demo.queue(max_size=limits.max_queue, default_concurrency_limit=1)
+    demo.queue(max_size=limits.max_queue, default_concurrency_limit=1, api_open=False)
+    keep = limits.upload_keep_seconds
+    demo.delete_cache = (max(1, min(300, keep // 4)), keep)  # Gradio deletes its uploads older than ``keep``
     return {
         "max_file_size": limits.max_upload_bytes or 1,
-        "app_kwargs": {"middleware": [Middleware(RequestLimits, limits=limits)]},
+        "app_kwargs": {"middleware": [Middleware(RequestLimits, limits=limits, outputs=outputs)]},
     }
-
-
-def _client_id(headers: dict[bytes, bytes], client, trust_forwarded_for: bool) -> str:
-    if trust_forwarded_for and (forwarded := headers.get(b"x-forwarded-for")):
-        return forwarded.decode("latin-1").split(",")[0].strip()
-    return client[0] if client else "?"
-
-
-def _event_client(event, trust_forwarded_for: bool) -> str:
-    request = event.request
-    if request is None:
-        return "?"
-    headers = {k.lower().encode(): v.encode() for k, v in request.headers.items()}
-    return _client_id(headers, (request.client.host,) if request.client else None, trust_forwarded_for)
 
 
 def _is_job(path: str) -> bool:
     return path.endswith("/queue/join") or "/call/" in path
 
 
-class RequestLimits:
-    """Refuses, before the app reads them: bodies over the cap (413), uploads over theirs or when off (413/403),
-    and new jobs when the queue is full or the client has its share waiting (503/429, "busy, try again")."""
+def _is_login(path: str) -> bool:
+    return path.rstrip("/").endswith("/login")
 
-    def __init__(self, app, limits: Limits):
-        self.app, self.limits = app, limits
+
+def _served_file(path: str) -> str | None:
+    """The file a ``/file=…`` (or ``/file/…``) route would serve, as its path text; None for other routes."""
+    for marker in ("/file=", "/file/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return None
+
+
+class RequestLimits:
+    """Refuses, before the app reads them: bodies over the cap (413), JSON nested too deep (400), uploads over
+    their size or a client's budget or when off (413/429/403), new jobs when the queue is full or the client has its
+    share waiting (503/429, "busy, try again"), logins after too many wrong passwords (429), and any file of the
+    output folder but the app's images (404)."""
+
+    def __init__(self, app, limits: Limits, outputs=None):
+        self.app, self.limits, self.outputs = app, limits, outputs
+        self.pending: Counter[str] = Counter()  # jobs let through whose answer Gradio has not sent yet, by client
+        self.logins = Recent(limits.login_window_seconds)  # wrong passwords
+        self.uploads = Recent(limits.upload_window_seconds)  # bytes uploaded
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD") and self._foreign_file(scope["path"]):
+            return await _refuse(send, 404, "Not found: of the output folder only the app's images are served.")
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         path = scope["path"]
+        client = client_id(scope["headers"], scope.get("client"), self.limits.trust_forwarded_for)
         upload = path.rstrip("/").endswith("/upload")
-        if upload and not self.limits.max_upload_bytes:
-            return await _refuse(send, 403, "uploads are off on this server")
-        cap = self.limits.max_upload_bytes + 64 * 1024 if upload else self.limits.max_body_bytes
-        headers = dict(scope["headers"])
-        what = "upload" if upload else "request body"
-        too_big = f"{what} too large: at most {cap:,} bytes"
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > cap):
-            return await _refuse(send, 413, too_big)
-        if _is_job(path) and (busy := self._busy(scope, headers)):
-            return await _refuse(send, busy[0], busy[1])
-        body, more = [], True
-        size = 0
-        while more:  # read at most cap bytes; a chunked body over it is refused without reading further
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                return await _refuse(send, 413, too_big)
-            body.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(body)
-        if _is_job(path) and (problem := _missing_fields(scope, path, body)):
-            return await _refuse(send, 422, problem)
+        refusal = self._before_body(path, client, upload, scope["headers"])
+        if refusal is not None:
+            return await _refuse(send, *refusal)
+        body = await _read_body(receive, self._cap(upload))
+        if body is None:  # the client went away
+            return
+        if isinstance(body, tuple):
+            return await _refuse(send, *body)
+        refusal = self._after_body(scope, path, client, upload, body)
+        if refusal is not None:
+            return await _refuse(send, *refusal)
         replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replayed():
             return replay.pop() if replay else await receive()
 
+        if _is_login(path):
+            return await self.app(scope, replayed, self._login_watch(send, client))
+        if _is_job(path):
+            return await self._admitted(scope, replayed, send, client)
         return await self.app(scope, replayed, send)
 
-    def _busy(self, scope, headers) -> tuple[int, str] | None:
+    def _cap(self, upload: bool) -> int:
+        return self.limits.max_upload_bytes + 64 * 1024 if upload else self.limits.max_body_bytes
+
+    def _before_body(self, path: str, client: str, upload: bool, headers) -> tuple | None:
+        """A refusal that needs no body: uploads off or over budget, a login throttled, a declared size too big."""
+        limits = self.limits
+        if upload and not limits.max_upload_bytes:
+            return 403, "uploads are off on this server"
+        if upload and self.uploads.count(client) >= limits.uploads_per_window:
+            return self._upload_budget(client)
+        if _is_login(path) and self.logins.count(client) >= limits.login_failures:
+            wait = self.logins.retry_after(client)
+            return 429, f"Too many wrong passwords from your address; try again in {wait} s.", wait
+        cap = self._cap(upload)
+        length = dict(headers).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            return 413, f"{'upload' if upload else 'request body'} too large: at most {cap:,} bytes"
+        return None
+
+    def _upload_budget(self, client: str) -> tuple:
+        limits, wait = self.limits, self.uploads.retry_after(client)
+        minutes = f"{limits.upload_window_seconds / 60:g}"
+        return (
+            429,
+            (
+                f"Too many uploads: at most {limits.uploads_per_window} files and "
+                f"{limits.upload_bytes_per_window / MB:g} MB per client in {minutes} minutes; try again in {wait} s."
+            ),
+            wait,
+        )
+
+    def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes) -> tuple | None:
+        if upload:
+            if self.uploads.total(client) + len(body) > self.limits.upload_bytes_per_window:
+                return self._upload_budget(client)
+            self.uploads.add(client, len(body))
+            return None
+        if problem := _json_problem(body, self.limits.max_json_depth):
+            return 400, problem
+        if not _is_job(path):
+            return None
+        if problem := _missing_fields(scope, path, body):
+            return 422, problem
+        # No await between this check and the reservation below: simultaneous requests see each other.
+        if busy := self._busy(scope, client):
+            return busy
+        self.pending[client] += 1
+        return None
+
+    async def _admitted(self, scope, receive, send, client: str):
+        """Pass a reserved job to Gradio; the reservation ends once Gradio answers (the job is then in its queue
+        or was refused) or the request fails."""
+        reserved = True
+
+        def release():
+            nonlocal reserved
+            if reserved:
+                reserved = False
+                self.pending[client] -= 1
+                if self.pending[client] <= 0:
+                    del self.pending[client]
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                release()
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, watched)
+        finally:
+            release()
+
+    def _login_watch(self, send, client: str):
+        """``send`` that counts a wrong password (Gradio answers 400) and forgets them after a right one."""
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                if message["status"] == 400:
+                    self.logins.add(client)
+                elif message["status"] < 300:
+                    self.logins.clear(client)
+            await send(message)
+
+        return watched
+
+    def _busy(self, scope, me: str) -> tuple[int, str] | None:
         queue = gradio_queue(scope.get("app"))
         if queue is None:
             return None
         events = list(queue.event_ids_to_events.values())
-        if queue.max_size is not None and len(events) >= queue.max_size:
-            return 503, f"The server is busy ({len(events)} jobs waiting, its most); try again in a few minutes."
-        me = _client_id(headers, scope.get("client"), self.limits.trust_forwarded_for)
-        mine = sum(1 for e in events if _event_client(e, self.limits.trust_forwarded_for) == me)
+        waiting = len(events) + sum(self.pending.values())
+        if queue.max_size is not None and waiting >= queue.max_size:
+            return 503, f"The server is busy ({waiting} jobs waiting, its most); try again in a few minutes."
+        trusted = self.limits.trust_forwarded_for
+        mine = sum(1 for e in events if request_client(e.request, trusted) == me) + self.pending[me]
         if mine >= self.limits.max_jobs_per_client:
             return 429, (
                 f"Busy: you already have {mine} jobs waiting or running (the most per client); "
@@ -134,13 +235,61 @@ class RequestLimits:
             )
         return None
 
+    def _foreign_file(self, path: str) -> bool:
+        """True for a file route naming a file in the output folder that is not one of the app's images."""
+        if self.outputs is None or (text := _served_file(path)) is None or "://" in text:
+            return False
+        return self.outputs.holds(text) and not self.outputs.owns(text)
+
+
+async def _read_body(receive, cap: int):
+    """The request's body, read to at most ``cap`` bytes (a chunked body over it is refused without reading
+    further): bytes, a refusal (status, message), or None when the client went away."""
+    body, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return 413, f"request body too large: at most {cap:,} bytes"
+        body.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(body)
+
+
+def _json_problem(body: bytes, max_depth: int) -> str | None:
+    """Why a JSON body is refused (nested deeper than ``max_depth``), or None; bodies that are not JSON are left
+    to the app."""
+    if body.lstrip()[:1] not in (b"{", b"["):
+        return None
+    too_deep = f"request JSON nests more than {max_depth} levels deep; send the fields /gradio_api/info documents"
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        return too_deep
+    except ValueError:
+        return None  # Gradio answers malformed JSON itself
+    level = [data]
+    for _ in range(max_depth):
+        level = [
+            child
+            for value in level
+            if isinstance(value, (dict, list))
+            for child in (value.values() if isinstance(value, dict) else value)
+        ]
+        if not level:
+            return None
+    return too_deep if any(isinstance(value, (dict, list)) for value in level) else None
+
 
 def _missing_fields(scope, path: str, body: bytes) -> str | None:
     """Name the fields a job request left out (Gradio would answer ``{"error": null}``)."""
     try:
         data = json.loads(body)
         fns = scope["app"].get_blocks().fns.values()
-    except (ValueError, AttributeError, KeyError):
+    except (ValueError, AttributeError, KeyError, RecursionError):
         return None  # Gradio answers malformed JSON itself
     if not isinstance(data, dict) or not isinstance(values := data.get("data"), list):
         return None
@@ -154,10 +303,10 @@ def _missing_fields(scope, path: str, body: bytes) -> str | None:
     return f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
 
 
-async def _refuse(send, status: int, message: str) -> None:
+async def _refuse(send, status: int, message: str, retry_after: int = 30) -> None:
     body = json.dumps({"error": message, "detail": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status in (429, 503):
-        headers.append((b"retry-after", b"30"))
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,10 +1,14 @@
 """Where the app keeps its PNGs: one folder for every start (``--output-dir``, default
-``~/.cache/ernie-nf4/outputs``), pruned after each save to the newest ``keep_count`` files younger than
-``keep_hours``. Gradio serves them from there (``gr.set_static_paths``) instead of copying them to its cache."""
+``~/.cache/ernie-nf4/outputs``). Kept unless pruning is asked for: with ``keep_count`` and/or ``keep_hours``, each
+save deletes the app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours``, and says so in the log.
+Gradio serves them from there (``gr.set_static_paths``) instead of copying them to its cache; ``owns`` tells the
+app's images from any other file in the folder (``limits.RequestLimits`` serves only those)."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,13 +25,13 @@ PATTERN = "ernie-*.png"
 @dataclass
 class OutputStore:
     folder: Path = DEFAULT_OUTPUT_DIR
-    keep_count: int = 200
-    keep_hours: float = 24.0
+    keep_count: int | None = None  # None: no bound on the count
+    keep_hours: float | None = None  # None: no bound on the age
 
     def __post_init__(self) -> None:
-        if self.keep_count < 1:
+        if self.keep_count is not None and self.keep_count < 1:
             raise InvalidArgument(f"keep_count must be at least 1, got {self.keep_count}", field="keep_count")
-        if not self.keep_hours > 0:
+        if self.keep_hours is not None and not self.keep_hours > 0:
             raise InvalidArgument(f"keep_hours must be more than 0, got {self.keep_hours}", field="keep_hours")
         self.folder = Path(self.folder).expanduser().resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -41,6 +45,31 @@ class OutputStore:
 
         gr.set_static_paths([str(self.folder)])
 
+    @property
+    def prunes(self) -> bool:
+        return self.keep_count is not None or self.keep_hours is not None
+
+    def policy(self) -> str:
+        """One line for the terminal: where the images go and what is deleted."""
+        if not self.prunes:
+            return f"Outputs: {self.folder} (all kept; --keep-outputs N or --keep-hours H to delete old ones)"
+        bounds = [f"the newest {self.keep_count}"] if self.keep_count is not None else []
+        bounds += [f"those younger than {self.keep_hours:g} h"] if self.keep_hours is not None else []
+        return f"Outputs: {self.folder} (keeping {' and '.join(bounds)}; older ones are deleted)"
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.folder or self.folder in path.parents
+
+    def holds(self, text: str) -> bool:
+        """True when the path (as Gradio's file route reads it: relative to the working folder) is in the folder."""
+        path = Path(os.path.abspath(text))
+        return self._inside(path) or self._inside(path.resolve())
+
+    def owns(self, text: str) -> bool:
+        """True for one of the app's images: a file named as the app names its PNGs, directly in the folder."""
+        path = Path(os.path.abspath(text))
+        return path.parent == self.folder and fnmatch.fnmatchcase(path.name, PATTERN) and not path.is_symlink()
+
     def save(self, image, seed: int, parameters: str) -> Path:
         with self._lock:
             path = save_png(image, self.folder, seed, parameters)
@@ -48,14 +77,23 @@ class OutputStore:
         return path
 
     def prune(self) -> list[Path]:
-        """Delete this app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours``."""
+        """Delete this app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours`` (none when
+        neither is set); each deletion is logged."""
+        if not self.prunes:
+            return []
         now = time.time()
+        count = self.keep_count if self.keep_count is not None else float("inf")
+        age = self.keep_hours * 3600 if self.keep_hours is not None else float("inf")
         files = sorted(self.folder.glob(PATTERN), key=lambda p: p.stat().st_mtime, reverse=True)
-        doomed = [
-            p for i, p in enumerate(files) if i >= self.keep_count or now - p.stat().st_mtime > self.keep_hours * 3600
-        ]
+        doomed = [p for i, p in enumerate(files) if i >= count or now - p.stat().st_mtime > age]
         for path in doomed:
             path.unlink(missing_ok=True)
         if doomed:
-            logger.info("pruned %d old outputs from %s", len(doomed), self.folder)
+            names = ", ".join(p.name for p in doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
+            logger.info("deleted %d old output(s) from %s (%s): %s", len(doomed), self.folder, self._rule(), names)
         return doomed
+
+    def _rule(self) -> str:
+        rules = [f"--keep-outputs {self.keep_count}"] if self.keep_count is not None else []
+        rules += [f"--keep-hours {self.keep_hours:g}"] if self.keep_hours is not None else []
+        return ", ".join(rules)

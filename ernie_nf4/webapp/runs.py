@@ -1,10 +1,18 @@
-"""Run control: one stop signal per run, set by Stop or by the client going away, and Stop for queued jobs.
+"""Run control: one stop signal per run, set by Stop, by the client going away or by an API client's cancel, and
+Stop for queued jobs.
 
-Gradio (6.31) marks a running job dead (``Event.alive = False``) and drops the session's queued jobs when the
-client's event stream closes (``routes.queue_data_helper`` → ``Queue.clean_events``), but the worker thread keeps
-computing. ``RunSignal.is_set()`` also reads that flag, so the generator stops after its current step. Those Gradio
-attributes are private: they are read here only, checked with ``queue_supported`` and skipped (with one logged
-warning) when a Gradio version lacks them.
+Gradio (6.31) leaves the worker thread computing in two cases, and ``RunSignal.is_set()`` reads both, so the
+generator stops after its current step:
+
+- the client's event stream closes: Gradio marks the running job dead (``Event.alive = False``,
+  ``routes.queue_data_helper`` → ``Queue.clean_events``);
+- an API client cancels (``gradio_client``'s ``Job.cancel()``, ``POST /gradio_api/cancel``): Gradio cancels the
+  asyncio task that waits for the worker and takes the job out of ``Queue.active_jobs``.
+
+A run finds its own job in ``active_jobs`` by the HTTP request that queued it (``Event.request`` is the request
+behind the handler's ``gr.Request``), so a cancel reaches that run only. Those Gradio attributes are private: they
+are read here only, checked with ``compat.gradio_queue`` and skipped (with one logged warning) when a Gradio version
+lacks them.
 """
 
 from __future__ import annotations
@@ -33,18 +41,47 @@ def client_gone(queue, session_hash: str) -> bool:
         return False
 
 
+def running_event(queue, request):
+    """The queue's running job whose HTTP request is ``request``'s (the run's own job), or None."""
+    http_request = getattr(request, "request", None)
+    if http_request is None:
+        return None
+    try:
+        return next(
+            (event for jobs in queue.active_jobs if jobs for event in jobs if event.request is http_request), None
+        )
+    except RuntimeError:  # the list changed while read
+        return None
+
+
+def job_ended(queue, event) -> bool:
+    """True when the run's job is dead (its client closed the stream) or no longer running (cancelled)."""
+    try:
+        return not event.alive or not any(jobs and event in jobs for jobs in list(queue.active_jobs))
+    except RuntimeError:  # the list changed while read; the next step checks again
+        return False
+
+
 class RunSignal(threading.Event):
-    """A run's stop signal: set by Stop, or reads as set once the run's client has gone."""
+    """A run's stop signal: set by Stop, or reads as set once the run's client has gone or cancelled its job."""
 
     def __init__(self, request=None, session_hash: str | None = None):
         super().__init__()
         self._queue = _queue_of(request) if request is not None else None
         self._session_hash = session_hash
+        self._event = running_event(self._queue, request) if self._queue is not None else None
+
+    def _ended(self) -> bool:
+        if self._queue is None:
+            return False
+        if self._event is not None:
+            return job_ended(self._queue, self._event)
+        return client_gone(self._queue, self._session_hash)
 
     def is_set(self) -> bool:
         if super().is_set():
             return True
-        if self._queue is not None and client_gone(self._queue, self._session_hash):
+        if self._ended():
             self.set()
             return True
         return False

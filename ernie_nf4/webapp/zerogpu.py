@@ -25,7 +25,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import GenerationCancelled
+from ..errors import EnvironmentUnsupported, GenerationCancelled
 from ..runtime.memory_modes import MemoryMode
 from ..serving.provider import repo_layout
 
@@ -121,13 +121,24 @@ def gpu_seconds(request) -> int:
     return int(min(MAX_SECONDS, math.ceil(seconds)))
 
 
+def import_spaces():
+    """The platform's ``spaces`` package; refused in one line when ``SPACES_ZERO_GPU`` is set where the platform's
+    other variables are not (``spaces`` asserts they are there when imported)."""
+    try:
+        import spaces
+    except (AssertionError, ImportError) as err:
+        raise EnvironmentUnsupported(
+            f"SPACES_ZERO_GPU is set, but this is not a working ZeroGPU Space ({err}); "
+            "unset SPACES_ZERO_GPU to run anywhere else"
+        ) from None
+    return spaces
+
+
 def decorator(environ=None):
     """``spaces.GPU`` on ZeroGPU, else None (the GPU work runs in-process)."""
     if not on_zerogpu(environ):
         return None
-    import spaces
-
-    return spaces.GPU
+    return import_spaces().GPU
 
 
 def gpu_generate(service, gpu_decorator=None):
@@ -198,6 +209,5 @@ def use_hf_cache(config):
 def preload(service) -> None:
     """Load the weights now, in the main process and outside the GPU function, as ZeroGPU expects (``spaces``
     emulates CUDA there, so the models go to "cuda" before any GPU is attached)."""
-    import spaces  # noqa: F401  (imported before torch touches CUDA, as the platform requires)
-
+    import_spaces()  # before torch touches CUDA, as the platform requires
     service.load()

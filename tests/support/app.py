@@ -138,3 +138,46 @@ def playwright_api():
             pytest.fail("playwright is required here (ERNIE_NF4_REQUIRE_BROWSER): pip install -r requirements-dev.txt")
         pytest.skip("playwright not installed")
     return sync_api
+
+
+SERVER_ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def wait_for_server(url, proc=None, log=None, seconds=120):
+    """Until ``url``'s config answers 200; fails with the log when the process ends or the time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "config", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    pytest.fail(f"app did not start: {log.read_text() if log else ''}")
+
+
+class ServedApp:
+    """The app around a ``FakeService`` in this process, on loopback, behind ``limits`` as ``main()`` puts them."""
+
+    def __init__(self, folder, limits=None, auth=None, outputs=None):
+        from app import build_demo
+        from ernie_nf4.webapp import limits as app_limits
+        from ernie_nf4.webapp.outputs import OutputStore
+
+        self.service = FakeService()
+        self.outputs = outputs or OutputStore(Path(folder) / "out")
+        self.demo = build_demo(self.service, output_dir=self.outputs)
+        launch = app_limits.configure(self.demo, limits or app_limits.Limits(), self.outputs)
+        self.port = free_port()
+        self.demo.launch(
+            server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True, auth=auth, **launch
+        )
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.ids = {fn.api_name or fn.name: fn._id for fn in self.demo.fns.values()}
+
+    def close(self):
+        self.demo.close()

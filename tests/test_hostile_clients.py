@@ -1,0 +1,240 @@
+"""Hostile and careless API clients against the real app on loopback (raw HTTP with httpx, ``gradio_client``):
+a cancel stops compute, nothing gets around the queue, admissions sent at the same instant respect the limits, a
+client's identity on a Space is what the platform's proxy appended, wrong passwords are throttled, uploads are
+bounded per client and deleted when stale, only the app's own images are served, deep JSON is refused by name."""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("gradio")
+from ernie_nf4.webapp.limits import Limits  # noqa: E402
+
+from .support.app import ServedApp  # noqa: E402
+
+FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1]  # prompt … num_images, as /generate takes them
+
+
+def slow_form(steps=50, prompt="slow cat"):
+    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1]
+
+
+def wait_until(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def settled(service, pause=0.6):
+    done = getattr(service, "steps_done", 0)
+    time.sleep(pause)
+    return service.steps_done == done
+
+
+@pytest.fixture()
+def served(tmp_path):
+    apps = []
+
+    def start(limits=None, **kwargs):
+        apps.append(ServedApp(tmp_path, limits, **kwargs))
+        return apps[-1]
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def join(http, fn_index, data, session, headers=None):
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
+    return http.post("gradio_api/queue/join", json=body, headers=headers)
+
+
+def at_once(count, request):
+    """``request(i)`` from ``count`` threads released together; their results in order."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def one(i):
+        barrier.wait()
+        results[i] = request(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+# ---------------------------------------------------------------- cancel and the queue
+
+
+def test_an_api_cancel_stops_the_run_within_a_step_and_the_next_request_does_not_wait(served):
+    from gradio_client import Client
+
+    app = served()
+    client = Client(app.url, verbose=False)
+    job = client.submit(*slow_form(steps=50), api_name="/generate")
+    assert wait_until(lambda: getattr(app.service, "steps_done", 0) >= 2)
+    job.cancel()
+    assert wait_until(lambda: settled(app.service), seconds=10)
+    assert app.service.steps_done < 10, f"ran {app.service.steps_done} of 50 steps after the cancel"
+    start = time.monotonic()
+    images, *_ = client.predict(*FORM, api_name="/generate")
+    assert time.monotonic() - start < 5  # not behind the cancelled run's remaining 9 s
+    assert len(images) == 1 and len(list(app.outputs.folder.glob("*.png"))) == 1  # nothing from the cancelled run
+
+
+@pytest.mark.parametrize("route", ["gradio_api/run/generate", "gradio_api/api/generate", "gradio_api/run/predict"])
+def test_generations_never_run_outside_the_queue_and_a_refusal_prints_no_traceback(served, route, capfd):
+    app = served()
+    r = httpx.post(app.url + route, json={"data": FORM, "fn_index": app.ids["generate"]}, timeout=30)
+    assert r.status_code in (403, 404) and "queue" in r.text, (r.status_code, r.text)
+    assert app.service.requests == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_stranger_cannot_stop_another_callers_run(served):
+    app = served()
+    victim = {}
+
+    def run_direct():  # the victim's own run, by the route that skips the queue when it is open
+        body = {"data": slow_form(steps=15), "fn_index": app.ids["generate"]}
+        victim["response"] = httpx.post(app.url + "gradio_api/run/generate", json=body, timeout=60)
+
+    thread = threading.Thread(target=run_direct)
+    thread.start()
+    wait_until(lambda: getattr(app.service, "steps_done", 0) >= 2, seconds=3)
+    for body in (
+        {"fn_index": app.ids["stop"], "data": []},
+        {"fn_index": app.ids["stop"], "data": [], "session_hash": "api"},
+    ):
+        httpx.post(app.url + "gradio_api/run/predict", json=body, timeout=30)
+    thread.join(60)
+    refused = victim["response"].status_code in (403, 404)
+    assert refused or app.service.steps_done == 15, "a stranger's Stop ended another caller's run"
+
+
+# ---------------------------------------------------------------- admissions
+
+
+@pytest.mark.parametrize(
+    "count, limits, most", [(16, Limits(), 2), (40, Limits(max_jobs_per_client=100, max_queue=6), 6)]
+)
+def test_joins_sent_at_the_same_instant_respect_the_limits(served, count, limits, most):
+    app = served(limits)
+    with httpx.Client(base_url=app.url, timeout=60, limits=httpx.Limits(max_connections=count)) as http:
+        codes = at_once(count, lambda i: join(http, app.ids["generate"], slow_form(steps=10), f"s{i}").status_code)
+        for i in range(count):  # free the server
+            http.post("gradio_api/run/predict", json={"fn_index": app.ids["stop"], "data": [], "session_hash": f"s{i}"})
+    assert codes.count(200) <= most, codes
+    assert codes.count(200) >= 1 and set(codes) <= {200, 429, 503}, codes
+
+
+def test_on_a_space_the_client_is_the_address_the_proxy_appended(served, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/ernie")
+    app = served(Limits.for_environment(max_jobs_per_client=2))
+    proxy_appended = "203.0.113.7"
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        codes = [
+            join(
+                http,
+                app.ids["generate"],
+                slow_form(steps=20),
+                f"a{i}",
+                {"X-Forwarded-For": f"10.0.0.{i}, {proxy_appended}"},
+            ).status_code
+            for i in range(6)
+        ]
+        # the attacker writes the victim's address first: its own slots are used, not the victim's
+        victim = "198.51.100.9"
+        spoofed = {"X-Forwarded-For": f"{victim}, {proxy_appended}"}
+        codes.append(join(http, app.ids["generate"], slow_form(steps=20), "a-spoof", spoofed).status_code)
+        victim_code = join(http, app.ids["generate"], slow_form(steps=2), "v", {"X-Forwarded-For": victim}).status_code
+        for session in [f"a{i}" for i in range(6)] + ["a-spoof", "v"]:
+            http.post("gradio_api/run/predict", json={"fn_index": app.ids["stop"], "data": [], "session_hash": session})
+    assert codes.count(200) == 2, codes
+    assert victim_code == 200
+
+
+# ---------------------------------------------------------------- logins and uploads
+
+
+def test_wrong_passwords_are_throttled_and_the_right_one_works_after_the_window(served):
+    window = 4.0
+    app = served(Limits(login_failures=5, login_window_seconds=window), auth=("ann", "right-horse"))
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        start = time.monotonic()
+        codes = [http.post("login", data={"username": "ann", "password": f"guess{i}"}).status_code for i in range(40)]
+        early = http.post("login", data={"username": "ann", "password": "right-horse"})
+        assert codes.count(400) <= 5 and codes.count(429) >= 35, codes
+        assert early.status_code == 429 and "try again" in early.text
+        time.sleep(max(0.0, window - (time.monotonic() - start)) + 0.5)
+        late = http.post("login", data={"username": "ann", "password": "right-horse"})
+    assert late.status_code == 200, late.text
+
+
+def upload(http, name: str, size: int):
+    return http.post("gradio_api/upload", files={"files": (name, name.encode() + b"\0" * size, "image/png")})
+
+
+def test_uploads_are_bounded_per_client_by_count_and_bytes(served):
+    app = served(Limits(uploads_per_window=3, upload_bytes_per_window=10_000_000))
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        codes = [upload(http, f"u{i}.png", 200_000).status_code for i in range(25)]
+    assert codes[:3] == [200] * 3 and set(codes[3:]) == {429}, codes
+    app = served(Limits(uploads_per_window=100, upload_bytes_per_window=1_000_000))
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        first, second = upload(http, "a.png", 600_000), upload(http, "b.png", 600_000)
+    assert first.status_code == 200 and second.status_code == 429
+    assert "MB per client" in second.text
+
+
+def test_stale_uploads_are_deleted(served):
+    from pathlib import Path
+
+    app = served(Limits(upload_keep_seconds=2))
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        r = upload(http, "kept-briefly.png", 1000)
+    assert r.status_code == 200
+    path = Path(r.json()[0])
+    assert path.is_file()
+    assert wait_until(lambda: not path.exists(), seconds=15), f"{path} still there"
+
+
+# ---------------------------------------------------------------- files and JSON
+
+
+def test_only_the_apps_own_images_are_served_from_the_output_folder(served):
+    app = served()
+    folder = app.outputs.folder
+    (folder / "notes.txt").write_text("private notes")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "inner.txt").write_text("private too")
+    (folder / "sub" / "ernie-19990101-000000-000000-1.png").write_bytes(b"not made here")
+    from gradio_client import Client
+
+    images, *_ = Client(app.url, verbose=False).predict(*FORM, api_name="/generate")
+    made = sorted(folder.glob("ernie-*.png"))
+    assert len(made) == 1
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        for foreign in ("notes.txt", "sub/inner.txt", "sub/ernie-19990101-000000-000000-1.png"):
+            for route in (f"gradio_api/file={folder / foreign}", f"gradio_api/file/{folder / foreign}"):
+                r = http.get(route)
+                assert r.status_code in (403, 404) and b"private" not in r.content, (route, r.status_code)
+        own = http.get(f"gradio_api/file={made[0]}")
+    assert own.status_code == 200 and own.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("route", ["gradio_api/queue/join", "gradio_api/call/generate", "gradio_api/run/predict"])
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deeply_nested_json_is_refused_by_name_without_a_traceback(served, route, depth, capfd):
+    app = served()
+    body = b'{"data": [' + b"[" * depth + b"]" * depth + b'], "fn_index": 0, "session_hash": "deep"}'
+    r = httpx.post(app.url + route, content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "nests more than" in r.json()["error"], (r.status_code, r.text[:200])
+    assert "Traceback" not in capfd.readouterr().err
