@@ -280,6 +280,10 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
     """The flags parsed: text turned into the values the app takes (numbers, the memory mode, the variant's
     name), each refusal one ``SettingsError`` naming the flag and its variable."""
     environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The port's variables are checked only when --port is not given (Gradio's own may be junk then).
+    port_given = any(arg == "--port" or arg.startswith("--port=") for arg in argv)
+    port = None if port_given else default_port(environ)
     args = build_parser(environ).parse_args(argv)
     try:
         args.variant = get_variant(args.variant).name
@@ -292,7 +296,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
     args.auth = parse_auth(args.auth)
     check_host(args.host)
     if args.port is None:
-        args.port = default_port(environ)
+        args.port = port
     check_folder(args.model_dir, "model-dir")
     check_folder(args.output_dir, "output-dir")
     keep_given = args.keep_outputs is not None or args.keep_hours is not None
@@ -439,8 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("ernie_nf4").setLevel(logging.INFO)
     try:
         args = parse_args(argv)
+        os.environ["GRADIO_SERVER_PORT"] = str(args.port)  # Gradio reads it when imported (OutputStore imports it)
         config, limits, outputs = settings_from_args(args)
-        os.environ["GRADIO_SERVER_PORT"] = str(args.port)  # Gradio reads it when imported; the port is checked
         service = build_service(args, config)
     except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")
