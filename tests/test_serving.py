@@ -9,8 +9,8 @@ from ernie_nf4.request import GenerationRequest
 from ernie_nf4.webapp.zerogpu import MAX_SECONDS, gpu_generate, gpu_seconds
 
 pytest.importorskip("gradio")
-from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 from ernie_nf4.webapp.handlers import Handlers  # noqa: E402
+from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 
 from .support.app import FakeService  # noqa: E402
 
