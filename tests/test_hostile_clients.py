@@ -230,6 +230,18 @@ def test_only_the_apps_own_images_are_served_from_the_output_folder(served):
     assert own.status_code == 200 and own.content[:4] == b"\x89PNG"
 
 
+def test_an_output_folder_that_holds_gradios_uploads_still_serves_them(served, tmp_path, monkeypatch):
+    from ernie_nf4.webapp.outputs import OutputStore
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-uploads"))
+    (tmp_path / "notes.txt").write_text("private notes")
+    app = served(outputs=OutputStore(tmp_path))  # as --output-dir /tmp would be, with Gradio's uploads inside
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        uploaded = upload(http, "restore-me.png", 1000).json()[0]
+        assert http.get(f"gradio_api/file={uploaded}").status_code == 200
+        assert http.get(f"gradio_api/file={tmp_path / 'notes.txt'}").status_code == 404
+
+
 @pytest.mark.parametrize("route", ["gradio_api/queue/join", "gradio_api/call/generate", "gradio_api/run/predict"])
 @pytest.mark.parametrize("depth", [100, 100_000])
 def test_deeply_nested_json_is_refused_by_name_without_a_traceback(served, route, depth, capfd):

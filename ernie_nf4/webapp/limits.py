@@ -18,6 +18,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..compat import gradio_queue
 from ..errors import InvalidArgument
@@ -96,7 +97,12 @@ class RequestLimits:
     output folder but the app's images (404)."""
 
     def __init__(self, app, limits: Limits, outputs=None):
+        from gradio.utils import get_cache_folder, get_upload_folder
+
         self.app, self.limits, self.outputs = app, limits, outputs
+        # Gradio's own folders (uploads, cached examples), which an output folder such as /tmp may hold: Gradio
+        # decides what it serves from those.
+        self.gradio_folders = [Path(os.path.abspath(f)).resolve() for f in (get_upload_folder(), get_cache_folder())]
         self.pending: Counter[str] = Counter()  # jobs let through whose answer Gradio has not sent yet, by client
         self.logins = Recent(limits.login_window_seconds)  # wrong passwords
         self.uploads = Recent(limits.upload_window_seconds)  # bytes uploaded
@@ -239,7 +245,10 @@ class RequestLimits:
         """True for a file route naming a file in the output folder that is not one of the app's images."""
         if self.outputs is None or (text := _served_file(path)) is None or "://" in text:
             return False
-        return self.outputs.holds(text) and not self.outputs.owns(text)
+        if not self.outputs.holds(text) or self.outputs.owns(text):
+            return False
+        resolved = Path(os.path.abspath(text)).resolve()
+        return not any(folder == resolved or folder in resolved.parents for folder in self.gradio_folders)
 
 
 async def _read_body(receive, cap: int):
