@@ -48,7 +48,14 @@ def running_event(queue, request):
         return None
     try:
         return next(
-            (event for jobs in queue.active_jobs if jobs for event in jobs if event.request is http_request), None
+            (
+                event
+                for jobs in queue.active_jobs
+                if jobs
+                for event in jobs
+                if getattr(event, "request", None) is http_request
+            ),
+            None,
         )
     except RuntimeError:  # the list changed while read
         return None
