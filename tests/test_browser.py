@@ -9,8 +9,8 @@ from PIL import Image
 
 pytest.importorskip("gradio")
 from ernie_nf4.request import GenerationRequest  # noqa: E402
-from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 from ernie_nf4.webapp.layout import form_defaults  # noqa: E402
+from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 
 from .support.app import BOUND, RUN_ENDED, FakeService, chromium_path, playwright_api  # noqa: E402
 
