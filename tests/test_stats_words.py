@@ -120,7 +120,7 @@ def test_a_package_without_recorded_peaks_says_the_cards_are_not_measured():
     stats = gpu_stats()
     stats.package.benchmarks = {}
     text = stats_markdown(stats, "en")
-    assert "Cards it fits: not measured for this package" in text and "Its files take 7.48 GB." in text
+    assert "**Cards it fits:** not measured for this package" in text and "Its files take 7.48 GB." in text
 
 
 class GpuStatsService(FakeService):

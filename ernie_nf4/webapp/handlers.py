@@ -259,4 +259,5 @@ class Handlers:
 
         lang, data = language(request), self.service.stats()
         rows = pd.DataFrame(chart_rows(data, lang), columns=CHART_COLUMNS)
-        return stats_markdown(data, lang), gr.BarPlot(rows, **chart_titles(lang))
+        chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
+        return stats_markdown(data, lang), chart
