@@ -1,5 +1,6 @@
-"""Formatting for people, in one place: sizes, durations, run info, the Stats tab's markdown and chart rows, and
-the benchmark's tables. Pure functions of the library's dataclasses (no UI toolkit imported)."""
+"""Formatting for people, in one place: sizes, durations, run info, any JSON value as short text, and the
+benchmark's tables. Pure functions of the library's dataclasses (no UI toolkit imported); the app's Stats tab, in
+the reader's language, is ``webapp.stats_view``."""
 
 from __future__ import annotations
 
@@ -62,89 +63,6 @@ def run_info(result, notes=(), provenance: str | None = None) -> str:
     if provenance and not provenance.startswith("verified"):
         parts.append(f"package {provenance}")
     return " · ".join([*parts, *notes])
-
-
-def _reduction(before: int | None, after: int) -> str:
-    return "unknown" if not before else f"{1 - after / before:.1%}"
-
-
-def package_markdown(package) -> list[str]:
-    lines = [
-        f"**Package** `{package.name}` — {package.provenance}",
-        "",
-        "| component | NF4 | original bytes | package bytes | reduction |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for c in package.components:
-        before = "unknown" if c.bytes_before is None else f"{c.bytes_before:,}"
-        lines.append(
-            f"| {c.name} | {'yes' if c.quantized else 'no'} | {before} | {c.bytes_on_disk:,} | "
-            f"{_reduction(c.bytes_before, c.bytes_on_disk)} |"
-        )
-    before = "unknown" if package.bytes_before is None else f"{package.bytes_before:,}"
-    lines.append(
-        f"| **total** | | {before} | {package.bytes_on_disk:,} | "
-        f"{_reduction(package.bytes_before, package.bytes_on_disk)} |"
-    )
-    if package.bytes_before is None:
-        lines += ["", "Sizes of the original are unknown for this package (no ernie-nf4 metadata): not guessed."]
-    if package.foreign_metadata is not None:
-        lines += ["", "**Metadata written by another tool**", ""]
-        if isinstance(package.foreign_metadata, dict):
-            lines += [f"- {key}: {readable_value(value)}" for key, value in package.foreign_metadata.items()]
-        else:
-            lines.append(f"- {readable_value(package.foreign_metadata)}")
-    lines += [f"- note: {note}" for note in package.notes]
-    for key, bench in package.benchmarks.items():
-        lines += ["", f"**Benchmark {key}** on {bench.get('gpu') or 'CPU'}", ""]
-        lines += ["| mode | load s | total s | ms/step | peak reserved GiB |", "|---|---:|---:|---:|---:|"]
-        for m in bench.get("modes", []):
-            if m.get("status") == "ok":
-                peak = "–" if m.get("peak_reserved_gib") is None else f"{m['peak_reserved_gib']:.2f}"
-                lines.append(
-                    f"| {m['mode']} | {m['load_seconds']:.1f} | {m['seconds']['total']:.2f} | "
-                    f"{m['ms_per_step']:.1f} | {peak} |"
-                )
-    return lines
-
-
-def live_markdown(live, title: str = "This process") -> str:
-    compile_status = live.compile_status or ("compiled" if live.compiled else "")
-    line = (
-        f"**{title}** (memory mode {live.memory_mode}: {live.memory_mode_reason}"
-        f"{'; transformer blocks ' + compile_status if compile_status else ''}): "
-        + (f"loaded in {live.load_seconds:.1f} s" if live.loaded and live.load_seconds else "not loaded")
-    )
-    if live.last_run_seconds:
-        line += ", last run " + ", ".join(f"{k} {v:.2f} s" for k, v in live.last_run_seconds.as_dict().items())
-    if live.last_run_peak_vram:
-        line += f", peak VRAM {live.last_run_peak_vram.reserved_gib:.2f} GiB"
-    return line
-
-
-def stats_markdown(stats) -> str:
-    """The Stats tab for ``stats.ServiceStats``."""
-    lines = [f"**{stats.model}**", ""]
-    if stats.package is None:
-        lines.append("No package yet: it is fetched on the first Generate (or with **Load model**).")
-    else:
-        lines += package_markdown(stats.package)
-    lines += ["", live_markdown(stats.live)]
-    for number, replica in enumerate(stats.replicas):
-        lines.append(live_markdown(replica, f"Replica {number} ({replica.device})"))
-    return "\n".join(lines)
-
-
-def size_rows(stats) -> list[dict]:
-    """Rows of the original-vs-package bar chart (components whose original size is known, and the package)."""
-    rows = []
-    for c in stats.package.components if stats.package else []:
-        if c.bytes_before is not None:
-            rows.append({"bar": f"{c.name} original", "version": "original", "GB": c.bytes_before / 1e9})
-        rows.append(
-            {"bar": f"{c.name} package", "version": "NF4" if c.quantized else "kept", "GB": c.bytes_on_disk / 1e9}
-        )
-    return rows
 
 
 def ratios(modes: list[dict]) -> list[str]:

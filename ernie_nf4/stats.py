@@ -1,7 +1,8 @@
 """Figures that cross module borders, as dataclasses: per-stage timings, peak VRAM, package sizes and live stats.
 
 The service builds ``ServiceStats``; the app's Stats tab and ``/stats`` API, and the benchmark, read them.
-``to_dict()`` gives the JSON the API returns. Formatting for people lives in ``formatting``.
+``to_dict()`` gives the JSON the API returns. ``card_fits`` reads the cards a package fits from the peaks its
+metadata recorded. Words for people live in ``formatting`` and the app's ``webapp.stats_view``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 RUN_STAGES = ("pe", "text_encoding", "denoising", "vae_decode")
+# Graphics cards' memory as sold, smallest first (an "8 GB" card holds 8 GiB).
+CARD_SIZES_GB = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 80)
+# What a card needs beside the peak PyTorch reserves: the CUDA context and its kernels.
+CUDA_CONTEXT_GIB = 0.5
+# The benchmark's modes that run the package as the app does (NF4, fast forward), by the app's memory mode.
+APP_MEMORY_MODE_OF_BENCHMARK = {
+    "nf4-low-vram": "low-vram",
+    "nf4-low-vram-compile": "low-vram",
+    "nf4": "all-on-gpu",
+    "nf4-compile": "all-on-gpu",
+}
 
 
 @dataclass
@@ -85,6 +97,7 @@ class LiveStats:
     load_seconds: float | None = None
     last_run_seconds: StageSeconds | None = None
     last_run_peak_vram: PeakVram | None = None
+    last_run_pe_tokens: int | None = None  # tokens the PE wrote in the last run; None: it did not write (off, cached)
 
 
 @dataclass
@@ -99,4 +112,36 @@ class ServiceStats:
         for component in data["package"]["components"] if data["package"] else []:
             before = component["bytes_before"]
             component["reduction"] = round(1 - component["bytes_on_disk"] / before, 6) if before else None
+        if data["package"]:
+            data["package"]["card_fits"] = [asdict(fit) for fit in card_fits(self.package.benchmarks)]
         return data
+
+
+@dataclass(frozen=True)
+class CardFit:
+    """The smallest card a memory mode fits, from the largest peak it reached in a recorded benchmark."""
+
+    memory_mode: str  # the app's: "low-vram" or "all-on-gpu"
+    card_gb: int | None  # None: more than the largest of ``CARD_SIZES_GB``
+    peak_gib: float  # peak reserved GPU memory
+    width: int
+    height: int
+    gpu: str | None  # the card it was measured on
+
+
+def card_fits(benchmarks: dict) -> list[CardFit]:
+    """Per app memory mode (low-vram first), the smallest card that holds the largest peak the package's recorded
+    benchmarks (``quantization_metadata.json``'s ``benchmarks``) measured for it, plus ``CUDA_CONTEXT_GIB``."""
+    worst: dict[str, CardFit] = {}
+    for report in benchmarks.values() if isinstance(benchmarks, dict) else []:
+        settings = report.get("settings") or {}
+        for mode in report.get("modes") or []:
+            memory_mode = APP_MEMORY_MODE_OF_BENCHMARK.get(mode.get("mode"))
+            peak = mode.get("peak_reserved_gib")
+            if memory_mode is None or mode.get("status") != "ok" or not isinstance(peak, (int, float)):
+                continue
+            if memory_mode not in worst or peak > worst[memory_mode].peak_gib:
+                card = next((size for size in CARD_SIZES_GB if size >= peak + CUDA_CONTEXT_GIB), None)
+                fit = CardFit(memory_mode, card, peak, settings.get("width"), settings.get("height"), report.get("gpu"))
+                worst[memory_mode] = fit
+    return [worst[mode] for mode in ("low-vram", "all-on-gpu") if mode in worst]

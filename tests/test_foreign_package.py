@@ -119,7 +119,7 @@ def test_a_foreign_package_loads_generates_and_is_described(foreign_package, tmp
     for c in package.components:
         on_disk = sum(f.stat().st_size for f in (foreign_package / c.name).rglob("*") if f.is_file())
         assert c.bytes_on_disk == on_disk and c.bytes_before is None
-    from ernie_nf4.formatting import stats_markdown
+    from ernie_nf4.webapp.stats_view import stats_markdown
 
     text = stats_markdown(stats)
     assert "not verified by ernie-nf4 metadata" in text and "31,648,081,051" in text and "RTX 3060" in text

@@ -282,6 +282,7 @@ class ImageService:
             load_seconds=self.load_seconds,
             last_run_seconds=last.seconds if last else None,
             last_run_peak_vram=last.peak_vram if last else None,
+            last_run_pe_tokens=last.enhancement.tokens if last and last.enhancement else None,
         )
 
     def stats(self) -> ServiceStats:

@@ -8,6 +8,7 @@
 - ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;
 - ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
 - ``i18n``, ``messages``, ``examples``: the words users read.
+- ``stats_view``: the Stats tab in words; ``api_page``: what the "Use via API" page says.
 
 May import: the root modules, ``runtime``, ``serving``.
 """

@@ -10,14 +10,16 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GenerationCancelled, InvalidArgument
-from ..formatting import run_info, size_rows, stats_markdown
+from ..formatting import run_info
 from ..progress import Progress
 from ..request import FormValues, request_from_form
 from ..system import free_device_memory
+from .i18n import language
 from .messages import STOPPED, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, read_png_parameters
 from .runs import RunRegistry, drop_queued
+from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_generate
 
@@ -54,13 +56,13 @@ class Handlers:
 
         return show
 
-    def load_model(self, progress=gr.Progress()):
+    def load_model(self, request: gr.Request, progress=gr.Progress()):
+        """Loads the model now; answers, in the browser's language, where the models live and how long it took."""
         try:
             self.service.load(self._progress_callback(progress))
         except Exception as err:
             raise gr.Error(user_message(err)) from err
-        status = getattr(self.service, "compile_status", None)  # ImageService's; other services may lack it
-        return f"Model ready ({self.service.label}" + (f"; transformer blocks {status}" if status else "") + ")."
+        return load_answer(self.service.stats().live, language(request))
 
     def generate(
         self,
@@ -248,11 +250,14 @@ class Handlers:
         return self._fill_form(asdict(settings))
 
     def stats(self):
-        """Package sizes, recorded benchmarks and live figures (JSON)."""
+        """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""
         return self.service.stats().to_dict()
 
-    def refresh_stats(self):
+    def refresh_stats(self, request: gr.Request):
+        """The Stats tab in the browser's language: the text, and the chart with its titles."""
         import pandas as pd
 
-        data = self.service.stats()
-        return stats_markdown(data), pd.DataFrame(size_rows(data), columns=["bar", "version", "GB"])
+        lang, data = language(request), self.service.stats()
+        rows = pd.DataFrame(chart_rows(data, lang), columns=CHART_COLUMNS)
+        chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
+        return stats_markdown(data, lang), chart

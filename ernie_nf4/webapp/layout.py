@@ -9,6 +9,7 @@ from ..request import IMAGES_RANGE, STEPS_RANGE
 from .examples import EXAMPLES
 from .handlers import CUSTOM, PRESETS
 from .i18n import t
+from .stats_view import CHART_COLUMNS, chart_titles
 
 TINY_SIZE, TINY_STEPS = 256, 4
 
@@ -143,17 +144,19 @@ def generate_tab(width: int, height: int, steps: int, guidance: float, choices: 
 
 
 def stats_tab() -> dict:
+    """The Stats tab: its text and chart are filled in the browser's language (``Handlers.refresh_stats``); the
+    hidden JSON is the ``/stats`` API's return."""
     with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
         stats_md = gr.Markdown(elem_id="stats")
         chart = gr.BarPlot(
-            x="bar",
-            y="GB",
-            color="version",
+            x=CHART_COLUMNS[0],
+            y=CHART_COLUMNS[1],
+            color=CHART_COLUMNS[2],
             sort=None,
             x_label_angle=-30,
-            title="Original vs NF4 per component",
             elem_id="chart",
+            **chart_titles(),  # English until the page's first refresh, which follows its language
         )
         refresh = gr.Button(t("refresh"))
-        stats_json = gr.JSON(visible=False)
+        stats_json = gr.JSON(visible=False, label=t("stats_json"))
     return {"stats_tab": stats_tab, "stats_md": stats_md, "chart": chart, "refresh": refresh, "stats_json": stats_json}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from .api_page import document_api
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
 from .i18n import t
 from .layout import form_defaults, generate_tab, size_choices, stats_tab
@@ -87,4 +88,5 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         _wire_reuse(handlers, ui, demo)
         _wire_stats(handlers, ui, demo)
     demo.queue(default_concurrency_limit=1)
+    document_api(demo)
     return demo

@@ -1,0 +1,79 @@
+"""What ``/gradio_api/info`` and the "Use via API" page say about the app's endpoints: plain labels, whole numbers
+typed int, and examples a person would send.
+
+Gradio 6.31 builds that info in ``Blocks.get_api_info`` from each component's config: the ``label`` prop as it is
+(ours are ``gr.I18n`` translations, which the info carries as ``{"key": ..., "_type": "translation_metadata"}`` and
+the page prints as "[object Object]"), ``api_info_as_input()`` for the type (a ``Slider`` says ``number`` unless its
+``precision`` is 0), and ``example_payload()`` for a required parameter's example (``Textbox``: "Hello!!"). The
+page's code snippets (``gradio_client.snippet``) send a parameter's default when it has one, else that example.
+``document_api`` wraps the demo's ``get_api_info`` (which the info route, the page and the MCP server all call) and
+rewrites those fields; the page itself keeps its translated labels.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from .i18n import EN
+
+# Examples for the parameters that have no default in the form: a prompt a person would write, and the empty
+# negative prompt the form itself starts with (so the API may leave it out).
+EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
+DEFAULTS = {"negative_prompt": ""}
+
+
+def plain_label(label) -> str | None:
+    """A label as English text: a translation (``gr.I18n`` data, or its config form) becomes ``EN``'s words."""
+    key = label.get("key") if isinstance(label, dict) else getattr(label, "key", None)
+    if key is None:
+        return label
+    return EN.get(key, key)
+
+
+def _is_whole_slider(component) -> bool:
+    import gradio as gr
+
+    if not isinstance(component, gr.Slider):
+        return False
+    return all(float(value).is_integer() for value in (component.minimum, component.maximum, component.step))
+
+
+def _parameter(parameter: dict, component) -> dict:
+    """One parameter of the info with a plain label, an int type for a whole-number slider, a sensible example."""
+    parameter = {**parameter, "label": plain_label(parameter["label"])}
+    name = parameter["parameter_name"]
+    if _is_whole_slider(component):
+        parameter["type"] = {**parameter["type"], "type": "integer"}
+        parameter["python_type"] = {**parameter["python_type"], "type": "int"}
+        if isinstance(parameter["parameter_default"], float):
+            parameter["parameter_default"] = int(parameter["parameter_default"])
+    if name in EXAMPLE_INPUTS:
+        parameter["example_input"] = EXAMPLE_INPUTS[name]
+    if name in DEFAULTS and not parameter["parameter_has_default"]:
+        parameter |= {"parameter_has_default": True, "parameter_default": DEFAULTS[name]}
+    if parameter["parameter_has_default"]:  # the form's starting value, not the component's generic example
+        parameter["example_input"] = parameter["parameter_default"]
+    return parameter
+
+
+def plain_api_info(demo, info: dict) -> dict:
+    """``info`` (``Blocks.get_api_info``'s answer) with every label plain and the parameters of ``_parameter``."""
+    inputs = {f"/{fn.api_name}": [block for block in fn.inputs if not block.skip_api] for fn in demo.fns.values()}
+    for name, endpoint in info["named_endpoints"].items():
+        components = inputs.get(name, [])
+        if len(components) != len(endpoint["parameters"]):
+            components = [None] * len(endpoint["parameters"])
+        endpoint["parameters"] = [_parameter(p, c) for p, c in zip(endpoint["parameters"], components, strict=True)]
+        endpoint["returns"] = [{**r, "label": plain_label(r["label"])} for r in endpoint["returns"]]
+    return info
+
+
+def document_api(demo) -> None:
+    """Make ``demo``'s API info (``/gradio_api/info``, the "Use via API" page) read as described above."""
+    original = demo.get_api_info
+
+    @wraps(original)
+    def get_api_info(all_endpoints: bool = False, page: str | None = None):
+        return plain_api_info(demo, original(all_endpoints=all_endpoints, page=page))
+
+    demo.get_api_info = get_api_info
