@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     variant = VARIANTS[args.variant]
+    for flag in ("source", "output"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            parser.error(f"--{flag} is empty; give a folder{' or a Hub id' if flag == 'source' else ''}, or leave it out")
     args.source = args.source or variant.source
     args.output = args.output or variant.default_package_dir
     if (args.private or args.commit_message) and not args.push_to_hub:
