@@ -34,6 +34,7 @@ from ..package.format import (
     diffusers_nf4_blocker,
     is_nf4,
 )
+from ..package.json_file import read_json
 from ..package.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -71,8 +72,8 @@ def _is_package(folder: Path) -> bool:
     if (folder / METADATA_FILE).is_file() and is_own_metadata(folder / METADATA_FILE):
         return True
     try:
-        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == PIPELINE_CLASS
-    except (OSError, ValueError, AttributeError):
+        return read_json(folder / "model_index.json", "").get("_class_name") == PIPELINE_CLASS
+    except (OSError, ValueError, AttributeError):  # PackageError is a ValueError
         return False
 
 

@@ -173,9 +173,11 @@ def load_pipeline(
     benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks, compiled at the end
     of the first call (``fast_transformer.compile_blocks``); off by default here: the app's ``ImageService`` compiles in
     the background on a CUDA GPU instead, while its first requests run eagerly.
-    The folder is checked first (``package.check``): allowed classes only, every safetensors header against its
-    file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
-    A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.
+    The folder is checked first (``package.check``): allowed classes only, configs within bounds, every safetensors
+    header against its file, a sample of every floating tensor finite; packages this project wrote also against
+    their metadata (sizes, small files' sha256, and the weights' with ``verify_sha256``). A damaged folder, or
+    a component the libraries cannot build from its files, raises ``PackageError`` naming the file or folder and
+    the fix. Only safetensors are read.
     """
     import torch
     from diffusers import ErnieImagePipeline
