@@ -44,13 +44,11 @@ def _mask(match: re.Match) -> str:
 
 
 def redact(text: object, token: str | None = None) -> str:
-    """``text`` (something a server sent) cut to a readable length, with credentials replaced by ``[redacted]``."""
-    text = str(text)
+    """``text`` (something a server sent) with credentials replaced by ``[redacted]``, cut to a readable length."""
+    text = _CREDENTIAL.sub(_mask, str(text))
     if token:
         text = text.replace(token, "[redacted]")
-    if len(text) > _QUOTED_CHARS:
-        text = text[:_QUOTED_CHARS] + " ..."
-    return _CREDENTIAL.sub(_mask, text)
+    return text if len(text) <= _QUOTED_CHARS else text[:_QUOTED_CHARS] + " ..."
 
 
 def check_timeout(timeout: object) -> float:
