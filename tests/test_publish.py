@@ -183,3 +183,119 @@ def test_cli_publish_flags_are_checked_before_any_build(tmp_path):
     assert result.returncode == 2 and "repo_id 'not-a-repo': must be a Hub model id" in result.stderr
     assert not (tmp_path / "out").exists()
     assert "--revision-message" in run_cli("--help").stdout
+
+
+# ---------------------------------------------------------------- a Hub that hangs, a Hub that echoes headers
+
+
+class SilentServer:
+    """Accepts connections on loopback, reads what comes, never answers."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+        self.thread.join(timeout=5)
+
+
+class EchoServer:
+    """Answers every request with HTTP 500 whose body and X-Error-Message header quote the request's headers."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _echo(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = f"bad request; your headers were:\n{self.headers}".encode()
+                self.send_response(500)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("X-Error-Message", f"echo: authorization: {self.headers.get('Authorization')}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = _echo
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_silent_hub_times_out_with_a_message(package):
+    import time
+
+    with SilentServer() as hub:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=rf"repo_id me/nf4: the Hub at {hub.endpoint} sent no answer within 1 s"):
+            push_to_hub(package, "me/nf4", token=TOKEN, endpoint=hub.endpoint, timeout=1)
+        assert time.monotonic() - started < 15
+        assert hub.connections, "the push did reach the server"
+    with pytest.raises(ValueError, match="timeout 0: must be a number of seconds above 0"):
+        push_to_hub(package, "me/nf4", token=TOKEN, endpoint="http://127.0.0.1:9", timeout=0)
+
+
+def test_cli_hub_timeout_flag_ends_a_silent_push(package):
+    import time
+
+    with SilentServer() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
+        started = time.monotonic()
+        result = run_cli("--output", package, "--push-to-hub", "me/nf4", "--hub-timeout", "1", env=env)
+        assert time.monotonic() - started < 60
+    assert result.returncode == 2, result.stderr
+    assert "sent no answer within 1 s" in result.stderr and "--hub-timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_hub_echoing_the_request_headers_never_puts_the_token_in_messages_or_logs(package, caplog):
+    import logging
+
+    with EchoServer() as hub, caplog.at_level(logging.INFO):  # the CLI's level
+        with pytest.raises(RuntimeError, match=r"repo_id me/nf4: the Hub at .* answered HTTP 500") as info:
+            push_to_hub(package, "me/nf4", token=TOKEN, endpoint=hub.endpoint, timeout=5)
+    message = str(info.value)
+    assert "[redacted]" in message and TOKEN not in message and "Bearer" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained error carries it either
+    assert TOKEN not in caplog.text
+
+    with EchoServer() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
+        result = run_cli("--output", package, "--push-to-hub", "me/nf4", "--hub-timeout", "5", env=env)
+    assert result.returncode == 2 and "answered HTTP 500" in result.stderr, result.stderr
+    assert TOKEN not in result.stdout + result.stderr and "Bearer hf_" not in result.stderr

@@ -234,3 +234,91 @@ def test_overwrite_never_replaces_another_pipeline_or_a_lookalike(tmp_path):
     ernie.mkdir()
     (ernie / "model_index.json").write_text(_json.dumps({"_class_name": "ErnieImagePipeline"}))
     check_output(ernie, "baidu/ERNIE-Image", overwrite=True)  # an ERNIE-Image pipeline folder may be replaced
+
+
+TINY_TEXT = {  # widths multiples of 64, as bitsandbytes on the CPU needs
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "vocab_size": 512,
+    "rope_parameters": {
+        "rope_type": "yarn",
+        "rope_theta": 1000000.0,
+        "factor": 16.0,
+        "original_max_position_embeddings": 16384,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "llama_4_scaling_beta": 0.1,
+    },
+}
+
+
+def write_ministral3_text_encoder(folder):
+    """A Mistral3 text encoder whose text_config is ``ministral3``, as Mistral's own Ministral 3 releases are saved,
+    written with plain transformers calls."""
+    from transformers import Mistral3Config, Mistral3Model
+
+    config = Mistral3Config(
+        text_config={"model_type": "ministral3", **TINY_TEXT},
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "head_dim": 32,
+            "patch_size": 14,
+            "image_size": 56,
+        },
+    )
+    torch.manual_seed(0)
+    model = Mistral3Model(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+
+
+def test_a_ministral3_text_encoder_is_built_and_the_package_loads(tiny_original, tmp_path):
+    import shutil
+
+    from ernie_nf4.build.quantize import quantize_package
+    from ernie_nf4.runtime.loader import load_pipeline
+
+    source = tmp_path / "ministral3-original"
+    shutil.copytree(tiny_original, source, ignore=shutil.ignore_patterns("text_encoder"))
+    write_ministral3_text_encoder(source / "text_encoder")
+    package = quantize_package(str(source), tmp_path / "pkg", components=("text_encoder", "pe"), device="cpu")
+    index = json.loads((package / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "Ministral3Model"]  # its language model alone
+
+    loaded = load_pipeline(package, device="cpu", fast=False)
+    encoder = loaded.pipe.text_encoder
+    assert type(encoder).__name__ == "Ministral3Model"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in encoder.modules())
+    out = loaded.pipe("a cat", width=64, height=64, num_inference_steps=1, use_pe=False, output_type="latent")
+    assert torch.isfinite(out.images).all()
+
+
+def test_an_empty_output_is_refused_naming_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ernie_nf4.build.quantize import quantize_package
+    from ernie_nf4.errors import InvalidArgument
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "quantize.py"), "--output", "", "--source", str(tmp_path / "nowhere")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--output is empty" in result.stderr, result.stderr
+    assert not (tmp_path / "ERNIE-Image-NF4").exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(InvalidArgument, match="output: empty"):
+        quantize_package(str(tmp_path / "nowhere"), "  ", device="cpu")

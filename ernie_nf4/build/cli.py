@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ernie_nf4.build.publish import check_repo_id, push_to_hub
+from ernie_nf4.build.publish import DEFAULT_TIMEOUT, check_repo_id, check_timeout, push_to_hub
 from ernie_nf4.build.quantize import QUANTIZABLE, quantize_package
 from ernie_nf4.errors import ErnieNF4Error
 from ernie_nf4.variants import DEFAULT_VARIANT, VARIANTS
@@ -76,6 +76,20 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="message of the upload commit (with --push-to-hub)",
     )
+    group.add_argument(
+        "--hub-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds each request waits for the Hub before the push stops (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        return check_timeout(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0") from None
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -89,6 +103,7 @@ def publish(args: argparse.Namespace) -> None:
         private=args.private,
         commit_message=args.commit_message,
         overwrite=args.overwrite,
+        timeout=args.hub_timeout,
     )
     print(f"pushed {args.output} to {args.push_to_hub}: {url}")
 
@@ -102,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     variant = VARIANTS[args.variant]
+    for flag, what in (("source", "a folder or a Hub id"), ("output", "the package's folder")):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            parser.error(f"--{flag} is empty; give {what}, or leave it out for the variant's default")
     args.source = args.source or variant.source
     args.output = args.output or variant.default_package_dir
     if (args.private or args.commit_message) and not args.push_to_hub:

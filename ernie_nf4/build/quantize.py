@@ -23,6 +23,7 @@ from .. import __version__
 from ..atomic import clean_leftovers, staged_folder
 from ..errors import EnvironmentUnsupported, InvalidArgument
 from ..formatting import format_bytes
+from ..package.check import check_package
 from ..package.format import (
     NF4_SETTINGS,
     PIPELINE_CLASS,
@@ -33,6 +34,7 @@ from ..package.format import (
     diffusers_nf4_blocker,
     is_nf4,
 )
+from ..package.json_file import read_json
 from ..package.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -40,7 +42,6 @@ from ..package.metadata import (
     is_own_metadata,
     measure_folder,
     totals,
-    verify_package,
     write_metadata,
 )
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
@@ -71,8 +72,8 @@ def _is_package(folder: Path) -> bool:
     if (folder / METADATA_FILE).is_file() and is_own_metadata(folder / METADATA_FILE):
         return True
     try:
-        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == PIPELINE_CLASS
-    except (OSError, ValueError, AttributeError):
+        return read_json(folder / "model_index.json", "").get("_class_name") == PIPELINE_CLASS
+    except (OSError, ValueError, AttributeError):  # PackageError is a ValueError
         return False
 
 
@@ -192,7 +193,7 @@ def _quantize_component(name: str, entry: list, source: Path, target: Path, devi
     """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
     import torch
 
-    model = component_class(name, entry).from_pretrained(
+    model = component_class(name, entry, source).from_pretrained(
         source / name,
         quantization_config=bnb_config(entry[0]),
         dtype=torch.bfloat16,
@@ -294,6 +295,8 @@ def quantize_package(
             on_progress(message)
 
     components = check_components(components)
+    if not str(output).strip():
+        raise InvalidArgument("output: empty; give the folder to write the package to, e.g. --output ./ERNIE-Image-NF4")
     output = Path(output).expanduser().resolve()
     clean_leftovers(output)
     check_output(output, source, overwrite)
@@ -319,7 +322,7 @@ def quantize_package(
         metadata = _metadata(plan, records, staging, device, started)
         write_metadata(staging, metadata)
         write_model_card(staging)
-        verify_package(staging, check_sha256=False)
+        check_package(staging, argument="output")  # what the loader checks: a package it refuses is never kept
     report(
         f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
         f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s"

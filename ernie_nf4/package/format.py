@@ -1,18 +1,21 @@
 """What an ERNIE-Image NF4 package is: its components, their allowed classes, the NF4 settings, and what this
 machine can load or quantize. The loader, the package builder and the service all import it from here.
 
-Component classes are resolved only from an allow-list: a ``model_index.json`` entry names a library and a class,
-and only ``diffusers`` / ``transformers`` classes that an ERNIE-Image pipeline uses are accepted; nothing named in
-a package is ever imported as a module (a package is data, never code).
+Component classes are resolved only from the libraries' own names: a ``model_index.json`` entry names a library
+and a class; the diffusers components must name the diffusers class an ERNIE-Image pipeline uses, the tokenizers
+a transformers tokenizer class, and the text encoder and the prompt enhancer the class that transformers' own auto
+mappings give for the ``model_type`` in their ``config.json`` (the whole ``Mistral3Model`` or its language model
+alone, e.g. ``MistralModel`` or ``Ministral3Model``; a causal LM for the PE). Nothing named in a package is ever
+imported as a module (a package is data, never code).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..compat import diffusers_bnb_guard
 from ..errors import PackageError
+from .json_file import read_json
 
 PIPELINE_CLASS = "ErnieImagePipeline"
 QUANTIZABLE = ("transformer", "text_encoder", "pe")
@@ -27,17 +30,19 @@ NF4_SETTINGS = {
     "bnb_4bit_compute_dtype": "bfloat16",
 }
 _TOKENIZERS = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast", "LlamaTokenizerFast", "AutoTokenizer"})
-# component -> {(library, class)}: every class an ERNIE-Image package may name (slim or whole text encoder).
-ALLOWED_CLASSES: dict[str, frozenset[tuple[str, str]]] = {
+# component -> {(library, class)} for the components whose class does not follow their config
+FIXED_CLASSES: dict[str, frozenset[tuple[str, str]]] = {
     "transformer": frozenset({("diffusers", "ErnieImageTransformer2DModel")}),
     "vae": frozenset({("diffusers", "AutoencoderKLFlux2")}),
     "scheduler": frozenset({("diffusers", "FlowMatchEulerDiscreteScheduler")}),
-    "text_encoder": frozenset({("transformers", "Mistral3Model"), ("transformers", "MistralModel")}),
-    "pe": frozenset({("transformers", "Ministral3ForCausalLM"), ("transformers", "MistralForCausalLM")}),
     "tokenizer": frozenset(("transformers", name) for name in _TOKENIZERS),
     "pe_tokenizer": frozenset(("transformers", name) for name in _TOKENIZERS),
 }
+TEXT_MODELS = ("text_encoder", "pe")  # their class: what transformers maps their config's model_type to
+COMPONENTS = (*FIXED_CLASSES, *TEXT_MODELS)
 OPTIONAL_COMPONENTS = frozenset({"pe", "pe_tokenizer"})  # a pipeline without the prompt enhancer still generates
+_VISION_LANGUAGE = "mistral3"  # the original text encoder's model_type: a vision-language model, saved whole
+REPAIR = "re-download the package, or rebuild it with `python quantize.py --overwrite`"
 
 
 def components_of(index: dict) -> dict[str, list]:
@@ -49,9 +54,64 @@ def components_of(index: dict) -> dict[str, list]:
     }
 
 
-def check_model_index(index: dict, where: str) -> dict[str, list]:
-    """Check that every component of ``index`` is one an ERNIE-Image pipeline has, with an allowed class.
-    Returns the components; raises ``PackageError`` naming the entry otherwise."""
+def config_model_type(component_dir: Path) -> str | None:
+    """The ``model_type`` in a component's ``config.json`` (None when there is none); deep or huge JSON refused."""
+    config = Path(component_dir) / "config.json"
+    if not config.is_file():
+        return None
+    data = read_json(config, REPAIR)
+    value = data.get("model_type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def text_model_class(name: str, model_type: str | None) -> str | None:
+    """The transformers class of component ``name`` (``text_encoder`` or ``pe``) for a config of ``model_type``,
+    from transformers' auto mappings: the base model for the text encoder (a text decoder's, or the whole
+    vision-language ``Mistral3Model``), the causal LM for the PE. None when transformers maps it to nothing fitting."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+    if not model_type:
+        return None
+    if name == "pe":
+        return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if model_type == _VISION_LANGUAGE or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return MODEL_MAPPING_NAMES.get(model_type)
+    return None
+
+
+def allowed_classes(name: str, folder: Path | None) -> frozenset[tuple[str, str]]:
+    """The ``(library, class)`` entries component ``name`` of the pipeline in ``folder`` may name."""
+    if name in FIXED_CLASSES:
+        return FIXED_CLASSES[name]
+    if name not in TEXT_MODELS or folder is None:
+        return frozenset()
+    class_name = text_model_class(name, config_model_type(folder / name))
+    return frozenset({("transformers", class_name)}) if class_name else frozenset()
+
+
+def _check_entry(name: str, entry: list, folder: Path | None, where: str) -> None:
+    if name not in COMPONENTS:
+        raise PackageError(
+            f"{where}: model_index.json has an unknown component {name!r}; an ERNIE-Image pipeline has "
+            f"{sorted(COMPONENTS)}"
+        )
+    if name in TEXT_MODELS and folder is not None and not (folder / name).is_dir():
+        raise PackageError(f"{folder / name}: component folder {name!r} is missing; {REPAIR}")
+    allowed = allowed_classes(name, folder)
+    if len(entry) != 2 or tuple(entry) not in allowed:
+        if name in TEXT_MODELS and not allowed:
+            detail = f"its {name}/config.json names no model_type transformers maps to a text model"
+        else:
+            detail = f"allowed: {sorted(list(a) for a in allowed)}"
+        raise PackageError(
+            f"{where}: model_index.json component {name!r} names {entry!r}, which is not allowed ({detail}); "
+            "packages are never run as code"
+        )
+
+
+def check_model_index(index: dict, where: str, folder: Path | None = None) -> dict[str, list]:
+    """Check that every component of ``index`` (of the pipeline in ``folder``) is one an ERNIE-Image pipeline has,
+    with an allowed class. Returns the components; raises ``PackageError`` naming the entry otherwise."""
     if index.get("_class_name") != PIPELINE_CLASS:
         raise PackageError(
             f"{where}: model_index.json names {index.get('_class_name')!r}, expected {PIPELINE_CLASS!r}; "
@@ -59,18 +119,8 @@ def check_model_index(index: dict, where: str) -> dict[str, list]:
         )
     components = components_of(index)
     for name, entry in components.items():
-        allowed = ALLOWED_CLASSES.get(name)
-        if allowed is None:
-            raise PackageError(
-                f"{where}: model_index.json has an unknown component {name!r}; an ERNIE-Image pipeline has "
-                f"{sorted(ALLOWED_CLASSES)}"
-            )
-        if len(entry) != 2 or tuple(entry) not in allowed:
-            raise PackageError(
-                f"{where}: model_index.json component {name!r} names {entry!r}, which is not allowed "
-                f"(allowed: {sorted(list(a) for a in allowed)}); packages are never run as code"
-            )
-    missing = set(ALLOWED_CLASSES) - OPTIONAL_COMPONENTS - set(components)
+        _check_entry(name, entry, folder, where)
+    missing = set(COMPONENTS) - OPTIONAL_COMPONENTS - set(components)
     if missing:
         raise PackageError(f"{where}: model_index.json lacks the components {sorted(missing)}")
     return components
@@ -83,18 +133,16 @@ def read_model_index(folder: Path, argument: str) -> tuple[dict, dict[str, list]
     path = folder / "model_index.json"
     if not path.is_file():
         raise PackageError(f"{argument} {folder}: no model_index.json; pass a diffusers folder of ERNIE-Image")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PackageError(f"{argument} {folder}: model_index.json is not valid JSON ({err})") from None
+    index = read_json(path, f"{argument} {folder} is not a sound pipeline folder; {REPAIR}")
     if not isinstance(index, dict):
         raise PackageError(f"{argument} {folder}: model_index.json must hold a JSON object")
-    return index, check_model_index(index, f"{argument} {folder}")
+    return index, check_model_index(index, f"{argument} {folder}", folder)
 
 
-def component_class(name: str, entry: list):
-    """The class that allowed ``model_index.json`` entry ``[library, class]`` of component ``name`` names."""
-    if tuple(entry) not in ALLOWED_CLASSES.get(name, ()):
+def component_class(name: str, entry: list, folder: Path | None = None):
+    """The class that allowed ``model_index.json`` entry ``[library, class]`` of component ``name`` names
+    (``folder``: the pipeline folder, whose configs decide the text models' classes)."""
+    if tuple(entry) not in allowed_classes(name, folder):
         raise PackageError(f"component {name!r}: class {entry!r} is not allowed")
     library, class_name = entry
     if library == "diffusers":
@@ -125,10 +173,7 @@ def quantization_config(component_dir: Path) -> dict | None:
     config = Path(component_dir) / "config.json"
     if not config.is_file():
         return None
-    try:
-        data = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PackageError(f"{config}: not valid JSON ({err}); re-download or rebuild the package") from err
+    data = read_json(config, REPAIR)
     value = data.get("quantization_config") if isinstance(data, dict) else None
     return value if isinstance(value, dict) else None
 

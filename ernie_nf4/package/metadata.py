@@ -1,7 +1,9 @@
 """``quantization_metadata.json``: what a package holds, measured from its files, and how it was built.
 
 ``measure_folder`` reads sizes and sha256 from disk; ``read_metadata`` validates the file and names the
-path and the field when something is wrong; ``verify_package`` checks the files still match it.
+path and the field when something is wrong; ``verify_package`` checks the files still match it: every file's
+size, every small file's sha256 (configs, tokenizers: everything but the weights), the weights' safetensors
+headers, and with ``check_sha256`` the weights' sha256 too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import PackageError
-from .safetensors_header import header_sha256
+from .json_file import read_json
+from .safetensors_header import REPAIR_HINT, header_sha256
 
 METADATA_FILE = "quantization_metadata.json"
 FORMAT_VERSION = 1
@@ -86,10 +89,16 @@ def write_metadata(package_dir: Path, metadata: dict) -> Path:
 def is_own_metadata(path: Path) -> bool:
     """Whether a metadata file claims to be this project's (it has ``format_version``); another tool's has not."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        data = read_json(Path(path), REPAIR_HINT)
+    except (PackageError, OSError):
         return False
     return isinstance(data, dict) and "format_version" in data
+
+
+def is_weights(path: Path | str) -> bool:
+    """Whether a package file holds weights (safetensors): the large files, hashed only when asked; every other
+    file is small and hashed at every open."""
+    return str(path).endswith(".safetensors")
 
 
 def _check_fields(data: dict, required: dict, where: str, path: Path) -> None:
@@ -107,10 +116,7 @@ def read_metadata(package_dir: str | Path) -> dict:
     path = Path(package_dir) / METADATA_FILE
     if not path.is_file():
         raise PackageError(f"No quantization metadata found at {path}: not an ernie-nf4 package")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PackageError(f"{path}: not valid JSON ({err})") from err
+    data = read_json(path, REPAIR_HINT)
     if not isinstance(data, dict):
         raise PackageError(f"{path}: must hold a JSON object")
     _check_fields(data, _REQUIRED, "", path)
@@ -127,12 +133,13 @@ def read_metadata(package_dir: str | Path) -> dict:
 
 
 def verify_package(package_dir: str | Path, check_sha256: bool = False, header_hashes: dict | None = None) -> dict:
-    """Validate the metadata and check every listed file exists with its recorded size (and hash).
-    ``header_hashes`` (``{path: sha256}`` of the safetensors headers, from ``check``) are compared with
-    the recorded ones where the metadata has them."""
+    """Validate the metadata and check every listed file exists with its recorded size, every small file (all but
+    the weights) its recorded sha256, and with ``check_sha256`` the weights too. ``header_hashes`` (``{path:
+    sha256}`` of the safetensors headers, from ``check``) are compared with the recorded ones where the metadata
+    has them."""
     package_dir = Path(package_dir)
     data = read_metadata(package_dir)
-    fix = "re-download the package, or rebuild it with `python quantize.py --overwrite`"
+    fix = REPAIR_HINT
     for name, component in data["components"].items():
         folder = package_dir / name
         if not folder.is_dir():
@@ -147,6 +154,6 @@ def verify_package(package_dir: str | Path, check_sha256: bool = False, header_h
             key = f"{name}/{rel}"
             if header_hashes and "header_sha256" in entry and header_hashes.get(key) != entry["header_sha256"]:
                 raise PackageError(f"{file}: its safetensors header differs from the metadata (damaged); {fix}")
-            if check_sha256 and sha256_file(file) != entry.get("sha256"):
-                raise PackageError(f"{file}: sha256 differs from the metadata (corrupted); {fix}")
+            if (check_sha256 or not is_weights(file)) and sha256_file(file) != entry.get("sha256"):
+                raise PackageError(f"{file}: sha256 differs from the metadata (edited or corrupted); {fix}")
     return data

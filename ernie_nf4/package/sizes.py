@@ -7,7 +7,6 @@ as it is for people to read.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..errors import ErnieNF4Error
 from ..stats import ComponentStats, PackageStats
 from .check import check_package
 from .format import is_nf4, quantization_config
+from .json_file import read_json
 from .metadata import folder_bytes
 
 logger = logging.getLogger(__name__)
@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 def _component_names(folder: Path) -> list[str]:
     try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        index = read_json(folder / "model_index.json", "")
         return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and (folder / k).is_dir()]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # PackageError is a ValueError
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..compat import fast_path_supported
-from ..errors import EnvironmentUnsupported, InvalidArgument
+from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
-from ..package.format import MODEL_COMPONENTS, component_class, diffusers_nf4_blocker, is_nf4
+from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
 from ..system import resolve_device
 from .memory_modes import MemoryMode, choose_memory_mode, use_expandable_segments
 
@@ -81,6 +81,37 @@ def _check_arguments(model_dir: Path, device: str, mode: MemoryMode, fast: bool,
         raise InvalidArgument("compile needs fast=True (it compiles the fast path's blocks)")
 
 
+# What the libraries raise when a component's files do not make a model (a config edited, weights that do not fit
+# it): the package's fault, named as such. Out of memory and device errors are not among them.
+_PACKAGE_FAULTS = (ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError, RecursionError)
+
+
+def load_component(model_dir: Path, name: str, entry: list, **kwargs):
+    """Component ``name`` of the package at ``model_dir``, from its allowed class's ``from_pretrained``; a failure
+    that comes from its files raises ``PackageError`` naming its folder."""
+    cls = component_class(name, entry, model_dir)
+    try:
+        return cls.from_pretrained(model_dir / name, **kwargs)
+    except _PACKAGE_FAULTS + (OSError,) as err:
+        if isinstance(err, PackageError):
+            raise
+        detail = " ".join(str(err).split())[:300]
+        raise PackageError(
+            f"{model_dir / name}: the {name} cannot be built from its files ({type(err).__name__}: {detail}); its "
+            f"config and weights are damaged or do not fit each other; {REPAIR}"
+        ) from err
+
+
+def _load_small(model_dir: Path, components: dict, vae_dtype) -> dict:
+    """The VAE, the scheduler and the tokenizers, each from its own folder."""
+    small = {}
+    for name in ("vae", "scheduler", "tokenizer", "pe_tokenizer"):
+        if name in components:
+            kwargs = {"dtype": vae_dtype, "use_safetensors": True} if name == "vae" else {}
+            small[name] = load_component(model_dir, name, components[name], **kwargs)
+    return small
+
+
 def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency) -> dict:
     """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
     where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads."""
@@ -101,8 +132,8 @@ def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMod
             continue
         target = device if name in quantized else place
         logger.info("loading %s (%s) on %s", name, "NF4" if name in quantized else "bf16", target)
-        models[name] = component_class(name, components[name]).from_pretrained(
-            model_dir / name, dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
+        models[name] = load_component(
+            model_dir, name, components[name], dtype=torch.bfloat16, device_map={"": target}, use_safetensors=True
         )
         if fast and name == "text_encoder":
             embeddings_on_cpu(models[name])
@@ -142,9 +173,11 @@ def load_pipeline(
     benchmark's baseline. ``compile`` adds regional ``torch.compile`` of the transformer's blocks, compiled at the end
     of the first call (``fast_transformer.compile_blocks``); off by default here: the app's ``ImageService`` compiles in
     the background on a CUDA GPU instead, while its first requests run eagerly.
-    The folder is checked first (``package.check``): allowed classes only, every safetensors header against its
-    file; packages this project wrote also against their metadata (sizes, and hashes with ``verify_sha256``).
-    A damaged folder raises ``PackageError`` naming the file and the fix. Only safetensors are read.
+    The folder is checked first (``package.check``): allowed classes only, configs within bounds, every safetensors
+    header against its file, a sample of every floating tensor finite; packages this project wrote also against
+    their metadata (sizes, small files' sha256, and the weights' with ``verify_sha256``). A damaged folder, or
+    a component the libraries cannot build from its files, raises ``PackageError`` naming the file or folder and
+    the fix. Only safetensors are read.
     """
     import torch
     from diffusers import ErnieImagePipeline
@@ -164,11 +197,11 @@ def load_pipeline(
         use_expandable_segments()
     residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
     models = _load_models(model_dir, package.components, device, mode, fast, residency)
+    # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
+    vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    models.update(_load_small(model_dir, package.components, vae_dtype))
     with _quiet_text_encoder_type_warning():
-        # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
-        vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        dtypes = {"default": torch.bfloat16, "vae": vae_dtype}
-        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, dtype=dtypes, use_safetensors=True)
+        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, use_safetensors=True)
     if mode is MemoryMode.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
     else:
