@@ -237,6 +237,8 @@ class PromptStage:
         try:
             eos = self.loaded.pipe.pe_tokenizer.eos_token_id
             return sample_with_decoder(self.decoder, inputs, cap, seed, eos, watch)
+        except GenerationCancelled:  # a stop leaves the cache and graph as good as an ended run does
+            raise
         except BaseException:
             if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
                 self.decoder = None
