@@ -31,9 +31,12 @@ def test_a_run_reports_pe_tokens_and_image_k_of_n_and_the_bar_never_goes_back(ti
     run = events[[e.stage for e in events].index("pe") :]
 
     pe = [e for e in run if e.stage == "pe"]
-    assert [e.done for e in pe] == [0, 8, 16, 24, 32, 40]
+    written = [e.done for e in pe]  # every 8 tokens on the CPU, every chunk of 16 with CUDA graphs
+    assert written[0] == 0 and written == sorted(set(written)) and len(written) >= 3
+    assert all(later - earlier <= 17 for earlier, later in zip(written, written[1:], strict=False))
+    assert written[-1] == service.last_result.enhancement.tokens == 40
     assert {(e.total, e.unit) for e in pe} == {(40, "tokens")}
-    assert pe[1].describe() == "prompt enhancer · 8 / 40 tokens"
+    assert pe[1].describe() == f"prompt enhancer · {written[1]} / 40 tokens"
 
     later = [e for e in run if e.stage in ("denoising", "vae_decode")]
     assert [(e.stage, e.image, e.images) for e in later if e.stage == "vae_decode"] == [

@@ -168,7 +168,8 @@ class Generator:
                 "1024x1024), or a machine with more GPU memory; the next request can run."
             ) from err
         except GenerationCancelled:
-            free_device_memory()
+            if self.device.type == "cuda":  # on the CPU there is no cache to hand back, and a full collection
+                free_device_memory()  # (tenths of a second) would only delay the stop
             raise
 
     def _run(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
