@@ -24,12 +24,19 @@ STAGE_LABELS = {
 
 @dataclass(frozen=True)
 class Progress:
+    """One progress event. ``done`` / ``total`` in ``unit``: "bytes" (download), "tokens" (the prompt enhancer:
+    tokens written and its cap; it usually ends well before the cap), "steps" (denoising and decoding: counted
+    over all images of the run, so ``fraction`` never goes back from one image to the next) or "".
+    ``image`` / ``images``: which image of how many (1-based), in the denoising and decoding stages."""
+
     stage: str  # one of STAGES
     message: str = ""
     done: float | None = None
     total: float | None = None
-    unit: str = ""  # "bytes", "steps" or ""
+    unit: str = ""  # "bytes", "tokens", "steps" or ""
     eta_seconds: float | None = None
+    image: int | None = None
+    images: int | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -37,21 +44,40 @@ class Progress:
             return None
         return max(0.0, min(1.0, self.done / self.total))
 
+    @property
+    def image_step(self) -> tuple[int, int] | None:
+        """The denoising step within the current image and that image's steps (``done`` and ``total`` count the
+        whole run), or None when the event does not say."""
+        if self.unit != "steps" or self.done is None or not self.total or not self.image or not self.images:
+            return None
+        per_image = int(self.total) // self.images
+        return int(self.done) - (self.image - 1) * per_image, per_image
+
     def describe(self) -> str:
-        """One line for people: stage, amount done and ETA."""
+        """One line for people: stage, which image of how many, amount done and ETA, e.g. ``denoising · image 2 of
+        4 · step 3/8 · ETA 5 s`` or ``prompt enhancer · 48 / 2048 tokens``."""
         parts = [STAGE_LABELS.get(self.stage, self.stage)]
+        if self.image and self.images:
+            parts.append(f"image {self.image} of {self.images}")
         if self.done is not None and self.total:
-            if self.unit == "bytes":
-                parts.append(f"{self.done / 1e9:.2f} / {self.total / 1e9:.2f} GB")
-            elif self.unit == "steps":
-                parts.append(f"step {int(self.done)}/{int(self.total)}")
-            else:
-                parts.append(f"{self.fraction:.0%}")
+            parts.extend(self._amount())
         if self.eta_seconds is not None:
             parts.append(f"ETA {format_seconds(self.eta_seconds)}")
         if self.message:
             parts.append(self.message)
         return " · ".join(parts)
+
+    def _amount(self) -> list[str]:
+        if self.unit == "bytes":
+            return [f"{self.done / 1e9:.2f} / {self.total / 1e9:.2f} GB"]
+        if self.unit == "tokens":
+            return [f"{int(self.done)} / {int(self.total)} tokens"]
+        if self.unit == "steps":
+            if self.stage == "vae_decode":  # the image's steps are all done: its number says it
+                return []
+            step, steps = self.image_step or (int(self.done), int(self.total))
+            return [f"step {step}/{steps}"]
+        return [f"{self.fraction:.0%}"]
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -86,9 +112,11 @@ class RateMeter:
 
 
 def report(callback: ProgressCallback | None, stage: str, message: str = "", **amounts) -> None:
-    """Call ``callback`` (if any) with a ``Progress``; also the library's log line."""
+    """Call ``callback`` (if any) with a ``Progress``; also the library's log line (at debug level for the prompt
+    enhancer's token counts, which come every few tokens)."""
 
     event = Progress(stage, message, **amounts)
-    logging.getLogger("ernie_nf4").info("%s", event.describe())
+    level = logging.DEBUG if event.unit == "tokens" else logging.INFO
+    logging.getLogger("ernie_nf4").log(level, "%s", event.describe())
     if callback is not None:
         callback(event)

@@ -9,6 +9,8 @@ Field names are the diffusers pipeline's and the API's (``num_inference_steps``,
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from dataclasses import dataclass
 
 from .errors import InvalidArgument
@@ -91,23 +93,59 @@ class GenerationRequest:
 _CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
 
 
+# Numbers as text: ASCII digits only, in Python's and JSON's plain forms ("320", "-2", "4.5", ".5", "1e3"); no
+# other scripts' digits ("٣٢٠"), no underscores ("1_0"), no "inf"/"nan" words, which float() and int() would take.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,100}")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,100}(?:\.[0-9]{0,100})?|\.[0-9]{1,100})(?:[eE][+-]?[0-9]{1,4})?")
+
+
 def _not_whole(name: str, value) -> InvalidArgument:
-    return InvalidArgument(f"{name} must be a whole number, got {value!r}", field=name)
+    return InvalidArgument(
+        f"{name} must be a whole number written with the digits 0-9 (like 1024), got {value!r}", field=name
+    )
+
+
+def _not_number(name: str, value) -> InvalidArgument:
+    return InvalidArgument(
+        f"{name} must be a finite number in {list(GUIDANCE_RANGE)} written with the digits 0-9 (like 4.5), "
+        f"got {value!r}",
+        field=name,
+    )
 
 
 def _whole(name: str, value) -> int:
-    """An integer from a form value: ints, and floats/strings holding a whole number; else ``InvalidArgument``."""
+    """An integer from a form value: an int, a float holding a whole number, or text of ASCII digits ("1024",
+    "1024.0"); never a boolean; else ``InvalidArgument`` naming the field and the form expected."""
     if isinstance(value, bool):
         raise _not_whole(name, value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, str):
-        value = value.strip()
-    try:
-        number = float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        raise _not_whole(name, value) from None
-    if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
+        text = value.strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            return int(text)  # exact, also beyond a float's 53 bits (seeds)
+        if not _DECIMAL_TEXT.fullmatch(text):
+            raise _not_whole(name, value)
+        number = float(text)
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+    else:
+        raise _not_whole(name, value)
+    if not math.isfinite(number) or not number.is_integer():
         raise _not_whole(name, value)
     return int(number)
+
+
+def _real(name: str, value) -> float:
+    """A float from a form value: an int or a float, or text of ASCII digits ("4.5"); never a boolean; else
+    ``InvalidArgument`` naming the field and the form expected (the range is ``GenerationRequest``'s check)."""
+    if isinstance(value, bool):
+        raise _not_number(name, value)
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()):
+        return float(value.strip())
+    if isinstance(value, numbers.Real) and not isinstance(value, str):
+        return float(value)
+    raise _not_number(name, value)
 
 
 @dataclass(frozen=True)
@@ -156,21 +194,15 @@ def _snapped_sizes(form: FormValues, notes: list[str]) -> dict[str, int]:
 def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
     """A request from UI/API values, forgiving where a user would expect it, with notes of each change:
     control characters are removed from the prompts and a width/height inside the range is snapped to the
-    nearest multiple of 16 (1000 -> 1008). Everything else out of range raises ``InvalidArgument`` naming the
-    field (``err.field``). ``randomize_seed`` is not read: the caller draws the seed first."""
+    nearest multiple of 16 (1000 -> 1008). Numbers may come as numbers or as text of the digits 0-9; booleans,
+    other scripts' digits and underscores are refused. Everything else out of range raises ``InvalidArgument``
+    naming the field (``err.field``). ``randomize_seed`` is not read: the caller draws the seed first."""
     notes = []
     texts = _clean_texts(form, notes)
     sizes = _snapped_sizes(form, notes)
-    try:
-        guidance = float(form.guidance_scale)
-    except (TypeError, ValueError):
-        raise InvalidArgument(
-            f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {form.guidance_scale!r}",
-            field="guidance_scale",
-        ) from None
     request = GenerationRequest(
         num_inference_steps=_whole("num_inference_steps", form.num_inference_steps),
-        guidance_scale=guidance,
+        guidance_scale=_real("guidance_scale", form.guidance_scale),
         seed=_whole("seed", form.seed),
         use_pe=form.use_pe,
         num_images=_whole("num_images", form.num_images),

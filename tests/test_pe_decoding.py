@@ -324,3 +324,49 @@ def test_the_prompt_goes_to_the_gpu_without_waiting_for_work_queued_before_it():
         torch.cuda.set_sync_debug_mode("default")
     assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), ids)
     assert _to_device(ids, torch.device("cpu")) is ids  # on the CPU nothing moves
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_the_graphed_loop_reports_each_chunk_and_stops_within_one_without_another_sync(tiny_pe):
+    """The watch ticks where the host has just read a chunk's tokens back: no sync of its own, a stop within one
+    chunk, and the decoder's cache and graph still good for the next call."""
+    import threading
+    import warnings
+
+    from ernie_nf4.errors import GenerationCancelled
+    from ernie_nf4.prompt_enhancer.watch import TokenWatch
+
+    decoder = PEDecoder(tiny_pe, graphs=True, chunk_tokens=16)
+    expected, _ = decoder.generate(as_ids(PROMPTS[0]), 100, seed=3)
+    reported = []
+    tokens, _ = decoder.generate(
+        as_ids(PROMPTS[0]), 100, seed=3, watch=TokenWatch(100, threading.Event(), lambda d, c: reported.append(d))
+    )
+    assert torch.equal(tokens, expected)
+    assert reported == [17, 33, 49, 65, 81, 97, 100]
+
+    cancel, reported = threading.Event(), []
+
+    def stop_at_33(done, cap):
+        reported.append(done)
+        if done >= 33:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        decoder.generate(as_ids(PROMPTS[0]), 100, seed=3, watch=TokenWatch(100, cancel, stop_at_33))
+    assert reported == [17, 33]
+    assert torch.equal(decoder.generate(as_ids(PROMPTS[0]), 100, seed=3)[0], expected)
+    assert decoder.broken is None  # a stop is no failure of the graph: no fallback to generate
+
+    def syncs(watch=None):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                decoder.generate(as_ids(PROMPTS[0]), 100, seed=3, watch=watch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return len(caught)
+
+    assert syncs(TokenWatch(100, threading.Event(), lambda d, c: None)) == syncs()

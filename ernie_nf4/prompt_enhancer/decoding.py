@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 
 from ..compat import quant_state_tensors
+from ..errors import GenerationCancelled
+from .watch import TokenWatch
 
 logger = logging.getLogger(__name__)
 
@@ -567,10 +569,13 @@ class PEDecoder:
         top_p: float = 0.95,
         eos_token_id: int | list[int] | None = None,
         attention_mask: torch.Tensor | None = None,
+        watch: TokenWatch | None = None,
     ) -> tuple[torch.Tensor, bool]:
         """New token ids (1-D, on the CPU, EOS included when reached) and whether EOS stopped it (else the
         ``max_new_tokens`` cap did). Sampled as ``torch.manual_seed(seed)`` then ``model.generate(...,
-        do_sample=True, temperature, top_p)`` would, with the caller's random state left untouched."""
+        do_sample=True, temperature, top_p)`` would, with the caller's random state left untouched. ``watch``
+        (a ``TokenWatch``) is ticked every token of the eager loops and every chunk of the graphed one: it raises
+        ``GenerationCancelled`` once its stop signal is set, and reports the tokens written."""
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
@@ -580,23 +585,25 @@ class PEDecoder:
         sampling = resolve_sampling(self.model, temperature, top_p)
         eos = _eos_set(eos_token_id)
         input_ids = _to_device(input_ids, self.device)
+        watch = watch or TokenWatch(max_new_tokens)
+        hf_args = (input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id, watch)
         if sampling is None or self.parts is None:
-            return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
+            return self._hf_generate(*hf_args)
         if self.graphs and self.broken is None:
             try:
                 with torch.no_grad():
-                    return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), graphed=True)
-            except torch.cuda.OutOfMemoryError:
+                    return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), True, watch)
+            except (torch.cuda.OutOfMemoryError, GenerationCancelled):
                 raise
             except Exception as err:  # the graph is an optimisation: never let it cost the user a run
                 self.broken = f"{type(err).__name__}: {err}"
                 self.cache = self._graph = self._graph_key = None  # transformers' generate keeps its own cache
                 logger.warning("CUDA-graphed PE decoding failed (%s); using transformers' generate", self.broken)
-                return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
+                return self._hf_generate(*hf_args)
         if self.broken is not None:
-            return self._hf_generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
+            return self._hf_generate(*hf_args)
         with torch.no_grad():
-            return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), graphed=False)
+            return self._generate(input_ids, max_new_tokens, sampling, eos, self._rng(seed), False, watch)
 
     def _rng(self, seed: int) -> torch.Generator:
         """The random numbers of one call: a generator of its own, seeded with ``seed``, which draws what the
@@ -633,17 +640,19 @@ class PEDecoder:
         self.cache = StaticKV(self.parts, length, dtype, self.device, storage)
         return self.cache
 
-    def _generate(self, input_ids, max_new_tokens, sampling, eos, rng, graphed):
+    def _generate(self, input_ids, max_new_tokens, sampling, eos, rng, graphed, watch: TokenWatch):
         length = input_ids.shape[1]
+        watch.check()
         cache = self._ensure_cache(length + max_new_tokens + (self.chunk_tokens if graphed else 0))
         graph = self._ensure_graph(cache, sampling) if graphed else None
         logits = self._prefill(input_ids, cache, fused=graphed and self.triton_kernels and self.fused_prefill)
         noise = torch.empty_like(logits).exponential_(generator=rng)
         first = sample_token(logits, noise, sampling)
         if graphed:
-            tokens = decode_n_tokens(graph, first, length, max_new_tokens - 1, eos, rng)
+            tokens = decode_n_tokens(graph, first, length, max_new_tokens - 1, eos, rng, watch)
         else:
-            tokens = self._decode_eagerly(first, length, max_new_tokens - 1, sampling, eos, rng)
+            tokens = self._decode_eagerly(first, length, max_new_tokens - 1, sampling, eos, rng, watch)
+        watch.finish(len(tokens))
         ids = torch.tensor(tokens, dtype=torch.long)
         return ids, bool(tokens) and tokens[-1] in eos
 
@@ -661,12 +670,14 @@ class PEDecoder:
             logger.warning("the PE's fused prefill failed (%s: %s); the prompt runs unfused", type(err).__name__, err)
             return prefill(self.parts, input_ids, cache)
 
-    def _decode_eagerly(self, first, length, budget, sampling, eos, rng) -> list[int]:
+    def _decode_eagerly(self, first, length, budget, sampling, eos, rng, watch: TokenWatch) -> list[int]:
+        """One token at a time; each is read back (``int``) to look for EOS, and the watch ticks there."""
         tokens = [int(first)]
         token, position = first.view(1, 1), torch.tensor([length], device=self.device)
         for _ in range(budget):
             if tokens[-1] in eos:
                 break
+            watch.tick(len(tokens))
             logits = decode_one_token(self.parts, token, position, self.cache, exact=True)
             token = sample_token(logits, torch.empty_like(logits).exponential_(generator=rng), sampling).view(1, 1)
             tokens.append(int(token))
@@ -689,10 +700,12 @@ class PEDecoder:
             logger.info("captured PE decoding graph in %.2f s", self.capture_seconds)
         return self._graph
 
-    def _hf_generate(self, input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id):
-        """Eager transformers ``generate``, seeded as ``Generator.enhance_prompt`` always did."""
+    def _hf_generate(self, input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id, watch: TokenWatch):
+        """Eager transformers ``generate``, seeded as ``Generator.enhance_prompt`` always did; ``watch`` ticks
+        with each token as a stopping criterion that never stops a sequence itself."""
         config = self.model.generation_config
         pad = config.pad_token_id if config.pad_token_id is not None else getattr(self.model.config, "pad_token_id", 0)
+        watch.check()
         with self._seeded(seed):
             output = self.model.generate(
                 input_ids=input_ids,
@@ -703,17 +716,27 @@ class PEDecoder:
                 top_p=top_p,
                 pad_token_id=pad,
                 eos_token_id=eos_token_id,
+                stopping_criteria=watch.stopping_criteria(input_ids.shape[1]),
             )
         tokens = output[0, input_ids.shape[1] :].cpu()
+        watch.finish(len(tokens))
         eos = _eos_set(eos_token_id)
         return tokens, bool(len(tokens)) and int(tokens[-1]) in eos
 
 
 def decode_n_tokens(
-    graph: _Graph, first: torch.Tensor, length: int, budget: int, eos: frozenset[int], rng: torch.Generator
+    graph: _Graph,
+    first: torch.Tensor,
+    length: int,
+    budget: int,
+    eos: frozenset[int],
+    rng: torch.Generator,
+    watch: TokenWatch | None = None,
 ) -> list[int]:
     """Up to ``budget`` tokens after ``first`` by whole-chunk graph replays; the host reads each chunk's tokens once
-    (its only sync) and stops at the first EOS. Steps run past EOS or the budget inside the last chunk are dropped."""
+    (its only sync) and stops at the first EOS. Steps run past EOS or the budget inside the last chunk are dropped.
+    ``watch`` ticks before each replay, where the host has just read the tokens: a stop comes within one chunk."""
+    watch = watch or TokenWatch(budget + 1)
     tokens = [int(first)]
     if not budget or tokens[-1] in eos:
         return tokens
@@ -721,6 +744,7 @@ def decode_n_tokens(
     graph.position.fill_(length)
     graph.draw_noise(rng)
     while budget > 0:
+        watch.tick(len(tokens))
         graph.run()
         if budget > graph.chunk:
             graph.draw_noise(rng)  # queued behind the replay: the GPU has it ready when the host comes back
@@ -742,10 +766,12 @@ def generate_tokens(
     top_p: float = 0.95,
     eos_token_id: int | list[int] | None = None,
     decoder: PEDecoder | None = None,
+    watch: TokenWatch | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Seeded PE sampling: ``(new token ids, stopped_at_eos)``. Pass the ``decoder`` kept for ``model`` to reuse
-    its cache and graph; without one a fresh ``PEDecoder`` is made (and captures) for this call."""
+    its cache and graph; without one a fresh ``PEDecoder`` is made (and captures) for this call. ``watch``: see
+    ``PEDecoder.generate``."""
     decoder = decoder if decoder is not None else PEDecoder(model)
     if decoder.model is not model:
         raise ValueError("decoder was made for another model")
-    return decoder.generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id)
+    return decoder.generate(input_ids, max_new_tokens, seed, temperature, top_p, eos_token_id, watch=watch)

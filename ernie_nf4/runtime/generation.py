@@ -4,6 +4,10 @@
 ``prompt``), denoising with per-image seeded latents (``denoising``), VAE decode (``vae_decode``) — timing each on a
 ``timing.StageClock`` made for the request, and returns a ``GenerationResult``. Images are reproducible: the same
 request (seed included) gives the same pixels; image ``i`` of a request is exactly what seed ``seed + i`` gives.
+
+One stop signal per run (``cancel``: anything with ``is_set()``) reaches every stage: the prompt enhancer checks it
+every few tokens, the text encoder before and after, denoising after each step, VAE decode after each image. A
+stopped run raises ``GenerationCancelled`` and keeps nothing (no prompt cache entry, no images).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..stats import PeakVram, StageSeconds
 from ..system import free_device_memory, peak_vram, reset_peak_vram
 from .denoising import denoise, initial_latents, step_callback
 from .loader import load_pipeline
-from .prompt import PromptCache, PromptEnhancement, PromptStage, check_max_pe_tokens
+from .prompt import PromptCache, PromptEnhancement, PromptStage, check_cancel, check_max_pe_tokens
 from .timing import StageClock
 from .vae_decode import decode
 
@@ -38,6 +42,18 @@ class GenerationResult:
     peak_vram: PeakVram | None = None  # on CUDA
     prompt_cached: bool = False  # PE and text encoding were taken from the cache
     enhancement: PromptEnhancement | None = None  # None when the PE did not run (off, or cached)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What one run tells its caller and listens to: ``on_step(done, total)`` after each denoising step (counted
+    over all images), ``on_stage(stage, seconds)`` after each stage, ``on_pe_tokens(written, cap)`` every few
+    tokens the PE writes, and ``cancel``, the run's stop signal (anything with ``is_set()``)."""
+
+    on_step: Callable[[int, int], None] | None = None
+    on_stage: Callable[[str, float], None] | None = None
+    on_pe_tokens: Callable[[int, int], None] | None = None
+    cancel: object = None
 
 
 def _check_limits(max_pe_tokens: int | None, prompt_cache_size: int) -> None:
@@ -113,7 +129,7 @@ class Generator:
         request = GenerationRequest(
             "warm-up", width=width, height=height, num_inference_steps=2, guidance_scale=guidance_scale, use_pe=use_pe
         )
-        self._on_device(request, None, None, None, PromptCache(0), WARM_UP_PE_TOKENS)
+        self._on_device(request, RunHooks(), PromptCache(0), WARM_UP_PE_TOKENS)
         # loading and compiling leave many new objects: collect now, or a full collection (0.1-0.5 s on an H100
         # host) comes due in the middle of the first request
         gc.collect()
@@ -125,21 +141,25 @@ class Generator:
         on_step: Callable[[int, int], None] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
         cancel: threading.Event | None = None,
+        on_pe_tokens: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
-        """Run ``request``. ``on_step(done, total)`` is called after each denoising step; ``on_stage(stage, seconds)``
-        after each stage. When ``cancel`` is set (or ``on_step`` raises ``GenerationCancelled``) the run stops after
-        its current step and raises ``GenerationCancelled``. Running out of GPU memory frees what the run held and
-        raises ``OutOfMemory`` saying what to change."""
-        return self._on_device(request, on_step, on_stage, cancel, None, None)
+        """Run ``request``. ``on_step(done, total)`` is called after each denoising step (``done`` counts the steps
+        of all images: image ``k`` runs steps ``(k - 1) * num_inference_steps + 1`` onwards); ``on_stage(stage,
+        seconds)`` after each stage (``denoising`` and ``vae_decode`` once per image); ``on_pe_tokens(written, cap)``
+        every few tokens the prompt enhancer writes. When ``cancel`` is set (or a callback raises
+        ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
+        denoising step or image decode, and raises ``GenerationCancelled``. Running out of GPU memory frees what the
+        run held and raises ``OutOfMemory`` saying what to change."""
+        return self._on_device(request, RunHooks(on_step, on_stage, on_pe_tokens, cancel), None, None)
 
-    def _on_device(self, request, on_step, on_stage, cancel, cache, pe_cap) -> GenerationResult:
+    def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
         """``_run`` on this generator's GPU, with out-of-memory and cancellation freeing what the run held."""
         import torch
 
         device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         try:
             with device:  # graphs, streams and Triton kernels go to this GPU, also when it is not cuda:0
-                return self._run(request, on_step, on_stage, cancel, cache, pe_cap)
+                return self._run(request, hooks, cache, pe_cap)
         except torch.cuda.OutOfMemoryError as err:
             free_device_memory()
             raise OutOfMemory(
@@ -148,32 +168,34 @@ class Generator:
                 "1024x1024), or a machine with more GPU memory; the next request can run."
             ) from err
         except GenerationCancelled:
-            free_device_memory()
+            if self.device.type == "cuda":  # on the CPU there is no cache to hand back, and a full collection
+                free_device_memory()  # (tenths of a second) would only delay the stop
             raise
 
-    def _run(self, request, on_step, on_stage, cancel, cache, pe_cap) -> GenerationResult:
+    def _run(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
         """The stages of one request: prompt, then per image denoising and VAE decode (``cache``, ``pe_cap``: None
         for the prompt stage's own)."""
         import torch
 
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("stopped before it started")
+        cancel = hooks.cancel
+        check_cancel(cancel, "before it started")
         device, pipe = self.device, self.pipe
         reset_peak_vram(device)
-        clock = StageClock(device, on_stage)
-        prompt, cached = self.prompt_stage.run(request, clock, cache=cache, cap=pe_cap)
+        clock = StageClock(device, hooks.on_stage)
+        prompt, cached = self.prompt_stage.run(request, clock, cache, pe_cap, cancel, hooks.on_pe_tokens)
         self.loaded.use("transformer")
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
         images = []
         for number in range(request.num_images):
             latents = initial_latents(pipe, request.seed + number, request.width, request.height, device)
-            callback = step_callback(request, number, on_step, cancel)
+            callback = step_callback(request, number, hooks.on_step, cancel)
             latents = denoise(pipe, request, prompt.positive, prompt.negative, latents, callback)
             clock.lap("denoising")
             with torch.no_grad():
                 images.extend(decode(pipe, latents))
             clock.lap("vae_decode")
+            check_cancel(cancel, "after decoding an image")
         return GenerationResult(
             request=request,
             images=images,

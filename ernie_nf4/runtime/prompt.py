@@ -2,7 +2,8 @@
 
 ``PromptStage.run`` runs the stage for one request: from the cache when the same prompt, negative prompt, PE seed and
 size came before (a rerun with other steps or guidance skips the PE and the text encoder), else the PE (when on)
-and the text encoder.
+and the text encoder. The run's stop signal is checked before the PE, every few tokens while it writes, and before
+and after the text encoder; a stopped run raises ``GenerationCancelled`` and leaves the cache as it was.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ..errors import InvalidArgument
+from ..errors import GenerationCancelled, InvalidArgument
+from ..prompt_enhancer.watch import TokenWatch
 from ..request import GenerationRequest
 from ..system import free_device_memory
 from .memory_modes import MemoryMode
@@ -75,13 +78,15 @@ def pe_inputs(tokenizer, prompt: str, width: int, height: int):
     return tokenizer(text, return_tensors="pt")
 
 
-def sample_with_generate(pipe, inputs, cap: int, seed: int, device) -> tuple[list[int], bool]:
+def sample_with_generate(pipe, inputs, cap: int, seed: int, device, watch: TokenWatch) -> tuple[list[int], bool]:
     """New token ids (up to and with the end-of-sequence token) and whether it came, from transformers' ``generate``
-    sampling as the stock pipeline does, seeded: ``torch.manual_seed(seed)`` inside ``fork_rng``."""
+    sampling as the stock pipeline does, seeded: ``torch.manual_seed(seed)`` inside ``fork_rng``; ``watch`` ticks
+    with each token."""
     import torch
 
     eos = pipe.pe_tokenizer.eos_token_id
     inputs = inputs.to(device)
+    watch.check()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
@@ -93,19 +98,29 @@ def sample_with_generate(pipe, inputs, cap: int, seed: int, device) -> tuple[lis
             top_p=PE_TOP_P,
             pad_token_id=pipe.pe_tokenizer.pad_token_id,
             eos_token_id=eos,
+            stopping_criteria=watch.stopping_criteria(inputs["input_ids"].shape[1]),
         )
     new = output[0][inputs["input_ids"].shape[1] :].tolist()
     stopped = eos in new
+    watch.finish(len(new[: new.index(eos) + 1] if stopped else new))
     return (new[: new.index(eos) + 1] if stopped else new), stopped
 
 
-def sample_with_decoder(decoder, inputs, cap: int, seed: int, eos_token_id: int) -> tuple[list[int], bool]:
+def sample_with_decoder(
+    decoder, inputs, cap: int, seed: int, eos_token_id: int, watch: TokenWatch
+) -> tuple[list[int], bool]:
     """The same sampling with ``prompt_enhancer.decoding.PEDecoder`` (a static KV cache and, on CUDA, graphed steps)."""
     import torch
 
     with torch.no_grad():
         ids, stopped = decoder.generate(
-            inputs["input_ids"], cap, seed, temperature=PE_TEMPERATURE, top_p=PE_TOP_P, eos_token_id=eos_token_id
+            inputs["input_ids"],
+            cap,
+            seed,
+            temperature=PE_TEMPERATURE,
+            top_p=PE_TOP_P,
+            eos_token_id=eos_token_id,
+            watch=watch,
         )
     return ids.tolist(), stopped
 
@@ -134,19 +149,29 @@ def prompt_key(request: GenerationRequest, use_pe: bool) -> tuple:
     return (request.prompt, request.negative_prompt, seed, request.width, request.height, use_pe)
 
 
-def encode_text(loaded, request: GenerationRequest, prompt: Prompt, fresh: bool, device) -> None:
+def encode_text(loaded, request: GenerationRequest, prompt: Prompt, fresh: bool, device, cancel=None) -> None:
     """Fill ``prompt``'s embeddings with the text encoder: the positive one when ``fresh``, the negative one when
-    guidance needs it and it is missing."""
+    guidance needs it and it is missing. ``cancel`` is checked before each of the encoder's passes and after the
+    last: a stop raises ``GenerationCancelled``."""
     import torch
 
     needs_negative = prompt.negative is None and request.guidance_scale > 1.0
     with torch.no_grad():
         if fresh or needs_negative:
+            check_cancel(cancel, "before the text encoder")
             loaded.use("text_encoder")
         if fresh:
             prompt.positive = loaded.pipe.encode_prompt([prompt.revised or request.prompt], device)
         if needs_negative:
+            check_cancel(cancel, "during text encoding")
             prompt.negative = loaded.pipe.encode_prompt([request.negative_prompt], device)
+    check_cancel(cancel, "after text encoding")
+
+
+def check_cancel(cancel, where: str) -> None:
+    """Raise ``GenerationCancelled`` when the stop signal ``cancel`` (anything with ``is_set()``, or None) is set."""
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled(f"stopped {where}")
 
 
 def check_max_pe_tokens(value) -> None:
@@ -178,19 +203,31 @@ class PromptStage:
             return self.max_pe_tokens
         return int(min(getattr(self.loaded.pipe.pe_tokenizer, "model_max_length", 2048), 8192))
 
-    def enhance(self, prompt: str, width: int, height: int, seed: int, cap: int | None = None) -> PromptEnhancement:
+    def enhance(
+        self,
+        prompt: str,
+        width: int,
+        height: int,
+        seed: int,
+        cap: int | None = None,
+        cancel=None,
+        on_tokens: Callable[[int, int], None] | None = None,
+    ) -> PromptEnhancement:
         """The PE's rewrite of ``prompt``, sampled as the stock pipeline does (temperature 0.6, top-p 0.95), but
         seeded, and capped at ``cap`` new tokens (default ``self.cap``): by ``PEDecoder`` (built on first use, once
-        the PE is on its device, and kept), or by transformers' ``generate`` on the stock path."""
+        the PE is on its device, and kept), or by transformers' ``generate`` on the stock path. Every few tokens
+        ``cancel`` (the run's stop signal) is checked, raising ``GenerationCancelled``, and ``on_tokens(written,
+        cap)`` is told (see ``prompt_enhancer.watch``)."""
         pipe, cap = self.loaded.pipe, cap or self.cap
+        watch = TokenWatch(cap, cancel, on_tokens)
         inputs = pe_inputs(pipe.pe_tokenizer, prompt, width, height)
         if uses_stock_pe_sampling(self.loaded):
-            new, stopped = sample_with_generate(pipe, inputs, cap, seed, _device(self.loaded))
+            new, stopped = sample_with_generate(pipe, inputs, cap, seed, _device(self.loaded), watch)
         else:
-            new, stopped = self._sample_with_decoder(inputs, cap, seed)
+            new, stopped = self._sample_with_decoder(inputs, cap, seed, watch)
         return enhancement(pipe.pe_tokenizer, new, stopped, cap)
 
-    def _sample_with_decoder(self, inputs, cap: int, seed: int) -> tuple[list[int], bool]:
+    def _sample_with_decoder(self, inputs, cap: int, seed: int, watch: TokenWatch) -> tuple[list[int], bool]:
         # The decoder is kept between requests in every memory mode. In low-vram the PE leaves the GPU after this,
         # but the residency's arena brings it back at the same addresses, so the decoder's graph stays valid and the
         # next request replays it without capturing again. What else stays on the GPU meanwhile: the graph's noise
@@ -198,7 +235,10 @@ class PromptStage:
         if self.decoder is None:
             self.decoder = make_pe_decoder(self.loaded)
         try:
-            return sample_with_decoder(self.decoder, inputs, cap, seed, self.loaded.pipe.pe_tokenizer.eos_token_id)
+            eos = self.loaded.pipe.pe_tokenizer.eos_token_id
+            return sample_with_decoder(self.decoder, inputs, cap, seed, eos, watch)
+        except GenerationCancelled:  # a stop leaves the cache and graph as good as an ended run does
+            raise
         except BaseException:
             if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
                 self.decoder = None
@@ -206,23 +246,33 @@ class PromptStage:
             raise
 
     def run(
-        self, request: GenerationRequest, clock: StageClock, cache: PromptCache | None = None, cap: int | None = None
+        self,
+        request: GenerationRequest,
+        clock: StageClock,
+        cache: PromptCache | None = None,
+        cap: int | None = None,
+        cancel=None,
+        on_tokens: Callable[[int, int], None] | None = None,
     ) -> tuple[Prompt, bool]:
         """Revised prompt and text embeddings for ``request``, and whether they came from the cache (``cache``:
         another one than the stage's own, e.g. an empty one for a warm-up; ``cap``: another PE cap). The ``pe``
-        and ``text_encoding`` laps go to ``clock``."""
+        and ``text_encoding`` laps go to ``clock``. ``cancel``, ``on_tokens``: see ``enhance``; a stopped run
+        raises ``GenerationCancelled`` and puts nothing in the cache."""
         loaded, cache = self.loaded, self.cache if cache is None else cache
         use_pe = request.use_pe and loaded.has_pe
         key = prompt_key(request, use_pe)
         cached = cache.get(key)
         prompt = replace(cached) if cached is not None else Prompt()  # the cache's entry itself stays as it is
         if cached is None and use_pe:
+            check_cancel(cancel, "before the prompt enhancer")
             loaded.use("pe")
-            prompt.enhancement = self.enhance(request.prompt, request.width, request.height, request.seed, cap)
+            size_seed = (request.width, request.height, request.seed)
+            prompt.enhancement = self.enhance(request.prompt, *size_seed, cap, cancel, on_tokens)
             prompt.revised = prompt.enhancement.text
         clock.lap("pe")
-        encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device)
+        encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device, cancel=cancel)
         clock.lap("text_encoding")
+        check_cancel(cancel, "after text encoding")  # a signal set while the clock waited for the GPU
         cache.put(key, prompt)
         return prompt, cached is not None
 

@@ -72,35 +72,43 @@ class ServiceConfig:
 
 
 class _StageReporter:
-    """Turns the generator's step and stage callbacks into ``Progress`` events naming the next stage, with an ETA
-    for denoising."""
+    """Turns the generator's token, step and stage callbacks into ``Progress`` events naming the stage under way:
+    the PE's tokens written and its cap; in denoising and decoding which image of how many, with the steps counted
+    over the whole run (the bar never goes back) and an ETA for denoising."""
 
     def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None):
         self.request, self.on_progress = request, on_progress
-        self.images_left = request.num_images
+        self.steps, self.images = request.num_inference_steps, request.num_images
+        self.decoded = 0  # images decoded so far
         self.meter = RateMeter()
 
-    def start(self, use_pe: bool) -> None:
-        report(self.on_progress, "pe" if use_pe else "text_encoding")
+    def start(self, use_pe: bool, pe_cap: int) -> None:
+        if use_pe:
+            self.tokens(0, pe_cap)
+        else:
+            report(self.on_progress, "text_encoding")
+
+    def tokens(self, written: int, cap: int) -> None:
+        report(self.on_progress, "pe", done=written, total=cap, unit="tokens")
+
+    def _images(self, stage: str, done: int, image: int, eta: float | None = None) -> None:
+        amounts = {"done": done, "total": self.steps * self.images, "unit": "steps", "eta_seconds": eta}
+        report(self.on_progress, stage, image=image, images=self.images, **amounts)
 
     def step(self, done: int, total: int) -> None:
-        report(
-            self.on_progress, "denoising", done=done, total=total, unit="steps", eta_seconds=self.meter.eta(done, total)
-        )
+        self._images("denoising", done, (done - 1) // self.steps + 1, self.meter.eta(done, total))
 
     def stage_done(self, stage: str, _seconds: float) -> None:
         if stage == "pe":
             report(self.on_progress, "text_encoding")
         elif stage == "text_encoding":
-            report(
-                self.on_progress,
-                "denoising",
-                done=0,
-                total=self.request.num_inference_steps * self.request.num_images,
-                unit="steps",
-            )
+            self._images("denoising", 0, 1)
         elif stage == "denoising":
-            report(self.on_progress, "vae_decode")
+            self._images("vae_decode", (self.decoded + 1) * self.steps, self.decoded + 1)
+        elif stage == "vae_decode":
+            self.decoded += 1
+            if self.decoded < self.images:
+                self._images("denoising", self.decoded * self.steps, self.decoded + 1)
 
 
 class ImageService:
@@ -245,14 +253,19 @@ class ImageService:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Run ``request`` (loading first if needed); ``cancel`` stops it after the current step."""
+        """Run ``request`` (loading first if needed), telling ``on_progress`` each ``Progress``. ``cancel``, the
+        run's stop signal (anything with ``is_set()``), stops it within a few PE tokens, at the text encoder or after
+        the current denoising step, raising ``GenerationCancelled``; set while the run waits for the GPU, it stops
+        it before it starts."""
         generator = self.load(on_progress)
         stages = _StageReporter(request, on_progress)
         with self._lock:  # one generation at a time per GPU
             # Compiled blocks, once ready, from this request on: never halfway through one.
             compiled = self.compiler is not None and self.compiler.activate()
-            stages.start(request.use_pe and generator.loaded.has_pe)
-            result = generator.generate(request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel)
+            stages.start(request.use_pe and generator.loaded.has_pe, generator.pe_cap)
+            result = generator.generate(
+                request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel, on_pe_tokens=stages.tokens
+            )
         self.last_result, self.last_run_compiled = result, compiled
         return result
 

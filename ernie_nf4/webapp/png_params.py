@@ -1,18 +1,34 @@
 """PNG files that carry their generation parameters, written and read here: the A1111-style ``parameters`` text
 chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` pairs). ``parameters_text`` and
 ``save_png`` write it; ``read_png_parameters`` / ``parse_parameters`` read it back into the form's fields (unknown
-keys are ignored; a key that is missing leaves that field as it is)."""
+keys are ignored; a key that is missing leaves that field as it is).
+
+Reading is safe on any file: the PNG's chunks are walked here (no image is decoded, so a header claiming billions of
+pixels costs nothing, and is refused by name), the ``parameters`` text is inflated to at most
+``MAX_PARAMETERS_BYTES`` and refused beyond, and the text is parsed in one pass (linear time, no regular expression
+that can backtrack).
+"""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import json
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidArgument
 from ..request import GenerationRequest
+
+# The longest ``parameters`` text read, in bytes: what ``parameters_text`` writes is far shorter (two prompts of at
+# most 8000 characters and the PE's revised prompt); a chunk that inflates beyond it is refused, never inflated whole.
+MAX_PARAMETERS_BYTES = 256 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PARAMETERS_KEY = b"parameters"
 
 
 def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str | None, model: str) -> str:
@@ -45,8 +61,6 @@ def save_png(image, folder: Path, seed: int, parameters: str) -> Path:
     return path
 
 
-# A1111's pattern for the last line's "Key: value" pairs; a value may be a JSON-quoted string holding commas.
-_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
 
 
@@ -64,21 +78,74 @@ class FormSettings:
     use_pe: bool | None = None
 
 
-def _pairs(line: str) -> dict[str, str]:
-    pairs = {}
-    for key, value in _PAIR.findall(line):
-        value = value.strip()
-        if value.startswith('"'):
-            with contextlib.suppress(json.JSONDecodeError):  # not JSON after all: keep the text as written
-                value = json.loads(value)
-        pairs[key.strip()] = value
+_KEY_RUN = re.compile(r"[\w \-/]*")  # matched on the reversed text before a colon: anchored, linear
+MAX_PAIRS = 256  # A1111 writes a few dozen; more is not a file of ours or theirs
+
+
+def _key_before(line: str, start: int, colon: int) -> str:
+    """The key ending at ``colon``: the run of word characters, spaces, '-' and '/' before it (not before
+    ``start``), from its first word character; "" when there is none."""
+    run = _KEY_RUN.match(line[start:colon][::-1]).group()[::-1]
+    return run.lstrip(" -/").strip()
+
+
+def _closing_quotes(line: str) -> list[int]:
+    """Positions of the double quotes that are not escaped (an even run of backslashes before them), in order:
+    where a JSON string opened at any quote ends, found by bisection. Each backslash is counted once."""
+    quotes, index = [], line.find('"')
+    while index >= 0:
+        run = index
+        while run > 0 and line[run - 1] == "\\":
+            run -= 1
+        if (index - run) % 2 == 0:
+            quotes.append(index)
+        index = line.find('"', index + 1)
+    return quotes
+
+
+def parse_pairs(line: str) -> dict[str, str]:
+    """The ``Key: value`` pairs of A1111's last line, in one pass (linear time on any text; at most ``MAX_PAIRS``
+    read). A value is a JSON-quoted string (which may hold commas; decoded when it is valid JSON) followed by a
+    comma or the end, else the text up to the next comma."""
+    pairs, quotes, position, end = {}, _closing_quotes(line), 0, len(line)
+    for _ in range(MAX_PAIRS):
+        colon = line.find(":", position)
+        if colon < 0:
+            break
+        key, start = _key_before(line, position, colon), colon + 1
+        while start < end and line[start].isspace():
+            start += 1
+        value, position = None, None
+        if start < end and line[start] == '"':
+            found = bisect.bisect_right(quotes, start)
+            close = quotes[found] if found < len(quotes) else -1
+            if close > start + 1 and (close + 1 == end or line[close + 1] == ","):
+                value, position = line[start : close + 1], close + 2
+        if value is None:
+            comma = line.find(",", start)
+            comma = end if comma < 0 else comma
+            value, position = line[start:comma], comma + 1
+        if key:
+            pairs[key] = _decoded(value.strip())
     return pairs
 
 
+def _decoded(value: str) -> str:
+    """A JSON-quoted value decoded; anything else (or not JSON after all) as written."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        with contextlib.suppress(json.JSONDecodeError):
+            decoded = json.loads(value)
+            return decoded if isinstance(decoded, str) else value
+    return value
+
+
 def _number(kind, value):
+    """``kind(value)`` for a value written with the digits 0-9 (``int("٣٢٠")`` would read 320), else None."""
+    if not isinstance(value, str) or not re.fullmatch(r"[+-]?[0-9]{1,30}(\.[0-9]{1,30})?", value.strip()):
+        return None
     try:
-        return kind(value)
-    except (TypeError, ValueError):
+        return kind(value.strip())
+    except ValueError:
         return None
 
 
@@ -88,7 +155,7 @@ def parse_parameters(text: str) -> FormSettings:
     lines = text.strip("\n").split("\n")
     pairs = {}
     if re.match(r"\s*(Steps|Seed|Size|CFG scale):", lines[-1]):
-        pairs = _pairs(lines.pop())
+        pairs = parse_pairs(lines.pop())
     prompt_lines, negative_lines = lines, []
     for index, line in enumerate(lines):
         if line.startswith(_NEGATIVE):
@@ -99,7 +166,7 @@ def parse_parameters(text: str) -> FormSettings:
     if not prompt:
         raise ValueError("the PNG's parameters hold no prompt")
     width = height = None
-    if match := re.fullmatch(r"(\d+)\s*x\s*(\d+)", pairs.get("Size", "")):
+    if match := re.fullmatch(r"([0-9]{1,5}) ?x ?([0-9]{1,5})", pairs.get("Size", "")):
         width, height = int(match[1]), int(match[2])
     pe = pairs.get("Prompt enhancer")
     return FormSettings(
@@ -115,14 +182,110 @@ def parse_parameters(text: str) -> FormSettings:
 
 
 def read_png_parameters(path: str | Path) -> FormSettings:
-    """The settings in a PNG's ``parameters`` chunk; ``ValueError`` naming the file when it has none."""
-    from PIL import Image, UnidentifiedImageError
-
+    """The settings in a PNG's ``parameters`` chunk; ``InvalidArgument`` (a ``ValueError``) naming the file when
+    it is not a PNG, is damaged, claims more pixels than Pillow opens, holds a text longer than
+    ``MAX_PARAMETERS_BYTES``, or has no such chunk."""
+    name = Path(path).name
     try:
-        with Image.open(path) as image:
-            text = image.info.get("parameters")
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{Path(path).name} is not an image this app can read ({err})") from None
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{Path(path).name} carries no generation parameters (no 'parameters' text chunk)")
+        with open(path, "rb") as file:
+            text = _parameters_chunk(file, name)
+    except OSError as err:
+        raise InvalidArgument(f"{name} could not be read ({err.strerror or err})") from None
+    if text is None or not text.strip():
+        raise InvalidArgument(f"{name} carries no generation parameters (no 'parameters' text chunk)")
     return parse_parameters(text)
+
+
+def _parameters_chunk(file, name: str) -> str | None:
+    """The text of the first ``parameters`` chunk (tEXt, zTXt or iTXt), walking the chunks to IEND and reading no
+    other chunk's data; None when there is none."""
+    if file.read(8) != PNG_SIGNATURE:
+        raise InvalidArgument(f"{name} is not a PNG file (it lacks the PNG signature); drop a PNG this app saved")
+    position = len(PNG_SIGNATURE)
+    while len(head := file.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", head)
+        if length > 2**31 - 1:
+            raise _damaged(name, kind)
+        if position == len(PNG_SIGNATURE):
+            _check_header(file, name, kind, length)
+        if kind == b"IEND":
+            break
+        key = PARAMETERS_KEY + b"\0"
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and length > len(key) and file.read(len(key)) == key:
+            file.seek(position + 8)
+            return _text_chunk(file, name, kind, length)
+        position += 12 + length
+        file.seek(position)
+    return None
+
+
+def _damaged(name: str, kind: bytes) -> InvalidArgument:
+    chunk = kind.decode("latin-1", "replace")
+    return InvalidArgument(f"{name} is a damaged PNG (its {chunk!r} chunk is broken); drop a PNG this app saved")
+
+
+def _check_header(file, name: str, kind: bytes, length: int) -> None:
+    """The IHDR chunk: a size that Pillow would open (a header claiming more pixels is refused by name, as Pillow
+    refuses it as a possible decompression bomb)."""
+    from PIL import Image
+
+    data = file.read(13)
+    if kind != b"IHDR" or length != 13 or len(data) != 13:
+        raise _damaged(name, kind)
+    width, height = struct.unpack(">II", data[:8])
+    limit = Image.MAX_IMAGE_PIXELS
+    if not width or not height:
+        raise _damaged(name, kind)
+    if limit is not None and width * height > limit:
+        raise InvalidArgument(
+            f"{name} claims {width}x{height} pixels, more than the {int(limit):,} this app opens (such a header can "
+            "be a decompression bomb); its settings were not read. Drop a PNG this app saved."
+        )
+
+
+def _too_long(name: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{name}'s 'parameters' text is longer than {MAX_PARAMETERS_BYTES:,} bytes, far more than this app writes; "
+        "it was not read"
+    )
+
+
+def _text_chunk(file, name: str, kind: bytes, length: int) -> str:
+    """The text of a tEXt, zTXt or iTXt chunk whose key is ``parameters`` (``file`` at its data), checked against
+    its CRC and inflated to at most ``MAX_PARAMETERS_BYTES``."""
+    if length > MAX_PARAMETERS_BYTES + 1024:
+        raise _too_long(name)
+    data, crc = file.read(length), file.read(4)
+    if len(data) != length or len(crc) != 4 or zlib.crc32(kind + data) != struct.unpack(">I", crc)[0]:
+        raise _damaged(name, kind)
+    body = data[len(PARAMETERS_KEY) + 1 :]
+    try:
+        if kind == b"tEXt":
+            text = body.decode("latin-1")
+        elif kind == b"zTXt":
+            text = _inflate(body[1:], name, kind, method=body[0]).decode("latin-1")
+        else:  # iTXt: compression flag and method, language tag, translated key, text
+            flag, method, fields = body[0], body[1], body[2:].split(b"\0", 2)
+            if len(fields) != 3:
+                raise _damaged(name, kind)
+            text = (_inflate(fields[2], name, kind, method) if flag else fields[2]).decode("utf-8")
+    except (IndexError, UnicodeDecodeError):
+        raise _damaged(name, kind) from None
+    if len(text) > MAX_PARAMETERS_BYTES:
+        raise _too_long(name)
+    return text
+
+
+def _inflate(data: bytes, name: str, kind: bytes, method: int) -> bytes:
+    """At most ``MAX_PARAMETERS_BYTES`` of the deflate stream ``data``: a stream that would give more is refused
+    once that much came out, never inflated whole."""
+    if method != 0:
+        raise _damaged(name, kind)
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_PARAMETERS_BYTES + 1)
+    except zlib.error:
+        raise _damaged(name, kind) from None
+    if len(out) > MAX_PARAMETERS_BYTES:
+        raise _too_long(name)
+    return out

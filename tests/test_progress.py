@@ -1,0 +1,50 @@
+"""Progress as the UI shows it: the prompt enhancer's tokens written and its cap, which image of how many in
+denoising and decoding, and a fraction that never goes back. Real tiny NF4 pipeline through ``ImageService``."""
+
+import pytest
+
+from ernie_nf4.progress import Progress
+from ernie_nf4.request import GenerationRequest
+
+from .support.fixtures import DEVICE
+
+
+def test_describe_names_the_image_and_the_tokens():
+    assert Progress("pe", done=48, total=2048, unit="tokens").describe() == "prompt enhancer · 48 / 2048 tokens"
+    denoising = Progress("denoising", done=11, total=32, unit="steps", eta_seconds=5, image=2, images=4)
+    assert denoising.describe() == "denoising · image 2 of 4 · step 3/8 · ETA 5 s"
+    assert denoising.fraction == 11 / 32  # of the whole run
+    assert Progress("vae_decode", done=16, total=32, unit="steps", image=2, images=4).describe() == (
+        "decoding · image 2 of 4"
+    )
+    assert Progress("denoising", done=3, total=8, unit="steps").describe() == "denoising · step 3/8"
+
+
+@pytest.mark.nf4
+def test_a_run_reports_pe_tokens_and_image_k_of_n_and_the_bar_never_goes_back(tiny_package, nf4_everywhere):
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    service = ImageService(ServiceConfig(model_dir=str(tiny_package), tiny=True, device=DEVICE, max_pe_tokens=40))
+    events = []
+    request = GenerationRequest("a cat", width=64, height=64, num_inference_steps=3, num_images=2, seed=1)
+    service.generate(request, on_progress=events.append)
+    run = events[[e.stage for e in events].index("pe") :]
+
+    pe = [e for e in run if e.stage == "pe"]
+    written = [e.done for e in pe]  # every 8 tokens on the CPU, every chunk of 16 with CUDA graphs
+    assert written[0] == 0 and written == sorted(set(written)) and len(written) >= 3
+    assert all(later - earlier <= 17 for earlier, later in zip(written, written[1:], strict=False))
+    assert written[-1] == service.last_result.enhancement.tokens == 40
+    assert {(e.total, e.unit) for e in pe} == {(40, "tokens")}
+    assert pe[1].describe() == f"prompt enhancer · {written[1]} / 40 tokens"
+
+    later = [e for e in run if e.stage in ("denoising", "vae_decode")]
+    assert [(e.stage, e.image, e.images) for e in later if e.stage == "vae_decode"] == [
+        ("vae_decode", 1, 2),
+        ("vae_decode", 2, 2),
+    ]
+    assert {e.image for e in later if e.stage == "denoising"} == {1, 2}
+    assert all(e.images == 2 and e.fraction is not None for e in later)
+    fractions = [e.fraction for e in later]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(e.describe().startswith("denoising · image 2 of 2 · step 1/3") for e in later)

@@ -1,0 +1,78 @@
+"""The form's numbers as the UI or an API client sends them: numbers, or text of the digits 0-9. Booleans, other
+scripts' digits, underscores and words for infinity are refused, naming the field and the form expected."""
+
+from dataclasses import astuple, replace
+
+import pytest
+
+from ernie_nf4.errors import InvalidArgument
+from ernie_nf4.request import FormValues, request_from_form
+
+FORM = FormValues("a cat", "", 64, 64, 2, 4.0, 3, use_pe=True, num_images=1)
+WHOLE_FIELDS = ("width", "height", "num_inference_steps", "seed", "num_images")
+NUMERIC_FIELDS = (*WHOLE_FIELDS, "guidance_scale")
+REFUSED = [
+    True,
+    False,
+    "true",
+    "٣٢٠",  # Arabic-Indic digits: int() and float() read 320
+    "３２",  # full-width digits
+    "1_0",  # int() and float() read 10
+    "1_0.5",
+    "inf",
+    "-Infinity",
+    "nan",
+    "0x10",
+    "",
+    None,
+    [64],
+]
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+@pytest.mark.parametrize("value", REFUSED, ids=repr)
+def test_booleans_foreign_digits_and_underscores_are_refused_naming_the_field(field, value):
+    with pytest.raises(InvalidArgument) as refused:
+        request_from_form(replace(FORM, **{field: value}))
+    assert refused.value.field == field
+    message = str(refused.value)
+    assert message.startswith(f"{field} must be a ") and "written with the digits 0-9" in message
+    assert "(like 4.5)" in message if field == "guidance_scale" else "(like 1024)" in message
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+def test_the_ui_validator_marks_the_field_and_says_the_form(field):
+    pytest.importorskip("gradio")
+    from ernie_nf4.webapp.handlers import FORM_FIELDS, Handlers
+
+    checks = dict(zip(FORM_FIELDS, Handlers.validate(*astuple(replace(FORM, **{field: True}))), strict=True))
+    assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
+    assert "written with the digits 0-9" in checks[field]["message"]
+
+
+def test_numbers_and_ascii_digit_text_are_read_exactly():
+    request, _ = request_from_form(
+        replace(
+            FORM,
+            width=" 320 ",
+            height="64.0",
+            num_inference_steps=3.0,
+            guidance_scale="4.5",
+            seed="9007199254740993",  # beyond a float's 53 bits: read as an integer, not rounded
+            num_images="+2",
+        )
+    )
+    assert (request.width, request.height, request.num_inference_steps) == (320, 64, 3)
+    assert (request.guidance_scale, request.seed, request.num_images) == (4.5, 9007199254740993, 2)
+    request, _ = request_from_form(replace(FORM, guidance_scale=7, seed=1e3, width="1e2"))
+    assert (request.guidance_scale, request.seed, request.width) == (7.0, 1000, 96)  # 100 snapped to 96
+
+
+def test_text_numbers_out_of_range_are_refused_by_the_range_check():
+    with pytest.raises(InvalidArgument, match=r"width must be in \[64, 2048\]") as refused:
+        request_from_form(replace(FORM, width="9" * 60))
+    assert refused.value.field == "width"
+    with pytest.raises(InvalidArgument, match="guidance_scale must be in"):
+        request_from_form(replace(FORM, guidance_scale="1e300"))
+    with pytest.raises(InvalidArgument, match="guidance_scale must be a finite number"):
+        request_from_form(replace(FORM, guidance_scale="1e400"))  # inf
