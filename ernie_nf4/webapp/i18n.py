@@ -37,6 +37,10 @@ EN = {
     "tab_generate": "Generate",
     "tab_stats": "Stats",
     "refresh": "Refresh",
+    # layout
+    "custom": "Custom",
+    "tab_create": "Create",
+    "swap": "Swap width and height",
 }
 
 ZH = {
@@ -66,6 +70,10 @@ ZH = {
     "tab_generate": "生成",
     "tab_stats": "统计",
     "refresh": "刷新",
+    # layout
+    "custom": "自定义",
+    "tab_create": "创作",
+    "swap": "交换宽度和高度",
 }
 
 I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})
