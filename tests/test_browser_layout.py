@@ -366,4 +366,4 @@ def _noisy_share(path: Path, block: int = 16) -> float:
 
 @pytest.mark.parametrize("name", sorted(_linked_screenshots()))
 def test_no_screenshot_the_readme_links_shows_noise(name):
-    assert _noisy_share(ROOT / "docs" / "screenshots" / name) < 0.06
+    assert _noisy_share(ROOT / "docs" / "screenshots" / name) < 0.15  # the tiny model's noise: 0.29 and more

@@ -93,6 +93,7 @@ CSS = """
   width: auto; height: auto; max-width: 100%; object-fit: contain; min-width: 32px; min-height: 32px;
 }
 #gallery .thumbnail-lg > img { max-height: 70vh; }
+#gallery .grid-wrap.fixed-height { min-height: 0; max-height: none; }
 #history .thumbnail-lg > img { max-height: 160px; }
 #gallery .caption-label, #history .caption-label {
   position: static; max-width: 100%; width: 100%; white-space: normal; overflow-wrap: anywhere; opacity: 1;
@@ -112,7 +113,6 @@ CSS = """
   #actions.column { flex-direction: row !important; flex-wrap: nowrap !important; }
   #actions.column > button { flex: 1 1 0; min-width: 0 !important; }
   #gallery { min-height: 200px; }
-  #gallery .grid-wrap.fixed-height { min-height: 0; }
   #settings > #examples { order: -1; }
   #size > #preset { flex: 1 1 100% !important; }
   #size > #width, #size > #height { flex: 1 1 0 !important; min-width: 0 !important; }
