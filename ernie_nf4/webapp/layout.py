@@ -74,14 +74,16 @@ def _prompt_row() -> dict:
 
 
 def _size_row(width: int, height: int, choices: list[str]) -> dict:
+    """The resolution dropdown, then width ⇄ height: one line on a desktop, two on a phone (never Height alone)."""
     named = [(t("custom") if size == CUSTOM else size_label(size), size) for size in choices]
     with gr.Row(elem_id="size"):
         preset = gr.Dropdown(
             named, value=f"{width}x{height}", label=t("resolution"), scale=3, min_width=170, elem_id="preset"
         )
-        width_box = gr.Number(width, label=t("width"), precision=0, step=16, scale=2, min_width=80, elem_id="width")
-        swap = gr.Button("⇄", size="sm", scale=0, min_width=44, elem_id="swap")
-        height_box = gr.Number(height, label=t("height"), precision=0, step=16, scale=2, min_width=80, elem_id="height")
+        with gr.Column(scale=4, min_width=230), gr.Row(elem_id="dimensions"):
+            width_box = gr.Number(width, label=t("width"), precision=0, step=16, min_width=80, elem_id="width")
+            swap = gr.Button("⇄", size="sm", scale=0, min_width=44, elem_id="swap")
+            height_box = gr.Number(height, label=t("height"), precision=0, step=16, min_width=80, elem_id="height")
     return {"preset": preset, "width": width_box, "swap": swap, "height": height_box}
 
 

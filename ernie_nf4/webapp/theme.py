@@ -84,6 +84,7 @@ CSS = """
 #actions button { min-height: 44px; }
 #gallery { min-height: 320px; }
 #swap { align-self: center; min-height: 40px; font-size: 1.25rem; }
+#dimensions { flex-wrap: nowrap; }
 /* Results and history: each image whole, at its own aspect (no cropping), its caption whole under it. */
 #gallery .grid-container, #history .grid-container { align-items: start; grid-auto-rows: auto; }
 #gallery .thumbnail-lg, #history .thumbnail-lg {
@@ -114,8 +115,6 @@ CSS = """
   #actions.column > button { flex: 1 1 0; min-width: 0 !important; }
   #gallery { min-height: 200px; }
   #settings > #examples { order: -1; }
-  #size > #preset { flex: 1 1 100% !important; }
-  #size > #width, #size > #height { flex: 1 1 0 !important; min-width: 0 !important; }
   input[type=checkbox] { width: 24px !important; height: 24px !important; }
   input[type=range] { height: 24px !important; }
   input[type=range]::-webkit-slider-thumb {
