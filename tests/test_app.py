@@ -199,7 +199,7 @@ def test_browser_generates_an_image_and_shows_the_stats(served_tiny_app, tmp_pat
         page.goto(url)
         page.locator("#prompt textarea").fill("a red boat on a lake at sunset")
         page.get_by_label("Resolution").click()
-        page.get_by_role("option", name="768x1376").click()
+        page.get_by_role("option", name="9:16 · 768×1376").click()
         page.locator("#generate").click()
         page.locator("#gallery img").first.wait_for(timeout=4 * BOUND)  # the tiny model on a CPU
         sync_api.expect(page.locator("#info textarea")).to_have_value(re.compile("seed"), timeout=BOUND)

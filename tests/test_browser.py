@@ -83,7 +83,7 @@ def test_examples_fill_the_form_with_prompt_and_size(open_app):
     page.wait_for_function("document.querySelector('#width input').value === '1376'")
     assert "infographic" in page.locator("#prompt textarea").input_value()
     assert page.locator("#height input").input_value() == "768"
-    assert page.locator("#preset input").input_value() == "1376x768"
+    assert page.locator("#preset input").input_value() == "16:9 · 1376×768"
     examples.get_by_text("Chinese shop sign").click()
     page.wait_for_function("document.querySelector('#width input').value === '1024'")
     assert "晨光咖啡" in page.locator("#prompt textarea").input_value()
@@ -178,7 +178,7 @@ def test_dropping_a_png_restores_its_settings(open_app, tmp_path):
     expect(page.locator("#prompt textarea")).to_have_value(request.prompt)
     expect(page.locator("#negative textarea")).to_have_value("blurry")
     expect(page.locator("#height input")).to_have_value("1264")
-    expect(page.locator("#preset input")).to_have_value("848x1264")
+    expect(page.locator("#preset input")).to_have_value("2:3 · 848×1264")
     expect(page.locator("#steps input[type=number]")).to_have_value("28")
     expect(page.locator("#guidance input[type=number]")).to_have_value("3.5")
     expect(page.locator("#seed input")).to_have_value("4243")
@@ -303,9 +303,9 @@ def test_a_blank_prompt_gives_one_clear_message_and_no_error_badge(open_app, fak
 def test_resolution_dropdown_follows_typed_size(open_app):
     page = open_app()
     set_size(page, 1000, 700)
-    page.wait_for_function("document.querySelector('#preset input').value === 'custom'")
+    page.wait_for_function("document.querySelector('#preset input').value === 'Custom'")
     set_size(page, 1264, 848)
-    page.wait_for_function("document.querySelector('#preset input').value === '1264x848'")
+    page.wait_for_function("document.querySelector('#preset input').value === '3:2 · 1264×848'")
 
 
 @pytest.mark.browser
@@ -333,4 +333,4 @@ def test_tiny_app_form_defaults_in_the_browser(served_tiny_app, open_app):
     assert page.locator("#width input").input_value() == "256"
     assert page.locator("#height input").input_value() == "256"
     assert page.locator("#steps input[type=number]").input_value() == "4"
-    assert page.locator("#preset input").input_value() == "256x256"
+    assert page.locator("#preset input").input_value() == "1:1 · 256×256"

@@ -23,7 +23,8 @@ from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, st
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_generate
 
-PRESETS = ["1024x1024", "848x1264", "1264x848", "768x1376", "896x1200", "1376x768", "1200x896"]
+# The model card's recommended sizes (about one megapixel each), square first, then each portrait with its landscape.
+PRESETS = ["1024x1024", "896x1200", "1200x896", "848x1264", "1264x848", "768x1376", "1376x768"]
 CUSTOM = "custom"
 RANDOM_SEED_LIMIT = 2**32
 HISTORY_LIMIT = 48
@@ -170,6 +171,11 @@ class Handlers:
             return gr.skip(), gr.skip()
         width, height = map(int, preset.split("x"))
         return width, height
+
+    @staticmethod
+    def swap(width, height):
+        """The size turned a quarter: (height, width) into the (width, height) fields."""
+        return height, width
 
     @staticmethod
     def preset_for(width, height, choices=tuple(PRESETS)):

@@ -39,6 +39,10 @@ EN = {
     "refresh": "Refresh",
     # stats
     "stats_json": "Stats",
+    # layout
+    "custom": "Custom",
+    "tab_create": "Create",
+    "swap": "Swap width and height",
 }
 
 ZH = {
@@ -70,6 +74,10 @@ ZH = {
     "refresh": "刷新",
     # stats
     "stats_json": "统计",
+    # layout
+    "custom": "自定义",
+    "tab_create": "创作",
+    "swap": "交换宽度和高度",
 }
 
 I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})

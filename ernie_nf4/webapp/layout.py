@@ -3,29 +3,56 @@
 
 from __future__ import annotations
 
+from math import gcd
+
 import gradio as gr
 
-from ..request import IMAGES_RANGE, STEPS_RANGE
+from ..request import GUIDANCE_RANGE, IMAGES_RANGE, STEPS_RANGE
 from .examples import EXAMPLES
 from .handlers import CUSTOM, PRESETS
 from .i18n import t
 from .stats_view import CHART_COLUMNS, chart_titles
 
 TINY_SIZE, TINY_STEPS = 256, 4
+# Aspect ratios with a common name, landscape side first; a size within RATIO_TOLERANCE of one is called by it.
+NAMED_RATIOS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 9), (21, 9))
+RATIO_TOLERANCE = 0.02
+
+
+def is_tiny(service) -> bool:
+    """Whether the service is the tiny random model (``--tiny``)."""
+    config = getattr(service, "config", None)
+    return config is not None and bool(getattr(config, "tiny", False))
 
 
 def form_defaults(service) -> tuple[int, int, int, float]:
     """(width, height, steps, guidance) the form starts with: the variant's recommendation, or a small fast run
     when the service is the tiny random model (``--tiny``: an answer in seconds on a CPU)."""
     defaults = service.defaults
-    config = getattr(service, "config", None)
-    if config is not None and getattr(config, "tiny", False):
+    if is_tiny(service):
         return TINY_SIZE, TINY_SIZE, TINY_STEPS, defaults.guidance_scale
     return 1024, 1024, defaults.num_inference_steps, defaults.guidance_scale
 
 
+def ratio_name(width: int, height: int) -> str:
+    """The size's aspect ratio as people call it: the named ratio it is within 2 % of (848x1264 is 0.671, so
+    "2:3"), else the reduced fraction."""
+    for long, short in NAMED_RATIOS:
+        for w, h in ((long, short), (short, long)):
+            if abs((width / height) / (w / h) - 1) <= RATIO_TOLERANCE:
+                return f"{w}:{h}"
+    common = gcd(width, height)
+    return f"{width // common}:{height // common}"
+
+
+def size_label(size: str) -> str:
+    """A dropdown label for ``"WxH"``: "2:3 · 848×1264"."""
+    width, height = map(int, size.split("x"))
+    return f"{ratio_name(width, height)} · {width}×{height}"
+
+
 def size_choices(width: int, height: int) -> list[str]:
-    """The resolution dropdown's choices: the presets, the form's starting size when it is none of them, custom."""
+    """The resolution dropdown's values: the presets, the form's starting size when it is none of them, custom."""
     start = f"{width}x{height}"
     return [*PRESETS, *([start] if start not in PRESETS else []), CUSTOM]
 
@@ -33,7 +60,13 @@ def size_choices(width: int, height: int) -> list[str]:
 def _prompt_row() -> dict:
     with gr.Row(elem_id="top", equal_height=True):
         prompt = gr.Textbox(
-            label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, max_lines=12, scale=5, elem_id="prompt"
+            label=t("prompt"),
+            placeholder=t("prompt_placeholder"),
+            lines=3,
+            max_lines=12,
+            scale=5,
+            buttons=["copy"],
+            elem_id="prompt",
         )
         with gr.Column(scale=1, min_width=160, elem_id="actions"):
             run = gr.Button(t("generate"), variant="primary", elem_id="generate")
@@ -42,11 +75,17 @@ def _prompt_row() -> dict:
 
 
 def _size_row(width: int, height: int, choices: list[str]) -> dict:
-    with gr.Row():
-        preset = gr.Dropdown(choices, value=f"{width}x{height}", label=t("resolution"), elem_id="preset")
-        width_box = gr.Number(width, label=t("width"), precision=0, step=16, elem_id="width")
-        height_box = gr.Number(height, label=t("height"), precision=0, step=16, elem_id="height")
-    return {"preset": preset, "width": width_box, "height": height_box}
+    """The resolution dropdown, then width ⇄ height: one line on a desktop, two on a phone (never Height alone)."""
+    named = [(t("custom") if size == CUSTOM else size_label(size), size) for size in choices]
+    with gr.Row(elem_id="size"):
+        preset = gr.Dropdown(
+            named, value=f"{width}x{height}", label=t("resolution"), scale=3, min_width=170, elem_id="preset"
+        )
+        with gr.Column(scale=4, min_width=230), gr.Row(elem_id="dimensions"):
+            width_box = gr.Number(width, label=t("width"), precision=0, step=16, min_width=80, elem_id="width")
+            swap = gr.Button("⇄", size="sm", scale=0, min_width=44, elem_id="swap")
+            height_box = gr.Number(height, label=t("height"), precision=0, step=16, min_width=80, elem_id="height")
+    return {"preset": preset, "width": width_box, "swap": swap, "height": height_box}
 
 
 def _advanced(steps: int, guidance: float) -> dict:
@@ -54,7 +93,9 @@ def _advanced(steps: int, guidance: float) -> dict:
         negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
         with gr.Row():
             steps_slider = gr.Slider(*STEPS_RANGE, value=steps, step=1, label=t("steps"), elem_id="steps")
-            guidance_slider = gr.Slider(0.0, 15.0, value=guidance, step=0.1, label=t("guidance"), elem_id="guidance")
+            guidance_slider = gr.Slider(
+                *GUIDANCE_RANGE, value=guidance, step=0.1, label=t("guidance"), elem_id="guidance"
+            )
         with gr.Row():
             seed = gr.Number(1234, label=t("seed"), precision=0, elem_id="seed")
             randomize = gr.Checkbox(True, label=t("randomize"), elem_id="randomize")
@@ -76,12 +117,19 @@ def _advanced(steps: int, guidance: float) -> dict:
     }
 
 
-def _examples(ui: dict) -> None:
+def _examples(ui: dict, sized: bool) -> None:
+    """The example prompts; ``sized``: each also sets its size (not on the tiny model, whose small size keeps a run
+    to seconds on a CPU)."""
+    if sized:
+        rows = [[prompt, width, height] for _, prompt, width, height in EXAMPLES]
+        labels = [f"{title} · {width}×{height}" for title, _, width, height in EXAMPLES]
+    else:
+        rows, labels = [[prompt] for _, prompt, _, _ in EXAMPLES], [title for title, *_ in EXAMPLES]
     gr.Examples(
-        [[prompt, width, height] for _, prompt, width, height in EXAMPLES],
-        [ui["prompt"], ui["width"], ui["height"]],
+        rows,
+        [ui["prompt"], ui["width"], ui["height"]][: len(rows[0])],
         label=t("examples"),
-        example_labels=[f"{title} · {width}×{height}" for title, _, width, height in EXAMPLES],
+        example_labels=labels,
         cache_examples=False,
         examples_per_page=len(EXAMPLES),
         elem_id="examples",
@@ -94,11 +142,20 @@ def _results() -> dict:
             label=t("result"),
             format="png",
             columns=2,
+            object_fit="contain",
             interactive=False,
             buttons=["download", "fullscreen"],
             elem_id="gallery",
         )
-        revised = gr.Textbox(label=t("revised"), interactive=False, elem_id="revised")
+        revised = gr.Textbox(
+            label=t("revised"),
+            interactive=False,
+            lines=2,
+            max_lines=6,
+            autoscroll=False,
+            buttons=["copy"],
+            elem_id="revised",
+        )
         info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
     return {"gallery": gallery, "revised": revised, "info": info}
 
@@ -111,7 +168,8 @@ def _reuse_row() -> dict:
             history = gr.Gallery(
                 label=t("history"),
                 columns=6,
-                height=220,
+                height=300,
+                object_fit="contain",
                 interactive=False,
                 allow_preview=False,
                 buttons=[],
@@ -131,13 +189,15 @@ def _reuse_row() -> dict:
     }
 
 
-def generate_tab(width: int, height: int, steps: int, guidance: float, choices: list[str]) -> dict:
+def generate_tab(
+    width: int, height: int, steps: int, guidance: float, choices: list[str], sized_examples: bool = True
+) -> dict:
     ui = _prompt_row()
     with gr.Row(elem_id="main"):
         with gr.Column(scale=2, elem_id="settings"):
             ui |= _size_row(width, height, choices)
             ui |= _advanced(steps, guidance)
-            _examples(ui)
+            _examples(ui, sized_examples)
         ui |= _results()
     ui |= _reuse_row()
     return ui

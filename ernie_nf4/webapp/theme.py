@@ -1,11 +1,13 @@
-"""The page's look and keys: CSS, the Ctrl+Enter shortcut, and ``ErnieBlocks``, which launches with them and the
-translations."""
+"""The page's look and keys: CSS, the Ctrl+Enter shortcut, what the page tells screen readers, and ``ErnieBlocks``,
+which launches with them and the translations."""
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
-from .i18n import I18N
+from .i18n import EN, I18N, ZH
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -19,27 +21,119 @@ document.addEventListener("keydown", (event) => {
 </script>
 """
 
+# For screen readers: every control gets a name of its own (a gallery tile: its caption; a copy or reset button: its
+# action and its field's label; a text box: its label; the swap button: what it does), and the run's progress is read
+# out from a live region (at most every 2 s). Names are built from the page's own (translated) texts.
+ACCESSIBILITY_JS = """
+<script>
+(() => {
+  const SWAP = __SWAP__;
+  const swapName = SWAP[(navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en"];
+  let spoken = "", pending = null, last = 0;
+  const setAttr = (element, name, value) => {
+    if (element && value && element.getAttribute(name) !== value) element.setAttribute(name, value);
+  };
+  const fieldLabel = (element) => element.closest(".block")
+    ?.querySelector("[data-testid=block-info], [data-testid=block-label]")?.textContent.trim();
+  const nameButton = (button, label) => {  // "Copy" -> "Copy: Prompt"; a new name from Gradio is named afresh
+    const current = button.getAttribute("aria-label");
+    if (!label || !current || current === button.dataset.named) return;
+    button.dataset.named = `${current}: ${label}`;
+    button.setAttribute("aria-label", button.dataset.named);
+  };
+  const say = (live) => {
+    pending = null; last = Date.now();
+    const tracker = document.querySelector("#gallery [data-testid=status-tracker]");
+    const text = tracker && !tracker.classList.contains("hide") ? tracker.innerText.replace(/\\s+/g, " ").trim() : "";
+    if (text !== spoken) live.textContent = spoken = text;
+  };
+  const update = (live) => {
+    for (const tile of document.querySelectorAll("#gallery .thumbnail-item, #history .thumbnail-item")) {
+      const caption = tile.querySelector(".caption-label")?.textContent.trim();
+      setAttr(tile.querySelector("img"), "alt", caption);
+      setAttr(tile, "aria-label", caption && `${fieldLabel(tile)}: ${caption}`);
+    }
+    for (const area of document.querySelectorAll(".block textarea")) setAttr(area, "aria-label", fieldLabel(area));
+    for (const button of document.querySelectorAll(".block button[aria-label]:not(.thumbnail-item)")) {
+      nameButton(button, fieldLabel(button));
+    }
+    setAttr(document.querySelector("#swap"), "aria-label", swapName);
+    setAttr(document.querySelector("#swap"), "title", swapName);
+    if (pending === null) pending = setTimeout(() => say(live), Math.max(0, 2000 - (Date.now() - last)));
+  };
+  const start = () => {
+    const live = document.createElement("div");
+    live.id = "progress-live";
+    live.className = "visually-hidden";
+    live.setAttribute("role", "status");
+    live.setAttribute("aria-live", "polite");
+    document.body.appendChild(live);
+    new MutationObserver(() => update(live)).observe(document.body, {
+      subtree: true, childList: true, characterData: true, attributes: true,
+      attributeFilter: ["aria-label", "alt", "class"],
+    });
+    update(live);
+  };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
+})();
+</script>
+""".replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False))
+
 CSS = """
 #actions { align-self: stretch; }
 #actions button { min-height: 44px; }
 #gallery { min-height: 320px; }
-/* Phone: the result comes right after the prompt and Generate, the settings below it. */
+#swap { align-self: center; min-height: 40px; font-size: 1.25rem; }
+#dimensions { flex-wrap: nowrap; }
+/* Results and history: each image whole, at its own aspect (no cropping), its caption whole under it. */
+#gallery .grid-container, #history .grid-container { align-items: start; grid-auto-rows: auto; }
+#gallery .thumbnail-lg, #history .thumbnail-lg {
+  aspect-ratio: auto; height: auto; display: flex; flex-direction: column; align-items: center;
+}
+#gallery .thumbnail-lg > img, #history .thumbnail-lg > img {
+  width: auto; height: auto; max-width: 100%; object-fit: contain; min-width: 32px; min-height: 32px;
+}
+#gallery .thumbnail-lg > img { max-height: 70vh; }
+#gallery .grid-wrap.fixed-height { min-height: 0; max-height: none; }
+#history .thumbnail-lg > img { max-height: 160px; }
+#gallery .caption-label, #history .caption-label {
+  position: static; max-width: 100%; width: 100%; white-space: normal; overflow-wrap: anywhere; opacity: 1;
+  border: none; border-radius: 0;
+}
+#revised textarea { overflow-y: auto; }
+.visually-hidden {
+  position: absolute !important; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
+  overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
+}
+/* Phone: the result comes right after the prompt and Generate/Stop (side by side), then the examples, then the
+   settings; touch targets of at least 24 px. */
 @media (max-width: 768px) {
   #main { flex-direction: column; }
   #main > .column { min-width: 0 !important; width: 100%; }
   #results { order: -1; }
-  #actions.column { flex-direction: row !important; }
-  #gallery { min-height: 260px; }
+  #actions.column { flex-direction: row !important; flex-wrap: nowrap !important; }
+  #actions.column > button { flex: 1 1 0; min-width: 0 !important; }
+  #gallery { min-height: 200px; }
+  #settings > #examples { order: -1; }
+  input[type=checkbox] { width: 24px !important; height: 24px !important; }
+  .icon-button, .reset-button { min-width: 24px !important; min-height: 24px !important; }
+  .tab-like-container { height: 28px !important; }
+  #advanced > .label-wrap { min-height: 32px; }
+  input[type=range] { height: 24px !important; }
+  input[type=range]::-webkit-slider-thumb {
+    width: 24px !important; height: 24px !important; margin-top: -8px !important;
+  }
+  input[type=range]::-moz-range-thumb { width: 24px !important; height: 24px !important; }
 }
 """
 
 
 class ErnieBlocks(gr.Blocks):
-    """``gr.Blocks`` that launches with the app's CSS, keyboard shortcut and translations (Gradio 6 takes these in
-    ``launch()``); a caller's own values win."""
+    """``gr.Blocks`` that launches with the app's CSS, keyboard shortcut, screen-reader help and translations
+    (Gradio 6 takes these in ``launch()``); a caller's own values win."""
 
     def launch(self, *args, **kwargs):
         kwargs.setdefault("css", CSS)
-        kwargs.setdefault("head", KEYBOARD_JS)
+        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS)
         kwargs.setdefault("i18n", I18N)
         return super().launch(*args, **kwargs)

@@ -11,7 +11,7 @@ import gradio as gr
 from .api_page import document_api
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
 from .i18n import t
-from .layout import form_defaults, generate_tab, size_choices, stats_tab
+from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
 
@@ -51,6 +51,7 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
 
 def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
     ui["preset"].input(handlers.apply_preset, ui["preset"], [ui["width"], ui["height"]], **HIDDEN)
+    ui["swap"].click(handlers.swap, [ui["width"], ui["height"]], [ui["width"], ui["height"]], **HIDDEN)
     follow = partial(handlers.preset_for, choices=tuple(choices))
     for size in (ui["width"], ui["height"]):
         size.change(follow, [ui["width"], ui["height"]], ui["preset"], **HIDDEN)
@@ -80,8 +81,8 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         gr.Markdown(f"# ERNIE-Image NF4\nModel: **{service.label}**", elem_id="header")
         if (problem := service.unavailable_reason()) is not None:
             gr.Markdown(f"⚠️ **{problem}**", elem_id="missing")
-        with gr.Tab(t("tab_generate")):
-            ui = generate_tab(width, height, steps, guidance, choices)
+        with gr.Tab(t("tab_create")):
+            ui = generate_tab(width, height, steps, guidance, choices, sized_examples=not is_tiny(service))
         ui |= stats_tab()
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
         _wire_sizes(handlers, ui, choices)

@@ -1,0 +1,384 @@
+"""The page's layout in headless Chromium, measured in the DOM, on a desktop (1366x900), a phone (390x844) and in
+Chinese: whole results at their aspect, copy buttons, the size row and its presets, the phone's buttons and
+examples, the tiny app's examples, accessible names, the progress live region, touch targets; and the README's
+screenshots."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+from ernie_nf4.request import GUIDANCE_RANGE  # noqa: E402
+
+from .support.app import BOUND, chromium_path, playwright_api  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+VIEWPORTS = pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+# The roles a person operates; two of them with one name cannot be told apart by a screen reader's user.
+CONTROLS = {"button", "tab", "link", "checkbox", "slider", "textbox", "combobox", "spinbutton"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = playwright_api()
+    sync_api.expect.set_options(timeout=BOUND)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_app(fake_app, browser):
+    """``open_app(viewport=..., locale=..., url=...)`` -> a page in a fresh browser context (the fake-service app
+    unless ``url`` says otherwise)."""
+    contexts = []
+
+    def open_page(viewport=DESKTOP, locale="en-US", url=None, permissions=()):
+        context = browser.new_context(viewport=viewport, locale=locale, permissions=list(permissions))
+        context.set_default_timeout(BOUND)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(url or fake_app[1].src)
+        page.locator("#generate").wait_for()
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def generate(page, prompt, width, height):
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#width input").fill(str(width))
+    page.locator("#height input").fill(str(height))
+    page.locator("#height input").blur()
+    page.locator("#generate").click()
+    page.wait_for_function("document.querySelector('#info textarea').value.startsWith('seed')")
+
+
+def open_advanced(page):
+    page.locator("#advanced .label-wrap").click()
+    page.locator("#use-pe input").wait_for(state="visible")
+
+
+def tiles(page, gallery: str) -> list[dict]:
+    """Each image tile of ``gallery``: the image's natural and rendered size, the tile's and the caption's boxes."""
+    return page.evaluate(
+        """(gallery) => [...document.querySelectorAll(`${gallery} .thumbnail-item`)].map(tile => {
+            const img = tile.querySelector("img"), caption = tile.querySelector(".caption-label");
+            const box = (e) => { const r = e.getBoundingClientRect();
+                return {x: r.x, y: r.y, w: r.width, h: r.height, right: r.right, bottom: r.bottom}; };
+            return {natural: [img.naturalWidth, img.naturalHeight], img: box(img), tile: box(tile),
+                    fit: getComputedStyle(img).objectFit, caption: caption && box(caption),
+                    captionCut: caption && (caption.scrollWidth > caption.clientWidth + 1
+                                            || caption.scrollHeight > caption.clientHeight + 1),
+                    captionText: caption && caption.textContent.trim(), alt: img.alt,
+                    label: tile.getAttribute("aria-label")};
+        })""",
+        gallery,
+    )
+
+
+def ax_nodes(page) -> list[dict]:
+    """The page's accessibility tree as Chromium computes it: (role, name) of each node that is not ignored."""
+    session = page.context.new_cdp_session(page)
+    nodes = session.send("Accessibility.getFullAXTree")["nodes"]
+    session.detach()
+    return [
+        {"role": node.get("role", {}).get("value"), "name": (node.get("name") or {}).get("value", "")}
+        for node in nodes
+        if not node.get("ignored")
+    ]
+
+
+def slider_thumb_boxes(page) -> list[tuple[float, float]]:
+    """(width, height) of every range input's thumb, read from Chromium's own tree of the input (its user-agent
+    shadow root, where the thumb is an element)."""
+    session = page.context.new_cdp_session(page)
+    root = session.send("DOM.getDocument", {"depth": -1, "pierce": True})["root"]
+    thumbs, stack = [], [(root, False)]
+    while stack:
+        node, in_range = stack.pop()
+        attributes = node.get("attributes", [])
+        pairs = dict(zip(attributes[::2], attributes[1::2], strict=False))
+        if in_range and pairs.get("id") == "thumb":
+            thumbs.append(node["nodeId"])
+        is_range = node.get("localName") == "input" and pairs.get("type") == "range"
+        stack += [(child, in_range) for child in node.get("children", [])]
+        stack += [(shadow, in_range or is_range) for shadow in node.get("shadowRoots", [])]
+    sizes = []
+    for node_id in thumbs:
+        try:
+            model = session.send("DOM.getBoxModel", {"nodeId": node_id})["model"]
+        except Exception:  # a thumb of a slider that is not rendered (a closed accordion, another tab)
+            continue
+        sizes.append((model["width"], model["height"]))
+    session.detach()
+    return sizes
+
+
+# 1. Whole results and history, copy buttons, the revised prompt's height
+
+
+@pytest.mark.browser
+@VIEWPORTS
+def test_results_and_history_show_each_image_whole_at_its_aspect(open_app, viewport):
+    page = open_app(viewport=viewport)
+    open_advanced(page)
+    page.locator("#use-pe input").uncheck()
+    generate(page, "a wide banner", 1008, 256)
+    generate(page, "a portrait", 256, 384)
+    page.locator("#history .thumbnail-item").nth(1).wait_for()
+    page.locator("#gallery img").first.wait_for()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#gallery img, #history img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    shown = tiles(page, "#gallery") + tiles(page, "#history")
+    assert len(shown) == 3
+    assert {tuple(tile["natural"]) for tile in shown} == {(1008, 256), (256, 384)}
+    for tile in shown:
+        natural = tile["natural"][0] / tile["natural"][1]
+        rendered = tile["img"]["w"] / tile["img"]["h"]
+        assert abs(rendered / natural - 1) < 0.03, tile  # the box has the image's aspect: nothing cut, no bars
+        assert tile["img"]["x"] >= tile["tile"]["x"] - 1 and tile["img"]["right"] <= tile["tile"]["right"] + 1, tile
+        if tile["natural"][1] > tile["natural"][0]:
+            assert tile["img"]["h"] > tile["img"]["w"], tile  # portrait stays portrait
+        assert tile["caption"] is not None and not tile["captionCut"], tile
+        caption = tile["caption"]  # the caption whole, inside its tile and under the image, not over it
+        assert caption["y"] >= tile["img"]["bottom"] - 1 and caption["bottom"] <= tile["tile"]["bottom"] + 1, tile
+        assert caption["right"] <= tile["tile"]["right"] + 1, tile
+
+
+@pytest.mark.browser
+def test_prompt_and_revised_prompt_have_copy_buttons_and_the_revised_box_scrolls(open_app):
+    page = open_app(permissions=("clipboard-read", "clipboard-write"))
+    prompt = "a lighthouse on a cliff, " * 120  # the fake service's revised prompt repeats it: very long
+    generate(page, prompt.strip(), 64, 64)
+    revised = page.locator("#revised textarea")
+    assert revised.input_value().startswith("revised: a lighthouse")
+    for box, text in (("#prompt", prompt.strip()), ("#revised", revised.input_value())):
+        page.evaluate("navigator.clipboard.writeText('')")
+        page.locator(box).get_by_role("button", name=re.compile("copy", re.I)).click()
+        page.wait_for_function("(t) => navigator.clipboard.readText().then(c => c === t)", arg=text)
+    sizes = revised.evaluate(
+        "t => ({client: t.clientHeight, scroll: t.scrollHeight, overflow: getComputedStyle(t).overflowY})"
+    )
+    assert sizes["client"] <= 220, sizes  # about six lines, however long the text
+    assert sizes["scroll"] > sizes["client"] and sizes["overflow"] in ("auto", "scroll"), sizes
+
+
+# 8. The form
+
+
+def _share_a_line(boxes: dict, names: tuple[str, ...]) -> bool:
+    """Whether the boxes ``names`` overlap the first one's line (none wrapped below it)."""
+    top, bottom = boxes[names[0]]["y"], boxes[names[0]]["y"] + boxes[names[0]]["height"]
+    return all(boxes[name]["y"] < bottom and boxes[name]["y"] + boxes[name]["height"] > top for name in names)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("viewport", "locale"), [(DESKTOP, "en-US"), (DESKTOP, "zh-CN"), (PHONE, "en-US")], ids=["desktop", "zh", "phone"]
+)
+def test_height_never_wraps_onto_a_line_alone(open_app, viewport, locale):
+    page = open_app(viewport=viewport, locale=locale)
+    boxes = {name: page.locator(f"#{name}").bounding_box() for name in ("preset", "width", "swap", "height")}
+    settings = page.locator("#settings").bounding_box()
+    assert _share_a_line(boxes, ("width", "swap", "height")), boxes
+    assert boxes["width"]["x"] < boxes["swap"]["x"] < boxes["height"]["x"], boxes
+    assert boxes["height"]["x"] + boxes["height"]["width"] <= settings["x"] + settings["width"] + 1, boxes
+    if viewport == DESKTOP:  # at 1366 px the whole size row is one line
+        assert _share_a_line(boxes, ("preset", "width", "swap", "height")), boxes
+        assert boxes["preset"]["x"] < boxes["width"]["x"], boxes
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_on_a_phone_generate_and_stop_sit_side_by_side_and_the_examples_come_soon(open_app, locale):
+    page = open_app(viewport=PHONE, locale=locale)
+    run, stop = page.locator("#generate").bounding_box(), page.locator("#stop").bounding_box()
+    assert abs(run["y"] - stop["y"]) < 2 and run["x"] + run["width"] <= stop["x"], (run, stop)
+    assert stop["x"] + stop["width"] <= PHONE["width"] and run["y"] + run["height"] <= PHONE["height"]
+    generate(page, "a tall poster", 256, 384)  # a portrait result: the tallest the result area gets
+    page.locator("#gallery img").first.wait_for()
+    page.evaluate("window.scrollTo(0, 0)")
+    examples = page.locator("#examples").bounding_box()
+    assert examples["y"] < 1.5 * PHONE["height"], examples  # right after the result, before the settings
+    assert examples["y"] > page.locator("#gallery").bounding_box()["y"]
+
+
+@pytest.mark.browser
+def test_the_guidance_slider_spans_the_range_the_api_takes(open_app):
+    page = open_app()
+    open_advanced(page)
+    slider = page.locator("#guidance input[type=range]")
+    assert float(slider.get_attribute("min")) == GUIDANCE_RANGE[0]
+    assert float(slider.get_attribute("max")) == GUIDANCE_RANGE[1]
+
+
+def _ratio_is_honest(label: str) -> None:
+    match = re.fullmatch(r"(\d+):(\d+) · (\d+)×(\d+)", label)
+    assert match, label
+    a, b, width, height = map(int, match.groups())
+    assert abs((a / b) / (width / height) - 1) <= 0.02, label
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("locale", "custom"), [("en-US", "Custom"), ("zh-CN", "自定义")])
+def test_presets_are_named_by_their_aspect_and_swap_turns_the_size(open_app, locale, custom):
+    page = open_app(locale=locale)
+    expect = playwright_api().expect
+    expect(page.locator("#preset input")).to_have_value("1:1 · 1024×1024")
+    page.locator("#preset input").click()
+    options = [text.strip(" ✓\n") for text in page.get_by_role("option").all_inner_texts()]
+    assert options[-1] == custom
+    for label in options[:-1]:
+        _ratio_is_honest(label)
+    for label in ("1:1 · 1024×1024", "3:4 · 896×1200", "4:3 · 1200×896", "2:3 · 848×1264", "16:9 · 1376×768"):
+        assert label in options, options
+    page.get_by_role("option", name="16:9 · 1376×768").click()
+    expect(page.locator("#width input")).to_have_value("1376")
+    expect(page.locator("#height input")).to_have_value("768")
+    page.locator("#swap").click()
+    expect(page.locator("#width input")).to_have_value("768")
+    expect(page.locator("#height input")).to_have_value("1376")
+    expect(page.locator("#preset input")).to_have_value("9:16 · 768×1376")
+    page.locator("#width input").fill("1000")
+    page.locator("#width input").blur()
+    expect(page.locator("#preset input")).to_have_value(custom)
+    page.locator("#swap").click()
+    expect(page.locator("#width input")).to_have_value("1376")
+    expect(page.locator("#height input")).to_have_value("1000")
+
+
+@pytest.mark.browser
+def test_with_tiny_an_example_keeps_the_tiny_size(served_tiny_app, open_app):
+    url, _, _ = served_tiny_app
+    page = open_app(url=url)
+    expect = playwright_api().expect
+    page.locator("#examples").get_by_text("Poster, English title").click()
+    expect(page.locator("#prompt textarea")).to_have_value(re.compile("BLUE NOTE FRIDAYS"))
+    page.locator("#examples").get_by_text("Neon sign photo").click()
+    expect(page.locator("#prompt textarea")).to_have_value(re.compile("OPEN LATE"))
+    assert page.locator("#width input").input_value() == "256"
+    assert page.locator("#height input").input_value() == "256"
+    assert page.locator("#examples").get_by_text("×").count() == 0  # no size promised on the examples either
+
+
+# 10. Accessibility
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_every_control_has_a_name_of_its_own(open_app, locale):
+    page = open_app(locale=locale)
+    generate(page, "named cat", 64, 64)
+    page.locator("#history img").first.wait_for()
+    open_advanced(page)
+    controls = [node for node in ax_nodes(page) if node["role"] in CONTROLS]
+    names = [node["name"].strip() for node in controls]
+    assert len(controls) > 15 and "" not in names, controls
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    assert repeated == [], repeated
+    assert page.get_by_role("button", name="⇄").count() == 0  # the swap button says what it does
+
+
+@pytest.mark.browser
+def test_gallery_images_are_named_by_their_caption(open_app, fake_app):
+    service, _ = fake_app
+    page = open_app()
+    generate(page, "a captioned cat", 64, 96)
+    seed = service.requests[-1].seed
+    page.locator("#history img").first.wait_for()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#gallery .thumbnail-item, #history .thumbnail-item')]"
+        ".every(t => !t.getAttribute('aria-label').startsWith('Thumbnail'))"
+    )
+    shown = tiles(page, "#gallery") + tiles(page, "#history")
+    assert len(shown) == 2
+    for tile in shown:
+        assert str(seed) in tile["captionText"], tile
+        assert tile["alt"] == tile["captionText"] and tile["label"].endswith(tile["captionText"]), tile
+    names = [node["name"] for node in ax_nodes(page) if node["role"] == "button"]
+    assert sum(name.endswith(shown[0]["captionText"]) for name in names) == 2, names  # the result and its history
+    assert not any(name.startswith("Thumbnail") for name in names), names
+
+
+@pytest.mark.browser
+def test_progress_is_read_out_from_a_live_region(open_app):
+    page = open_app()
+    open_advanced(page)
+    page.locator("#steps input[type=number]").fill("200")
+    page.locator("#steps input[type=number]").blur()
+    page.locator("#prompt textarea").fill("slow live")
+    page.locator("#width input").fill("64")
+    page.locator("#height input").fill("64")
+    page.locator("#generate").click()
+    page.get_by_text("denoising · step").first.wait_for()
+    # a polite status region, visible to assistive technology (not display:none), holds the stage while it runs
+    live = """() => [...document.querySelectorAll('[aria-live=polite], [aria-live=assertive]')].find(e =>
+        getComputedStyle(e).display !== 'none' && e.textContent.includes('denoising · step'))"""
+    page.wait_for_function(live)
+    page.wait_for_timeout(1500)  # still there a moment later: not a flash a screen reader may miss
+    assert page.evaluate(f"!!({live})()")
+    page.locator("#stop").click()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_touch_targets_on_a_phone_are_at_least_24_px(open_app, locale):
+    page = open_app(viewport=PHONE, locale=locale)
+    open_advanced(page)
+    for name in ("#randomize", "#use-pe"):
+        box = page.locator(f"{name} input[type=checkbox]").bounding_box()
+        assert box["width"] >= 24 and box["height"] >= 24, (name, box)
+    generate(page, "a small cat", 64, 64)  # the result's own buttons (copy, download, full screen) show too
+    page.locator("#gallery img").first.wait_for()
+    small = page.evaluate(
+        """() => [...document.querySelectorAll('#top button, #main :is(button, input, .label-wrap), #reuse button')]
+        .filter(e => e.offsetParent !== null && e.type !== 'range')  // the thumbs are measured below
+        .map(e => e.closest('#preset .wrap') || e)  // the dropdown: the whole box takes the tap
+        .map(e => [e.getAttribute('aria-label') || e.textContent.trim() || e.id, e.getBoundingClientRect()])
+        .filter(([, r]) => r.width < 24 || r.height < 24).map(([name, r]) => [name, r.width, r.height])"""
+    )
+    assert small == [], small
+    thumbs = slider_thumb_boxes(page)
+    assert len(thumbs) >= 3, thumbs  # steps, guidance, images
+    assert all(width >= 24 and height >= 24 for width, height in thumbs), thumbs
+
+
+# 12. The README's screenshots
+
+
+def _linked_screenshots() -> set[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return set(re.findall(r"docs/screenshots/([\w.-]+\.png)", readme))
+
+
+def test_the_screenshot_script_makes_every_screenshot_the_readme_links():
+    script = (ROOT / "scripts" / "screenshots.py").read_text(encoding="utf-8")
+    made = set(re.findall(r'"(app-[\w-]+\.png)"', script))
+    linked = _linked_screenshots()
+    assert linked and linked <= made, (linked, made)
+
+
+def _noisy_share(path: Path, block: int = 16) -> float:
+    """The share of the image's 16x16 blocks whose colour varies like noise: the tiny random model's images are
+    colour noise everywhere; the page's own text and buttons are grey or of one colour, a picture mostly smooth."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    chroma = np.stack([rgb[..., 0] - rgb[..., 1], rgb[..., 1] - rgb[..., 2]], -1)
+    h, w = (size // block * block for size in chroma.shape[:2])
+    blocks = chroma[:h, :w].reshape(h // block, block, w // block, block, 2).std(axis=(1, 3)).max(-1)
+    return float((blocks > 25).mean())
+
+
+@pytest.mark.parametrize("name", sorted(_linked_screenshots()))
+def test_no_screenshot_the_readme_links_shows_noise(name):
+    assert _noisy_share(ROOT / "docs" / "screenshots" / name) < 0.15  # the tiny model's noise: 0.29 and more
