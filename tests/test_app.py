@@ -46,7 +46,8 @@ def test_generate_returns_pngs_with_parameters_and_the_seed_used(fake_app):
     assert seed == 77
     assert revised == "revised: 一只小猫 🐱"
     assert "seed 77, 78" in info
-    assert [item["caption"] for item in images] == ["seed 77", "seed 78"]
+    # size and seed, then the prompt (Gradio's gallery makes the caption the image's alt text)
+    assert [item["caption"] for item in images] == ["96×64 · seed 77 · 一只小猫 🐱", "96×64 · seed 78 · 一只小猫 🐱"]
     with Image.open(images[1]["image"]) as png:
         assert png.format == "PNG" and png.size == (96, 64)
         text = png.info["parameters"]
