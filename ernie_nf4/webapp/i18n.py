@@ -69,10 +69,13 @@ ZH = {
 }
 
 
-def example_title(title: str):
-    """An example's title (a title of ``examples.EXAMPLES``), translated in the browser like the labels; a title
-    without a Chinese one stays as it is."""
-    return I18N(f"example: {title}") if title in EXAMPLE_TITLES_ZH else title
+def example_label(label: str, lang: str) -> str:
+    """An example's label (its title first, as ``examples.EXAMPLES`` has it) with the title in ``lang``."""
+    if lang == "zh":
+        for title, zh in EXAMPLE_TITLES_ZH.items():
+            if label.startswith(title):
+                return zh + label[len(title) :]
+    return label
 
 
 def t(key: str):
@@ -179,9 +182,7 @@ EXAMPLE_TITLES_ZH = {
     "Neon sign photo": "霓虹灯招牌照片",
 }
 LANGUAGES = tuple(MESSAGES)
-_EXAMPLES_EN = {f"example: {title}": title for title in EXAMPLE_TITLES_ZH}
-_EXAMPLES_ZH = {f"example: {title}": zh for title, zh in EXAMPLE_TITLES_ZH.items()}
-I18N = gr.I18n(en={**EN, **_EXAMPLES_EN}, zh={**ZH, **_EXAMPLES_ZH}, **{"zh-CN": {**ZH, **_EXAMPLES_ZH}})
+I18N = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})
 
 
 def language(request) -> str:

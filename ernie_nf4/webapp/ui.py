@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
-from .i18n import say, t
+from .i18n import example_label, language, say, t
 from .layout import form_defaults, generate_tab, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
@@ -90,6 +90,8 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     history = [ui["history_state"], ui["history"], ui["note"]]
     demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
     demo.load(None, js=PAGE_LANG_JS)
+    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
+    demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(
         handlers.use_history, [ui["history_state"], ui["picked"]], [*restored, ui["note"]], **HIDDEN
@@ -102,6 +104,16 @@ def _buttons_at_rest(ui: dict, problem: str | None) -> None:
     ui["stop"].interactive, ui["stop"].variant = False, "secondary"
     if problem is not None:
         ui["run"].interactive = False
+
+
+def _example_labels(labels: list[str]):
+    """The event that gives the examples' labels in the language of the browser that opened the page."""
+
+    def translated(request: gr.Request):
+        lang = language(request)
+        return gr.skip() if lang == "en" else gr.Dataset(sample_labels=[example_label(label, lang) for label in labels])
+
+    return translated
 
 
 def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
