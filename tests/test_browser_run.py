@@ -37,13 +37,20 @@ class ImageProgress(Progress):
 
 class RunService(FakeService):
     """FakeService with a run's whole course: the prompt enhancer writes up to ``PE_CAP`` tokens, each image is
-    denoised and decoded in turn; "slow" prompts sleep per token and step; every token and step checks Stop."""
+    denoised and decoded in turn; "slow" prompts sleep per token and step; every token and step checks Stop, and a
+    prompt that "lingers" takes two seconds more to end once stopped (as a large image's last step would)."""
 
     def generate(self, request, on_progress=None, cancel=None):
         self.requests.append(request)
         report = on_progress or (lambda event: None)
         pause = 0.1 if request.prompt.startswith("slow") else 0.0
-        stopped = cancel.is_set if cancel is not None else (lambda: False)
+        signal = cancel.is_set if cancel is not None else (lambda: False)
+
+        def stopped():
+            if signal() and "lingers" in request.prompt:
+                time.sleep(2)
+            return signal()
+
         if request.use_pe:
             for token in range(1, PE_CAP + 1):
                 time.sleep(pause)
@@ -174,14 +181,14 @@ def test_stop_is_on_only_while_this_tab_has_a_run(open_page, viewport):
 def test_a_generate_right_after_stop_runs_behind_the_stopping_run(open_page, run_app):
     service = run_app[0]
     page = open_page()
-    fill_form(page, "slow before the stop", steps=200, use_pe=True)
+    fill_form(page, "slow, lingers after the stop", steps=200, use_pe=True)
     page.locator("#generate").click()
     page.get_by_text("prompt enhancer").first.wait_for()
     page.locator("#stop").click()
     page.locator("#prompt textarea").fill("after the stop")
     page.locator("#generate").click()
     expect(info(page)).to_have_value(re.compile("^seed "))
-    assert [r.prompt for r in service.requests[-2:]] == ["slow before the stop", "after the stop"]
+    assert [r.prompt for r in service.requests[-2:]] == ["slow, lingers after the stop", "after the stop"]
     expect(page.locator("#stop")).to_be_disabled()
     assert page.get_by_text("Error").count() == 0
 

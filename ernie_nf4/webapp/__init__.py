@@ -4,6 +4,8 @@
 - ``cli``: the flags (each also an ``ERNIE_NF4_*`` variable) and the launch;
 - ``limits``, ``runs``: queue and per-client limits, one stop signal per run;
 - ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;
+- ``history``: the browser-kept history's entries, signed by the server that made their images;
+- ``run_progress``: a run's progress line and its bar (never going back);
 - ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
 - ``i18n``, ``messages``, ``examples``: the words users read.
 

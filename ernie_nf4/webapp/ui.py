@@ -32,9 +32,10 @@ PAGE_LANG_JS = "() => { document.documentElement.lang = /^zh/i.test(navigator.la
 
 def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     form = [ui[name] for name in FORM_FIELDS]
-    # Generate first checks the form, outside the runs' queue, with the message on the field it names; a form it
-    # takes shows the size the run will use (typed 1000, the field says 1008) and goes to the queue. Every click
-    # counts (trigger_mode="multiple"): one right after Stop runs once the stopped run has ended.
+    # Generate first checks the form in a queue lane of its own (never behind the runs), with the message on the
+    # field it names; a form it takes shows the size the run will use (typed 1000, the field says 1008) and goes
+    # to the runs' queue. Every click counts (trigger_mode="multiple"): one right after Stop runs once the stopped
+    # run has ended.
     checked = ui["run"].click(
         handlers.snapped_size,
         form,
