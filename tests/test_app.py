@@ -46,7 +46,8 @@ def test_generate_returns_pngs_with_parameters_and_the_seed_used(fake_app):
     assert seed == 77
     assert revised == "revised: 一只小猫 🐱"
     assert "seed 77, 78" in info
-    assert [item["caption"] for item in images] == ["seed 77", "seed 78"]
+    # size and seed, then the prompt (Gradio's gallery makes the caption the image's alt text)
+    assert [item["caption"] for item in images] == ["96×64 · seed 77 · 一只小猫 🐱", "96×64 · seed 78 · 一只小猫 🐱"]
     with Image.open(images[1]["image"]) as png:
         assert png.format == "PNG" and png.size == (96, 64)
         text = png.info["parameters"]
@@ -291,3 +292,50 @@ def test_the_app_serves_seconds_after_it_starts(tmp_path, record_property):
     print(f"python app.py serves after {seconds:.1f} s")
     assert seconds < 60
     assert not (tmp_path / "pkg").exists()  # --no-preload: nothing loaded before the first request
+
+
+def test_a_run_that_gave_its_images_is_never_reported_as_stopped(tmp_path):
+    """Stop pressed while the last image is decoded: the run has finished, and shows and keeps its result."""
+    from ernie_nf4.webapp.handlers import Handlers
+
+    from .support.app import FakeService
+
+    class StopDuringTheDecode(FakeService):
+        def generate(self, request, on_progress=None, cancel=None):
+            result = super().generate(request, on_progress, cancel)
+            cancel.set()  # what Stop does to the run's signal
+            return result
+
+    handlers = Handlers(StopDuringTheDecode(), tmp_path)
+    gallery, seed, _, info, made = handlers.generate(
+        "cat", "", 64, 64, 2, 4.0, 9, False, False, 1, request=None, progress=lambda *a, **k: None
+    )
+    assert info.startswith("seed 9 ") and seed == 9
+    assert [Path(path).is_file() for path, _ in gallery] == [True] and len(made) == 1
+
+
+def test_the_progress_bar_never_goes_back_across_stages_and_images():
+    from dataclasses import dataclass
+
+    from ernie_nf4.progress import Progress
+    from ernie_nf4.webapp.handlers import Handlers
+
+    @dataclass(frozen=True)
+    class ImageProgress(Progress):  # the image an event is about, 1-based, as the library reports it
+        image: int | None = None
+        images: int | None = None
+
+    shown = []
+    show = Handlers._progress_callback(lambda fraction, desc: shown.append((fraction, desc)))
+    events = [Progress("pe", done=token, total=8, unit="tokens") for token in range(1, 9)]
+    events.append(Progress("text_encoding"))
+    for image in (1, 2, 3):
+        steps = [ImageProgress("denoising", done=s, total=4, unit="steps", image=image, images=3) for s in range(5)]
+        events += [*steps, ImageProgress("vae_decode", image=image, images=3)]
+    for event in events:
+        show(event)
+    fractions = [fraction for fraction, _ in shown]
+    assert fractions == sorted(fractions) and fractions[-1] >= 0.95
+    texts = [text for _, text in shown]
+    assert "prompt enhancer · 5 / 8 tokens" in texts
+    assert "denoising · image 2 of 3 · step 3/4" in texts

@@ -5,6 +5,7 @@ import math
 import threading
 from dataclasses import astuple, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -117,7 +118,7 @@ def test_form_values_are_coerced_only_where_safe():
     ("field", "value"),
     [("prompt", " "), ("width", 10**9), ("num_inference_steps", 2.5), ("guidance_scale", "x"), ("num_images", 9)],
 )
-def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(field, value):
+def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(field, value, tmp_path):
     pytest.importorskip("gradio")
     from ernie_nf4.errors import InvalidArgument
     from ernie_nf4.webapp.handlers import FORM_FIELDS, Handlers
@@ -127,9 +128,69 @@ def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(fiel
     with pytest.raises(InvalidArgument) as refused:
         request_from_form(bad)
     assert refused.value.field == field
-    checks = dict(zip(FORM_FIELDS, Handlers.validate(*astuple(bad)), strict=True))
+    from .support.app import FakeService
+
+    handlers = Handlers(FakeService(), tmp_path)
+    checks = dict(zip(FORM_FIELDS, handlers.validate(*astuple(bad)), strict=True))
     assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
     assert checks[field]["message"] == str(refused.value)
+    chinese = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9,en;q=0.8"})  # what a Chinese browser sends
+    checks = dict(zip(FORM_FIELDS, handlers.validate(*astuple(bad), request=chinese), strict=True))
+    assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
+    assert f"（{field}）" in checks[field]["message"] and "must" not in checks[field]["message"]
+
+
+@pytest.mark.parametrize("change", [c for c, _ in BAD], ids=[f"{next(iter(c))}-{i}" for i, (c, _) in enumerate(BAD)])
+def test_every_refusal_of_the_form_is_said_in_chinese_naming_its_field(change):
+    pytest.importorskip("gradio")
+    from ernie_nf4.webapp.i18n import FIELD_NAMES_ZH
+    from ernie_nf4.webapp.messages import user_message
+
+    with pytest.raises(ValueError) as refused:
+        request_from_form(FormValues(**{**GOOD, **change}))
+    field = refused.value.field
+    message = user_message(refused.value, "zh")
+    assert message.startswith(f"{FIELD_NAMES_ZH[field]}（{field}）") and "must" not in message, message
+    assert user_message(refused.value, "en") == str(refused.value)
+
+
+def test_history_lookups_answer_only_for_images_this_server_gave_that_client(tmp_path):
+    pytest.importorskip("gradio")
+    from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers
+    from ernie_nf4.webapp.history import LIMIT
+
+    from .support.app import FakeService
+
+    handlers = Handlers(FakeService(), tmp_path)
+    form = ("a victim's secret prompt", "", 64, 64, 1, 4.0, 42, False, False, 1)
+    *_, made = handlers.generate(*form, request=None, progress=lambda *a, **k: None)
+    victim = made[0]["file"]
+    other_server = Handlers(FakeService(), tmp_path)  # same folder, its own key
+    *_, theirs = other_server.generate(*form, request=None, progress=lambda *a, **k: None)
+    guessed = [f"ernie-{i:04d}.png" for i in range(20)]
+    for forged in (
+        [{"file": victim}],  # a known (or guessed) file name, no signature
+        [{"file": victim, "sig": "0" * 64}],
+        [{"file": victim, "sig": other_server.history.entry(victim)["sig"]}],
+        [{"file": name, "sig": made[0]["sig"]} for name in guessed],
+        theirs,  # an image this server never gave out
+        [victim, None, 7],
+    ):
+        state, gallery, _ = handlers.show_history(forged)
+        assert state == [] and gallery == [], forged
+        assert handlers.use_history(forged, 0)[: len(RESTORED_FIELDS)] == [gr_skip()] * len(RESTORED_FIELDS)
+    state, gallery, note = handlers.show_history(made)  # the victim's own entry
+    assert [entry["file"] for entry in state] == [victim] and "a victim's secret prompt" in gallery[0][1]
+    assert handlers.use_history(made, 0)[0] == "a victim's secret prompt" and note == ""
+    # At most LIMIT entries are read per lookup: one past them is not looked at.
+    state, _, note = handlers.show_history([{"file": "x.png", "sig": "0"}] * LIMIT + made)
+    assert state == [] and note.startswith(f"{LIMIT} image(s)")
+
+
+def gr_skip():
+    import gradio as gr
+
+    return gr.skip()
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_validation_and_errors_happen_before_the_gpu_function(tmp_path):
         with pytest.raises(gr.Error):
             handlers.generate(*form, request=None, progress=lambda *a, **k: None)
     assert gpu.entries == 0
-    gallery, seed, _, _ = handlers.generate(*good, request=None, progress=lambda *a, **k: None)
+    gallery, seed, *_ = handlers.generate(*good, request=None, progress=lambda *a, **k: None)
     assert gpu.entries == 1 and seed == 7 and len(gallery) == 1
     assert gpu.durations == [gpu_seconds(handlers.service.requests[-1])]
 

@@ -6,6 +6,8 @@
 - ``clients``: who a request comes from (on a Space, the address the proxy appended) and each client's recent
   logins and uploads;
 - ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;
+- ``history``: the browser-kept history's entries, signed by the server that made their images;
+- ``run_progress``: a run's progress line and its bar (never going back);
 - ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
 - ``i18n``, ``messages``, ``examples``: the words users read.
 - ``stats_view``: the Stats tab in words; ``api_page``: what the "Use via API" page says.

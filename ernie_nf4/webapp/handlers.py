@@ -1,8 +1,10 @@
-"""What the page's events call: ``Handlers`` holds the per-run stop signals and the output folder, and turns
-Gradio's positional values into a ``FormValues`` as it receives them."""
+"""What the page's events call: ``Handlers`` holds the per-run stop signals, the output folder and the history's
+key, and turns Gradio's positional values into a ``FormValues`` as it receives them. Texts go out in the language
+of the request that caused them (``i18n.language``)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -10,19 +12,20 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GenerationCancelled, InvalidArgument
-from ..formatting import run_info
-from ..progress import Progress
 from ..request import FormValues, request_from_form
 from ..system import free_device_memory
-from .i18n import language
-from .messages import STOPPED, user_message
+from .history import History
+from .i18n import language, say
+from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, read_png_parameters
+from .run_progress import RunProgress
 from .runs import RunRegistry, drop_queued
 from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_generate
 
+logger = logging.getLogger(__name__)
 # The model card's recommended sizes (about one megapixel each), square first, then each portrait with its landscape.
 PRESETS = ["1024x1024", "896x1200", "1200x896", "848x1264", "1264x848", "768x1376", "1376x768"]
 CUSTOM = "custom"
@@ -35,25 +38,36 @@ RESTORED_FIELDS = (*(field.name for field in fields(FormSettings)), "randomize_s
 
 
 def _session_key(request) -> str:
-    return (request.session_hash if request else None) or "api"
+    """The session's key for its stop signals; a call without a session shares its key with nobody."""
+    return (request.session_hash if request else None) or secrets.token_hex(16)
 
 
 class Handlers:
     """What the UI's events call. One stop signal per run; Stop sets every running one of the session."""
 
-    def __init__(self, service, output_dir: str | Path | OutputStore | None = None, gpu_decorator=None):
+    def __init__(
+        self,
+        service,
+        output_dir: str | Path | OutputStore | None = None,
+        gpu_decorator=None,
+        history_key: bytes | None = None,
+    ):
         self.service = service
         self.outputs = (
             output_dir if isinstance(output_dir, OutputStore) else OutputStore(output_dir or DEFAULT_OUTPUT_DIR)
         )
         self.output_dir = self.outputs.folder
+        self.history = History(self.output_dir, history_key)
         self.runs = RunRegistry()
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
     @staticmethod
-    def _progress_callback(progress):
-        def show(event: Progress) -> None:
-            progress(event.fraction if event.fraction is not None else 0, desc=event.describe())
+    def _progress_callback(progress, lang: str = "en"):
+        view = RunProgress(lang)
+
+        def show(event) -> None:
+            fraction, text = view(event)
+            progress(fraction, desc=text)
 
         return show
 
@@ -62,8 +76,18 @@ class Handlers:
         try:
             self.service.load(self._progress_callback(progress))
         except Exception as err:
-            raise gr.Error(user_message(err)) from err
+            raise gr.Error(user_message(err, language(request)), print_exception=False) from None
         return load_answer(self.service.stats().live, language(request))
+
+    def _request(self, form: FormValues, lang: str):
+        """The request and its notes (in ``lang``) from the form; ``gr.Error`` in ``lang`` when refused."""
+        if (problem := self.service.unavailable_reason()) is not None:
+            raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
+        try:
+            req, notes = request_from_form(form)
+        except ValueError as err:
+            raise gr.Error(user_message(err, lang), print_exception=False) from None
+        return req, [note(text, lang) for text in notes]
 
     def generate(
         self,
@@ -80,7 +104,7 @@ class Handlers:
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        """Generate images; returns (gallery, seed used, revised prompt, run info)."""
+        """Generate images; returns (gallery, seed used, revised prompt, run info, the history's new entries)."""
         form = FormValues(
             prompt,
             negative_prompt,
@@ -95,75 +119,102 @@ class Handlers:
         )
         if form.randomize_seed is True:
             form = replace(form, seed=secrets.randbelow(RANDOM_SEED_LIMIT))
-        try:
-            req, notes = request_from_form(form)
-        except ValueError as err:
-            raise gr.Error(user_message(err)) from err
-        for note in notes:
-            gr.Info(note)
-        result = self._run(req, _session_key(request), request, progress)
+        lang = language(request)
+        req, notes = self._request(form, lang)
+        for text in notes:
+            gr.Info(text)
+        result = self._run(req, _session_key(request), request, progress, lang)
         if result is None:  # stopped: the outputs keep what they showed and the info box says so
-            return self.stopped_outputs()
-        return self._saved(req, result, notes)
+            return self.stopped_outputs(lang)
+        return self._saved(req, result, notes, lang)
 
-    def _run(self, req, key: str, request, progress):
-        """The request through the service under a stop signal of its own; None when it was stopped."""
+    def _run(self, req, key: str, request, progress, lang: str):
+        """The request through the service under a stop signal of its own; None when it was stopped. A run that
+        gave its images is finished, whatever was pressed after its last step."""
         cancel = self.runs.start(key, request)
         try:
-            result = self._generate(req, on_progress=self._progress_callback(progress), cancel=cancel)
-            if cancel.is_set():  # stopped or gone during the last step or the decode: keep nothing
-                raise GenerationCancelled("stopped after the last step")
-            return result
+            return self._generate(req, on_progress=self._progress_callback(progress, lang), cancel=cancel)
         except GenerationCancelled:
             free_device_memory()
             return None  # Stop is not an error
         except Exception as err:
             free_device_memory()
-            raise gr.Error(user_message(err)) from err
+            raise gr.Error(user_message(err, lang), print_exception=False) from None
         finally:
             self.runs.end(key, cancel)
 
-    def _saved(self, req, result, notes):
+    def _saved(self, req, result, notes, lang: str):
         """Each image saved as a PNG with its parameters; the event's outputs."""
-        files = []
+        files, made = [], []
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, self.service.label)
-            files.append((str(self.outputs.save(image, image_seed, text)), f"seed {image_seed}"))
-        info = run_info(result, notes, getattr(self.service, "provenance", None))
-        return files, req.seed, result.revised_prompt or "", info
+            path = self.outputs.save(image, image_seed, text)
+            files.append((str(path), caption(req.width, req.height, image_seed, req.prompt, lang)))
+            made.append(self.history.entry(path))
+        info = run_summary(result, notes, getattr(self.service, "provenance", None), lang)
+        return files, req.seed, result.revised_prompt or "", info, made
 
     async def stop(self, request: gr.Request):
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
         key = _session_key(request)
         self.runs.stop_running(key)
-        await drop_queued(request, key, list(self.stopped_outputs()))
+        await drop_queued(request, key, list(self.stopped_outputs(language(request))))
 
     @staticmethod
-    def stopped_outputs():
+    def stopped_outputs(lang: str = "en"):
         """What a stopped run (running or queued) gives its outputs: gallery, seed and revised prompt keep what
-        they show, the info box says Stopped."""
-        return gr.skip(), gr.skip(), gr.skip(), STOPPED
+        they show, the info box says Stopped, the history gets nothing new."""
+        return gr.skip(), gr.skip(), gr.skip(), say("stopped", lang), gr.skip()
 
-    @staticmethod
-    def validate(*inputs):
-        """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
-        refusal shows once, on the field it names (no error badges on the outputs), and API callers get the same
-        message."""
-        form = FormValues(*inputs)
+    def _refusal(self, form: FormValues, lang: str) -> tuple[str, str] | None:
+        """(field, message) for a form the run would refuse, else None."""
         if form.randomize_seed is True:
             form = replace(form, seed=0)  # the handler draws a fresh seed; the typed one does not matter
+        if (problem := self.service.unavailable_reason()) is not None:
+            return FORM_FIELDS[0], say("no_gpu", lang, reason=problem)
         try:
             request_from_form(form)
         except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
             field = err.field if isinstance(err, InvalidArgument) else None
-            marked = field if field in FORM_FIELDS else FORM_FIELDS[0]
-            message = user_message(err)
-            return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
-        return [gr.validate(True, "") for _ in FORM_FIELDS]
+            return (field if field in FORM_FIELDS else FORM_FIELDS[0]), user_message(err, lang)
+        return None
+
+    def validate(
+        self,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+        randomize_seed,
+        use_pe,
+        num_images,
+        request: gr.Request = None,
+    ):
+        """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
+        refusal shows once, on the field it names (no error badges on the outputs), in the request's language,
+        and API callers get the same message."""
+        form = FormValues(
+            prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
+            num_images,
+        )  # fmt: skip
+        refused = self._refusal(form, language(request))
+        if refused is None:
+            return [gr.validate(True, "") for _ in FORM_FIELDS]
+        marked, message = refused
+        return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
 
     @staticmethod
-    def stopped():
-        return STOPPED
+    def snapped_size(_prompt, _negative_prompt, width, height, *_rest):
+        """The width and height a run uses (a size inside the range snapped to a multiple of 16), for the fields:
+        typed 1000, the field shows 1008. Takes the generate event's inputs (its validator checks them all)."""
+        try:
+            req, _ = request_from_form(FormValues("size", width=width, height=height, use_pe=False))
+        except ValueError:
+            return gr.skip(), gr.skip()
+        return req.width, req.height
 
     @staticmethod
     def apply_preset(preset):
@@ -186,45 +237,34 @@ class Handlers:
             return CUSTOM
         return size if size in choices else CUSTOM
 
-    def _history_item(self, entry) -> dict | None:
-        """A history entry (file name in the output folder + the settings read back from its PNG), or None when
-        the file is gone or the entry is not one this app wrote (the browser's storage is the client's)."""
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
-            return None
-        path = self.output_dir / name
-        if not path.is_file():
-            return None
-        try:
-            settings = read_png_parameters(path)
-        except ValueError:
-            return None
-        return {"file": name, "settings": asdict(settings)}
+    def _history_view(self, items, lang: str):
+        return [
+            (
+                str(self.output_dir / item["file"]),
+                caption(*_size_seed(item["settings"]), item["settings"]["prompt"], lang),
+            )
+            for item in items
+        ]
 
-    def _history_view(self, history):
-        return [(str(self.output_dir / item["file"]), f"seed {item['settings']['seed']}") for item in history]
+    def _history_note(self, gone: int, lang: str) -> str:
+        return say("history_gone", lang, count=gone) if gone else ""
 
-    def add_history(self, images, history):
-        """Appends this run's images (newest first) to the browser-kept history; returns (state, gallery)."""
-        history = self.load_history(history)
-        known = {item["file"] for item in history}
-        new = []
-        for image in images or []:
-            path = image[0] if isinstance(image, (list, tuple)) else image
-            item = self._history_item({"file": Path(str(path)).name})
-            if item is not None and item["file"] not in known:  # a stopped run leaves the last images shown
-                new.append(item)
-        history = (new[::-1] + history)[:HISTORY_LIMIT]
-        return history, self._history_view(history)
+    def add_history(self, made, history, request: gr.Request = None):
+        """Puts this run's images (the entries signed when they were made) first in the browser-kept history;
+        returns (state, gallery, note)."""
+        lang = language(request)
+        items, gone = self.history.load(history)
+        known = {item["file"] for item in items}
+        new = [item for item in map(self.history.item, made or []) if item and item["file"] not in known]
+        items = (new[::-1] + items)[:HISTORY_LIMIT]
+        return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
 
-    def load_history(self, history):
-        """The entries of a stored history that still have their image here."""
-        items = [self._history_item(entry) for entry in (history if isinstance(history, list) else [])]
-        return [item for item in items if item is not None]
-
-    def show_history(self, history):
-        history = self.load_history(history)
-        return history, self._history_view(history)
+    def show_history(self, history, request: gr.Request = None):
+        """The browser-kept history as the page opens: the entries that still have their image, and a note naming
+        how many are gone."""
+        lang = language(request)
+        items, gone = self.history.load(history)
+        return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
 
     @staticmethod
     def pick(event: gr.SelectData):
@@ -237,23 +277,28 @@ class Handlers:
         settings = {**settings, "randomize_seed": None if settings.get("seed") is None else False}
         return [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
 
-    def use_history(self, history, index):
-        history = self.load_history(history)
-        if not isinstance(index, int) or not 0 <= index < len(history):
-            gr.Info("Select an image in the history first.")
-            return [gr.skip()] * len(RESTORED_FIELDS)
-        return self._fill_form(history[index]["settings"])
+    def use_history(self, history, index, request: gr.Request = None):
+        """The picked history image's settings into the form; returns the restored fields, then the note."""
+        lang = language(request)
+        items, _ = self.history.load(history)
+        if not isinstance(index, int) or not 0 <= index < len(items):
+            return [*[gr.skip()] * len(RESTORED_FIELDS), say("select_first", lang)]
+        settings = items[index]["settings"]
+        return [*self._fill_form(settings), say("restored_history", lang, seed=settings.get("seed"))]
 
-    def restore_png(self, path):
+    def restore_png(self, path, request: gr.Request = None):
+        """A dropped PNG's settings into the form; returns the restored fields, the emptied drop box, the note. The
+        uploaded copy is deleted once read."""
         if not path:
-            return [gr.skip()] * len(RESTORED_FIELDS)
+            return [*[gr.skip()] * len(RESTORED_FIELDS), gr.skip(), gr.skip()]
+        lang, name = language(request), Path(path).name
         try:
             settings = read_png_parameters(path)
         except ValueError as err:
-            gr.Warning(str(err))
-            return [gr.skip()] * len(RESTORED_FIELDS)
-        gr.Info("Settings restored from the PNG.")
-        return self._fill_form(asdict(settings))
+            return [*[gr.skip()] * len(RESTORED_FIELDS), None, say("png_refused", lang, name=name, reason=err)]
+        finally:
+            _delete_upload(Path(path))
+        return [*self._fill_form(asdict(settings)), None, say("restored_png", lang, name=name)]
 
     def stats(self):
         """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""
@@ -267,3 +312,25 @@ class Handlers:
         rows = pd.DataFrame(chart_rows(data, lang), columns=CHART_COLUMNS)
         chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
         return stats_markdown(data, lang), chart
+
+
+def _size_seed(settings: dict) -> tuple:
+    return settings.get("width"), settings.get("height"), settings.get("seed")
+
+
+def _stored(items: list[dict]) -> list[dict]:
+    """What the browser keeps of each entry: its file name and signature (the settings are read back each time)."""
+    return [{"file": item["file"], "sig": item["sig"]} for item in items]
+
+
+def _delete_upload(path: Path) -> None:
+    """Delete an upload in Gradio's upload folder, and its folder when that is empty (Gradio gives each upload a
+    folder of its own); a file elsewhere is left alone."""
+    path = path.resolve()
+    if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        return
+    try:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+    except OSError:
+        pass  # the folder holds other files

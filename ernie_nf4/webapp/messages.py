@@ -1,23 +1,115 @@
-"""The one place exceptions become what a user reads: the library's error family keeps its message (it says
-what to do); anything else is logged with its traceback for the operator and shown as a short generic line."""
+"""The one place exceptions and the library's notes become what a user reads, in the user's language: the library's
+error family keeps its message (it says what to do), a refused form field is said again by its field and kind;
+anything else is logged with its traceback for the operator and shown as a short generic line."""
 
 from __future__ import annotations
 
 import logging
+import re
 
-from ..errors import ErnieNF4Error, GenerationCancelled
+from ..errors import ErnieNF4Error, GenerationCancelled, InvalidArgument
+from ..formatting import run_info
+from .i18n import field_name, say
 
 logger = logging.getLogger(__name__)
-STOPPED = "Stopped. Nothing was kept from this run."
+STOPPED = say("stopped")
+
+# The library's refusals (``request.GenerationRequest``, ``request_from_form``) by kind: the pattern after the
+# field's name, and the message key that says it again with the pattern's named groups.
+_REFUSALS = (
+    (r"must be a non-blank text$", "refuse_blank"),
+    (r"must be text, got (?P<value>.+)$", "refuse_text"),
+    (r"must be at most (?P<limit>\d+) characters, got (?P<value>\d+)$", "refuse_long"),
+    (r"holds a character that is not valid Unicode text at position (?P<value>\d+); retype it$", "refuse_unicode"),
+    (r"must be a multiple of (?P<multiple>\d+) in \[(?P<low>[^,]+), (?P<high>[^\]]+)\], got (?P<value>.+)$", None),
+    (r"must be (?:an integer |a finite number )?in \[(?P<low>[^,]+), (?P<high>[^\]]+)\]"
+     r"(?: and a multiple of (?P<multiple>\d+))?, got (?P<value>.+)$", None),
+    (r"must be a whole number, got (?P<value>.+)$", "refuse_whole"),
+    (r"must be true or false, got (?P<value>.+)$", "refuse_bool"),
+)  # fmt: skip
+_NOTES = (
+    (re.compile(r"^(?P<field>\w+) (?P<size>\d+) → (?P<snapped>\d+) \(a multiple of (?P<multiple>\d+)\)$"),
+     "note_snapped"),
+    (re.compile(r"^(?P<field>\w+): removed (?P<count>\d+) control character\(s\)$"), "note_control"),
+)  # fmt: skip
 
 
-def user_message(err: BaseException) -> str:
+def refusal(err: InvalidArgument, lang: str = "en") -> str:
+    """A refused field's message in ``lang``, said by its field and kind (the library's own text when its kind is
+    not one of ``_REFUSALS``)."""
+    text, field = str(err), err.field
+    if lang == "en" or not field or not text.startswith(f"{field} "):
+        return text
+    rest = text[len(field) + 1 :]
+    for pattern, key in _REFUSALS:
+        if match := re.match(pattern, rest):
+            values = match.groupdict()
+            if key is None:
+                key = "refuse_multiple" if values.get("multiple") else "refuse_range"
+            return say(key, lang, field=field_name(field, lang), **values)
+    return text
+
+
+def note(text: str, lang: str = "en") -> str:
+    """One of ``request_from_form``'s notes (a size snapped, control characters removed) in ``lang``."""
+    if lang == "en":
+        return text
+    for pattern, key in _NOTES:
+        if match := pattern.match(text):
+            values = match.groupdict()
+            return say(key, lang, **{**values, "field": field_name(values["field"], lang)})
+    return text
+
+
+def user_message(err: BaseException, lang: str = "en") -> str:
     if isinstance(err, GenerationCancelled):
-        return STOPPED
+        return say("stopped", lang)
+    if isinstance(err, InvalidArgument):
+        return refusal(err, lang)
     if isinstance(err, ErnieNF4Error):
         return str(err)
     if isinstance(err, (ValueError, TypeError)):  # a bad value that reached a library below us
         logger.warning("request refused: %s", err)
-        return f"This request could not run: {err}"
+        return say("request_refused", lang, reason=err)
     logger.error("unexpected error", exc_info=err)
-    return f"Internal error ({type(err).__name__}); the server log has the details. The next request can run."
+    return say("internal_error", lang, kind=type(err).__name__)
+
+
+def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en") -> str:
+    """The run info box: ``formatting.run_info`` in English, the same figures in Chinese."""
+    notes = [note(text, lang) for text in notes]
+    if lang != "zh":
+        return run_info(result, notes, provenance)
+    s = result.seconds
+    per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
+    parts = [
+        f"种子 {', '.join(map(str, result.seeds))}",
+        f"PE {s.pe:.2f} 秒",
+        f"文本编码 {s.text_encoding:.2f} 秒",
+        f"去噪 {s.denoising:.2f} 秒（每步 {per_step:.0f} 毫秒）",
+        f"VAE 解码 {s.vae_decode:.2f} 秒",
+        f"共 {s.total:.2f} 秒",
+    ]
+    if result.enhancement is not None:
+        e = result.enhancement
+        parts.append(f"PE 写了 {e.tokens} 个词元" + (f"（达到上限 {e.cap}，被截断）" if e.cut else ""))
+    elif result.prompt_cached and result.revised_prompt:
+        parts.append("PE 结果来自缓存")
+    if result.peak_vram:
+        parts.append(f"显存峰值 {result.peak_vram.reserved_gib:.2f} GiB")
+    if provenance and not provenance.startswith("verified"):
+        parts.append(f"模型包 {provenance}")
+    return " · ".join([*parts, *notes])
+
+
+CAPTION_PROMPT_CHARS = 80
+
+
+def caption(width: int, height: int, seed: int, prompt: str = "", lang: str = "en") -> str:
+    """An image's caption: size and seed, then the start of its prompt (Gradio's gallery also makes the caption the
+    image's alt text)."""
+    text = say("caption", lang, width=width, height=height, seed=seed)
+    prompt = " ".join(str(prompt or "").split())
+    if len(prompt) > CAPTION_PROMPT_CHARS:
+        prompt = prompt[: CAPTION_PROMPT_CHARS - 1] + "…"
+    return f"{text} · {prompt}" if prompt else text

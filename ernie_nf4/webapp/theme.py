@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from .i18n import EN, I18N, ZH
+from .i18n import EN, ZH, translations
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -135,5 +135,5 @@ class ErnieBlocks(gr.Blocks):
     def launch(self, *args, **kwargs):
         kwargs.setdefault("css", CSS)
         kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS)
-        kwargs.setdefault("i18n", I18N)
+        kwargs.setdefault("i18n", translations())
         return super().launch(*args, **kwargs)

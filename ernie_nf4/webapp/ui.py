@@ -10,7 +10,7 @@ import gradio as gr
 
 from .api_page import document_api
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
-from .i18n import t
+from .i18n import example_label, language, say, t
 from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
@@ -18,34 +18,64 @@ from .theme import ErnieBlocks
 # Events: each function wires one part of the page to the handlers.
 HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
+# Stop is enabled while this tab has runs going or waiting: a count kept in the tab, one up when a checked form goes
+# to the queue, one down when its run ends (done, stopped, refused or failed).
+_BUSY = "{__type__: 'update', interactive: true, variant: 'stop'}"
+_IDLE = "{__type__: 'update', interactive: false, variant: 'secondary'}"
+RUN_QUEUED_JS = f"() => {{ window.ernieRuns = (window.ernieRuns || 0) + 1; return {_BUSY}; }}"
+RUN_ENDED_JS = (
+    "() => { window.ernieRuns = Math.max(0, (window.ernieRuns || 0) - 1);"
+    f" return window.ernieRuns > 0 ? {_BUSY} : {_IDLE}; }}"
+)
+# The page's lang attribute follows the language the labels are shown in (Gradio picks it from the browser's).
+PAGE_LANG_JS = "() => { document.documentElement.lang = /^zh/i.test(navigator.language) ? 'zh-CN' : 'en'; }"
+
 
 def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
+    form = [ui[name] for name in FORM_FIELDS]
+    # Generate first checks the form in a queue lane of its own (never behind the runs), with the message on the
+    # field it names; a form it takes shows the size the run will use (typed 1000, the field says 1008) and goes
+    # to the runs' queue. Every click counts (trigger_mode="multiple"): one right after Stop runs once the stopped
+    # run has ended.
+    checked = ui["run"].click(
+        handlers.snapped_size,
+        form,
+        [ui["width"], ui["height"]],
+        validator=handlers.validate,
+        trigger_mode="multiple",
+        concurrency_limit=None,
+        concurrency_id="form",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    checked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
     # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
-    # The validator refuses a bad form before it is queued, with the message on the field it names.
-    event = ui["run"].click(
+    # The validator refuses a bad form (for API callers) before it is queued.
+    event = checked.success(
         handlers.generate,
-        [ui[name] for name in FORM_FIELDS],
-        [ui["gallery"], ui["seed"], ui["revised"], ui["info"]],
+        form,
+        [ui["gallery"], ui["seed"], ui["revised"], ui["info"], ui["made"]],
         api_name="generate",
         concurrency_limit=concurrency,
         preprocess=False,
         validator=handlers.validate,
+        trigger_mode="multiple",
         show_progress="full",
         show_progress_on=ui["gallery"],
     )
+    for ended in (event.then, event.failure):
+        ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
     event.success(
         handlers.add_history,
-        [ui["gallery"], ui["history_state"]],
-        [ui["history_state"], ui["history"]],
+        [ui["made"], ui["history_state"]],
+        [ui["history_state"], ui["history"], ui["note"]],
         api_visibility="private",
         show_progress="hidden",
     )
     # Stop: the run's stop signal ends the work after its current step and the handler itself returns the
     # neutral "Stopped" result; the session's queued runs are removed. Not cancels=[event]: a run cancelled
     # through Gradio can leave an "Error" badge on the gallery (a race in Gradio 6.31's client).
-    ui["stop"].click(handlers.stop, None, None, queue=False, api_visibility="private").then(
-        handlers.stopped, None, ui["info"], queue=False, api_visibility="private", show_progress="hidden"
-    )
+    ui["stop"].click(handlers.stop, None, None, queue=False, api_visibility="private")
     ui["load"].click(handlers.load_model, None, ui["status"], api_visibility="private")
 
 
@@ -58,12 +88,35 @@ def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
 
 
 def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
+    # Their messages go into the note under the history (a popup from an event outside the queue never arrives).
     restored = [ui[name] for name in RESTORED_FIELDS]
-    history = [ui["history_state"], ui["history"]]
+    history = [ui["history_state"], ui["history"], ui["note"]]
     demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
+    demo.load(None, js=PAGE_LANG_JS)
+    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
+    demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
-    ui["use_settings"].click(handlers.use_history, [ui["history_state"], ui["picked"]], restored, **HIDDEN)
-    ui["restore"].upload(handlers.restore_png, ui["restore"], restored, **HIDDEN)
+    ui["use_settings"].click(
+        handlers.use_history, [ui["history_state"], ui["picked"]], [*restored, ui["note"]], **HIDDEN
+    )
+    ui["restore"].upload(handlers.restore_png, ui["restore"], [*restored, ui["restore"], ui["note"]], **HIDDEN)
+
+
+def _buttons_at_rest(ui: dict, problem: str | None) -> None:
+    """Stop starts off and plain (the events turn it on while a run goes); Generate is off when runs cannot go."""
+    ui["stop"].interactive, ui["stop"].variant = False, "secondary"
+    if problem is not None:
+        ui["run"].interactive = False
+
+
+def _example_labels(labels: list[str]):
+    """The event that gives the examples' labels in the language of the browser that opened the page."""
+
+    def translated(request: gr.Request):
+        lang = language(request)
+        return gr.skip() if lang == "en" else gr.Dataset(sample_labels=[example_label(label, lang) for label in labels])
+
+    return translated
 
 
 def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
@@ -79,11 +132,15 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
     choices = size_choices(width, height)
     with ErnieBlocks(title="ERNIE-Image NF4") as demo:
         gr.Markdown(f"# ERNIE-Image NF4\nModel: **{service.label}**", elem_id="header")
-        if (problem := service.unavailable_reason()) is not None:
-            gr.Markdown(f"⚠️ **{problem}**", elem_id="missing")
         with gr.Tab(t("tab_create")):
+            problem = service.unavailable_reason()
+            if problem is not None:  # said right above Generate, which is off
+                gr.Markdown(f"⚠️ **{say('no_gpu', reason=problem)}**", elem_id="missing")
             ui = generate_tab(width, height, steps, guidance, choices, sized_examples=not is_tiny(service))
+            ui["note"] = gr.Markdown("", elem_id="history-note")
         ui |= stats_tab()
+        ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made
+        _buttons_at_rest(ui, problem)
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
         _wire_sizes(handlers, ui, choices)
         _wire_reuse(handlers, ui, demo)

@@ -1,0 +1,72 @@
+"""A run's progress as the page shows it: one line in the user's language (the stage, "image k of N", the steps or
+the prompt enhancer's tokens against its cap, the time left) and one overall fraction that never goes back, across
+the stages and the images of a run."""
+
+from __future__ import annotations
+
+from ..progress import Progress, format_seconds
+from .i18n import say
+
+# Each stage's share of the bar (start, end); denoising is split evenly between the images.
+SPANS = {
+    "pe": (0.0, 0.15),
+    "text_encoding": (0.15, 0.2),
+    "denoising": (0.2, 0.95),
+    "vae_decode": (0.95, 1.0),
+}
+
+
+def _images(event: Progress) -> tuple[int | None, int | None]:
+    """The event's image number and count (1-based), when the library gives them."""
+    image, images = getattr(event, "image", None), getattr(event, "images", None)
+    return (image, images) if image and images else (None, None)
+
+
+def describe(event: Progress, lang: str = "en") -> str:
+    """One line for people in ``lang``: stage, which image, amount done, time left."""
+    stage = f"stage_{event.stage}"
+    try:
+        parts = [say(stage, lang)]
+    except KeyError:
+        return event.describe()
+    image, images = _images(event)
+    if images and images > 1:
+        parts.append(say("progress_image", lang, image=image, images=images))
+    if event.done is not None and event.total:
+        done, total = int(event.done), int(event.total)
+        if event.unit == "steps":
+            parts.append(say("progress_step", lang, done=done, total=total))
+        elif event.unit == "tokens":
+            parts.append(say("progress_tokens", lang, done=done, total=total))
+        elif event.unit != "bytes":
+            parts.append(f"{event.fraction:.0%}")
+        else:
+            parts.append(f"{event.done / 1e9:.2f} / {event.total / 1e9:.2f} GB")
+    if event.eta_seconds is not None:
+        parts.append(say("progress_eta", lang, time=format_seconds(event.eta_seconds)))
+    if event.message:
+        parts.append(event.message)
+    return " · ".join(parts)
+
+
+class RunProgress:
+    """Turns a run's ``Progress`` events into (fraction, text) for ``gr.Progress``; the fraction is the whole
+    run's and never goes back (a new stage or image starts where the last one ended)."""
+
+    def __init__(self, lang: str = "en"):
+        self.lang = lang
+        self.fraction = 0.0
+
+    def overall(self, event: Progress) -> float:
+        start, end = SPANS.get(event.stage, (None, None))
+        if start is None:  # loading or downloading before the run: the run's bar waits at its start
+            return self.fraction
+        within = event.fraction or 0.0
+        image, images = _images(event)
+        if event.stage == "denoising" and images:
+            within = (image - 1 + within) / images
+        return start + (end - start) * within
+
+    def __call__(self, event: Progress) -> tuple[float, str]:
+        self.fraction = max(self.fraction, min(1.0, self.overall(event)))
+        return self.fraction, describe(event, self.lang)
