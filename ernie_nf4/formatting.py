@@ -41,30 +41,6 @@ def readable_value(value, depth: int = 0) -> str:
     return str(value)
 
 
-def run_info(result, notes=(), provenance: str | None = None) -> str:
-    """One line about a finished run: seeds, per-stage seconds, PE tokens, peak VRAM, package provenance."""
-    s = result.seconds
-    per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
-    parts = [
-        f"seed {', '.join(map(str, result.seeds))}",
-        f"PE {s.pe:.2f} s",
-        f"text {s.text_encoding:.2f} s",
-        f"denoise {s.denoising:.2f} s ({per_step:.0f} ms/step)",
-        f"VAE {s.vae_decode:.2f} s",
-        f"total {s.total:.2f} s",
-    ]
-    if result.enhancement is not None:
-        e = result.enhancement
-        parts.append(f"PE wrote {e.tokens} tokens" + (f" (cut at the cap of {e.cap})" if e.cut else ""))
-    elif result.prompt_cached and result.revised_prompt:
-        parts.append("PE from cache")
-    if result.peak_vram:
-        parts.append(f"peak VRAM {result.peak_vram.reserved_gib:.2f} GiB")
-    if provenance and not provenance.startswith("verified"):
-        parts.append(f"package {provenance}")
-    return " · ".join([*parts, *notes])
-
-
 def ratios(modes: list[dict]) -> list[str]:
     """The headline ratios from one run's modes (those present): NF4 against stock and bf16."""
     ok = {r["mode"]: r for r in modes if r["status"] == "ok"}

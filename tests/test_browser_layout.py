@@ -60,7 +60,8 @@ def generate(page, prompt, width, height):
     page.locator("#height input").fill(str(height))
     page.locator("#height input").blur()
     page.locator("#generate").click()
-    page.wait_for_function("document.querySelector('#info textarea').value.startsWith('seed')")
+    # the run info starts with the seed, in the page's language
+    page.wait_for_function("/^(seed|种子) /.test(document.querySelector('#info textarea').value)")
 
 
 def open_advanced(page):

@@ -8,7 +8,6 @@ import logging
 import re
 
 from ..errors import ErnieNF4Error, GenerationCancelled, InvalidArgument
-from ..formatting import run_info
 from .i18n import field_name, say
 
 logger = logging.getLogger(__name__)
@@ -76,30 +75,30 @@ def user_message(err: BaseException, lang: str = "en") -> str:
 
 
 def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en") -> str:
-    """The run info box: ``formatting.run_info`` in English, the same figures in Chinese."""
-    notes = [note(text, lang) for text in notes]
-    if lang != "zh":
-        return run_info(result, notes, provenance)
+    """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it ran), the PE's tokens,
+    peak GPU memory, the package's provenance when it was not checked against this project's metadata, notes."""
     s = result.seconds
     per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
-    parts = [
-        f"种子 {', '.join(map(str, result.seeds))}",
-        f"PE {s.pe:.2f} 秒",
-        f"文本编码 {s.text_encoding:.2f} 秒",
-        f"去噪 {s.denoising:.2f} 秒（每步 {per_step:.0f} 毫秒）",
-        f"VAE 解码 {s.vae_decode:.2f} 秒",
-        f"共 {s.total:.2f} 秒",
-    ]
+    parts = [say("run_seed", lang, seeds=", ".join(map(str, result.seeds)))]
     if result.enhancement is not None:
-        e = result.enhancement
-        parts.append(f"PE 写了 {e.tokens} 个词元" + (f"（达到上限 {e.cap}，被截断）" if e.cut else ""))
+        parts.append(say("run_pe", lang, seconds=f"{s.pe:.2f}"))
+    parts += [
+        say("run_text", lang, seconds=f"{s.text_encoding:.2f}"),
+        say("run_denoise", lang, seconds=f"{s.denoising:.2f}", ms=f"{per_step:.0f}"),
+        say("run_vae", lang, seconds=f"{s.vae_decode:.2f}"),
+        say("run_total", lang, seconds=f"{s.total:.2f}"),
+    ]
+    if (e := result.enhancement) is not None:
+        parts.append(
+            say("run_pe_cut", lang, tokens=e.tokens, cap=e.cap) if e.cut else say("run_pe_wrote", lang, tokens=e.tokens)
+        )
     elif result.prompt_cached and result.revised_prompt:
-        parts.append("PE 结果来自缓存")
+        parts.append(say("run_pe_cached", lang))
     if result.peak_vram:
-        parts.append(f"显存峰值 {result.peak_vram.reserved_gib:.2f} GiB")
-    if provenance and not provenance.startswith("verified"):
-        parts.append(f"模型包 {provenance}")
-    return " · ".join([*parts, *notes])
+        parts.append(say("run_peak", lang, gib=f"{result.peak_vram.reserved_gib:.2f}"))
+    if provenance and provenance.startswith("not "):
+        parts.append(say("run_package", lang, provenance=provenance))
+    return " · ".join([*parts, *(note(text, lang) for text in notes)])
 
 
 CAPTION_PROMPT_CHARS = 80
