@@ -178,8 +178,16 @@ def test_restoring_from_a_bomb_png_warns_and_leaves_the_form(tmp_path):
     handlers = Handlers(FakeService(), tmp_path / "out")
     path = write(tmp_path, "huge.png", png(text_chunk(TEXT), width=15000, height=15000))
     updates = handlers.restore_png(str(path))  # before: Pillow's DecompressionBombError, a 500 for the browser
-    assert len(updates) == len(RESTORED_FIELDS)
-    assert all(update == {"__type__": "update"} for update in updates)  # gr.skip(): every field left as it was
+    fields, note = updates[: len(RESTORED_FIELDS)], updates[-1]
+    assert all(update == {"__type__": "update"} for update in fields)  # gr.skip(): every field left as it was
+    assert note.startswith("huge.png claims 15000x15000 pixels") and note.count("huge.png") == 1
+
+    class ChineseBrowser:
+        headers = {"accept-language": "zh-CN,zh;q=0.9"}
+
+    path = write(tmp_path, "huge.png", png(text_chunk(TEXT), width=15000, height=15000))
+    note = handlers.restore_png(str(path), ChineseBrowser())[-1]
+    assert note == "huge.png 声称有 15000x15000 像素，超过本应用可打开的 89,478,485；未读取其设置"
 
 
 @pytest.mark.parametrize(

@@ -49,3 +49,30 @@ def test_a_run_reports_pe_tokens_and_image_k_of_n_and_the_bar_never_goes_back(ti
     fractions = [e.fraction for e in later]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(e.describe().startswith("denoising · image 2 of 2 · step 1/3") for e in later)
+
+
+def test_the_page_bar_moves_with_each_image_and_names_the_step_within_it():
+    from ernie_nf4.webapp.run_progress import RunProgress
+
+    bar, steps, images = RunProgress("en"), 4, 2
+    seen = [bar(Progress("pe", done=8, total=40, unit="tokens"))[0], bar(Progress("text_encoding"))[0]]
+    lines = []
+    for image in (1, 2):
+        for step in range(1, steps + 1):
+            done = (image - 1) * steps + step
+            fraction, line = bar(
+                Progress("denoising", done=done, total=steps * images, unit="steps", image=image, images=images)
+            )
+            seen.append(fraction)
+            lines.append(line)
+        seen.append(
+            bar(
+                Progress(
+                    "vae_decode", done=image * steps, total=steps * images, unit="steps", image=image, images=images
+                )
+            )[0]
+        )
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    after_first_image = seen[2 + steps]  # the first decode
+    assert 0.5 <= after_first_image <= 0.65, seen  # halfway through the images' share, not near the end
+    assert lines[steps] == "denoising · image 2 of 2 · step 1/4"  # the step within the image

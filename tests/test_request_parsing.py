@@ -41,11 +41,14 @@ def test_booleans_foreign_digits_and_underscores_are_refused_naming_the_field(fi
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
-def test_the_ui_validator_marks_the_field_and_says_the_form(field):
+def test_the_ui_validator_marks_the_field_and_says_the_form(field, tmp_path):
     pytest.importorskip("gradio")
     from ernie_nf4.webapp.handlers import FORM_FIELDS, Handlers
 
-    checks = dict(zip(FORM_FIELDS, Handlers.validate(*astuple(replace(FORM, **{field: True}))), strict=True))
+    from .support.app import FakeService
+
+    handlers = Handlers(FakeService(), tmp_path)
+    checks = dict(zip(FORM_FIELDS, handlers.validate(*astuple(replace(FORM, **{field: True}))), strict=True))
     assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
     assert "written with the digits 0-9" in checks[field]["message"]
 

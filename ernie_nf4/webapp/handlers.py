@@ -295,7 +295,7 @@ class Handlers:
         try:
             settings = read_png_parameters(path)
         except ValueError as err:
-            return [*[gr.skip()] * len(RESTORED_FIELDS), None, say("png_refused", lang, name=name, reason=err)]
+            return [*[gr.skip()] * len(RESTORED_FIELDS), None, user_message(err, lang)]
         finally:
             _delete_upload(Path(path))
         return [*self._fill_form(asdict(settings)), None, say("restored_png", lang, name=name)]

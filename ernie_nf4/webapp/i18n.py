@@ -100,6 +100,17 @@ MESSAGES = {
     "en": {
         "stopped": "Stopped. Nothing was kept from this run.",
         "caption": "{width}×{height} · seed {seed}",
+        "png_unreadable": "{name} could not be read",
+        "png_none": "{name} carries no generation parameters (no 'parameters' text chunk)",
+        "png_not_png": "{name} is not a PNG file; drop a PNG this app saved",
+        "png_damaged": "{name} is a damaged PNG (its {chunk} chunk is broken); drop a PNG this app saved",
+        "png_bomb": "{name} claims {width}x{height} pixels, more than the {limit} this app opens; its settings were "
+        "not read",
+        "png_too_long": "{name}'s 'parameters' text is longer than {limit} bytes; it was not read",
+        "png_no_prompt": "the PNG's parameters hold no prompt",
+        "refuse_digits_whole": "{field} must be a whole number written with the digits 0-9 (like {like}), got {value}",
+        "refuse_digits_number": "{field} must be a finite number in [{low}, {high}] written with the digits 0-9 "
+        "(like {like}), got {value}",
         "run_seed": "seed {seeds}",
         "run_pe": "PE {seconds} s",
         "run_text": "text {seconds} s",
@@ -115,7 +126,6 @@ MESSAGES = {
         "select_first": "Select an image in the history first.",
         "restored_history": "Settings restored from the history (seed {seed}).",
         "restored_png": "Settings restored from {name}.",
-        "png_refused": "{name}: {reason}",
         "history_gone": "{count} image(s) of this browser's history are no longer on the server (deleted from its "
         "output folder, or made before it restarted); they were taken off the list.",
         "request_refused": "This request could not run: {reason}",
@@ -221,6 +231,16 @@ MESSAGES = {
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
         "caption": "{width}×{height} · 种子 {seed}",
+        "png_unreadable": "无法读取 {name}",
+        "png_none": "{name} 不含生成参数（没有 parameters 文本块）",
+        "png_not_png": "{name} 不是 PNG 文件；请拖入本应用保存的 PNG",
+        "png_damaged": "{name} 是损坏的 PNG（其 {chunk} 块已损坏）；请拖入本应用保存的 PNG",
+        "png_bomb": "{name} 声称有 {width}x{height} 像素，超过本应用可打开的 {limit}；未读取其设置",
+        "png_too_long": "{name} 的 parameters 文本超过 {limit} 字节；未读取",
+        "png_no_prompt": "该 PNG 的参数中没有提示词",
+        "refuse_digits_whole": "{field}必须是用数字 0-9 写的整数（例如 {like}），收到的是 {value}",
+        "refuse_digits_number": "{field}必须是 [{low}, {high}] 范围内、用数字 0-9 写的有限数（例如 {like}），"
+        "收到的是 {value}",
         "run_seed": "种子 {seeds}",
         "run_pe": "PE {seconds} 秒",
         "run_text": "文本编码 {seconds} 秒",
@@ -236,7 +256,6 @@ MESSAGES = {
         "select_first": "请先在历史记录中选择一张图片。",
         "restored_history": "已从历史记录恢复设置（种子 {seed}）。",
         "restored_png": "已从 {name} 恢复设置。",
-        "png_refused": "{name}：{reason}",
         "history_gone": "本浏览器历史记录中有 {count} 张图片已不在服务器上"
         "（已从输出文件夹删除，或生成于服务器重启之前），已从列表中移除。",
         "request_refused": "该请求无法运行：{reason}",

@@ -16,6 +16,10 @@ STOPPED = say("stopped")
 # The library's refusals (``request.GenerationRequest``, ``request_from_form``) by kind: the pattern after the
 # field's name, and the message key that says it again with the pattern's named groups.
 _REFUSALS = (
+    (r"must be a whole number written with the digits 0-9 \(like (?P<like>[^)]+)\), got (?P<value>.+)$",
+     "refuse_digits_whole"),
+    (r"must be a finite number in \[(?P<low>[^,]+), (?P<high>[^\]]+)\] written with the digits 0-9 "
+     r"\(like (?P<like>[^)]+)\), got (?P<value>.+)$", "refuse_digits_number"),
     (r"must be a non-blank text$", "refuse_blank"),
     (r"must be text, got (?P<value>.+)$", "refuse_text"),
     (r"must be at most (?P<limit>\d+) characters, got (?P<value>\d+)$", "refuse_long"),
@@ -37,6 +41,8 @@ def refusal(err: InvalidArgument, lang: str = "en") -> str:
     """A refused field's message in ``lang``, said by its field and kind (the library's own text when its kind is
     not one of ``_REFUSALS``)."""
     text, field = str(err), err.field
+    if lang != "en" and getattr(err, "key", None):  # a refusal that carries its own key (a PNG's, say)
+        return say(err.key, lang, **err.values)
     if lang == "en" or not field or not text.startswith(f"{field} "):
         return text
     rest = text[len(field) + 1 :]
@@ -75,12 +81,12 @@ def user_message(err: BaseException, lang: str = "en") -> str:
 
 
 def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en") -> str:
-    """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it ran), the PE's tokens,
+    """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it was asked for), the PE's tokens,
     peak GPU memory, the package's provenance when it was not checked against this project's metadata, notes."""
     s = result.seconds
     per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
     parts = [say("run_seed", lang, seeds=", ".join(map(str, result.seeds)))]
-    if result.enhancement is not None:
+    if result.request.use_pe:
         parts.append(say("run_pe", lang, seconds=f"{s.pe:.2f}"))
     parts += [
         say("run_text", lang, seconds=f"{s.text_encoding:.2f}"),

@@ -164,7 +164,7 @@ def parse_parameters(text: str) -> FormSettings:
             break
     prompt = "\n".join(prompt_lines).strip()
     if not prompt:
-        raise ValueError("the PNG's parameters hold no prompt")
+        raise _refused("png_no_prompt", "the PNG's parameters hold no prompt")
     width = height = None
     if match := re.fullmatch(r"([0-9]{1,5}) ?x ?([0-9]{1,5})", pairs.get("Size", "")):
         width, height = int(match[1]), int(match[2])
@@ -190,9 +190,9 @@ def read_png_parameters(path: str | Path) -> FormSettings:
         with open(path, "rb") as file:
             text = _parameters_chunk(file, name)
     except OSError as err:
-        raise InvalidArgument(f"{name} could not be read ({err.strerror or err})") from None
+        raise _refused("png_unreadable", f"{name} could not be read ({err.strerror or err})", name=name) from None
     if text is None or not text.strip():
-        raise InvalidArgument(f"{name} carries no generation parameters (no 'parameters' text chunk)")
+        raise _refused("png_none", f"{name} carries no generation parameters (no 'parameters' text chunk)", name=name)
     return parse_parameters(text)
 
 
@@ -200,7 +200,8 @@ def _parameters_chunk(file, name: str) -> str | None:
     """The text of the first ``parameters`` chunk (tEXt, zTXt or iTXt), walking the chunks to IEND and reading no
     other chunk's data; None when there is none."""
     if file.read(8) != PNG_SIGNATURE:
-        raise InvalidArgument(f"{name} is not a PNG file (it lacks the PNG signature); drop a PNG this app saved")
+        message = f"{name} is not a PNG file (it lacks the PNG signature); drop a PNG this app saved"
+        raise _refused("png_not_png", message, name=name)
     position = len(PNG_SIGNATURE)
     while len(head := file.read(8)) == 8:
         length, kind = struct.unpack(">I4s", head)
@@ -219,9 +220,17 @@ def _parameters_chunk(file, name: str) -> str | None:
     return None
 
 
+def _refused(key: str, message: str, **values) -> InvalidArgument:
+    """A refusal whose ``key`` and ``values`` let the app say it in the reader's language (``webapp.i18n``)."""
+    err = InvalidArgument(message)
+    err.key, err.values = key, values
+    return err
+
+
 def _damaged(name: str, kind: bytes) -> InvalidArgument:
-    chunk = kind.decode("latin-1", "replace")
-    return InvalidArgument(f"{name} is a damaged PNG (its {chunk!r} chunk is broken); drop a PNG this app saved")
+    chunk = repr(kind.decode("latin-1", "replace"))
+    message = f"{name} is a damaged PNG (its {chunk} chunk is broken); drop a PNG this app saved"
+    return _refused("png_damaged", message, name=name, chunk=chunk)
 
 
 def _check_header(file, name: str, kind: bytes, length: int) -> None:
@@ -237,17 +246,19 @@ def _check_header(file, name: str, kind: bytes, length: int) -> None:
     if not width or not height:
         raise _damaged(name, kind)
     if limit is not None and width * height > limit:
-        raise InvalidArgument(
+        message = (
             f"{name} claims {width}x{height} pixels, more than the {int(limit):,} this app opens (such a header can "
             "be a decompression bomb); its settings were not read. Drop a PNG this app saved."
         )
+        raise _refused("png_bomb", message, name=name, width=width, height=height, limit=f"{int(limit):,}")
 
 
 def _too_long(name: str) -> InvalidArgument:
-    return InvalidArgument(
+    message = (
         f"{name}'s 'parameters' text is longer than {MAX_PARAMETERS_BYTES:,} bytes, far more than this app writes; "
         "it was not read"
     )
+    return _refused("png_too_long", message, name=name, limit=f"{MAX_PARAMETERS_BYTES:,}")
 
 
 def _text_chunk(file, name: str, kind: bytes, length: int) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 from ..progress import Progress, format_seconds
 from .i18n import say
 
-# Each stage's share of the bar (start, end); denoising is split evenly between the images.
+# Each stage's share of the bar (start, end). Denoising and decoding share theirs: their events count the steps of
+# the whole run (steps × images), and an image's decode comes right after its last step.
 SPANS = {
     "pe": (0.0, 0.15),
     "text_encoding": (0.15, 0.2),
-    "denoising": (0.2, 0.95),
-    "vae_decode": (0.95, 1.0),
+    "denoising": (0.2, 1.0),
+    "vae_decode": (0.2, 1.0),
 }
 
 
@@ -34,8 +35,11 @@ def describe(event: Progress, lang: str = "en") -> str:
         parts.append(say("progress_image", lang, image=image, images=images))
     if event.done is not None and event.total:
         done, total = int(event.done), int(event.total)
-        if event.unit == "steps":
-            parts.append(say("progress_step", lang, done=done, total=total))
+        if event.unit == "steps" and event.stage == "denoising":
+            step, steps = getattr(event, "image_step", None) or (done, total)  # within the current image
+            parts.append(say("progress_step", lang, done=step, total=steps))
+        elif event.unit == "steps":
+            pass  # decoding: the image it decodes is said above
         elif event.unit == "tokens":
             parts.append(say("progress_tokens", lang, done=done, total=total))
         elif event.unit != "bytes":
@@ -61,11 +65,7 @@ class RunProgress:
         start, end = SPANS.get(event.stage, (None, None))
         if start is None:  # loading or downloading before the run: the run's bar waits at its start
             return self.fraction
-        within = event.fraction or 0.0
-        image, images = _images(event)
-        if event.stage == "denoising" and images:
-            within = (image - 1 + within) / images
-        return start + (end - start) * within
+        return start + (end - start) * (event.fraction or 0.0)
 
     def __call__(self, event: Progress) -> tuple[float, str]:
         self.fraction = max(self.fraction, min(1.0, self.overall(event)))
