@@ -237,6 +237,15 @@ def test_without_a_gpu_the_app_says_what_is_missing(tmp_path):
         demo.close()
 
 
+def test_the_tiny_models_prompt_enhancer_writes_a_few_tokens_unless_told(monkeypatch):
+    from ernie_nf4.webapp.cli import TINY_PE_TOKENS, build_parser, config_from_args, parse_args
+
+    monkeypatch.delenv("ERNIE_NF4_MAX_PE_TOKENS", raising=False)
+    assert config_from_args(build_parser().parse_args(["--tiny"])).max_pe_tokens == TINY_PE_TOKENS <= 64
+    assert config_from_args(parse_args(["--tiny", "--max-pe-tokens", "300"], {})).max_pe_tokens == 300
+    assert config_from_args(build_parser().parse_args([])).max_pe_tokens is None  # the full model: its own limit
+
+
 def test_memory_mode_and_compile_flags_reach_the_service(monkeypatch):
     from ernie_nf4.runtime.memory_modes import MemoryMode
     from ernie_nf4.webapp.cli import build_parser, config_from_args
@@ -315,27 +324,21 @@ def test_a_run_that_gave_its_images_is_never_reported_as_stopped(tmp_path):
 
 
 def test_the_progress_bar_never_goes_back_across_stages_and_images():
-    from dataclasses import dataclass
-
     from ernie_nf4.progress import Progress
     from ernie_nf4.webapp.handlers import Handlers
-
-    @dataclass(frozen=True)
-    class ImageProgress(Progress):  # the image an event is about, 1-based, as the library reports it
-        image: int | None = None
-        images: int | None = None
 
     shown = []
     show = Handlers._progress_callback(lambda fraction, desc: shown.append((fraction, desc)))
     events = [Progress("pe", done=token, total=8, unit="tokens") for token in range(1, 9)]
     events.append(Progress("text_encoding"))
-    for image in (1, 2, 3):
-        steps = [ImageProgress("denoising", done=s, total=4, unit="steps", image=image, images=3) for s in range(5)]
-        events += [*steps, ImageProgress("vae_decode", image=image, images=3)]
+    for image in (1, 2, 3):  # the library counts the steps of the whole run (4 per image) and names the image
+        first = (image - 1) * 4
+        steps = [Progress("denoising", done=first + s, total=12, unit="steps", image=image, images=3) for s in range(5)]
+        events += [*steps, Progress("vae_decode", done=first + 4, total=12, unit="steps", image=image, images=3)]
     for event in events:
         show(event)
     fractions = [fraction for fraction, _ in shown]
-    assert fractions == sorted(fractions) and fractions[-1] >= 0.95
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
     texts = [text for _, text in shown]
     assert "prompt enhancer · 5 / 8 tokens" in texts
     assert "denoising · image 2 of 3 · step 3/4" in texts

@@ -30,6 +30,8 @@ from .outputs import OutputStore
 ON_WORDS = ("1", "true", "yes", "on")
 SHARED_KEEP = ("200", "24")  # --keep-outputs, --keep-hours when shared (--share, a Space) and neither is given
 OFF_WORDS = ("0", "false", "no", "off", "")
+# The tiny random model's prompt enhancer writes noise up to its cap: a small one keeps a run on a CPU to seconds.
+TINY_PE_TOKENS = 32
 
 
 class SettingsError(argparse.ArgumentTypeError, ValueError):
@@ -131,7 +133,13 @@ def _model_flags(p: argparse.ArgumentParser, env) -> None:
         default=env("variant", DEFAULT_VARIANT),
         help="model variant",
     )
-    g.add_argument("--tiny", action="store_true", default=env.switch("tiny"), help="tiny random model (CPU is fine)")
+    g.add_argument(
+        "--tiny",
+        action="store_true",
+        default=env.switch("tiny"),
+        help=f"tiny random model (CPU is fine; its prompt enhancer writes at most {TINY_PE_TOKENS} tokens unless "
+        "--max-pe-tokens says otherwise)",
+    )
     g.add_argument(
         "--verify-sha256",
         action="store_true",
@@ -430,7 +438,7 @@ def config_from_args(args) -> ServiceConfig:
         device=args.device,
         tiny=args.tiny,
         verify_sha256=args.verify_sha256,
-        max_pe_tokens=args.max_pe_tokens,
+        max_pe_tokens=TINY_PE_TOKENS if args.tiny and args.max_pe_tokens is None else args.max_pe_tokens,
         memory_mode=args.memory_mode,
         compile=args.compile,
     )

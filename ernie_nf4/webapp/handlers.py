@@ -104,7 +104,8 @@ class Handlers:
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        """Generate images; returns (gallery, seed used, revised prompt, run info, the history's new entries)."""
+        """Generate images; returns the gallery, the seed used, the revised prompt and the run info (and, for the
+        page only, the history's new entries)."""
         form = FormValues(
             prompt,
             negative_prompt,

@@ -192,7 +192,9 @@ MESSAGES = {
         "memory; `python -m ernie_nf4.benchmark --package … --write-metadata` records it). Its files take {size}.",
         "stats_no_package": "No package yet: it is fetched on the first Generate (or with **Load model**).",
         "stats_package": "**Package** `{name}`: {provenance}.",
-        "stats_verified": "verified by its ernie-nf4 metadata",
+        "stats_verified": "verified by its ernie-nf4 metadata (sha256 of every file)",
+        "stats_checked": "checked against its ernie-nf4 metadata (sha256 of configs and tokenizers, size and header of "
+        "the weights; --verify-sha256 hashes the weights too)",
         "stats_not_verified": "not verified by ernie-nf4 metadata (written by another tool); its safetensors headers "
         "were checked",
         "stats_unloadable": "cannot be loaded: {why}",
@@ -320,7 +322,9 @@ MESSAGES = {
         "`python -m ernie_nf4.benchmark --package … --write-metadata` 可记录）。文件共 {size}。",
         "stats_no_package": "还没有模型包：第一次生成（或点击**加载模型**）时获取。",
         "stats_package": "**模型包** `{name}`：{provenance}。",
-        "stats_verified": "已通过 ernie-nf4 元数据验证",
+        "stats_verified": "已通过 ernie-nf4 元数据验证（每个文件的 sha256）",
+        "stats_checked": "已按 ernie-nf4 元数据检查（配置和分词器的 sha256、权重文件的大小和文件头；"
+        "--verify-sha256 会同时校验权重的 sha256）",
         "stats_not_verified": "未经 ernie-nf4 元数据验证（由其他工具生成）；已检查其 safetensors 文件头",
         "stats_unloadable": "无法加载：{why}",
         "stats_table": "| 组件 | 权重 | 原版 | 本模型包 | 节省 |",

@@ -81,8 +81,9 @@ def user_message(err: BaseException, lang: str = "en") -> str:
 
 
 def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en") -> str:
-    """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it was asked for), the PE's tokens,
-    peak GPU memory, the package's provenance when it was not checked against this project's metadata, notes."""
+    """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it was asked for), the
+    PE's tokens, peak GPU memory, the package's provenance when this project's metadata did not vouch for it, the
+    notes."""
     s = result.seconds
     per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
     parts = [say("run_seed", lang, seeds=", ".join(map(str, result.seeds)))]

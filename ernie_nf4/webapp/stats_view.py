@@ -123,8 +123,8 @@ def cards_sentence(package, lang: str = "en") -> str:
 
 
 def _provenance(package, lang: str) -> str:
-    if package.verified:
-        return say("stats_verified", lang)
+    if package.verified:  # the weights hashed too, or only the small files
+        return say("stats_verified" if package.provenance.startswith("verified") else "stats_checked", lang)
     if package.provenance == "cannot be loaded":
         return say("stats_unloadable", lang, why="; ".join(package.notes))
     return say("stats_not_verified", lang)
