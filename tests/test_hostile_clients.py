@@ -227,6 +227,10 @@ def test_only_the_apps_own_images_are_served_from_the_output_folder(served):
                 r = http.get(route)
                 assert r.status_code in (403, 404) and b"private" not in r.content, (route, r.status_code)
         own = http.get(f"gradio_api/file={made[0]}")
+        # a PNG put there by hand under the app's naming pattern is not the app's
+        planted = folder / "ernie-20990101-000000-000000-42.png"
+        planted.write_bytes(made[0].read_bytes())
+        assert http.get(f"gradio_api/file={planted}").status_code in (403, 404)
     assert own.status_code == 200 and own.content[:4] == b"\x89PNG"
 
 

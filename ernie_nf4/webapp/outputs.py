@@ -2,7 +2,8 @@
 ``~/.cache/ernie-nf4/outputs``). Kept unless pruning is asked for: with ``keep_count`` and/or ``keep_hours``, each
 save deletes the app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours``, and says so in the log.
 Gradio serves them from there (``gr.set_static_paths``) instead of copying them to its cache; ``owns`` tells the
-app's images from any other file in the folder (``limits.RequestLimits`` serves only those)."""
+app's images from any other file in the folder (``limits.RequestLimits`` serves only those): the names of the PNGs
+the app wrote are kept in ``MANIFEST`` in the folder (a file of that pattern put there by hand is not served)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .png_params import save_png
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("~/.cache/ernie-nf4/outputs")
 PATTERN = "ernie-*.png"
+MANIFEST = ".ernie-nf4-made"  # one file name per line: the PNGs this app wrote and has not deleted
 
 
 @dataclass
@@ -36,6 +38,7 @@ class OutputStore:
         self.folder = Path(self.folder).expanduser().resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._made = self._read_manifest()
         self.serve()
         self.prune()
 
@@ -66,15 +69,37 @@ class OutputStore:
         return self._inside(path) or self._inside(path.resolve())
 
     def owns(self, text: str) -> bool:
-        """True for one of the app's images: a file named as the app names its PNGs, directly in the folder."""
+        """True for one of the app's images: a PNG the app wrote (named in the manifest), directly in the folder."""
         path = Path(os.path.abspath(text))
-        return path.parent == self.folder and fnmatch.fnmatchcase(path.name, PATTERN) and not path.is_symlink()
+        return (
+            path.parent == self.folder
+            and fnmatch.fnmatchcase(path.name, PATTERN)
+            and path.name in self._made
+            and not path.is_symlink()
+        )
 
     def save(self, image, seed: int, parameters: str) -> Path:
         with self._lock:
             path = save_png(image, self.folder, seed, parameters)
+            self._made.add(path.name)
+            with open(self.folder / MANIFEST, "a", encoding="utf-8") as manifest:
+                manifest.write(path.name + "\n")
             self.prune()
         return path
+
+    def _read_manifest(self) -> set[str]:
+        """The names the app wrote that are still there (the manifest rewritten without the others)."""
+        try:
+            names = (self.folder / MANIFEST).read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError):
+            return set()
+        self._made = {name for name in names if fnmatch.fnmatchcase(name, PATTERN) and (self.folder / name).is_file()}
+        if len(self._made) != len(names):
+            self._write_manifest()
+        return self._made
+
+    def _write_manifest(self) -> None:
+        (self.folder / MANIFEST).write_text("".join(f"{name}\n" for name in sorted(self._made)), encoding="utf-8")
 
     def prune(self) -> list[Path]:
         """Delete this app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours`` (none when
@@ -88,6 +113,9 @@ class OutputStore:
         doomed = [p for i, p in enumerate(files) if i >= count or now - p.stat().st_mtime > age]
         for path in doomed:
             path.unlink(missing_ok=True)
+            self._made.discard(path.name)
+        if doomed:
+            self._write_manifest()
         if doomed:
             names = ", ".join(p.name for p in doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
             logger.info("deleted %d old output(s) from %s (%s): %s", len(doomed), self.folder, self._rule(), names)
