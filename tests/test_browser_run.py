@@ -79,7 +79,9 @@ class RunService(FakeService):
 
 class NoGpuService(RunService):
     def unavailable_reason(self):
-        return "No CUDA GPU found; run python app.py --tiny for the tiny random model on a CPU."
+        from ernie_nf4.serving.service import NO_GPU_MESSAGE
+
+        return NO_GPU_MESSAGE  # what ImageService says on a machine without a CUDA GPU
 
 
 def serve(service, output_dir):
@@ -315,6 +317,12 @@ def test_without_a_gpu_generate_is_off_with_the_reason_beside_it(browser, tmp_pa
         expect(reason).to_contain_text("Generate is off: No CUDA GPU found")
         box, button = reason.bounding_box(), page.locator("#generate").bounding_box()
         assert button["y"] - (box["y"] + box["height"]) < 200  # right above the prompt and Generate
+        page.close()
+        page = browser.new_page(viewport=PHONE, locale="zh-CN", extra_http_headers={"Accept-Language": "zh-CN"})
+        page.set_default_timeout(BOUND)
+        page.goto(url)
+        expect(page.locator("#missing")).to_contain_text("无法生成：未找到 CUDA GPU")
+        expect(page.locator("#header")).to_contain_text("模型：")
         page.close()
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="No CUDA GPU found"):

@@ -111,6 +111,10 @@ MESSAGES = {
         "refuse_digits_whole": "{field} must be a whole number written with the digits 0-9 (like {like}), got {value}",
         "refuse_digits_number": "{field} must be a finite number in [{low}, {high}] written with the digits 0-9 "
         "(like {like}), got {value}",
+        "header": "# ERNIE-Image NF4\nModel: **{model}**",
+        "model_tiny": "TINY RANDOM MODEL (images are noise)",
+        "no_gpu_reason": "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). To try the app "
+        "without one, run `python app.py --tiny` (a tiny random model; images are noise).",
         "run_seed": "seed {seeds}",
         "run_pe": "PE {seconds} s",
         "run_text": "text {seconds} s",
@@ -243,6 +247,10 @@ MESSAGES = {
         "refuse_digits_whole": "{field}必须是用数字 0-9 写的整数（例如 {like}），收到的是 {value}",
         "refuse_digits_number": "{field}必须是 [{low}, {high}] 范围内、用数字 0-9 写的有限数（例如 {like}），"
         "收到的是 {value}",
+        "header": "# ERNIE-Image NF4\n模型：**{model}**",
+        "model_tiny": "微型随机模型（生成的图像是噪声）",
+        "no_gpu_reason": "未找到 CUDA GPU：ERNIE-Image NF4 需要一块 NVIDIA GPU（8 GB 或以上）。"
+        "没有 GPU 也想试用，请运行 `python app.py --tiny`（微型随机模型，生成的图像是噪声）。",
         "run_seed": "种子 {seeds}",
         "run_pe": "PE {seconds} 秒",
         "run_text": "文本编码 {seconds} 秒",

@@ -28,7 +28,12 @@ ACCESSIBILITY_JS = """
 <script>
 (() => {
   const SWAP = __SWAP__;
-  const swapName = SWAP[(navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en"];
+  const zh = (navigator.language || "en").toLowerCase().startsWith("zh");
+  const swapName = SWAP[zh ? "zh" : "en"];
+  // Gradio's own names for its buttons, said in Chinese on a Chinese page
+  const GRADIO_ZH = {
+    "Copy": "复制", "Reset to default value": "恢复默认值", "Click to upload or drop files": "点击上传或拖入文件",
+  };
   let spoken = "", pending = null, last = 0;
   const setAttr = (element, name, value) => {
     if (element && value && element.getAttribute(name) !== value) element.setAttribute(name, value);
@@ -38,7 +43,7 @@ ACCESSIBILITY_JS = """
   const nameButton = (button, label) => {  // "Copy" -> "Copy: Prompt"; a new name from Gradio is named afresh
     const current = button.getAttribute("aria-label");
     if (!label || !current || current === button.dataset.named) return;
-    button.dataset.named = `${current}: ${label}`;
+    button.dataset.named = zh ? `${GRADIO_ZH[current] || current}：${label}` : `${current}: ${label}`;
     button.setAttribute("aria-label", button.dataset.named);
   };
   const say = (live) => {

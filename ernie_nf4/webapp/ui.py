@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..serving.service import NO_GPU_MESSAGE
 from .api_page import document_api
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
 from .i18n import example_label, language, say, t
@@ -125,17 +126,37 @@ def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
         trigger(handlers.refresh_stats, None, [ui["stats_md"], ui["chart"]], api_visibility="private")
 
 
+def _page_words(service):
+    """The event that gives the header and the no-GPU line in the language of the browser that opened the page."""
+
+    def words(lang: str) -> tuple[str, str]:
+        model = say("model_tiny", lang) if is_tiny(service) else service.label
+        problem = service.unavailable_reason()
+        if problem == NO_GPU_MESSAGE:
+            problem = say("no_gpu_reason", lang)
+        return say(
+            "header", lang, model=model
+        ), "" if problem is None else f"⚠️ **{say('no_gpu', lang, reason=problem)}**"
+
+    def translated(request: gr.Request):
+        return words(language(request))
+
+    return words, translated
+
+
 def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> gr.Blocks:
     """The UI around ``service`` (``ImageService`` or anything with its methods)."""
     handlers = Handlers(service, output_dir)
     width, height, steps, guidance = form_defaults(service)
     choices = size_choices(width, height)
     with ErnieBlocks(title="ERNIE-Image NF4") as demo:
-        gr.Markdown(f"# ERNIE-Image NF4\nModel: **{service.label}**", elem_id="header")
+        words, translated = _page_words(service)
+        header_text, missing_text = words("en")
+        header = gr.Markdown(header_text, elem_id="header")
         with gr.Tab(t("tab_create")):
             problem = service.unavailable_reason()
-            if problem is not None:  # said right above Generate, which is off
-                gr.Markdown(f"⚠️ **{say('no_gpu', reason=problem)}**", elem_id="missing")
+            # said right above Generate, which is off
+            missing = gr.Markdown(missing_text, elem_id="missing", visible=problem is not None)
             ui = generate_tab(width, height, steps, guidance, choices, sized_examples=not is_tiny(service))
             ui["note"] = gr.Markdown("", elem_id="history-note")
         ui |= stats_tab()
@@ -145,6 +166,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         _wire_sizes(handlers, ui, choices)
         _wire_reuse(handlers, ui, demo)
         _wire_stats(handlers, ui, demo)
+        demo.load(translated, None, [header, missing], **HIDDEN)
     demo.queue(default_concurrency_limit=1)
     document_api(demo)
     return demo
