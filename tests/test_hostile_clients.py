@@ -254,3 +254,21 @@ def test_deeply_nested_json_is_refused_by_name_without_a_traceback(served, route
     r = httpx.post(app.url + route, content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 400 and "nests more than" in r.json()["error"], (r.status_code, r.text[:200])
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_direct_calls_that_name_no_server_event_or_send_the_wrong_values_get_a_message(served, capfd):
+    app = served()
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        events = http.get("config").json()["dependencies"]
+        js_only = next(e["id"] for e in events if not e.get("backend_fn"))
+        direct = next(e for e in events if e.get("backend_fn") and not e.get("queue", True) and e["inputs"])
+        calls = [
+            ({"data": [], "session_hash": "x"}, "names no event"),
+            ({"fn_index": js_only, "data": [], "session_hash": "x"}, "names no event"),
+            ({"fn_index": direct["id"], "data": [], "session_hash": "x"}, f"takes {len(direct['inputs'])} values"),
+            ({"fn_index": direct["id"], "data": "junk", "session_hash": "x"}, "values in data"),
+        ]
+        for body, says in calls:
+            r = http.post("gradio_api/run/predict", json=body)
+            assert r.status_code == 422 and says in r.json()["error"], (body, r.status_code, r.text[:200])
+    assert "Traceback" not in capfd.readouterr().err

@@ -178,6 +178,8 @@ class RequestLimits:
             return None
         if problem := _json_problem(body, self.limits.max_json_depth):
             return 400, problem
+        if path.rstrip("/").endswith("/run/predict") and (problem := _bad_direct_call(scope, body)):
+            return 422, problem
         if not _is_job(path):
             return None
         if problem := _missing_fields(scope, path, body):
@@ -310,6 +312,27 @@ def _missing_fields(scope, path: str, body: bytes) -> str | None:
     missing = names[len(values) :] or [f"{len(fn.inputs) - len(values)} values"]
     takes = f"it takes {len(fn.inputs)} values: {', '.join(names)}"
     return f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
+
+
+def _bad_direct_call(scope, body: bytes) -> str | None:
+    """What is wrong with a direct call (``/run/predict``, the route of the page's unqueued events) that names no
+    event with a server function, or sends a number of values other than the event's inputs (Gradio would answer
+    500 and print a traceback)."""
+    try:
+        data = json.loads(body)
+        fns = scope["app"].get_blocks().fns
+    except (ValueError, AttributeError, KeyError, RecursionError):
+        return None  # Gradio answers malformed JSON itself
+    if not isinstance(data, dict):
+        return "a call must be a JSON object with fn_index and data"
+    index, values = data.get("fn_index"), data.get("data")
+    fn = fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+    if fn is None or fn.fn is None:
+        return f"fn_index {index!r} names no event this server runs; /gradio_api/info lists the API"
+    if not isinstance(values, list) or len(values) != len(fn.inputs):
+        count = len(values) if isinstance(values, list) else "no list of"
+        return f"fn_index {index} takes {len(fn.inputs)} values in data, got {count}"
+    return None
 
 
 async def _refuse(send, status: int, message: str, retry_after: int = 30) -> None:
