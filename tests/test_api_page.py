@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from .support.app import BOUND, chromium_path, playwright_api  # noqa: E402
+from .support.app import BOUND, CHROMIUM_FLAGS, chromium_path, playwright_api  # noqa: E402
 
 LABELS = [
     "Prompt",
@@ -24,7 +24,6 @@ LABELS = [
     "Prompt enhancer (PE)",
     "Images",
 ]
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 def api_info(url: str) -> tuple[str, dict]:
@@ -79,7 +78,7 @@ def test_use_via_api_page_shows_plain_labels(fake_app):
     _, client = fake_app
     sync_api = playwright_api()
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1366, "height": 900}, locale="zh-CN")
         page.set_default_timeout(BOUND)
         page.goto(client.src)

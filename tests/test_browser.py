@@ -12,40 +12,18 @@ from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.layout import form_defaults  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 
-from .support.app import BOUND, RUN_ENDED, FakeService, chromium_path, playwright_api  # noqa: E402
+from .support.app import RUN_ENDED, FakeService, PageOpener, playwright_api  # noqa: E402
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1400, "height": 1000}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = playwright_api()
-    sync_api.expect.set_options(timeout=BOUND)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
 def open_app(fake_app, browser):
     """``open_app(viewport=..., locale=...)`` -> a page on the fake-service app, in a fresh browser context."""
-    contexts = []
-
-    def open_page(viewport=DESKTOP, locale="en-US", url=None):
-        context = browser.new_context(viewport=viewport, locale=locale)
-        context.set_default_timeout(BOUND)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(url or fake_app[1].src)
-        page.locator("#generate").wait_for()
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
+    opener = PageOpener(browser, fake_app[1].src)
+    yield lambda viewport=DESKTOP, **kwargs: opener(viewport, **kwargs)
+    opener.close()
 
 
 def set_size(page, width, height):

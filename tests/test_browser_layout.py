@@ -13,10 +13,9 @@ from PIL import Image
 pytest.importorskip("gradio")
 from ernie_nf4.request import GUIDANCE_RANGE  # noqa: E402
 
-from .support.app import BOUND, chromium_path, playwright_api  # noqa: E402
+from .support.app import PageOpener, playwright_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 VIEWPORTS = pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
@@ -24,34 +23,13 @@ VIEWPORTS = pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop"
 CONTROLS = {"button", "tab", "link", "checkbox", "slider", "textbox", "combobox", "spinbutton"}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = playwright_api()
-    sync_api.expect.set_options(timeout=BOUND)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def open_app(fake_app, browser):
     """``open_app(viewport=..., locale=..., url=...)`` -> a page in a fresh browser context (the fake-service app
     unless ``url`` says otherwise)."""
-    contexts = []
-
-    def open_page(viewport=DESKTOP, locale="en-US", url=None, permissions=()):
-        context = browser.new_context(viewport=viewport, locale=locale, permissions=list(permissions))
-        context.set_default_timeout(BOUND)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(url or fake_app[1].src)
-        page.locator("#generate").wait_for()
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
+    opener = PageOpener(browser, fake_app[1].src)
+    yield lambda viewport=DESKTOP, **kwargs: opener(viewport, **kwargs)
+    opener.close()
 
 
 def generate(page, prompt, width, height):

@@ -19,9 +19,8 @@ from ernie_nf4.runtime.generation import GenerationResult  # noqa: E402
 from ernie_nf4.stats import StageSeconds  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, save_png  # noqa: E402
 
-from .support.app import BOUND, FakeService, chromium_path, free_port, playwright_api  # noqa: E402
+from .support.app import BOUND, FakeService, PageOpener, free_port, playwright_api  # noqa: E402
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 PE_CAP = 16  # the prompt enhancer's token cap in RunService
@@ -102,32 +101,11 @@ def run_app(tmp_path_factory):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = playwright_api()
-    sync_api.expect.set_options(timeout=BOUND)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def open_page(run_app, browser):
-    contexts = []
-
-    def open_one(viewport=DESKTOP, locale="en-US", url=None):
-        context = browser.new_context(viewport=viewport, locale=locale)
-        context.set_default_timeout(BOUND)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(url or run_app[1])
-        page.locator("#generate").wait_for()
-        return page
-
-    yield open_one
-    for context in contexts:
-        context.close()
+    opener = PageOpener(browser, run_app[1])
+    yield lambda viewport=DESKTOP, **kwargs: opener(viewport, **kwargs)
+    opener.close()
 
 
 def expect(locator):

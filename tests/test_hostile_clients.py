@@ -12,22 +12,13 @@ import pytest
 pytest.importorskip("gradio")
 from ernie_nf4.webapp.limits import Limits  # noqa: E402
 
-from .support.app import ServedApp  # noqa: E402
+from .support.app import ServedApp, wait_until  # noqa: E402
 
 FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1]  # prompt … num_images, as /generate takes them
 
 
 def slow_form(steps=50, prompt="slow cat"):
     return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1]
-
-
-def wait_until(condition, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def settled(service, pause=0.6):

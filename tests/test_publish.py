@@ -15,7 +15,7 @@ from ernie_nf4.build.publish import push_to_hub
 from ernie_nf4.package.metadata import read_metadata, verify_package
 from ernie_nf4.serving.provider import ensure_package
 
-from .support.hub_server import GITATTRIBUTES, HubServer
+from .support.hub_server import GITATTRIBUTES, HubServer, LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_dummy_write_token"
@@ -221,12 +221,11 @@ class SilentServer:
         self.thread.join(timeout=5)
 
 
-class EchoServer:
+class EchoServer(LoopbackServer):
     """Answers every request with HTTP 500 whose body and X-Error-Message header quote the request's headers."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -244,17 +243,7 @@ class EchoServer:
 
             do_GET = do_POST = do_PUT = do_HEAD = _echo
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def test_a_silent_hub_times_out_with_a_message(package):

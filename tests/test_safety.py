@@ -24,7 +24,7 @@ from app import build_demo  # noqa: E402
 from ernie_nf4.webapp import limits as app_limits  # noqa: E402
 from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 
-from .support.app import ROOT, FakeService, free_port  # noqa: E402
+from .support.app import ROOT, FakeService, free_port, wait_for_server, wait_until  # noqa: E402
 
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
 FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1]  # prompt … num_images, as /generate takes them
@@ -37,27 +37,13 @@ def slow_form(steps=50, prompt="slow cat"):
 # ---------------------------------------------------------------- servers
 
 
-def wait_for(url, proc=None, log=None, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "config", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    pytest.fail(f"app did not start: {log.read_text() if log else ''}")
-
-
 def start_app(tmp_path, *flags, env=None):
     port = free_port()
     log = tmp_path / f"app-{port}.log"
     cmd = [sys.executable, "app.py", "--tiny", "--device", "cpu", "--port", str(port), *map(str, flags)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    wait_for(url, proc, log)
+    wait_for_server(url, proc, log)
     return proc, url, log
 
 
@@ -89,15 +75,6 @@ def join(http, fn_index, data, session):
     return http.post(
         "gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
     )
-
-
-def wait_until(condition, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # ---------------------------------------------------------------- files and quantize.py
@@ -474,7 +451,7 @@ def test_space_env_binding_without_flags(tmp_path):
         [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     try:
-        wait_for(f"http://127.0.0.1:{port}/", proc, log, seconds=60)
+        wait_for_server(f"http://127.0.0.1:{port}/", proc, log, seconds=60)
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
     finally:

@@ -12,14 +12,13 @@ from ernie_nf4.runtime.memory_modes import choose_memory_mode  # noqa: E402
 from ernie_nf4.stats import ComponentStats, LiveStats, PackageStats, PeakVram, ServiceStats, StageSeconds  # noqa: E402
 from ernie_nf4.webapp.stats_view import load_answer, stats_markdown  # noqa: E402
 
-from .support.app import BOUND, ROOT, FakeService, chromium_path, free_port, playwright_api  # noqa: E402
+from .support.app import BOUND, CHROMIUM_FLAGS, ROOT, FakeService, chromium_path, free_port, playwright_api  # noqa: E402
 
 # A benchmark this project recorded on an H100 (what `python -m ernie_nf4.benchmark --write-metadata` stores in a
 # package's metadata): low-vram peaks at 6.24 GiB, all-on-gpu at 10.04 GiB (compiled).
 H100_REPORT = json.loads((ROOT / "docs/reports/benchmark-1024-h100-2026-11-27c.json").read_text())
 INTERNAL_WORDS = ["memory_mode", "as asked", "eager", "transformer blocks", "compiling is the default", "last run pe"]
 RAW_BYTES = re.compile(r"\d{1,3}(,\d{3}){2,}")  # 9,048,442,156
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 def cpu_live(**changes) -> LiveStats:
@@ -168,7 +167,7 @@ GPU_WORDS = {
 def test_stats_tab_in_the_browsers_language(gpu_stats_url, locale):
     sync_api = playwright_api()
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
         page = open_page(browser, gpu_stats_url, locale)
         page.locator("#advanced").get_by_text("高级设置" if locale == "zh-CN" else "Advanced").click()
         page.get_by_role("button", name="加载模型" if locale == "zh-CN" else "Load model").click()
@@ -196,7 +195,7 @@ def test_the_tiny_app_on_a_cpu_says_so_in_its_stats(served_tiny_app, locale):
     client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")  # PE off
     sync_api = playwright_api()
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=FLAGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
         page = open_page(browser, url, locale)
         open_stats(page, locale)
         stats = page.locator("#stats")

@@ -140,6 +140,52 @@ def playwright_api():
     return sync_api
 
 
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright, one per test module; ``expect`` waits up to ``BOUND``."""
+    sync_api = playwright_api()
+    sync_api.expect.set_options(timeout=BOUND)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class PageOpener:
+    """``opener(viewport=..., locale=..., url=..., permissions=...)`` -> a page on ``url`` (else the default one) in
+    a fresh browser context, once the app's Generate button is there; ``close()`` closes every context opened."""
+
+    def __init__(self, browser, default_url: str):
+        self.browser, self.default_url, self.contexts = browser, default_url, []
+
+    def __call__(self, viewport=None, locale="en-US", url=None, permissions=()):
+        viewport = viewport or {"width": 1366, "height": 900}
+        context = self.browser.new_context(viewport=viewport, locale=locale, permissions=list(permissions))
+        context.set_default_timeout(BOUND)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.goto(url or self.default_url)
+        page.locator("#generate").wait_for()
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+def wait_until(condition, seconds=10.0) -> bool:
+    """True once ``condition()`` is, False when ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 SERVER_ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
 
 

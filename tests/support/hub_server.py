@@ -59,7 +59,24 @@ class Repo:
         return next((c for c in self.commits if c[0] == revision), None)
 
 
-class HubServer:
+class LoopbackServer:
+    """A threaded HTTP server on loopback around a handler class; ``endpoint`` is its URL, ``with`` runs it."""
+
+    def _serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HubServer(LoopbackServer):
     def __init__(self, folder: Path | None = None, repo_id: str = "owner/ERNIE-Image-NF4"):
         self.repo_id = repo_id
         self.repos: dict[str, Repo] = {}
@@ -92,17 +109,7 @@ class HubServer:
             def do_PUT(self):
                 standin.handle(self, body=True)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     # --- the store -------------------------------------------------------------------------------------------
 
