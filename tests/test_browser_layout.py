@@ -324,9 +324,9 @@ def test_touch_targets_on_a_phone_are_at_least_24_px(open_app, locale):
     generate(page, "a small cat", 64, 64)  # the result's own buttons (copy, download, full screen) show too
     page.locator("#gallery img").first.wait_for()
     small = page.evaluate(
-        """() => [...document.querySelectorAll('#top button, #main :is(button, input, .label-wrap), #reuse button')]
+        """() => [...document.querySelectorAll(
+            '#top button, #main :is(button, input, .label-wrap), #reuse button')]
         .filter(e => e.offsetParent !== null && e.type !== 'range')  // the thumbs are measured below
-        .map(e => e.closest('#preset .wrap') || e)  // the dropdown: the whole box takes the tap
         .map(e => [e.getAttribute('aria-label') || e.textContent.trim() || e.id, e.getBoundingClientRect()])
         .filter(([, r]) => r.width < 24 || r.height < 24).map(([name, r]) => [name, r.width, r.height])"""
     )

@@ -76,3 +76,11 @@ def test_the_page_bar_moves_with_each_image_and_names_the_step_within_it():
     after_first_image = seen[2 + steps]  # the first decode
     assert 0.5 <= after_first_image <= 0.65, seen  # halfway through the images' share, not near the end
     assert lines[steps] == "denoising · image 2 of 2 · step 1/4"  # the step within the image
+
+
+def test_a_chinese_page_reads_the_time_left_in_chinese_units():
+    from ernie_nf4.webapp.run_progress import describe
+
+    event = Progress("denoising", done=1, total=8, unit="steps", eta_seconds=65)
+    assert describe(event, "zh").endswith("预计还需 1 分 05 秒")
+    assert describe(event, "en").endswith("ETA 1 min 05 s")

@@ -81,7 +81,7 @@ def test_on_a_cpu_the_stats_say_so_and_leave_out_the_prompt_enhancer_that_was_of
     with_pe = stats_markdown(ServiceStats("tiny", None, cpu_live(last_run_pe_tokens=12)), "en")
     assert "prompt enhancer 0.01 s for 12 tokens" in with_pe
     chinese = stats_markdown(stats, "zh")
-    assert "显存：在 CPU 上运行" in chinese and "上一次运行：共 2.05 s" in chinese
+    assert "显存：在 CPU 上运行" in chinese and "上一次运行：共 2.05 秒" in chinese
     assert not re.search(r"\b(Memory|Last run|Loaded|runs|the)\b", chinese), chinese
 
 
@@ -91,7 +91,7 @@ def test_load_model_answers_in_plain_words():
         "The model is ready (loaded in 2.5 s). Memory: runs on the CPU, so every model stays in main memory "
         "(memory modes save GPU memory only)."
     )
-    assert load_answer(cpu_live(), "zh").startswith("模型已就绪（加载用时 2.5 s）。显存：在 CPU 上运行")
+    assert load_answer(cpu_live(), "zh").startswith("模型已就绪（加载用时 2.5 秒）。显存：在 CPU 上运行")
     gpu = load_answer(gpu_stats().live, "en")
     assert "chosen automatically: the GPU had 23.4 GiB free" in gpu
     assert "The transformer is compiling in the background; runs get faster once it is done." in gpu

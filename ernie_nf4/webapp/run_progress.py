@@ -47,10 +47,19 @@ def describe(event: Progress, lang: str = "en") -> str:
         else:
             parts.append(f"{event.done / 1e9:.2f} / {event.total / 1e9:.2f} GB")
     if event.eta_seconds is not None:
-        parts.append(say("progress_eta", lang, time=format_seconds(event.eta_seconds)))
+        parts.append(say("progress_eta", lang, time=_duration(event.eta_seconds, lang)))
     if event.message:
         parts.append(event.message)
     return " · ".join(parts)
+
+
+ZH_UNITS = {"h": "小时", "min": "分", "s": "秒"}
+
+
+def _duration(seconds: float, lang: str) -> str:
+    """``format_seconds``' text ("1 min 05 s"), its units in Chinese for ``zh``."""
+    text = format_seconds(seconds)
+    return " ".join(ZH_UNITS.get(word, word) for word in text.split()) if lang == "zh" else text
 
 
 class RunProgress:

@@ -129,6 +129,7 @@ CSS = """
     width: 24px !important; height: 24px !important; margin-top: -8px !important;
   }
   input[type=range]::-moz-range-thumb { width: 24px !important; height: 24px !important; }
+  #preset input { min-height: 24px; }
 }
 """
 
