@@ -284,3 +284,15 @@ def test_share_and_a_non_loopback_bind_warn_and_name_auth():
     assert "reachable from other machines" in warning("--host", "0.0.0.0")
     assert warning("--host", "0.0.0.0", "--auth", "ann:pw") is None
     assert warning() is None
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_chinese_browser_reads_why_the_model_cannot_load_here(tmp_path):
+    from ernie_nf4.errors import EnvironmentUnsupported
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+    from ernie_nf4.webapp.messages import user_message
+
+    with pytest.raises(EnvironmentUnsupported) as refused:  # the full model on a machine without a CUDA GPU
+        ImageService(ServiceConfig(model_dir=str(tmp_path / "pkg"))).load()
+    assert user_message(refused.value, "en") == str(refused.value)
+    assert user_message(refused.value, "zh").startswith("未找到 CUDA GPU：ERNIE-Image NF4 需要一块 NVIDIA GPU")

@@ -115,6 +115,11 @@ MESSAGES = {
         "model_tiny": "TINY RANDOM MODEL (images are noise)",
         "no_gpu_reason": "No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU (8 GB or more). To try the app "
         "without one, run `python app.py --tiny` (a tiny random model; images are noise).",
+        "oom_run": "Out of GPU memory at {width}x{height} with {images} image(s). Try a smaller size, fewer images, "
+        "memory mode low-vram (`--memory-mode low-vram`: about 6 GiB at 1024x1024), or a machine with more GPU "
+        "memory; the next request can run.",
+        "oom_load": "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
+        "1024x1024), close what else uses the GPU, or use a GPU with more memory.",
         "run_seed": "seed {seeds}",
         "run_pe": "PE {seconds} s",
         "run_text": "text {seconds} s",
@@ -251,6 +256,10 @@ MESSAGES = {
         "model_tiny": "微型随机模型（生成的图像是噪声）",
         "no_gpu_reason": "未找到 CUDA GPU：ERNIE-Image NF4 需要一块 NVIDIA GPU（8 GB 或以上）。"
         "没有 GPU 也想试用，请运行 `python app.py --tiny`（微型随机模型，生成的图像是噪声）。",
+        "oom_run": "生成 {width}x{height}、{images} 张图片时 GPU 显存不足。请减小尺寸、减少图片数量、使用 low-vram "
+        "显存模式（`--memory-mode low-vram`：1024x1024 约需 6 GiB），或换用显存更大的机器；下一个请求可以正常运行。",
+        "oom_load": "加载模型时 GPU 显存不足。请使用 --memory-mode low-vram（1024x1024 约需 6 GiB）、"
+        "关闭其他占用 GPU 的程序，或换用显存更大的 GPU。",
         "run_seed": "种子 {seeds}",
         "run_pe": "PE {seconds} 秒",
         "run_text": "文本编码 {seconds} 秒",

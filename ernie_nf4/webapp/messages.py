@@ -36,6 +36,13 @@ _NOTES = (
     (re.compile(r"^(?P<field>\w+): removed (?P<count>\d+) control character\(s\)$"), "note_control"),
 )  # fmt: skip
 
+# The library's errors a user meets most (no GPU, out of memory), by their English text: the key that says them.
+_ERRORS = (
+    (re.compile(r"^No CUDA GPU found: ERNIE-Image NF4 needs an NVIDIA GPU"), "no_gpu_reason"),
+    (re.compile(r"^Out of GPU memory at (?P<width>\d+)x(?P<height>\d+) with (?P<images>\d+) image"), "oom_run"),
+    (re.compile(r"^Out of GPU memory while loading the model"), "oom_load"),
+)
+
 
 def refusal(err: InvalidArgument, lang: str = "en") -> str:
     """A refused field's message in ``lang``, said by its field and kind (the library's own text when its kind is
@@ -72,7 +79,11 @@ def user_message(err: BaseException, lang: str = "en") -> str:
     if isinstance(err, InvalidArgument):
         return refusal(err, lang)
     if isinstance(err, ErnieNF4Error):
-        return str(err)
+        text = str(err)
+        for pattern, key in _ERRORS if lang != "en" else ():
+            if match := pattern.match(text):
+                return say(key, lang, **match.groupdict())
+        return text
     if isinstance(err, (ValueError, TypeError)):  # a bad value that reached a library below us
         logger.warning("request refused: %s", err)
         return say("request_refused", lang, reason=err)
