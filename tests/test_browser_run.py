@@ -4,7 +4,6 @@ snapped into the fields, captions and alt text, a history that says what is gone
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,6 @@ from .support.app import BOUND, FakeService, PageOpener, free_port, playwright_a
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 PE_CAP = 16  # the prompt enhancer's token cap in RunService
-
-
-@dataclass(frozen=True)
-class ImageProgress(Progress):
-    """A progress event with the image it is about (1-based), as the library reports denoising and decoding."""
-
-    image: int | None = None
-    images: int | None = None
 
 
 class RunService(FakeService):
@@ -58,18 +49,17 @@ class RunService(FakeService):
                     raise GenerationCancelled("stopped in the prompt enhancer")
         report(Progress("text_encoding"))
         images = []
-        for index, seed in enumerate(request.seeds, 1):
-            for step in range(1, request.num_inference_steps + 1):
+        steps, count = request.num_inference_steps, len(request.seeds)
+        for index, seed in enumerate(request.seeds, 1):  # as the library counts: the steps of the whole run
+            for step in range(1, steps + 1):
                 time.sleep(pause)
-                steps = request.num_inference_steps
-                report(
-                    ImageProgress(
-                        "denoising", done=step, total=steps, unit="steps", image=index, images=len(request.seeds)
-                    )
-                )
+                done = (index - 1) * steps + step
+                report(Progress("denoising", done=done, total=steps * count, unit="steps", image=index, images=count))
                 if stopped():
                     raise GenerationCancelled("stopped in denoising")
-            report(ImageProgress("vae_decode", image=index, images=len(request.seeds)))
+            report(
+                Progress("vae_decode", done=index * steps, total=steps * count, unit="steps", image=index, images=count)
+            )
             pixels = np.random.default_rng(seed).integers(0, 255, (request.height, request.width, 3), np.uint8)
             images.append(Image.fromarray(pixels))
         seconds = StageSeconds(0.1, 0.1, 0.2, 0.1, 0.5)
