@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgument
 
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
+
 MAX_PROMPT_CHARS = 8000
 SIZE_RANGE = (64, 2048)
 SIZE_MULTIPLE = 16
@@ -22,6 +24,9 @@ STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (0.0, 30.0)
 SEED_LIMIT = 2**63
 IMAGES_RANGE = (1, 4)
+LORA_SCALE_RANGE = (0.0, 2.0)
+MAX_LORAS = 8
+MAX_LORA_NAME_CHARS = 100
 
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
@@ -29,6 +34,35 @@ def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
         raise InvalidArgument(f"{name} must be an integer in [{low}, {high}]{extra}, got {value!r}", field=name)
     if not low <= value <= high:
         raise InvalidArgument(f"{name} must be in [{low}, {high}]{extra}, got {value}", field=name)
+
+
+def _check_real(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number in {[low, high]}, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be in {[low, high]}, got {value}", field=name)
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA for a request: a name the app offers and its scale (0 is none, 1 is as trained)."""
+
+    name: str
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_LORA_NAME_CHARS:
+            raise InvalidArgument(
+                f"lora must be the name of a LoRA the app offers (1 to {MAX_LORA_NAME_CHARS} characters), got {name!r}",
+                field="lora",
+            )
+        if name != name.strip() or name.translate(_CONTROL) != name or "<" in name or ">" in name or ":" in name:
+            raise InvalidArgument(
+                f"lora {name!r}: a LoRA name has no control characters, '<', '>' or ':' and no spaces at its ends",
+                field="lora",
+            )
+        _check_real("lora_scale", self.scale, *LORA_SCALE_RANGE)
 
 
 @dataclass(frozen=True)
@@ -42,6 +76,7 @@ class GenerationRequest:
     seed: int = 1234
     use_pe: bool = True
     num_images: int = 1
+    loras: tuple[LoraChoice, ...] = ()  # the LoRAs and their scales, applied together
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -83,14 +118,23 @@ class GenerationRequest:
         if not isinstance(self.use_pe, bool):
             raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}", field="use_pe")
         _check_int("num_images", self.num_images, *IMAGES_RANGE)
+        self._check_loras()
+
+    def _check_loras(self) -> None:
+        if isinstance(self.loras, list):
+            object.__setattr__(self, "loras", tuple(self.loras))
+        if not isinstance(self.loras, tuple) or not all(isinstance(c, LoraChoice) for c in self.loras):
+            raise InvalidArgument(f"loras must be a tuple of LoraChoice, got {self.loras!r}", field="lora")
+        if len(self.loras) > MAX_LORAS:
+            raise InvalidArgument(f"lora: at most {MAX_LORAS} LoRAs at once, got {len(self.loras)}", field="lora")
+        names = [c.name for c in self.loras]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise InvalidArgument(f"lora: each LoRA at most once, got {twice[0]!r} twice", field="lora")
 
     @property
     def seeds(self) -> list[int]:
         """Image ``i`` uses ``seed + i``: any image can be made again alone from its own seed."""
         return [self.seed + i for i in range(self.num_images)]
-
-
-_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
 
 
 # Numbers as text: ASCII digits only, in Python's and JSON's plain forms ("320", "-2", "4.5", ".5", "1e3"); no
@@ -105,10 +149,9 @@ def _not_whole(name: str, value) -> InvalidArgument:
     )
 
 
-def _not_number(name: str, value) -> InvalidArgument:
+def _not_number(name: str, value, bounds=GUIDANCE_RANGE, example: str = "4.5") -> InvalidArgument:
     return InvalidArgument(
-        f"{name} must be a finite number in {list(GUIDANCE_RANGE)} written with the digits 0-9 (like 4.5), "
-        f"got {value!r}",
+        f"{name} must be a finite number in {list(bounds)} written with the digits 0-9 (like {example}), got {value!r}",
         field=name,
     )
 
@@ -136,16 +179,16 @@ def _whole(name: str, value) -> int:
     return int(number)
 
 
-def _real(name: str, value) -> float:
+def _real(name: str, value, bounds=GUIDANCE_RANGE, example: str = "4.5") -> float:
     """A float from a form value: an int or a float, or text of ASCII digits ("4.5"); never a boolean; else
-    ``InvalidArgument`` naming the field and the form expected (the range is ``GenerationRequest``'s check)."""
+    ``InvalidArgument`` naming the field and the form expected (the range is the dataclasses' check)."""
     if isinstance(value, bool):
-        raise _not_number(name, value)
+        raise _not_number(name, value, bounds, example)
     if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()):
         return float(value.strip())
     if isinstance(value, numbers.Real) and not isinstance(value, str):
         return float(value)
-    raise _not_number(name, value)
+    raise _not_number(name, value, bounds, example)
 
 
 @dataclass(frozen=True)
@@ -163,6 +206,32 @@ class FormValues:
     randomize_seed: object = False
     use_pe: object = True
     num_images: object = 1
+    lora: object = ""  # a name, or a list of names; "" or [] for none
+    lora_scale: object = 1.0  # a scale for every LoRA named, or a list with one per name
+
+
+def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
+    """The form's LoRAs: ``lora`` a name or a list of names (blank ones skipped), ``lora_scale`` one scale for all
+    of them or a list of the same length."""
+    names = form.lora
+    if names is None or names == "":
+        names = []
+    elif isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise InvalidArgument(f"lora must be a LoRA's name or a list of names, got {form.lora!r}", field="lora")
+    keep = [i for i, n in enumerate(names) if n.strip()]
+    scales = form.lora_scale
+    if isinstance(scales, (list, tuple)):
+        if len(scales) != len(names):
+            raise InvalidArgument(
+                f"lora_scale: give one scale, or one per LoRA named ({len(names)}), got {len(scales)}",
+                field="lora_scale",
+            )
+        scales = [_real("lora_scale", scales[i], LORA_SCALE_RANGE, "1") for i in keep]
+    else:
+        scales = [_real("lora_scale", scales, LORA_SCALE_RANGE, "1")] * len(keep)
+    return tuple(LoraChoice(names[i].strip(), scale) for i, scale in zip(keep, scales, strict=True))
 
 
 def _clean_texts(form: FormValues, notes: list[str]) -> dict[str, str]:
@@ -206,6 +275,7 @@ def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
         seed=_whole("seed", form.seed),
         use_pe=form.use_pe,
         num_images=_whole("num_images", form.num_images),
+        loras=_lora_choices(form),
         **texts,
         **sizes,
     )

@@ -35,6 +35,7 @@ from .compiling import (
     decide_compile,
     make_compiler,
 )
+from .loras import LoraSource, offered_loras
 from .provider import ensure_package
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class ServiceConfig:
     # anywhere (on the CPU too; at load in low-vram mode, where the transformer is on the GPU only in its turn);
     # False: eager.
     compile: bool | None = None
+    loras: tuple[LoraSource, ...] = ()  # the LoRAs requests may pick by name (``loras.offered_loras``)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "loras", offered_loras(list(self.loras)))
         get_variant(self.variant)
         object.__setattr__(self, "memory_mode", MemoryMode.parse(self.memory_mode, allowed=APP_MEMORY_MODES))
         check_max_pe_tokens(self.max_pe_tokens)
@@ -133,6 +136,11 @@ class ImageService:
     @property
     def loaded(self) -> bool:
         return self._generator is not None
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The names of the LoRAs requests may pick, in the order given (known before loading)."""
+        return [source.name for source in self.config.loras]
 
     @property
     def label(self) -> str:
