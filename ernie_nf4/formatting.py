@@ -56,6 +56,9 @@ def ratios(modes: list[dict]) -> list[str]:
         compare("end to end", mode, "bf16", lambda r: r["seconds"]["total"])
     compare("end to end", "nf4-low-vram", "nf4", lambda r: r["seconds"]["total"])
     compare("cold load", "nf4", "bf16", lambda r: r["load_seconds"])
+    for mode in [m for m in ok if m.endswith("+lora")]:
+        compare("denoising step with the LoRA", mode, mode.removesuffix("+lora"), lambda r: r["ms_per_step"])
+        compare("peak reserved with the LoRA", mode, mode.removesuffix("+lora"), lambda r: r["peak_reserved_gib"])
     for mode, r in ok.items():
         if r["seconds"].get("total"):
             share = f"- PE share of end to end, {mode}: {r['seconds']['pe'] / r['seconds']['total']:.0%}"

@@ -9,7 +9,7 @@ PSNR and SSIM of the decoded images; beside them two yardsticks: the stock forwa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ..compat import pad_text
 from ..request import GenerationRequest
@@ -158,7 +158,7 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
     """NF4 vs bf16 on the same seed and latents, PE off (see the module's docstring); logs a summary line."""
     import torch
 
-    request = GenerationRequest(**{**asdict(request), "use_pe": False, "num_images": 1})
+    request = replace(request, use_pe=False, num_images=1)
     pipes = {
         "bf16": load_pipeline(original, device=device, fast=False).pipe,
         "nf4": load_pipeline(package, device=device).pipe,

@@ -19,7 +19,7 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..build.model_card import write_model_card
@@ -29,7 +29,7 @@ from ..formatting import markdown_table
 from ..package.format import quantizable_here
 from ..package.metadata import METADATA_FILE, read_metadata
 from ..package.metadata import write_metadata as save_metadata
-from ..request import GenerationRequest
+from ..request import GenerationRequest, LoraChoice
 from ..runtime.generation import Generator
 from ..runtime.loader import load_pipeline
 from ..runtime.memory_modes import MemoryMode
@@ -62,6 +62,7 @@ MODE_SETUPS = {
 }
 MODES = tuple(MODE_SETUPS)
 WARMUP_STEPS = 2
+LORA_SUFFIX = "+lora"  # a package mode measured again with ``--lora`` attached and picked at scale 1
 
 
 @dataclass
@@ -95,10 +96,24 @@ def evict_page_cache(folder: Path) -> bool:
     return True
 
 
-def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, repeat: int, max_pe_tokens: int, log):
-
-    result = ModeResult(mode)
+def run_mode(
+    mode: str,
+    folder: Path,
+    device: str,
+    request: GenerationRequest,
+    repeat: int,
+    max_pe_tokens: int,
+    log,
+    lora: str | None = None,
+):
+    """One mode: load, warm up, ``repeat`` timed runs; with ``lora``, that file attached and picked at scale 1
+    (the mode's name gets ``+lora``)."""
+    result = ModeResult(mode + (LORA_SUFFIX if lora else ""))
     setup = MODE_SETUPS[mode]
+    loras = [("lora", lora)] if lora else []
+    if lora:
+        request = replace(request, loras=(LoraChoice("lora", 1.0),))
+        mode = result.mode
     if setup.memory_mode.needs_cuda and not device.startswith("cuda"):
         result.status = "skipped: needs a CUDA GPU"
         log(f"[{mode}] {result.status}")
@@ -108,11 +123,13 @@ def run_mode(mode: str, folder: Path, device: str, request: GenerationRequest, r
     log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
     reset_peak_vram()
     start = time.perf_counter()
-    loaded = load_pipeline(folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile)
+    loaded = load_pipeline(
+        folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile, loras=loras
+    )
     generator = Generator(loaded, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
     log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
-    warmup = GenerationRequest(**{**asdict(request), "num_inference_steps": WARMUP_STEPS})
+    warmup = replace(request, num_inference_steps=WARMUP_STEPS)
     start = time.perf_counter()
     generator.generate(warmup)
     gc.collect()  # as Generator.warm_up does: no full collection of the warm-up's garbage inside a timed run
@@ -175,8 +192,10 @@ def benchmark(
     command: str | None = None,
     with_fidelity: bool = False,
     log=print,
+    lora: str | None = None,
 ) -> dict:
-    """Run the benchmark and return its report (also written to metadata / markdown when asked)."""
+    """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
+    LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1."""
 
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
@@ -184,8 +203,12 @@ def benchmark(
     _check_modes(modes, repeat)
     device = resolve_device(device)
     folders = _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log)
+    runs = [(m, None) for m in modes]
+    if lora:
+        runs += [(m, lora) for m in modes if MODE_SETUPS[m].folder == "package"]
     results = [
-        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log) for m in modes
+        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file)
+        for m, file in runs
     ]
     report = {
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -193,7 +216,7 @@ def benchmark(
         "device": device,
         "versions": library_versions(),
         "synthetic": synthetic,
-        "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens},
+        "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens, "lora": lora},
         "modes": [asdict(r) for r in results],
         "fidelity": fidelity(folders["original"], folders["package"], request, device, log) if with_fidelity else None,
         "command": command,
@@ -294,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="write a markdown table to this file")
     p.add_argument("--json", help="write the full report as JSON to this file")
     p.add_argument("--fidelity", action="store_true", help="also compare NF4 with bf16 outputs (PE off)")
+    p.add_argument(
+        "--lora",
+        help="a LoRA file: each package mode is measured again with it picked at scale 1 (a random rank-64 one "
+        "for the full-size model: python -m ernie_nf4.synthetic.lora)",
+    )
     return p
 
 
@@ -329,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             write_metadata=args.write_metadata,
             markdown=args.markdown,
             with_fidelity=args.fidelity,
+            lora=args.lora,
             command="python -m ernie_nf4.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv),
             log=lambda message: print(message, flush=True),
         )

@@ -85,12 +85,19 @@ class Generator:
         verify_sha256=False,
         fast: bool = True,
         compile: bool = False,
+        loras=(),
         **kwargs,
     ):
         """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
 
         loaded = load_pipeline(
-            model_dir, device=device, memory_mode=memory_mode, verify_sha256=verify_sha256, fast=fast, compile=compile
+            model_dir,
+            device=device,
+            memory_mode=memory_mode,
+            verify_sha256=verify_sha256,
+            fast=fast,
+            compile=compile,
+            loras=loras,
         )
         return cls(loaded, **kwargs)
 
@@ -179,11 +186,13 @@ class Generator:
 
         cancel = hooks.cancel
         check_cancel(cancel, "before it started")
+        self.loaded.check_loras(request.loras)
         device, pipe = self.device, self.pipe
         reset_peak_vram(device)
         clock = StageClock(device, hooks.on_stage)
         prompt, cached = self.prompt_stage.run(request, clock, cache, pe_cap, cancel, hooks.on_pe_tokens)
         self.loaded.use("transformer")
+        self.loaded.select_loras(request.loras)
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
         images = []

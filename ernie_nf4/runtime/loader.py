@@ -37,10 +37,30 @@ class LoadedPipeline:
     compiled: bool
     package: PackageCheck
     residency: object | None = None  # residency.Residency in low-vram mode
+    loras: object | None = None  # lora.LoraSlots when LoRAs were attached
 
     def use(self, name: str) -> None:
         if self.residency is not None and name in self.residency.names:
             self.residency.use(name)
+
+    @property
+    def lora_names(self) -> list[str]:
+        return [] if self.loras is None else self.loras.names
+
+    def check_loras(self, choices) -> None:
+        """Raise ``InvalidArgument`` (``field="lora"``) naming a LoRA of ``choices`` that is not attached."""
+        from .lora import unknown_lora
+
+        for choice in choices:
+            if choice.name not in self.lora_names:
+                raise unknown_lora(choice.name, self.lora_names)
+
+    def select_loras(self, choices) -> None:
+        """Put ``choices`` (``LoraChoice``s) in force for the next transformer call; call it after
+        ``use("transformer")``: in low-vram mode the scales travel with the model."""
+        self.check_loras(choices)
+        if self.loras is not None:
+            self.loras.select(choices)
 
     @property
     def seconds_moving(self) -> float | None:
@@ -112,11 +132,32 @@ def _load_small(model_dir: Path, components: dict, vae_dtype) -> dict:
     return small
 
 
-def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency) -> dict:
+def read_loras(model_dir: Path, loras) -> list:
+    """``loras`` ((name, file) pairs) read and checked against the package's transformer, before it loads: its
+    linear layers' shapes come from its config on the meta device."""
+    if not loras:
+        return []
+    import torch
+    from diffusers import ErnieImageTransformer2DModel
+
+    from .lora_files import linear_shapes, read_lora
+
+    config = ErnieImageTransformer2DModel.load_config(model_dir / "transformer")
+    config.pop("quantization_config", None)
+    with torch.device("meta"):
+        linears = linear_shapes(ErnieImageTransformer2DModel.from_config(config))
+    return [read_lora(name, path, linears) for name, path in loras]
+
+
+def _load_models(
+    model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency, lora_files=()
+) -> tuple[dict, object]:
     """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
-    where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads."""
+    where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads.
+    ``lora_files`` are attached to the transformer as it loads (their ``LoraSlots`` come back, or None)."""
     import torch
 
+    from .lora import attach_loras
     from .memory_savers import embeddings_on_cpu
 
     quantized = [name for name in MODEL_COMPONENTS if name in components and is_nf4(model_dir / name)]
@@ -126,7 +167,7 @@ def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMod
             "run on a machine with an NVIDIA GPU, or use a package whose transformer is bf16"
         )
     place = device if mode is MemoryMode.ALL_ON_GPU else "cpu"
-    models = {}
+    models, slots = {}, None
     for name in MODEL_COMPONENTS:
         if name not in components:
             continue
@@ -137,9 +178,11 @@ def _load_models(model_dir: Path, components: dict, device: str, mode: MemoryMod
         )
         if fast and name == "text_encoder":
             embeddings_on_cpu(models[name])
+        if name == "transformer" and lora_files:
+            slots = attach_loras(models[name], lora_files)  # before residency: the slots move with the model
         if residency is not None:
             residency.add(name, models[name])
-    return models
+    return models, slots
 
 
 def _speed_up(loaded: LoadedPipeline) -> None:
@@ -164,6 +207,7 @@ def load_pipeline(
     verify_sha256: bool = False,
     fast: bool = True,
     compile: bool = False,
+    loras=(),
 ) -> LoadedPipeline:
     """Load an ERNIE-Image pipeline (NF4 package, any diffusers ERNIE-Image folder, or bf16 original).
 
@@ -178,6 +222,8 @@ def load_pipeline(
     their metadata (sizes, small files' sha256, and the weights' with ``verify_sha256``). A damaged folder, or
     a component the libraries cannot build from its files, raises ``PackageError`` naming the file or folder and
     the fix. Only safetensors are read.
+    ``loras``: (name, file) pairs of LoRA files (``lora_files``), read and checked before the models load and
+    attached to the transformer at scale 0; each request picks and scales them (``LoadedPipeline.select_loras``).
     """
     import torch
     from diffusers import ErnieImagePipeline
@@ -195,8 +241,9 @@ def load_pipeline(
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()
+    lora_files = read_loras(model_dir, loras)
     residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
-    models = _load_models(model_dir, package.components, device, mode, fast, residency)
+    models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files)
     # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
     vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     models.update(_load_small(model_dir, package.components, vae_dtype))
@@ -208,7 +255,7 @@ def load_pipeline(
         pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)
     loaded = LoadedPipeline(
-        pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency
+        pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
     if fast:
         _speed_up(loaded)

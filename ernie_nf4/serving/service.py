@@ -35,7 +35,7 @@ from .compiling import (
     decide_compile,
     make_compiler,
 )
-from .loras import LoraSource, offered_loras
+from .loras import LoraSource, fetch_lora, offered_loras
 from .provider import ensure_package
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class ImageService:
         device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
         # auto's thresholds are the full model's; a tiny one fits anywhere
         mode = MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode
+        loras = [(source.name, fetch_lora(source, on_progress=on_progress)) for source in config.loras]
         try:
             generator = Generator.from_pretrained(
                 self.package_dir,
@@ -214,6 +215,7 @@ class ImageService:
                 memory_mode=mode,
                 verify_sha256=config.verify_sha256,
                 max_pe_tokens=config.max_pe_tokens,
+                loras=loras,
             )
             self._act_on(decide_compile(config.compile, generator.loaded), generator, on_progress)
         except torch.cuda.OutOfMemoryError as err:

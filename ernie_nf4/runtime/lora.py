@@ -1,0 +1,154 @@
+"""LoRAs on the transformer, its weights untouched (NF4 stays NF4): picked and scaled per request.
+
+``attach_loras(transformer, files)`` gives every linear layer that a LoRA names a LoRA term beside its own product,
+``out + ((x @ down.T) * scale) @ up.T``, where ``down`` and ``up`` hold all the files' updates for that layer side by
+side along the rank, and ``scale`` (one number per rank) says which of them count and how much. Those three are
+buffers of the layer, so they move with the model in every memory mode. ``LoraSlots.select`` writes ``scale`` for a
+request: choosing or scaling LoRAs between requests loads nothing and changes no shape, so compiled blocks keep
+running the same code; scale 0 adds exact zeros (the image of no LoRA).
+
+Each of the transformer's repeated blocks gets the same slots (a LoRA that skips a block has zeros there), so the
+blocks stay alike and one compiled block still serves them all. The layer's class becomes a subclass of its own with
+that forward (``compat.swap_class``), as the fast path does for the blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..compat import swap_class
+from ..errors import InvalidArgument
+from ..request import LoraChoice
+from .lora_files import LoraFile
+
+_BLOCK = re.compile(r"^layers\.\d+\.")
+_CLASSES: dict[type, type] = {}
+
+
+def _group(path: str) -> str:
+    """Layers that get the same slots: one per place in the repeated block (``layers.*.mlp.gate_proj``)."""
+    return _BLOCK.sub("layers.*.", path)
+
+
+def _lora_class(base: type) -> type:
+    """``base`` (``nn.Linear`` or bitsandbytes' ``Linear4bit``) with the LoRA term added to its output."""
+    if base not in _CLASSES:
+
+        def forward(self, x):
+            out = base.forward(self, x)
+            down = self.lora_down
+            h = F.linear(x.to(down.dtype), down)
+            h = (h.float() * self.lora_scale).to(down.dtype)
+            return out + F.linear(h, self.lora_up).to(out.dtype)
+
+        _CLASSES[base] = type(f"Lora{base.__name__}", (base,), {"forward": forward})
+    return _CLASSES[base]
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one LoRA sits in a group's ranks."""
+
+    group: str
+    start: int
+    stop: int
+
+
+class LoraSlots:
+    """The LoRAs attached to one transformer and the switch between them (``select``)."""
+
+    def __init__(self, layers: dict[str, list[torch.nn.Module]], places: dict[str, list[_Place]], files: list):
+        self._layers = layers  # group -> its layers
+        self._places = places  # LoRA name -> its places
+        self.files = {f.name: f for f in files}
+        self.selected: tuple[LoraChoice, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._places)
+
+    def select(self, choices: Sequence[LoraChoice]) -> None:
+        """Make ``choices`` (names and scales) the LoRAs in force; the others count zero. Raises ``InvalidArgument``
+        (``field="lora"``) naming a LoRA that is not attached."""
+        for choice in choices:
+            if choice.name not in self._places:
+                raise unknown_lora(choice.name, self.names)
+        scales = {group: torch.zeros(layers[0].lora_scale.shape) for group, layers in self._layers.items()}
+        for choice in choices:
+            for place in self._places[choice.name]:
+                scales[place.group][place.start : place.stop] = float(choice.scale)
+        with torch.no_grad():
+            for group, layers in self._layers.items():
+                for layer in layers:  # the buffer in use now (low-vram moves it with the model)
+                    layer.lora_scale.copy_(scales[group], non_blocking=True)
+        self.selected = tuple(choices)
+
+
+def unknown_lora(name: str, offered: list[str]) -> InvalidArgument:
+    shown = ", ".join(repr(n) for n in offered) if offered else "none (start the app with --lora NAME=FILE)"
+    return InvalidArgument(f"lora {name!r} is not one this app offers; offered: {shown}", field="lora")
+
+
+def _stack(files: list[LoraFile], members: list[str], group: str) -> tuple[dict, list]:
+    """Each layer's (down, up) with every file's update at its place, and the places."""
+    places, start = [], 0
+    for f in files:
+        rank = max((f.modules[m].rank for m in members if m in f.modules), default=0)
+        if rank:
+            places.append((f.name, _Place(group, start, start + rank)))
+            start += rank
+    stacked = {}
+    for member in members:
+        parts = [(f.modules.get(member), p.stop - p.start) for f in files for name, p in places if name == f.name]
+        downs = [m.down if m is not None else None for m, _ in parts]
+        stacked[member] = (downs, [m.up if m is not None else None for m, _ in parts], [r for _, r in parts])
+    return stacked, places
+
+
+def _pad(tensors: list, ranks: list[int], shape_of, dim: int):
+    out = []
+    for tensor, rank in zip(tensors, ranks, strict=True):
+        if tensor is None:
+            out.append(torch.zeros(shape_of(rank)))
+        else:
+            pad = rank - tensor.shape[dim]
+            widths = (0, 0, 0, pad) if dim == 0 else (0, pad)
+            out.append(F.pad(tensor.float(), widths))
+    return torch.cat(out, dim=dim)
+
+
+def _attach(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> None:
+    weight = layer.weight
+    dtype = getattr(layer, "compute_dtype", None) or (weight.dtype if weight.is_floating_point() else torch.bfloat16)
+    device = weight.device
+    layer.register_buffer("lora_down", down.to(device, dtype), persistent=False)
+    layer.register_buffer("lora_up", up.to(device, dtype), persistent=False)
+    layer.register_buffer("lora_scale", torch.zeros(down.shape[0], device=device), persistent=False)
+    swap_class(layer, _lora_class(type(layer)))
+
+
+def attach_loras(transformer, files: Sequence[LoraFile]) -> LoraSlots:
+    """Give ``transformer``'s layers the slots of ``files`` (read by ``lora_files.read_lora`` for this model), all
+    at scale 0. Call it before the model is handed to a ``Residency`` or compiled."""
+    files = list(files)
+    modules = dict(transformer.named_modules())
+    touched = {_group(m) for f in files for m in f.modules}
+    layers, places = {}, {f.name: [] for f in files}
+    for group in sorted(touched):
+        members = [path for path in modules if _group(path) == group and isinstance(modules[path], torch.nn.Linear)]
+        stacked, group_places = _stack(files, members, group)
+        for name, place in group_places:
+            places[name].append(place)
+        for member in members:
+            downs, ups, ranks = stacked[member]
+            layer = modules[member]
+            down = _pad(downs, ranks, lambda r, n=layer.in_features: (r, n), 0)
+            up = _pad(ups, ranks, lambda r, n=layer.out_features: (n, r), 1)
+            _attach(layer, down, up)
+        layers[group] = [modules[m] for m in members]
+    return LoraSlots(layers, places, files)
