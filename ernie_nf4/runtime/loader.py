@@ -20,6 +20,7 @@ from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
 from ..system import resolve_device
+from .lora_files import linear_shapes, read_lora
 from .memory_modes import MemoryMode, choose_memory_mode, use_expandable_segments
 
 logger = logging.getLogger(__name__)
@@ -139,8 +140,6 @@ def read_loras(model_dir: Path, loras) -> list:
         return []
     import torch
     from diffusers import ErnieImageTransformer2DModel
-
-    from .lora_files import linear_shapes, read_lora
 
     config = ErnieImageTransformer2DModel.load_config(model_dir / "transformer")
     config.pop("quantization_config", None)
