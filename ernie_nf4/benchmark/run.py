@@ -96,24 +96,14 @@ def evict_page_cache(folder: Path) -> bool:
     return True
 
 
-def run_mode(
-    mode: str,
-    folder: Path,
-    device: str,
-    request: GenerationRequest,
-    repeat: int,
-    max_pe_tokens: int,
-    log,
-    lora: str | None = None,
-):
-    """One mode: load, warm up, ``repeat`` timed runs; with ``lora``, that file attached and picked at scale 1
-    (the mode's name gets ``+lora``)."""
-    result = ModeResult(mode + (LORA_SUFFIX if lora else ""))
+def run_mode(mode: str, folder: Path, device: str, request, repeat: int, max_pe_tokens: int, log, lora=None):
+    """One mode: load, warm up, ``repeat`` timed runs; with ``lora`` (a file), that LoRA attached and picked at
+    scale 1 (the mode's name gets ``+lora``)."""
     setup = MODE_SETUPS[mode]
     loras = [("lora", lora)] if lora else []
     if lora:
-        request = replace(request, loras=(LoraChoice("lora", 1.0),))
-        mode = result.mode
+        request, mode = replace(request, loras=(LoraChoice("lora", 1.0),)), mode + LORA_SUFFIX
+    result = ModeResult(mode)
     if setup.memory_mode.needs_cuda and not device.startswith("cuda"):
         result.status = "skipped: needs a CUDA GPU"
         log(f"[{mode}] {result.status}")
