@@ -233,7 +233,8 @@ def test_compiled_blocks_run_every_lora_and_scale_without_recompiling(tiny_packa
 
     plain_model, model = nf4(), nf4()
     slots = attach_loras(model, [read_lora("l", path, linear_shapes(model))])
-    inputs = dummy_call(model, (6, 4), (5, 2))
+    # at least 64 tokens: below that, Inductor's code for a small-rank product is guarded off (the call runs eagerly)
+    inputs = dummy_call(model, (8, 12), (5, 2))
     with torch.no_grad():
         plain = plain_model(**inputs, return_dict=False)[0]
         compiler = compile_blocks(model)
@@ -367,3 +368,16 @@ def test_the_benchmark_measures_each_package_mode_again_with_a_lora(tiny_origina
     assert report["settings"]["lora"] == str(path)
     ratio = modes["nf4+lora"]["ms_per_step"] / modes["nf4"]["ms_per_step"]
     assert f"- denoising step with the LoRA: nf4+lora / nf4 = {ratio:.2f}x" in markdown.read_text()
+
+
+def test_auto_counts_the_loras_on_top_of_each_modes_need():
+    from ernie_nf4.errors import EnvironmentUnsupported
+    from ernie_nf4.runtime.memory_modes import NEEDS_GIB, MemoryMode, choose_memory_mode
+
+    low = NEEDS_GIB[MemoryMode.LOW_VRAM]
+    assert choose_memory_mode("cuda:0", usable=low + 0.1)[0] is MemoryMode.LOW_VRAM
+    with pytest.raises(EnvironmentUnsupported) as refused:
+        choose_memory_mode("cuda:0", usable=low + 0.1, extra_gib=0.4)
+    assert f"{low + 0.4:.1f} GiB (low-vram with 0.4 GiB of LoRAs)" in str(refused.value)
+    mode, reason = choose_memory_mode("cuda:0", usable=NEEDS_GIB[MemoryMode.ALL_ON_GPU] + 0.1, extra_gib=0.4)
+    assert mode is MemoryMode.LOW_VRAM and "with 0.4 GiB of LoRAs" in reason

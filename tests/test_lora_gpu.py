@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.nf4]
 
 def _pixels(generator, loras=(), seed: int = 5) -> np.ndarray:
     request = GenerationRequest(
-        "a lighthouse", width=96, height=64, num_inference_steps=3, seed=seed, use_pe=False, loras=tuple(loras)
+        "a lighthouse", width=256, height=192, num_inference_steps=3, seed=seed, use_pe=False, loras=tuple(loras)
     )
     return np.asarray(generator.generate(request).images[0])
 
@@ -35,7 +35,7 @@ def test_every_memory_mode_eager_and_compiled(memory_mode, compile, tiny_package
     plain = Generator.from_pretrained(tiny_package, **kwargs)
     with_lora = Generator.from_pretrained(tiny_package, loras=[("l", path)], **kwargs)
     for generator in (plain, with_lora):
-        generator.warm_up(96, 64)  # compiles (compile=True) before the measured runs
+        generator.warm_up(256, 192)  # compiles (compile=True) before the measured runs
     base = _pixels(plain)
     one = _pixels(with_lora, [LoraChoice("l", 1.0)])
     assert np.abs(one.astype(int) - base).mean() > 2

@@ -233,14 +233,14 @@ def load_pipeline(
     model_dir = Path(model_dir)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
+    lora_files = read_loras(model_dir, loras)
     reason = f"memory_mode {mode.value}, as asked"
     if mode is MemoryMode.AUTO:
-        mode, reason = choose_memory_mode(device)
+        mode, reason = choose_memory_mode(device, extra_gib=sum(f.gpu_bytes for f in lora_files) / 2**30)
         logger.info("%s", reason)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()
-    lora_files = read_loras(model_dir, loras)
     residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
     models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files)
     # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small

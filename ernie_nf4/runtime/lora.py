@@ -41,10 +41,14 @@ def _lora_class(base: type) -> type:
 
         def forward(self, x):
             out = base.forward(self, x)
-            down = self.lora_down
+            down, up = self.lora_down, self.lora_up
             h = F.linear(x.to(down.dtype), down)
             h = (h.float() * self.lora_scale).to(down.dtype)
-            return out + F.linear(h, self.lora_up).to(out.dtype)
+            if out.dtype != up.dtype or not out.is_contiguous():
+                return out + F.linear(h, up).to(out.dtype)
+            # added into the layer's own fresh output: no second output-sized tensor
+            out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
+            return out
 
         _CLASSES[base] = type(f"Lora{base.__name__}", (base,), {"forward": forward})
     return _CLASSES[base]

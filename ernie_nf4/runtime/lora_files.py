@@ -60,6 +60,11 @@ class LoraFile:
     def rank(self) -> int:
         return max(m.rank for m in self.modules.values())
 
+    @property
+    def gpu_bytes(self) -> int:
+        """What its updates take beside the transformer (bf16)."""
+        return sum(2 * (m.down.numel() + m.up.numel()) for m in self.modules.values())
+
 
 def _refuse(name: str, path: Path, why: str) -> InvalidArgument:
     return InvalidArgument(f"lora {name!r} ({path}): {why}", field="lora")

@@ -76,19 +76,24 @@ def usable_gib(device: str) -> float:
     return min(usable, fraction * total) / 2**30
 
 
-def choose_memory_mode(device: str, usable: float | None = None) -> tuple[MemoryMode, str]:
+def choose_memory_mode(device: str, usable: float | None = None, extra_gib: float = 0.0) -> tuple[MemoryMode, str]:
     """The mode ``auto`` picks for ``device`` and why (for the UI and Stats); raises ``EnvironmentUnsupported``
-    naming the GiB there and needed when even ``low-vram`` does not fit."""
+    naming the GiB there and needed when even ``low-vram`` does not fit. ``extra_gib``: what comes on top of each
+    mode's need (LoRAs attached to the transformer)."""
 
     if not device.startswith("cuda"):
         return MemoryMode.ALL_ON_GPU, f"auto: {device} has no GPU memory to save"
     usable = usable_gib(device) if usable is None else usable
+    extra = f" with {extra_gib:.1f} GiB of LoRAs" if extra_gib else ""
     for mode in (MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM):
-        if usable >= NEEDS_GIB[mode]:
-            return mode, f"auto: {usable:.1f} GiB usable on {device}, {mode.value} needs {NEEDS_GIB[mode]:.0f} GiB"
+        if usable >= NEEDS_GIB[mode] + extra_gib:
+            need = f"{NEEDS_GIB[mode] + extra_gib:.1f}" if extra_gib else f"{NEEDS_GIB[mode]:.0f}"
+            return mode, f"auto: {usable:.1f} GiB usable on {device}, {mode.value} needs {need} GiB{extra}"
     raise EnvironmentUnsupported(
         f"memory_mode auto: {usable:.1f} GiB of GPU memory usable on {device}, the model needs at least "
-        f"{NEEDS_GIB[MemoryMode.LOW_VRAM]:.0f} GiB (low-vram) at 1024x1024; free GPU memory or use a larger GPU"
+        f"{NEEDS_GIB[MemoryMode.LOW_VRAM] + extra_gib:.{1 if extra_gib else 0}f} GiB (low-vram{extra}) at 1024x1024; "
+        "free GPU memory, use "
+        "a larger GPU" + (", or offer fewer or smaller LoRAs" if extra_gib else "")
     )
 
 
