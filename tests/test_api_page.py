@@ -23,6 +23,8 @@ LABELS = [
     "Randomize seed",
     "Prompt enhancer (PE)",
     "Images",
+    "LoRA",
+    "LoRA scale",
 ]
 
 

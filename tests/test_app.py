@@ -34,6 +34,8 @@ def test_api_exposes_generate_with_the_documented_parameters(fake_app):
         "randomize_seed",
         "use_pe",
         "num_images",
+        "lora",
+        "lora_scale",
     ]
     assert "/stats" in api
 

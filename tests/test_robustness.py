@@ -31,6 +31,8 @@ GOOD = {
     "randomize_seed": False,
     "use_pe": False,
     "num_images": 1,
+    "lora": "",
+    "lora_scale": 1.0,
 }
 BAD = [
     ({"prompt": ""}, "prompt must be a non-blank text"),

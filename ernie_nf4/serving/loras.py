@@ -17,6 +17,8 @@ from ..progress import ProgressCallback, report
 from ..request import LoraChoice
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# A source ending so is a file, never a Hub repo (``folder/style.bin`` is not the repo ``folder/style.bin``).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
@@ -92,40 +94,70 @@ def _hub_parts(source: str) -> tuple[str, str | None] | None:
     if not _HUB_REPO.fullmatch(repo):
         return None
     if len(parts) == 2:
-        return None if source.endswith(".safetensors") else (repo, None)
+        return None if source.endswith(WEIGHT_SUFFIXES) else (repo, None)
     return repo, "/".join(parts[2:])
 
 
-def _repo_file(repo: str, endpoint: str | None) -> str:
-    """The one LoRA file in ``repo`` (diffusers' name when there are several)."""
-    from huggingface_hub import HfApi
-
-    files = [f for f in HfApi(endpoint=endpoint).list_repo_files(repo) if f.endswith(".safetensors")]
+def _pick_file(repo: str, files: list[str]) -> str:
+    """The one LoRA file among ``files`` (diffusers' name when there are several)."""
+    files = sorted(f for f in files if f.endswith(".safetensors"))
     if len(files) == 1:
         return files[0]
     if DIFFUSERS_WEIGHT_NAME in files:
         return DIFFUSERS_WEIGHT_NAME
     if not files:
-        raise PackageUnavailable(f"lora {repo}: the repo holds no .safetensors file")
+        raise PackageUnavailable(f"the repo {repo} holds no .safetensors file")
     raise PackageUnavailable(
-        f"lora {repo}: the repo holds {len(files)} .safetensors files ({', '.join(files[:5])}); name one as "
+        f"the repo {repo} holds {len(files)} .safetensors files ({', '.join(files[:5])}); name one as "
         f"{repo}/FILE.safetensors"
     )
+
+
+def _cached_files(repo: str) -> list[str] | None:
+    """The files of ``repo`` in the Hugging Face cache (what an earlier fetch got), or None when it holds none."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not in the cache
+        return None
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")] or None
+
+
+def _repo_file(repo: str, endpoint: str | None) -> str:
+    """The one LoRA file in ``repo``: from the Hub's list of its files, else (offline) from the cache."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = HfApi(endpoint=endpoint).list_repo_files(repo)
+    except Exception:
+        cached = _cached_files(repo)
+        if cached is None:
+            raise
+        files = cached
+    return _pick_file(repo, files)
+
+
+def local_file(source: LoraSource) -> Path | None:
+    """The file of a local ``source`` (checked: it exists and is a ``.safetensors`` file); None for a Hub id.
+    Raises ``InvalidArgument`` naming the LoRA."""
+    path = Path(source.source).expanduser()
+    if not path.exists() and _hub_parts(source.source) is not None:
+        return None
+    if not path.is_file():
+        raise InvalidArgument(f"lora {source.name!r}: {path} is not a file; give a .safetensors file or a Hub id")
+    if path.suffix != ".safetensors":
+        raise InvalidArgument(f"lora {source.name!r}: {path.name} is not a .safetensors file; only those are read")
+    return path
 
 
 def fetch_lora(source: LoraSource, endpoint: str | None = None, on_progress: ProgressCallback | None = None) -> Path:
     """The local file of ``source``: the file itself, or the Hub file through the Hugging Face cache (downloaded
     once, reused offline). Raises ``InvalidArgument`` for a missing or non-safetensors local file and
     ``PackageUnavailable`` when the Hub file cannot be got, each naming the LoRA."""
-    path = Path(source.source).expanduser()
-    hub = None if path.exists() else _hub_parts(source.source)
-    if hub is None:
-        if not path.is_file():
-            raise InvalidArgument(f"lora {source.name!r}: {path} is not a file; give a .safetensors file or a Hub id")
-        if path.suffix != ".safetensors":
-            raise InvalidArgument(f"lora {source.name!r}: {path.name} is not a .safetensors file; only those are read")
+    if (path := local_file(source)) is not None:
         return path
-    repo, filename = hub
+    repo, filename = _hub_parts(source.source)
     if filename is not None and not filename.endswith(".safetensors"):
         raise InvalidArgument(f"lora {source.name!r}: {filename} is not a .safetensors file; only those are read")
     from huggingface_hub import hf_hub_download
@@ -134,8 +166,8 @@ def fetch_lora(source: LoraSource, endpoint: str | None = None, on_progress: Pro
     try:
         filename = filename or _repo_file(repo, endpoint)
         return Path(hf_hub_download(repo, filename, endpoint=endpoint))
-    except PackageUnavailable:
-        raise
+    except PackageUnavailable as err:
+        raise PackageUnavailable(f"lora {source.name!r}: {err}") from None
     except Exception as err:  # offline, no such repo or file
         raise PackageUnavailable(
             f"lora {source.name!r}: could not get {source.source} from the Hub ({type(err).__name__}: {err}); "

@@ -7,7 +7,8 @@ the page prints as "[object Object]"), ``api_info_as_input()`` for the type (a `
 ``precision`` is 0), and ``example_payload()`` for a required parameter's example (``Textbox``: "Hello!!"). The
 page's code snippets (``gradio_client.snippet``) send a parameter's default when it has one, else that example.
 ``document_api`` wraps the demo's ``get_api_info`` (which the info route, the page and the MCP server all call) and
-rewrites those fields; the page itself keeps its translated labels.
+rewrites those fields (``lora`` and ``lora_scale`` also say that they take one value or a list, and the LoRAs the
+app offers); the page itself keeps its translated labels.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from .i18n import EN
 # negative prompt the form itself starts with (so the API may leave it out).
 EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
 DEFAULTS = {"negative_prompt": ""}
+# The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
+LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
+SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list with one per name"
+
+
+def _lora_help(name: str, component) -> str:
+    """What ``lora`` or ``lora_scale`` takes: a value or a list (the component's own type says only one of them)."""
+    if name == "lora_scale":
+        return SCALE_HELP
+    names = [value for _, value in getattr(component, "choices", None) or []]
+    return f'a LoRA\'s name ("" for none) or a list of names; this app offers: {", ".join(names) or "none"}'
 
 
 def plain_label(label) -> str | None:
@@ -47,6 +59,10 @@ def _parameter(parameter: dict, component) -> dict:
         parameter["python_type"] = {**parameter["python_type"], "type": "int"}
         if isinstance(parameter["parameter_default"], float):
             parameter["parameter_default"] = int(parameter["parameter_default"])
+    if name in LORA_TYPES:
+        help_text = _lora_help(name, component)
+        parameter["type"] = {**parameter["type"], "description": help_text}
+        parameter["python_type"] = {"type": LORA_TYPES[name], "description": help_text}
     if name in EXAMPLE_INPUTS:
         parameter["example_input"] = EXAMPLE_INPUTS[name]
     if name in DEFAULTS and not parameter["parameter_has_default"]:

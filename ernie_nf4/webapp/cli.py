@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ErnieNF4Error, InvalidArgument
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
+from ..serving.loras import LoraSource, local_file, loras_in_folder, offered_loras, parse_lora, parse_lora_list
 from ..serving.replicas import ReplicaService, parse_gpus
 from ..serving.service import ImageService, ServiceConfig, preload
 from ..system import parse_device
@@ -148,6 +149,23 @@ def _model_flags(p: argparse.ArgumentParser, env) -> None:
     )
 
 
+def _lora_flags(p: argparse.ArgumentParser, env) -> None:
+    g = p.add_argument_group("LoRAs")
+    g.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME=PATH_OR_HUB_ID",
+        help="a LoRA requests may pick by NAME: a local .safetensors file, a Hub repo owner/repo (its one "
+        ".safetensors file, or pytorch_lora_weights.safetensors) or owner/repo/path/file.safetensors; repeat for "
+        f"more. {env_name('lora')} takes several, separated by ';' or new lines",
+    )
+    g.add_argument(
+        "--lora-dir",
+        default=env("lora-dir"),
+        help="a folder whose .safetensors files are offered as LoRAs, each named by its file name",
+    )
+
+
 def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
     g = p.add_argument_group("running the model")
     g.add_argument("--device", default=env("device"), help="cuda, cuda:N or cpu (default: cuda when present)")
@@ -251,6 +269,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     env = _Environment(os.environ if environ is None else environ)
     p = _Parser(prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_flags(p, env)
+    _lora_flags(p, env)
     _runtime_flags(p, env)
     _server_flags(p, env)
     _output_and_limit_flags(p, env)
@@ -284,6 +303,27 @@ def memory_mode(text) -> MemoryMode:
         raise flag_error("memory-mode", err) from None
 
 
+def lora_sources(args, environ) -> tuple[LoraSource, ...]:
+    """The LoRAs of ``--lora`` (else ``ERNIE_NF4_LORA``) and ``--lora-dir``: entries well formed, names given once,
+    local files there (a Hub id is fetched when the model loads); a refusal names the flag and its variable."""
+    try:
+        if args.lora is not None:
+            entries = [parse_lora(text, "--lora") for text in args.lora]
+        else:
+            entries = parse_lora_list(environ.get(env_name("lora")), env_name("lora"))
+        folder = args.lora_dir
+        found = [] if not folder else loras_in_folder(folder, f"--lora-dir (or {env_name('lora-dir')})")
+    except InvalidArgument as err:
+        raise SettingsError(str(err)) from None
+    try:
+        sources = offered_loras(entries, found)
+        for source in sources:
+            local_file(source)
+    except InvalidArgument as err:
+        raise SettingsError(f"--lora (or {env_name('lora')}, --lora-dir): {err}") from None
+    return sources
+
+
 def parse_args(argv=None, environ=None) -> argparse.Namespace:
     """The flags parsed: text turned into the values the app takes (numbers, the memory mode, the variant's
     name), each refusal one ``SettingsError`` naming the flag and its variable."""
@@ -298,6 +338,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
     except InvalidArgument as err:
         raise flag_error("variant", err) from None
     args.memory_mode = memory_mode(args.memory_mode)
+    args.loras = lora_sources(args, environ)
     if args.max_pe_tokens is not None:
         number(args, "max-pe-tokens", int)  # the range is ServiceConfig's
     args.device = check_device(args.device, environ)
@@ -441,6 +482,7 @@ def config_from_args(args) -> ServiceConfig:
         max_pe_tokens=TINY_PE_TOKENS if args.tiny and args.max_pe_tokens is None else args.max_pe_tokens,
         memory_mode=args.memory_mode,
         compile=args.compile,
+        loras=getattr(args, "loras", ()),
     )
 
 
@@ -492,5 +534,7 @@ def start_lines(args, service, outputs) -> list[str]:
     lines = [warning] if (warning := exposure_warning(args)) else []
     if (problem := service.unavailable_reason()) is not None:
         lines.append(f"Note: {problem}")
+    if names := getattr(service, "lora_names", None):
+        lines.append(f"LoRAs offered: {', '.join(names)}")
     lines.append(outputs.policy())
     return lines

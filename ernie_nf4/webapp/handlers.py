@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GenerationCancelled, InvalidArgument
-from ..request import FormValues, request_from_form
+from ..request import FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
 from .i18n import language, say
@@ -31,10 +31,15 @@ PRESETS = ["1024x1024", "896x1200", "1200x896", "848x1264", "1264x848", "768x137
 CUSTOM = "custom"
 RANDOM_SEED_LIMIT = 2**32
 HISTORY_LIMIT = 48
-# The generate event's inputs, by name and in the API's order; the fields a saved image's settings fill back in,
-# then the randomize box (cleared, so the next run uses the restored seed).
+# The generate event's inputs, by name and in the API's order; the fields a saved image's settings fill back in
+# (its LoRAs as the LoRA dropdown and scale), then the randomize box (cleared, so the next run uses the restored seed).
 FORM_FIELDS = tuple(field.name for field in fields(FormValues))
-RESTORED_FIELDS = (*(field.name for field in fields(FormSettings)), "randomize_seed")
+RESTORED_FIELDS = (
+    *(field.name for field in fields(FormSettings) if field.name != "loras"),
+    "lora",
+    "lora_scale",
+    "randomize_seed",
+)
 
 
 def _session_key(request) -> str:
@@ -87,7 +92,25 @@ class Handlers:
             req, notes = request_from_form(form)
         except ValueError as err:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
+        if (unknown := self._unknown_lora(req, lang)) is not None:
+            raise gr.Error(unknown, print_exception=False)
         return req, [note(text, lang) for text in notes]
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The names of the LoRAs the service offers (none for a service without LoRAs)."""
+        return list(getattr(self.service, "lora_names", None) or [])
+
+    def _unknown_lora(self, req, lang: str) -> str | None:
+        """The message for the first LoRA of ``req`` the app does not offer (naming it and those it offers), or
+        None."""
+        offered = self.lora_names
+        unknown = next((choice.name for choice in req.loras if choice.name not in offered), None)
+        if unknown is None:
+            return None
+        if not offered:
+            return say("lora_none_offered", lang, name=repr(unknown))
+        return say("lora_unknown", lang, name=repr(unknown), offered=", ".join(map(repr, offered)))
 
     def generate(
         self,
@@ -101,23 +124,17 @@ class Handlers:
         randomize_seed,
         use_pe,
         num_images,
-        request: gr.Request,
+        lora="",
+        lora_scale=1.0,
+        request: gr.Request = None,
         progress=gr.Progress(),
     ):
         """Generate images; returns the gallery, the seed used, the revised prompt and the run info (and, for the
         page only, the history's new entries)."""
         form = FormValues(
-            prompt,
-            negative_prompt,
-            width,
-            height,
-            num_inference_steps,
-            guidance_scale,
-            seed,
-            randomize_seed,
-            use_pe,
-            num_images,
-        )
+            prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
+            num_images, lora, lora_scale,
+        )  # fmt: skip
         if form.randomize_seed is True:
             form = replace(form, seed=secrets.randbelow(RANDOM_SEED_LIMIT))
         lang = language(request)
@@ -174,10 +191,12 @@ class Handlers:
         if (problem := self.service.unavailable_reason()) is not None:
             return FORM_FIELDS[0], say("no_gpu", lang, reason=problem)
         try:
-            request_from_form(form)
+            req, _ = request_from_form(form)
         except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
             field = err.field if isinstance(err, InvalidArgument) else None
             return (field if field in FORM_FIELDS else FORM_FIELDS[0]), user_message(err, lang)
+        if (unknown := self._unknown_lora(req, lang)) is not None:
+            return "lora", unknown
         return None
 
     def validate(
@@ -192,6 +211,8 @@ class Handlers:
         randomize_seed,
         use_pe,
         num_images,
+        lora="",
+        lora_scale=1.0,
         request: gr.Request = None,
     ):
         """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
@@ -199,7 +220,7 @@ class Handlers:
         and API callers get the same message."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
-            num_images,
+            num_images, lora, lora_scale,
         )  # fmt: skip
         refused = self._refusal(form, language(request))
         if refused is None:
@@ -271,12 +292,22 @@ class Handlers:
     def pick(event: gr.SelectData):
         return event.index
 
-    @staticmethod
-    def _fill_form(settings: dict):
-        """Form updates (``RESTORED_FIELDS`` order) from saved settings; a missing value leaves its field alone,
-        and a restored seed clears the randomize box (so the next run uses it)."""
-        settings = {**settings, "randomize_seed": None if settings.get("seed") is None else False}
-        return [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
+    def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
+        """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does
+        not offer ("" when none). A missing value leaves its field alone; a restored seed clears the randomize box
+        (so the next run uses it); the LoRA dropdown gets the settings' LoRAs the app offers (none when they name
+        none) and the scale the first one's."""
+        loras = [LoraChoice(**c) if isinstance(c, dict) else c for c in settings.get("loras") or ()]
+        picked = [choice for choice in loras if choice.name in self.lora_names]
+        missing = [repr(choice.name) for choice in loras if choice.name not in self.lora_names]
+        settings = {
+            **settings,
+            "randomize_seed": None if settings.get("seed") is None else False,
+            "lora": [choice.name for choice in picked],
+            "lora_scale": picked[0].scale if picked else None,
+        }
+        updates = [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
+        return updates, say("lora_not_offered", lang, names=", ".join(missing)) if missing else ""
 
     def use_history(self, history, index, request: gr.Request = None):
         """The picked history image's settings into the form; returns the restored fields, then the note."""
@@ -285,7 +316,8 @@ class Handlers:
         if not isinstance(index, int) or not 0 <= index < len(items):
             return [*[gr.skip()] * len(RESTORED_FIELDS), say("select_first", lang)]
         settings = items[index]["settings"]
-        return [*self._fill_form(settings), say("restored_history", lang, seed=settings.get("seed"))]
+        updates, missing = self._fill_form(settings, lang)
+        return [*updates, " ".join(filter(None, [say("restored_history", lang, seed=settings.get("seed")), missing]))]
 
     def restore_png(self, path, request: gr.Request = None):
         """A dropped PNG's settings into the form; returns the restored fields, the emptied drop box, the note. The
@@ -299,7 +331,8 @@ class Handlers:
             return [*[gr.skip()] * len(RESTORED_FIELDS), None, user_message(err, lang)]
         finally:
             _delete_upload(Path(path))
-        return [*self._fill_form(asdict(settings)), None, say("restored_png", lang, name=name)]
+        updates, missing = self._fill_form(asdict(settings), lang)
+        return [*updates, None, " ".join(filter(None, [say("restored_png", lang, name=name), missing]))]
 
     def stats(self):
         """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""

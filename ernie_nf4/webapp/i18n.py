@@ -42,6 +42,8 @@ EN = {
     "custom": "Custom",
     "tab_create": "Create",
     "swap": "Swap width and height",
+    "lora": "LoRA",
+    "lora_scale": "LoRA scale",
 }
 
 ZH = {
@@ -76,6 +78,8 @@ ZH = {
     "custom": "自定义",
     "tab_create": "创作",
     "swap": "交换宽度和高度",
+    "lora": "LoRA",
+    "lora_scale": "LoRA 强度",
 }
 
 
@@ -131,6 +135,11 @@ MESSAGES = {
         "run_pe_cached": "PE from cache",
         "run_peak": "peak VRAM {gib} GiB",
         "run_package": "package {provenance}",
+        "run_lora": "LoRA {loras}",
+        "lora_unknown": "lora: this app offers no LoRA named {name}; it offers {offered}",
+        "lora_none_offered": "lora: this app offers no LoRA named {name}; it offers none",
+        "lora_not_offered": "This app does not offer the LoRA {names} of these settings; they run without it "
+        "unless you pick another.",
         "no_gpu": "Generate is off: {reason}",
         "select_first": "Select an image in the history first.",
         "restored_history": "Settings restored from the history (seed {seed}).",
@@ -271,6 +280,10 @@ MESSAGES = {
         "run_pe_cached": "PE 结果来自缓存",
         "run_peak": "显存峰值 {gib} GiB",
         "run_package": "模型包 {provenance}",
+        "run_lora": "LoRA：{loras}",
+        "lora_unknown": "LoRA（lora）：本应用没有名为 {name} 的 LoRA；可用的有 {offered}",
+        "lora_none_offered": "LoRA（lora）：本应用没有名为 {name} 的 LoRA；本应用不提供任何 LoRA",
+        "lora_not_offered": "本应用不提供这些设置中的 LoRA {names}；除非另选一个，生成时不会使用它。",
         "no_gpu": "无法生成：{reason}",
         "select_first": "请先在历史记录中选择一张图片。",
         "restored_history": "已从历史记录恢复设置（种子 {seed}）。",
@@ -387,6 +400,8 @@ FIELD_NAMES_ZH = {
     "seed": "随机种子",
     "use_pe": "提示词增强",
     "num_images": "图片数量",
+    "lora": "LoRA",
+    "lora_scale": "LoRA 强度",
 }
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {

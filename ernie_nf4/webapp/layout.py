@@ -7,7 +7,7 @@ from math import gcd
 
 import gradio as gr
 
-from ..request import GUIDANCE_RANGE, IMAGES_RANGE, STEPS_RANGE
+from ..request import GUIDANCE_RANGE, IMAGES_RANGE, LORA_SCALE_RANGE, MAX_LORAS, STEPS_RANGE
 from .examples import EXAMPLES
 from .handlers import CUSTOM, PRESETS
 from .i18n import t
@@ -86,6 +86,25 @@ def _size_row(width: int, height: int, choices: list[str]) -> dict:
             swap = gr.Button("⇄", size="sm", scale=0, min_width=44, elem_id="swap")
             height_box = gr.Number(height, label=t("height"), precision=0, step=16, min_width=80, elem_id="height")
     return {"preset": preset, "width": width_box, "swap": swap, "height": height_box}
+
+
+def _lora_row(names: list[str]) -> dict:
+    """The LoRAs the app offers (several at once) and their scale; hidden when it offers none."""
+    with gr.Row(elem_id="loras", visible=bool(names)):
+        lora = gr.Dropdown(
+            names,
+            value=[],
+            multiselect=True,
+            max_choices=MAX_LORAS,
+            label=t("lora"),
+            scale=1,
+            min_width=170,
+            elem_id="lora",
+        )
+        scale = gr.Slider(
+            *LORA_SCALE_RANGE, value=1.0, step=0.05, label=t("lora_scale"), scale=1, min_width=170, elem_id="lora-scale"
+        )
+    return {"lora": lora, "lora_scale": scale}
 
 
 def _advanced(steps: int, guidance: float) -> dict:
@@ -190,12 +209,19 @@ def _reuse_row() -> dict:
 
 
 def generate_tab(
-    width: int, height: int, steps: int, guidance: float, choices: list[str], sized_examples: bool = True
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    choices: list[str],
+    sized_examples: bool = True,
+    lora_names: list[str] = (),
 ) -> dict:
     ui = _prompt_row()
     with gr.Row(elem_id="main"):
         with gr.Column(scale=2, elem_id="settings"):
             ui |= _size_row(width, height, choices)
+            ui |= _lora_row(list(lora_names))
             ui |= _advanced(steps, guidance)
             _examples(ui, sized_examples)
         ui |= _results()

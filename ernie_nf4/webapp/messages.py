@@ -114,6 +114,8 @@ def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en
         parts.append(say("run_pe_cached", lang))
     if result.peak_vram:
         parts.append(say("run_peak", lang, gib=f"{result.peak_vram.reserved_gib:.2f}"))
+    if loras := result.request.loras:
+        parts.append(say("run_lora", lang, loras=", ".join(f"{c.name} × {c.scale:g}" for c in loras)))
     if provenance and provenance.startswith("not "):
         parts.append(say("run_package", lang, provenance=provenance))
     return " · ".join([*parts, *(note(text, lang) for text in notes)])

@@ -1,7 +1,8 @@
 """PNG files that carry their generation parameters, written and read here: the A1111-style ``parameters`` text
 chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` pairs). ``parameters_text`` and
 ``save_png`` write it; ``read_png_parameters`` / ``parse_parameters`` read it back into the form's fields (unknown
-keys are ignored; a key that is missing leaves that field as it is).
+keys are ignored; a key that is missing leaves that field as it is). LoRAs are A1111's ``<lora:NAME:SCALE>`` tags at
+the end of the prompt; read back from anywhere in the prompt, they leave its text.
 
 Reading is safe on any file: the PNG's chunks are walked here (no image is decoded, so a header claiming billions of
 pixels costs nothing, and is refused by name), the ``parameters`` text is inflated to at most
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from ..request import GenerationRequest
+from ..request import LORA_SCALE_RANGE, MAX_LORAS, GenerationRequest, LoraChoice
 
 # The longest ``parameters`` text read, in bytes: what ``parameters_text`` writes is far shorter (two prompts of at
 # most 8000 characters and the PE's revised prompt); a chunk that inflates beyond it is refused, never inflated whole.
@@ -44,7 +45,8 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
     }
     if revised_prompt:
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
-    lines = [request.prompt, f"Negative prompt: {request.negative_prompt}"]
+    tags = "".join(f" <lora:{choice.name}:{choice.scale:g}>" for choice in request.loras)
+    lines = [request.prompt + tags, f"Negative prompt: {request.negative_prompt}"]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
 
@@ -76,6 +78,47 @@ class FormSettings:
     guidance_scale: float | None = None
     seed: int | None = None
     use_pe: bool | None = None
+    loras: tuple[LoraChoice, ...] = ()  # the prompt's <lora:NAME:SCALE> tags
+
+
+# A1111's tag: <lora:NAME>, <lora:NAME:SCALE> or more fields after the scale (its text encoder's, ...). Bounded
+# runs of characters that cannot overlap: linear on any text.
+_LORA_TAG = re.compile(r"<lora:([^<>:\n]{1,100})(?::([^<>\n]{0,100}))?>")
+MAX_TAGS = 64
+
+
+def _joined(left: str, right: str) -> str:
+    """Two pieces of a prompt a tag stood between, with one space (or a comma's own) between them."""
+    left, right = left.rstrip(" \t"), right.lstrip(" \t")
+    if right.startswith(",") and (not left or left.endswith((",", "\n"))):
+        right = right[1:].lstrip(" \t")
+    if left and right and not left.endswith("\n") and not right.startswith((",", ".", "\n")):
+        return f"{left} {right}"
+    return left + right
+
+
+def _tag_choice(match) -> LoraChoice | None:
+    """A tag's LoRA (scale 1 when it gives none, kept in ``LORA_SCALE_RANGE``); None for a name no LoRA has."""
+    scale = _number(float, (match[2] or "1").split(":", 1)[0])
+    scale = 1.0 if scale is None else min(max(scale, LORA_SCALE_RANGE[0]), LORA_SCALE_RANGE[1])
+    try:
+        return LoraChoice(match[1].strip(), scale)
+    except InvalidArgument:
+        return None
+
+
+def prompt_loras(prompt: str) -> tuple[str, tuple[LoraChoice, ...]]:
+    """The prompt without its ``<lora:...>`` tags (at most ``MAX_TAGS`` read), and their LoRAs (each name once, at
+    most ``MAX_LORAS``)."""
+    matches = [match for _, match in zip(range(MAX_TAGS), _LORA_TAG.finditer(prompt), strict=False)]
+    if not matches:
+        return prompt, ()
+    text, loras = prompt[: matches[0].start()], {}
+    for match, after in zip(matches, [*matches[1:], None], strict=True):
+        text = _joined(text, prompt[match.end() : None if after is None else after.start()])
+        if (choice := _tag_choice(match)) is not None and len(loras) < MAX_LORAS:
+            loras.setdefault(choice.name, choice)
+    return text.strip().rstrip(","), tuple(loras.values())
 
 
 _KEY_RUN = re.compile(r"[\w \-/]*")  # matched on the reversed text before a colon: anchored, linear
@@ -162,7 +205,7 @@ def parse_parameters(text: str) -> FormSettings:
             prompt_lines = lines[:index]
             negative_lines = [line[len(_NEGATIVE) :].strip(), *lines[index + 1 :]]
             break
-    prompt = "\n".join(prompt_lines).strip()
+    prompt, loras = prompt_loras("\n".join(prompt_lines).strip())
     if not prompt:
         raise _refused("png_no_prompt", "the PNG's parameters hold no prompt")
     width = height = None
@@ -178,6 +221,7 @@ def parse_parameters(text: str) -> FormSettings:
         guidance_scale=_number(float, pairs.get("CFG scale")),
         seed=_number(int, pairs.get("Seed")),
         use_pe=None if pe is None else pe == "on",
+        loras=loras,
     )
 
 

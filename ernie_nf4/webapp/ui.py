@@ -157,7 +157,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
             problem = service.unavailable_reason()
             # said right above Generate, which is off
             missing = gr.Markdown(missing_text, elem_id="missing", visible=problem is not None)
-            ui = generate_tab(width, height, steps, guidance, choices, sized_examples=not is_tiny(service))
+            ui = generate_tab(width, height, steps, guidance, choices, not is_tiny(service), handlers.lora_names)
             ui["note"] = gr.Markdown("", elem_id="history-note")
         ui |= stats_tab()
         ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made

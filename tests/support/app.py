@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ernie_nf4.errors import GenerationCancelled
+from ernie_nf4.errors import GenerationCancelled, InvalidArgument
 from ernie_nf4.progress import Progress
 from ernie_nf4.runtime.generation import GenerationResult
 from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
@@ -40,8 +40,9 @@ class FakeService:
     label = "fake"
     provenance = "verified by ernie-nf4 metadata"
 
-    def __init__(self):
+    def __init__(self, lora_names=()):
         self.requests = []
+        self.lora_names = list(lora_names)  # the LoRAs it offers, by name
 
     def unavailable_reason(self):
         return None
@@ -51,6 +52,8 @@ class FakeService:
 
     def generate(self, request, on_progress=None, cancel=None):
         self.requests.append(request)
+        if unknown := [c.name for c in request.loras if c.name not in self.lora_names]:
+            raise InvalidArgument(f"lora {unknown[0]!r} is not offered", field="lora")  # as ImageService does
         steps = request.num_inference_steps
         slow = request.prompt.startswith("slow")
         if on_progress:  # the stages a real run reports, in order
@@ -209,12 +212,12 @@ def wait_for_server(url, proc=None, log=None, seconds=120):
 class ServedApp:
     """The app around a ``FakeService`` in this process, on loopback, behind ``limits`` as ``main()`` puts them."""
 
-    def __init__(self, folder, limits=None, auth=None, outputs=None):
+    def __init__(self, folder, limits=None, auth=None, outputs=None, lora_names=()):
         from app import build_demo
         from ernie_nf4.webapp import limits as app_limits
         from ernie_nf4.webapp.outputs import OutputStore
 
-        self.service = FakeService()
+        self.service = FakeService(lora_names)
         self.outputs = outputs or OutputStore(Path(folder) / "out")
         self.demo = build_demo(self.service, output_dir=self.outputs)
         launch = app_limits.configure(self.demo, limits or app_limits.Limits(), self.outputs)
