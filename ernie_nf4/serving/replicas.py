@@ -66,6 +66,10 @@ class ReplicaService:
         return self.replicas[0].label
 
     @property
+    def lora_names(self) -> list[str]:
+        return self.replicas[0].lora_names
+
+    @property
     def provenance(self):
         return self.replicas[0].provenance
 

@@ -534,7 +534,7 @@ def start_lines(args, service, outputs) -> list[str]:
     lines = [warning] if (warning := exposure_warning(args)) else []
     if (problem := service.unavailable_reason()) is not None:
         lines.append(f"Note: {problem}")
-    if names := getattr(service, "lora_names", None):
+    if names := service.lora_names:
         lines.append(f"LoRAs offered: {', '.join(names)}")
     lines.append(outputs.policy())
     return lines

@@ -99,7 +99,7 @@ class Handlers:
     @property
     def lora_names(self) -> list[str]:
         """The names of the LoRAs the service offers (none for a service without LoRAs)."""
-        return list(getattr(self.service, "lora_names", None) or [])
+        return list(self.service.lora_names)
 
     def _unknown_lora(self, req, lang: str) -> str | None:
         """The message for the first LoRA of ``req`` the app does not offer (naming it and those it offers), or
