@@ -253,7 +253,7 @@ def test_on_a_phone_a_lora_is_picked_scaled_and_used(lora_app, fake_app, browser
         page.locator("#lora-scale input[type=number]").fill("0.65")
         page.locator("#lora-scale input[type=number]").blur()
         page.locator("#generate").click()
-        page.wait_for_function("/LoRA style × 0.65$/.test(document.querySelector('#info textarea').value)")
+        page.wait_for_function("/LoRA：style × 0.65$/.test(document.querySelector('#info textarea').value)")
         assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.65),)
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0
