@@ -14,14 +14,18 @@ class ErnieNF4Error(Exception):
 
 class InvalidArgument(ErnieNF4Error, ValueError):
     """An argument or request field is out of range; the message names it and the allowed values, and ``field``
-    (when given) is the name of the argument, for a caller that marks it (the UI puts the message on that field)."""
+    (when given) is the name of the argument, for a caller that marks it (the UI puts the message on that field).
+    ``key`` and ``values`` (when given) name the message and its values, so an app can say it in its reader's
+    language."""
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, key: str | None = None, values: dict | None = None):
         super().__init__(message)
         self.field = field
+        self.key = key
+        self.values = dict(values or {})
 
-    def __reduce__(self):  # keeps ``field`` across pickling (a worker process sends errors back as pickles)
-        return type(self), (str(self), self.field)
+    def __reduce__(self):  # keeps the fields across pickling (a worker process sends errors back as pickles)
+        return type(self), (str(self), self.field, self.key, self.values)
 
 
 class PackageError(ErnieNF4Error, ValueError):

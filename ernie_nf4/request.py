@@ -56,11 +56,15 @@ class LoraChoice:
             raise InvalidArgument(
                 f"lora must be the name of a LoRA the app offers (1 to {MAX_LORA_NAME_CHARS} characters), got {name!r}",
                 field="lora",
+                key="lora_name_length",
+                values={"name": repr(name)[:120], "most": MAX_LORA_NAME_CHARS},
             )
-        if name != name.strip() or name.translate(_CONTROL) != name or "<" in name or ">" in name or ":" in name:
+        if name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name) or set("<>:") & set(name):
             raise InvalidArgument(
                 f"lora {name!r}: a LoRA name has no control characters, '<', '>' or ':' and no spaces at its ends",
                 field="lora",
+                key="lora_name_chars",
+                values={"name": repr(name)},
             )
         _check_real("lora_scale", self.scale, *LORA_SCALE_RANGE)
 
@@ -126,10 +130,20 @@ class GenerationRequest:
         if not isinstance(self.loras, tuple) or not all(isinstance(c, LoraChoice) for c in self.loras):
             raise InvalidArgument(f"loras must be a tuple of LoraChoice, got {self.loras!r}", field="lora")
         if len(self.loras) > MAX_LORAS:
-            raise InvalidArgument(f"lora: at most {MAX_LORAS} LoRAs at once, got {len(self.loras)}", field="lora")
+            raise InvalidArgument(
+                f"lora: at most {MAX_LORAS} LoRAs at once, got {len(self.loras)}",
+                field="lora",
+                key="lora_too_many",
+                values={"most": MAX_LORAS, "count": len(self.loras)},
+            )
         names = [c.name for c in self.loras]
         if twice := sorted({n for n in names if names.count(n) > 1}):
-            raise InvalidArgument(f"lora: each LoRA at most once, got {twice[0]!r} twice", field="lora")
+            raise InvalidArgument(
+                f"lora: each LoRA at most once, got {twice[0]!r} twice",
+                field="lora",
+                key="lora_twice",
+                values={"name": repr(twice[0])},
+            )
 
     @property
     def seeds(self) -> list[int]:
@@ -219,7 +233,12 @@ def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
     elif isinstance(names, str):
         names = [names]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise InvalidArgument(f"lora must be a LoRA's name or a list of names, got {form.lora!r}", field="lora")
+        raise InvalidArgument(
+            f"lora must be a LoRA's name or a list of names, got {form.lora!r}",
+            field="lora",
+            key="lora_not_names",
+            values={"value": repr(form.lora)[:100]},
+        )
     keep = [i for i, n in enumerate(names) if n.strip()]
     scales = form.lora_scale
     if isinstance(scales, (list, tuple)):
@@ -227,6 +246,8 @@ def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
             raise InvalidArgument(
                 f"lora_scale: give one scale, or one per LoRA named ({len(names)}), got {len(scales)}",
                 field="lora_scale",
+                key="lora_scale_count",
+                values={"names": len(names), "count": len(scales)},
             )
         scales = [_real("lora_scale", scales[i], LORA_SCALE_RANGE, "1") for i in keep]
     else:

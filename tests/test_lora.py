@@ -381,3 +381,110 @@ def test_auto_counts_the_loras_on_top_of_each_modes_need():
     assert f"{low + 0.4:.1f} GiB (low-vram with 0.4 GiB of LoRAs)" in str(refused.value)
     mode, reason = choose_memory_mode("cuda:0", usable=NEEDS_GIB[MemoryMode.ALL_ON_GPU] + 0.1, extra_gib=0.4)
     assert mode is MemoryMode.LOW_VRAM and "with 0.4 GiB of LoRAs" in reason
+
+
+def _mixed_ranks(config: dict) -> dict:
+    """Block 0 at rank 4 and block 1 at rank 8, as a trainer's rank pattern leaves a file."""
+    weights = lora_weights(config, rank=4, layers=[0])
+    weights.update(lora_weights(config, rank=8, seed=1, layers=[1]))
+    return weights
+
+
+def _compare(tiny_original, ours_path, reference) -> None:
+    plain = _forward(_transformer(tiny_original))
+    expected = _forward(reference)
+    got = _forward(_ours(tiny_original, ours_path, 1.0)[0])
+    change = (expected - plain).abs().max()
+    assert change > 1e-2
+    assert (got - expected).abs().max() < 1e-3 * change
+
+
+def test_a_file_whose_rank_differs_per_block_applies_as_diffusers_applies_it(tiny_original, config, tmp_path):
+    path = write_lora(tmp_path / "mixed.safetensors", _mixed_ranks(config), "PEFT", torch.float32)
+    _compare(tiny_original, path, _diffusers(tiny_original, path, 1.0))
+
+
+def test_a_file_diffusers_saved_with_rank_and_alpha_patterns_reads_back_as_diffusers_reads_it(
+    tiny_original, config, tmp_path
+):
+    """The per-block settings diffusers writes (``^``-anchored pattern keys), from diffusers' own save."""
+    from diffusers import ErnieImagePipeline
+    from peft.utils import get_peft_model_state_dict
+
+    source = write_lora(tmp_path / "mixed.safetensors", _mixed_ranks(config), "AI-Toolkit", torch.float32)
+    trained = _diffusers(tiny_original, source, 1.0)
+    settings = trained.peft_config["style"].to_dict()
+    settings["alpha_pattern"] = {"^layers.1.self_attention.to_q": 2}  # one module of its own
+    trained.peft_config["style"].alpha_pattern = settings["alpha_pattern"]
+    ErnieImagePipeline.save_lora_weights(
+        tmp_path / "saved",
+        transformer_lora_layers=get_peft_model_state_dict(trained, adapter_name="style"),
+        transformer_lora_adapter_metadata=settings,
+    )
+    saved = tmp_path / "saved" / "pytorch_lora_weights.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(saved), "pt") as handle:
+        written = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert written["transformer.alpha_pattern"] and written["transformer.rank_pattern"]  # what this test is about
+    _compare(tiny_original, saved, _diffusers(tiny_original, saved, 1.0))
+
+
+def test_use_rslora_in_the_metadata_scales_by_the_ranks_square_root(tiny_original, config, tmp_path):
+    settings = {"transformer.r": 4, "transformer.lora_alpha": 16, "transformer.use_rslora": True}
+    settings["transformer.target_modules"] = TARGETS
+    metadata = {"lora_adapter_metadata": json.dumps(settings)}
+    path = write_lora(tmp_path / "rs.safetensors", lora_weights(config), "diffusers", torch.float32, metadata)
+    _compare(tiny_original, path, _diffusers(tiny_original, path, 1.0))
+
+
+def test_a_huge_alpha_is_refused_so_no_offered_lora_can_blacken_the_others(config, tmp_path):
+    from diffusers import ErnieImageTransformer2DModel
+
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    with torch.device("meta"):
+        linears = linear_shapes(ErnieImageTransformer2DModel.from_config(config))
+    path = write_lora(
+        tmp_path / "big.safetensors", lora_weights(config, layers=[0]), "PEFT", torch.float32, alphas=3e38
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        read_lora("big", path, linears)
+    assert "beyond 65504" in str(refused.value) and "lora_B" in str(refused.value)
+
+
+@pytest.mark.parametrize("case", ["metadata is a list", "float shapes"])
+def test_a_damaged_header_is_refused_by_name(case, config, tmp_path):
+    from diffusers import ErnieImageTransformer2DModel
+
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    with torch.device("meta"):
+        linears = linear_shapes(ErnieImageTransformer2DModel.from_config(config))
+    hidden = config["hidden_size"]
+    key = "transformer.layers.0.self_attention.to_q.lora_"
+    shape = [4.0, hidden] if case == "float shapes" else [4, hidden]
+    header = {
+        f"{key}A.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, 16 * hidden]},
+        f"{key}B.weight": {"dtype": "F32", "shape": [hidden, 4], "data_offsets": [16 * hidden, 32 * hidden]},
+    }
+    if case == "metadata is a list":
+        header["__metadata__"] = ["not", "a", "map"]
+    path = _raw_safetensors(tmp_path / "bad.safetensors", header, bytes(32 * hidden))
+    with pytest.raises(InvalidArgument) as refused:
+        read_lora("bad", path, linears)
+    assert str(path) in str(refused.value)
+
+
+def test_the_memory_counted_for_auto_is_what_the_slots_take(config, tmp_path, tiny_original):
+    from ernie_nf4.runtime.lora import attach_loras, planned_bytes
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    model = _transformer(tiny_original, torch.bfloat16)
+    linears = linear_shapes(model)
+    one_block = write_lora(tmp_path / "one.safetensors", lora_weights(config, rank=8, layers=[1]), "PEFT")
+    mixed = write_lora(tmp_path / "mixed.safetensors", _mixed_ranks(config), "PEFT")
+    files = [read_lora("one", one_block, linears), read_lora("mixed", mixed, linears)]
+    attach_loras(model, files)
+    attached = sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "lora_" in name)
+    assert planned_bytes(files, linears) == attached

@@ -21,7 +21,7 @@ from gradio_client.exceptions import ValidationError  # noqa: E402
 
 from ernie_nf4.webapp.cli import SettingsError, config_from_args, parse_args  # noqa: E402
 from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers  # noqa: E402
-from ernie_nf4.webapp.png_params import parameters_text, read_png_parameters  # noqa: E402
+from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters  # noqa: E402
 
 from .support.app import ROOT, SERVER_ENV, FakeService, PageOpener, ServedApp  # noqa: E402
 
@@ -158,6 +158,43 @@ def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_o
         client.predict(*FORM, "ink", 2.5, api_name="/generate")
 
 
+@pytest.mark.parametrize(
+    ("lora", "scale", "field", "chinese"),
+    [
+        (["ink", "ink"], 1, "lora", "每个 LoRA 只能选一次"),
+        (["ink", "style"], [1, 1, 1], "lora_scale", "请给一个强度，或为每个 LoRA 各给一个"),
+        ([str(n) for n in range(9)], 1, "lora", "一次最多 8 个 LoRA"),
+        ("a\tb", 1, "lora", "LoRA 名称不能含控制字符"),
+    ],
+)
+def test_every_lora_refusal_reads_in_the_pages_language(lora_app, lora, scale, field, chinese):
+    checks = refusals(lora_app.url, [*FORM, lora, scale], "zh-CN")
+    assert list(checks) == [field] and chinese in checks[field], checks
+    assert field in refusals(lora_app.url, [*FORM, lora, scale], "en-US")
+
+
+def test_lora_tags_typed_in_the_prompt_are_what_runs_and_what_the_png_keeps(lora_app):
+    client = Client(lora_app.url, verbose=False)
+    form = ("a fox <lora:style:1.5>, in snow", *FORM[1:])
+    images, _, _, info = client.predict(*form, "ink", 0.25, api_name="/generate")
+    request = lora_app.service.requests[-1]
+    assert request.prompt == "a fox, in snow"
+    assert request.loras == (LoraChoice("ink", 0.25), LoraChoice("style", 1.5))
+    with Image.open(images[0]["image"]) as png:
+        text = png.info["parameters"]
+    assert text.startswith("a fox, in snow <lora:ink:0.25> <lora:style:1.5>\n")
+    settings = parse_parameters(text)
+    assert settings.prompt == "a fox, in snow" and settings.loras == request.loras
+    client.predict(*form, "style", 0.5, api_name="/generate")  # the form's own choice keeps its scale
+    assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.5),)
+
+
+def test_a_scale_reads_back_exactly_from_the_png():
+    request = GenerationRequest("a cat", width=64, height=64, loras=(LoraChoice("ink", 0.1234567),))
+    text = parameters_text(request, 7, None, "fake")
+    assert parse_parameters(text).loras == request.loras
+
+
 def test_an_app_without_loras_refuses_any_name(fake_app):
     service, client = fake_app
     with pytest.raises(ValidationError, match="this app offers no LoRA named 'ink'; it offers none"):
@@ -234,6 +271,18 @@ def test_the_apps_own_png_and_history_entry_restore_the_loras(tmp_path):
     service.lora_names = ["style"]  # the app restarted offering other LoRAs
     updates = handlers.use_history(made, 0)
     assert restored(updates)["lora"] == [] and "does not offer the LoRA 'ink'" in updates[-1]
+
+
+def test_restoring_loras_of_different_scales_says_the_page_has_one_scale(tmp_path):
+    service = FakeService(OFFERED)
+    handlers = Handlers(service, tmp_path / "out")
+    request = GenerationRequest(
+        "a cat", width=64, height=64, loras=(LoraChoice("ink", 0.25), LoraChoice("style", 1.75))
+    )
+    _, _, _, _, made = handlers._saved(request, service.generate(request), [], "en")
+    updates = handlers.use_history(made, 0)
+    assert restored(updates)["lora"] == ["ink", "style"] and restored(updates)["lora_scale"] == 0.25
+    assert "different scales (ink × 0.25, style × 1.75); all now use 0.25" in updates[-1]
 
 
 # 4. The page

@@ -19,6 +19,7 @@ from ..compat import fast_path_supported
 from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
+from ..request import LoraChoice
 from ..system import resolve_device
 from .lora_files import linear_shapes, read_lora
 from .memory_modes import MemoryMode, choose_memory_mode, use_expandable_segments
@@ -133,19 +134,26 @@ def _load_small(model_dir: Path, components: dict, vae_dtype) -> dict:
     return small
 
 
-def read_loras(model_dir: Path, loras) -> list:
-    """``loras`` ((name, file) pairs) read and checked against the package's transformer, before it loads: its
-    linear layers' shapes come from its config on the meta device."""
+def read_loras(model_dir: Path, loras) -> tuple[list, int]:
+    """``loras`` ((name, file) pairs, names as a request gives them, each once) read and checked against the
+    package's transformer before it loads (its linear layers' shapes come from its config on the meta device), and
+    the GPU bytes they will take beside it (``lora.planned_bytes``)."""
     if not loras:
-        return []
+        return [], 0
     import torch
     from diffusers import ErnieImageTransformer2DModel
 
+    from .lora import planned_bytes
+
+    names = [LoraChoice(name).name for name, _ in loras]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise InvalidArgument(f"loras: each name once, got {twice[0]!r} twice", field="lora")
     config = ErnieImageTransformer2DModel.load_config(model_dir / "transformer")
     config.pop("quantization_config", None)
     with torch.device("meta"):
         linears = linear_shapes(ErnieImageTransformer2DModel.from_config(config))
-    return [read_lora(name, path, linears) for name, path in loras]
+    files = [read_lora(name, path, linears) for name, path in loras]
+    return files, planned_bytes(files, linears)
 
 
 def _load_models(
@@ -233,10 +241,10 @@ def load_pipeline(
     model_dir = Path(model_dir)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
-    lora_files = read_loras(model_dir, loras)
+    lora_files, lora_bytes = read_loras(model_dir, loras)
     reason = f"memory_mode {mode.value}, as asked"
     if mode is MemoryMode.AUTO:
-        mode, reason = choose_memory_mode(device, extra_gib=sum(f.gpu_bytes for f in lora_files) / 2**30)
+        mode, reason = choose_memory_mode(device, extra_gib=lora_bytes / 2**30)
         logger.info("%s", reason)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):

@@ -66,10 +66,9 @@ class _Place:
 class LoraSlots:
     """The LoRAs attached to one transformer and the switch between them (``select``)."""
 
-    def __init__(self, layers: dict[str, list[torch.nn.Module]], places: dict[str, list[_Place]], files: list):
+    def __init__(self, layers: dict[str, list[torch.nn.Module]], places: dict[str, list[_Place]]):
         self._layers = layers  # group -> its layers
         self._places = places  # LoRA name -> its places
-        self.files = {f.name: f for f in files}
         self.selected: tuple[LoraChoice, ...] = ()
 
     @property
@@ -98,11 +97,26 @@ def unknown_lora(name: str, offered: list[str]) -> InvalidArgument:
     return InvalidArgument(f"lora {name!r} is not one this app offers; offered: {shown}", field="lora")
 
 
+def _group_rank(files: list[LoraFile], members: list[str]) -> list[int]:
+    """Each file's rank in a group: its largest over the group's layers (0 where it has none)."""
+    return [max((f.modules[m].rank for m in members if m in f.modules), default=0) for f in files]
+
+
+def planned_bytes(files: Sequence[LoraFile], linears: dict[str, tuple[int, int]], element_bytes: int = 2) -> int:
+    """GPU bytes ``attach_loras`` adds for ``files`` to a transformer whose linear layers are ``linears`` (path ->
+    (in, out)): every layer of a group the files touch gets the sum of their ranks there, padded."""
+    total = 0
+    for group in {_group(m) for f in files for m in f.modules}:
+        members = [m for m in linears if _group(m) == group]
+        rank = sum(_group_rank(list(files), members))
+        total += sum(rank * ((linears[m][0] + linears[m][1]) * element_bytes + 4) for m in members)
+    return total
+
+
 def _stack(files: list[LoraFile], members: list[str], group: str) -> tuple[dict, list]:
     """Each layer's (down, up) with every file's update at its place, and the places."""
     places, start = [], 0
-    for f in files:
-        rank = max((f.modules[m].rank for m in members if m in f.modules), default=0)
+    for f, rank in zip(files, _group_rank(files, members), strict=True):
         if rank:
             places.append((f.name, _Place(group, start, start + rank)))
             start += rank
@@ -155,4 +169,4 @@ def attach_loras(transformer, files: Sequence[LoraFile]) -> LoraSlots:
             up = _pad(ups, ranks, lambda r, n=layer.out_features: (n, r), 1)
             _attach(layer, down, up)
         layers[group] = [modules[m] for m in members]
-    return LoraSlots(layers, places, files)
+    return LoraSlots(layers, places)

@@ -8,9 +8,10 @@ Layouts (told apart by the keys' prefix; the rest of a key is the module's path 
 - AI-Toolkit and other trainers: ``diffusion_model.<module>.lora_A.weight`` / ``.lora_B.weight``;
 - diffusers: ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight``.
 
-A module may also carry ``<module>.alpha`` (a scalar). Without one, the alpha comes from the PEFT settings diffusers
-stores in the file's metadata (``lora_adapter_metadata``: ``lora_alpha``, ``alpha_pattern``), else, as in diffusers,
-it is the file's most common rank: the update is ``B @ A * alpha / rank``.
+The update is ``B @ A * alpha / rank``, with alpha as diffusers and PEFT read it: a module's ``<module>.alpha`` (a
+scalar) when the file has one; else the PEFT settings diffusers stores in the file's metadata
+(``lora_adapter_metadata``: ``lora_alpha``, default 8, ``alpha_pattern``, and ``use_rslora``, which divides by the
+rank's square root instead); else the module's own rank (the update as trained, ``B @ A``).
 
 LoRA files are data: only safetensors are read (no pickle), the header is checked against the file's length, every
 key must be one of the above, every tensor a finite float of the shape its module needs. Anything else is refused
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from ..package.safetensors_header import read_safetensors_header
 
 LAYOUTS = {"base_model.model.": "PEFT", "diffusion_model.": "AI-Toolkit", "transformer.": "diffusers"}
 MAX_RANK = 1024
+MAX_VALUE = 65504.0  # float16's largest: a LoRA weight beyond it is broken (and would overflow the layer's output)
 _KEY = re.compile(r"(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<alpha>alpha))")
 _FLOAT_DTYPES = {"F16", "BF16", "F32"}
 METADATA_KEY = "lora_adapter_metadata"  # where diffusers keeps the PEFT settings
@@ -59,11 +60,6 @@ class LoraFile:
     @property
     def rank(self) -> int:
         return max(m.rank for m in self.modules.values())
-
-    @property
-    def gpu_bytes(self) -> int:
-        """What its updates take beside the transformer (bf16)."""
-        return sum(2 * (m.down.numel() + m.up.numel()) for m in self.modules.values())
 
 
 def _refuse(name: str, path: Path, why: str) -> InvalidArgument:
@@ -111,6 +107,8 @@ def _shape_check(name: str, path: Path, header: dict, module: str, parts: dict, 
     """The module's rank, after checking A [rank, in] and B [out, rank] against ``target`` (in, out)."""
     a, b = (header[parts[p]]["shape"] for p in ("lora_A", "lora_B"))
     in_features, out_features = target
+    if not all(type(d) is int for d in (*a, *b)):
+        raise _refuse(name, path, f"module {module!r}: its shapes {a} and {b} are not whole numbers; damaged")
     if len(a) != 2 or len(b) != 2 or a[1] != in_features or b[0] != out_features or a[0] != b[1]:
         raise _refuse(
             name,
@@ -129,35 +127,54 @@ def _shape_check(name: str, path: Path, header: dict, module: str, parts: dict, 
 def _settings(name: str, path: Path, header: dict) -> dict:
     """The PEFT settings diffusers writes in the file's metadata (empty when there are none): a pipeline's
     ``save_lora_weights`` prefixes them with ``transformer.``, a model's ``save_lora_adapter`` does not."""
-    text = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _refuse(name, path, "its metadata is not a map of texts; the file is damaged")
+    text = metadata.get(METADATA_KEY)
     if text is None:
         return {}
+    if len(text) > 1 << 20:
+        raise _refuse(name, path, f"metadata {METADATA_KEY!r} is over 1 MiB")
     try:
         settings = json.loads(text)
     except (json.JSONDecodeError, RecursionError, TypeError):
         raise _refuse(name, path, f"metadata {METADATA_KEY!r} is not valid JSON") from None
     if not isinstance(settings, dict):
-        return {}
+        raise _refuse(name, path, f"metadata {METADATA_KEY!r} is not a map of PEFT settings")
     prefixed = {k.removeprefix("transformer."): v for k, v in settings.items() if k.startswith("transformer.")}
-    return prefixed or settings
+    settings = prefixed or settings
+    if settings.get("use_dora"):
+        raise _refuse(name, path, "a DoRA file (use_dora); DoRA is not supported, only plain LoRA")
+    return settings
 
 
 def _pattern_value(patterns, module: str):
-    """PEFT's pattern lookup: a key matches a module path that is it or ends in ``.key``."""
+    """PEFT's pattern lookup, without running the file's text as a regular expression: a key anchored with ``^``
+    (as diffusers saves them) matches the module path itself, any other key also a path ending in ``.key``."""
     if isinstance(patterns, dict):
         for key, value in patterns.items():
-            if isinstance(key, str) and (module == key or module.endswith("." + key)):
+            if not isinstance(key, str):
+                continue
+            plain = key.removeprefix("^").removesuffix("$").replace("\\.", ".")
+            if module == plain or (not key.startswith("^") and module.endswith("." + plain)):
                 return value
     return None
 
 
-def _alpha(settings: dict, module: str, default: float, loaded_alpha) -> float:
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _scaling(settings: dict, module: str, rank: int, loaded_alpha) -> float:
+    """What the module's ``B @ A`` is multiplied by (see the module docstring)."""
     if loaded_alpha is not None:
-        return float(loaded_alpha.float().reshape(-1)[0])
-    value = _pattern_value(settings.get("alpha_pattern"), module)
-    if value is None:
-        value = settings.get("lora_alpha", default)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+        return float(loaded_alpha.float().reshape(-1)[0]) / rank
+    if not settings:
+        return 1.0
+    alpha = _number(_pattern_value(settings.get("alpha_pattern"), module))
+    alpha = alpha if alpha is not None else _number(settings.get("lora_alpha", 8))
+    alpha = 8.0 if alpha is None else alpha
+    return alpha / (rank**0.5 if settings.get("use_rslora") else rank)
 
 
 def _header(name: str, path: Path) -> tuple[int, dict]:
@@ -178,7 +195,6 @@ def read_lora(name: str, path: str | Path, linears: dict[str, tuple[int, int]], 
     """Read the LoRA at ``path`` for a transformer whose linear layers are ``linears`` (module path -> (in, out):
     ``linear_shapes``). Every module the file names must be one of them, with matching shapes; the tensors are
     loaded (on ``device``), checked finite and returned with alpha / rank folded into ``up``."""
-    import torch
     from safetensors import safe_open
 
     path = Path(path)
@@ -192,18 +208,31 @@ def read_lora(name: str, path: str | Path, linears: dict[str, tuple[int, int]], 
             raise _refuse(name, path, f"module {module!r} is not a linear layer of the ERNIE-Image transformer")
         ranks[module] = _shape_check(name, path, header, module, parts, linears[module])
     settings = _settings(name, path, header)
-    common = Counter(ranks.values()).most_common(1)[0][0]
     modules = {}
-    with safe_open(path, framework="pt", device="cpu") as handle:
-        for module, parts in grouped.items():
-            tensors = {part: handle.get_tensor(key) for part, key in parts.items()}
-            for part, tensor in tensors.items():
-                if not bool(torch.isfinite(tensor).all()):
-                    raise _refuse(name, path, f"key {parts[part]!r} holds NaN or infinite values")
-            alpha = _alpha(settings, module, float(common), tensors.get("alpha"))
-            up = tensors["lora_B"].float() * (alpha / ranks[module])
-            modules[module] = LoraModule(down=tensors["lora_A"].to(device), up=up.to(device))
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            for module, parts in grouped.items():
+                tensors = {part: handle.get_tensor(key) for part, key in parts.items()}
+                scaling = _scaling(settings, module, ranks[module], tensors.get("alpha"))
+                down, up = tensors["lora_A"].float(), tensors["lora_B"].float() * scaling
+                for part, tensor in (("lora_A", down), ("lora_B", up)):
+                    _check_values(name, path, parts[part], tensor)
+                modules[module] = LoraModule(down=down.to(device), up=up.to(device))
+    except (OSError, RuntimeError, ValueError) as err:  # safetensors' own refusals of a damaged file
+        if isinstance(err, InvalidArgument):
+            raise
+        raise _refuse(name, path, f"cannot be read as safetensors ({type(err).__name__}: {err})") from None
     return LoraFile(name, path, layout, modules)
+
+
+def _check_values(name: str, path: Path, key: str, tensor) -> None:
+    """Finite, and within float16's range once alpha is folded in (else every image would come out black)."""
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise _refuse(name, path, f"key {key!r} holds NaN or infinite values")
+    if tensor.numel() and float(tensor.abs().max()) > MAX_VALUE:
+        raise _refuse(name, path, f"key {key!r} holds values beyond {MAX_VALUE:g} (with its alpha); broken weights")
 
 
 def linear_shapes(transformer) -> dict[str, tuple[int, int]]:

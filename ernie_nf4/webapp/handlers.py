@@ -18,7 +18,7 @@ from .history import History
 from .i18n import language, say
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
-from .png_params import FormSettings, parameters_text, read_png_parameters
+from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters
 from .run_progress import RunProgress
 from .runs import RunRegistry, drop_queued
 from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
@@ -88,13 +88,15 @@ class Handlers:
         """The request and its notes (in ``lang``) from the form; ``gr.Error`` in ``lang`` when refused."""
         if (problem := self.service.unavailable_reason()) is not None:
             raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
+        form, tags = _prompt_tags(form)
         try:
             req, notes = request_from_form(form)
         except ValueError as err:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
         if (unknown := self._unknown_lora(req, lang)) is not None:
             raise gr.Error(unknown, print_exception=False)
-        return req, [note(text, lang) for text in notes]
+        read = [say("lora_tags_read", lang, loras=tags)] if tags else []
+        return req, read + [note(text, lang) for text in notes]
 
     @property
     def lora_names(self) -> list[str]:
@@ -191,7 +193,7 @@ class Handlers:
         if (problem := self.service.unavailable_reason()) is not None:
             return FORM_FIELDS[0], say("no_gpu", lang, reason=problem)
         try:
-            req, _ = request_from_form(form)
+            req, _ = request_from_form(_prompt_tags(form)[0])
         except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
             field = err.field if isinstance(err, InvalidArgument) else None
             return (field if field in FORM_FIELDS else FORM_FIELDS[0]), user_message(err, lang)
@@ -307,7 +309,11 @@ class Handlers:
             "lora_scale": picked[0].scale if picked else None,
         }
         updates = [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
-        return updates, say("lora_not_offered", lang, names=", ".join(missing)) if missing else ""
+        notes = [say("lora_not_offered", lang, names=", ".join(missing))] if missing else []
+        if len({choice.scale for choice in picked}) > 1:  # the page has one scale for all
+            shown = ", ".join(f"{c.name} × {c.scale:g}" for c in picked)
+            notes.append(say("lora_scales_differ", lang, loras=shown, scale=f"{picked[0].scale:g}"))
+        return updates, " ".join(notes)
 
     def use_history(self, history, index, request: gr.Request = None):
         """The picked history image's settings into the form; returns the restored fields, then the note."""
@@ -368,3 +374,28 @@ def _delete_upload(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass  # the folder holds other files
+
+
+def _as_list(value) -> list:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _prompt_tags(form: FormValues) -> tuple[FormValues, str]:
+    """A1111's ``<lora:NAME:SCALE>`` tags typed in the prompt, as the page's and the PNGs' LoRA choices: taken out
+    of the prompt and added to ``lora`` (a LoRA the form names already keeps the form's scale). Returns the form and
+    the tags read ("" when none), for a note."""
+    if not isinstance(form.prompt, str) or "<lora:" not in form.prompt:
+        return form, ""
+    prompt, tagged = prompt_loras(form.prompt)
+    if not tagged:
+        return form, ""
+    names = _as_list(form.lora)
+    scales = _as_list(form.lora_scale)
+    if len(scales) != len(names):  # one scale for every LoRA the form names
+        scales = [form.lora_scale] * len(names)
+    added = [choice for choice in tagged if choice.name not in names]
+    read = ", ".join(f"{c.name} × {c.scale:g}" for c in tagged)
+    lora = names + [c.name for c in added]
+    return replace(form, prompt=prompt, lora=lora, lora_scale=scales + [c.scale for c in added]), read

@@ -138,6 +138,16 @@ MESSAGES = {
         "run_lora": "LoRA {loras}",
         "lora_unknown": "lora: this app offers no LoRA named {name}; it offers {offered}",
         "lora_none_offered": "lora: this app offers no LoRA named {name}; it offers none",
+        "lora_name_length": "lora must be the name of a LoRA the app offers (1 to {most} characters), got {name}",
+        "lora_name_chars": "lora {name}: a LoRA name has no control characters, '<', '>' or ':' and no spaces at its "
+        "ends",
+        "lora_too_many": "lora: at most {most} LoRAs at once, got {count}",
+        "lora_twice": "lora: each LoRA at most once, got {name} twice",
+        "lora_not_names": "lora must be a LoRA's name or a list of names, got {value}",
+        "lora_scale_count": "lora_scale: give one scale, or one per LoRA named ({names}), got {count}",
+        "lora_scales_differ": "The page has one LoRA scale: the LoRAs of these settings had different scales "
+        "({loras}); all now use {scale}.",
+        "lora_tags_read": "The prompt's <lora:…> tags were read as LoRA choices: {loras}",
         "lora_not_offered": "This app does not offer the LoRA {names} of these settings; they run without it "
         "unless you pick another.",
         "no_gpu": "Generate is off: {reason}",
@@ -283,6 +293,15 @@ MESSAGES = {
         "run_lora": "LoRA：{loras}",
         "lora_unknown": "LoRA（lora）：本应用没有名为 {name} 的 LoRA；可用的有 {offered}",
         "lora_none_offered": "LoRA（lora）：本应用没有名为 {name} 的 LoRA；本应用不提供任何 LoRA",
+        "lora_name_length": "LoRA（lora）必须是本应用提供的 LoRA 名称（1 到 {most} 个字符），收到 {name}",
+        "lora_name_chars": "LoRA（lora）{name}：LoRA 名称不能含控制字符、“<”、“>”或“:”，首尾不能有空格",
+        "lora_too_many": "LoRA（lora）：一次最多 {most} 个 LoRA，收到 {count} 个",
+        "lora_twice": "LoRA（lora）：每个 LoRA 只能选一次，{name} 出现了两次",
+        "lora_not_names": "LoRA（lora）必须是一个 LoRA 名称或名称列表，收到 {value}",
+        "lora_scale_count": "LoRA 强度（lora_scale）：请给一个强度，或为每个 LoRA 各给一个（{names} 个），"
+        "收到 {count} 个",
+        "lora_scales_differ": "页面只有一个 LoRA 强度：这些设置中的 LoRA 强度各不相同（{loras}），现在都使用 {scale}。",
+        "lora_tags_read": "提示词中的 <lora:…> 标签已读作 LoRA 选择：{loras}",
         "lora_not_offered": "本应用不提供这些设置中的 LoRA {names}；除非另选一个，生成时不会使用它。",
         "no_gpu": "无法生成：{reason}",
         "select_first": "请先在历史记录中选择一张图片。",

@@ -45,7 +45,7 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
     }
     if revised_prompt:
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
-    tags = "".join(f" <lora:{choice.name}:{choice.scale:g}>" for choice in request.loras)
+    tags = "".join(f" <lora:{choice.name}:{_exact(choice.scale)}>" for choice in request.loras)
     lines = [request.prompt + tags, f"Negative prompt: {request.negative_prompt}"]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
@@ -105,6 +105,11 @@ def _tag_choice(match) -> LoraChoice | None:
         return LoraChoice(match[1].strip(), scale)
     except InvalidArgument:
         return None
+
+
+def _exact(scale: float) -> str:
+    """A scale as text that reads back as the same float (1 as "1", 0.1234567 in full)."""
+    return f"{scale:g}" if float(f"{scale:g}") == scale else repr(float(scale))
 
 
 def prompt_loras(prompt: str) -> tuple[str, tuple[LoraChoice, ...]]:
