@@ -98,6 +98,9 @@ class LiveStats:
     last_run_seconds: StageSeconds | None = None
     last_run_peak_vram: PeakVram | None = None
     last_run_pe_tokens: int | None = None  # tokens the PE wrote in the last run; None: it did not write (off, cached)
+    # what auto measured and compared, when it chose: GiB usable on the GPU, and what all-on-gpu needed there
+    memory_usable_gib: float | None = None
+    memory_needs_gib: float | None = None
 
 
 @dataclass

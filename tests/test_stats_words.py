@@ -8,7 +8,7 @@ import re
 import pytest
 
 pytest.importorskip("gradio")
-from ernie_nf4.runtime.memory_modes import choose_memory_mode  # noqa: E402
+from ernie_nf4.runtime.memory_modes import NEEDS_GIB, MemoryMode, choose_memory_mode  # noqa: E402
 from ernie_nf4.stats import ComponentStats, LiveStats, PackageStats, PeakVram, ServiceStats, StageSeconds  # noqa: E402
 from ernie_nf4.webapp.stats_view import load_answer, stats_markdown  # noqa: E402
 
@@ -52,6 +52,8 @@ def gpu_stats() -> ServiceStats:
         last_run_seconds=StageSeconds(2.1, 0.3, 20.5, 0.9, 23.9),
         last_run_peak_vram=PeakVram(9 * 2**30, int(9.81 * 2**30)),
         last_run_pe_tokens=180,
+        memory_usable_gib=23.4,
+        memory_needs_gib=NEEDS_GIB[MemoryMode.ALL_ON_GPU],
     )
     components = [
         ComponentStats("transformer", True, 4_901_234_567, 16_104_345_678),
@@ -96,6 +98,21 @@ def test_load_model_answers_in_plain_words():
     assert "chosen automatically: the GPU had 23.4 GiB free" in gpu
     assert "The transformer is compiling in the background; runs get faster once it is done." in gpu
     assert not [word for word in INTERNAL_WORDS if word in gpu.lower()]
+
+
+def test_the_memory_sentence_gives_what_auto_measured_and_needed_with_the_loras():
+    from dataclasses import replace
+
+    from ernie_nf4.webapp.stats_view import memory_sentence
+
+    live = gpu_stats().live
+    assert "had 23.4 GiB free" in memory_sentence(live) and "needs about 10.5 GiB" in memory_sentence(live)
+    with_loras = replace(live, memory_usable_gib=11.0, memory_needs_gib=10.85)
+    assert "had 11.0 GiB free" in memory_sentence(with_loras) and "needs about 10.85 GiB" in memory_sentence(with_loras)
+    assert (
+        memory_sentence(replace(live, memory_usable_gib=None))
+        == "Memory: all-on-gpu, chosen automatically by the GPU memory free at load."
+    )
 
 
 def test_a_gpu_package_says_which_cards_it_fits_each_runs_peak_and_sizes_in_gb():

@@ -22,7 +22,7 @@ from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffuser
 from ..request import LoraChoice
 from ..system import resolve_device
 from .lora_files import linear_shapes, read_lora
-from .memory_modes import MemoryMode, choose_memory_mode, use_expandable_segments
+from .memory_modes import NEEDS_GIB, MemoryMode, choose_memory_mode, usable_gib, use_expandable_segments
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ class LoadedPipeline:
     package: PackageCheck
     residency: object | None = None  # residency.Residency in low-vram mode
     loras: object | None = None  # lora.LoraSlots when LoRAs were attached
+    # auto's figures, when it chose: GiB usable on the GPU, and what all-on-gpu needed (LoRAs included)
+    usable_gib: float | None = None
+    all_on_gpu_needs_gib: float | None = None
 
     def use(self, name: str) -> None:
         if self.residency is not None and name in self.residency.names:
@@ -243,8 +246,12 @@ def load_pipeline(
     device = resolve_device(device)
     lora_files, lora_bytes = read_loras(model_dir, loras)
     reason = f"memory_mode {mode.value}, as asked"
+    usable = needs = None
     if mode is MemoryMode.AUTO:
-        mode, reason = choose_memory_mode(device, extra_gib=lora_bytes / 2**30)
+        extra = lora_bytes / 2**30
+        if device.startswith("cuda"):
+            usable, needs = usable_gib(device), NEEDS_GIB[MemoryMode.ALL_ON_GPU] + extra
+        mode, reason = choose_memory_mode(device, usable, extra_gib=extra)
         logger.info("%s", reason)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
@@ -264,6 +271,7 @@ def load_pipeline(
     loaded = LoadedPipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
+    loaded.usable_gib, loaded.all_on_gpu_needs_gib = usable, needs
     if fast:
         _speed_up(loaded)
     return loaded

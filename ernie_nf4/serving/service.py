@@ -306,6 +306,8 @@ class ImageService:
             last_run_seconds=last.seconds if last else None,
             last_run_peak_vram=last.peak_vram if last else None,
             last_run_pe_tokens=last.enhancement.tokens if last and last.enhancement else None,
+            memory_usable_gib=loaded.usable_gib if loaded else None,
+            memory_needs_gib=loaded.all_on_gpu_needs_gib if loaded else None,
         )
 
     def stats(self) -> ServiceStats:

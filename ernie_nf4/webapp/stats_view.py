@@ -4,17 +4,13 @@ and the size chart's rows and titles. Sizes on disk in GB, GPU memory in GiB, ti
 
 from __future__ import annotations
 
-import re
-
 from ..formatting import format_bytes, readable_value
-from ..runtime.memory_modes import NEEDS_GIB, MemoryMode
 from ..stats import CARD_SIZES_GB, RUN_STAGES, card_fits
 from .i18n import MESSAGES, say
 
 # The chart's columns (the axis and legend titles come from ``chart_titles``, in the reader's language).
 CHART_COLUMNS = ["bar", "size_gb", "weights"]
 # The free GPU memory ``choose_memory_mode`` (runtime.memory_modes) read when ``auto`` picked the mode.
-_AUTO_USABLE = re.compile(r"^auto: ([0-9.]+) GiB usable")
 
 
 def _words(key: str, lang: str, fallback: str) -> str:
@@ -37,10 +33,10 @@ def memory_sentence(live, lang: str = "en") -> str:
         return say("stats_memory_cpu", lang)
     if asked:
         return say("stats_memory_set", lang, mode=mode)
-    if (usable := _AUTO_USABLE.match(live.memory_mode_reason)) is None:
+    if live.memory_usable_gib is None or live.memory_needs_gib is None:
         return say("stats_memory_auto_plain", lang, mode=mode)
-    needs = NEEDS_GIB[MemoryMode.ALL_ON_GPU]
-    return say("stats_memory_auto", lang, mode=mode, usable=usable.group(1), needs=f"{needs:g}")
+    usable, needs = f"{live.memory_usable_gib:.1f}", f"{live.memory_needs_gib:g}"
+    return say("stats_memory_auto", lang, mode=mode, usable=usable, needs=needs)
 
 
 def compile_sentence(live, lang: str = "en") -> str:
