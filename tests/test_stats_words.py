@@ -111,7 +111,8 @@ def test_the_memory_sentence_gives_what_auto_measured_and_needed_with_the_loras(
     assert "had 11.0 GiB free" in memory_sentence(with_loras) and "needs about 10.85 GiB" in memory_sentence(with_loras)
     assert (
         memory_sentence(replace(live, memory_usable_gib=None))
-        == "Memory: all-on-gpu, chosen automatically by the GPU memory free at load."
+        == "Memory: every model stays on the GPU (all-on-gpu, the fastest), chosen automatically by the GPU memory "
+        "free at load."
     )
 
 
