@@ -488,3 +488,13 @@ def test_the_memory_counted_for_auto_is_what_the_slots_take(config, tmp_path, ti
     attach_loras(model, files)
     attached = sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "lora_" in name)
     assert planned_bytes(files, linears) == attached
+
+
+def test_the_loader_refuses_a_name_given_twice_before_reading_anything(tiny_original, tmp_path):
+    from ernie_nf4.runtime.loader import read_loras
+
+    missing = tmp_path / "never-read.safetensors"
+    with pytest.raises(InvalidArgument, match="each name once, got 'a' twice"):
+        read_loras(tiny_original, [("a", missing), ("a", missing)])
+    with pytest.raises(InvalidArgument, match="no control characters"):
+        read_loras(tiny_original, [("a\nb", missing)])
