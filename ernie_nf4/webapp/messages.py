@@ -34,6 +34,8 @@ _NOTES = (
     (re.compile(r"^(?P<field>\w+) (?P<size>\d+) → (?P<snapped>\d+) \(a multiple of (?P<multiple>\d+)\)$"),
      "note_snapped"),
     (re.compile(r"^(?P<field>\w+): removed (?P<count>\d+) control character\(s\)$"), "note_control"),
+    (re.compile(r"^(?P<field>\w+) (?P<size>\d+x\d+) → scaled to (?P<scaled>\d+x\d+), center-cropped to "
+                r"(?P<target>\d+x\d+)$"), "note_fitted"),
 )  # fmt: skip
 
 # The library's errors a user meets most (no GPU, out of memory), by their English text: the key that says them.
