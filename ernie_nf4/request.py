@@ -8,8 +8,10 @@ Field names are the diffusers pipeline's and the API's (``num_inference_steps``,
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 
@@ -112,8 +114,6 @@ class InitImage:
         image = _open_image(source)
         if (problem := _init_image_problem(image)) is not None:
             raise InvalidArgument(problem, field="init_image")
-        import hashlib
-
         digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
         digest.update(image.tobytes())
         return cls(image, digest.hexdigest())
@@ -121,8 +121,6 @@ class InitImage:
 
 def _open_image(source):
     """``source`` as an RGB PIL image; a file is checked for its size before its pixels are read."""
-    import os
-
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, (str, os.PathLike)):
