@@ -137,3 +137,25 @@ def test_the_request_refuses_a_strength_without_an_image():
         GenerationRequest("a fox", init_image="photo.png", strength=0.3)
     assert err.value.field == "init_image"
     assert GenerationRequest("a fox", init_image=InitImage.of(gradient()), strength=0.3).steps_run == 15
+
+
+@pytest.mark.slow
+def test_the_compiled_blocks_run_every_strength_without_recompiling(tiny_package, nf4_everywhere):
+    from ernie_nf4.runtime.fast_transformer import CompileState
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    from .support.fixtures import DEVICE
+
+    config = ServiceConfig(model_dir=str(tiny_package), repo_id=None, source=None, device=DEVICE, compile=True)
+    service = ImageService(config)
+    service.load()
+    compiler = service.compiler
+    assert compiler.wait(timeout=900) in (CompileState.READY, CompileState.ACTIVE), compiler.error
+    init = InitImage.of(gradient())
+    events = []
+    for strength in (1.0, 0.5, 0.75, 0.25):  # 4, 2, 3 and 1 steps of the same schedule
+        service.generate(request(init_image=init, strength=strength), on_progress=events.append)
+        assert service.last_run_compiled
+    assert compiler.fallback_calls == 0  # every block of every call ran the compiled code
+    totals = [event.total for event in events if event.stage == "denoising" and event.done]
+    assert set(totals) == {4, 2, 3, 1}  # the progress counts the steps each run runs

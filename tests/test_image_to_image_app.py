@@ -93,6 +93,9 @@ def test_upload_set_strength_generate_then_use_this_result(browser, tmp_path):
         page.locator("#init-image input[type=file]").set_input_files(str(photo(tmp_path / "upload.png", (64, 64))))
         strength = page.locator("#strength input[type=number]")
         expect(strength).to_have_value("0.6")  # an image given: the strength leaves 1, which ignores it
+        for part in ("#init-image", "#strength", "#use-result"):  # on a phone, each within the screen's width
+            box = page.locator(part).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (part, box)
         strength.fill("0.35")
         strength.press("Enter")
         page.locator("#prompt textarea").fill("a lighthouse at dusk")
