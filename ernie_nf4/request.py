@@ -31,7 +31,7 @@ MAX_LORAS = 8
 MAX_LORA_NAME_CHARS = 100
 STRENGTH_RANGE = (0.0, 1.0)
 INIT_SIDE_RANGE = (16, 8192)  # an init image's width and height, in pixels
-MAX_INIT_PIXELS = 40_000_000
+MAX_INIT_PIXELS = 24_000_000  # a 24-megapixel photo; 72 MB of RGB
 
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
@@ -121,14 +121,14 @@ class InitImage:
 
 def _open_image(source):
     """``source`` as an RGB PIL image; a file is checked for its size before its pixels are read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(source, (str, os.PathLike)):
         try:
             with Image.open(source) as image:
                 if (problem := _init_size_problem(image.size)) is not None:
                     raise InvalidArgument(problem, field="init_image")
-                return image.convert("RGB")
+                return ImageOps.exif_transpose(image).convert("RGB")  # a phone's photo as it is shown
         except InvalidArgument:
             raise
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:

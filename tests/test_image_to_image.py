@@ -159,3 +159,28 @@ def test_the_compiled_blocks_run_every_strength_without_recompiling(tiny_package
     assert compiler.fallback_calls == 0  # every block of every call ran the compiled code
     totals = [event.total for event in events if event.stage == "denoising" and event.done]
     assert set(totals) == {4, 2, 3, 1}  # the progress counts the steps each run runs
+
+
+@pytest.mark.parametrize("guidance", [4.0, 1.0], ids=["guided", "unguided"])
+def test_the_loop_from_the_first_step_is_the_pipelines_own(tiny_generator, guidance):
+    from ernie_nf4.runtime.denoising import denoise, initial_latents
+    from ernie_nf4.runtime.image_to_image import denoise_from
+    from ernie_nf4.runtime.timing import StageClock
+
+    req = request(guidance_scale=guidance, negative_prompt="blurry")
+    device, pipe = tiny_generator.device, tiny_generator.pipe
+    prompt, _ = tiny_generator.prompt_stage.run(req, StageClock(device))
+    noise = initial_latents(pipe, req.seed, req.width, req.height, device)
+    stock = denoise(pipe, req, prompt.positive, prompt.negative, noise)
+    image_latents = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1)).to(noise)
+    ours = denoise_from(pipe, req, prompt.positive, prompt.negative, image_latents, noise)  # strength 1: all steps
+    assert torch.equal(ours, stock)
+
+
+def test_a_phones_photo_is_turned_as_it_is_shown(tmp_path):
+    upright = gradient(64, 32)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show the stored pixels rotated a quarter clockwise
+    path = tmp_path / "phone.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, quality=95)
+    assert InitImage.of(str(path)).size == (64, 32)
