@@ -120,3 +120,17 @@ def test_upload_set_strength_generate_then_use_this_result(browser, tmp_path):
 def _result_pixels(request):
     """The pixels FakeService gives the request's first image."""
     return np.random.default_rng(request.seed).integers(0, 255, (request.height, request.width, 3), np.uint8)
+
+
+def test_the_fitting_note_and_a_strength_zero_run_read_in_both_languages(tmp_path):
+    from ernie_nf4.webapp.messages import note
+
+    service = FakeService()
+    handlers = Handlers(service, tmp_path / "out")
+    image = str(photo(tmp_path / "wide.png", (128, 64)))
+    request, notes = request_from_form(FormValues("a fox", width=64, height=64, init_image=image, strength=0))
+    assert request.steps_run == 0
+    assert note(notes[0], "zh") == "起始图片（init_image） 128x64 → 缩放到 128x64，居中裁剪为 64x64"
+    for lang in ("en", "zh"):
+        info = handlers._saved(request, service.generate(request), notes, lang)[3]
+        assert (notes[0] if lang == "en" else "居中裁剪为 64x64") in info
