@@ -139,7 +139,8 @@ def _open_image(source):
             ) from None
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    if hasattr(source, "__array_interface__") and getattr(source, "dtype", None) == "uint8" and source.ndim == 3:
+    shape = getattr(source, "shape", ())
+    if hasattr(source, "__array_interface__") and source.dtype == "uint8" and len(shape) == 3 and shape[2] in (3, 4):
         return Image.fromarray(source[..., :3]).convert("RGB")
     raise InvalidArgument(
         f"init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {type(source).__name__}",

@@ -114,6 +114,8 @@ def test_strength_one_on_the_form_drops_the_image(tmp_path):
         ({"strength": 0.5, "init_image": "NOT_AN_IMAGE"}, "init_image"),
         ({"strength": 0.5, "init_image": "HUGE"}, "init_image"),
         ({"strength": 0.5, "init_image": 42}, "init_image"),
+        ({"strength": 0.5, "init_image": np.zeros((32, 32, 1), np.uint8)}, "init_image"),
+        ({"strength": 0.5, "init_image": np.zeros((32, 32, 3), np.float32)}, "init_image"),
     ],
 )
 def test_bad_inputs_are_refused_by_field(tmp_path, changes, field):
@@ -121,7 +123,7 @@ def test_bad_inputs_are_refused_by_field(tmp_path, changes, field):
     (tmp_path / "text.png").write_text("not an image")
     Image.new("RGB", (9000, 16)).save(tmp_path / "huge.png")
     files = {"IMAGE": tmp_path / "ok.png", "NOT_AN_IMAGE": tmp_path / "text.png", "HUGE": tmp_path / "huge.png"}
-    if changes.get("init_image") in files:
+    if isinstance(changes.get("init_image"), str):
         changes = {**changes, "init_image": str(files[changes["init_image"]])}
     with pytest.raises(InvalidArgument) as err:
         request_from_form(FormValues("a fox", **changes))
