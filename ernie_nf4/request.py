@@ -413,7 +413,7 @@ def _init_fields(form: FormValues, sizes: dict[str, int], notes: list[str]) -> d
     source = form.init_image
     if isinstance(source, dict):
         source = source.get("path")
-    if source is None or source == "" or strength >= 1:
+    if source is None or (isinstance(source, str) and not source) or strength >= 1:
         return {"strength": strength}
     image = InitImage.of(source)
     fits = all(SIZE_RANGE[0] <= size <= SIZE_RANGE[1] for size in sizes.values())
