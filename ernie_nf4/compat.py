@@ -55,6 +55,18 @@ def unpatchify_latents(pipe, latents):
     return latents.reshape(b, c // 4, h * 2, w * 2)
 
 
+def patchify_latents(pipe, latents):
+    """[B, 32, H, W] -> [B, 128, H/2, W/2], as ``ErnieImagePipeline._patchify_latents`` (diffusers 0.42.1)."""
+    own = getattr(type(pipe), "_patchify_latents", None)
+    if own is not None:
+        return own(latents)
+    _warn_once("ErnieImagePipeline._patchify_latents", "using this project's copy")
+    # Copied from diffusers 0.42.1 pipelines/ernie_image/pipeline_ernie_image.py (_patchify_latents)
+    b, c, h, w = latents.shape
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return latents.reshape(b, c * 4, h // 2, w // 2)
+
+
 def pad_text(pipe, text_hiddens, device, dtype):
     """Pad per-prompt embeddings to ``[B, T, D]`` plus lengths, as ``ErnieImagePipeline._pad_text`` does."""
     import torch
@@ -218,7 +230,7 @@ def upstream_problems() -> list[str]:
     problems = []
     from diffusers import ErnieImagePipeline
 
-    for name in ("_unpatchify_latents", "_pad_text"):
+    for name in ("_unpatchify_latents", "_patchify_latents", "_pad_text"):
         if not hasattr(ErnieImagePipeline, name):
             problems.append(f"diffusers ErnieImagePipeline.{name}")
     if (problem := fast_path_problem()) is not None:

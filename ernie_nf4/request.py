@@ -8,8 +8,10 @@ Field names are the diffusers pipeline's and the API's (``num_inference_steps``,
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 
@@ -27,6 +29,9 @@ IMAGES_RANGE = (1, 4)
 LORA_SCALE_RANGE = (0.0, 2.0)
 MAX_LORAS = 8
 MAX_LORA_NAME_CHARS = 100
+STRENGTH_RANGE = (0.0, 1.0)
+INIT_SIDE_RANGE = (16, 8192)  # an init image's width and height, in pixels
+MAX_INIT_PIXELS = 24_000_000  # a 24-megapixel photo; 72 MB of RGB
 
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
@@ -69,6 +74,84 @@ class LoraChoice:
         _check_real("lora_scale", self.scale, *LORA_SCALE_RANGE)
 
 
+def _init_image_problem(image) -> str | None:
+    if getattr(image, "mode", None) != "RGB" or not callable(getattr(image, "tobytes", None)):
+        return f"init_image must be an RGB PIL image, got {type(image).__name__}"
+    return _init_size_problem(image.size)
+
+
+def _init_size_problem(size: tuple[int, int]) -> str | None:
+    low, high = INIT_SIDE_RANGE
+    if not all(low <= side <= high for side in size) or size[0] * size[1] > MAX_INIT_PIXELS:
+        return (
+            f"init_image must be {low} to {high} pixels wide and high and at most {MAX_INIT_PIXELS:,} pixels, "
+            f"got {size[0]}x{size[1]}; make it smaller"
+        )
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class InitImage:
+    """The image an image-to-image run starts from: RGB pixels (a PIL image) and their sha256 (of ``"WxH:"``
+    and the RGB bytes, so the same picture has the same hash whatever file it came in). ``InitImage.of`` makes
+    one from a file path, a PIL image or an ``H x W x 3`` uint8 array."""
+
+    image: object
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if (problem := _init_image_problem(self.image)) is not None:
+            raise InvalidArgument(problem, field="init_image")
+        if not isinstance(self.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise InvalidArgument(f"init_image's sha256 must be 64 hex digits, got {self.sha256!r}", field="init_image")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    @classmethod
+    def of(cls, source) -> InitImage:
+        """An ``InitImage`` from a path (str or ``os.PathLike``), a PIL image or a uint8 array, converted to RGB;
+        ``InvalidArgument`` naming ``init_image`` for anything else, a file that is no image, or one too big."""
+        if isinstance(source, InitImage):
+            return source
+        image = _open_image(source)
+        if (problem := _init_image_problem(image)) is not None:
+            raise InvalidArgument(problem, field="init_image")
+        digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+        digest.update(image.tobytes())
+        return cls(image, digest.hexdigest())
+
+
+def _open_image(source):
+    """``source`` as an RGB PIL image; a file is checked for its size before its pixels are read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with Image.open(source) as image:
+                if (problem := _init_size_problem(image.size)) is not None:
+                    raise InvalidArgument(problem, field="init_image")
+                return ImageOps.exif_transpose(image).convert("RGB")  # a phone's photo as it is shown
+        except InvalidArgument:
+            raise
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
+            raise InvalidArgument(
+                f"init_image {os.path.basename(os.fspath(source))!r} could not be read as an image "
+                f"({type(err).__name__}); give a PNG, JPEG or WebP file",
+                field="init_image",
+            ) from None
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    shape = getattr(source, "shape", ())
+    if hasattr(source, "__array_interface__") and source.dtype == "uint8" and len(shape) == 3 and shape[2] in (3, 4):
+        return Image.fromarray(source[..., :3]).convert("RGB")
+    raise InvalidArgument(
+        f"init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {type(source).__name__}",
+        field="init_image",
+    )
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
@@ -81,6 +164,8 @@ class GenerationRequest:
     use_pe: bool = True
     num_images: int = 1
     loras: tuple[LoraChoice, ...] = ()  # the LoRAs and their scales, applied together
+    init_image: InitImage | None = None  # image-to-image: the image to start from, fitted to width x height
+    strength: float = 1.0  # how much of the init image is redrawn: 1 ignores it, 0 gives it back
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -123,6 +208,33 @@ class GenerationRequest:
             raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}", field="use_pe")
         _check_int("num_images", self.num_images, *IMAGES_RANGE)
         self._check_loras()
+        self._check_init_image()
+
+    def _check_init_image(self) -> None:
+        _check_real("strength", self.strength, *STRENGTH_RANGE)
+        if self.init_image is not None and not isinstance(self.init_image, InitImage):
+            raise InvalidArgument(
+                f"init_image must be an InitImage (InitImage.of(path)), got {type(self.init_image).__name__}",
+                field="init_image",
+            )
+        if self.strength < 1 and self.init_image is None:
+            raise InvalidArgument(
+                f"strength {self.strength} needs an init_image to start from; give one, or set strength to 1",
+                field="init_image",
+            )
+
+    @property
+    def uses_init_image(self) -> bool:
+        """Whether the run starts from ``init_image`` (at strength 1 it is plain text-to-image)."""
+        return self.init_image is not None and self.strength < 1
+
+    @property
+    def steps_run(self) -> int:
+        """The denoising steps each image runs: all of them for text-to-image, else the last
+        ``round(num_inference_steps * strength)`` (halves round up)."""
+        if not self.uses_init_image:
+            return self.num_inference_steps
+        return math.floor(self.num_inference_steps * self.strength + 0.5)
 
     def _check_loras(self) -> None:
         if isinstance(self.loras, list):
@@ -222,6 +334,8 @@ class FormValues:
     num_images: object = 1
     lora: object = ""  # a name, or a list of names; "" or [] for none
     lora_scale: object = 1.0  # a scale for every LoRA named, or a list with one per name
+    init_image: object = None  # a path, a Gradio file dict ({"path": ...}), a PIL image or an array; None for none
+    strength: object = 1.0  # image-to-image strength in [0, 1]; 1 ignores init_image
 
 
 def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
@@ -297,7 +411,37 @@ def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
         use_pe=form.use_pe,
         num_images=_whole("num_images", form.num_images),
         loras=_lora_choices(form),
+        **_init_fields(form, sizes, notes),
         **texts,
         **sizes,
     )
     return request, notes
+
+
+def cover_crop(size: tuple[int, int], width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """How an image of ``size`` fills ``width`` x ``height``: the size it is scaled to (covering the target, aspect
+    kept) and the centered box cropped from that, as PIL's ``(left, top, right, bottom)``."""
+    scale = max(width / size[0], height / size[1])
+    scaled = (max(width, round(size[0] * scale)), max(height, round(size[1] * scale)))
+    left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    return scaled, (left, top, left + width, top + height)
+
+
+def _init_fields(form: FormValues, sizes: dict[str, int], notes: list[str]) -> dict:
+    """``init_image`` and ``strength`` from the form (a Gradio file dict's path opened), with a note when the image
+    is resized and cropped to the run's size. Strength 1 keeps no image: the run is plain text-to-image."""
+    strength = _real("strength", 1.0 if form.strength is None else form.strength, STRENGTH_RANGE, "0.6")
+    source = form.init_image
+    if isinstance(source, dict):
+        source = source.get("path")
+    if source is None or (isinstance(source, str) and not source) or strength >= 1:
+        return {"strength": strength}
+    image = InitImage.of(source)
+    fits = all(SIZE_RANGE[0] <= size <= SIZE_RANGE[1] for size in sizes.values())
+    if fits and image.size != (sizes["width"], sizes["height"]):
+        scaled, _ = cover_crop(image.size, sizes["width"], sizes["height"])
+        notes.append(
+            f"init_image {image.size[0]}x{image.size[1]} → scaled to {scaled[0]}x{scaled[1]}, "
+            f"center-cropped to {sizes['width']}x{sizes['height']}"
+        )
+    return {"init_image": image, "strength": strength}

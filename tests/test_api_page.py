@@ -25,6 +25,8 @@ LABELS = [
     "Images",
     "LoRA",
     "LoRA scale",
+    "Start from this image (upload or paste)",
+    "Strength (1: ignore the image, 0: keep it)",
 ]
 
 

@@ -36,6 +36,8 @@ def test_api_exposes_generate_with_the_documented_parameters(fake_app):
         "num_images",
         "lora",
         "lora_scale",
+        "init_image",
+        "strength",
     ]
     assert "/stats" in api
 

@@ -28,12 +28,14 @@ def step_callback(
     cancel: threading.Event | None,
 ):
     """The pipeline's step-end callback for image ``number`` of ``request``: reports steps done over the whole
-    request and raises ``GenerationCancelled`` once ``cancel`` is set."""
-    total = request.num_inference_steps * request.num_images
+    request (the steps run: fewer than ``num_inference_steps`` for image-to-image) and raises
+    ``GenerationCancelled`` once ``cancel`` is set."""
+    steps = request.steps_run
+    total = steps * request.num_images
 
     def callback(_pipe, index, _timestep, tensors):
         if on_step is not None:
-            on_step(number * request.num_inference_steps + index + 1, total)
+            on_step(number * steps + index + 1, total)
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("stopped")
         return tensors

@@ -24,6 +24,7 @@ from ..request import GenerationRequest
 from ..stats import PeakVram, StageSeconds
 from ..system import free_device_memory, peak_vram, reset_peak_vram
 from .denoising import denoise, initial_latents, step_callback
+from .image_to_image import denoise_from, encode, fitted
 from .loader import load_pipeline
 from .prompt import PromptCache, PromptEnhancement, PromptStage, check_cancel, check_max_pe_tokens
 from .timing import StageClock
@@ -151,7 +152,7 @@ class Generator:
         on_pe_tokens: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
         """Run ``request``. ``on_step(done, total)`` is called after each denoising step (``done`` counts the steps
-        of all images: image ``k`` runs steps ``(k - 1) * num_inference_steps + 1`` onwards); ``on_stage(stage,
+        of all images: image ``k`` runs steps ``(k - 1) * request.steps_run + 1`` onwards); ``on_stage(stage,
         seconds)`` after each stage (``denoising`` and ``vae_decode`` once per image); ``on_pe_tokens(written, cap)``
         every few tokens the prompt enhancer writes. When ``cancel`` is set (or a callback raises
         ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
@@ -179,6 +180,14 @@ class Generator:
                 free_device_memory()  # (tenths of a second) would only delay the stop
             raise
 
+    def _init_latents(self, request: GenerationRequest):
+        """The init image's latents, fitted to the request's size, for image-to-image; None for text-to-image
+        (strength 1 included: the same bytes as without an image)."""
+        if not request.uses_init_image:
+            return None
+        image = fitted(request.init_image.image, request.width, request.height)
+        return encode(self.pipe, image, self.device, self.pipe.transformer.dtype)
+
     def _run(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
         """The stages of one request: prompt, then per image denoising and VAE decode (``cache``, ``pe_cap``: None
         for the prompt stage's own)."""
@@ -195,11 +204,15 @@ class Generator:
         self.loaded.select_loras(request.loras)
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
+        start = self._init_latents(request)
         images = []
         for number in range(request.num_images):
-            latents = initial_latents(pipe, request.seed + number, request.width, request.height, device)
+            noise = initial_latents(pipe, request.seed + number, request.width, request.height, device)
             callback = step_callback(request, number, hooks.on_step, cancel)
-            latents = denoise(pipe, request, prompt.positive, prompt.negative, latents, callback)
+            if start is None:
+                latents = denoise(pipe, request, prompt.positive, prompt.negative, noise, callback)
+            else:
+                latents = denoise_from(pipe, request, prompt.positive, prompt.negative, start, noise, callback)
             clock.lap("denoising")
             with torch.no_grad():
                 images.extend(decode(pipe, latents))

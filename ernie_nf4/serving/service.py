@@ -81,7 +81,7 @@ class _StageReporter:
 
     def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None):
         self.request, self.on_progress = request, on_progress
-        self.steps, self.images = request.num_inference_steps, request.num_images
+        self.steps, self.images = request.steps_run, request.num_images  # the steps each image runs
         self.decoded = 0  # images decoded so far
         self.meter = RateMeter()
 

@@ -17,10 +17,10 @@ from functools import wraps
 
 from .i18n import EN
 
-# Examples for the parameters that have no default in the form: a prompt a person would write, and the empty
-# negative prompt the form itself starts with (so the API may leave it out).
+# Examples for the parameters that have no default in the form: a prompt a person would write, the empty negative
+# prompt the form itself starts with and no init image (plain text-to-image), so the API may leave them out.
 EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
-DEFAULTS = {"negative_prompt": ""}
+DEFAULTS = {"negative_prompt": "", "init_image": None}
 # The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
 LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
 SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list with one per name"

@@ -31,11 +31,12 @@ PRESETS = ["1024x1024", "896x1200", "1200x896", "848x1264", "1264x848", "768x137
 CUSTOM = "custom"
 RANDOM_SEED_LIMIT = 2**32
 HISTORY_LIMIT = 48
+IMAGE_STRENGTH = 0.6  # the strength slider's value once an image is given (1 ignores the image)
 # The generate event's inputs, by name and in the API's order; the fields a saved image's settings fill back in
 # (its LoRAs as the LoRA dropdown and scale), then the randomize box (cleared, so the next run uses the restored seed).
 FORM_FIELDS = tuple(field.name for field in fields(FormValues))
 RESTORED_FIELDS = (
-    *(field.name for field in fields(FormSettings) if field.name != "loras"),
+    *(field.name for field in fields(FormSettings) if field.name not in ("loras", "init_image_sha256")),
     "lora",
     "lora_scale",
     "randomize_seed",
@@ -128,6 +129,8 @@ class Handlers:
         num_images,
         lora="",
         lora_scale=1.0,
+        init_image=None,
+        strength=1.0,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -135,7 +138,7 @@ class Handlers:
         page only, the history's new entries)."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
-            num_images, lora, lora_scale,
+            num_images, lora, lora_scale, init_image=init_image, strength=strength,
         )  # fmt: skip
         if form.randomize_seed is True:
             form = replace(form, seed=secrets.randbelow(RANDOM_SEED_LIMIT))
@@ -215,6 +218,8 @@ class Handlers:
         num_images,
         lora="",
         lora_scale=1.0,
+        init_image=None,
+        strength=1.0,
         request: gr.Request = None,
     ):
         """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
@@ -222,7 +227,7 @@ class Handlers:
         and API callers get the same message."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
-            num_images, lora, lora_scale,
+            num_images, lora, lora_scale, init_image=init_image, strength=strength,
         )  # fmt: skip
         refused = self._refusal(form, language(request))
         if refused is None:
@@ -313,6 +318,9 @@ class Handlers:
         if len({choice.scale for choice in picked}) > 1:  # the page has one scale for all
             shown = ", ".join(f"{c.name} × {c.scale:g}" for c in picked)
             notes.append(say("lora_scales_differ", lang, loras=shown, scale=f"{picked[0].scale:g}"))
+        if settings.get("strength") is not None and settings["strength"] < 1:
+            digest = settings.get("init_image_sha256") or "?"
+            notes.append(say("restored_no_image", lang, strength=f"{settings['strength']:g}", digest=digest))
         return updates, " ".join(notes)
 
     def use_history(self, history, index, request: gr.Request = None):
@@ -340,6 +348,26 @@ class Handlers:
         updates, missing = self._fill_form(asdict(settings), lang)
         return [*updates, None, " ".join(filter(None, [say("restored_png", lang, name=name), missing]))]
 
+    @staticmethod
+    def use_result(gallery, index, strength, request: gr.Request = None):
+        """The result gallery's selected image (the first when none is selected) into the image-to-image input,
+        with the strength at ``IMAGE_STRENGTH`` when it was 1 (which ignores the image); the note says when there
+        is no result yet."""
+        items = list(gallery or [])
+        if not items:
+            return gr.skip(), gr.skip(), say("no_result", language(request))
+        item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
+        path = item[0] if isinstance(item, (list, tuple)) else item
+        return path, IMAGE_STRENGTH if _ignores_image(strength) else gr.skip(), ""
+
+    @staticmethod
+    def image_given(image, strength):
+        """The strength slider once the image input changes: ``IMAGE_STRENGTH`` when an image came and the strength
+        ignored images, 1 when the image was cleared."""
+        if not image:
+            return 1.0
+        return IMAGE_STRENGTH if _ignores_image(strength) else gr.skip()
+
     def stats(self):
         """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""
         return self.service.stats().to_dict()
@@ -352,6 +380,13 @@ class Handlers:
         rows = pd.DataFrame(chart_rows(data, lang), columns=CHART_COLUMNS)
         chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
         return stats_markdown(data, lang), chart
+
+
+def _ignores_image(strength) -> bool:
+    try:
+        return float(strength) >= 1
+    except (TypeError, ValueError):
+        return True
 
 
 def _size_seed(settings: dict) -> tuple:

@@ -44,6 +44,11 @@ EN = {
     "swap": "Swap width and height",
     "lora": "LoRA",
     "lora_scale": "LoRA scale",
+    # image to image
+    "img2img": "Image to image",
+    "init_image": "Start from this image (upload or paste)",
+    "strength": "Strength (1: ignore the image, 0: keep it)",
+    "use_result": "Use this result",
 }
 
 ZH = {
@@ -80,6 +85,11 @@ ZH = {
     "swap": "交换宽度和高度",
     "lora": "LoRA",
     "lora_scale": "LoRA 强度",
+    # image to image
+    "img2img": "图生图",
+    "init_image": "从这张图片开始（上传或粘贴）",
+    "strength": "重绘强度（1：忽略图片，0：保留原图）",
+    "use_result": "用这张结果作起始图",
 }
 
 
@@ -172,6 +182,10 @@ MESSAGES = {
         "progress_eta": "ETA {time}",
         "note_snapped": "{field} {size} → {snapped} (a multiple of {multiple})",
         "note_control": "{field}: removed {count} control character(s)",
+        "note_fitted": "{field} {size} → scaled to {scaled}, center-cropped to {target}",
+        "restored_no_image": "These settings come from an image-to-image run (strength {strength}, init image "
+        "{digest}); a PNG does not hold that image: put it in the image-to-image section again to run them alike.",
+        "no_result": "Generate an image first.",
         # refusals of a form field, by kind; {field} is the field's name, {value} what was sent
         "refuse_blank": "{field} must be a non-blank text",
         "refuse_text": "{field} must be text, got {value}",
@@ -325,6 +339,10 @@ MESSAGES = {
         "progress_eta": "预计还需 {time}",
         "note_snapped": "{field} {size} → {snapped}（{multiple} 的倍数）",
         "note_control": "{field}：删除了 {count} 个控制字符",
+        "note_fitted": "{field} {size} → 缩放到 {scaled}，居中裁剪为 {target}",
+        "restored_no_image": "这些设置来自一次图生图（重绘强度 {strength}，起始图片 {digest}）；PNG 里没有那张图片："
+        "请在图生图区域重新放入它，才能得到同样的结果。",
+        "no_result": "请先生成一张图片。",
         "refuse_blank": "{field}不能为空",
         "refuse_text": "{field}必须是文本，收到的是 {value}",
         "refuse_long": "{field}最多 {limit} 个字符，现在是 {value} 个",
@@ -421,6 +439,8 @@ FIELD_NAMES_ZH = {
     "num_images": "图片数量",
     "lora": "LoRA",
     "lora_scale": "LoRA 强度",
+    "init_image": "起始图片",
+    "strength": "重绘强度",
 }
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {

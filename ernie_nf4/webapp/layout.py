@@ -7,7 +7,7 @@ from math import gcd
 
 import gradio as gr
 
-from ..request import GUIDANCE_RANGE, IMAGES_RANGE, LORA_SCALE_RANGE, MAX_LORAS, STEPS_RANGE
+from ..request import GUIDANCE_RANGE, IMAGES_RANGE, LORA_SCALE_RANGE, MAX_LORAS, STEPS_RANGE, STRENGTH_RANGE
 from .examples import EXAMPLES
 from .handlers import CUSTOM, PRESETS
 from .i18n import t
@@ -107,6 +107,21 @@ def _lora_row(names: list[str]) -> dict:
     return {"lora": lora, "lora_scale": scale}
 
 
+def _image_to_image() -> dict:
+    """The image to start from (upload, paste, or a result's "Use this result") and the strength; closed until
+    opened, and strength 1 ignores the image."""
+    with gr.Accordion(t("img2img"), open=False, elem_id="img2img"):
+        image = gr.Image(
+            label=t("init_image"),
+            type="filepath",
+            sources=["upload", "clipboard"],
+            height=220,
+            elem_id="init-image",
+        )
+        strength = gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, label=t("strength"), elem_id="strength")
+    return {"init_image": image, "strength": strength}
+
+
 def _advanced(steps: int, guidance: float) -> dict:
     with gr.Accordion(t("advanced"), open=False, elem_id="advanced"):
         negative = gr.Textbox(label=t("negative"), lines=2, elem_id="negative")
@@ -166,6 +181,7 @@ def _results() -> dict:
             buttons=["download", "fullscreen"],
             elem_id="gallery",
         )
+        use_result = gr.Button(t("use_result"), size="sm", elem_id="use-result")
         revised = gr.Textbox(
             label=t("revised"),
             interactive=False,
@@ -176,7 +192,7 @@ def _results() -> dict:
             elem_id="revised",
         )
         info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
-    return {"gallery": gallery, "revised": revised, "info": info}
+    return {"gallery": gallery, "use_result": use_result, "revised": revised, "info": info}
 
 
 def _reuse_row() -> dict:
@@ -222,6 +238,7 @@ def generate_tab(
         with gr.Column(scale=2, elem_id="settings"):
             ui |= _size_row(width, height, choices)
             ui |= _lora_row(list(lora_names))
+            ui |= _image_to_image()
             ui |= _advanced(steps, guidance)
             _examples(ui, sized_examples)
         ui |= _results()

@@ -34,6 +34,8 @@ _NOTES = (
     (re.compile(r"^(?P<field>\w+) (?P<size>\d+) → (?P<snapped>\d+) \(a multiple of (?P<multiple>\d+)\)$"),
      "note_snapped"),
     (re.compile(r"^(?P<field>\w+): removed (?P<count>\d+) control character\(s\)$"), "note_control"),
+    (re.compile(r"^(?P<field>\w+) (?P<size>\d+x\d+) → scaled to (?P<scaled>\d+x\d+), center-cropped to "
+                r"(?P<target>\d+x\d+)$"), "note_fitted"),
 )  # fmt: skip
 
 # The library's errors a user meets most (no GPU, out of memory), by their English text: the key that says them.
@@ -96,7 +98,7 @@ def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en
     PE's tokens, peak GPU memory, the package's provenance when this project's metadata did not vouch for it, the
     notes."""
     s = result.seconds
-    per_step = 1000 * s.denoising / (result.request.num_inference_steps * len(result.seeds))
+    per_step = 1000 * s.denoising / max(1, result.request.steps_run * len(result.seeds))
     parts = [say("run_seed", lang, seeds=", ".join(map(str, result.seeds)))]
     if result.request.use_pe:
         parts.append(say("run_pe", lang, seconds=f"{s.pe:.2f}"))

@@ -2,7 +2,9 @@
 chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` pairs). ``parameters_text`` and
 ``save_png`` write it; ``read_png_parameters`` / ``parse_parameters`` read it back into the form's fields (unknown
 keys are ignored; a key that is missing leaves that field as it is). LoRAs are A1111's ``<lora:NAME:SCALE>`` tags at
-the end of the prompt; read back from anywhere in the prompt, they leave its text.
+the end of the prompt; read back from anywhere in the prompt, they leave its text. An image-to-image run adds A1111's
+``Denoising strength`` and ``Init image`` (the first 16 hex digits of the init image's sha256): the strength is read
+back, the image itself cannot be (only its hash is in the file).
 
 Reading is safe on any file: the PNG's chunks are walked here (no image is decoded, so a header claiming billions of
 pixels costs nothing, and is refused by name), the ``parameters`` text is inflated to at most
@@ -30,6 +32,7 @@ from ..request import LORA_SCALE_RANGE, MAX_LORAS, GenerationRequest, LoraChoice
 MAX_PARAMETERS_BYTES = 256 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARAMETERS_KEY = b"parameters"
+INIT_HASH_DIGITS = 16  # of the init image's sha256, in the parameters
 
 
 def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str | None, model: str) -> str:
@@ -45,6 +48,9 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
     }
     if revised_prompt:
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
+    if request.uses_init_image:
+        pairs["Denoising strength"] = _exact(request.strength)
+        pairs["Init image"] = request.init_image.sha256[:INIT_HASH_DIGITS]
     tags = "".join(f" <lora:{choice.name}:{_exact(choice.scale)}>" for choice in request.loras)
     lines = [request.prompt + tags, f"Negative prompt: {request.negative_prompt}"]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
@@ -79,6 +85,8 @@ class FormSettings:
     seed: int | None = None
     use_pe: bool | None = None
     loras: tuple[LoraChoice, ...] = ()  # the prompt's <lora:NAME:SCALE> tags
+    strength: float | None = None  # image-to-image's denoising strength
+    init_image_sha256: str | None = None  # the first hex digits of the init image's sha256 (the image is not kept)
 
 
 # A1111's tag: <lora:NAME>, <lora:NAME:SCALE> or more fields after the scale (its text encoder's, ...). Bounded
@@ -227,7 +235,20 @@ def parse_parameters(text: str) -> FormSettings:
         seed=_number(int, pairs.get("Seed")),
         use_pe=None if pe is None else pe == "on",
         loras=loras,
+        **_init_settings(pairs),
     )
+
+
+def _init_settings(pairs: dict[str, str]) -> dict:
+    """``strength`` (kept in [0, 1]) and the init image's hash prefix from an image-to-image run's pairs."""
+    strength = _number(float, pairs.get("Denoising strength"))
+    if strength is None:
+        return {}
+    digest = pairs.get("Init image", "")
+    return {
+        "strength": min(max(strength, 0.0), 1.0),
+        "init_image_sha256": digest if re.fullmatch(r"[0-9a-f]{1,64}", digest) else None,
+    }
 
 
 def read_png_parameters(path: str | Path) -> FormSettings:

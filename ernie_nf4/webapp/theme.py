@@ -124,6 +124,7 @@ CSS = """
   .icon-button, .reset-button { min-width: 24px !important; min-height: 24px !important; }
   .tab-like-container { height: 28px !important; }
   #advanced > .label-wrap { min-height: 32px; }
+  #img2img > .label-wrap { min-height: 32px; }
   input[type=range] { height: 24px !important; }
   input[type=range]::-webkit-slider-thumb {
     width: 24px !important; height: 24px !important; margin-top: -8px !important;

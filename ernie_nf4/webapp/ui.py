@@ -103,6 +103,19 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     ui["restore"].upload(handlers.restore_png, ui["restore"], [*restored, ui["restore"], ui["note"]], **HIDDEN)
 
 
+def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
+    """The result gallery's selection, "Use this result", and the strength following the image input."""
+    ui["result_picked"] = gr.State(None)
+    ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
+    ui["use_result"].click(
+        handlers.use_result,
+        [ui["gallery"], ui["result_picked"], ui["strength"]],
+        [ui["init_image"], ui["strength"], ui["note"]],
+        **HIDDEN,
+    )
+    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **HIDDEN)
+
+
 def _buttons_at_rest(ui: dict, problem: str | None) -> None:
     """Stop starts off and plain (the events turn it on while a run goes); Generate is off when runs cannot go."""
     ui["stop"].interactive, ui["stop"].variant = False, "secondary"
@@ -165,6 +178,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
         _wire_sizes(handlers, ui, choices)
         _wire_reuse(handlers, ui, demo)
+        _wire_image_to_image(handlers, ui)
         _wire_stats(handlers, ui, demo)
         demo.load(translated, None, [header, missing], **HIDDEN)
     demo.queue(default_concurrency_limit=1)

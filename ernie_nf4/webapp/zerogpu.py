@@ -116,7 +116,7 @@ def on_zerogpu(environ=None) -> bool:
 def gpu_seconds(request) -> int:
     """Seconds of GPU to ask ZeroGPU for ``request``: steps × images × pixels, plus the PE and fixed costs."""
     megapixels = request.width * request.height / (1024 * 1024)
-    denoise = request.num_inference_steps * request.num_images * STEP_SECONDS_1MP * max(megapixels, 0.25)
+    denoise = request.steps_run * request.num_images * STEP_SECONDS_1MP * max(megapixels, 0.25)
     seconds = BASE_SECONDS + (PE_SECONDS if request.use_pe else 0) + denoise
     return int(min(MAX_SECONDS, math.ceil(seconds)))
 
