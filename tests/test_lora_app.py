@@ -168,9 +168,9 @@ def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_o
     ],
 )
 def test_every_lora_refusal_reads_in_the_pages_language(lora_app, lora, scale, field, chinese):
-    checks = refusals(lora_app.url, [*FORM, lora, scale], "zh-CN")
+    checks = refusals(lora_app.url, [*FORM, lora, scale, None, 1], "zh-CN")
     assert list(checks) == [field] and chinese in checks[field], checks
-    assert field in refusals(lora_app.url, [*FORM, lora, scale], "en-US")
+    assert field in refusals(lora_app.url, [*FORM, lora, scale, None, 1], "en-US")
 
 
 def test_lora_tags_typed_in_the_prompt_are_what_runs_and_what_the_png_keeps(lora_app):

@@ -210,6 +210,19 @@ def _speed_up(loaded: LoadedPipeline) -> None:
         compile_blocks(pipe.transformer)
 
 
+def _decide_mode(mode: MemoryMode, device: str, extra_gib: float) -> tuple:
+    """(mode, why, GiB usable, GiB all-on-gpu needs): ``auto`` measured and decided here (``extra_gib``: the LoRAs
+    beside the transformer); a mode asked for is kept, with no figures."""
+    if mode is not MemoryMode.AUTO:
+        return mode, f"memory_mode {mode.value}, as asked", None, None
+    usable = needs = None
+    if device.startswith("cuda"):
+        usable, needs = usable_gib(device), NEEDS_GIB[MemoryMode.ALL_ON_GPU] + extra_gib
+    mode, reason = choose_memory_mode(device, usable, extra_gib=extra_gib)
+    logger.info("%s", reason)
+    return mode, reason, usable, needs
+
+
 def load_pipeline(
     model_dir: str | Path,
     device: str | None = None,
@@ -245,14 +258,7 @@ def load_pipeline(
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
     lora_files, lora_bytes = read_loras(model_dir, loras)
-    reason = f"memory_mode {mode.value}, as asked"
-    usable = needs = None
-    if mode is MemoryMode.AUTO:
-        extra = lora_bytes / 2**30
-        if device.startswith("cuda"):
-            usable, needs = usable_gib(device), NEEDS_GIB[MemoryMode.ALL_ON_GPU] + extra
-        mode, reason = choose_memory_mode(device, usable, extra_gib=extra)
-        logger.info("%s", reason)
+    mode, reason, usable, needs = _decide_mode(mode, device, lora_bytes / 2**30)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()
