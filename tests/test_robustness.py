@@ -33,6 +33,8 @@ GOOD = {
     "num_images": 1,
     "lora": "",
     "lora_scale": 1.0,
+    "init_image": None,
+    "strength": 1.0,
 }
 BAD = [
     ({"prompt": ""}, "prompt must be a non-blank text"),

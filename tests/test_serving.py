@@ -57,7 +57,7 @@ def test_validation_and_errors_happen_before_the_gpu_function(tmp_path):
     pytest.importorskip("spaces")
     gpu = CountingGPU()
     handlers = Handlers(FakeService(), OutputStore(tmp_path), gpu_decorator=gpu)
-    good = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1]
+    good = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1]
     for bad in ({0: ""}, {2: 10**9}, {4: 0}, {9: 9}, {5: float("nan")}):
         form = [bad.get(i, v) for i, v in enumerate(good)]
         with pytest.raises(gr.Error):
