@@ -292,7 +292,12 @@ def test_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
         ids = {d.get("api_name"): d["id"] for d in config["dependencies"]}
         generate = ids["generate"]
         for i in range(50):
-            r = join(http, generate, [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1, "", 1.0, None, 1], f"hostile-{i}")
+            r = join(
+                http,
+                generate,
+                [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1, "", 1.0, None, 1],
+                f"hostile-{i}",
+            )
             codes.append(r.status_code)
             texts.append(r.text)
         for i in range(50):  # free the server: close each session's stream
