@@ -25,6 +25,7 @@ LABELS = [
     "Images",
     "LoRA",
     "LoRA scale",
+    "Enhanced prompt (editable)",
 ]
 
 
@@ -50,6 +51,9 @@ def test_api_info_has_plain_labels_named_returns_and_int_types(fake_app):
     assert [p["label"] for p in generate["parameters"]] == LABELS
     assert [r["label"] for r in generate["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
     assert [r["label"] for r in info["named_endpoints"]["/stats"]["returns"]] == ["Stats"]
+    enhance = info["named_endpoints"]["/enhance"]
+    assert [p["label"] for p in enhance["parameters"]] == ["Prompt", "Width", "Height", "Seed"]
+    assert [r["label"] for r in enhance["returns"]] == ["Enhanced prompt (editable)"]
     types = {p["parameter_name"]: (p["type"]["type"], p["python_type"]["type"]) for p in generate["parameters"]}
     for whole in ("width", "height", "num_inference_steps", "seed", "num_images"):
         assert types[whole] == ("integer", "int"), whole

@@ -36,6 +36,7 @@ def test_api_exposes_generate_with_the_documented_parameters(fake_app):
         "num_images",
         "lora",
         "lora_scale",
+        "enhanced_prompt",
     ]
     assert "/stats" in api
 

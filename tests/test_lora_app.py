@@ -116,7 +116,7 @@ def test_the_api_takes_a_lora_and_its_scale_last_and_they_reach_the_service(lora
     client = Client(lora_app.url, verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"][
         "/generate"]["parameters"]]  # fmt: skip
-    assert names[-2:] == ["lora", "lora_scale"]
+    assert names[-3:] == ["lora", "lora_scale", "enhanced_prompt"]
     images, _, _, info = client.predict(*FORM, "style", 0.5, api_name="/generate")
     assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.5),)
     assert info.endswith("LoRA style × 0.5")
@@ -148,9 +148,9 @@ def refusals(url: str, data: list, language: str) -> dict:
 
 def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_ones(lora_app):
     before = len(lora_app.service.requests)
-    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1], "en-US")
+    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1, ""], "en-US")
     assert english == {"lora": "lora: this app offers no LoRA named 'nope'; it offers 'ink', 'style'"}
-    chinese = refusals(lora_app.url, [*FORM, "nope", 1], "zh-CN")
+    chinese = refusals(lora_app.url, [*FORM, "nope", 1, ""], "zh-CN")
     assert chinese == {"lora": "LoRA（lora）：本应用没有名为 'nope' 的 LoRA；可用的有 'ink', 'style'"}
     assert len(lora_app.service.requests) == before  # refused before the run was queued
     client = Client(lora_app.url, verbose=False)
@@ -170,7 +170,7 @@ def test_the_api_page_documents_lora_and_lora_scale(lora_app):
     connection.request("GET", "/gradio_api/info")
     info = json.loads(connection.getresponse().read())
     connection.close()
-    lora, scale = info["named_endpoints"]["/generate"]["parameters"][-2:]
+    lora, scale = info["named_endpoints"]["/generate"]["parameters"][-3:-1]
     assert (lora["label"], scale["label"]) == ("LoRA", "LoRA scale")
     assert (
         lora["python_type"]["type"] == "str | list[str]" and "offers: ink, style" in lora["python_type"]["description"]

@@ -33,6 +33,7 @@ GOOD = {
     "num_images": 1,
     "lora": "",
     "lora_scale": 1.0,
+    "enhanced_prompt": "",
 }
 BAD = [
     ({"prompt": ""}, "prompt must be a non-blank text"),

@@ -74,6 +74,24 @@ def _prompt_row() -> dict:
     return {"prompt": prompt, "run": run, "stop": stop}
 
 
+def _enhanced_row() -> dict:
+    """Enhance first: the PE's text for the prompt, in a box to edit, which Generate then uses as it is (empty: the
+    PE writes it during the run); the buttons that fill and clear it beside it."""
+    with gr.Row(elem_id="enhance", equal_height=True):
+        box = gr.Textbox(
+            label=t("enhanced"),
+            placeholder=t("enhanced_placeholder"),
+            lines=2,
+            max_lines=8,
+            scale=5,
+            elem_id="enhanced",
+        )
+        with gr.Column(scale=1, min_width=160, elem_id="enhance-actions"):
+            enhance = gr.Button(t("enhance_first"), elem_id="enhance-first")
+            clear = gr.Button(t("clear_enhanced"), size="sm", elem_id="clear-enhanced")
+    return {"enhanced_prompt": box, "enhance": enhance, "clear_enhanced": clear}
+
+
 def _size_row(width: int, height: int, choices: list[str]) -> dict:
     """The resolution dropdown, then width ⇄ height: one line on a desktop, two on a phone (never Height alone)."""
     named = [(t("custom") if size == CUSTOM else size_label(size), size) for size in choices]
@@ -218,6 +236,7 @@ def generate_tab(
     lora_names: list[str] = (),
 ) -> dict:
     ui = _prompt_row()
+    ui |= _enhanced_row()
     with gr.Row(elem_id="main"):
         with gr.Column(scale=2, elem_id="settings"):
             ui |= _size_row(width, height, choices)

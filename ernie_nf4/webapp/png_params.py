@@ -1,8 +1,9 @@
 """PNG files that carry their generation parameters, written and read here: the A1111-style ``parameters`` text
 chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` pairs). ``parameters_text`` and
 ``save_png`` write it; ``read_png_parameters`` / ``parse_parameters`` read it back into the form's fields (unknown
-keys are ignored; a key that is missing leaves that field as it is). LoRAs are A1111's ``<lora:NAME:SCALE>`` tags at
-the end of the prompt; read back from anywhere in the prompt, they leave its text.
+keys are ignored; a key that is missing leaves that field as it is). An enhanced prompt the user gave (the PE did
+not run) is the ``Enhanced prompt`` key, with ``Enhanced prompt by: user``. LoRAs are A1111's ``<lora:NAME:SCALE>``
+tags at the end of the prompt; read back from anywhere in the prompt, they leave its text.
 
 Reading is safe on any file: the PNG's chunks are walked here (no image is decoded, so a header claiming billions of
 pixels costs nothing, and is refused by name), the ``parameters`` text is inflated to at most
@@ -43,12 +44,30 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
         "Model": model,
         "Prompt enhancer": "on" if request.use_pe else "off",
     }
-    if revised_prompt:
+    if revised_prompt and not request.enhanced_prompt:
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
+    pairs |= enhanced_pairs(request)
     tags = "".join(f" <lora:{choice.name}:{choice.scale:g}>" for choice in request.loras)
     lines = [request.prompt + tags, f"Negative prompt: {request.negative_prompt}"]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
+
+
+ENHANCED_KEY, ENHANCED_BY_KEY, BY_USER = "Enhanced prompt", "Enhanced prompt by", "user"
+
+
+def enhanced_pairs(request: GenerationRequest) -> dict[str, str]:
+    """The pairs of a request that gave its enhanced prompt (the PE did not run): the text, and that the user
+    gave it; none otherwise."""
+    if not request.enhanced_prompt:
+        return {}
+    return {ENHANCED_KEY: json.dumps(request.enhanced_prompt, ensure_ascii=False), ENHANCED_BY_KEY: BY_USER}
+
+
+def enhanced_setting(pairs: dict[str, str]) -> str | None:
+    """The enhanced prompt a user gave, from a PNG's pairs; None when the PE wrote it or there is none."""
+    text = pairs.get(ENHANCED_KEY)
+    return text if pairs.get(ENHANCED_BY_KEY) == BY_USER and text and text.strip() else None
 
 
 def save_png(image, folder: Path, seed: int, parameters: str) -> Path:
@@ -79,6 +98,7 @@ class FormSettings:
     seed: int | None = None
     use_pe: bool | None = None
     loras: tuple[LoraChoice, ...] = ()  # the prompt's <lora:NAME:SCALE> tags
+    enhanced_prompt: str | None = None  # the enhanced prompt the user gave (``Enhanced prompt by: user``)
 
 
 # A1111's tag: <lora:NAME>, <lora:NAME:SCALE> or more fields after the scale (its text encoder's, ...). Bounded
@@ -222,6 +242,7 @@ def parse_parameters(text: str) -> FormSettings:
         seed=_number(int, pairs.get("Seed")),
         use_pe=None if pe is None else pe == "on",
         loras=loras,
+        enhanced_prompt=enhanced_setting(pairs),
     )
 
 
