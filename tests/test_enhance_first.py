@@ -82,9 +82,10 @@ def test_the_prompt_cache_never_gives_a_users_text_for_the_pes_or_back(generator
 
 
 def test_the_seed_decides_the_enhance_paths_text_which_is_what_a_run_writes(generator):
-    first = generator.enhance_prompt("a cat", 64, 64, seed=5)
-    assert generator.enhance_prompt("a cat", 64, 64, seed=5).text == first.text
-    assert first.tokens > 0 and first.text
+    told = []
+    first = generator.enhance_prompt("a cat", 64, 64, seed=5, on_tokens=lambda done, cap: told.append((done, cap)))
+    assert generator.enhance_prompt("a cat", 64, 64, seed=5, cancel=threading.Event()).text == first.text
+    assert first.tokens > 0 and first.text and told[-1] == (first.tokens, 12)  # its progress: tokens of the cap
     run = Generator(generator.loaded, max_pe_tokens=12, prompt_cache_size=0)
     assert run.generate(GenerationRequest("a cat", seed=5, **SMALL)).revised_prompt == first.text
     others = {generator.enhance_prompt("a cat", 64, 64, seed=seed).text for seed in (6, 7, 8)}

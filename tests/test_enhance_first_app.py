@@ -13,7 +13,7 @@ pytest.importorskip("gradio")
 from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters  # noqa: E402
-from ernie_nf4.webapp.zerogpu import gpu_enhance, gpu_seconds  # noqa: E402
+from ernie_nf4.webapp.zerogpu import gpu_seconds  # noqa: E402
 
 from .support.app import RUN_ENDED, FakeService, PageOpener, ServedApp, wait_until  # noqa: E402
 
@@ -83,6 +83,8 @@ def test_a_bad_enhanced_prompt_is_refused_by_name(fake_app):
 
 
 def test_on_zerogpu_the_pe_seconds_count_only_when_the_pe_runs():
+    from ernie_nf4.webapp.zerogpu import gpu_enhance
+
     pe = gpu_seconds(GenerationRequest("a fox"))
     assert gpu_seconds(GenerationRequest("a fox", enhanced_prompt="mine")) == pe - 12
 
