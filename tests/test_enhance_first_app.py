@@ -115,7 +115,8 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         page.locator("#prompt textarea").fill("a fox")
         page.locator("#enhance-first").click()
         box = page.locator("#enhanced textarea")
-        page.wait_for_function("document.querySelector('#enhanced textarea').value.startsWith('enhanced a fox')")
+        assert page.locator("#enhanced").count() == 0  # shown once there is text
+        page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
         assert box.input_value() == "enhanced a fox at 1024x1024 seed 1234"  # the form's size and seed
         box.fill("a fox, edited by hand")
         page.locator("#generate").click()
@@ -126,7 +127,7 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         assert "enhanced prompt: yours" in page.locator("#info textarea").input_value()
         assert page.locator("#revised textarea").input_value() == "a fox, edited by hand"
         page.locator("#prompt textarea").press_sequentially("!")  # a changed prompt: the text was for the old one
-        page.wait_for_function("document.querySelector('#enhanced textarea').value === ''")
+        page.wait_for_selector("#enhanced", state="detached")  # emptied, so hidden
     finally:
         opener.close()
         served.close()

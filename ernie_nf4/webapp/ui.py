@@ -81,12 +81,14 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
 
 
 CLEAR_JS = "() => ''"
+SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
 
 
 def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
-    """Enhance first runs the PE alone into the enhanced prompt's box (``/enhance``), with Stop on while it writes.
-    The box is emptied by its Clear button and when the prompt or the size is changed by hand or by an example (the
-    PE wrote it for those); a new seed leaves it (a run with its text never runs the PE)."""
+    """Enhance first runs the PE alone into the enhanced prompt's box (``/enhance``), with Stop on while it writes;
+    the box shows while it holds text. It is emptied by its Clear button and when the prompt or the size is changed
+    by hand or by an example (the PE wrote it for those); a new seed leaves it (a run with its text never runs the
+    PE)."""
     box = ui["enhanced_prompt"]
     ui["enhance"].click(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
     event = ui["enhance"].click(
@@ -106,6 +108,8 @@ def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
     changed = [ui["prompt"].input, ui["width"].input, ui["height"].input, ui["preset"].input, ui["swap"].click]
     for trigger in [ui["clear_enhanced"].click, *changed]:
         trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
+    # the box and its Clear button show while it holds text (from Enhance first or a restored PNG)
+    box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
 
 
 def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
