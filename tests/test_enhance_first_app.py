@@ -112,6 +112,13 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
     opener = PageOpener(browser, served.url)
     try:
         page = opener(locale="en-US")
+        page.locator("#prompt textarea").fill("slow fox")  # the fake PE writes it a word each 0.2 s
+        page.locator("#enhance-first").click()
+        page.get_by_text("prompt enhancer").first.wait_for()
+        page.locator("#stop").click()
+        page.wait_for_function("document.querySelector('#stop').disabled")  # no run left going
+        assert wait_until(lambda: getattr(served.service, "enhance_stopped_at", None) is not None)
+        assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
         page.locator("#prompt textarea").fill("a fox")
         page.locator("#enhance-first").click()
         box = page.locator("#enhanced textarea")

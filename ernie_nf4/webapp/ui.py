@@ -101,7 +101,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
         preprocess=False,  # the API's raw values reach request_from_form, whose errors name the field
         trigger_mode="multiple",
         show_progress="full",
-        show_progress_on=box,
+        show_progress_on=ui["prompt"],  # the box shows only once it has text
     )
     for ended in (event.then, event.failure):
         ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")

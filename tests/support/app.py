@@ -88,6 +88,7 @@ class FakeService:
             if on_progress:
                 on_progress(Progress("pe", done=written, total=len(words), unit="tokens"))
             if cancel is not None and cancel.is_set():
+                self.enhance_stopped_at = written
                 raise GenerationCancelled("stopped while the prompt enhancer wrote")
             if request.prompt.startswith("slow"):
                 time.sleep(0.2)
