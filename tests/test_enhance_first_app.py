@@ -138,3 +138,17 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
     finally:
         opener.close()
         served.close()
+
+
+def test_the_served_tiny_app_enhances_first_and_a_run_uses_that_text(served_tiny_app):
+    """The real app (python app.py --tiny): /enhance gives what a run's PE writes for the same prompt, size and seed,
+    and a run given that text uses it without running the PE. (The tiny PE is random: its text may hold control
+    characters, which the form removes from any prompt, with a note.)"""
+    _, client, _ = served_tiny_app
+    form = ("an orange cat on a table", "", 64, 64, 2, 4.0, 99, False, True, 1, "", 1.0)
+    text = client.predict("an orange cat on a table", 64, 64, 99, api_name="/enhance")
+    with_pe = client.predict(*form, "", api_name="/generate")
+    given = client.predict(*form, text, api_name="/generate")
+    assert text and with_pe[2] == text
+    assert given[2] == "".join(c for c in text if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127))
+    assert "enhanced prompt: yours" in given[3] and "yours" not in with_pe[3]
