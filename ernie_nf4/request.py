@@ -166,6 +166,9 @@ class GenerationRequest:
     loras: tuple[LoraChoice, ...] = ()  # the LoRAs and their scales, applied together
     init_image: InitImage | None = None  # image-to-image: the image to start from, fitted to width x height
     strength: float = 1.0  # how much of the init image is redrawn: 1 ignores it, 0 gives it back
+    # The enhanced prompt given by the user (e.g. the PE's text from ``/enhance``, edited): when set, the PE does not
+    # run and this text goes to the text encoder as it is. None: the PE writes it (when ``use_pe``).
+    enhanced_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -209,6 +212,7 @@ class GenerationRequest:
         _check_int("num_images", self.num_images, *IMAGES_RANGE)
         self._check_loras()
         self._check_init_image()
+        self._check_enhanced_prompt()
 
     def _check_init_image(self) -> None:
         _check_real("strength", self.strength, *STRENGTH_RANGE)
@@ -256,6 +260,28 @@ class GenerationRequest:
                 key="lora_twice",
                 values={"name": repr(twice[0])},
             )
+
+    def _check_enhanced_prompt(self) -> None:
+        """None, or a text checked as ``prompt`` is (the form's empty box is None: ``request_from_form``)."""
+        text, name = self.enhanced_prompt, "enhanced_prompt"
+        if text is None:
+            return
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidArgument(f"{name} must be a non-blank text", field=name)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidArgument(
+                f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it",
+                field=name,
+            ) from None
+
+    @property
+    def runs_pe(self) -> bool:
+        """Whether the PE is asked to write the enhanced prompt: on, and none given."""
+        return self.use_pe and self.enhanced_prompt is None
 
     @property
     def seeds(self) -> list[int]:
@@ -336,6 +362,7 @@ class FormValues:
     lora_scale: object = 1.0  # a scale for every LoRA named, or a list with one per name
     init_image: object = None  # a path, a Gradio file dict ({"path": ...}), a PIL image or an array; None for none
     strength: object = 1.0  # image-to-image strength in [0, 1]; 1 ignores init_image
+    enhanced_prompt: object = ""  # the enhanced prompt to use as it is ("" or None: the PE writes it)
 
 
 def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
@@ -382,6 +409,19 @@ def _clean_texts(form: FormValues, notes: list[str]) -> dict[str, str]:
     return texts
 
 
+def _enhanced_text(form: FormValues, notes: list[str]) -> str | None:
+    """The form's enhanced prompt without control characters (with a note), None when it is empty or blank."""
+    text = form.enhanced_prompt
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if not isinstance(text, str):
+        raise InvalidArgument(f"enhanced_prompt must be text, got {type(text).__name__}", field="enhanced_prompt")
+    cleaned = text.translate(_CONTROL)
+    if cleaned != text:
+        notes.append(f"enhanced_prompt: removed {len(text) - len(cleaned)} control character(s)")
+    return cleaned
+
+
 def _snapped_sizes(form: FormValues, notes: list[str]) -> dict[str, int]:
     """Width and height as whole numbers, one inside the range snapped to a multiple of 16 (with a note)."""
     sizes = {}
@@ -412,6 +452,7 @@ def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
         num_images=_whole("num_images", form.num_images),
         loras=_lora_choices(form),
         **_init_fields(form, sizes, notes),
+        enhanced_prompt=_enhanced_text(form, notes),
         **texts,
         **sizes,
     )

@@ -27,6 +27,7 @@ LABELS = [
     "LoRA scale",
     "Start from this image (upload or paste)",
     "Strength (1: ignore the image, 0: keep it)",
+    "Enhanced prompt (editable)",
 ]
 
 
@@ -52,6 +53,9 @@ def test_api_info_has_plain_labels_named_returns_and_int_types(fake_app):
     assert [p["label"] for p in generate["parameters"]] == LABELS
     assert [r["label"] for r in generate["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
     assert [r["label"] for r in info["named_endpoints"]["/stats"]["returns"]] == ["Stats"]
+    enhance = info["named_endpoints"]["/enhance"]
+    assert [p["label"] for p in enhance["parameters"]] == ["Prompt", "Width", "Height", "Seed"]
+    assert [r["label"] for r in enhance["returns"]] == ["Enhanced prompt (editable)"]
     types = {p["parameter_name"]: (p["type"]["type"], p["python_type"]["type"]) for p in generate["parameters"]}
     for whole in ("width", "height", "num_inference_steps", "seed", "num_images"):
         assert types[whole] == ("integer", "int"), whole

@@ -38,6 +38,7 @@ def test_api_exposes_generate_with_the_documented_parameters(fake_app):
         "lora_scale",
         "init_image",
         "strength",
+        "enhanced_prompt",
     ]
     assert "/stats" in api
 

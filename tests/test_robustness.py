@@ -35,6 +35,7 @@ GOOD = {
     "lora_scale": 1.0,
     "init_image": None,
     "strength": 1.0,
+    "enhanced_prompt": "",
 }
 BAD = [
     ({"prompt": ""}, "prompt must be a non-blank text"),

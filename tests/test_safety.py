@@ -27,11 +27,11 @@ from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 from .support.app import ROOT, FakeService, free_port, wait_for_server, wait_until  # noqa: E402
 
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
-FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1]  # prompt … strength, as /generate takes them
+FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]  # prompt … enhanced_prompt
 
 
 def slow_form(steps=50, prompt="slow cat"):
-    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1]
+    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]
 
 
 # ---------------------------------------------------------------- servers
@@ -292,12 +292,7 @@ def test_fifty_quick_enqueues_get_busy_beyond_the_limits(limited_app):
         ids = {d.get("api_name"): d["id"] for d in config["dependencies"]}
         generate = ids["generate"]
         for i in range(50):
-            r = join(
-                http,
-                generate,
-                [f"a cat {i}", "", 64, 64, 200, 4.0, 7, False, False, 1, "", 1.0, None, 1],
-                f"hostile-{i}",
-            )
+            r = join(http, generate, [f"a cat {i}", *FORM[1:4], 200, *FORM[5:]], f"hostile-{i}")
             codes.append(r.status_code)
             texts.append(r.text)
         for i in range(50):  # free the server: close each session's stream
@@ -428,7 +423,7 @@ def test_missing_fields_and_a_lone_surrogate_get_named_errors(limited_app):
         missing = http.post("gradio_api/call/generate", json={"data": ["a cat", "", 64]})
         assert missing.status_code == 422
         assert "/generate is missing height, num_inference_steps" in missing.json()["error"]
-        body = b'{"data": ["a \\ud800 cat", "", 64, 64, 1, 4.0, 7, false, false, 1, "", 1.0, null, 1]}'
+        body = b'{"data": ["a \\ud800 cat", "", 64, 64, 1, 4.0, 7, false, false, 1, "", 1.0, null, 1, ""]}'
         event = http.post("gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
     # the form's validator refuses it before it is queued, naming the field
     assert event.status_code == 422, event.text

@@ -124,9 +124,36 @@ class Generator:
     def prompt_cache(self) -> PromptCache:
         return self.prompt_stage.cache
 
-    def enhance_prompt(self, prompt: str, width: int, height: int, seed: int, cap: int | None = None):
-        """The PE's rewrite of ``prompt`` (a ``PromptEnhancement``): ``PromptStage.enhance``."""
-        return self.prompt_stage.enhance(prompt, width, height, seed, cap)
+    def enhance_prompt(
+        self,
+        prompt: str,
+        width: int,
+        height: int,
+        seed: int,
+        cap: int | None = None,
+        cancel=None,
+        on_tokens: Callable[[int, int], None] | None = None,
+    ) -> PromptEnhancement:
+        """The PE's rewrite of ``prompt`` alone (a ``PromptEnhancement``): ``PromptStage.enhance``, with the PE
+        brought onto the GPU first in low-vram mode. The seed decides it: it is the text ``generate`` has the PE
+        write for a request of this prompt, size and seed. ``cancel`` and ``on_tokens``: as in ``generate`` (a stop
+        raises ``GenerationCancelled``)."""
+        import torch
+
+        if not self.loaded.has_pe:
+            raise InvalidArgument("this model package has no prompt enhancer: write the enhanced prompt yourself")
+        check_cancel(cancel, "before the prompt enhancer")
+        device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        try:
+            with device:
+                self.loaded.use("pe")
+                return self.prompt_stage.enhance(prompt, width, height, seed, cap, cancel, on_tokens)
+        except torch.cuda.OutOfMemoryError as err:
+            free_device_memory()
+            raise OutOfMemory(
+                "Out of GPU memory while the prompt enhancer wrote. Try memory mode low-vram (`--memory-mode "
+                "low-vram`), or close what else uses the GPU; the next request can run."
+            ) from err
 
     def warm_up(self, width: int = 1024, height: int = 1024, guidance_scale: float = 4.0) -> float:
         """A 2-step run, so that compilation (``compile=True``) and CUDA start-up happen now rather than in the

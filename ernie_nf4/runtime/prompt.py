@@ -1,9 +1,10 @@
 """The prompt stage: the prompt enhancer's rewrite (two samplers), an LRU cache of prompts, text encoding.
 
 ``PromptStage.run`` runs the stage for one request: from the cache when the same prompt, negative prompt, PE seed and
-size came before (a rerun with other steps or guidance skips the PE and the text encoder), else the PE (when on)
-and the text encoder. The run's stop signal is checked before the PE, every few tokens while it writes, and before
-and after the text encoder; a stopped run raises ``GenerationCancelled`` and leaves the cache as it was.
+size came before (a rerun with other steps or guidance skips the PE and the text encoder), else the PE (when on,
+and the request gives no enhanced prompt of its own) and the text encoder. The run's stop signal is checked before
+the PE, every few tokens while it writes, and before and after the text encoder; a stopped run raises
+``GenerationCancelled`` and leaves the cache as it was.
 """
 
 from __future__ import annotations
@@ -144,9 +145,18 @@ def enhancement(tokenizer, new: list[int], stopped: bool, cap: int) -> PromptEnh
 
 
 def prompt_key(request: GenerationRequest, use_pe: bool) -> tuple:
-    """What the prompt stage's output depends on: prompt, negative prompt, PE seed, size, PE on."""
+    """What the prompt stage's output depends on: prompt, negative prompt, PE seed, size, PE on, and the enhanced
+    prompt the request gives (never mixed with what the PE wrote)."""
     seed = request.seed if use_pe else None
-    return (request.prompt, request.negative_prompt, seed, request.width, request.height, use_pe)
+    return (
+        request.prompt,
+        request.negative_prompt,
+        seed,
+        request.width,
+        request.height,
+        use_pe,
+        request.enhanced_prompt,
+    )
 
 
 def encode_text(loaded, request: GenerationRequest, prompt: Prompt, fresh: bool, device, cancel=None) -> None:
@@ -257,9 +267,10 @@ class PromptStage:
         """Revised prompt and text embeddings for ``request``, and whether they came from the cache (``cache``:
         another one than the stage's own, e.g. an empty one for a warm-up; ``cap``: another PE cap). The ``pe``
         and ``text_encoding`` laps go to ``clock``. ``cancel``, ``on_tokens``: see ``enhance``; a stopped run
-        raises ``GenerationCancelled`` and puts nothing in the cache."""
+        raises ``GenerationCancelled`` and puts nothing in the cache. A request that gives its enhanced prompt
+        skips the PE: that text goes to the text encoder as it is."""
         loaded, cache = self.loaded, self.cache if cache is None else cache
-        use_pe = request.use_pe and loaded.has_pe
+        use_pe = request.runs_pe and loaded.has_pe
         key = prompt_key(request, use_pe)
         cached = cache.get(key)
         prompt = replace(cached) if cached is not None else Prompt()  # the cache's entry itself stays as it is
@@ -269,6 +280,8 @@ class PromptStage:
             size_seed = (request.width, request.height, request.seed)
             prompt.enhancement = self.enhance(request.prompt, *size_seed, cap, cancel, on_tokens)
             prompt.revised = prompt.enhancement.text
+        elif cached is None:
+            prompt.revised = request.enhanced_prompt  # None when there is none: the prompt itself is encoded
         clock.lap("pe")
         encode_text(loaded, request, prompt, fresh=cached is None, device=clock.device, cancel=cancel)
         clock.lap("text_encoding")

@@ -103,6 +103,19 @@ class ReplicaService:
         finally:
             self._free.put(index)
 
+    def enhance(self, request, on_progress=None, cancel=None):
+        """The PE's text for ``request`` (``ImageService.enhance``) on the first free replica."""
+        index = self._free.get()
+        try:
+            replica = self.replicas[index]
+            if not replica.loaded:
+                with self._load_lock:
+                    replica.load(on_progress)
+                replica.start_compiling()
+            return replica.enhance(request, on_progress=on_progress, cancel=cancel)
+        finally:
+            self._free.put(index)
+
     def stats(self) -> ServiceStats:
         first = self.replicas[0].stats()
         return replace(first, replicas=[r.live_stats() for r in self.replicas])

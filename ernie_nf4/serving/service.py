@@ -21,7 +21,7 @@ from ..progress import ProgressCallback, RateMeter, report
 from ..request import GenerationRequest
 from ..runtime.generation import GenerationResult, Generator
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
-from ..runtime.prompt import check_max_pe_tokens
+from ..runtime.prompt import PromptEnhancement, check_max_pe_tokens
 from ..stats import LiveStats, ServiceStats
 from ..synthetic.tiny import build_tiny_package
 from ..system import free_device_memory
@@ -272,12 +272,29 @@ class ImageService:
         with self._lock:  # one generation at a time per GPU
             # Compiled blocks, once ready, from this request on: never halfway through one.
             compiled = self.compiler is not None and self.compiler.activate()
-            stages.start(request.use_pe and generator.loaded.has_pe, generator.pe_cap)
+            stages.start(request.runs_pe and generator.loaded.has_pe, generator.pe_cap)
             result = generator.generate(
                 request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel, on_pe_tokens=stages.tokens
             )
         self.last_result, self.last_run_compiled = result, compiled
         return result
+
+    def enhance(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PromptEnhancement:
+        """The PE's text for ``request``'s prompt, size and seed alone (loading first if needed): what ``generate``
+        would have the PE write for it, to read and edit before a run gives it as ``enhanced_prompt``. Progress
+        tells the tokens written; ``cancel`` stops it within a few tokens (``GenerationCancelled``), as in
+        ``generate``."""
+        generator = self.load(on_progress)
+        stages = _StageReporter(request, on_progress)
+        with self._lock:  # the GPU's one queue, shared with generate
+            stages.start(True, generator.pe_cap)
+            size_seed = (request.width, request.height, request.seed)
+            return generator.enhance_prompt(request.prompt, *size_seed, cancel=cancel, on_tokens=stages.tokens)
 
     @property
     def compile_status(self) -> str:

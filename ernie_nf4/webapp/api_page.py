@@ -18,12 +18,18 @@ from functools import wraps
 from .i18n import EN
 
 # Examples for the parameters that have no default in the form: a prompt a person would write, the empty negative
-# prompt the form itself starts with and no init image (plain text-to-image), so the API may leave them out.
+# and enhanced prompts the form itself starts with, and no init image (plain text-to-image), so the API may leave
+# them out.
 EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
-DEFAULTS = {"negative_prompt": "", "init_image": None}
+DEFAULTS = {"negative_prompt": "", "init_image": None, "enhanced_prompt": ""}
 # The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
 LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
 SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list with one per name"
+# What a parameter takes, where its label cannot say it.
+HELP = {
+    "enhanced_prompt": 'the enhanced prompt to use as it is, without running the PE ("" lets the PE write it); '
+    "/enhance gives the PE's text for a prompt, size and seed to start from"
+}
 
 
 def _lora_help(name: str, component) -> str:
@@ -63,6 +69,8 @@ def _parameter(parameter: dict, component) -> dict:
         help_text = _lora_help(name, component)
         parameter["type"] = {**parameter["type"], "description": help_text}
         parameter["python_type"] = {"type": LORA_TYPES[name], "description": help_text}
+    if name in HELP:
+        parameter["type"] = {**parameter["type"], "description": HELP[name]}
     if name in EXAMPLE_INPUTS:
         parameter["example_input"] = EXAMPLE_INPUTS[name]
     if name in DEFAULTS and not parameter["parameter_has_default"]:

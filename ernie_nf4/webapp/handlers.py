@@ -23,7 +23,7 @@ from .run_progress import RunProgress
 from .runs import RunRegistry, drop_queued
 from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
-from .zerogpu import gpu_generate
+from .zerogpu import gpu_enhance, gpu_generate
 
 logger = logging.getLogger(__name__)
 # The model card's recommended sizes (about one megapixel each), square first, then each portrait with its landscape.
@@ -66,6 +66,7 @@ class Handlers:
         self.history = History(self.output_dir, history_key)
         self.runs = RunRegistry()
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
+        self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
     @staticmethod
     def _progress_callback(progress, lang: str = "en"):
@@ -131,6 +132,7 @@ class Handlers:
         lora_scale=1.0,
         init_image=None,
         strength=1.0,
+        enhanced_prompt="",
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -138,7 +140,7 @@ class Handlers:
         page only, the history's new entries)."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
-            num_images, lora, lora_scale, init_image=init_image, strength=strength,
+            num_images, lora, lora_scale, init_image=init_image, strength=strength, enhanced_prompt=enhanced_prompt,
         )  # fmt: skip
         if form.randomize_seed is True:
             form = replace(form, seed=secrets.randbelow(RANDOM_SEED_LIMIT))
@@ -151,12 +153,14 @@ class Handlers:
             return self.stopped_outputs(lang)
         return self._saved(req, result, notes, lang)
 
-    def _run(self, req, key: str, request, progress, lang: str):
-        """The request through the service under a stop signal of its own; None when it was stopped. A run that
-        gave its images is finished, whatever was pressed after its last step."""
+    def _run(self, req, key: str, request, progress, lang: str, call=None):
+        """The request through the service (``call``: ``_enhance``, else ``_generate``) under a stop signal of its
+        own; None when it was stopped. A run that gave its images is finished, whatever was pressed after its last
+        step."""
         cancel = self.runs.start(key, request)
         try:
-            return self._generate(req, on_progress=self._progress_callback(progress, lang), cancel=cancel)
+            call = call or self._generate
+            return call(req, on_progress=self._progress_callback(progress, lang), cancel=cancel)
         except GenerationCancelled:
             free_device_memory()
             return None  # Stop is not an error
@@ -179,9 +183,9 @@ class Handlers:
 
     async def stop(self, request: gr.Request):
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
-        key = _session_key(request)
+        key, lang = _session_key(request), language(request)
         self.runs.stop_running(key)
-        await drop_queued(request, key, list(self.stopped_outputs(language(request))))
+        await drop_queued(request, key, lambda event: self._stopped_outputs_of(event, lang))
 
     @staticmethod
     def stopped_outputs(lang: str = "en"):
@@ -220,6 +224,7 @@ class Handlers:
         lora_scale=1.0,
         init_image=None,
         strength=1.0,
+        enhanced_prompt="",
         request: gr.Request = None,
     ):
         """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
@@ -227,7 +232,7 @@ class Handlers:
         and API callers get the same message."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
-            num_images, lora, lora_scale, init_image=init_image, strength=strength,
+            num_images, lora, lora_scale, init_image=init_image, strength=strength, enhanced_prompt=enhanced_prompt,
         )  # fmt: skip
         refused = self._refusal(form, language(request))
         if refused is None:
@@ -312,6 +317,7 @@ class Handlers:
             "randomize_seed": None if settings.get("seed") is None else False,
             "lora": [choice.name for choice in picked],
             "lora_scale": picked[0].scale if picked else None,
+            "enhanced_prompt": settings.get("enhanced_prompt") or "",  # settings without one empty the box
         }
         updates = [gr.skip() if settings.get(name) is None else settings[name] for name in RESTORED_FIELDS]
         notes = [say("lora_not_offered", lang, names=", ".join(missing))] if missing else []
@@ -367,6 +373,23 @@ class Handlers:
         if not image:
             return 1.0
         return IMAGE_STRENGTH if _ignores_image(strength) else gr.skip()
+
+    def enhance(self, prompt, width, height, seed, request: gr.Request = None, progress=gr.Progress()):
+        """Enhance first: the PE's text for the prompt at this size and seed, alone (``/enhance``), for the enhanced
+        prompt's box: what a run would have the PE write, to read and edit before Generate uses it as it is. Stop
+        ends it (the box keeps what it showed)."""
+        lang = language(request)
+        req, notes = self._request(FormValues(prompt, width=width, height=height, seed=seed, use_pe=True), lang)
+        for text in notes:
+            gr.Info(text)
+        enhancement = self._run(req, _session_key(request), request, progress, lang, self._enhance)
+        return gr.skip() if enhancement is None else enhancement.text
+
+    def _stopped_outputs_of(self, event, lang: str) -> list:
+        """What Stop gives a queued event of the session: the enhanced prompt's box stays, a run says Stopped."""
+        if getattr(event.fn, "api_name", None) == "enhance":
+            return [gr.skip()]
+        return list(self.stopped_outputs(lang))
 
     def stats(self):
         """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""

@@ -49,6 +49,11 @@ EN = {
     "init_image": "Start from this image (upload or paste)",
     "strength": "Strength (1: ignore the image, 0: keep it)",
     "use_result": "Use this result",
+    "enhance_first": "Enhance first",
+    "enhanced": "Enhanced prompt (editable)",
+    "enhanced_placeholder": "Empty: the PE writes it during the run. Enhance first puts its text here to read and "
+    "edit; Generate then uses it as it is, without running the PE.",
+    "clear_enhanced": "Clear enhanced prompt",
 }
 
 ZH = {
@@ -90,6 +95,11 @@ ZH = {
     "init_image": "从这张图片开始（上传或粘贴）",
     "strength": "重绘强度（1：忽略图片，0：保留原图）",
     "use_result": "用这张结果作起始图",
+    "enhance_first": "先增强提示词",
+    "enhanced": "增强后的提示词（可编辑）",
+    "enhanced_placeholder": "留空：运行时由 PE 撰写。点击“先增强提示词”可在此查看并编辑它的文字；"
+    "生成时原样使用，不再运行 PE。",
+    "clear_enhanced": "清空增强后的提示词",
 }
 
 
@@ -143,6 +153,7 @@ MESSAGES = {
         "run_pe_wrote": "PE wrote {tokens} tokens",
         "run_pe_cut": "PE wrote {tokens} tokens (cut at the cap of {cap})",
         "run_pe_cached": "PE from cache",
+        "run_pe_yours": "enhanced prompt: yours, as you gave it (the PE did not run)",
         "run_peak": "peak VRAM {gib} GiB",
         "run_package": "package {provenance}",
         "run_lora": "LoRA {loras}",
@@ -302,6 +313,7 @@ MESSAGES = {
         "run_pe_wrote": "PE 写了 {tokens} 个词元",
         "run_pe_cut": "PE 写了 {tokens} 个词元（达到上限 {cap}，被截断）",
         "run_pe_cached": "PE 结果来自缓存",
+        "run_pe_yours": "增强后的提示词：使用你提供的文字（未运行 PE）",
         "run_peak": "显存峰值 {gib} GiB",
         "run_package": "模型包 {provenance}",
         "run_lora": "LoRA：{loras}",
@@ -441,6 +453,7 @@ FIELD_NAMES_ZH = {
     "lora_scale": "LoRA 强度",
     "init_image": "起始图片",
     "strength": "重绘强度",
+    "enhanced_prompt": "增强后的提示词",
 }
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {

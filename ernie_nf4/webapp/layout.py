@@ -71,7 +71,26 @@ def _prompt_row() -> dict:
         with gr.Column(scale=1, min_width=160, elem_id="actions"):
             run = gr.Button(t("generate"), variant="primary", elem_id="generate")
             stop = gr.Button(t("stop"), variant="stop", elem_id="stop")
-    return {"prompt": prompt, "run": run, "stop": stop}
+            enhance = gr.Button(t("enhance_first"), elem_id="enhance-first")
+    return {"prompt": prompt, "run": run, "stop": stop, "enhance": enhance}
+
+
+def _enhanced_row() -> dict:
+    """The PE's text for the prompt (Enhance first), in a box to edit, which Generate then uses as it is (empty: the
+    PE writes it during the run), and the button that clears it; shown once there is text (``ui._wire_enhance``)."""
+    with gr.Row(elem_id="enhance", equal_height=True, visible=False) as row:
+        box = gr.Textbox(
+            label=t("enhanced"),
+            placeholder=t("enhanced_placeholder"),
+            lines=2,
+            max_lines=8,
+            scale=5,
+            min_width=160,
+            elem_id="enhanced",
+        )
+        with gr.Column(scale=1, min_width=120, elem_id="enhance-actions"):
+            clear = gr.Button(t("clear_enhanced"), size="sm", elem_id="clear-enhanced")
+    return {"enhanced_prompt": box, "enhance_row": row, "clear_enhanced": clear}
 
 
 def _size_row(width: int, height: int, choices: list[str]) -> dict:
@@ -234,6 +253,7 @@ def generate_tab(
     lora_names: list[str] = (),
 ) -> dict:
     ui = _prompt_row()
+    ui |= _enhanced_row()
     with gr.Row(elem_id="main"):
         with gr.Column(scale=2, elem_id="settings"):
             ui |= _size_row(width, height, choices)

@@ -95,12 +95,12 @@ def user_message(err: BaseException, lang: str = "en") -> str:
 
 def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en") -> str:
     """The run info box, one line in ``lang``: seeds, per-stage seconds (the PE's only when it was asked for), the
-    PE's tokens, peak GPU memory, the package's provenance when this project's metadata did not vouch for it, the
-    notes."""
+    PE's tokens (or that the enhanced prompt was the user's), peak GPU memory, the package's provenance when this
+    project's metadata did not vouch for it, the notes."""
     s = result.seconds
     per_step = 1000 * s.denoising / max(1, result.request.steps_run * len(result.seeds))
     parts = [say("run_seed", lang, seeds=", ".join(map(str, result.seeds)))]
-    if result.request.use_pe:
+    if result.request.runs_pe:
         parts.append(say("run_pe", lang, seconds=f"{s.pe:.2f}"))
     parts += [
         say("run_text", lang, seconds=f"{s.text_encoding:.2f}"),
@@ -112,6 +112,8 @@ def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en
         parts.append(
             say("run_pe_cut", lang, tokens=e.tokens, cap=e.cap) if e.cut else say("run_pe_wrote", lang, tokens=e.tokens)
         )
+    elif result.request.enhanced_prompt:
+        parts.append(say("run_pe_yours", lang))
     elif result.prompt_cached and result.revised_prompt:
         parts.append(say("run_pe_cached", lang))
     if result.peak_vram:

@@ -4,7 +4,8 @@ chunk (prompt lines, ``Negative prompt:`` lines, a last line of ``Key: value`` p
 keys are ignored; a key that is missing leaves that field as it is). LoRAs are A1111's ``<lora:NAME:SCALE>`` tags at
 the end of the prompt; read back from anywhere in the prompt, they leave its text. An image-to-image run adds A1111's
 ``Denoising strength`` and ``Init image`` (the first 16 hex digits of the init image's sha256): the strength is read
-back, the image itself cannot be (only its hash is in the file).
+back, the image itself cannot be (only its hash is in the file). An enhanced prompt the user gave (the PE did
+not run) is the ``Enhanced prompt`` key, with ``Enhanced prompt by: user``.
 
 Reading is safe on any file: the PNG's chunks are walked here (no image is decoded, so a header claiming billions of
 pixels costs nothing, and is refused by name), the ``parameters`` text is inflated to at most
@@ -46,8 +47,9 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
         "Model": model,
         "Prompt enhancer": "on" if request.use_pe else "off",
     }
-    if revised_prompt:
+    if revised_prompt and not request.enhanced_prompt:
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
+    pairs |= enhanced_pairs(request)
     if request.uses_init_image:
         pairs["Denoising strength"] = _exact(request.strength)
         pairs["Init image"] = request.init_image.sha256[:INIT_HASH_DIGITS]
@@ -55,6 +57,23 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
     lines = [request.prompt + tags, f"Negative prompt: {request.negative_prompt}"]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
+
+
+ENHANCED_KEY, ENHANCED_BY_KEY, BY_USER = "Enhanced prompt", "Enhanced prompt by", "user"
+
+
+def enhanced_pairs(request: GenerationRequest) -> dict[str, str]:
+    """The pairs of a request that gave its enhanced prompt (the PE did not run): the text, and that the user
+    gave it; none otherwise."""
+    if not request.enhanced_prompt:
+        return {}
+    return {ENHANCED_KEY: json.dumps(request.enhanced_prompt, ensure_ascii=False), ENHANCED_BY_KEY: BY_USER}
+
+
+def enhanced_setting(pairs: dict[str, str]) -> str | None:
+    """The enhanced prompt a user gave, from a PNG's pairs; None when the PE wrote it or there is none."""
+    text = pairs.get(ENHANCED_KEY)
+    return text if pairs.get(ENHANCED_BY_KEY) == BY_USER and text and text.strip() else None
 
 
 def save_png(image, folder: Path, seed: int, parameters: str) -> Path:
@@ -87,6 +106,7 @@ class FormSettings:
     loras: tuple[LoraChoice, ...] = ()  # the prompt's <lora:NAME:SCALE> tags
     strength: float | None = None  # image-to-image's denoising strength
     init_image_sha256: str | None = None  # the first hex digits of the init image's sha256 (the image is not kept)
+    enhanced_prompt: str | None = None  # the enhanced prompt the user gave (``Enhanced prompt by: user``)
 
 
 # A1111's tag: <lora:NAME>, <lora:NAME:SCALE> or more fields after the scale (its text encoder's, ...). Bounded
@@ -236,6 +256,7 @@ def parse_parameters(text: str) -> FormSettings:
         use_pe=None if pe is None else pe == "on",
         loras=loras,
         **_init_settings(pairs),
+        enhanced_prompt=enhanced_setting(pairs),
     )
 
 

@@ -122,9 +122,10 @@ class RunRegistry:
         return len(runs)
 
 
-async def drop_queued(request, key: str, outputs: list) -> int:
+async def drop_queued(request, key: str, outputs) -> int:
     """Remove the session's jobs still waiting in Gradio's queue; each client gets ``outputs`` (the event's
-    output values, as sent on the wire) as a normal completion, so nothing shows an error."""
+    output values, as sent on the wire; or a function of the event giving them) as a normal completion, so nothing
+    shows an error."""
     from gradio.server_messages import ProcessCompletedMessage
 
     queue = _queue_of(request)
@@ -141,7 +142,6 @@ async def drop_queued(request, key: str, outputs: list) -> int:
             queue.event_queue_per_concurrency_id[event.concurrency_id].queue.remove(event)
             queue.event_ids_to_events.pop(event._id, None)
     for event in waiting:
-        queue.send_message(
-            event, ProcessCompletedMessage(output={"data": outputs, "is_generating": False}, success=True)
-        )
+        data = outputs(event) if callable(outputs) else outputs
+        queue.send_message(event, ProcessCompletedMessage(output={"data": data, "is_generating": False}, success=True))
     return len(waiting)

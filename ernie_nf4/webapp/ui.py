@@ -80,6 +80,38 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     ui["load"].click(handlers.load_model, None, ui["status"], api_visibility="private")
 
 
+CLEAR_JS = "() => ''"
+SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
+
+
+def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
+    """Enhance first runs the PE alone into the enhanced prompt's box (``/enhance``), with Stop on while it writes;
+    the box shows while it holds text. It is emptied by its Clear button and when the prompt or the size is changed
+    by hand or by an example (the PE wrote it for those); a new seed leaves it (a run with its text never runs the
+    PE)."""
+    box = ui["enhanced_prompt"]
+    ui["enhance"].click(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
+    event = ui["enhance"].click(
+        handlers.enhance,
+        [ui["prompt"], ui["width"], ui["height"], ui["seed"]],
+        box,
+        api_name="enhance",
+        concurrency_limit=concurrency,
+        concurrency_id="enhance",
+        preprocess=False,  # the API's raw values reach request_from_form, whose errors name the field
+        trigger_mode="multiple",
+        show_progress="full",
+        show_progress_on=ui["prompt"],  # the box shows only once it has text
+    )
+    for ended in (event.then, event.failure):
+        ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
+    changed = [ui["prompt"].input, ui["width"].input, ui["height"].input, ui["preset"].input, ui["swap"].click]
+    for trigger in [ui["clear_enhanced"].click, *changed]:
+        trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
+    # the box and its Clear button show while it holds text (from Enhance first or a restored PNG)
+    box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
+
+
 def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
     ui["preset"].input(handlers.apply_preset, ui["preset"], [ui["width"], ui["height"]], **HIDDEN)
     ui["swap"].click(handlers.swap, [ui["width"], ui["height"]], [ui["width"], ui["height"]], **HIDDEN)
@@ -96,6 +128,7 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     demo.load(None, js=PAGE_LANG_JS)
     examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
     demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
+    examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(
         handlers.use_history, [ui["history_state"], ui["picked"]], [*restored, ui["note"]], **HIDDEN
@@ -176,6 +209,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made
         _buttons_at_rest(ui, problem)
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
+        _wire_enhance(handlers, ui, getattr(service, "replica_count", 1))
         _wire_sizes(handlers, ui, choices)
         _wire_reuse(handlers, ui, demo)
         _wire_image_to_image(handlers, ui)

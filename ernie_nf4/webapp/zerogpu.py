@@ -9,8 +9,8 @@
   arguments are pickled, so the run's ``threading.Event`` cannot cross. Stop reaches it through ``STOP_FLAGS``: a
   table of one-byte flags in anonymous shared memory, made when this module is imported (before any worker is
   forked, so every worker shares it). The app's process gives each GPU call a slot, a bridge thread copies the
-  run's Event into the slot's flag, and the worker's ``service.generate`` reads it at every step
-  (``SharedCancel``). A stop inside the worker comes back as a plain value (``spaces`` turns any exception but
+  run's Event into the slot's flag, and the worker's ``service.generate`` (or ``service.enhance``) reads it at every
+  step (``SharedCancel``). A stop inside the worker comes back as a plain value (``spaces`` turns any exception but
   ``gr.Error`` into a generic "ZeroGPU worker error") and is raised here again as ``GenerationCancelled``.
 - ``--compile`` is turned off (the compile cache would not outlive the worker).
 """
@@ -114,10 +114,11 @@ def on_zerogpu(environ=None) -> bool:
 
 
 def gpu_seconds(request) -> int:
-    """Seconds of GPU to ask ZeroGPU for ``request``: steps × images × pixels, plus the PE and fixed costs."""
+    """Seconds of GPU to ask ZeroGPU for ``request``: steps × images × pixels, plus the PE (unless the request gives
+    its enhanced prompt) and fixed costs."""
     megapixels = request.width * request.height / (1024 * 1024)
     denoise = request.steps_run * request.num_images * STEP_SECONDS_1MP * max(megapixels, 0.25)
-    seconds = BASE_SECONDS + (PE_SECONDS if request.use_pe else 0) + denoise
+    seconds = BASE_SECONDS + (PE_SECONDS if request.runs_pe else 0) + denoise
     return int(min(MAX_SECONDS, math.ceil(seconds)))
 
 
@@ -146,18 +147,34 @@ def gpu_generate(service, gpu_decorator=None):
     (``spaces.GPU``), ``service.generate(request, cancel=SharedCancel(slot))`` runs inside it, called with
     ``(request, slot)`` and ``duration=gpu_seconds(request)``; progress stays in this process, and ``cancel``
     reaches the worker through the slot's shared flag."""
-    if gpu_decorator is None:
-        return service.generate
+    return _on_gpu(service, "generate", gpu_seconds, gpu_decorator)
 
-    def generate_on_gpu(request, slot):
+
+def enhance_seconds(request) -> int:
+    """Seconds of GPU to ask ZeroGPU for the prompt enhancer alone (``/enhance``): the PE and the fixed costs."""
+    return BASE_SECONDS + PE_SECONDS
+
+
+def gpu_enhance(service, gpu_decorator=None):
+    """``service.enhance`` as the app calls it, inside ``gpu_decorator`` as ``gpu_generate`` does, with
+    ``duration=enhance_seconds(request)``."""
+    return _on_gpu(service, "enhance", enhance_seconds, gpu_decorator)
+
+
+def _on_gpu(service, method: str, seconds, gpu_decorator):
+    """``getattr(service, method)`` run as described in ``gpu_generate``, asking for ``seconds(request)``."""
+    if gpu_decorator is None:
+        return getattr(service, method)
+
+    def run_on_gpu(request, slot):
         try:
-            return service.generate(request, cancel=SharedCancel(slot))
+            return getattr(service, method)(request, cancel=SharedCancel(slot))
         except GenerationCancelled as err:
             return Cancelled(str(err))
 
-    decorated = gpu_decorator(duration=lambda request, slot: gpu_seconds(request))(generate_on_gpu)
+    decorated = gpu_decorator(duration=lambda request, slot: seconds(request))(run_on_gpu)
 
-    def generate(request, on_progress=None, cancel=None):
+    def run(request, on_progress=None, cancel=None):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("stopped before the GPU was asked for")
         slot = STOP_FLAGS.allocate()
@@ -180,7 +197,7 @@ def gpu_generate(service, gpu_decorator=None):
             raise GenerationCancelled(result.message or "stopped")
         return result
 
-    return generate
+    return run
 
 
 def adjust_config(config):

@@ -16,6 +16,7 @@ from PIL import Image
 from ernie_nf4.errors import GenerationCancelled, InvalidArgument
 from ernie_nf4.progress import Progress
 from ernie_nf4.runtime.generation import GenerationResult
+from ernie_nf4.runtime.prompt import PromptEnhancement
 from ernie_nf4.stats import LiveStats, ServiceStats, StageSeconds
 from ernie_nf4.variants import VARIANTS
 
@@ -42,6 +43,7 @@ class FakeService:
 
     def __init__(self, lora_names=()):
         self.requests = []
+        self.enhanced = []  # the requests Enhance first sent
         self.lora_names = list(lora_names)  # the LoRAs it offers, by name
 
     def unavailable_reason(self):
@@ -74,7 +76,23 @@ class FakeService:
             for s in request.seeds
         ]
         seconds = StageSeconds(0.1, 0.1, 0.2, 0.1, 0.5)
-        return GenerationResult(request, images, request.seeds, "revised: " + request.prompt, seconds)
+        revised = request.enhanced_prompt or "revised: " + request.prompt  # the text given goes on as it is
+        return GenerationResult(request, images, request.seeds, revised, seconds)
+
+    def enhance(self, request, on_progress=None, cancel=None):
+        """The PE alone: a text that the prompt, size and seed decide, written a token at a time ("slow" prompts
+        slowly, so that Stop can reach them)."""
+        self.enhanced.append(request)
+        words = f"enhanced {request.prompt} at {request.width}x{request.height} seed {request.seed}".split()
+        for written in range(len(words) + 1):
+            if on_progress:
+                on_progress(Progress("pe", done=written, total=len(words), unit="tokens"))
+            if cancel is not None and cancel.is_set():
+                self.enhance_stopped_at = written
+                raise GenerationCancelled("stopped while the prompt enhancer wrote")
+            if request.prompt.startswith("slow"):
+                time.sleep(0.2)
+        return PromptEnhancement(" ".join(words), tokens=len(words), cut=False, cap=len(words))
 
     def stats(self):
         return ServiceStats("fake", None, LiveStats(True, "all-on-gpu", "chosen with --memory-mode", False))
