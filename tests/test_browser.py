@@ -56,6 +56,7 @@ def generate(page, prompt, size=(64, 64)):
 def test_examples_fill_the_form_with_prompt_and_size(open_app):
     page = open_app()
     examples = page.locator("#examples")
+    examples.locator("button").first.wait_for()
     assert examples.locator("button").count() >= 6
     examples.get_by_text("Infographic · 1376×768").click()
     page.wait_for_function("document.querySelector('#width input').value === '1376'")

@@ -145,7 +145,7 @@ def test_the_served_tiny_app_enhances_first_and_a_run_uses_that_text(served_tiny
     and a run given that text uses it without running the PE. (The tiny PE is random: its text may hold control
     characters, which the form removes from any prompt, with a note.)"""
     _, client, _ = served_tiny_app
-    form = ("an orange cat on a table", "", 64, 64, 2, 4.0, 99, False, True, 1, "", 1.0)
+    form = ("an orange cat on a table", "", 64, 64, 2, 4.0, 99, False, True, 1, "", 1.0, None, 1)
     text = client.predict("an orange cat on a table", 64, 64, 99, api_name="/enhance")
     with_pe = client.predict(*form, "", api_name="/generate")
     given = client.predict(*form, text, api_name="/generate")
