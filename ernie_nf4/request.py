@@ -41,6 +41,20 @@ def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
         raise InvalidArgument(f"{name} must be in [{low}, {high}]{extra}, got {value}", field=name)
 
 
+def _check_text(name: str, text) -> None:
+    """A prompt-like field: text of at most ``MAX_PROMPT_CHARS`` characters that is valid Unicode."""
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{name} must be text, got {type(text).__name__}", field=name)
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidArgument(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidArgument(
+            f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it", field=name
+        ) from None
+
+
 def _check_real(name: str, value, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidArgument(f"{name} must be a finite number in {[low, high]}, got {value!r}", field=name)
@@ -174,20 +188,7 @@ class GenerationRequest:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidArgument("prompt must be a non-blank text", field="prompt")
         for name in ("prompt", "negative_prompt"):
-            text = getattr(self, name)
-            if not isinstance(text, str):
-                raise InvalidArgument(f"{name} must be text, got {type(text).__name__}", field=name)
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InvalidArgument(
-                    f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name
-                )
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise InvalidArgument(
-                    f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it",
-                    field=name,
-                ) from None
+            _check_text(name, getattr(self, name))
         for name in ("width", "height"):
             _check_int(name, getattr(self, name), *SIZE_RANGE, f" and a multiple of {SIZE_MULTIPLE}")
             if getattr(self, name) % SIZE_MULTIPLE:
@@ -268,15 +269,7 @@ class GenerationRequest:
             return
         if not isinstance(text, str) or not text.strip():
             raise InvalidArgument(f"{name} must be a non-blank text", field=name)
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidArgument(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise InvalidArgument(
-                f"{name} holds a character that is not valid Unicode text at position {err.start}; retype it",
-                field=name,
-            ) from None
+        _check_text(name, text)
 
     @property
     def runs_pe(self) -> bool:

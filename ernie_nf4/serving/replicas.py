@@ -88,8 +88,9 @@ class ReplicaService:
             replica.start_compiling()
         return self
 
-    def generate(self, request, on_progress=None, cancel=None):
-        """Run ``request`` on the first free replica (waits while all are busy)."""
+    def _on_free_replica(self, on_progress, run):
+        """``run(replica)`` on the first free replica (waits while all are busy; loads it first if needed): its
+        index and what ``run`` gave."""
         index = self._free.get()
         try:
             replica = self.replicas[index]
@@ -97,24 +98,23 @@ class ReplicaService:
                 with self._load_lock:
                     replica.load(on_progress)
                 replica.start_compiling()
-            result = replica.generate(request, on_progress=on_progress, cancel=cancel)
-            self.served_by.append(index)
-            return result
+            return index, run(replica)
         finally:
             self._free.put(index)
 
+    def generate(self, request, on_progress=None, cancel=None):
+        """Run ``request`` on the first free replica (waits while all are busy)."""
+        index, result = self._on_free_replica(
+            on_progress, lambda replica: replica.generate(request, on_progress=on_progress, cancel=cancel)
+        )
+        self.served_by.append(index)
+        return result
+
     def enhance(self, request, on_progress=None, cancel=None):
         """The PE's text for ``request`` (``ImageService.enhance``) on the first free replica."""
-        index = self._free.get()
-        try:
-            replica = self.replicas[index]
-            if not replica.loaded:
-                with self._load_lock:
-                    replica.load(on_progress)
-                replica.start_compiling()
-            return replica.enhance(request, on_progress=on_progress, cancel=cancel)
-        finally:
-            self._free.put(index)
+        return self._on_free_replica(
+            on_progress, lambda replica: replica.enhance(request, on_progress=on_progress, cancel=cancel)
+        )[1]
 
     def stats(self) -> ServiceStats:
         first = self.replicas[0].stats()
