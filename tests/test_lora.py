@@ -381,6 +381,9 @@ def test_auto_counts_the_loras_on_top_of_each_modes_need():
     assert f"{low + 0.4:.1f} GiB (low-vram with 0.4 GiB of LoRAs)" in str(refused.value)
     mode, reason = choose_memory_mode("cuda:0", usable=NEEDS_GIB[MemoryMode.ALL_ON_GPU] + 0.1, extra_gib=0.4)
     assert mode is MemoryMode.LOW_VRAM and "with 0.4 GiB of LoRAs" in reason
+    streamed = {MemoryMode.ALL_ON_GPU: 0.4, MemoryMode.LOW_VRAM: 0.004}  # low-vram keeps the weights in CPU memory
+    mode, reason = choose_memory_mode("cuda:0", usable=low + 0.1, extra_gib=streamed)
+    assert mode is MemoryMode.LOW_VRAM and reason.endswith(f"low-vram needs {low:.0f} GiB")
 
 
 def _mixed_ranks(config: dict) -> dict:
@@ -498,3 +501,33 @@ def test_the_loader_refuses_a_name_given_twice_before_reading_anything(tiny_orig
         read_loras(tiny_original, [("a", missing), ("a", missing)])
     with pytest.raises(InvalidArgument, match="no control characters"):
         read_loras(tiny_original, [("a\nb", missing)])
+
+
+def test_streamed_weights_stay_out_of_the_residency_and_give_the_same_output(config, tmp_path, tiny_original):
+    """low-vram: the LoRA weights stay in one CPU buffer the layers copy from; the model the ``Residency`` moves
+    holds only their scales, and the output is that of weights attached as buffers."""
+    from ernie_nf4.runtime.lora import attach_loras, planned_bytes
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+    from ernie_nf4.runtime.residency import Residency
+
+    path = write_lora(tmp_path / "l.safetensors", _mixed_ranks(config), "PEFT")
+    models, sizes = {}, {}
+    for streamed in (False, True):
+        model = _transformer(tiny_original)
+        linears = linear_shapes(model)
+        files = [read_lora("l", path, linears)]
+        attach_loras(model, files, streamed=streamed).select([LoraChoice("l", 1.0)])
+        residency = Residency("cpu")
+        residency.add("transformer", model)
+        residency.use("transformer")
+        models[streamed], sizes[streamed] = model, residency.bytes("transformer")
+    layers = [m for m in models[True].modules() if hasattr(m, "lora_up")]
+    weights = sum(t.numel() * t.element_size() for m in layers for t in (m.lora_down, m.lora_up))
+    assert weights > 0 and sizes[False] - sizes[True] == weights
+    assert not any("lora_down" in name or "lora_up" in name for name, _ in models[True].named_buffers())
+    one_buffer = {m.lora_down.untyped_storage().data_ptr() for m in layers}
+    assert len(one_buffer) == 1  # one page-locked buffer, locked once
+    largest = max(m.lora_down.nbytes + m.lora_up.nbytes for m in layers)
+    scales = sum(m.lora_scale.nbytes for m in layers)
+    assert planned_bytes(files, linears, element_bytes=4, streamed=True) == scales + largest
+    assert torch.equal(_forward(models[True]), _forward(models[False]))

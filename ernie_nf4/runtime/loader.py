@@ -137,12 +137,12 @@ def _load_small(model_dir: Path, components: dict, vae_dtype) -> dict:
     return small
 
 
-def read_loras(model_dir: Path, loras) -> tuple[list, int]:
+def read_loras(model_dir: Path, loras) -> tuple[list, dict]:
     """``loras`` ((name, file) pairs, names as a request gives them, each once) read and checked against the
     package's transformer before it loads (its linear layers' shapes come from its config on the meta device), and
-    the GPU bytes they will take beside it (``lora.planned_bytes``)."""
+    the GPU GiB they will take beside it in each memory mode (``lora.planned_bytes``; low-vram streams them)."""
     if not loras:
-        return [], 0
+        return [], {}
     import torch
     from diffusers import ErnieImageTransformer2DModel
 
@@ -156,7 +156,8 @@ def read_loras(model_dir: Path, loras) -> tuple[list, int]:
     with torch.device("meta"):
         linears = linear_shapes(ErnieImageTransformer2DModel.from_config(config))
     files = [read_lora(name, path, linears) for name, path in loras]
-    return files, planned_bytes(files, linears)
+    modes = {MemoryMode.ALL_ON_GPU: False, MemoryMode.LOW_VRAM: True}
+    return files, {mode: planned_bytes(files, linears, streamed=s) / 2**30 for mode, s in modes.items()}
 
 
 def _load_models(
@@ -189,7 +190,8 @@ def _load_models(
         if fast and name == "text_encoder":
             embeddings_on_cpu(models[name])
         if name == "transformer" and lora_files:
-            slots = attach_loras(models[name], lora_files)  # before residency: the slots move with the model
+            # before residency: the slots move with the model (in low-vram the weights stay in CPU memory)
+            slots = attach_loras(models[name], lora_files, streamed=residency is not None)
         if residency is not None:
             residency.add(name, models[name])
     return models, slots
@@ -210,14 +212,15 @@ def _speed_up(loaded: LoadedPipeline) -> None:
         compile_blocks(pipe.transformer)
 
 
-def _decide_mode(mode: MemoryMode, device: str, extra_gib: float) -> tuple:
-    """(mode, why, GiB usable, GiB all-on-gpu needs): ``auto`` measured and decided here (``extra_gib``: the LoRAs
-    beside the transformer); a mode asked for is kept, with no figures."""
+def _decide_mode(mode: MemoryMode, device: str, extra_gib: dict) -> tuple:
+    """(mode, why, GiB usable, GiB all-on-gpu needs): ``auto`` measured and decided here (``extra_gib``: per mode,
+    the LoRAs beside the transformer); a mode asked for is kept, with no figures."""
     if mode is not MemoryMode.AUTO:
         return mode, f"memory_mode {mode.value}, as asked", None, None
     usable = needs = None
     if device.startswith("cuda"):
-        usable, needs = usable_gib(device), NEEDS_GIB[MemoryMode.ALL_ON_GPU] + extra_gib
+        usable = usable_gib(device)
+        needs = NEEDS_GIB[MemoryMode.ALL_ON_GPU] + extra_gib.get(MemoryMode.ALL_ON_GPU, 0.0)
     mode, reason = choose_memory_mode(device, usable, extra_gib=extra_gib)
     logger.info("%s", reason)
     return mode, reason, usable, needs
@@ -257,8 +260,8 @@ def load_pipeline(
     model_dir = Path(model_dir)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
-    lora_files, lora_bytes = read_loras(model_dir, loras)
-    mode, reason, usable, needs = _decide_mode(mode, device, lora_bytes / 2**30)
+    lora_files, lora_gib = read_loras(model_dir, loras)
+    mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
     _check_arguments(model_dir, device, mode, fast, compile)
     if device.startswith("cuda"):
         use_expandable_segments()

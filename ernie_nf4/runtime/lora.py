@@ -3,7 +3,9 @@
 ``attach_loras(transformer, files)`` gives every linear layer that a LoRA names a LoRA term beside its own product,
 ``out + ((x @ down.T) * scale) @ up.T``, where ``down`` and ``up`` hold all the files' updates for that layer side by
 side along the rank, and ``scale`` (one number per rank) says which of them count and how much. Those three are
-buffers of the layer, so they move with the model in every memory mode. ``LoraSlots.select`` writes ``scale`` for a
+buffers of the layer, so they move with the model in every memory mode; with ``streamed`` (low-vram) ``down`` and
+``up`` stay in page-locked CPU memory and each layer copies its own in as it runs, so the GPU never holds them all.
+``LoraSlots.select`` writes ``scale`` for a
 request: choosing or scaling LoRAs between requests loads nothing and changes no shape, so compiled blocks keep
 running the same code; scale 0 adds exact zeros (the image of no LoRA).
 
@@ -42,6 +44,8 @@ def _lora_class(base: type) -> type:
         def forward(self, x):
             out = base.forward(self, x)
             down, up = self.lora_down, self.lora_up
+            if down.device != x.device:  # kept in page-locked CPU memory (low-vram): copied in for this call
+                down, up = down.to(x.device, non_blocking=True), up.to(x.device, non_blocking=True)
             h = F.linear(x.to(down.dtype), down)
             h = (h.float() * self.lora_scale).to(down.dtype)
             if out.dtype != up.dtype or not out.is_contiguous():
@@ -102,15 +106,19 @@ def _group_rank(files: list[LoraFile], members: list[str]) -> list[int]:
     return [max((f.modules[m].rank for m in members if m in f.modules), default=0) for f in files]
 
 
-def planned_bytes(files: Sequence[LoraFile], linears: dict[str, tuple[int, int]], element_bytes: int = 2) -> int:
+def planned_bytes(
+    files: Sequence[LoraFile], linears: dict[str, tuple[int, int]], element_bytes: int = 2, streamed: bool = False
+) -> int:
     """GPU bytes ``attach_loras`` adds for ``files`` to a transformer whose linear layers are ``linears`` (path ->
-    (in, out)): every layer of a group the files touch gets the sum of their ranks there, padded."""
-    total = 0
+    (in, out)): every layer of a group the files touch gets the sum of their ranks there, padded. ``streamed``
+    (low-vram): the scales stay, and of the weights only the largest layer's are on the GPU at a time."""
+    scales = largest = weights = 0
     for group in {_group(m) for f in files for m in f.modules}:
         members = [m for m in linears if _group(m) == group]
         rank = sum(_group_rank(list(files), members))
-        total += sum(rank * ((linears[m][0] + linears[m][1]) * element_bytes + 4) for m in members)
-    return total
+        sizes = [rank * (linears[m][0] + linears[m][1]) * element_bytes for m in members]
+        scales, weights, largest = scales + 4 * rank * len(members), weights + sum(sizes), max([largest, *sizes])
+    return scales + (largest if streamed else weights)
 
 
 def _stack(files: list[LoraFile], members: list[str], group: str) -> tuple[dict, list]:
@@ -140,23 +148,59 @@ def _pad(tensors: list, ranks: list[int], shape_of, dim: int):
     return torch.cat(out, dim=dim)
 
 
-def _attach(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> None:
+def _attach(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, host: _HostCopies | None) -> None:
     weight = layer.weight
     dtype = getattr(layer, "compute_dtype", None) or (weight.dtype if weight.is_floating_point() else torch.bfloat16)
     device = weight.device
-    layer.register_buffer("lora_down", down.to(device, dtype), persistent=False)
-    layer.register_buffer("lora_up", up.to(device, dtype), persistent=False)
+    if host is None:
+        layer.register_buffer("lora_down", down.to(device, dtype), persistent=False)
+        layer.register_buffer("lora_up", up.to(device, dtype), persistent=False)
+    else:  # plain attributes: a ``Residency`` moves buffers, and these stay where they are
+        layer.lora_down, layer.lora_up = host.add(down.to(dtype)), host.add(up.to(dtype))
     layer.register_buffer("lora_scale", torch.zeros(down.shape[0], device=device), persistent=False)
     swap_class(layer, _lora_class(type(layer)))
 
 
-def attach_loras(transformer, files: Sequence[LoraFile]) -> LoraSlots:
+class _HostCopies:
+    """The LoRA weights of a streamed attach, in one page-locked CPU buffer (``residency.host_buffer``), each
+    tensor at an aligned place of it: the layers copy theirs to the GPU as they run."""
+
+    def __init__(self):
+        self._tensors: list[torch.Tensor] = []
+
+    def add(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        self._tensors.append(tensor)
+        return tensor
+
+    def lock(self, layers: list[torch.nn.Module]) -> None:
+        """Lay the tensors out in one buffer, page-lock it for CUDA and point ``layers`` at their views."""
+        from .residency import host_buffer, page_lock, plan_offsets
+
+        sizes = [t.numel() * t.element_size() for t in self._tensors]
+        offsets, span = plan_offsets(sizes)
+        pages = host_buffer(span)
+        views = {}
+        for tensor, offset, size in zip(self._tensors, offsets, sizes, strict=True):
+            view = pages[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+            views[id(tensor)] = view.copy_(tensor)
+        if torch.cuda.is_available():
+            page_lock(pages)
+        for layer in layers:
+            layer.lora_down, layer.lora_up = views[id(layer.lora_down)], views[id(layer.lora_up)]
+        self._tensors = []
+
+
+def attach_loras(transformer, files: Sequence[LoraFile], streamed: bool = False) -> LoraSlots:
     """Give ``transformer``'s layers the slots of ``files`` (read by ``lora_files.read_lora`` for this model), all
-    at scale 0. Call it before the model is handed to a ``Residency`` or compiled."""
+    at scale 0. Call it before the model is handed to a ``Residency`` or compiled. ``streamed`` (low-vram): the
+    LoRA weights stay in page-locked CPU memory and each layer copies its own to the GPU as it runs, so the
+    transformer's arena holds only their scales."""
     files = list(files)
     modules = dict(transformer.named_modules())
     touched = {_group(m) for f in files for m in f.modules}
     layers, places = {}, {f.name: [] for f in files}
+    host = _HostCopies() if streamed else None
     for group in sorted(touched):
         members = [path for path in modules if _group(path) == group and isinstance(modules[path], torch.nn.Linear)]
         stacked, group_places = _stack(files, members, group)
@@ -167,6 +211,8 @@ def attach_loras(transformer, files: Sequence[LoraFile]) -> LoraSlots:
             layer = modules[member]
             down = _pad(downs, ranks, lambda r, n=layer.in_features: (r, n), 0)
             up = _pad(ups, ranks, lambda r, n=layer.out_features: (n, r), 1)
-            _attach(layer, down, up)
+            _attach(layer, down, up, host)
         layers[group] = [modules[m] for m in members]
+    if host is not None:
+        host.lock([layer for group in layers.values() for layer in group])
     return LoraSlots(layers, places)

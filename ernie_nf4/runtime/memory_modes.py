@@ -76,25 +76,41 @@ def usable_gib(device: str) -> float:
     return min(usable, fraction * total) / 2**30
 
 
-def choose_memory_mode(device: str, usable: float | None = None, extra_gib: float = 0.0) -> tuple[MemoryMode, str]:
+def choose_memory_mode(
+    device: str, usable: float | None = None, extra_gib: float | dict[MemoryMode, float] = 0.0
+) -> tuple[MemoryMode, str]:
     """The mode ``auto`` picks for ``device`` and why (for the UI and Stats); raises ``EnvironmentUnsupported``
     naming the GiB there and needed when even ``low-vram`` does not fit. ``extra_gib``: what comes on top of each
-    mode's need (LoRAs attached to the transformer)."""
+    mode's need (LoRAs attached to the transformer), one figure for every mode or one per mode."""
 
     if not device.startswith("cuda"):
         return MemoryMode.ALL_ON_GPU, f"auto: {device} has no GPU memory to save"
     usable = usable_gib(device) if usable is None else usable
-    extra = f" with {extra_gib:.1f} GiB of LoRAs" if extra_gib else ""
+    extras = extra_gib if isinstance(extra_gib, dict) else dict.fromkeys(NEEDS_GIB, extra_gib)
     for mode in (MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM):
-        if usable >= NEEDS_GIB[mode] + extra_gib:
-            need = f"{NEEDS_GIB[mode] + extra_gib:.1f}" if extra_gib else f"{NEEDS_GIB[mode]:.0f}"
-            return mode, f"auto: {usable:.1f} GiB usable on {device}, {mode.value} needs {need} GiB{extra}"
+        extra = extras.get(mode, 0.0)
+        if usable >= NEEDS_GIB[mode] + extra:
+            return mode, f"auto: {usable:.1f} GiB usable on {device}, {mode.value} needs {_need(mode, extra)}"
+    extra = extras.get(MemoryMode.LOW_VRAM, 0.0)
     raise EnvironmentUnsupported(
         f"memory_mode auto: {usable:.1f} GiB of GPU memory usable on {device}, the model needs at least "
-        f"{NEEDS_GIB[MemoryMode.LOW_VRAM] + extra_gib:.{1 if extra_gib else 0}f} GiB (low-vram{extra}) at 1024x1024; "
-        "free GPU memory, use "
-        "a larger GPU" + (", or offer fewer or smaller LoRAs" if extra_gib else "")
+        f"{_need(MemoryMode.LOW_VRAM, extra, named=True)} at 1024x1024; free GPU memory, use a larger GPU"
+        + (", or offer fewer or smaller LoRAs" if _shown(extra) else "")
     )
+
+
+def _shown(extra_gib: float) -> bool:
+    """Whether an extra need is worth a word (streamed LoRAs add a few MiB in low-vram)."""
+    return extra_gib >= 0.05
+
+
+def _need(mode: MemoryMode, extra_gib: float, named: bool = False) -> str:
+    """``6 GiB``, or with LoRAs ``6.4 GiB with 0.4 GiB of LoRAs`` (``named``: ``(low-vram with ...)``)."""
+    if not _shown(extra_gib):
+        return f"{NEEDS_GIB[mode]:.0f} GiB" + (f" ({mode.value})" if named else "")
+    loras = f"with {extra_gib:.1f} GiB of LoRAs"
+    total = f"{NEEDS_GIB[mode] + extra_gib:.1f} GiB"
+    return f"{total} ({mode.value} {loras})" if named else f"{total} {loras}"
 
 
 def use_expandable_segments() -> bool:
