@@ -87,6 +87,7 @@ def choose_memory_mode(
         return MemoryMode.ALL_ON_GPU, f"auto: {device} has no GPU memory to save"
     usable = usable_gib(device) if usable is None else usable
     extras = extra_gib if isinstance(extra_gib, dict) else dict.fromkeys(NEEDS_GIB, extra_gib)
+    extras = {mode: extra if _shown(extra) else 0.0 for mode, extra in extras.items()}
     for mode in (MemoryMode.ALL_ON_GPU, MemoryMode.LOW_VRAM):
         extra = extras.get(mode, 0.0)
         if usable >= NEEDS_GIB[mode] + extra:
@@ -100,7 +101,8 @@ def choose_memory_mode(
 
 
 def _shown(extra_gib: float) -> bool:
-    """Whether an extra need is worth a word (streamed LoRAs add a few MiB in low-vram)."""
+    """Whether an extra need counts: streamed LoRAs add a few MiB in low-vram, inside the margin ``NEEDS_GIB``
+    keeps above the measured peaks."""
     return extra_gib >= 0.05
 
 
