@@ -121,31 +121,26 @@ def planned_bytes(
     return scales + (largest if streamed else weights)
 
 
-def _stack(files: list[LoraFile], members: list[str], group: str) -> tuple[dict, list]:
-    """Each layer's (down, up) with every file's update at its place, and the places."""
+def _places(files: list[LoraFile], members: list[str], group: str) -> list[tuple[LoraFile, _Place]]:
+    """Where each file sits in the group's ranks, side by side (a file that skips the group has no place)."""
     places, start = [], 0
     for f, rank in zip(files, _group_rank(files, members), strict=True):
         if rank:
-            places.append((f.name, _Place(group, start, start + rank)))
+            places.append((f, _Place(group, start, start + rank)))
             start += rank
-    stacked = {}
-    for member in members:
-        parts = [(f.modules.get(member), p.stop - p.start) for f in files for name, p in places if name == f.name]
-        downs = [m.down if m is not None else None for m, _ in parts]
-        stacked[member] = (downs, [m.up if m is not None else None for m, _ in parts], [r for _, r in parts])
-    return stacked, places
+    return places
 
 
-def _pad(tensors: list, ranks: list[int], shape_of, dim: int):
-    out = []
-    for tensor, rank in zip(tensors, ranks, strict=True):
-        if tensor is None:
-            out.append(torch.zeros(shape_of(rank)))
-        else:
-            pad = rank - tensor.shape[dim]
-            widths = (0, 0, 0, pad) if dim == 0 else (0, pad)
-            out.append(F.pad(tensor.float(), widths))
-    return torch.cat(out, dim=dim)
+def _filled(layer: torch.nn.Module, member: str, places: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's (down, up): zeros, with each file's update for ``member`` at its place (a lower rank than the
+    place's leaves zeros after it)."""
+    rank = places[-1][1].stop
+    down, up = torch.zeros(rank, layer.in_features), torch.zeros(layer.out_features, rank)
+    for f, place in places:
+        if (module := f.modules.get(member)) is not None:
+            down[place.start : place.start + module.rank] = module.down.float()
+            up[:, place.start : place.start + module.rank] = module.up.float()
+    return down, up
 
 
 def _attach(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, host: _HostCopies | None) -> None:
@@ -203,15 +198,11 @@ def attach_loras(transformer, files: Sequence[LoraFile], streamed: bool = False)
     host = _HostCopies() if streamed else None
     for group in sorted(touched):
         members = [path for path in modules if _group(path) == group and isinstance(modules[path], torch.nn.Linear)]
-        stacked, group_places = _stack(files, members, group)
-        for name, place in group_places:
-            places[name].append(place)
+        group_places = _places(files, members, group)
+        for f, place in group_places:
+            places[f.name].append(place)
         for member in members:
-            downs, ups, ranks = stacked[member]
-            layer = modules[member]
-            down = _pad(downs, ranks, lambda r, n=layer.in_features: (r, n), 0)
-            up = _pad(ups, ranks, lambda r, n=layer.out_features: (n, r), 1)
-            _attach(layer, down, up, host)
+            _attach(modules[member], *_filled(modules[member], member, group_places), host)
         layers[group] = [modules[m] for m in members]
     if host is not None:
         host.lock([layer for group in layers.values() for layer in group])
