@@ -197,16 +197,7 @@ class GenerationRequest:
                     field=name,
                 )
         _check_int("num_inference_steps", self.num_inference_steps, *STEPS_RANGE)
-        guidance = self.guidance_scale
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise InvalidArgument(
-                f"guidance_scale must be a finite number in {list(GUIDANCE_RANGE)}, got {guidance!r}",
-                field="guidance_scale",
-            )
-        if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
-            raise InvalidArgument(
-                f"guidance_scale must be in {list(GUIDANCE_RANGE)}, got {guidance}", field="guidance_scale"
-            )
+        _check_real("guidance_scale", self.guidance_scale, *GUIDANCE_RANGE)
         _check_int("seed", self.seed, 0, SEED_LIMIT - IMAGES_RANGE[1])
         if not isinstance(self.use_pe, bool):
             raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}", field="use_pe")
