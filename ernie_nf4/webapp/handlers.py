@@ -5,6 +5,7 @@ of the request that caused them (``i18n.language``)."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -92,7 +93,7 @@ class Handlers:
             raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
         form, tags = _prompt_tags(form)
         try:
-            req, notes = request_from_form(form)
+            req, notes = request_from_form(self._served_image(form))
         except ValueError as err:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
         if (unknown := self._unknown_lora(req, lang)) is not None:
@@ -200,7 +201,7 @@ class Handlers:
         if (problem := self.service.unavailable_reason()) is not None:
             return FORM_FIELDS[0], say("no_gpu", lang, reason=problem)
         try:
-            req, _ = request_from_form(_prompt_tags(form)[0])
+            req, _ = request_from_form(self._served_image(_prompt_tags(form)[0]))
         except ValueError as err:  # InvalidArgument names its field; anything else is shown on the prompt
             field = err.field if isinstance(err, InvalidArgument) else None
             return (field if field in FORM_FIELDS else FORM_FIELDS[0]), user_message(err, lang)
@@ -354,17 +355,39 @@ class Handlers:
         updates, missing = self._fill_form(asdict(settings), lang)
         return [*updates, None, " ".join(filter(None, [say("restored_png", lang, name=name), missing]))]
 
-    @staticmethod
-    def use_result(gallery, index, strength, request: gr.Request = None):
+    def use_result(self, gallery, index, strength, request: gr.Request = None):
         """The result gallery's selected image (the first when none is selected) into the image-to-image input,
         with the strength at ``IMAGE_STRENGTH`` when it was 1 (which ignores the image); the note says when there
-        is no result yet."""
+        is no result yet. Only a file the app served goes back: a client naming another path gets a refusal."""
         items = list(gallery or [])
         if not items:
             return gr.skip(), gr.skip(), say("no_result", language(request))
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
         path = item[0] if isinstance(item, (list, tuple)) else item
+        if isinstance(path, dict):  # {"image": {"path": ...}, "caption": ...}, as a raw client may send it
+            path = path.get("image", path)
+            path = path.get("path") if isinstance(path, dict) else path
+        if not self.served_file(path):
+            return gr.skip(), gr.skip(), user_message(_not_served(), language(request))
         return path, IMAGE_STRENGTH if _ignores_image(strength) else gr.skip(), ""
+
+    def served_file(self, path) -> bool:
+        """True for a file this app may read on a client's word: one of its own images, or one in Gradio's upload
+        and cache folders (uploads, and the results Gradio serves). A path elsewhere on the server is not."""
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            return False
+        resolved = Path(os.path.abspath(path)).resolve()
+        folders = [Path(gr.utils.get_upload_folder()).resolve(), Path(gr.utils.get_cache_folder()).resolve()]
+        return self.outputs.owns(str(resolved)) or any(resolved.is_relative_to(f) for f in folders)
+
+    def _served_image(self, form: FormValues) -> FormValues:
+        """``form``, refusing (``InvalidArgument`` naming ``init_image``) an init image given as a path the app did
+        not serve: a client may name only its uploads and the app's results."""
+        source = form.init_image
+        path = source.get("path") if isinstance(source, dict) else source
+        if isinstance(path, (str, os.PathLike)) and str(path) and not self.served_file(path):
+            raise _not_served()
+        return form
 
     @staticmethod
     def image_given(image, strength):
@@ -432,6 +455,14 @@ def _delete_upload(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass  # the folder holds other files
+
+
+def _not_served() -> InvalidArgument:
+    return InvalidArgument(
+        "init_image must be an image uploaded to this app or one of its results; a path on the server is not read",
+        field="init_image",
+        key="init_image_not_served",
+    )
 
 
 def _as_list(value) -> list:

@@ -165,6 +165,8 @@ MESSAGES = {
         "lora_too_many": "lora: at most {most} LoRAs at once, got {count}",
         "lora_twice": "lora: each LoRA at most once, got {name} twice",
         "lora_not_names": "lora must be a LoRA's name or a list of names, got {value}",
+        "init_image_not_served": "init_image must be an image uploaded to this app or one of its results; a path on "
+        "the server is not read",
         "lora_scale_count": "lora_scale: give one scale, or one per LoRA named ({names}), got {count}",
         "lora_scales_differ": "The page has one LoRA scale: the LoRAs of these settings had different scales "
         "({loras}); all now use {scale}.",
@@ -324,6 +326,7 @@ MESSAGES = {
         "lora_too_many": "LoRA（lora）：一次最多 {most} 个 LoRA，收到 {count} 个",
         "lora_twice": "LoRA（lora）：每个 LoRA 只能选一次，{name} 出现了两次",
         "lora_not_names": "LoRA（lora）必须是一个 LoRA 名称或名称列表，收到 {value}",
+        "init_image_not_served": "初始图像（init_image）必须是上传到本应用的图像或它生成的结果；不读取服务器上的路径",
         "lora_scale_count": "LoRA 强度（lora_scale）：请给一个强度，或为每个 LoRA 各给一个（{names} 个），"
         "收到 {count} 个",
         "lora_scales_differ": "页面只有一个 LoRA 强度：这些设置中的 LoRA 强度各不相同（{loras}），现在都使用 {scale}。",
