@@ -8,6 +8,7 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -189,10 +190,18 @@ def test_lora_tags_typed_in_the_prompt_are_what_runs_and_what_the_png_keeps(lora
     assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.5),)
 
 
-def test_a_scale_reads_back_exactly_from_the_png():
-    request = GenerationRequest("a cat", width=64, height=64, loras=(LoraChoice("ink", 0.1234567),))
+@pytest.mark.parametrize("scale", [0.1234567, 1e-05, 3.0000000000000005e-06, 2.0])
+def test_a_scale_reads_back_exactly_from_the_png(scale, tmp_path):
+    from ernie_nf4.request import InitImage
+
+    image = InitImage.of(np.zeros((64, 64, 3), np.uint8))
+    request = GenerationRequest(
+        "a cat", width=64, height=64, loras=(LoraChoice("ink", scale),), init_image=image, strength=scale / 4
+    )
     text = parameters_text(request, 7, None, "fake")
-    assert parse_parameters(text).loras == request.loras
+    assert "e-" not in text  # plain decimals, as other tools read them
+    settings = parse_parameters(text)
+    assert settings.loras == request.loras and settings.strength == request.strength
 
 
 def test_an_app_without_loras_refuses_any_name(fake_app):
