@@ -162,6 +162,7 @@ class _HostCopies:
 
     def __init__(self):
         self._tensors: list[torch.Tensor] = []
+        self.pages: torch.Tensor | None = None  # kept while the slots live: its pages stay locked until collected
 
     def add(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.contiguous()
@@ -181,6 +182,7 @@ class _HostCopies:
             views[id(tensor)] = view.copy_(tensor)
         if torch.cuda.is_available():
             page_lock(pages)
+        self.pages = pages
         for layer in layers:
             layer.lora_down, layer.lora_up = views[id(layer.lora_down)], views[id(layer.lora_up)]
         self._tensors = []
@@ -206,4 +208,5 @@ def attach_loras(transformer, files: Sequence[LoraFile], streamed: bool = False)
         layers[group] = [modules[m] for m in members]
     if host is not None:
         host.lock([layer for group in layers.values() for layer in group])
+        transformer._lora_host_copies = host  # as long as the model lives, its LoRA weights stay page-locked
     return LoraSlots(layers, places)
