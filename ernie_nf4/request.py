@@ -32,6 +32,7 @@ MAX_LORA_NAME_CHARS = 100
 STRENGTH_RANGE = (0.0, 1.0)
 INIT_SIDE_RANGE = (16, 8192)  # an init image's width and height, in pixels
 MAX_INIT_PIXELS = 24_000_000  # a 24-megapixel photo; 72 MB of RGB
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what an init image file may be
 
 
 def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
@@ -143,10 +144,10 @@ def _open_image(source):
 
     if isinstance(source, (str, os.PathLike)):
         try:
-            with Image.open(source) as image:
+            with Image.open(source, formats=IMAGE_FORMATS) as image:
                 if (problem := _init_size_problem(image.size)) is not None:
                     raise InvalidArgument(problem, field="init_image")
-                return ImageOps.exif_transpose(image).convert("RGB")  # a phone's photo as it is shown
+                return _rgb(ImageOps.exif_transpose(image))  # a phone's photo as it is shown
         except InvalidArgument:
             raise
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
@@ -156,7 +157,7 @@ def _open_image(source):
                 field="init_image",
             ) from None
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _rgb(source)
     shape = getattr(source, "shape", ())
     if hasattr(source, "__array_interface__") and source.dtype == "uint8" and len(shape) == 3 and shape[2] in (3, 4):
         return Image.fromarray(source[..., :3]).convert("RGB")
@@ -164,6 +165,26 @@ def _open_image(source):
         f"init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {type(source).__name__}",
         field="init_image",
     )
+
+
+def _rgb(image):
+    """``image`` as 8-bit RGB, as a viewer shows it: 16- and 32-bit grey scaled down (not clipped to white), what
+    is transparent on white."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNGs and scans): 0..65535 to 0..255
+        import numpy as np
+
+        image = Image.fromarray((np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8))
+    elif image.mode == "F":  # floats in 0..1
+        import numpy as np
+
+        image = Image.fromarray((np.clip(np.nan_to_num(np.asarray(image)), 0, 1) * 255).round().astype(np.uint8))
+    if "A" in image.mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

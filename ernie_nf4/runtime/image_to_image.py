@@ -10,19 +10,22 @@ Strength 0 runs no step: the image comes back through the VAE.
 from __future__ import annotations
 
 from ..compat import pad_text, patchify_latents
-from ..request import GenerationRequest, cover_crop
+from ..request import GenerationRequest
 
 BN_EPS = 1e-5  # the epsilon the pipeline's decode uses with the VAE's batch-norm statistics
 
 
 def fitted(image, width: int, height: int):
-    """``image`` (PIL) scaled to cover ``width`` x ``height`` (aspect kept) and center-cropped to it."""
+    """``image`` (PIL) scaled to cover ``width`` x ``height`` (aspect kept) and center-cropped to it. Only the part
+    kept is resampled, straight to the run's size: a thin image never becomes a huge one on the way."""
     from PIL import Image
 
     if image.size == (width, height):
         return image
-    scaled, box = cover_crop(image.size, width, height)
-    return image.resize(scaled, Image.Resampling.LANCZOS).crop(box)
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    return image.resize((width, height), Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))
 
 
 def encode(pipe, image, device, dtype):
