@@ -28,6 +28,7 @@ from .image_to_image import denoise_from, encode, fitted
 from .loader import load_pipeline
 from .prompt import PromptCache, PromptEnhancement, PromptStage, check_cancel, check_max_pe_tokens
 from .timing import StageClock
+from .upscale import budget_pixels, request_tiles, tiled_image
 from .vae_decode import decode
 
 WARM_UP_PE_TOKENS = 16  # enough to capture the PE decoder's graph
@@ -230,10 +231,14 @@ class Generator:
         self.loaded.use("transformer")
         self.loaded.select_loras(request.loras)
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
-        # of a single image (what 8-12 GB cards need).
-        start = self._init_latents(request)
+        # of a single image (what 8-12 GB cards need); image-to-image above the mode's budget runs in tiles.
+        plan = request_tiles(request, budget_pixels(self.loaded.memory_mode))
+        start = self._init_latents(request) if plan.count == 1 else None
         images = []
         for number in range(request.num_images):
+            if plan.count > 1:  # image-to-image above the memory mode's budget
+                images.append(tiled_image(pipe, request, prompt, plan, number, hooks, clock, device))
+                continue
             noise = initial_latents(pipe, request.seed + number, request.width, request.height, device)
             callback = step_callback(request, number, hooks.on_step, cancel)
             if start is None:
