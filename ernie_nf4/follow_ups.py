@@ -70,6 +70,8 @@ def upscaled_size(width: int, height: int) -> tuple[int, int]:
             f"init_image is {width}x{height} already: Upscale x2 makes images of at most {largest} pixels on the "
             "longer side; upscale a smaller result",
             field="init_image",
+            key="upscale_largest",
+            values={"size": f"{width}x{height}", "largest": largest},
         )
     return size
 
