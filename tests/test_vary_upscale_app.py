@@ -118,3 +118,21 @@ def test_zerogpu_counts_every_tile_of_an_upscale():
     assert zerogpu.gpu_seconds(plain) == math.ceil(zerogpu.BASE_SECONDS + 50 * zerogpu.STEP_SECONDS_1MP)
     within = GenerationRequest("a fox", width=1024, height=1024, enhanced_prompt="a", init_image=init, strength=0.3)
     assert zerogpu.gpu_seconds(within) == math.ceil(zerogpu.BASE_SECONDS + steps * zerogpu.STEP_SECONDS_1MP)
+
+
+def test_the_api_page_says_how_to_vary_and_upscale(fake_app):
+    from .test_api_page import api_info
+
+    _, client = fake_app
+    _, info = api_info(client.src)
+    endpoints = info["named_endpoints"]
+    strength = next(p for p in endpoints["/generate"]["parameters"] if p["parameter_name"] == "strength")
+    assert "Vary is a /generate call with a result as init_image at strength 0.3" in strength["type"]["description"]
+    assert (
+        "Upscale x2 is one with a result as init_image, twice its width and height" in strength["type"]["description"]
+    )
+    for name in ("/vary_subtle", "/vary_strong", "/upscale"):
+        (image,) = endpoints[name]["parameters"]
+        assert image["label"] == "Result image (a PNG this app made; its settings are read from it)"
+        assert image["type"]["description"].startswith("a result PNG this app made")
+        assert [r["label"] for r in endpoints[name]["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
