@@ -91,3 +91,29 @@ def test_the_buttons_in_chinese_and_a_click_before_any_result(browser, tmp_path)
     finally:
         opener.close()
         app.close()
+
+
+@pytest.mark.browser
+def test_stop_ends_an_upscale_and_the_gallery_keeps_its_result(browser, tmp_path):
+    from .test_browser_run import fill_form
+
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(viewport=PHONE)
+        fill_form(page, "slow lighthouse", steps=20)  # FakeService: 0.2 s a step for "slow" prompts
+        page.locator("#generate").click()
+        expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+        shown = gallery_source(page)
+        page.locator("#upscale").click()
+        expect(page.locator("#stop")).to_be_enabled()
+        assert wait_until(lambda: len(app.service.requests) == 2 and getattr(app.service, "steps_done", 0) < 20, 10)
+        page.locator("#stop").click()
+        expect(page.locator("#info textarea")).to_have_value("Stopped. Nothing was kept from this run.")
+        expect(page.locator("#stop")).to_be_disabled()
+        assert app.service.steps_done < 20 and gallery_source(page) == shown
+        assert (app.service.requests[-1].width, app.service.requests[-1].strength) == (128, 0.3)
+    finally:
+        opener.close()
+        app.close()
