@@ -163,3 +163,19 @@ def test_within_the_budget_and_text_to_image_run_untiled(tiny_generator, monkeyp
     ]
     assert after == before
     assert set(steps) == {2, 4}  # 2 steps run for the image-to-image, 4 for the text-to-image: one pass each
+
+
+def test_the_service_reports_image_one_of_one_while_its_tiles_run(tiny_package, small_budget):
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    from .support.fixtures import DEVICE
+
+    service = ImageService(ServiceConfig(model_dir=str(tiny_package), tiny=True, device=DEVICE))
+    events = []
+    service.generate(upscale_request(), on_progress=events.append)
+    later = [e for e in events if e.stage in ("denoising", "vae_decode")]
+    assert {(e.image, e.images, e.total) for e in later} == {(1, 1, 18)}  # 9 tiles of 2 steps: one image
+    assert [e.done for e in later if e.stage == "vae_decode"] == list(range(2, 19, 2))  # after each tile
+    fractions = [e.fraction for e in later]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert later[-1].describe() == "decoding · image 1 of 1"

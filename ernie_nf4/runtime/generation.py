@@ -184,8 +184,9 @@ class Generator:
         seconds)`` after each stage (``denoising`` and ``vae_decode`` once per image); ``on_pe_tokens(written, cap)``
         every few tokens the prompt enhancer writes. When ``cancel`` is set (or a callback raises
         ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
-        denoising step or image decode, and raises ``GenerationCancelled``. Running out of GPU memory frees what the
-        run held and raises ``OutOfMemory`` saying what to change."""
+        denoising step or image decode, and raises ``GenerationCancelled``. Image-to-image above the memory mode's
+        budget runs each image in ``tile_count`` tiles: the steps are counted over them, stages lapped per tile.
+        Running out of GPU memory frees what the run held and raises ``OutOfMemory`` saying what to change."""
         return self._on_device(request, RunHooks(on_step, on_stage, on_pe_tokens, cancel), None, None)
 
     def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
@@ -207,6 +208,11 @@ class Generator:
             if self.device.type == "cuda":  # on the CPU there is no cache to hand back, and a full collection
                 free_device_memory()  # (tenths of a second) would only delay the stop
             raise
+
+    def tile_count(self, request: GenerationRequest) -> int:
+        """The tiles each image of ``request`` runs in (``upscale``): 1 unless it is image-to-image above the
+        memory mode's budget."""
+        return request_tiles(request, budget_pixels(self.loaded.memory_mode)).count
 
     def _init_latents(self, request: GenerationRequest):
         """The init image's latents, fitted to the request's size, for image-to-image; None for text-to-image
