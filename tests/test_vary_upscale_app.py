@@ -136,3 +136,4 @@ def test_the_api_page_says_how_to_vary_and_upscale(fake_app):
         assert image["label"] == "Result image (a PNG this app made; its settings are read from it)"
         assert image["type"]["description"].startswith("a result PNG this app made")
         assert [r["label"] for r in endpoints[name]["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
+        assert "handle_file('ernie-result.png')" in endpoints[name]["code_snippets"]["python"]

@@ -20,7 +20,11 @@ from .i18n import EN
 # Examples for the parameters that have no default in the form: a prompt a person would write, the empty negative
 # and enhanced prompts the form itself starts with, and no init image (plain text-to-image), so the API may leave
 # them out.
-EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
+EXAMPLE_INPUTS = {
+    "prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film",
+    # Vary's and Upscale's one input: a result PNG on the caller's disk (the page's snippet uploads it)
+    "image": {"path": "ernie-result.png", "url": "ernie-result.png", "meta": {"_type": "gradio.FileData"}},
+}
 DEFAULTS = {"negative_prompt": "", "init_image": None, "enhanced_prompt": ""}
 # The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
 LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
