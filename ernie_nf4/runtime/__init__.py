@@ -7,7 +7,7 @@
 - ``fast_transformer``: the packed-token transformer forward and its compiled blocks;
 - ``generation``: ``Generator``, the one generation path, running a request's stages:
   ``prompt`` (the prompt enhancer, the prompt cache, text encoding), ``denoising``, ``vae_decode``, each timed on a
-  ``timing.StageClock`` made for the request.
+  ``timing.StageClock`` made for the request; ``upscale``: image-to-image above the memory mode's budget, in tiles.
 
 May import: the root modules, ``package``, ``prompt_enhancer``.
 """

@@ -28,6 +28,7 @@ from .image_to_image import denoise_from, encode, fitted
 from .loader import load_pipeline
 from .prompt import PromptCache, PromptEnhancement, PromptStage, check_cancel, check_max_pe_tokens
 from .timing import StageClock
+from .upscale import budget_pixels, request_tiles, tiled_image
 from .vae_decode import decode
 
 WARM_UP_PE_TOKENS = 16  # enough to capture the PE decoder's graph
@@ -183,8 +184,9 @@ class Generator:
         seconds)`` after each stage (``denoising`` and ``vae_decode`` once per image); ``on_pe_tokens(written, cap)``
         every few tokens the prompt enhancer writes. When ``cancel`` is set (or a callback raises
         ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
-        denoising step or image decode, and raises ``GenerationCancelled``. Running out of GPU memory frees what the
-        run held and raises ``OutOfMemory`` saying what to change."""
+        denoising step or image decode, and raises ``GenerationCancelled``. Image-to-image above the memory mode's
+        budget runs each image in ``tile_count`` tiles: the steps are counted over them, stages lapped per tile.
+        Running out of GPU memory frees what the run held and raises ``OutOfMemory`` saying what to change."""
         return self._on_device(request, RunHooks(on_step, on_stage, on_pe_tokens, cancel), None, None)
 
     def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
@@ -206,6 +208,11 @@ class Generator:
             if self.device.type == "cuda":  # on the CPU there is no cache to hand back, and a full collection
                 free_device_memory()  # (tenths of a second) would only delay the stop
             raise
+
+    def tile_count(self, request: GenerationRequest) -> int:
+        """The tiles each image of ``request`` runs in (``upscale``): 1 unless it is image-to-image above the
+        memory mode's budget."""
+        return request_tiles(request, budget_pixels(self.loaded.memory_mode)).count
 
     def _init_latents(self, request: GenerationRequest):
         """The init image's latents, fitted to the request's size, for image-to-image; None for text-to-image
@@ -230,10 +237,14 @@ class Generator:
         self.loaded.use("transformer")
         self.loaded.select_loras(request.loras)
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
-        # of a single image (what 8-12 GB cards need).
-        start = self._init_latents(request)
+        # of a single image (what 8-12 GB cards need); image-to-image above the mode's budget runs in tiles.
+        plan = request_tiles(request, budget_pixels(self.loaded.memory_mode))
+        start = self._init_latents(request) if plan.count == 1 else None
         images = []
         for number in range(request.num_images):
+            if plan.count > 1:  # image-to-image above the memory mode's budget
+                images.append(tiled_image(pipe, request, prompt, plan, number, hooks, clock, device))
+                continue
             noise = initial_latents(pipe, request.seed + number, request.width, request.height, device)
             callback = step_callback(request, number, hooks.on_step, cancel)
             if start is None:

@@ -79,10 +79,11 @@ class _StageReporter:
     the PE's tokens written and its cap; in denoising and decoding which image of how many, with the steps counted
     over the whole run (the bar never goes back) and an ETA for denoising."""
 
-    def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None):
+    def __init__(self, request: GenerationRequest, on_progress: ProgressCallback | None, tiles: int = 1):
         self.request, self.on_progress = request, on_progress
-        self.steps, self.images = request.steps_run, request.num_images  # the steps each image runs
-        self.decoded = 0  # images decoded so far
+        self.steps, self.images = request.steps_run * tiles, request.num_images  # the steps each image runs
+        self.tiles, self.tile_steps = tiles, request.steps_run  # an image in tiles: each tile runs steps_run
+        self.decoded = 0  # tiles (or whole images) decoded so far
         self.meter = RateMeter()
 
     def start(self, use_pe: bool, pe_cap: int) -> None:
@@ -107,11 +108,11 @@ class _StageReporter:
         elif stage == "text_encoding":
             self._images("denoising", 0, 1)
         elif stage == "denoising":
-            self._images("vae_decode", (self.decoded + 1) * self.steps, self.decoded + 1)
+            self._images("vae_decode", (self.decoded + 1) * self.tile_steps, self.decoded // self.tiles + 1)
         elif stage == "vae_decode":
             self.decoded += 1
-            if self.decoded < self.images:
-                self._images("denoising", self.decoded * self.steps, self.decoded + 1)
+            if self.decoded < self.images * self.tiles:
+                self._images("denoising", self.decoded * self.tile_steps, self.decoded // self.tiles + 1)
 
 
 class ImageService:
@@ -268,7 +269,7 @@ class ImageService:
         the current denoising step, raising ``GenerationCancelled``; set while the run waits for the GPU, it stops
         it before it starts."""
         generator = self.load(on_progress)
-        stages = _StageReporter(request, on_progress)
+        stages = _StageReporter(request, on_progress, generator.tile_count(request))
         with self._lock:  # one generation at a time per GPU
             # Compiled blocks, once ready, from this request on: never halfway through one.
             compiled = self.compiler is not None and self.compiler.activate()

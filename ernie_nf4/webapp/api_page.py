@@ -20,7 +20,11 @@ from .i18n import EN
 # Examples for the parameters that have no default in the form: a prompt a person would write, the empty negative
 # and enhanced prompts the form itself starts with, and no init image (plain text-to-image), so the API may leave
 # them out.
-EXAMPLE_INPUTS = {"prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film"}
+EXAMPLE_INPUTS = {
+    "prompt": "A red fox curled up asleep in fresh snow at dawn, soft light, photographed on film",
+    # Vary's and Upscale's one input: a result PNG on the caller's disk (the page's snippet uploads it)
+    "image": {"path": "ernie-result.png", "url": "ernie-result.png", "meta": {"_type": "gradio.FileData"}},
+}
 DEFAULTS = {"negative_prompt": "", "init_image": None, "enhanced_prompt": ""}
 # The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
 LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
@@ -28,7 +32,14 @@ SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list 
 # What a parameter takes, where its label cannot say it.
 HELP = {
     "enhanced_prompt": 'the enhanced prompt to use as it is, without running the PE ("" lets the PE write it); '
-    "/enhance gives the PE's text for a prompt, size and seed to start from"
+    "/enhance gives the PE's text for a prompt, size and seed to start from",
+    "strength": "image-to-image strength, 0 to 1 (1 ignores init_image, 0 gives it back). Vary is a /generate call "
+    "with a result as init_image at strength 0.3 (subtle) or 0.6 (strong), its size and settings and a new seed; "
+    "Upscale x2 is one with a result as init_image, twice its width and height (at most 2048 on the longer side, "
+    "multiples of 16), strength 0.3 and its seed (above 1024x1024 it runs in tiles). /vary_subtle, /vary_strong "
+    "and /upscale do the same from the result's PNG alone",
+    "image": "a result PNG this app made (as /generate, /vary_subtle, /vary_strong or /upscale return it): its "
+    "prompt and settings are read from the file, and the enhanced prompt it was made with is used again",
 }
 
 

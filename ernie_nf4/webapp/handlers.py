@@ -13,13 +13,14 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GenerationCancelled, InvalidArgument
+from ..follow_ups import VARY_STRONG, VARY_SUBTLE, upscale_request, vary_request
 from ..request import FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
 from .i18n import language, say
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
-from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters
+from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
 from .run_progress import RunProgress
 from .runs import RunRegistry, drop_queued
 from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
@@ -427,6 +428,58 @@ class Handlers:
         chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
         return stats_markdown(data, lang), chart
 
+    @staticmethod
+    def selected_result(gallery, index):
+        """The path of the result gallery's selected image (the first when none is selected; None when there is no
+        result), for Vary and Upscale."""
+        items = list(gallery or [])
+        if not items:
+            return None
+        item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
+        return item[0] if isinstance(item, (list, tuple)) else item
+
+    def vary_subtle(self, image, request: gr.Request = None, progress=gr.Progress()):
+        """Vary (subtle) ``image``, a result PNG of this app (``/vary_subtle``): its settings, read from the file,
+        with the image as the init image at strength 0.3 and a new seed. Returns what ``generate`` returns."""
+        return self._follow_up(image, "vary_subtle", request, progress)
+
+    def vary_strong(self, image, request: gr.Request = None, progress=gr.Progress()):
+        """Vary (strong) ``image`` (``/vary_strong``): as ``vary_subtle``, at strength 0.6."""
+        return self._follow_up(image, "vary_strong", request, progress)
+
+    def upscale(self, image, request: gr.Request = None, progress=gr.Progress()):
+        """Upscale x2 ``image``, a result PNG of this app (``/upscale``): its settings at twice its size (at most 2048
+        on the longer side), the image as the init image at strength 0.3, the same seed; in tiles above the memory
+        mode's budget. Returns what ``generate`` returns."""
+        return self._follow_up(image, "upscale", request, progress)
+
+    def follow_up_request(self, image, kind: str, lang: str = "en"):
+        """The request of ``kind`` (``FOLLOW_UPS``) for the result PNG ``image`` and the note saying what it runs;
+        ``gr.Error`` in ``lang`` when there is no image, its settings cannot be read or run, or it is refused."""
+        path = image.get("path") if isinstance(image, dict) else image
+        if not path:
+            raise gr.Error(say("no_result", lang), print_exception=False)
+        if (problem := self.service.unavailable_reason()) is not None:
+            raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
+        try:
+            settings, revised = read_result_parameters(path)
+            source, _ = request_from_form(_settings_form(settings))
+            req = FOLLOW_UPS[kind](source, path, revised)
+        except ValueError as err:
+            raise gr.Error(user_message(err, lang), print_exception=False) from None
+        if (unknown := self._unknown_lora(req, lang)) is not None:
+            raise gr.Error(unknown, print_exception=False)
+        done = say(f"done_{kind}", lang, seed=source.seed, new_seed=req.seed, width=req.width, height=req.height)
+        return req, done
+
+    def _follow_up(self, image, kind: str, request, progress):
+        lang = language(request)
+        req, done = self.follow_up_request(image, kind, lang)
+        result = self._run(req, _session_key(request), request, progress, lang)
+        if result is None:
+            return self.stopped_outputs(lang)
+        return self._saved(req, result, [done], lang)
+
 
 def _ignores_image(strength) -> bool:
     try:
@@ -488,3 +541,25 @@ def _prompt_tags(form: FormValues) -> tuple[FormValues, str]:
     read = ", ".join(f"{c.name} × {c.scale:g}" for c in tagged)
     lora = names + [c.name for c in added]
     return replace(form, prompt=prompt, lora=lora, lora_scale=scales + [c.scale for c in added]), read
+
+
+# Vary and Upscale, by the name of their button and endpoint: the request each makes from a result's request, its
+# image and the PE's revised prompt for it.
+FOLLOW_UPS = {
+    "vary_subtle": lambda req, image, revised: vary_request(req, image, VARY_SUBTLE, revised_prompt=revised),
+    "vary_strong": lambda req, image, revised: vary_request(req, image, VARY_STRONG, revised_prompt=revised),
+    "upscale": lambda req, image, revised: upscale_request(req, image, revised),
+}
+
+
+def _settings_form(settings: FormSettings) -> FormValues:
+    """A result's saved settings as the form would send them (a value the file does not give: the form's default)."""
+    named = ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "use_pe")
+    given = {name: getattr(settings, name) for name in named if getattr(settings, name) is not None}
+    return FormValues(
+        settings.prompt,
+        **given,
+        lora=[choice.name for choice in settings.loras],
+        lora_scale=[choice.scale for choice in settings.loras],
+        enhanced_prompt=settings.enhanced_prompt or "",
+    )

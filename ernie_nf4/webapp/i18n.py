@@ -54,6 +54,10 @@ EN = {
     "enhanced_placeholder": "Empty: the PE writes it during the run. Enhance first puts its text here to read and "
     "edit; Generate then uses it as it is, without running the PE.",
     "clear_enhanced": "Clear enhanced prompt",
+    "vary_subtle": "Vary (subtle)",
+    "vary_strong": "Vary (strong)",
+    "upscale": "Upscale x2",
+    "follow_up_image": "Result image (a PNG this app made; its settings are read from it)",
 }
 
 ZH = {
@@ -100,6 +104,10 @@ ZH = {
     "enhanced_placeholder": "留空：运行时由 PE 撰写。点击“先增强提示词”可在此查看并编辑它的文字；"
     "生成时原样使用，不再运行 PE。",
     "clear_enhanced": "清空增强后的提示词",
+    "vary_subtle": "变化（轻微）",
+    "vary_strong": "变化（强烈）",
+    "upscale": "放大 2 倍",
+    "follow_up_image": "结果图片（本应用生成的 PNG，从中读取设置）",
 }
 
 
@@ -284,6 +292,11 @@ MESSAGES = {
         "stats_chart_y": "Size on disk (GB)",
         "stats_chart_color": "Weights",
         "stats_load_ready": "The model is ready (loaded in {seconds} s).",
+        "done_vary_subtle": "Vary (subtle) of seed {seed}: strength 0.3, new seed {new_seed}",
+        "done_vary_strong": "Vary (strong) of seed {seed}: strength 0.6, new seed {new_seed}",
+        "done_upscale": "Upscale x2 of seed {seed}: {width}x{height} at strength 0.3",
+        "upscale_largest": "init_image is {size} already: Upscale x2 makes images of at most {largest} pixels on the "
+        "longer side; upscale a smaller result",
     },
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
@@ -439,6 +452,11 @@ MESSAGES = {
         "stats_chart_y": "磁盘大小 (GB)",
         "stats_chart_color": "权重",
         "stats_load_ready": "模型已就绪（加载用时 {seconds} 秒）。",
+        "done_vary_subtle": "变化（轻微），原种子 {seed}：重绘强度 0.3，新种子 {new_seed}",
+        "done_vary_strong": "变化（强烈），原种子 {seed}：重绘强度 0.6，新种子 {new_seed}",
+        "done_upscale": "放大 2 倍，种子 {seed}：{width}x{height}，重绘强度 0.3",
+        "upscale_largest": "起始图片（init_image）已是 {size}：放大 2 倍生成的图片长边最多 {largest} 像素；"
+        "请放大一张更小的结果",
     },
 }
 # The form's fields as Chinese messages name them (the label, then the API's name).

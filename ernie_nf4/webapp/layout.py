@@ -201,6 +201,7 @@ def _results() -> dict:
             elem_id="gallery",
         )
         use_result = gr.Button(t("use_result"), size="sm", elem_id="use-result")
+        follow_ups = _follow_up_row()
         revised = gr.Textbox(
             label=t("revised"),
             interactive=False,
@@ -211,7 +212,22 @@ def _results() -> dict:
             elem_id="revised",
         )
         info = gr.Textbox(label=t("run_info"), interactive=False, elem_id="info")
-    return {"gallery": gallery, "use_result": use_result, "revised": revised, "info": info}
+    return {"gallery": gallery, "use_result": use_result, "revised": revised, "info": info} | follow_ups
+
+
+FOLLOW_UP_BUTTONS = ("vary_subtle", "vary_strong", "upscale")  # handlers' and endpoints' names
+
+
+def _follow_up_row() -> dict:
+    """Vary (subtle, strong) and Upscale x2 of the selected result, one line on a phone too; and the hidden file
+    that carries the result to their runs (their API's one input)."""
+    with gr.Row(elem_id="follow-ups"):
+        buttons = {
+            name: gr.Button(t(name), size="sm", min_width=90, elem_id=name.replace("_", "-"))
+            for name in FOLLOW_UP_BUTTONS
+        }
+    image = gr.File(label=t("follow_up_image"), type="filepath", visible=False, elem_id="follow-up-image")
+    return buttons | {"follow_up_image": image}
 
 
 def _reuse_row() -> dict:

@@ -280,6 +280,11 @@ def read_png_parameters(path: str | Path) -> FormSettings:
     """The settings in a PNG's ``parameters`` chunk; ``InvalidArgument`` (a ``ValueError``) naming the file when
     it is not a PNG, is damaged, claims more pixels than Pillow opens, holds a text longer than
     ``MAX_PARAMETERS_BYTES``, or has no such chunk."""
+    return parse_parameters(_png_text(path))
+
+
+def _png_text(path: str | Path) -> str:
+    """A PNG's ``parameters`` text, refused as ``read_png_parameters`` says."""
     name = Path(path).name
     try:
         with open(path, "rb") as file:
@@ -288,7 +293,7 @@ def read_png_parameters(path: str | Path) -> FormSettings:
         raise _refused("png_unreadable", f"{name} could not be read ({err.strerror or err})", name=name) from None
     if text is None or not text.strip():
         raise _refused("png_none", f"{name} carries no generation parameters (no 'parameters' text chunk)", name=name)
-    return parse_parameters(text)
+    return text
 
 
 def _parameters_chunk(file, name: str) -> str | None:
@@ -395,3 +400,16 @@ def _inflate(data: bytes, name: str, kind: bytes, method: int) -> bytes:
     if len(out) > MAX_PARAMETERS_BYTES:
         raise _too_long(name)
     return out
+
+
+REVISED_KEY = "Revised prompt"
+
+
+def read_result_parameters(path: str | Path) -> tuple[FormSettings, str | None]:
+    """A result's settings (``read_png_parameters``) and the revised prompt the PE wrote for it (None when the PE
+    did not run, or the file does not say): what Vary and Upscale run again."""
+    text = _png_text(path)
+    settings = parse_parameters(text)
+    last = text.strip("\n").rsplit("\n", 1)[-1]
+    revised = parse_pairs(last).get(REVISED_KEY) if re.match(r"\s*(Steps|Seed|Size|CFG scale):", last) else None
+    return settings, revised if revised and revised.strip() else None

@@ -12,7 +12,7 @@ from ..serving.service import NO_GPU_MESSAGE
 from .api_page import document_api
 from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
 from .i18n import example_label, language, say, t
-from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
+from .layout import FOLLOW_UP_BUTTONS, form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
 
@@ -214,7 +214,39 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         _wire_reuse(handlers, ui, demo)
         _wire_image_to_image(handlers, ui)
         _wire_stats(handlers, ui, demo)
+        _wire_follow_ups(handlers, ui, demo, getattr(service, "replica_count", 1))
         demo.load(translated, None, [header, missing], **HIDDEN)
     demo.queue(default_concurrency_limit=1)
     document_api(demo)
     return demo
+
+
+def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: int) -> None:
+    """Vary (subtle, strong) and Upscale x2: one click puts the result gallery's selected image in the hidden file
+    and runs it (``/vary_subtle``, ``/vary_strong``, ``/upscale``) as Generate runs: in the same queue lane, with
+    Stop on while it goes, its images in the gallery and the history."""
+    lane = next(fn for fn in demo.fns.values() if fn.api_name == "generate").concurrency_id
+    source = ui["follow_up_image"]
+    for name in FOLLOW_UP_BUTTONS:
+        picked = ui[name].click(handlers.selected_result, [ui["gallery"], ui["result_picked"]], source, **HIDDEN)
+        picked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
+        event = picked.success(
+            getattr(handlers, name),
+            source,
+            [ui["gallery"], ui["seed"], ui["revised"], ui["info"], ui["made"]],
+            api_name=name,
+            concurrency_limit=concurrency,
+            concurrency_id=lane,
+            trigger_mode="multiple",
+            show_progress="full",
+            show_progress_on=ui["gallery"],
+        )
+        for ended in (event.then, event.failure):
+            ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
+        event.success(
+            handlers.add_history,
+            [ui["made"], ui["history_state"]],
+            [ui["history_state"], ui["history"], ui["note"]],
+            api_visibility="private",
+            show_progress="hidden",
+        )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import EnvironmentUnsupported, GenerationCancelled
 from ..runtime.memory_modes import MemoryMode
+from ..runtime.upscale import budget_pixels, request_tiles
 from ..serving.provider import repo_layout
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 BASE_SECONDS = 10  # moving the models in, the text encoder, the VAE decode
 PE_SECONDS = 12  # the prompt enhancer (up to 256 new tokens on a ZeroGPU H200 slice)
 STEP_SECONDS_1MP = 0.45  # one denoising step at 1024x1024 (measured 0.37 s on an H100; margin for H200 slices)
+TILE_SECONDS = 1  # each further tile's VAE encode and decode, at 1024x1024
 MAX_SECONDS = 300
 STOP_SLOTS = 256  # runs on the GPU at once, at most, that Stop can reach (far above any concurrency limit)
 STOP_POLL_SECONDS = 0.1  # how often the bridge thread looks at the run's Event
@@ -114,11 +116,14 @@ def on_zerogpu(environ=None) -> bool:
 
 
 def gpu_seconds(request) -> int:
-    """Seconds of GPU to ask ZeroGPU for ``request``: steps × images × pixels, plus the PE (unless the request gives
-    its enhanced prompt) and fixed costs."""
-    megapixels = request.width * request.height / (1024 * 1024)
-    denoise = request.steps_run * request.num_images * STEP_SECONDS_1MP * max(megapixels, 0.25)
-    seconds = BASE_SECONDS + (PE_SECONDS if request.runs_pe else 0) + denoise
+    """Seconds of GPU to ask ZeroGPU for ``request``: steps × images × pixels (× tiles, for image-to-image above the
+    budget, each tile also encoded and decoded), plus the PE (unless the request gives its enhanced prompt) and
+    fixed costs."""
+    plan = request_tiles(request, budget_pixels(MemoryMode.ALL_ON_GPU))  # ZeroGPU runs all-on-gpu
+    megapixels = plan.width * plan.height / (1024 * 1024)
+    denoise = plan.count * request.steps_run * request.num_images * STEP_SECONDS_1MP * max(megapixels, 0.25)
+    tiles = (plan.count - 1) * request.num_images * TILE_SECONDS
+    seconds = BASE_SECONDS + (PE_SECONDS if request.runs_pe else 0) + denoise + tiles
     return int(min(MAX_SECONDS, math.ceil(seconds)))
 
 

@@ -1,0 +1,93 @@
+"""Vary and Upscale: the requests that start from a result, made from its request and the image chosen.
+
+- Vary (subtle, strong): the same prompt and settings, the result as the init image at strength ``VARY_SUBTLE``
+  (0.3) or ``VARY_STRONG`` (0.6), and a new seed.
+- Upscale x2: the image at twice its width and height (at most ``SIZE_RANGE``'s 2048 on the longer side, the
+  aspect kept, multiples of 16) redrawn lightly (strength ``UPSCALE_STRENGTH``) with the same seed, prompt and
+  steps: one image. Above the memory mode's budget the run goes in tiles (``runtime.upscale``).
+
+Both reuse the enhanced prompt the result was made with (the user's, or the one the PE wrote), so the prompt
+enhancer does not run again and the text stays the same.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+
+from .errors import InvalidArgument
+from .request import SIZE_MULTIPLE, SIZE_RANGE, GenerationRequest, InitImage
+
+VARY_SUBTLE = 0.3
+VARY_STRONG = 0.6
+UPSCALE_STRENGTH = 0.3
+UPSCALE_FACTOR = 2
+NEW_SEED_LIMIT = 2**32  # a new seed is drawn below this, as the page's random seed is
+
+
+def _kept_prompt(request: GenerationRequest, revised_prompt: str | None) -> str | None:
+    """The enhanced prompt the result was made with: the user's, else the PE's revised prompt when the PE ran."""
+    if request.enhanced_prompt:
+        return request.enhanced_prompt
+    if request.use_pe and revised_prompt and revised_prompt.strip():
+        return revised_prompt
+    return None
+
+
+def vary_request(
+    request: GenerationRequest,
+    image,
+    strength: float = VARY_SUBTLE,
+    seed: int | None = None,
+    revised_prompt: str | None = None,
+) -> GenerationRequest:
+    """Vary ``image`` (a result of ``request``; a path, a PIL image or an ``InitImage``): ``request`` with the
+    image as its init image at ``strength`` and ``seed`` (None: a new random one, different from the result's).
+    ``revised_prompt``: the PE's text for the result, reused as the enhanced prompt."""
+    if seed is None:
+        seed = secrets.randbelow(NEW_SEED_LIMIT)
+        while seed == request.seed:
+            seed = secrets.randbelow(NEW_SEED_LIMIT)
+    return replace(
+        request,
+        init_image=InitImage.of(image),
+        strength=strength,
+        seed=seed,
+        enhanced_prompt=_kept_prompt(request, revised_prompt),
+    )
+
+
+def upscaled_size(width: int, height: int) -> tuple[int, int]:
+    """``width`` x ``height`` times ``UPSCALE_FACTOR``, scaled down to ``SIZE_RANGE``'s largest side when it
+    would pass it (the aspect kept), each side a multiple of 16. ``InvalidArgument`` naming ``init_image`` when
+    the image is already at the largest size."""
+    largest = SIZE_RANGE[1]
+    scale = min(UPSCALE_FACTOR, largest / max(width, height))
+    size = tuple(min(largest, max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)) for side in
+                 (width, height))  # fmt: skip
+    if size[0] <= width and size[1] <= height:
+        raise InvalidArgument(
+            f"init_image is {width}x{height} already: Upscale x2 makes images of at most {largest} pixels on the "
+            "longer side; upscale a smaller result",
+            field="init_image",
+            key="upscale_largest",
+            values={"size": f"{width}x{height}", "largest": largest},
+        )
+    return size
+
+
+def upscale_request(request: GenerationRequest, image, revised_prompt: str | None = None) -> GenerationRequest:
+    """Upscale ``image`` (a result of ``request``; a path, a PIL image or an ``InitImage``) x2: ``request`` at the
+    image's ``upscaled_size``, with the image as its init image at ``UPSCALE_STRENGTH``, the same seed, one image.
+    ``revised_prompt``: the PE's text for the result, reused as the enhanced prompt."""
+    init = InitImage.of(image)
+    width, height = upscaled_size(*init.size)
+    return replace(
+        request,
+        width=width,
+        height=height,
+        init_image=init,
+        strength=UPSCALE_STRENGTH,
+        num_images=1,
+        enhanced_prompt=_kept_prompt(request, revised_prompt),
+    )

@@ -1,0 +1,119 @@
+"""Vary and Upscale as a person uses them, in headless Chromium on a phone's screen: a text-to-image run, then
+Vary (subtle) of its result, then Upscale x2 of that, each one click giving a new result in the gallery, the
+service seeing the requests they stand for; and the buttons in Chinese."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+from ernie_nf4.request import InitImage  # noqa: E402
+
+from .support.app import PageOpener, ServedApp, playwright_api, wait_until  # noqa: E402
+
+PHONE = {"width": 390, "height": 844}
+
+
+def result_hash(request) -> str:
+    """The init-image hash of FakeService's first image for ``request`` (its pixels come from the seed)."""
+    pixels = np.random.default_rng(request.seed).integers(0, 255, (request.height, request.width, 3), np.uint8)
+    return InitImage.of(Image.fromarray(pixels)).sha256
+
+
+def gallery_source(page) -> str:
+    return page.locator("#gallery img").first.get_attribute("src")
+
+
+def click_for_new_result(page, app, button: str, info: str) -> None:
+    """Click ``button`` and wait for the run it starts to put a new image in the gallery and ``info`` in the run
+    info."""
+    expect = playwright_api().expect
+    before, count = gallery_source(page), len(app.service.requests)
+    page.locator(button).click()
+    assert wait_until(lambda: len(app.service.requests) == count + 1, 30), button
+    expect(page.locator("#info textarea")).to_have_value(re.compile(re.escape(info)))
+    assert wait_until(lambda: gallery_source(page) != before, 10), button
+
+
+def walk_text_vary_upscale(page, app) -> list:
+    """Text-to-image at 64x64, Vary (subtle) of its result, Upscale x2 of the varied one; returns the three
+    requests the service saw."""
+    expect = playwright_api().expect
+    page.locator("#prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#width input").fill("64")
+    page.locator("#height input").fill("64")
+    page.locator("#generate").click()
+    expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+    text = app.service.requests[-1]
+    click_for_new_result(page, app, "#vary-subtle", "Vary (subtle) of seed")
+    varied = app.service.requests[-1]
+    click_for_new_result(page, app, "#upscale", "Upscale x2 of seed")
+    return [text, varied, app.service.requests[-1]]
+
+
+@pytest.mark.browser
+def test_text_then_vary_subtle_then_upscale_on_a_phone(browser, tmp_path):
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(viewport=PHONE)
+        for button in ("#vary-subtle", "#vary-strong", "#upscale"):  # on a phone, each within the screen's width
+            box = page.locator(button).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (button, box)
+        text, varied, upscaled = walk_text_vary_upscale(page, app)
+        assert text.init_image is None and (text.width, text.height) == (64, 64)
+        assert varied.strength == 0.3 and varied.init_image.sha256 == result_hash(text)
+        assert varied.seed != text.seed and (varied.width, varied.height) == (64, 64)
+        assert varied.prompt == text.prompt and varied.enhanced_prompt == "revised: a lighthouse at dusk"
+        assert (upscaled.width, upscaled.height, upscaled.strength) == (128, 128, 0.3)
+        assert upscaled.seed == varied.seed and upscaled.init_image.sha256 == result_hash(varied)
+        playwright_api().expect(page.locator("#history img")).to_have_count(3)  # each result went to the history
+    finally:
+        opener.close()
+        app.close()
+
+
+@pytest.mark.browser
+def test_the_buttons_in_chinese_and_a_click_before_any_result(browser, tmp_path):
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(viewport=PHONE, locale="zh-CN")
+        expect(page.locator("#vary-subtle")).to_have_text("变化（轻微）")
+        expect(page.locator("#vary-strong")).to_have_text("变化（强烈）")
+        expect(page.locator("#upscale")).to_have_text("放大 2 倍")
+        page.locator("#upscale").click()
+        expect(page.get_by_text("请先生成一张图片。").first).to_be_visible()
+        assert app.service.requests == []
+    finally:
+        opener.close()
+        app.close()
+
+
+@pytest.mark.browser
+def test_stop_ends_an_upscale_and_the_gallery_keeps_its_result(browser, tmp_path):
+    from .test_browser_run import fill_form
+
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(viewport=PHONE)
+        fill_form(page, "slow lighthouse", steps=20)  # FakeService: 0.2 s a step for "slow" prompts
+        page.locator("#generate").click()
+        expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+        shown = gallery_source(page)
+        page.locator("#upscale").click()
+        expect(page.locator("#stop")).to_be_enabled()
+        assert wait_until(lambda: len(app.service.requests) == 2 and getattr(app.service, "steps_done", 0) < 20, 10)
+        page.locator("#stop").click()
+        expect(page.locator("#info textarea")).to_have_value("Stopped. Nothing was kept from this run.")
+        expect(page.locator("#stop")).to_be_disabled()
+        assert app.service.steps_done < 20 and gallery_source(page) == shown
+        assert (app.service.requests[-1].width, app.service.requests[-1].strength) == (128, 0.3)
+    finally:
+        opener.close()
+        app.close()

@@ -1,0 +1,139 @@
+"""Vary and Upscale in the app, through a real Gradio server and gradio_client: a result PNG sent to
+``/vary_subtle``, ``/vary_strong`` and ``/upscale`` reaches the service as the right request (init image, strength,
+size, seed, the enhanced prompt reused), the new PNGs record it, refusals name the field in both languages, and
+ZeroGPU's estimate counts the tiles."""
+
+import math
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from ernie_nf4.request import GenerationRequest, InitImage  # noqa: E402
+from ernie_nf4.webapp import zerogpu  # noqa: E402
+from ernie_nf4.webapp.handlers import Handlers  # noqa: E402
+
+from .support.app import FakeService  # noqa: E402
+
+FORM = ["a lighthouse at dusk", "low quality", 96, 64, 10, 3.5, 5, False, True, 1, "", 1.0]
+
+
+def parameters(path) -> str:
+    with Image.open(path) as png:
+        return png.info["parameters"]
+
+
+def test_a_result_varied_then_upscaled_through_the_api(fake_app):
+    service, client = fake_app
+    images, seed, _, _ = client.predict(*FORM, api_name="/generate")
+    first = images[0]["image"]
+    assert seed == 5 and service.requests[-1].runs_pe
+
+    images, new_seed, revised, info = client.predict(handle_file(first), api_name="/vary_subtle")
+    subtle = service.requests[-1]
+    assert subtle.strength == 0.3 and subtle.init_image.sha256 == InitImage.of(first).sha256
+    assert subtle.seed == new_seed != 5 and (subtle.width, subtle.height) == (96, 64)
+    assert (subtle.prompt, subtle.negative_prompt, subtle.num_inference_steps, subtle.guidance_scale) == (
+        "a lighthouse at dusk",
+        "low quality",
+        10,
+        3.5,
+    )
+    assert subtle.enhanced_prompt == "revised: a lighthouse at dusk" and not subtle.runs_pe  # the PE's text reused
+    assert f"Vary (subtle) of seed 5: strength 0.3, new seed {new_seed}" in info
+    varied = images[0]["image"]
+    assert "Denoising strength: 0.3, Init image: " + subtle.init_image.sha256[:16] in parameters(varied)
+
+    client.predict(handle_file(first), api_name="/vary_strong")
+    assert service.requests[-1].strength == 0.6 and service.requests[-1].seed != 5
+
+    images, up_seed, _, info = client.predict(handle_file(varied), api_name="/upscale")
+    up = service.requests[-1]
+    assert (up.width, up.height, up.strength, up.seed, up.num_images) == (192, 128, 0.3, new_seed, 1)
+    assert up.init_image.sha256 == InitImage.of(varied).sha256 and up_seed == new_seed
+    assert up.enhanced_prompt == "revised: a lighthouse at dusk"
+    text = parameters(images[0]["image"])
+    assert "Size: 192x128" in text and f"Denoising strength: 0.3, Init image: {up.init_image.sha256[:16]}" in text
+    assert "Upscale x2 of seed" in info and "192x128 at strength 0.3" in info
+
+
+def foreign_result(path, size=(2048, 2048)) -> str:
+    """A PNG with A1111's parameters written here with Pillow alone, as another tool would."""
+    info = PngInfo()
+    info.add_text("parameters", "a red fox\nNegative prompt: \nSteps: 8, CFG scale: 1.0, Seed: 3, Size: 2048x2048")
+    Image.new("RGB", size, (200, 90, 20)).save(path, pnginfo=info)
+    return str(path)
+
+
+def test_upscale_of_the_largest_size_and_a_missing_result_are_refused_by_name(fake_app, tmp_path):
+    service, client = fake_app
+    count = len(service.requests)
+    with pytest.raises(AppError, match="init_image is 2048x2048 already: Upscale x2 makes images of at most 2048"):
+        client.predict(handle_file(foreign_result(tmp_path / "big.png")), api_name="/upscale")
+    with pytest.raises(AppError, match="Generate an image first"):
+        client.predict(None, api_name="/vary_subtle")
+    with pytest.raises(AppError, match="carries no generation parameters"):
+        Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
+        client.predict(handle_file(str(tmp_path / "plain.png")), api_name="/vary_strong")
+    assert len(service.requests) == count  # nothing ran
+
+
+class _Chinese:
+    headers = {"accept-language": "zh-CN"}
+    session_hash = None
+
+
+def test_the_follow_ups_speak_chinese(tmp_path):
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    with pytest.raises(gr.Error, match="起始图片（init_image）已是 2048x2048：放大 2 倍"):
+        handlers.upscale(foreign_result(tmp_path / "big.png"), _Chinese())
+    small = foreign_result(tmp_path / "small.png", (1024, 1024))
+    _, note = handlers.follow_up_request(small, "vary_strong", "zh")
+    assert note.startswith("变化（强烈），原种子 3：重绘强度 0.6，新种子 ")
+    info = handlers.vary_subtle(small, _Chinese())[3]
+    assert "变化（轻微），原种子 3" in info
+
+
+def test_the_selected_result_is_the_one_vary_and_upscale_take():
+    gallery = [("/a.png", "a"), ("/b.png", "b")]
+    assert Handlers.selected_result(gallery, 1) == "/b.png"
+    assert Handlers.selected_result(gallery, None) == "/a.png"
+    assert Handlers.selected_result(gallery, 7) == "/a.png"
+    assert Handlers.selected_result([], 0) is None
+
+
+def test_zerogpu_counts_every_tile_of_an_upscale():
+    plain = GenerationRequest("a fox", width=1024, height=1024, enhanced_prompt="a fox, film")
+    init = InitImage.of(Image.new("RGB", (1024, 1024)))
+    up = GenerationRequest("a fox", width=2048, height=2048, enhanced_prompt="a fox", init_image=init, strength=0.3)
+    steps = up.steps_run  # 15 of 50
+    tiles = 9  # 1024x1024 tiles over 2048x2048
+    expected = zerogpu.BASE_SECONDS + tiles * steps * zerogpu.STEP_SECONDS_1MP + (tiles - 1) * zerogpu.TILE_SECONDS
+    assert zerogpu.gpu_seconds(up) == math.ceil(expected)
+    assert zerogpu.gpu_seconds(plain) == math.ceil(zerogpu.BASE_SECONDS + 50 * zerogpu.STEP_SECONDS_1MP)
+    within = GenerationRequest("a fox", width=1024, height=1024, enhanced_prompt="a", init_image=init, strength=0.3)
+    assert zerogpu.gpu_seconds(within) == math.ceil(zerogpu.BASE_SECONDS + steps * zerogpu.STEP_SECONDS_1MP)
+
+
+def test_the_api_page_says_how_to_vary_and_upscale(fake_app):
+    from .test_api_page import api_info
+
+    _, client = fake_app
+    _, info = api_info(client.src)
+    endpoints = info["named_endpoints"]
+    strength = next(p for p in endpoints["/generate"]["parameters"] if p["parameter_name"] == "strength")
+    assert "Vary is a /generate call with a result as init_image at strength 0.3" in strength["type"]["description"]
+    assert (
+        "Upscale x2 is one with a result as init_image, twice its width and height" in strength["type"]["description"]
+    )
+    for name in ("/vary_subtle", "/vary_strong", "/upscale"):
+        (image,) = endpoints[name]["parameters"]
+        assert image["label"] == "Result image (a PNG this app made; its settings are read from it)"
+        assert image["type"]["description"].startswith("a result PNG this app made")
+        assert [r["label"] for r in endpoints[name]["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
+        assert "handle_file('ernie-result.png')" in endpoints[name]["code_snippets"]["python"]
