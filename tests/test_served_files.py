@@ -48,15 +48,18 @@ def test_an_init_image_path_outside_the_uploads_is_refused_before_the_queue(app,
     assert app.service.requests == []
 
 
-def test_use_this_result_hands_back_only_files_the_app_served(app, tmp_path):
+def test_use_this_result_and_vary_hand_back_only_files_the_app_served(app, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("not for clients")
     for path in (str(secret), "/etc/hostname"):
-        status, answer = _predict(app, "use_result", [[{"image": {"path": path}, "caption": None}], 0, 1.0])
+        gallery = [{"image": {"path": path}, "caption": None}]
+        status, answer = _predict(app, "use_result", [gallery, 0, 1.0])
         assert status == 200, answer
         image, _, message = answer["data"]
         assert image is None or image.get("path") is None
         assert "a path on the server is not read" in message
+        status, answer = _predict(app, "selected_result", [gallery, 0])  # what Vary and Upscale start from
+        assert status == 200 and answer["data"][0] is None, answer
     # the app's own result goes back into the image input
     from gradio_client import Client
 

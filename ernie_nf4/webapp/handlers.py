@@ -364,10 +364,7 @@ class Handlers:
         if not items:
             return gr.skip(), gr.skip(), say("no_result", language(request))
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
-        path = item[0] if isinstance(item, (list, tuple)) else item
-        if isinstance(path, dict):  # {"image": {"path": ...}, "caption": ...}, as a raw client may send it
-            path = path.get("image", path)
-            path = path.get("path") if isinstance(path, dict) else path
+        path = _item_path(item)
         if not self.served_file(path):
             return gr.skip(), gr.skip(), user_message(_not_served(), language(request))
         return path, IMAGE_STRENGTH if _ignores_image(strength) else gr.skip(), ""
@@ -428,15 +425,15 @@ class Handlers:
         chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
         return stats_markdown(data, lang), chart
 
-    @staticmethod
-    def selected_result(gallery, index):
+    def selected_result(self, gallery, index):
         """The path of the result gallery's selected image (the first when none is selected; None when there is no
-        result), for Vary and Upscale."""
+        result, or when a client names a file the app did not serve), for Vary and Upscale."""
         items = list(gallery or [])
         if not items:
             return None
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
-        return item[0] if isinstance(item, (list, tuple)) else item
+        path = _item_path(item)
+        return path if self.served_file(path) else None
 
     def vary_subtle(self, image, request: gr.Request = None, progress=gr.Progress()):
         """Vary (subtle) ``image``, a result PNG of this app (``/vary_subtle``): its settings, read from the file,
@@ -462,6 +459,8 @@ class Handlers:
         if (problem := self.service.unavailable_reason()) is not None:
             raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
         try:
+            if not self.served_file(path):
+                raise _not_served()
             settings, revised = read_result_parameters(path)
             source, _ = request_from_form(_settings_form(settings))
             req = FOLLOW_UPS[kind](source, path, revised)
@@ -508,6 +507,16 @@ def _delete_upload(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass  # the folder holds other files
+
+
+def _item_path(item):
+    """A gallery item's file path: ``(path, caption)`` as Gradio hands it over, or ``{"image": {"path": ...}}`` as a
+    raw client may send it."""
+    path = item[0] if isinstance(item, (list, tuple)) else item
+    if isinstance(path, dict):
+        path = path.get("image", path)
+        path = path.get("path") if isinstance(path, dict) else path
+    return path
 
 
 def _not_served() -> InvalidArgument:
