@@ -6,7 +6,8 @@ python scripts/gpu_upscale_memory.py /tmp/ernie-full/ERNIE-Image-NF4 [--runs low
 Each run (MODE:CAP_GIB:eager|compiled; CAP_GIB 0 for none) goes in its own process:
 ``torch.cuda.set_per_process_memory_fraction`` holds the cap, the package is loaded in that mode (compiled: the
 blocks compiled by a warm-up at the size), a 1024x1024 (``--size``) text-to-image request runs, then Vary (subtle) of
-its image and Upscale x2 of it at 2048x2048 (in tiles), twice. Prints one table row per run: peak reserved GiB of
+its image and Upscale x2 of it at 2048x2048 (in tiles), twice; then Enhance first (the PE alone, at most 64
+tokens) and a run from its text, edited. Prints one table row per run: seconds and peak reserved GiB of
 each, the tiles and steps the upscale reported, whether its two runs gave the same bytes, and the graphs compiled
 during the upscale (0: no recompile).
 """
@@ -52,14 +53,21 @@ try:
     row["tiles"] = generator.tile_count(up)
     row["steps_reported"] = f"{len(calls)}/{calls[-1][1]}"
     row["same_bytes"] = generator.generate(up).images[0].tobytes() == first.images[0].tobytes()
+    start = time.perf_counter()
+    written = generator.enhance_prompt(text.prompt, size, size, seed=7).text
+    row["enhance_s"] = round(time.perf_counter() - start, 2)
+    edited = GenerationRequest(text.prompt, width=size, height=size, num_inference_steps=steps, seed=7,
+                               enhanced_prompt=written + " Oil painting.")
+    timed("enhanced", generator, edited)
     row["status"] = "ok"
 except Exception as err:
     row["status"] = f"{type(err).__name__}: {err}"[:300]
 print("ROW " + json.dumps(row), flush=True)
 """
 COLUMNS = (
-    "mode", "cap_gib", "blocks", "text_peak_gib", "vary_peak_gib", "upscale_size", "upscale_s", "upscale_peak_gib",
-    "tiles", "steps_reported", "same_bytes", "new_graphs", "status",
+    "mode", "cap_gib", "blocks", "text_s", "text_peak_gib", "vary_s", "vary_peak_gib", "upscale_size", "upscale_s",
+    "upscale_peak_gib", "tiles", "steps_reported", "same_bytes", "new_graphs", "enhance_s", "enhanced_s",
+    "enhanced_peak_gib", "status",
 )  # fmt: skip
 
 
@@ -72,6 +80,7 @@ def main() -> int:
     parser.add_argument(
         "--steps", type=int, default=10, help="the text-to-image steps (the upscale runs 30 %% of them)"
     )
+    parser.add_argument("--size", type=int, default=1024, help="side of the text-to-image result (upscaled to twice)")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
