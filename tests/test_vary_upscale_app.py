@@ -4,6 +4,7 @@ size, seed, the enhanced prompt reused), the new PNGs record it, refusals name t
 ZeroGPU's estimate counts the tiles."""
 
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -88,23 +89,41 @@ class _Chinese:
     session_hash = None
 
 
-def test_the_follow_ups_speak_chinese(tmp_path):
+@pytest.fixture
+def uploads():
+    """A folder in Gradio's upload folder: where the files a client sends land, the only ones the app reads."""
+    import shutil
+    import tempfile
+
+    folder = Path(gr.utils.get_upload_folder())
+    folder.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(dir=folder))
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+def test_the_follow_ups_speak_chinese(tmp_path, uploads):
     handlers = Handlers(FakeService(), tmp_path / "out")
     with pytest.raises(gr.Error, match="起始图片（init_image）已是 2048x2048：放大 2 倍"):
-        handlers.upscale(foreign_result(tmp_path / "big.png"), _Chinese())
-    small = foreign_result(tmp_path / "small.png", (1024, 1024))
+        handlers.upscale(foreign_result(uploads / "big.png"), _Chinese())
+    with pytest.raises(gr.Error, match="不读取服务器上的路径"):  # a path elsewhere on the server
+        handlers.upscale(foreign_result(tmp_path / "elsewhere.png"), _Chinese())
+    small = foreign_result(uploads / "small.png", (1024, 1024))
     _, note = handlers.follow_up_request(small, "vary_strong", "zh")
     assert note.startswith("变化（强烈），原种子 3：重绘强度 0.6，新种子 ")
     info = handlers.vary_subtle(small, _Chinese())[3]
     assert "变化（轻微），原种子 3" in info
 
 
-def test_the_selected_result_is_the_one_vary_and_upscale_take():
-    gallery = [("/a.png", "a"), ("/b.png", "b")]
-    assert Handlers.selected_result(gallery, 1) == "/b.png"
-    assert Handlers.selected_result(gallery, None) == "/a.png"
-    assert Handlers.selected_result(gallery, 7) == "/a.png"
-    assert Handlers.selected_result([], 0) is None
+def test_the_selected_result_is_the_one_vary_and_upscale_take(tmp_path, uploads):
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    a, b = foreign_result(uploads / "a.png", (64, 64)), foreign_result(uploads / "b.png", (64, 64))
+    gallery = [(a, "a"), (b, "b")]
+    assert handlers.selected_result(gallery, 1) == b
+    assert handlers.selected_result(gallery, None) == a
+    assert handlers.selected_result(gallery, 7) == a
+    assert handlers.selected_result([], 0) is None
+    assert handlers.selected_result([(foreign_result(tmp_path / "c.png", (64, 64)), "c")], 0) is None
 
 
 def test_zerogpu_counts_every_tile_of_an_upscale():

@@ -339,7 +339,7 @@ MESSAGES = {
         "lora_too_many": "LoRA（lora）：一次最多 {most} 个 LoRA，收到 {count} 个",
         "lora_twice": "LoRA（lora）：每个 LoRA 只能选一次，{name} 出现了两次",
         "lora_not_names": "LoRA（lora）必须是一个 LoRA 名称或名称列表，收到 {value}",
-        "init_image_not_served": "初始图像（init_image）必须是上传到本应用的图像或它生成的结果；不读取服务器上的路径",
+        "init_image_not_served": "起始图片（init_image）必须是上传到本应用的图片或它生成的结果；不读取服务器上的路径",
         "lora_scale_count": "LoRA 强度（lora_scale）：请给一个强度，或为每个 LoRA 各给一个（{names} 个），"
         "收到 {count} 个",
         "lora_scales_differ": "页面只有一个 LoRA 强度：这些设置中的 LoRA 强度各不相同（{loras}），现在都使用 {scale}。",

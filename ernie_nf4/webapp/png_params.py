@@ -23,6 +23,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from ..errors import InvalidArgument
@@ -138,8 +139,6 @@ def _tag_choice(match) -> LoraChoice | None:
 def _exact(scale: float) -> str:
     """A scale as plain decimal text that reads back as the same float (1 as "1", 0.1234567 in full, 1e-05 as
     "0.00001": other tools read no exponents)."""
-    from decimal import Decimal
-
     text = f"{scale:g}" if float(f"{scale:g}") == scale else repr(float(scale))
     return format(Decimal(text), "f") if "e" in text.lower() else text
 
