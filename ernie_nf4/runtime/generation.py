@@ -49,12 +49,15 @@ class GenerationResult:
 class RunHooks:
     """What one run tells its caller and listens to: ``on_step(done, total)`` after each denoising step (counted
     over all images), ``on_stage(stage, seconds)`` after each stage, ``on_pe_tokens(written, cap)`` every few
-    tokens the PE writes, and ``cancel``, the run's stop signal (anything with ``is_set()``)."""
+    tokens the PE writes, and ``cancel``, the run's stop signal (anything with ``is_set()``); ``on_preview(image,
+    done, total)``, when given, every few denoising steps: a live preview of the image forming (a small PIL image,
+    ``width/8 x height/8``; ``denoising.previewed_steps``)."""
 
     on_step: Callable[[int, int], None] | None = None
     on_stage: Callable[[str, float], None] | None = None
     on_pe_tokens: Callable[[int, int], None] | None = None
     cancel: object = None
+    on_preview: Callable[[object, int, int], None] | None = None
 
 
 def _check_limits(max_pe_tokens: int | None, prompt_cache_size: int) -> None:
@@ -177,6 +180,7 @@ class Generator:
         on_stage: Callable[[str, float], None] | None = None,
         cancel: threading.Event | None = None,
         on_pe_tokens: Callable[[int, int], None] | None = None,
+        on_preview: Callable[[object, int, int], None] | None = None,
     ) -> GenerationResult:
         """Run ``request``. ``on_step(done, total)`` is called after each denoising step (``done`` counts the steps
         of all images: image ``k`` runs steps ``(k - 1) * request.steps_run + 1`` onwards); ``on_stage(stage,
@@ -184,8 +188,10 @@ class Generator:
         every few tokens the prompt enhancer writes. When ``cancel`` is set (or a callback raises
         ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
         denoising step or image decode, and raises ``GenerationCancelled``. Running out of GPU memory frees what the
-        run held and raises ``OutOfMemory`` saying what to change."""
-        return self._on_device(request, RunHooks(on_step, on_stage, on_pe_tokens, cancel), None, None)
+        run held and raises ``OutOfMemory`` saying what to change. ``on_preview(image, done, total)``: live
+        previews (``RunHooks``), none after a stop; without it no preview is made."""
+        hooks = RunHooks(on_step, on_stage, on_pe_tokens, cancel, on_preview)
+        return self._on_device(request, hooks, None, None)
 
     def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
         """``_run`` on this generator's GPU, with out-of-memory and cancellation freeing what the run held."""
@@ -232,10 +238,11 @@ class Generator:
         # One image at a time: image i is then exactly what seed + i gives alone, and peak VRAM stays that
         # of a single image (what 8-12 GB cards need).
         start = self._init_latents(request)
+        preview_map = self.loaded.preview_map() if hooks.on_preview is not None else None
         images = []
         for number in range(request.num_images):
             noise = initial_latents(pipe, request.seed + number, request.width, request.height, device)
-            callback = step_callback(request, number, hooks.on_step, cancel)
+            callback = step_callback(request, number, hooks.on_step, cancel, hooks.on_preview, preview_map)
             if start is None:
                 latents = denoise(pipe, request, prompt.positive, prompt.negative, noise, callback)
             else:
