@@ -35,7 +35,6 @@ from ..package.format import (
     is_nf4,
 )
 from ..package.json_file import read_json
-from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
 from ..package.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -46,6 +45,7 @@ from ..package.metadata import (
     totals,
     write_metadata,
 )
+from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from ..variants import DEFAULT_VARIANT, VARIANTS
 from .model_card import source_license, write_model_card
