@@ -148,9 +148,9 @@ def refusals(url: str, data: list, language: str) -> dict:
 
 def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_ones(lora_app):
     before = len(lora_app.service.requests)
-    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1, None, 1, ""], "en-US")
+    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1, None, 1, "", False], "en-US")
     assert english == {"lora": "lora: this app offers no LoRA named 'nope'; it offers 'ink', 'style'"}
-    chinese = refusals(lora_app.url, [*FORM, "nope", 1, None, 1, ""], "zh-CN")
+    chinese = refusals(lora_app.url, [*FORM, "nope", 1, None, 1, "", False], "zh-CN")
     assert chinese == {"lora": "LoRA（lora）：本应用没有名为 'nope' 的 LoRA；可用的有 'ink', 'style'"}
     assert len(lora_app.service.requests) == before  # refused before the run was queued
     client = Client(lora_app.url, verbose=False)
@@ -168,9 +168,9 @@ def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_o
     ],
 )
 def test_every_lora_refusal_reads_in_the_pages_language(lora_app, lora, scale, field, chinese):
-    checks = refusals(lora_app.url, [*FORM, lora, scale, None, 1, ""], "zh-CN")
+    checks = refusals(lora_app.url, [*FORM, lora, scale, None, 1, "", False], "zh-CN")
     assert list(checks) == [field] and chinese in checks[field], checks
-    assert field in refusals(lora_app.url, [*FORM, lora, scale, None, 1, ""], "en-US")
+    assert field in refusals(lora_app.url, [*FORM, lora, scale, None, 1, "", False], "en-US")
 
 
 def test_lora_tags_typed_in_the_prompt_are_what_runs_and_what_the_png_keeps(lora_app):

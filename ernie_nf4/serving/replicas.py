@@ -106,7 +106,9 @@ class ReplicaService:
         """Run ``request`` on the first free replica (waits while all are busy)."""
         index, result = self._on_free_replica(
             on_progress,
-            lambda replica: replica.generate(request, on_progress=on_progress, cancel=cancel, previews=previews),
+            lambda replica: replica.generate(
+                request, on_progress=on_progress, cancel=cancel, **({"previews": True} if previews else {})
+            ),
         )
         self.served_by.append(index)
         return result

@@ -54,6 +54,7 @@ EN = {
     "enhanced_placeholder": "Empty: the PE writes it during the run. Enhance first puts its text here to read and "
     "edit; Generate then uses it as it is, without running the PE.",
     "clear_enhanced": "Clear enhanced prompt",
+    "live_previews": "Live previews (the image forming, every few steps)",
 }
 
 ZH = {
@@ -100,6 +101,7 @@ ZH = {
     "enhanced_placeholder": "留空：运行时由 PE 撰写。点击“先增强提示词”可在此查看并编辑它的文字；"
     "生成时原样使用，不再运行 PE。",
     "clear_enhanced": "清空增强后的提示词",
+    "live_previews": "实时预览（每隔几步显示正在成形的图像）",
 }
 
 
@@ -282,6 +284,8 @@ MESSAGES = {
         "stats_chart_y": "Size on disk (GB)",
         "stats_chart_color": "Weights",
         "stats_load_ready": "The model is ready (loaded in {seconds} s).",
+        "preview_caption": "Preview · step {step}/{steps}",
+        "previews_not_bool": "previews must be true or false, got {value}",
     },
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
@@ -436,6 +440,8 @@ MESSAGES = {
         "stats_chart_y": "磁盘大小 (GB)",
         "stats_chart_color": "权重",
         "stats_load_ready": "模型已就绪（加载用时 {seconds} 秒）。",
+        "preview_caption": "预览 · 第 {step}/{steps} 步",
+        "previews_not_bool": "previews（实时预览）必须是 true 或 false，收到 {value}",
     },
 }
 # The form's fields as Chinese messages name them (the label, then the API's name).
@@ -454,6 +460,7 @@ FIELD_NAMES_ZH = {
     "init_image": "起始图片",
     "strength": "重绘强度",
     "enhanced_prompt": "增强后的提示词",
+    "previews": "实时预览",
 }
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {
