@@ -6,6 +6,7 @@ no one asked."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from dataclasses import replace
@@ -144,3 +145,14 @@ def test_a_package_without_a_map_gets_one_fitted_on_first_use_and_previews(maple
     assert tuple(fitted.weight.shape) == (12, 128) and torch.isfinite(fitted.weight).all()
     generator.generate(request(num_inference_steps=2), on_preview=lambda *_: None)
     assert generator.loaded.previews is fitted  # kept in memory
+
+
+def test_the_benchmark_measures_what_previews_cost(tiny_package, tmp_path, capsys):
+    from ernie_nf4.benchmark.run import main
+
+    args = ["--package", tiny_package, "--modes", "nf4", "--resolution", "64x64", "--steps", "8", "--no-use-pe"]
+    args += ["--device", DEVICE, "--previews", "--json", tmp_path / "r.json"]
+    assert main([str(a) for a in args]) == 0
+    mode = json.loads((tmp_path / "r.json").read_text())["modes"][0]
+    assert mode["previews_per_run"] == 7 and isinstance(mode["preview_overhead"], float)
+    assert re.search(r"\[nf4\] live previews: 7 a run, [+-]\d+\.\d\d% of the run's time", capsys.readouterr().out)

@@ -115,3 +115,13 @@ def test_stop_ends_the_previews(server):
     assert "Stopped. Nothing was kept from this run." in final
     assert seen and all(step <= stopped_at[0] for step, after in seen if after)  # none made after the Stop
     assert service.steps_done < 40
+
+
+def test_the_api_page_says_previews_are_off_unless_asked(server):
+    _, url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as http:
+        generate = http.get("gradio_api/info").json()["named_endpoints"]["/generate"]
+    previews = generate["parameters"][-1]
+    assert previews["parameter_name"] == "previews" and previews["parameter_default"] is False
+    assert previews["label"] == "Live previews (the image forming, every few steps)"
+    assert "live previews" in previews["type"]["description"]

@@ -19,7 +19,7 @@ from ..compat import fast_path_supported
 from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
-from ..package.preview_map import PREVIEW_FILE, read_preview_map
+from ..package.preview_map import PREVIEW_FILE, fit_preview_map, read_preview_map
 from ..request import LoraChoice
 from ..system import resolve_device
 from .lora_files import linear_shapes, read_lora
@@ -51,8 +51,6 @@ class LoadedPipeline:
         without one (older, or written by other tools) fitted once from its VAE on first use (seconds) and kept in
         memory."""
         if self.previews is None:
-            from ..package.preview_map import fit_preview_map
-
             logger.info("fitting the live previews' map from the VAE (the package has no %s)", PREVIEW_FILE)
             self.previews = fit_preview_map(self.pipe.vae)
         return self.previews
