@@ -116,7 +116,7 @@ def test_the_api_takes_a_lora_and_its_scale_after_the_form_and_they_reach_the_se
     client = Client(lora_app.url, verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"][
         "/generate"]["parameters"]]  # fmt: skip
-    assert names[10:12] == ["lora", "lora_scale"] and names[-1] == "enhanced_prompt"
+    assert names[10:12] == ["lora", "lora_scale"] and names[-2:] == ["enhanced_prompt", "previews"]
     images, _, _, info = client.predict(*FORM, "style", 0.5, api_name="/generate")
     assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.5),)
     assert info.endswith("LoRA style × 0.5")

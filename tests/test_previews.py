@@ -156,3 +156,29 @@ def test_the_benchmark_measures_what_previews_cost(tiny_package, tmp_path, capsy
     mode = json.loads((tmp_path / "r.json").read_text())["modes"][0]
     assert mode["previews_per_run"] == 7 and isinstance(mode["preview_overhead"], float)
     assert re.search(r"\[nf4\] live previews: 7 a run, [+-]\d+\.\d\d% of the run's time", capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_previews_come_through_the_service_and_keep_the_compiled_blocks(tiny_package):
+    from torch._dynamo.utils import counters
+
+    from ernie_nf4.runtime.fast_transformer import CompileState
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    config = ServiceConfig(model_dir=str(tiny_package), repo_id=None, source=None, device=DEVICE, compile=True)
+    service = ImageService(config)
+    service.load()
+    compiler = service.compiler
+    assert compiler.wait(timeout=900) in (CompileState.READY, CompileState.ACTIVE), compiler.error
+    plain = []
+    service.generate(request(num_inference_steps=2), on_progress=plain.append)  # the compiled blocks from here on
+    assert plain and all(event.preview is None for event in plain)  # not asked: no preview
+    graphs, events = counters["stats"]["unique_graphs"], []
+    result = service.generate(request(), on_progress=events.append, previews=True)
+    assert service.last_run_compiled and compiler.fallback_calls == 0  # every block ran the compiled code
+    assert counters["stats"]["unique_graphs"] == graphs  # the previews made nothing compile again
+    previews = [event for event in events if event.preview is not None]
+    assert [event.done for event in previews] == [1, 2, 3, 4, 5, 6, 7] and previews[0].preview.size == (12, 8)
+    assert all(event.stage == "denoising" and event.image == 1 for event in previews)
+    assert events.index(previews[-1]) < max(i for i, event in enumerate(events) if event.stage == "vae_decode")
+    assert result.images[0].size == (96, 64)
