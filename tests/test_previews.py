@@ -182,3 +182,15 @@ def test_previews_come_through_the_service_and_keep_the_compiled_blocks(tiny_pac
     assert all(event.stage == "denoising" and event.image == 1 for event in previews)
     assert events.index(previews[-1]) < max(i for i, event in enumerate(events) if event.stage == "vae_decode")
     assert result.images[0].size == (96, 64)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["all-on-gpu", "low-vram"])
+def test_previews_in_each_gpu_memory_mode(tiny_package, mode):
+    from ernie_nf4.runtime.generation import Generator
+
+    generator = Generator.from_pretrained(tiny_package, device="cuda", memory_mode=mode, prompt_cache_size=0)
+    seen = []
+    result = generator.generate(request(), on_preview=lambda image, done, total: seen.append((image.size, done)))
+    assert seen == [((12, 8), step) for step in range(1, 8)] and result.images[0].size == (96, 64)
+    assert generator.loaded.previews.weight.device.type == "cpu"  # the map stays on the CPU: 6 KB
