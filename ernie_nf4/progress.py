@@ -27,7 +27,9 @@ class Progress:
     """One progress event. ``done`` / ``total`` in ``unit``: "bytes" (download), "tokens" (the prompt enhancer:
     tokens written and its cap; it usually ends well before the cap), "steps" (denoising and decoding: counted
     over all images of the run, so ``fraction`` never goes back from one image to the next) or "".
-    ``image`` / ``images``: which image of how many (1-based), in the denoising and decoding stages."""
+    ``image`` / ``images``: which image of how many (1-based), in the denoising and decoding stages.
+    ``preview``: a live preview of the image forming (a small PIL image), on the denoising events that carry one
+    (only for a run that asked for previews)."""
 
     stage: str  # one of STAGES
     message: str = ""
@@ -37,6 +39,7 @@ class Progress:
     eta_seconds: float | None = None
     image: int | None = None
     images: int | None = None
+    preview: object = None
 
     @property
     def fraction(self) -> float | None:
@@ -113,10 +116,10 @@ class RateMeter:
 
 def report(callback: ProgressCallback | None, stage: str, message: str = "", **amounts) -> None:
     """Call ``callback`` (if any) with a ``Progress``; also the library's log line (at debug level for the prompt
-    enhancer's token counts, which come every few tokens)."""
+    enhancer's token counts, which come every few tokens, and for live previews)."""
 
     event = Progress(stage, message, **amounts)
-    level = logging.DEBUG if event.unit == "tokens" else logging.INFO
+    level = logging.DEBUG if event.unit == "tokens" or event.preview is not None else logging.INFO
     logging.getLogger("ernie_nf4").log(level, "%s", event.describe())
     if callback is not None:
         callback(event)

@@ -368,6 +368,7 @@ class FormValues:
     init_image: object = None  # a path, a Gradio file dict ({"path": ...}), a PIL image or an array; None for none
     strength: object = 1.0  # image-to-image strength in [0, 1]; 1 ignores init_image
     enhanced_prompt: object = ""  # the enhanced prompt to use as it is ("" or None: the PE writes it)
+    previews: object = False  # live previews streamed while the run denoises (the app's, not the request's)
 
 
 def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:

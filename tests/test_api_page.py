@@ -28,6 +28,7 @@ LABELS = [
     "Start from this image (upload or paste)",
     "Strength (1: ignore the image, 0: keep it)",
     "Enhanced prompt (editable)",
+    "Live previews (the image forming, every few steps)",
 ]
 
 

@@ -39,6 +39,7 @@ def test_api_exposes_generate_with_the_documented_parameters(fake_app):
         "init_image",
         "strength",
         "enhanced_prompt",
+        "previews",
     ]
     assert "/stats" in api
 

@@ -30,7 +30,7 @@ class RunService(FakeService):
     denoised and decoded in turn; "slow" prompts sleep per token and step; every token and step checks Stop, and a
     prompt that "lingers" takes two seconds more to end once stopped (as a large image's last step would)."""
 
-    def generate(self, request, on_progress=None, cancel=None):
+    def generate(self, request, on_progress=None, cancel=None, previews=False):
         self.requests.append(request)
         report = on_progress or (lambda event: None)
         pause = 0.1 if request.prompt.startswith("slow") else 0.0

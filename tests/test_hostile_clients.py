@@ -14,11 +14,11 @@ from ernie_nf4.webapp.limits import Limits  # noqa: E402
 
 from .support.app import ServedApp, wait_until  # noqa: E402
 
-FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]  # prompt … enhanced_prompt
+FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1, "", False]  # prompt … previews
 
 
 def slow_form(steps=50, prompt="slow cat"):
-    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]
+    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1, "", False]
 
 
 def settled(service, pause=0.6):

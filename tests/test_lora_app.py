@@ -117,7 +117,7 @@ def test_the_api_takes_a_lora_and_its_scale_after_the_form_and_they_reach_the_se
     client = Client(lora_app.url, verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"][
         "/generate"]["parameters"]]  # fmt: skip
-    assert names[10:12] == ["lora", "lora_scale"] and names[-1] == "enhanced_prompt"
+    assert names[10:12] == ["lora", "lora_scale"] and names[-2:] == ["enhanced_prompt", "previews"]
     images, _, _, info = client.predict(*FORM, "style", 0.5, api_name="/generate")
     assert lora_app.service.requests[-1].loras == (LoraChoice("style", 0.5),)
     assert info.endswith("LoRA style × 0.5")
@@ -149,9 +149,9 @@ def refusals(url: str, data: list, language: str) -> dict:
 
 def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_ones(lora_app):
     before = len(lora_app.service.requests)
-    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1, None, 1, ""], "en-US")
+    english = refusals(lora_app.url, [*FORM, ["ink", "nope"], 1, None, 1, "", False], "en-US")
     assert english == {"lora": "lora: this app offers no LoRA named 'nope'; it offers 'ink', 'style'"}
-    chinese = refusals(lora_app.url, [*FORM, "nope", 1, None, 1, ""], "zh-CN")
+    chinese = refusals(lora_app.url, [*FORM, "nope", 1, None, 1, "", False], "zh-CN")
     assert chinese == {"lora": "LoRA（lora）：本应用没有名为 'nope' 的 LoRA；可用的有 'ink', 'style'"}
     assert len(lora_app.service.requests) == before  # refused before the run was queued
     client = Client(lora_app.url, verbose=False)
@@ -169,9 +169,9 @@ def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_o
     ],
 )
 def test_every_lora_refusal_reads_in_the_pages_language(lora_app, lora, scale, field, chinese):
-    checks = refusals(lora_app.url, [*FORM, lora, scale, None, 1, ""], "zh-CN")
+    checks = refusals(lora_app.url, [*FORM, lora, scale, None, 1, "", False], "zh-CN")
     assert list(checks) == [field] and chinese in checks[field], checks
-    assert field in refusals(lora_app.url, [*FORM, lora, scale, None, 1, ""], "en-US")
+    assert field in refusals(lora_app.url, [*FORM, lora, scale, None, 1, "", False], "en-US")
 
 
 def test_lora_tags_typed_in_the_prompt_are_what_runs_and_what_the_png_keeps(lora_app):

@@ -36,6 +36,7 @@ GOOD = {
     "init_image": None,
     "strength": 1.0,
     "enhanced_prompt": "",
+    "previews": False,
 }
 BAD = [
     ({"prompt": ""}, "prompt must be a non-blank text"),

@@ -27,11 +27,11 @@ from ernie_nf4.webapp.outputs import OutputStore  # noqa: E402
 from .support.app import ROOT, FakeService, free_port, wait_for_server, wait_until  # noqa: E402
 
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "CUDA_VISIBLE_DEVICES": ""}
-FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]  # prompt … enhanced_prompt
+FORM = ["a cat", "", 64, 64, 2, 4.0, 7, False, False, 1, "", 1.0, None, 1, "", False]  # prompt … previews
 
 
 def slow_form(steps=50, prompt="slow cat"):
-    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]
+    return [prompt, "", 64, 64, steps, 4.0, 7, False, False, 1, "", 1.0, None, 1, "", False]
 
 
 # ---------------------------------------------------------------- servers

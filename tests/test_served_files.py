@@ -38,12 +38,12 @@ def test_an_init_image_path_outside_the_uploads_is_refused_before_the_queue(app,
     private = tmp_path / "private.png"
     Image.new("RGB", (64, 64), (255, 0, 0)).save(private)
     for path in (str(private), "/etc/passwd", str(tmp_path / "missing.png")):
-        english = refusals(app.url, [*FORM, {"path": path}, 0.0, ""], "en-US")
+        english = refusals(app.url, [*FORM, {"path": path}, 0.0, "", False], "en-US")
         assert english == {
             "init_image": "init_image must be an image uploaded to this app or one of its results; a path on the "
             "server is not read"
         }
-    chinese = refusals(app.url, [*FORM, {"path": str(private)}, 0.0, ""], "zh-CN")
+    chinese = refusals(app.url, [*FORM, {"path": str(private)}, 0.0, "", False], "zh-CN")
     assert "不读取服务器上的路径" in chinese["init_image"]
     assert app.service.requests == []
 

@@ -79,6 +79,10 @@ class ModeResult:
     pe_ms_per_token: float | None = None  # PE seconds (prefill included) per new token
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
+    # --previews: live previews a run gave, and their cost as a fraction of the run's time (the median of runs with
+    # them against the median of runs without, taken in turns)
+    previews_per_run: int | None = None
+    preview_overhead: float | None = None
 
 
 def evict_page_cache(folder: Path) -> bool:
@@ -96,9 +100,11 @@ def evict_page_cache(folder: Path) -> bool:
     return True
 
 
-def run_mode(mode: str, folder: Path, device: str, request, repeat: int, max_pe_tokens: int, log, lora=None):
+def run_mode(
+    mode: str, folder: Path, device: str, request, repeat: int, max_pe_tokens: int, log, lora=None, previews=False
+):
     """One mode: load, warm up, ``repeat`` timed runs; with ``lora`` (a file), that LoRA attached and picked at
-    scale 1 (the mode's name gets ``+lora``)."""
+    scale 1 (the mode's name gets ``+lora``); with ``previews``, the live previews' cost (``measure_previews``)."""
     setup = MODE_SETUPS[mode]
     loras = [("lora", lora)] if lora else []
     if lora:
@@ -145,9 +151,29 @@ def run_mode(mode: str, folder: Path, device: str, request, repeat: int, max_pe_
     if peaks[0] is not None:
         result.peak_allocated_gib = max(p.allocated_bytes for p in peaks) / 2**30
         result.peak_reserved_gib = max(p.reserved_bytes for p in peaks) / 2**30
+    if previews:
+        measure_previews(generator, request, repeat, result, lambda message: log(f"[{mode}] {message}"))
     del generator, loaded
     free_device_memory()
     return result
+
+
+def measure_previews(generator, request, repeat: int, result: ModeResult, log) -> None:
+    """Live previews' cost: ``max(repeat, 3)`` runs without them and as many with them, in turns (so that a drift
+    of the clock or the card weighs on both); ``result`` gets the previews a run gave and the fraction of the run's
+    time they added (the medians' ratio, minus 1; near 0 is within the runs' noise)."""
+    plain, previewed, counts = [], [], []
+    for index in range(max(repeat, 3)):
+        plain.append(generator.generate(request).seconds.total)
+        shown = []
+        previewed.append(
+            generator.generate(request, on_preview=lambda *args, seen=shown: seen.append(args)).seconds.total
+        )
+        counts.append(len(shown))
+        log(f"previews {index + 1}: {plain[-1]:.2f} s without, {previewed[-1]:.2f} s with {len(shown)} previews")
+    result.previews_per_run = max(counts)
+    result.preview_overhead = statistics.median(previewed) / statistics.median(plain) - 1
+    log(f"live previews: {result.previews_per_run} a run, {result.preview_overhead:+.2%} of the run's time")
 
 
 def bf16_matmul_tflops(device: str) -> float | None:
@@ -183,9 +209,11 @@ def benchmark(
     with_fidelity: bool = False,
     log=print,
     lora: str | None = None,
+    previews: bool = False,
 ) -> dict:
     """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
-    LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1."""
+    LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1. With
+    ``previews``, each mode also measures what live previews cost (``measure_previews``)."""
 
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
@@ -197,7 +225,7 @@ def benchmark(
     if lora:
         runs += [(m, lora) for m in modes if MODE_SETUPS[m].folder == "package"]
     results = [
-        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file)
+        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file, previews)
         for m, file in runs
     ]
     report = {
@@ -206,7 +234,8 @@ def benchmark(
         "device": device,
         "versions": library_versions(),
         "synthetic": synthetic,
-        "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens, "lora": lora},
+        "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens, "lora": lora}
+        | ({"previews": True} if previews else {}),
         "modes": [asdict(r) for r in results],
         "fidelity": fidelity(folders["original"], folders["package"], request, device, log) if with_fidelity else None,
         "command": command,
@@ -312,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a LoRA file: each package mode is measured again with it picked at scale 1 (a random rank-64 one "
         "for the full-size model: python -m ernie_nf4.synthetic.lora)",
     )
+    p.add_argument(
+        "--previews",
+        action="store_true",
+        help="also measure live previews: runs with and without them in turns, their cost as a fraction of the "
+        "run's time (the app's target: at most 5%%)",
+    )
     return p
 
 
@@ -348,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             markdown=args.markdown,
             with_fidelity=args.fidelity,
             lora=args.lora,
+            previews=args.previews,
             command="python -m ernie_nf4.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv),
             log=lambda message: print(message, flush=True),
         )

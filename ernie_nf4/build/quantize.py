@@ -41,9 +41,11 @@ from ..package.metadata import (
     folder_bytes,
     is_own_metadata,
     measure_folder,
+    sha256_file,
     totals,
     write_metadata,
 )
+from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from ..variants import DEFAULT_VARIANT, VARIANTS
 from .model_card import source_license, write_model_card
@@ -238,6 +240,21 @@ def _write_component(plan: _Plan, name: str, staging: Path, device: str, keep_vi
     }
 
 
+def _write_preview_map(plan: _Plan, staging: Path, device: str, report) -> dict:
+    """The live previews' map, fitted from the package's VAE (``package.preview_map``) and written beside the
+    components; its metadata record (``files``)."""
+    import torch
+
+    report(f"fitting the live previews' map from the VAE on {device}")
+    vae = component_class("vae", plan.index["vae"], staging).from_pretrained(
+        staging / "vae", dtype=torch.float32, use_safetensors=True
+    )
+    path = write_preview_map(staging, fit_preview_map(vae.to(device)))
+    del vae
+    free_device_memory()
+    return {PREVIEW_FILE: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}}
+
+
 def _metadata(plan: _Plan, records: dict, staging: Path, device: str, started: float) -> dict:
     index_before = (plan.source / "model_index.json").stat().st_size
     index_after = (staging / "model_index.json").stat().st_size
@@ -319,7 +336,8 @@ def quantize_package(
                 plan, name, staging, device, keep_vision, lambda m, s=step: report(f"[{s}/{len(plan.names)}] {m}")
             )
         (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
-        metadata = _metadata(plan, records, staging, device, started)
+        files = _write_preview_map(plan, staging, device, report)
+        metadata = {**_metadata(plan, records, staging, device, started), "files": files}
         write_metadata(staging, metadata)
         write_model_card(staging)
         check_package(staging, argument="output")  # what the loader checks: a package it refuses is never kept

@@ -7,7 +7,8 @@
 - ``finite``: a sample of every floating tensor, read from disk, holds no NaN or infinity;
 - ``metadata``: ``quantization_metadata.json``, measured from the files, validated, verified;
 - ``check``: ``check_package``, what opening any folder checks, whoever wrote it;
-- ``sizes``: sizes of a package as found on disk, for the Stats tab.
+- ``sizes``: sizes of a package as found on disk, for the Stats tab;
+- ``preview_map``: the live previews' latent->RGB map, fitted from the package's VAE, stored and checked.
 
 May import: the root modules.
 """

@@ -156,4 +156,19 @@ def verify_package(package_dir: str | Path, check_sha256: bool = False, header_h
                 raise PackageError(f"{file}: its safetensors header differs from the metadata (damaged); {fix}")
             if (check_sha256 or not is_weights(file)) and sha256_file(file) != entry.get("sha256"):
                 raise PackageError(f"{file}: sha256 differs from the metadata (edited or corrupted); {fix}")
+    _verify_package_files(package_dir, data, path=package_dir / METADATA_FILE)
     return data
+
+
+def _verify_package_files(package_dir: Path, data: dict, path: Path) -> None:
+    """The files beside the components that the metadata lists under ``files`` (the live previews' map): each
+    there, of its recorded size and sha256 (they are small). Packages written before it have no ``files``."""
+    files = data.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise PackageError(f"{path}: field 'files' must map file names to objects")
+    for rel, entry in files.items():
+        file = package_dir / rel
+        if "/" in rel or "\\" in rel or rel in ("", ".", "..") or not file.is_file():
+            raise PackageError(f"{file}: file is missing; {REPAIR_HINT}")
+        if file.stat().st_size != entry.get("bytes") or sha256_file(file) != entry.get("sha256"):
+            raise PackageError(f"{file}: differs from the metadata (edited or corrupted); {REPAIR_HINT}")

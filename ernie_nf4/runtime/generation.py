@@ -50,12 +50,15 @@ class GenerationResult:
 class RunHooks:
     """What one run tells its caller and listens to: ``on_step(done, total)`` after each denoising step (counted
     over all images), ``on_stage(stage, seconds)`` after each stage, ``on_pe_tokens(written, cap)`` every few
-    tokens the PE writes, and ``cancel``, the run's stop signal (anything with ``is_set()``)."""
+    tokens the PE writes, and ``cancel``, the run's stop signal (anything with ``is_set()``); ``on_preview(image,
+    done, total)``, when given, every few denoising steps: a live preview of the image forming (a small PIL image,
+    ``width/8 x height/8``; ``denoising.previewed_steps``)."""
 
     on_step: Callable[[int, int], None] | None = None
     on_stage: Callable[[str, float], None] | None = None
     on_pe_tokens: Callable[[int, int], None] | None = None
     cancel: object = None
+    on_preview: Callable[[object, int, int], None] | None = None
 
 
 def _check_limits(max_pe_tokens: int | None, prompt_cache_size: int) -> None:
@@ -178,6 +181,7 @@ class Generator:
         on_stage: Callable[[str, float], None] | None = None,
         cancel: threading.Event | None = None,
         on_pe_tokens: Callable[[int, int], None] | None = None,
+        on_preview: Callable[[object, int, int], None] | None = None,
     ) -> GenerationResult:
         """Run ``request``. ``on_step(done, total)`` is called after each denoising step (``done`` counts the steps
         of all images: image ``k`` runs steps ``(k - 1) * request.steps_run + 1`` onwards); ``on_stage(stage,
@@ -186,8 +190,11 @@ class Generator:
         ``GenerationCancelled``) the run stops within a few PE tokens, at the text encoder, or after the current
         denoising step or image decode, and raises ``GenerationCancelled``. Image-to-image above the memory mode's
         budget runs each image in ``tile_count`` tiles: the steps are counted over them, stages lapped per tile.
-        Running out of GPU memory frees what the run held and raises ``OutOfMemory`` saying what to change."""
-        return self._on_device(request, RunHooks(on_step, on_stage, on_pe_tokens, cancel), None, None)
+        Running out of GPU memory frees what the run held and raises ``OutOfMemory`` saying what to change.
+        ``on_preview(image, done, total)``: live previews (``RunHooks``; not of tiled runs), none after a stop;
+        without it no preview is made."""
+        hooks = RunHooks(on_step, on_stage, on_pe_tokens, cancel, on_preview)
+        return self._on_device(request, hooks, None, None)
 
     def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
         """``_run`` on this generator's GPU, with out-of-memory and cancellation freeing what the run held."""
@@ -240,13 +247,14 @@ class Generator:
         # of a single image (what 8-12 GB cards need); image-to-image above the mode's budget runs in tiles.
         plan = request_tiles(request, budget_pixels(self.loaded.memory_mode))
         start = self._init_latents(request) if plan.count == 1 else None
+        preview_map = self.loaded.preview_map() if hooks.on_preview is not None and plan.count == 1 else None
         images = []
         for number in range(request.num_images):
             if plan.count > 1:  # image-to-image above the memory mode's budget
                 images.append(tiled_image(pipe, request, prompt, plan, number, hooks, clock, device))
                 continue
             noise = initial_latents(pipe, request.seed + number, request.width, request.height, device)
-            callback = step_callback(request, number, hooks.on_step, cancel)
+            callback = step_callback(request, number, hooks.on_step, cancel, hooks.on_preview, preview_map)
             if start is None:
                 latents = denoise(pipe, request, prompt.positive, prompt.negative, noise, callback)
             else:

@@ -19,6 +19,7 @@ from ..compat import fast_path_supported
 from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
+from ..package.preview_map import PREVIEW_FILE, fit_preview_map, read_preview_map
 from ..request import LoraChoice
 from ..system import resolve_device
 from .lora_files import linear_shapes, read_lora
@@ -43,6 +44,16 @@ class LoadedPipeline:
     # auto's figures, when it chose: GiB usable on the GPU, and what all-on-gpu needed (LoRAs included)
     usable_gib: float | None = None
     all_on_gpu_needs_gib: float | None = None
+    previews: object | None = None  # package.preview_map.PreviewMap: the package's, else fitted on first use
+
+    def preview_map(self):
+        """The live previews' ``PreviewMap``: the package's ``preview_map.safetensors``, read at load; for a package
+        without one (older, or written by other tools) fitted once from its VAE on first use (seconds) and kept in
+        memory."""
+        if self.previews is None:
+            logger.info("fitting the live previews' map from the VAE (the package has no %s)", PREVIEW_FILE)
+            self.previews = fit_preview_map(self.pipe.vae)
+        return self.previews
 
     def use(self, name: str) -> None:
         if self.residency is not None and name in self.residency.names:
@@ -281,6 +292,7 @@ def load_pipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
     loaded.usable_gib, loaded.all_on_gpu_needs_gib = usable, needs
+    loaded.previews = read_preview_map(model_dir)
     if fast:
         _speed_up(loaded)
     return loaded

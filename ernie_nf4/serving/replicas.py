@@ -102,10 +102,13 @@ class ReplicaService:
         finally:
             self._free.put(index)
 
-    def generate(self, request, on_progress=None, cancel=None):
+    def generate(self, request, on_progress=None, cancel=None, previews=False):
         """Run ``request`` on the first free replica (waits while all are busy)."""
         index, result = self._on_free_replica(
-            on_progress, lambda replica: replica.generate(request, on_progress=on_progress, cancel=cancel)
+            on_progress,
+            lambda replica: replica.generate(
+                request, on_progress=on_progress, cancel=cancel, **({"previews": True} if previews else {})
+            ),
         )
         self.served_by.append(index)
         return result

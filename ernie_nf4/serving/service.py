@@ -102,6 +102,12 @@ class _StageReporter:
     def step(self, done: int, total: int) -> None:
         self._images("denoising", done, (done - 1) // self.steps + 1, self.meter.eta(done, total))
 
+    def preview(self, image, done: int, total: int) -> None:
+        """A live preview after step ``done``: a denoising event (no ETA: the step's own event gave it) carrying
+        the image."""
+        amounts = {"done": done, "total": total, "unit": "steps", "preview": image}
+        report(self.on_progress, "denoising", image=(done - 1) // self.steps + 1, images=self.images, **amounts)
+
     def stage_done(self, stage: str, _seconds: float) -> None:
         if stage == "pe":
             report(self.on_progress, "text_encoding")
@@ -263,11 +269,13 @@ class ImageService:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: bool = False,
     ) -> GenerationResult:
         """Run ``request`` (loading first if needed), telling ``on_progress`` each ``Progress``. ``cancel``, the
         run's stop signal (anything with ``is_set()``), stops it within a few PE tokens, at the text encoder or after
         the current denoising step, raising ``GenerationCancelled``; set while the run waits for the GPU, it stops
-        it before it starts."""
+        it before it starts. ``previews``: every few denoising steps a ``Progress`` carries a live preview of the
+        image forming (``Progress.preview``); none after a stop."""
         generator = self.load(on_progress)
         stages = _StageReporter(request, on_progress, generator.tile_count(request))
         with self._lock:  # one generation at a time per GPU
@@ -275,7 +283,12 @@ class ImageService:
             compiled = self.compiler is not None and self.compiler.activate()
             stages.start(request.runs_pe and generator.loaded.has_pe, generator.pe_cap)
             result = generator.generate(
-                request, on_step=stages.step, on_stage=stages.stage_done, cancel=cancel, on_pe_tokens=stages.tokens
+                request,
+                on_step=stages.step,
+                on_stage=stages.stage_done,
+                cancel=cancel,
+                on_pe_tokens=stages.tokens,
+                on_preview=stages.preview if previews and on_progress is not None else None,
             )
         self.last_result, self.last_run_compiled = result, compiled
         return result

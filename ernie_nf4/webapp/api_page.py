@@ -29,8 +29,13 @@ DEFAULTS = {"negative_prompt": "", "init_image": None, "enhanced_prompt": ""}
 # The LoRA parameters take one value or a list (several LoRAs at once); the component's own type says only the list.
 LORA_TYPES = {"lora": "str | list[str]", "lora_scale": "float | list[float]"}
 SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list with one per name"
+# Inputs whose API default is not the page's: the page's Live previews box starts ticked, an API client gets
+# previews only when it asks.
+API_DEFAULTS = {"previews": False}
 # What a parameter takes, where its label cannot say it.
 HELP = {
+    "previews": "true: the streamed outputs also carry live previews (the gallery as a small image of the run "
+    "forming every few steps, captioned with its step) before the final images; false: only the final outputs",
     "enhanced_prompt": 'the enhanced prompt to use as it is, without running the PE ("" lets the PE write it); '
     "/enhance gives the PE's text for a prompt, size and seed to start from",
     "strength": "image-to-image strength, 0 to 1 (1 ignores init_image, 0 gives it back). Vary is a /generate call "
@@ -86,6 +91,8 @@ def _parameter(parameter: dict, component) -> dict:
         parameter["example_input"] = EXAMPLE_INPUTS[name]
     if name in DEFAULTS and not parameter["parameter_has_default"]:
         parameter |= {"parameter_has_default": True, "parameter_default": DEFAULTS[name]}
+    if name in API_DEFAULTS:
+        parameter |= {"parameter_has_default": True, "parameter_default": API_DEFAULTS[name]}
     if parameter["parameter_has_default"]:  # the form's starting value, not the component's generic example
         parameter["example_input"] = parameter["parameter_default"]
     return parameter

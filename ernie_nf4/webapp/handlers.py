@@ -18,6 +18,7 @@ from ..request import FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
 from .i18n import language, say
+from .live import Finished, streamed
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
@@ -137,9 +138,10 @@ class Handlers:
         enhanced_prompt="",
         request: gr.Request = None,
         progress=gr.Progress(),
+        on_preview=None,
     ):
         """Generate images; returns the gallery, the seed used, the revised prompt and the run info (and, for the
-        page only, the history's new entries)."""
+        page only, the history's new entries). ``on_preview``: see ``_run``."""
         form = FormValues(
             prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed, use_pe,
             num_images, lora, lora_scale, init_image=init_image, strength=strength, enhanced_prompt=enhanced_prompt,
@@ -150,19 +152,23 @@ class Handlers:
         req, notes = self._request(form, lang)
         for text in notes:
             gr.Info(text)
-        result = self._run(req, _session_key(request), request, progress, lang)
+        result = self._run(req, _session_key(request), request, progress, lang, on_preview=on_preview)
         if result is None:  # stopped: the outputs keep what they showed and the info box says so
             return self.stopped_outputs(lang)
         return self._saved(req, result, notes, lang)
 
-    def _run(self, req, key: str, request, progress, lang: str, call=None):
+    def _run(self, req, key: str, request, progress, lang: str, call=None, on_preview=None):
         """The request through the service (``call``: ``_enhance``, else ``_generate``) under a stop signal of its
         own; None when it was stopped. A run that gave its images is finished, whatever was pressed after its last
-        step."""
+        step. ``on_preview(event, cancel)``: the run asks for live previews and each comes there, never once the
+        run's stop signal is set."""
         cancel = self.runs.start(key, request)
         try:
             call = call or self._generate
-            return call(req, on_progress=self._progress_callback(progress, lang), cancel=cancel)
+            show = self._progress_callback(progress, lang)
+            if on_preview is not None:
+                return call(req, on_progress=_previews_apart(show, on_preview, cancel), cancel=cancel, previews=True)
+            return call(req, on_progress=show, cancel=cancel)
         except GenerationCancelled:
             free_device_memory()
             return None  # Stop is not an error
@@ -171,6 +177,44 @@ class Handlers:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
         finally:
             self.runs.end(key, cancel)
+
+    def generate_live(
+        self,
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+        randomize_seed,
+        use_pe,
+        num_images,
+        lora="",
+        lora_scale=1.0,
+        init_image=None,
+        strength=1.0,
+        enhanced_prompt="",
+        previews=False,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """The ``/generate`` event: ``generate``'s outputs, and before them, when ``previews`` is true, each live
+        preview of the image forming in the gallery (captioned with its step; the other outputs untouched). A run
+        that does not ask gets ``generate``'s outputs alone. No preview comes once Stop is pressed."""
+        form = (prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed)
+        form += (use_pe, num_images, lora, lora_scale, init_image, strength, enhanced_prompt)
+        lang = language(request)
+        if not _asks_previews(previews, lang):
+            yield self.generate(*form, request=request, progress=progress)
+            return
+        for item in streamed(lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit)):
+            if isinstance(item, Finished):
+                yield item.result()
+                return
+            event, cancel = item
+            if not cancel.is_set():
+                yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     def _saved(self, req, result, notes, lang: str):
         """Each image saved as a PNG with its parameters; the event's outputs."""
@@ -227,6 +271,7 @@ class Handlers:
         init_image=None,
         strength=1.0,
         enhanced_prompt="",
+        previews=False,
         request: gr.Request = None,
     ):
         """Checks the form (the generate event's inputs, in ``FORM_FIELDS`` order) before the run is queued: a
@@ -237,6 +282,8 @@ class Handlers:
             num_images, lora, lora_scale, init_image=init_image, strength=strength, enhanced_prompt=enhanced_prompt,
         )  # fmt: skip
         refused = self._refusal(form, language(request))
+        if refused is None and not (previews is None or isinstance(previews, bool)):
+            refused = "previews", say("previews_not_bool", language(request), value=repr(previews)[:40])
         if refused is None:
             return [gr.validate(True, "") for _ in FORM_FIELDS]
         marked, message = refused
@@ -478,6 +525,35 @@ class Handlers:
         if result is None:
             return self.stopped_outputs(lang)
         return self._saved(req, result, [done], lang)
+
+
+def _previews_apart(show, on_preview, cancel):
+    """A run's progress callback that sends its live previews to ``on_preview(event, cancel)`` (none once
+    ``cancel`` is set) and every other event to ``show``."""
+
+    def split(event) -> None:
+        if getattr(event, "preview", None) is None:
+            show(event)
+        elif not cancel.is_set():
+            on_preview((event, cancel))
+
+    return split
+
+
+def _asks_previews(value, lang: str) -> bool:
+    """Whether ``previews`` asks for live previews: true or false (None: false); anything else is refused."""
+    if not (value is None or isinstance(value, bool)):
+        raise gr.Error(say("previews_not_bool", lang, value=repr(value)[:40]), print_exception=False)
+    return value is True
+
+
+def _preview_caption(event, lang: str) -> str:
+    """A preview's caption: the step it shows, and which image of how many when there are several."""
+    step, steps = event.image_step or (int(event.done), int(event.total))
+    text = say("preview_caption", lang, step=step, steps=steps)
+    if event.images and event.images > 1:
+        text += " · " + say("progress_image", lang, image=event.image, images=event.images)
+    return text
 
 
 def _ignores_image(strength) -> bool:

@@ -58,6 +58,7 @@ EN = {
     "vary_strong": "Vary (strong)",
     "upscale": "Upscale x2",
     "follow_up_image": "Result image (a PNG this app made; its settings are read from it)",
+    "live_previews": "Live previews (the image forming, every few steps)",
 }
 
 ZH = {
@@ -108,6 +109,7 @@ ZH = {
     "vary_strong": "变化（强烈）",
     "upscale": "放大 2 倍",
     "follow_up_image": "结果图片（本应用生成的 PNG，从中读取设置）",
+    "live_previews": "实时预览（每隔几步显示正在成形的图像）",
 }
 
 
@@ -297,6 +299,8 @@ MESSAGES = {
         "done_upscale": "Upscale x2 of seed {seed}: {width}x{height} at strength 0.3",
         "upscale_largest": "init_image is {size} already: Upscale x2 makes images of at most {largest} pixels on the "
         "longer side; upscale a smaller result",
+        "preview_caption": "Preview · step {step}/{steps}",
+        "previews_not_bool": "previews must be true or false, got {value}",
     },
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
@@ -457,6 +461,8 @@ MESSAGES = {
         "done_upscale": "放大 2 倍，种子 {seed}：{width}x{height}，重绘强度 0.3",
         "upscale_largest": "起始图片（init_image）已是 {size}：放大 2 倍生成的图片长边最多 {largest} 像素；"
         "请放大一张更小的结果",
+        "preview_caption": "预览 · 第 {step}/{steps} 步",
+        "previews_not_bool": "previews（实时预览）必须是 true 或 false，收到 {value}",
     },
 }
 # The form's fields as Chinese messages name them (the label, then the API's name).
@@ -475,6 +481,7 @@ FIELD_NAMES_ZH = {
     "init_image": "起始图片",
     "strength": "重绘强度",
     "enhanced_prompt": "增强后的提示词",
+    "previews": "实时预览",
 }
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {

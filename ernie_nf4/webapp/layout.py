@@ -155,6 +155,7 @@ def _advanced(steps: int, guidance: float) -> dict:
         with gr.Row():
             use_pe = gr.Checkbox(True, label=t("pe"), elem_id="use-pe")
             count = gr.Slider(*IMAGES_RANGE, value=1, step=1, label=t("images"), elem_id="count")
+        previews = gr.Checkbox(True, label=t("live_previews"), elem_id="previews")
         load = gr.Button(t("load"), size="sm")
         status = gr.Markdown("")
     return {
@@ -167,6 +168,7 @@ def _advanced(steps: int, guidance: float) -> dict:
         "num_images": count,
         "load": load,
         "status": status,
+        "previews": previews,
     }
 
 

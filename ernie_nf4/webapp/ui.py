@@ -53,7 +53,7 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
     # The validator refuses a bad form (for API callers) before it is queued.
     event = checked.success(
-        handlers.generate,
+        handlers.generate_live,
         form,
         [ui["gallery"], ui["seed"], ui["revised"], ui["info"], ui["made"]],
         api_name="generate",

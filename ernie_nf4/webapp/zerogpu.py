@@ -12,6 +12,9 @@
   run's Event into the slot's flag, and the worker's ``service.generate`` (or ``service.enhance``) reads it at every
   step (``SharedCancel``). A stop inside the worker comes back as a plain value (``spaces`` turns any exception but
   ``gr.Error`` into a generic "ZeroGPU worker error") and is raised here again as ``GenerationCancelled``.
+- Live previews: a run that asks for them runs through a generator function, which ``spaces`` runs in the worker and
+  whose every yield it pickles back to this process (``spaces.zero.wrappers.generator_function_wrapper``): the worker
+  yields the run's ``Progress`` events (its previews among them) as they come, then its result.
 - ``--compile`` is turned off (the compile cache would not outlive the worker).
 """
 
@@ -26,9 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import EnvironmentUnsupported, GenerationCancelled
+from ..progress import Progress
 from ..runtime.memory_modes import MemoryMode
 from ..runtime.upscale import budget_pixels, request_tiles
 from ..serving.provider import repo_layout
+from .live import Finished, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +183,13 @@ def _on_gpu(service, method: str, seconds, gpu_decorator):
             return Cancelled(str(err))
 
     decorated = gpu_decorator(duration=lambda request, slot: seconds(request))(run_on_gpu)
+    live = (
+        gpu_decorator(duration=lambda request, slot: seconds(request))(_live_on_gpu(service))
+        if method == "generate"
+        else None
+    )
 
-    def run(request, on_progress=None, cancel=None):
+    def run(request, on_progress=None, cancel=None, previews=False):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("stopped before the GPU was asked for")
         slot = STOP_FLAGS.allocate()
@@ -192,7 +202,10 @@ def _on_gpu(service, method: str, seconds, gpu_decorator):
                     target=_bridge, args=(cancel, slot, done, STOP_FLAGS), name="zerogpu-stop", daemon=True
                 )
                 bridge.start()
-            result = decorated(request, slot)
+            if previews and live is not None:
+                result = _from_live(live(request, slot), on_progress)
+            else:
+                result = decorated(request, slot)
         finally:
             done.set()
             if bridge is not None:
@@ -203,6 +216,35 @@ def _on_gpu(service, method: str, seconds, gpu_decorator):
         return result
 
     return run
+
+
+def _live_on_gpu(service):
+    """The generator function that runs ``service.generate`` with previews in the worker: it yields the run's
+    ``Progress`` events as they come, then the result (or ``Cancelled``)."""
+
+    def run_on_gpu_live(request, slot):
+        def run(emit):
+            return service.generate(request, on_progress=emit, cancel=SharedCancel(slot), previews=True)
+
+        try:
+            for item in streamed(run):
+                yield item.result() if isinstance(item, Finished) else item
+        except GenerationCancelled as err:
+            yield Cancelled(str(err))
+
+    return run_on_gpu_live
+
+
+def _from_live(values, on_progress):
+    """The result of a live run's yields (``_live_on_gpu``), each ``Progress`` before it passed to ``on_progress``."""
+    result = None
+    for value in values:
+        if isinstance(value, Progress):
+            if on_progress is not None:
+                on_progress(value)
+        else:
+            result = value
+    return result
 
 
 def adjust_config(config):

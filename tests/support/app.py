@@ -52,8 +52,9 @@ class FakeService:
     def load(self, on_progress=None):
         return self
 
-    def generate(self, request, on_progress=None, cancel=None):
+    def generate(self, request, on_progress=None, cancel=None, previews=False):
         self.requests.append(request)
+        self.previews_asked = previews
         if unknown := [c.name for c in request.loras if c.name not in self.lora_names]:
             raise InvalidArgument(f"lora {unknown[0]!r} is not offered", field="lora")  # as ImageService does
         steps = request.num_inference_steps
@@ -69,6 +70,9 @@ class FakeService:
             self.steps_done = step
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("stopped")
+            if previews and on_progress and step < steps:  # as ImageService: a small image, after the stop check
+                preview = Image.new("RGB", (max(1, request.width // 8), max(1, request.height // 8)), (step * 9, 0, 0))
+                on_progress(Progress("denoising", done=step, total=steps, unit="steps", preview=preview))
         if on_progress:
             on_progress(Progress("vae_decode"))
         images = [

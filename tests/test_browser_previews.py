@@ -1,0 +1,93 @@
+"""Live previews as a person sees them in headless Chromium (desktop in English, a phone in Chinese): with the Live
+previews box ticked (as the page starts) the gallery shows the image forming, captioned with its step, before the
+final image replaces it; with the box cleared it shows the final image alone."""
+
+import re
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from .support.app import BOUND, PageOpener, ServedApp, playwright_api  # noqa: E402
+
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Every caption (alt text) the gallery's images have had since it was installed, in order.
+WATCH_GALLERY = """() => {
+    window.galleryAlts = [];
+    const seen = () => document.querySelectorAll('#gallery img').forEach(img => {
+        if (window.galleryAlts[window.galleryAlts.length - 1] !== img.alt) window.galleryAlts.push(img.alt);
+    });
+    new MutationObserver(seen).observe(document.querySelector('#gallery'),
+        {subtree: true, childList: true, attributes: true, attributeFilter: ['src', 'alt']});
+}"""
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    served = ServedApp(tmp_path_factory.mktemp("previews"))
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def open_page(app, browser):
+    opener = PageOpener(browser, app.url)
+    yield opener
+    opener.close()
+
+
+def start_run(page, previews: bool) -> None:
+    expect = playwright_api().expect
+    page.locator("#advanced > button").first.click()
+    page.locator("#steps").wait_for(state="visible")
+    page.locator("#prompt textarea").fill("slow fox")
+    for field, value in (("#width", 64), ("#height", 64)):
+        page.locator(f"{field} input").fill(str(value))
+    page.locator("#steps input[type=number]").fill("10")
+    page.locator("#steps input[type=number]").press("Enter")
+    expect(page.locator("#steps input[type=range]")).to_have_value("10")
+    page.locator("#use-pe input").uncheck()
+    box = page.locator("#previews input")
+    expect(box).to_be_checked()  # on as the page starts
+    if not previews:
+        box.uncheck()
+    page.evaluate(WATCH_GALLERY)
+    page.locator("#generate").click()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    "viewport, locale, label, caption",
+    [
+        (DESKTOP, "en-US", "Live previews", r"Preview · step (\d+)/10"),
+        (PHONE, "zh-CN", "实时预览", r"预览 · 第 (\d+)/10 步"),
+    ],
+    ids=["desktop-en", "phone-zh"],
+)
+def test_a_previewed_run_shows_the_image_forming_before_the_final_image(open_page, viewport, locale, label, caption):
+    page = open_page(viewport=viewport, locale=locale)
+    expect = playwright_api().expect
+    start_run(page, previews=True)
+    expect(page.locator("#previews")).to_contain_text(label)
+    preview = page.locator("#gallery img").first
+    expect(preview).to_have_attribute("alt", re.compile(caption), timeout=BOUND)
+    assert not page.locator("#info textarea").input_value().startswith(("seed", "种子"))  # the run goes on
+    assert preview.bounding_box()["width"] > 0 and preview.bounding_box()["x"] + 1 < viewport["width"]
+    expect(page.locator("#info textarea")).to_have_value(re.compile(r"^(seed|种子) "))
+    expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(r"64×64 · (seed|种子) \d+"))
+    alts = page.evaluate("window.galleryAlts")
+    shown = [int(m.group(1)) for alt in alts if (m := re.match(caption, alt))]
+    assert shown and shown == sorted(shown) and shown[-1] <= 9  # steps in order, none after the last
+    final = next(i for i, alt in enumerate(alts) if "64×64" in alt)
+    assert all(re.match(caption, alt) is None for alt in alts[final:])  # the final image replaced them
+
+
+@pytest.mark.browser
+def test_with_the_box_cleared_the_gallery_shows_the_final_image_alone(open_page, app):
+    page = open_page(viewport=DESKTOP)
+    start_run(page, previews=False)
+    playwright_api().expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+    alts = page.evaluate("window.galleryAlts")
+    assert alts and not any("Preview" in alt for alt in alts)
+    assert app.service.previews_asked is False
