@@ -1,6 +1,6 @@
 """Vary and Upscale as a person uses them, in headless Chromium on a phone's screen: a text-to-image run, then
 Vary (subtle) of its result, then Upscale x2 of that, each one click giving a new result in the gallery, the
-service seeing the requests they stand for; and the buttons in Chinese."""
+service seeing the requests they stand for, then a run with live previews; and the buttons in Chinese."""
 
 import re
 
@@ -54,7 +54,9 @@ def walk_text_vary_upscale(page, app) -> list:
 
 
 @pytest.mark.browser
-def test_text_then_vary_subtle_then_upscale_on_a_phone(browser, tmp_path):
+def test_text_then_vary_subtle_then_upscale_then_a_previewed_run_on_a_phone(browser, tmp_path):
+    from .test_browser_previews import BOUND, start_run
+
     app = ServedApp(tmp_path)
     opener = PageOpener(browser, app.url)
     try:
@@ -70,6 +72,13 @@ def test_text_then_vary_subtle_then_upscale_on_a_phone(browser, tmp_path):
         assert (upscaled.width, upscaled.height, upscaled.strength) == (128, 128, 0.3)
         assert upscaled.seed == varied.seed and upscaled.init_image.sha256 == result_hash(varied)
         playwright_api().expect(page.locator("#history img")).to_have_count(3)  # each result went to the history
+        start_run(page, previews=True)  # then a run with Live previews: the image forming before the final one
+        expect = playwright_api().expect
+        preview = page.locator("#gallery img").first
+        expect(preview).to_have_attribute("alt", re.compile(r"Preview · step \d+/10"), timeout=BOUND)
+        expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+        expect(preview).to_have_attribute("alt", re.compile(r"64×64 · seed \d+"))
+        assert app.service.previews_asked is True and app.service.requests[-1].prompt == "slow fox"
     finally:
         opener.close()
         app.close()
