@@ -20,6 +20,8 @@ from .errors import InvalidArgument
 _CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
 
 MAX_PROMPT_CHARS = 8000
+# The prompt enhancer may write up to 2048 tokens (its tokenizer's limit): more than 8000 characters of some texts
+MAX_ENHANCED_CHARS = 32000
 SIZE_RANGE = (64, 2048)
 SIZE_MULTIPLE = 16
 STEPS_RANGE = (1, 200)
@@ -42,12 +44,12 @@ def _check_int(name: str, value, low: int, high: int, extra: str = "") -> None:
         raise InvalidArgument(f"{name} must be in [{low}, {high}]{extra}, got {value}", field=name)
 
 
-def _check_text(name: str, text) -> None:
-    """A prompt-like field: text of at most ``MAX_PROMPT_CHARS`` characters that is valid Unicode."""
+def _check_text(name: str, text, most: int = MAX_PROMPT_CHARS) -> None:
+    """A prompt-like field: text of at most ``most`` characters that is valid Unicode."""
     if not isinstance(text, str):
         raise InvalidArgument(f"{name} must be text, got {type(text).__name__}", field=name)
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidArgument(f"{name} must be at most {MAX_PROMPT_CHARS} characters, got {len(text)}", field=name)
+    if len(text) > most:
+        raise InvalidArgument(f"{name} must be at most {most} characters, got {len(text)}", field=name)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -275,13 +277,14 @@ class GenerationRequest:
             )
 
     def _check_enhanced_prompt(self) -> None:
-        """None, or a text checked as ``prompt`` is (the form's empty box is None: ``request_from_form``)."""
+        """None, or a text checked as ``prompt`` is, up to ``MAX_ENHANCED_CHARS`` (the form's empty box is None:
+        ``request_from_form``)."""
         text, name = self.enhanced_prompt, "enhanced_prompt"
         if text is None:
             return
         if not isinstance(text, str) or not text.strip():
             raise InvalidArgument(f"{name} must be a non-blank text", field=name)
-        _check_text(name, text)
+        _check_text(name, text, MAX_ENHANCED_CHARS)
 
     @property
     def runs_pe(self) -> bool:

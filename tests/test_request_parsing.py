@@ -79,3 +79,18 @@ def test_text_numbers_out_of_range_are_refused_by_the_range_check():
         request_from_form(replace(FORM, guidance_scale="1e300"))
     with pytest.raises(InvalidArgument, match="guidance_scale must be a finite number"):
         request_from_form(replace(FORM, guidance_scale="1e400"))  # inf
+
+
+def test_an_enhanced_prompt_may_be_as_long_as_the_enhancer_writes():
+    """The prompt enhancer may write 2048 tokens, more than the prompt's 8000 characters: its text, edited, is
+    taken up to 32000 characters, and refused by name beyond."""
+    from ernie_nf4.request import MAX_ENHANCED_CHARS, MAX_PROMPT_CHARS, GenerationRequest
+
+    long = "a harbour at dawn, " * 600  # 11400 characters
+    assert MAX_PROMPT_CHARS < len(long) < MAX_ENHANCED_CHARS
+    assert GenerationRequest("a harbour", enhanced_prompt=long).enhanced_prompt == long
+    with pytest.raises(InvalidArgument, match="enhanced_prompt must be at most 32000 characters") as refused:
+        GenerationRequest("a harbour", enhanced_prompt="x" * (MAX_ENHANCED_CHARS + 1))
+    assert refused.value.field == "enhanced_prompt"
+    with pytest.raises(InvalidArgument, match="prompt must be at most 8000 characters"):
+        GenerationRequest(long)
