@@ -64,15 +64,7 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
         show_progress="full",
         show_progress_on=ui["gallery"],
     )
-    for ended in (event.then, event.failure):
-        ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
-    event.success(
-        handlers.add_history,
-        [ui["made"], ui["history_state"]],
-        [ui["history_state"], ui["history"], ui["note"]],
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    _after_run(event, handlers, ui)
     # Stop: the run's stop signal ends the work after its current step and the handler itself returns the
     # neutral "Stopped" result; the session's queued runs are removed. Not cancels=[event]: a run cancelled
     # through Gradio can leave an "Error" badge on the gallery (a race in Gradio 6.31's client).
@@ -221,6 +213,19 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
     return demo
 
 
+def _after_run(event, handlers: Handlers, ui: dict) -> None:
+    """What follows a run's event, however it ends: Stop off again, and a finished run's images into the history."""
+    for ended in (event.then, event.failure):
+        ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
+    event.success(
+        handlers.add_history,
+        [ui["made"], ui["history_state"]],
+        [ui["history_state"], ui["history"], ui["note"]],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+
 def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: int) -> None:
     """Vary (subtle, strong) and Upscale x2: one click puts the result gallery's selected image in the hidden file
     and runs it (``/vary_subtle``, ``/vary_strong``, ``/upscale``) as Generate runs: in the same queue lane, with
@@ -241,12 +246,4 @@ def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency:
             show_progress="full",
             show_progress_on=ui["gallery"],
         )
-        for ended in (event.then, event.failure):
-            ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
-        event.success(
-            handlers.add_history,
-            [ui["made"], ui["history_state"]],
-            [ui["history_state"], ui["history"], ui["note"]],
-            api_visibility="private",
-            show_progress="hidden",
-        )
+        _after_run(event, handlers, ui)
