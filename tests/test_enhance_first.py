@@ -149,7 +149,7 @@ def test_the_form_takes_an_enhanced_prompt_and_refuses_a_bad_one_by_name():
     assert request.enhanced_prompt == "mine" and notes == ["enhanced_prompt: removed 1 control character(s)"]
     assert request_from_form(FormValues("a cat", enhanced_prompt=" \n"))[0].enhanced_prompt is None
     assert not request.runs_pe and GenerationRequest("a cat").runs_pe
-    for bad, message in ((" ", "non-blank"), ("x" * 8001, "at most 8000"), (5, "non-blank")):
+    for bad, message in ((" ", "non-blank"), ("x" * 32001, "at most 32000"), (5, "non-blank")):
         with pytest.raises(InvalidArgument, match=message) as refused:
             GenerationRequest("a cat", enhanced_prompt=bad)
         assert refused.value.field == "enhanced_prompt"

@@ -55,10 +55,16 @@ def test_quantize_writes_a_map_fitted_from_the_packages_vae_that_beats_a_mean_co
     entry = read_metadata(tiny_package)["files"][PREVIEW_FILE]  # listed, with its size and sha256
     assert entry["bytes"] == (tiny_package / PREVIEW_FILE).stat().st_size and len(entry["sha256"]) == 64
     vae = AutoencoderKLFlux2.from_pretrained(tiny_package / "vae")
-    assert torch.equal(fit_preview_map(vae).weight, stored.weight)  # fitted from this VAE, deterministically
-    # held-out images (another seed, another size): the preview against what the VAE decodes the latents to
+    refit = fit_preview_map(AutoencoderKLFlux2.from_pretrained(tiny_package / "vae").to(DEVICE))  # as quantize did
     held_out = synthetic_images(6, 192, seed=7)
     latents = encode_packed(vae, held_out)
+    if DEVICE == "cpu":  # fitted from this VAE, deterministically
+        assert torch.equal(refit.weight, stored.weight)
+    else:  # a GPU's kernels may round otherwise: the same previews within rounding
+        again = torch.stack([refit.rgb(latents[i : i + 1]) for i in range(len(latents))])
+        first = torch.stack([stored.rgb(latents[i : i + 1]) for i in range(len(latents))])
+        assert psnr(again, first) > 40
+    # held-out images (another seed, another size): the preview against what the VAE decodes the latents to
     wanted = preview_targets(decode_packed(vae, latents))
     shown = torch.stack([stored.rgb(latents[i : i + 1]) for i in range(len(latents))])
     assert shown.shape == wanted.shape == (6, 3, 24, 24)

@@ -27,6 +27,7 @@ from ..compat import swap_class
 from ..errors import InvalidArgument
 from ..request import LoraChoice
 from .lora_files import LoraFile
+from .residency import HOST_BUFFERS, host_buffer, page_lock, plan_offsets
 
 _BLOCK = re.compile(r"^layers\.\d+\.")
 _CLASSES: dict[type, type] = {}
@@ -150,8 +151,10 @@ def _attach(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, host: 
     if host is None:
         layer.register_buffer("lora_down", down.to(device, dtype), persistent=False)
         layer.register_buffer("lora_up", up.to(device, dtype), persistent=False)
-    else:  # plain attributes: a ``Residency`` moves buffers, and these stay where they are
-        layer.lora_down, layer.lora_up = host.add(down.to(dtype)), host.add(up.to(dtype))
+    else:  # buffers a ``Residency`` leaves in CPU memory (compiled blocks see buffers alike in every block)
+        layer.register_buffer("lora_down", host.add(down.to(dtype)), persistent=False)
+        layer.register_buffer("lora_up", host.add(up.to(dtype)), persistent=False)
+        setattr(layer, HOST_BUFFERS, ("lora_down", "lora_up"))
     layer.register_buffer("lora_scale", torch.zeros(down.shape[0], device=device), persistent=False)
     swap_class(layer, _lora_class(type(layer)))
 
@@ -171,8 +174,6 @@ class _HostCopies:
 
     def lock(self, layers: list[torch.nn.Module]) -> None:
         """Lay the tensors out in one buffer, page-lock it for CUDA and point ``layers`` at their views."""
-        from .residency import host_buffer, page_lock, plan_offsets
-
         sizes = [t.numel() * t.element_size() for t in self._tensors]
         offsets, span = plan_offsets(sizes)
         pages = host_buffer(span)
@@ -184,7 +185,8 @@ class _HostCopies:
             page_lock(pages)
         self.pages = pages
         for layer in layers:
-            layer.lora_down, layer.lora_up = views[id(layer.lora_down)], views[id(layer.lora_up)]
+            layer.register_buffer("lora_down", views[id(layer.lora_down)], persistent=False)
+            layer.register_buffer("lora_up", views[id(layer.lora_up)], persistent=False)
         self._tensors = []
 
 

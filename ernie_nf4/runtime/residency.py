@@ -30,6 +30,9 @@ from ..errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
+# A module's buffers named in this attribute stay where they are (page-locked CPU memory the module copies from as
+# it runs: a streamed LoRA's weights); a ``Residency`` moves the rest.
+HOST_BUFFERS = "_host_buffers"
 ALIGNMENT = 256  # bytes: every tensor of the arena starts at a multiple (CUDA's own allocations are 512-aligned)
 
 
@@ -164,7 +167,8 @@ class _Model:
                     for owner, attr in quant_state_tensors(state):
                         add(owner, "attr", attr, getattr(owner, attr))
             for key, buffer in module.named_buffers(recurse=False, remove_duplicate=False):
-                add(module, "attr", key, buffer)
+                if key not in getattr(module, HOST_BUFFERS, ()):
+                    add(module, "attr", key, buffer)
         sizes = [entry.nbytes for entry in self.tensors]
         self.bytes = sum(sizes)
         offsets, self.span = plan_offsets(sizes)
