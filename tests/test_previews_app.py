@@ -111,8 +111,10 @@ def test_stop_ends_the_previews(server):
                     stopped_at.append(service.steps_done)  # the steps run when Stop had answered
                 if message.get("msg") == "process_completed":
                     final = json.dumps(message["output"], ensure_ascii=False)
+                    gallery = message["output"]["data"][0]
                     break
     assert "Stopped. Nothing was kept from this run." in final
+    assert gallery == []  # no preview stays behind in the gallery as a result for Vary, Upscale or reuse
     assert seen and all(step <= stopped_at[0] for step, after in seen if after)  # none made after the Stop
     assert service.steps_done < 40
 

@@ -208,12 +208,22 @@ class Handlers:
         if not _asks_previews(previews, lang):
             yield self.generate(*form, request=request, progress=progress)
             return
+        shown = False  # a preview is in the gallery: a run that stops or fails then empties it, so that no
+        # preview stays behind as a result (Vary, Upscale and "Use this result" take the gallery's images)
         for item in streamed(lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit)):
             if isinstance(item, Finished):
-                yield item.result()
+                try:
+                    outputs = item.result()
+                except Exception:
+                    if shown:
+                        yield [], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    raise
+                stopped = shown and tuple(outputs) == tuple(self.stopped_outputs(lang))
+                yield ([], *outputs[1:]) if stopped else outputs
                 return
             event, cancel = item
             if not cancel.is_set():
+                shown = True
                 yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     def _saved(self, req, result, notes, lang: str):
