@@ -363,6 +363,11 @@ class Handlers:
     def pick(event: gr.SelectData):
         return event.index
 
+    @staticmethod
+    def unpick():
+        """No image picked: what the gallery's selection is once its images change."""
+        return None
+
     def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
         """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does
         not offer ("" when none). A missing value leaves its field alone; a restored seed clears the randomize box

@@ -132,6 +132,8 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     """The result gallery's selection, "Use this result", and the strength following the image input."""
     ui["result_picked"] = gr.State(None)
     ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
+    # new images (a run's, or its previews) drop the pick: the page then shows the first selected, as taken
+    ui["gallery"].change(handlers.unpick, None, ui["result_picked"], **HIDDEN)
     ui["use_result"].click(
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],

@@ -1,0 +1,64 @@
+"""The image Vary and Upscale take is the one the page shows selected: in Chromium, a run of 4 images with the 3rd
+opened, then another run of 4 with live previews (as the page starts), whose previews replace the gallery; Upscale
+x2 then takes the image the gallery shows selected, not the 3rd of the new run."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+from ernie_nf4.request import InitImage  # noqa: E402
+
+from .support.app import PageOpener, ServedApp, playwright_api, wait_until  # noqa: E402
+
+SELECTED = """() => [...document.querySelectorAll('#gallery button.thumbnail-item')]
+    .findIndex(x => x.classList.contains('selected'))"""
+
+
+def image_hash(seed: int) -> str:
+    """The init-image hash of FakeService's 64x64 image for ``seed``."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), np.uint8)
+    return InitImage.of(Image.fromarray(pixels)).sha256
+
+
+def run(page, seed: int) -> None:
+    page.locator("#seed input").fill(str(seed))
+    page.locator("#seed input").press("Tab")
+    page.locator("#generate").click()
+    playwright_api().expect(page.locator("#info textarea")).to_have_value(re.compile(rf"^seed {seed}, "))
+
+
+@pytest.mark.browser
+def test_upscale_takes_the_image_the_gallery_shows_after_a_previewed_run(browser, tmp_path):
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener()
+        page.locator("#advanced > button").first.click()
+        page.locator("#steps").wait_for(state="visible")
+        page.locator("#prompt textarea").fill("slow fox")  # FakeService: slow enough for previews to show
+        for field in ("#width", "#height"):
+            page.locator(f"{field} input").fill("64")
+        for field, value in (("#steps", "10"), ("#count", "4")):
+            page.locator(f"{field} input[type=number]").fill(value)
+            page.locator(f"{field} input[type=number]").press("Enter")
+        page.locator("#use-pe input").uncheck()
+        page.locator("#randomize input").uncheck()
+        expect(page.locator("#previews input")).to_be_checked()
+        run(page, 100)
+        page.locator("#gallery button.thumbnail-item").nth(2).click()  # open the 3rd image
+        assert wait_until(lambda: page.evaluate(SELECTED) == 2, 10)
+        run(page, 200)
+        page.wait_for_timeout(500)
+        shown = max(page.evaluate(SELECTED), 0)  # none marked: the first is the one shown
+        count = len(app.service.requests)
+        page.locator("#upscale").click()
+        assert wait_until(lambda: len(app.service.requests) == count + 1, 30)
+        taken = [image_hash(200 + i) for i in range(4)].index(app.service.requests[-1].init_image.sha256)
+        assert taken == shown, f"the page shows image {shown + 1} selected, Upscale took image {taken + 1}"
+    finally:
+        opener.close()
+        app.close()
