@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from .support.app import FakeService, free_port  # noqa: E402
+from .support.app import ServedApp  # noqa: E402
 
 FORM = ["a cat", "", 64, 64, 6, 4.0, 7, False, False, 1, "", 1.0, None, 1, ""]  # prompt … enhanced_prompt
 PREVIEW = re.compile(r"Preview · step (\d+)/(\d+)")
@@ -21,16 +21,10 @@ PREVIEW = re.compile(r"Preview · step (\d+)/(\d+)")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from ernie_nf4.webapp.outputs import OutputStore
-    from ernie_nf4.webapp.ui import build_demo
-
-    service = FakeService()
-    demo = build_demo(service, output_dir=OutputStore(tmp_path_factory.mktemp("out")))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    ids = {fn.api_name or fn.name: fn._id for fn in demo.fns.values()}
-    yield service, f"http://127.0.0.1:{port}/", ids
-    demo.close()
+    """The app around a FakeService, behind the request limits as ``python app.py`` serves it."""
+    app = ServedApp(tmp_path_factory.mktemp("previews-app"))
+    yield app.service, app.url, app.ids
+    app.close()
 
 
 def sse(text: str) -> list[tuple[str, object]]:
@@ -80,10 +74,12 @@ def test_a_client_that_does_not_ask_gets_the_final_outputs_alone(server):
     assert service.previews_asked is False
     assert [item["caption"] for item in final[0]] == ["64×64 · seed 7 · a cat"]
     assert all(output[0] == final[0] for output in job.outputs())
-    events = sse(call(url, [*FORM, False]))
-    assert "Preview" not in json.dumps(events, ensure_ascii=False)
-    assert all(data == events[-1][1] for _, data in events)  # every message carries the final outputs
-    assert events[-1][0] == "complete" and events[-1][1][0][0]["caption"] == "64×64 · seed 7 · a cat"
+    for values in ([*FORM, False], FORM):  # FORM: a raw client written before previews came sends 15 values
+        events = sse(call(url, values))
+        assert "Preview" not in json.dumps(events, ensure_ascii=False)
+        assert all(data == events[-1][1] for _, data in events)  # every message carries the final outputs
+        assert events[-1][0] == "complete" and events[-1][1][0][0]["caption"] == "64×64 · seed 7 · a cat"
+        assert service.previews_asked is False
     with httpx.Client(base_url=url, timeout=60) as http:  # anything but true or false is refused, by name
         refused = http.post("gradio_api/call/generate", json={"data": [*FORM, "yes"]})
     assert refused.status_code == 422

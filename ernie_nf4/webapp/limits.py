@@ -125,6 +125,8 @@ class RequestLimits:
             return
         if isinstance(body, tuple):
             return await _refuse(send, *body)
+        if not upload and _is_job(path):
+            body = _with_defaults(scope, path, body)
         refusal = self._after_body(scope, path, client, upload, body)
         if refusal is not None:
             return await _refuse(send, *refusal)
@@ -295,8 +297,8 @@ def _json_problem(body: bytes, max_depth: int) -> str | None:
     return too_deep if any(isinstance(value, (dict, list)) for value in level) else None
 
 
-def _missing_fields(scope, path: str, body: bytes) -> str | None:
-    """Name the fields a job request left out (Gradio would answer ``{"error": null}``)."""
+def _job_call(scope, path: str, body: bytes) -> tuple | None:
+    """(the request's JSON, its values, the event it names) for a job request with a list of values, else None."""
     try:
         data = json.loads(body)
         fns = scope["app"].get_blocks().fns.values()
@@ -306,8 +308,31 @@ def _missing_fields(scope, path: str, body: bytes) -> str | None:
         return None
     api_name = path.rstrip("/").rsplit("/call/", 1)[1] if "/call/" in path else None
     fn = next((f for f in fns if (f.api_name == api_name if api_name else f._id == data.get("fn_index"))), None)
-    if fn is None or len(values) >= len(fn.inputs):
+    return None if fn is None else (data, values, fn)
+
+
+def _with_defaults(scope, path: str, body: bytes) -> bytes:
+    """``body`` with the trailing inputs it leaves out that have a default (a client written before they came, e.g.
+    ``/generate``'s ``previews``) filled in with it, so it gets what it got before."""
+    call = _job_call(scope, path, body)
+    if call is None or not call[2].fn or len(call[1]) >= len(call[2].inputs):
+        return body
+    data, values, fn = call
+    names = list(inspect.signature(fn.fn).parameters.values())[: len(fn.inputs)]
+    added = []
+    for parameter in names[len(values) :]:
+        if parameter.default is inspect.Parameter.empty:
+            return body  # a field without a default is missing: ``_missing_fields`` names it
+        added.append(parameter.default)
+    return json.dumps({**data, "data": values + added}).encode()
+
+
+def _missing_fields(scope, path: str, body: bytes) -> str | None:
+    """Name the fields a job request left out (Gradio would answer ``{"error": null}``)."""
+    call = _job_call(scope, path, body)
+    if call is None or len(call[1]) >= len(call[2].inputs):
         return None
+    _, values, fn = call
     names = list(inspect.signature(fn.fn).parameters)[: len(fn.inputs)] if fn.fn else []
     missing = names[len(values) :] or [f"{len(fn.inputs) - len(values)} values"]
     takes = f"it takes {len(fn.inputs)} values: {', '.join(names)}"
