@@ -81,6 +81,14 @@ def test_a_damaged_map_is_refused_by_name(tiny_package, tmp_path):
     save_file({"weight": torch.full((12, 128), float("nan")), "bias": torch.zeros(12)}, str(tmp_path / PREVIEW_FILE))
     with pytest.raises(PackageError, match="NaN or infinite"):
         read_preview_map(tmp_path)
+    header = {  # right names, dtypes and shapes, but the bias overlaps the weight: safetensors' parser refuses it
+        "weight": {"dtype": "F32", "shape": [12, 128], "data_offsets": [0, 6144]},
+        "bias": {"dtype": "F32", "shape": [12], "data_offsets": [0, 48]},
+    }
+    raw = json.dumps(header).encode()
+    (tmp_path / PREVIEW_FILE).write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(6144))
+    with pytest.raises(PackageError, match=f"{PREVIEW_FILE}: is not a readable safetensors file"):
+        read_preview_map(tmp_path)
     package = tmp_path / "package"
     shutil.copytree(tiny_package, package)
     (package / PREVIEW_FILE).write_bytes((tmp_path / PREVIEW_FILE).read_bytes())  # same name, other bytes

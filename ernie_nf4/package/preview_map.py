@@ -85,9 +85,15 @@ def read_preview_map(folder: Path) -> PreviewMap | None:
     if found != expected or any(header[name].get("dtype") != "F32" for name in expected):
         raise PackageError(
             f"{path}: must hold float32 tensors {expected} (a preview map), found {found}; delete the file (it is "
-            f"fitted again when the model loads) or {REPAIR_HINT}"
+            f"fitted again at the first run that asks for previews) or {REPAIR_HINT}"
         )
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors' own parser is stricter than the header check (offsets, metadata)
+        raise PackageError(
+            f"{path}: is not a readable safetensors file ({type(err).__name__}: {str(err)[:200]}); delete the file "
+            f"(it is fitted again at the first run that asks for previews) or {REPAIR_HINT}"
+        ) from None
     if not all(torch.isfinite(tensors[name]).all() for name in expected):
         raise PackageError(f"{path}: holds NaN or infinite values; delete the file or {REPAIR_HINT}")
     return PreviewMap(tensors["weight"], tensors["bias"])

@@ -271,6 +271,7 @@ def load_pipeline(
     model_dir = Path(model_dir)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
+    previews = read_preview_map(model_dir)  # checked before the models load, as the package's other files
     lora_files, lora_gib = read_loras(model_dir, loras)
     mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
     _check_arguments(model_dir, device, mode, fast, compile)
@@ -292,7 +293,7 @@ def load_pipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
     loaded.usable_gib, loaded.all_on_gpu_needs_gib = usable, needs
-    loaded.previews = read_preview_map(model_dir)
+    loaded.previews = previews
     if fast:
         _speed_up(loaded)
     return loaded
