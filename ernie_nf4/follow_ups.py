@@ -1,7 +1,7 @@
 """Vary and Upscale: the requests that start from a result, made from its request and the image chosen.
 
-- Vary (subtle, strong): the same prompt and settings, the result as the init image at strength ``VARY_SUBTLE``
-  (0.3) or ``VARY_STRONG`` (0.6), and a new seed.
+- Vary (subtle, strong): the same prompt and settings at the image's own size, the result as the init image at
+  strength ``VARY_SUBTLE`` (0.3) or ``VARY_STRONG`` (0.6), and a new seed.
 - Upscale x2: the image at twice its width and height (at most ``SIZE_RANGE``'s 2048 on the longer side, the
   aspect kept, multiples of 16) redrawn lightly (strength ``UPSCALE_STRENGTH``) with the same seed, prompt and
   steps: one image. Above the memory mode's budget the run goes in tiles (``runtime.upscale``).
@@ -22,6 +22,7 @@ VARY_SUBTLE = 0.3
 VARY_STRONG = 0.6
 UPSCALE_STRENGTH = 0.3
 UPSCALE_FACTOR = 2
+MIN_GROWTH = 1.25  # an upscale that grows a side less than this is refused: a whole tiled run for next to nothing
 NEW_SEED_LIMIT = 2**32  # a new seed is drawn below this, as the page's random seed is
 
 
@@ -48,24 +49,34 @@ def vary_request(
         seed = secrets.randbelow(NEW_SEED_LIMIT)
         while seed == request.seed:
             seed = secrets.randbelow(NEW_SEED_LIMIT)
+    init = InitImage.of(image)
+    width, height = (_snapped(side) for side in init.size)  # the image's own size, whatever its PNG text says
     return replace(
         request,
-        init_image=InitImage.of(image),
+        width=width,
+        height=height,
+        init_image=init,
         strength=strength,
         seed=seed,
         enhanced_prompt=_kept_prompt(request, revised_prompt),
     )
 
 
+def _snapped(side: int) -> int:
+    """``side`` to the nearest multiple of 16 in ``SIZE_RANGE``."""
+    low, high = SIZE_RANGE
+    return min(high, max(low, (side + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE))  # halves up
+
+
 def upscaled_size(width: int, height: int) -> tuple[int, int]:
     """``width`` x ``height`` times ``UPSCALE_FACTOR``, scaled down to ``SIZE_RANGE``'s largest side when it
     would pass it (the aspect kept), each side a multiple of 16. ``InvalidArgument`` naming ``init_image`` when
-    the image is already at the largest size."""
+    a side would grow less than ``MIN_GROWTH`` times (the image is at, or near, the largest size)."""
     largest = SIZE_RANGE[1]
     scale = min(UPSCALE_FACTOR, largest / max(width, height))
     size = tuple(min(largest, max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)) for side in
                  (width, height))  # fmt: skip
-    if size[0] <= width and size[1] <= height:
+    if size[0] < width * MIN_GROWTH or size[1] < height * MIN_GROWTH:
         raise InvalidArgument(
             f"init_image is {width}x{height} already: Upscale x2 makes images of at most {largest} pixels on the "
             "longer side; upscale a smaller result",
