@@ -26,13 +26,14 @@ MIN_GROWTH = 1.25  # an upscale that grows a side less than this is refused: a w
 NEW_SEED_LIMIT = 2**32  # a new seed is drawn below this, as the page's random seed is
 
 
-def _kept_prompt(request: GenerationRequest, revised_prompt: str | None) -> str | None:
-    """The enhanced prompt the result was made with: the user's, else the PE's revised prompt when the PE ran."""
+def _kept_prompt(request: GenerationRequest, revised_prompt: str | None) -> dict:
+    """The enhanced prompt the result was made with, and who wrote it: the user's, else the PE's revised prompt
+    when the PE ran (``enhanced_prompt`` and ``enhanced_by`` for the new request)."""
     if request.enhanced_prompt:
-        return request.enhanced_prompt
+        return {"enhanced_prompt": request.enhanced_prompt, "enhanced_by": request.enhanced_by}
     if request.use_pe and revised_prompt and revised_prompt.strip():
-        return revised_prompt
-    return None
+        return {"enhanced_prompt": revised_prompt, "enhanced_by": "pe"}
+    return {"enhanced_prompt": None, "enhanced_by": "user"}
 
 
 def vary_request(
@@ -58,7 +59,7 @@ def vary_request(
         init_image=init,
         strength=strength,
         seed=seed,
-        enhanced_prompt=_kept_prompt(request, revised_prompt),
+        **_kept_prompt(request, revised_prompt),
     )
 
 
@@ -100,5 +101,5 @@ def upscale_request(request: GenerationRequest, image, revised_prompt: str | Non
         init_image=init,
         strength=UPSCALE_STRENGTH,
         num_images=1,
-        enhanced_prompt=_kept_prompt(request, revised_prompt),
+        **_kept_prompt(request, revised_prompt),
     )

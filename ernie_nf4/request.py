@@ -22,6 +22,7 @@ _CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
 MAX_PROMPT_CHARS = 8000
 # The prompt enhancer may write up to 2048 tokens (its tokenizer's limit): more than 8000 characters of some texts
 MAX_ENHANCED_CHARS = 32000
+ENHANCED_BY = ("user", "pe")  # who wrote a request's enhanced prompt
 SIZE_RANGE = (64, 2048)
 SIZE_MULTIPLE = 16
 STEPS_RANGE = (1, 200)
@@ -206,6 +207,9 @@ class GenerationRequest:
     # The enhanced prompt given by the user (e.g. the PE's text from ``/enhance``, edited): when set, the PE does not
     # run and this text goes to the text encoder as it is. None: the PE writes it (when ``use_pe``).
     enhanced_prompt: str | None = None
+    # Who wrote ``enhanced_prompt``: "user", or "pe" when it is the PE's text of the result a Vary or an Upscale
+    # starts from (reused so the PE does not run again; the PNG records it as the PE's).
+    enhanced_by: str = "user"
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -228,6 +232,8 @@ class GenerationRequest:
         self._check_loras()
         self._check_init_image()
         self._check_enhanced_prompt()
+        if self.enhanced_by not in ENHANCED_BY:
+            raise InvalidArgument(f"enhanced_by must be one of {list(ENHANCED_BY)}, got {self.enhanced_by!r}")
 
     def _check_init_image(self) -> None:
         _check_real("strength", self.strength, *STRENGTH_RANGE)

@@ -46,6 +46,11 @@ def test_vary_keeps_the_settings_and_takes_the_image_and_a_new_seed():
         assert getattr(subtle, name) == getattr(source, name), name
     assert subtle.num_images == 2 and subtle.steps_run == 9  # the last 30 % of 30 steps
     assert subtle.enhanced_prompt == "A lighthouse, dusk, film" and not subtle.runs_pe
+    assert subtle.enhanced_by == "pe"  # the PE's text, reused: the PNG says so
+    from ernie_nf4.webapp.png_params import parameters_text
+
+    text = parameters_text(subtle, subtle.seed, None, "m")
+    assert 'Revised prompt: "A lighthouse, dusk, film"' in text and "Enhanced prompt by" not in text
     strong = vary_request(source, image(), VARY_STRONG, seed=5)
     assert (strong.strength, strong.seed, strong.steps_run) == (0.6, 5, 18)
     assert strong.enhanced_prompt is None and strong.runs_pe  # no revised prompt known: the PE writes one
@@ -62,7 +67,7 @@ def test_vary_runs_at_the_images_own_size_whatever_its_settings_say():
 
 def test_vary_keeps_the_users_enhanced_prompt_and_a_run_without_the_pe_stays_without():
     mine = vary_request(result_request(enhanced_prompt="my own words"), image(), revised_prompt="my own words")
-    assert mine.enhanced_prompt == "my own words"
+    assert mine.enhanced_prompt == "my own words" and mine.enhanced_by == "user"
     off = vary_request(result_request(use_pe=False), image(), revised_prompt=None)
     assert off.enhanced_prompt is None and not off.use_pe
 

@@ -113,7 +113,7 @@ def run_summary(result, notes=(), provenance: str | None = None, lang: str = "en
             say("run_pe_cut", lang, tokens=e.tokens, cap=e.cap) if e.cut else say("run_pe_wrote", lang, tokens=e.tokens)
         )
     elif result.request.enhanced_prompt:
-        parts.append(say("run_pe_yours", lang))
+        parts.append(say("run_pe_yours" if result.request.enhanced_by == "user" else "run_pe_reused", lang))
     elif result.prompt_cached and result.revised_prompt:
         parts.append(say("run_pe_cached", lang))
     if result.peak_vram:

@@ -48,7 +48,9 @@ def parameters_text(request: GenerationRequest, seed: int, revised_prompt: str |
         "Model": model,
         "Prompt enhancer": "on" if request.use_pe else "off",
     }
-    if revised_prompt and not request.enhanced_prompt:
+    if request.enhanced_prompt and request.enhanced_by == "pe":  # the PE's text, reused by a Vary or an Upscale
+        revised_prompt = request.enhanced_prompt
+    if revised_prompt and (not request.enhanced_prompt or request.enhanced_by == "pe"):
         pairs["Revised prompt"] = json.dumps(revised_prompt, ensure_ascii=False)
     pairs |= enhanced_pairs(request)
     if request.uses_init_image:
@@ -66,7 +68,7 @@ ENHANCED_KEY, ENHANCED_BY_KEY, BY_USER = "Enhanced prompt", "Enhanced prompt by"
 def enhanced_pairs(request: GenerationRequest) -> dict[str, str]:
     """The pairs of a request that gave its enhanced prompt (the PE did not run): the text, and that the user
     gave it; none otherwise."""
-    if not request.enhanced_prompt:
+    if not request.enhanced_prompt or request.enhanced_by != BY_USER:
         return {}
     return {ENHANCED_KEY: json.dumps(request.enhanced_prompt, ensure_ascii=False), ENHANCED_BY_KEY: BY_USER}
 
