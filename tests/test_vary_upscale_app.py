@@ -52,6 +52,12 @@ def test_a_result_varied_then_upscaled_through_the_api(fake_app):
 
     client.predict(handle_file(first), api_name="/vary_strong")
     assert service.requests[-1].strength == 0.6 and service.requests[-1].seed != 5
+    assert service.previews_asked is False  # an API client gets live previews only when it asks
+    job = client.submit(handle_file(first), True, api_name="/vary_strong")
+    final = job.result()
+    captions = [output[0][0]["caption"] for output in job.outputs() if output[0]]
+    assert service.previews_asked is True and captions[0].startswith("Preview · step 1/")  # the image forming
+    assert captions[-1] == final[0][0]["caption"] and "Preview" not in captions[-1]
 
     images, up_seed, _, info = client.predict(handle_file(varied), api_name="/upscale")
     up = service.requests[-1]
@@ -105,13 +111,13 @@ def uploads():
 def test_the_follow_ups_speak_chinese(tmp_path, uploads):
     handlers = Handlers(FakeService(), tmp_path / "out")
     with pytest.raises(gr.Error, match="起始图片（init_image）已是 2048x2048：放大 2 倍"):
-        handlers.upscale(foreign_result(uploads / "big.png"), _Chinese())
+        next(handlers.upscale(foreign_result(uploads / "big.png"), False, _Chinese()))
     with pytest.raises(gr.Error, match="不读取服务器上的路径"):  # a path elsewhere on the server
-        handlers.upscale(foreign_result(tmp_path / "elsewhere.png"), _Chinese())
+        next(handlers.upscale(foreign_result(tmp_path / "elsewhere.png"), False, _Chinese()))
     small = foreign_result(uploads / "small.png", (1024, 1024))
     _, note = handlers.follow_up_request(small, "vary_strong", "zh")
     assert note.startswith("变化（强烈），原种子 3：重绘强度 0.6，新种子 ")
-    info = handlers.vary_subtle(small, _Chinese())[3]
+    info = list(handlers.vary_subtle(small, False, _Chinese()))[-1][3]
     assert "变化（轻微），原种子 3" in info
 
 
@@ -151,7 +157,8 @@ def test_the_api_page_says_how_to_vary_and_upscale(fake_app):
         "Upscale x2 is one with a result as init_image, twice its width and height" in strength["type"]["description"]
     )
     for name in ("/vary_subtle", "/vary_strong", "/upscale"):
-        (image,) = endpoints[name]["parameters"]
+        image, previews = endpoints[name]["parameters"]
+        assert previews["parameter_name"] == "previews" and previews["parameter_default"] is False  # only if asked
         assert image["label"] == "Result image (a PNG this app made; its settings are read from it)"
         assert image["type"]["description"].startswith("a result PNG this app made")
         assert [r["label"] for r in endpoints[name]["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]

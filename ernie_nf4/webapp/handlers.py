@@ -205,12 +205,20 @@ class Handlers:
         form = (prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed)
         form += (use_pe, num_images, lora, lora_scale, init_image, strength, enhanced_prompt)
         lang = language(request)
+        yield from self._live(
+            lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit), previews, lang
+        )
+
+    def _live(self, run, previews, lang: str):
+        """A run's outputs, ``run(on_preview)``'s, and before them, when ``previews`` is true, each live preview of
+        the image forming in the gallery (captioned with its step; the other outputs untouched); without them
+        ``run(None)``'s alone. No preview comes once Stop is pressed."""
         if not _asks_previews(previews, lang):
-            yield self.generate(*form, request=request, progress=progress)
+            yield run(None)
             return
         shown = False  # a preview is in the gallery: a run that stops or fails then empties it, so that no
         # preview stays behind as a result (Vary, Upscale and "Use this result" take the gallery's images)
-        for item in streamed(lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit)):
+        for item in streamed(run):
             if isinstance(item, Finished):
                 try:
                     outputs = item.result()
@@ -497,20 +505,21 @@ class Handlers:
         path = _item_path(item)
         return path if self.served_file(path) else None
 
-    def vary_subtle(self, image, request: gr.Request = None, progress=gr.Progress()):
+    def vary_subtle(self, image, previews=False, request: gr.Request = None, progress=gr.Progress()):
         """Vary (subtle) ``image``, a result PNG of this app (``/vary_subtle``): its settings, read from the file,
-        with the image as the init image at strength 0.3 and a new seed. Returns what ``generate`` returns."""
-        return self._follow_up(image, "vary_subtle", request, progress)
+        with the image as the init image at strength 0.3 and a new seed. Yields what ``generate_live`` yields
+        (``previews``: live previews first)."""
+        yield from self._follow_up(image, "vary_subtle", previews, request, progress)
 
-    def vary_strong(self, image, request: gr.Request = None, progress=gr.Progress()):
+    def vary_strong(self, image, previews=False, request: gr.Request = None, progress=gr.Progress()):
         """Vary (strong) ``image`` (``/vary_strong``): as ``vary_subtle``, at strength 0.6."""
-        return self._follow_up(image, "vary_strong", request, progress)
+        yield from self._follow_up(image, "vary_strong", previews, request, progress)
 
-    def upscale(self, image, request: gr.Request = None, progress=gr.Progress()):
+    def upscale(self, image, previews=False, request: gr.Request = None, progress=gr.Progress()):
         """Upscale x2 ``image``, a result PNG of this app (``/upscale``): its settings at twice its size (at most 2048
         on the longer side), the image as the init image at strength 0.3, the same seed; in tiles above the memory
-        mode's budget. Returns what ``generate`` returns."""
-        return self._follow_up(image, "upscale", request, progress)
+        mode's budget (a tiled run shows no previews). Yields what ``generate_live`` yields."""
+        yield from self._follow_up(image, "upscale", previews, request, progress)
 
     def follow_up_request(self, image, kind: str, lang: str = "en"):
         """The request of ``kind`` (``FOLLOW_UPS``) for the result PNG ``image`` and the note saying what it runs;
@@ -533,13 +542,15 @@ class Handlers:
         done = say(f"done_{kind}", lang, seed=source.seed, new_seed=req.seed, width=req.width, height=req.height)
         return req, done
 
-    def _follow_up(self, image, kind: str, request, progress):
+    def _follow_up(self, image, kind: str, previews, request, progress):
         lang = language(request)
         req, done = self.follow_up_request(image, kind, lang)
-        result = self._run(req, _session_key(request), request, progress, lang)
-        if result is None:
-            return self.stopped_outputs(lang)
-        return self._saved(req, result, [done], lang)
+
+        def run(on_preview):
+            result = self._run(req, _session_key(request), request, progress, lang, on_preview=on_preview)
+            return self.stopped_outputs(lang) if result is None else self._saved(req, result, [done], lang)
+
+        yield from self._live(run, previews, lang)
 
 
 def _previews_apart(show, on_preview, cancel):

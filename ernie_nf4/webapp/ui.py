@@ -239,7 +239,7 @@ def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency:
         picked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
         event = picked.success(
             getattr(handlers, name),
-            source,
+            [source, ui["previews"]],
             [ui["gallery"], ui["seed"], ui["revised"], ui["info"], ui["made"]],
             api_name=name,
             concurrency_limit=concurrency,
