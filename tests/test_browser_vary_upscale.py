@@ -103,7 +103,7 @@ def test_the_buttons_in_chinese_and_a_click_before_any_result(browser, tmp_path)
 
 
 @pytest.mark.browser
-def test_stop_ends_an_upscale_and_leaves_no_preview_as_a_result(browser, tmp_path):
+def test_stop_ends_an_upscale_and_the_gallery_shows_its_result_again(browser, tmp_path):
     from .test_browser_run import fill_form
 
     expect = playwright_api().expect
@@ -122,10 +122,10 @@ def test_stop_ends_an_upscale_and_leaves_no_preview_as_a_result(browser, tmp_pat
         expect(page.locator("#info textarea")).to_have_value("Stopped. Nothing was kept from this run.")
         expect(page.locator("#stop")).to_be_disabled()
         assert app.service.steps_done < 20
-        # the gallery keeps the result, or, when a live preview had replaced it, is emptied: no preview stays
+        # the gallery shows the result again (a live preview may have replaced it meanwhile): no preview stays
+        assert wait_until(lambda: gallery_source(page) == shown, 10)
         alts = page.locator("#gallery img").evaluate_all("images => images.map(image => image.alt)")
-        assert not any(alt.startswith("Preview") for alt in alts)
-        assert not alts or gallery_source(page) == shown
+        assert alts and not any(alt.startswith("Preview") for alt in alts)
         assert (app.service.requests[-1].width, app.service.requests[-1].strength) == (128, 0.3)
     finally:
         opener.close()

@@ -110,7 +110,7 @@ def test_stop_ends_the_previews(server):
                     gallery = message["output"]["data"][0]
                     break
     assert "Stopped. Nothing was kept from this run." in final
-    assert gallery == []  # no preview stays behind in the gallery as a result for Vary, Upscale or reuse
+    assert gallery == []  # the session's results before (none): no preview stays behind as a result
     assert seen and all(step <= stopped_at[0] for step, after in seen if after)  # none made after the Stop
     assert service.steps_done < 40
 

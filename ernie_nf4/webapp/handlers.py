@@ -46,6 +46,9 @@ RESTORED_FIELDS = (
 )
 
 
+KEPT_GALLERIES = 256  # sessions whose last results a stopped previewed run can put back
+
+
 def _session_key(request) -> str:
     """The session's key for its stop signals; a call without a session shares its key with nobody."""
     return (request.session_hash if request else None) or secrets.token_hex(16)
@@ -68,6 +71,7 @@ class Handlers:
         self.output_dir = self.outputs.folder
         self.history = History(self.output_dir, history_key)
         self.runs = RunRegistry()
+        self._galleries: dict[str, list] = {}  # session -> its last results' gallery, newest last
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
         self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
@@ -205,34 +209,43 @@ class Handlers:
         form = (prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, randomize_seed)
         form += (use_pe, num_images, lora, lora_scale, init_image, strength, enhanced_prompt)
         lang = language(request)
-        yield from self._live(
-            lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit), previews, lang
-        )
+        run = lambda emit: self.generate(*form, request=request, progress=progress, on_preview=emit)  # noqa: E731
+        yield from self._live(run, previews, lang, _session_key(request))
 
-    def _live(self, run, previews, lang: str):
+    def _live(self, run, previews, lang: str, key: str):
         """A run's outputs, ``run(on_preview)``'s, and before them, when ``previews`` is true, each live preview of
         the image forming in the gallery (captioned with its step; the other outputs untouched); without them
-        ``run(None)``'s alone. No preview comes once Stop is pressed."""
+        ``run(None)``'s alone. No preview comes once Stop is pressed, and a run that stops or fails after a preview
+        puts back the session's last results (``key``): no preview stays behind as a result."""
         if not _asks_previews(previews, lang):
-            yield run(None)
+            yield self._remembered(key, run(None))
             return
-        shown = False  # a preview is in the gallery: a run that stops or fails then empties it, so that no
-        # preview stays behind as a result (Vary, Upscale and "Use this result" take the gallery's images)
+        shown, before = False, self._galleries.get(key, [])
         for item in streamed(run):
             if isinstance(item, Finished):
                 try:
                     outputs = item.result()
                 except Exception:
                     if shown:
-                        yield [], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        yield before, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     raise
                 stopped = shown and tuple(outputs) == tuple(self.stopped_outputs(lang))
-                yield ([], *outputs[1:]) if stopped else outputs
+                yield (before, *outputs[1:]) if stopped else self._remembered(key, outputs)
                 return
             event, cancel = item
             if not cancel.is_set():
                 shown = True
                 yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+    def _remembered(self, key: str, outputs):
+        """``outputs``, their gallery kept as the session's last results (for a stopped previewed run to put back;
+        the most recent ``KEPT_GALLERIES`` sessions)."""
+        if isinstance(outputs[0], list):
+            self._galleries.pop(key, None)
+            self._galleries[key] = outputs[0]
+            while len(self._galleries) > KEPT_GALLERIES:
+                self._galleries.pop(next(iter(self._galleries)))
+        return outputs
 
     def _saved(self, req, result, notes, lang: str):
         """Each image saved as a PNG with its parameters; the event's outputs."""
@@ -550,7 +563,7 @@ class Handlers:
             result = self._run(req, _session_key(request), request, progress, lang, on_preview=on_preview)
             return self.stopped_outputs(lang) if result is None else self._saved(req, result, [done], lang)
 
-        yield from self._live(run, previews, lang)
+        yield from self._live(run, previews, lang, _session_key(request))
 
 
 def _previews_apart(show, on_preview, cancel):
