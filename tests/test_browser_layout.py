@@ -302,6 +302,7 @@ def test_progress_is_read_out_from_a_live_region(open_app):
     page.locator("#prompt textarea").fill("slow live")
     page.locator("#width input").fill("64")
     page.locator("#height input").fill("64")
+    page.locator("#previews input").uncheck()  # the progress text alone: previews redraw the gallery under it
     page.locator("#generate").click()
     page.get_by_text("denoising · step").first.wait_for()
     # a polite status region, visible to assistive technology (not display:none), holds the stage while it runs
