@@ -125,9 +125,10 @@ class RequestLimits:
             return
         if isinstance(body, tuple):
             return await _refuse(send, *body)
+        missing = None
         if not upload and _is_job(path):
-            body = _with_defaults(scope, path, body)
-        refusal = self._after_body(scope, path, client, upload, body)
+            body, missing = _completed(scope, path, body)
+        refusal = self._after_body(scope, path, client, upload, body, missing)
         if refusal is not None:
             return await _refuse(send, *refusal)
         replay = [{"type": "http.request", "body": body, "more_body": False}]
@@ -172,7 +173,7 @@ class RequestLimits:
             wait,
         )
 
-    def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes) -> tuple | None:
+    def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes, missing=None) -> tuple | None:
         if upload:
             if self.uploads.total(client) + len(body) > self.limits.upload_bytes_per_window:
                 return self._upload_budget(client)
@@ -184,8 +185,8 @@ class RequestLimits:
             return 422, problem
         if not _is_job(path):
             return None
-        if problem := _missing_fields(scope, path, body):
-            return 422, problem
+        if missing:
+            return 422, missing
         # No await between this check and the reservation below: simultaneous requests see each other.
         if busy := self._busy(scope, client):
             return busy
@@ -311,32 +312,21 @@ def _job_call(scope, path: str, body: bytes) -> tuple | None:
     return None if fn is None else (data, values, fn)
 
 
-def _with_defaults(scope, path: str, body: bytes) -> bytes:
-    """``body`` with the trailing inputs it leaves out that have a default (a client written before they came, e.g.
-    ``/generate``'s ``previews``) filled in with it, so it gets what it got before."""
-    call = _job_call(scope, path, body)
-    if call is None or not call[2].fn or len(call[1]) >= len(call[2].inputs):
-        return body
-    data, values, fn = call
-    names = list(inspect.signature(fn.fn).parameters.values())[: len(fn.inputs)]
-    added = []
-    for parameter in names[len(values) :]:
-        if parameter.default is inspect.Parameter.empty:
-            return body  # a field without a default is missing: ``_missing_fields`` names it
-        added.append(parameter.default)
-    return json.dumps({**data, "data": values + added}).encode()
-
-
-def _missing_fields(scope, path: str, body: bytes) -> str | None:
-    """Name the fields a job request left out (Gradio would answer ``{"error": null}``)."""
+def _completed(scope, path: str, body: bytes) -> tuple[bytes, str | None]:
+    """A job request's body, with the trailing inputs it leaves out that have a default (a client written before
+    they came, e.g. ``/generate``'s ``previews``) filled in, so it gets what it got before; and, when a left-out
+    field has no default, a message naming the missing ones (Gradio would answer ``{"error": null}``)."""
     call = _job_call(scope, path, body)
     if call is None or len(call[1]) >= len(call[2].inputs):
-        return None
-    _, values, fn = call
-    names = list(inspect.signature(fn.fn).parameters)[: len(fn.inputs)] if fn.fn else []
-    missing = names[len(values) :] or [f"{len(fn.inputs) - len(values)} values"]
-    takes = f"it takes {len(fn.inputs)} values: {', '.join(names)}"
-    return f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
+        return body, None
+    data, values, fn = call
+    parameters = list(inspect.signature(fn.fn).parameters.values())[: len(fn.inputs)] if fn.fn else []
+    left_out = parameters[len(values) :]
+    if parameters and all(p.default is not inspect.Parameter.empty for p in left_out):
+        return json.dumps({**data, "data": values + [p.default for p in left_out]}).encode(), None
+    missing = [p.name for p in left_out] or [f"{len(fn.inputs) - len(values)} values"]
+    takes = f"it takes {len(fn.inputs)} values: {', '.join(p.name for p in parameters)}"
+    return body, f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
 
 
 def _bad_direct_call(scope, body: bytes) -> str | None:
