@@ -131,20 +131,42 @@ def test_overwrite_onto_a_file_is_refused_and_leaves_no_old_copy(tiny_source, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no .pkg.old-PID
 
 
+HOLD_FIRST_WRITE = """
+import pathlib, time
+import safetensors.torch
+
+
+def save_file(*args, **kwargs):
+    pathlib.Path({marker!r}).touch()
+    while True:  # held here until Ctrl-C
+        time.sleep(0.05)
+
+
+safetensors.torch.save_file = save_file
+"""
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, tmp_path):
+    # a sitecustomize module holds the build inside its first weight write, so Ctrl-C always lands mid-build
+    hook, marker = tmp_path / "hook", tmp_path / "writing"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_FIRST_WRITE.format(marker=str(marker)))
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(hook), ENV.get("PYTHONPATH", "")])}
     out = tmp_path / "pkg"
     cmd = [sys.executable, "quantize.py", "--source", str(tiny_source), "--output", str(out)]
     cmd += ["--components", "text_encoder", "pe", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wait until the build has started writing its side folder, then press Ctrl-C
-    assert wait_until(lambda: any(tmp_path.iterdir()) or proc.poll() is not None, seconds=120)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: marker.exists() or proc.poll() is not None, seconds=120)
+    assert proc.poll() is None, proc.communicate()
+    assert any(p.name not in {"hook", "writing"} for p in tmp_path.iterdir())  # the side folder is there
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in err, err
     assert "interrupted" in err
     assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name not in {"hook", "writing"}] == []  # nothing kept
 
 
 def test_a_tiny_disk_names_real_figures_not_zero(tmp_path):
