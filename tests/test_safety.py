@@ -135,11 +135,14 @@ HOLD_FIRST_WRITE = """
 import pathlib, time
 import safetensors.torch
 
+_save_file = safetensors.torch.save_file
+
 
 def save_file(*args, **kwargs):
     pathlib.Path({marker!r}).touch()
-    while True:  # held here until Ctrl-C
+    while not pathlib.Path({release!r}).exists():  # held until Ctrl-C (in the main thread) or the release file
         time.sleep(0.05)
+    return _save_file(*args, **kwargs)
 
 
 safetensors.torch.save_file = save_file
@@ -149,18 +152,24 @@ safetensors.torch.save_file = save_file
 @pytest.mark.slow
 def test_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, tmp_path):
     # a sitecustomize module holds the build inside its first weight write, so Ctrl-C always lands mid-build
-    hook, marker = tmp_path / "hook", tmp_path / "writing"
+    # (a write in a worker thread, which Ctrl-C does not stop, is let go once the signal is sent)
+    hook, marker, release = tmp_path / "hook", tmp_path / "writing", tmp_path / "hook" / "release"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOLD_FIRST_WRITE.format(marker=str(marker)))
+    (hook / "sitecustomize.py").write_text(HOLD_FIRST_WRITE.format(marker=str(marker), release=str(release)))
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(hook), ENV.get("PYTHONPATH", "")])}
     out = tmp_path / "pkg"
     cmd = [sys.executable, "quantize.py", "--source", str(tiny_source), "--output", str(out)]
     cmd += ["--components", "text_encoder", "pe", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: Ctrl-C's default handling, even where this test runs in the background (which ignores it)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, preexec_fn=default_sigint, **pipes)
     assert wait_until(lambda: marker.exists() or proc.poll() is not None, seconds=120)
     assert proc.poll() is None, proc.communicate()
     assert any(p.name not in {"hook", "writing"} for p in tmp_path.iterdir())  # the side folder is there
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    release.touch()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in err, err
