@@ -138,8 +138,11 @@ def _floor_lines(report: dict) -> list[str]:
 def _fidelity_lines(f: dict, synthetic) -> list[str]:
     """The fidelity figures: NF4 vs bf16, the fast path vs the stock forward, and their yardsticks."""
 
+    def errors_of(values: dict) -> str:
+        return ", ".join(f"t={t}: {e:.4f}" for t, e in values.items())
+
     def errors(key: str) -> str:
-        return ", ".join(f"t={t}: {e:.4f}" for t, e in f.get(key, {}).items())
+        return errors_of(f.get(key, {}))
 
     lines = [
         "",
@@ -155,6 +158,11 @@ def _fidelity_lines(f: dict, synthetic) -> list[str]:
             "Against a float32 run of the same NF4 weights: "
             + "; ".join(f"{name} " + ", ".join(f"t={t}: {e:.4f}" for t, e in v.items()) for name, v in vs32.items())
             + "."
+        )
+    for name, e in f.get("computes", {}).items():
+        lines.append(
+            f"Compute {name} (NF4 weights, {name} products) vs bf16: {errors_of(e['transformer_relative_error'])} "
+            f"(vs NF4 in bf16: {errors_of(e['vs_nf4_bf16_relative_error'])}); PSNR {e['psnr_db']:.2f} dB."
         )
     if synthetic:
         lines.append(

@@ -101,6 +101,7 @@ class LiveStats:
     # what auto measured and compared, when it chose: GiB usable on the GPU, and what all-on-gpu needed there
     memory_usable_gib: float | None = None
     memory_needs_gib: float | None = None
+    compute: str = "bf16"  # how the transformer's linear layers multiply (runtime.compute)
 
 
 @dataclass

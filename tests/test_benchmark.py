@@ -92,3 +92,26 @@ def test_the_step_floor_counts_the_transformers_weights_and_attention():
     assert abs(flops / independent - 1) < 0.05
     assert denoising_step_flops(config, 2048, 2048, 256) > 4 * flops  # attention grows with the square
     assert "= 2.00x" in step_floor_line(config, 1024, 1024, 256, 2 * 1000 * flops / 500e12, 500)
+
+
+@pytest.mark.slow
+def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tiny_package, tmp_path, nf4_everywhere):
+    report_file, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["--original", tiny_original, "--package", tiny_package, "--modes", "nf4-stock", "nf4", "--steps", "2"]
+    args += ["--width", "64", "--height", "64", "--no-use-pe", "--compute", "bf16", "int8", "fp8", "int8"]
+    args += ["--fidelity", "--json", report_file, "--markdown", markdown]
+    assert main([str(a) for a in args]) == 0
+    report = json.loads(report_file.read_text())
+    modes = {r["mode"]: r for r in report["modes"]}
+    # each package mode once per compute mode (asked twice: once), the stock modes in bf16 only
+    assert list(modes) == ["nf4-stock", "nf4", "nf4-stock+int8", "nf4+int8", "nf4-stock+fp8", "nf4+fp8"]
+    assert all(m["status"] == "ok" and m["ms_per_step"] > 0 for m in modes.values())
+    assert report["settings"]["computes"] == ["bf16", "int8", "fp8"]
+    nf4 = report["fidelity"]["transformer_relative_error"]
+    for name in ("int8", "fp8"):
+        e = report["fidelity"]["computes"][name]
+        # NF4's own error dominates; the low-precision product adds a little on top of it
+        assert all(0 < e["vs_nf4_bf16_relative_error"][t] < nf4[t] for t in nf4)
+        assert all(abs(e["transformer_relative_error"][t] - nf4[t]) < nf4[t] for t in nf4)
+        assert e["psnr_db"] > 10
+        assert f"Compute {name} (NF4 weights, {name} products) vs bf16: t=999: " in markdown.read_text()

@@ -160,7 +160,7 @@ def test_ctrl_c_during_a_build_prints_one_line_and_keeps_nothing(tiny_source, tm
     out = tmp_path / "pkg"
     cmd = [sys.executable, "quantize.py", "--source", str(tiny_source), "--output", str(out)]
     cmd += ["--components", "text_encoder", "pe", "--device", "cpu"]
-    # as from a terminal: Ctrl-C's default handling, even where this test runs in the background (which ignores it)
+    # as from a terminal: Ctrl-C's default handling, also where this test's own runner ignores SIGINT
     default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, preexec_fn=default_sigint, **pipes)

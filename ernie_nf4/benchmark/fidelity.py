@@ -154,8 +154,29 @@ def _compare(out: dict, fp32: dict, finals: dict, images: dict, request: Generat
     }
 
 
-def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print) -> dict:
-    """NF4 vs bf16 on the same seed and latents, PE off (see the module's docstring); logs a summary line."""
+def _compute_errors(package: str, compute, device, inputs, out: dict, images: dict, request, latents) -> dict:
+    """The package with its transformer's linear layers multiplying in ``compute`` (``runtime.compute``), against
+    the bf16 original and against NF4 in bf16: transformer outputs (eager fast path), final image."""
+    import numpy as np
+
+    loaded = load_pipeline(package, device=device, compute=compute)
+    try:
+        ours = {t: loaded.pipe.transformer(**inputs(t))[0] for t in TIMESTEPS}
+        _, image = _final(loaded.pipe, request, latents, device)
+    finally:
+        del loaded
+        free_device_memory()
+    mse = float(np.mean((image - images["bf16"]) ** 2))
+    return {
+        "transformer_relative_error": {str(int(t)): _relative_error(ours[t], out["bf16"][t]) for t in TIMESTEPS},
+        "vs_nf4_bf16_relative_error": {str(int(t)): _relative_error(ours[t], out["fast"][t]) for t in TIMESTEPS},
+        "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
+    }
+
+
+def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print, computes=()) -> dict:
+    """NF4 vs bf16 on the same seed and latents, PE off (see the module's docstring); logs a summary line. Each
+    of ``computes`` (``runtime.compute`` modes other than bf16) is compared too (``result["computes"]``)."""
     import torch
 
     request = replace(request, use_pe=False, num_images=1)
@@ -172,14 +193,19 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         finals, images = {}, {}
         for name, pipe in pipes.items():
             finals[name], images[name] = _final(pipe, request, latents, device)
+        del pipes["nf4"]
+        free_device_memory()
+        errors = {c.value: _compute_errors(package, c, device, inputs, out, images, request, latents) for c in computes}
         fp32 = _float32_outputs(nf4, inputs)
-    result = _compare(out, fp32, finals, images, request)
+    result = _compare(out, fp32, finals, images, request) | ({"computes": errors} if errors else {})
     log(
         f"[fidelity] nf4 vs bf16 {json.dumps(result['transformer_relative_error'])}; "
         f"fast vs stock {json.dumps(result['fast_path_vs_stock_relative_error'])}; "
         f"compiled vs stock {json.dumps(result['compiled_vs_stock_relative_error'])}; "
         f"cosine {result['final_latent_cosine']:.4f} PSNR {result['psnr_db']:.2f} dB SSIM {result['ssim']:.4f}"
     )
+    for name, e in errors.items():
+        log(f"[fidelity] {name} vs bf16 {json.dumps(e['transformer_relative_error'])}; PSNR {e['psnr_db']:.2f} dB")
     del pipes, reference, nf4
     free_device_memory()
     return result

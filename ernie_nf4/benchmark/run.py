@@ -30,6 +30,8 @@ from ..package.format import quantizable_here
 from ..package.metadata import METADATA_FILE, read_metadata
 from ..package.metadata import write_metadata as save_metadata
 from ..request import GenerationRequest, LoraChoice
+from ..runtime.compute import Compute
+from ..runtime.compute import resolve as resolve_compute
 from ..runtime.generation import Generator
 from ..runtime.loader import load_pipeline
 from ..runtime.memory_modes import MemoryMode
@@ -101,14 +103,27 @@ def evict_page_cache(folder: Path) -> bool:
 
 
 def run_mode(
-    mode: str, folder: Path, device: str, request, repeat: int, max_pe_tokens: int, log, lora=None, previews=False
+    mode: str,
+    folder: Path,
+    device: str,
+    request,
+    repeat: int,
+    max_pe_tokens: int,
+    log,
+    lora=None,
+    previews=False,
+    compute: Compute = Compute.BF16,
 ):
     """One mode: load, warm up, ``repeat`` timed runs; with ``lora`` (a file), that LoRA attached and picked at
-    scale 1 (the mode's name gets ``+lora``); with ``previews``, the live previews' cost (``measure_previews``)."""
+    scale 1 (the mode's name gets ``+lora``); with ``previews``, the live previews' cost (``measure_previews``); with
+    a ``compute`` other than bf16 (``runtime.compute``), the transformer's linear layers multiply in it (the mode's
+    name gets ``+fp8``, ``+int8``)."""
     setup = MODE_SETUPS[mode]
     loras = [("lora", lora)] if lora else []
     if lora:
         request, mode = replace(request, loras=(LoraChoice("lora", 1.0),)), mode + LORA_SUFFIX
+    if compute is not Compute.BF16:
+        mode = f"{mode}+{compute.value}"
     result = ModeResult(mode)
     if setup.memory_mode.needs_cuda and not device.startswith("cuda"):
         result.status = "skipped: needs a CUDA GPU"
@@ -120,7 +135,13 @@ def run_mode(
     reset_peak_vram()
     start = time.perf_counter()
     loaded = load_pipeline(
-        folder, device=device, memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile, loras=loras
+        folder,
+        device=device,
+        memory_mode=setup.memory_mode,
+        fast=setup.fast,
+        compile=setup.compile,
+        loras=loras,
+        compute=compute,
     )
     generator = Generator(loaded, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
@@ -210,24 +231,32 @@ def benchmark(
     log=print,
     lora: str | None = None,
     previews: bool = False,
+    computes=(Compute.BF16,),
 ) -> dict:
     """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
     LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1. With
-    ``previews``, each mode also measures what live previews cost (``measure_previews``)."""
+    ``previews``, each mode also measures what live previews cost (``measure_previews``). ``computes``: each mode
+    that runs the package, in each of these (``runtime.compute``; ``auto`` as the device resolves it); with the
+    fidelity section, each one's error against bf16 too."""
 
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
     _check_modes(modes, repeat)
     device = resolve_device(device)
+    computes = list(dict.fromkeys(resolve_compute(c, device) for c in computes))  # each once, auto resolved
     folders = _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log)
-    runs = [(m, None) for m in modes]
+    package_modes = [m for m in modes if MODE_SETUPS[m].folder == "package"]
+    runs = [(m, None, c) for c in computes for m in (modes if c is Compute.BF16 else package_modes)]
     if lora:
-        runs += [(m, lora) for m in modes if MODE_SETUPS[m].folder == "package"]
+        runs += [(m, lora, Compute.BF16) for m in package_modes]
     results = [
-        run_mode(m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file, previews)
-        for m, file in runs
+        run_mode(
+            m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file, previews, c
+        )
+        for m, file, c in runs
     ]
+    others = [c for c in computes if c is not Compute.BF16]
     report = {
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "gpu": gpu_name(device),
@@ -235,9 +264,12 @@ def benchmark(
         "versions": library_versions(),
         "synthetic": synthetic,
         "settings": {**asdict(request), "repeat": repeat, "max_pe_tokens": max_pe_tokens, "lora": lora}
+        | {"computes": [c.value for c in computes]}
         | ({"previews": True} if previews else {}),
         "modes": [asdict(r) for r in results],
-        "fidelity": fidelity(folders["original"], folders["package"], request, device, log) if with_fidelity else None,
+        "fidelity": fidelity(folders["original"], folders["package"], request, device, log, others)
+        if with_fidelity
+        else None,
         "command": command,
         "bf16_tflops": bf16_matmul_tflops(device),
         "transformer_config": _transformer_config(folders["package"] or folders["original"]),
@@ -342,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
         "for the full-size model: python -m ernie_nf4.synthetic.lora)",
     )
     p.add_argument(
+        "--compute",
+        nargs="+",
+        choices=[c.value for c in Compute],
+        default=[Compute.BF16.value],
+        help="how the transformer's linear layers multiply: each package mode is measured in each of these (bf16 "
+        "as named, others with +fp8 / +int8); with --fidelity, each one's error against bf16 is reported too",
+    )
+    p.add_argument(
         "--previews",
         action="store_true",
         help="also measure live previews: runs with and without them in turns, their cost as a fraction of the "
@@ -384,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             with_fidelity=args.fidelity,
             lora=args.lora,
             previews=args.previews,
+            computes=[Compute.parse(c) for c in args.compute],
             command="python -m ernie_nf4.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv),
             log=lambda message: print(message, flush=True),
         )

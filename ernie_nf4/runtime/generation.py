@@ -91,6 +91,7 @@ class Generator:
         fast: bool = True,
         compile: bool = False,
         loras=(),
+        compute="bf16",
         **kwargs,
     ):
         """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
@@ -103,6 +104,7 @@ class Generator:
             fast=fast,
             compile=compile,
             loras=loras,
+            compute=compute,
         )
         return cls(loaded, **kwargs)
 

@@ -45,6 +45,7 @@ class LoadedPipeline:
     usable_gib: float | None = None
     all_on_gpu_needs_gib: float | None = None
     previews: object | None = None  # package.preview_map.PreviewMap: the package's, else fitted on first use
+    compute: str = "bf16"  # how the transformer's linear layers multiply (compute.Compute's value)
 
     def preview_map(self):
         """The live previews' ``PreviewMap``: the package's ``preview_map.safetensors``, read at load; for a package
@@ -172,13 +173,15 @@ def read_loras(model_dir: Path, loras) -> tuple[list, dict]:
 
 
 def _load_models(
-    model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency, lora_files=()
+    model_dir: Path, components: dict, device: str, mode: MemoryMode, fast: bool, residency, lora_files=(), compute=None
 ) -> tuple[dict, object]:
     """The three big models, one at a time: NF4 ones straight onto the GPU (bitsandbytes places them), bf16 ones
     where the memory mode wants them; in low-vram mode each goes to page-locked CPU memory before the next loads.
-    ``lora_files`` are attached to the transformer as it loads (their ``LoraSlots`` come back, or None)."""
+    The transformer's linear layers get ``compute`` (``compute.apply_compute``), then ``lora_files`` are attached to
+    it (their ``LoraSlots`` come back, or None)."""
     import torch
 
+    from .compute import Compute, apply_compute
     from .lora import attach_loras
     from .memory_savers import embeddings_on_cpu
 
@@ -200,6 +203,8 @@ def _load_models(
         )
         if fast and name == "text_encoder":
             embeddings_on_cpu(models[name])
+        if name == "transformer" and compute not in (None, Compute.BF16):
+            apply_compute(models[name], compute)  # on the device it computes on, before LoRAs wrap its layers
         if name == "transformer" and lora_files:
             # before residency: the slots move with the model (in low-vram the weights stay in CPU memory)
             slots = attach_loras(models[name], lora_files, streamed=residency is not None)
@@ -245,6 +250,7 @@ def load_pipeline(
     fast: bool = True,
     compile: bool = False,
     loras=(),
+    compute="bf16",
 ) -> LoadedPipeline:
     """Load an ERNIE-Image pipeline (NF4 package, any diffusers ERNIE-Image folder, or bf16 original).
 
@@ -261,24 +267,33 @@ def load_pipeline(
     the fix. Only safetensors are read.
     ``loras``: (name, file) pairs of LoRA files (``lora_files``), read and checked before the models load and
     attached to the transformer at scale 0; each request picks and scales them (``LoadedPipeline.select_loras``).
+    ``compute``: how the transformer's linear layers multiply (``compute.Compute``: bf16, fp8, int8 or auto, the
+    fastest the device has for compiled blocks, bf16 where they run eagerly); the weights stay NF4 either way.
     """
     import torch
     from diffusers import ErnieImagePipeline
 
+    from .compute import Compute
+    from .compute import resolve as resolve_compute
     from .residency import Residency
 
     mode = MemoryMode.parse(memory_mode)
     model_dir = Path(model_dir)
+    compute = Compute.parse(compute)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
     previews = read_preview_map(model_dir)  # checked before the models load, as the package's other files
     lora_files, lora_gib = read_loras(model_dir, loras)
     mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
     _check_arguments(model_dir, device, mode, fast, compile)
+    # a mode the card lacks is refused before anything loads; auto counts on compiled blocks where they are the
+    # default (compile here, or the app's on a CUDA GPU in all-on-gpu)
+    compiled = compile or (fast and device.startswith("cuda") and mode is MemoryMode.ALL_ON_GPU)
+    compute = resolve_compute(compute, device, compiled=compiled)
     if device.startswith("cuda"):
         use_expandable_segments()
     residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
-    models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files)
+    models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files, compute)
     # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
     vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     models.update(_load_small(model_dir, package.components, vae_dtype))
@@ -293,7 +308,7 @@ def load_pipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
     loaded.usable_gib, loaded.all_on_gpu_needs_gib = usable, needs
-    loaded.previews = previews
+    loaded.previews, loaded.compute = previews, compute.value
     if fast:
         _speed_up(loaded)
     return loaded

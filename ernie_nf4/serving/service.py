@@ -19,6 +19,7 @@ from ..errors import EnvironmentUnsupported, OutOfMemory
 from ..package.sizes import package_stats
 from ..progress import ProgressCallback, RateMeter, report
 from ..request import GenerationRequest
+from ..runtime.compute import Compute
 from ..runtime.generation import GenerationResult, Generator
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
 from ..runtime.prompt import PromptEnhancement, check_max_pe_tokens
@@ -62,11 +63,13 @@ class ServiceConfig:
     # False: eager.
     compile: bool | None = None
     loras: tuple[LoraSource, ...] = ()  # the LoRAs requests may pick by name (``loras.offered_loras``)
+    compute: Compute = Compute.BF16  # the transformer's linear layers: bf16, fp8, int8 or auto (``runtime.compute``)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", offered_loras(list(self.loras)))
         get_variant(self.variant)
         object.__setattr__(self, "memory_mode", MemoryMode.parse(self.memory_mode, allowed=APP_MEMORY_MODES))
+        object.__setattr__(self, "compute", Compute.parse(self.compute))
         check_max_pe_tokens(self.max_pe_tokens)
 
     @property
@@ -223,6 +226,8 @@ class ImageService:
                 verify_sha256=config.verify_sha256,
                 max_pe_tokens=config.max_pe_tokens,
                 loras=loras,
+                # auto: bf16 when compiling is off (eager low-precision products are slower)
+                compute=Compute.BF16 if config.compile is False and config.compute is Compute.AUTO else config.compute,
             )
             self._act_on(decide_compile(config.compile, generator.loaded), generator, on_progress)
         except torch.cuda.OutOfMemoryError as err:
@@ -332,6 +337,7 @@ class ImageService:
             memory_mode_reason=loaded.memory_mode_reason if loaded else "decided when the model loads",
             compiled=self.compiler is not None and self.compiler.active,
             compile_status=self.compile_status,
+            compute=loaded.compute if loaded else self.config.compute.value,
             device=loaded.device if loaded else None,
             load_seconds=self.load_seconds,
             last_run_seconds=last.seconds if last else None,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ErnieNF4Error, InvalidArgument
+from ..runtime.compute import Compute
 from ..runtime.memory_modes import APP_MEMORY_MODES, MemoryMode
 from ..serving.loras import LoraSource, local_file, loras_in_folder, offered_loras, parse_lora, parse_lora_list
 from ..serving.replicas import ReplicaService, parse_gpus
@@ -176,6 +177,15 @@ def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
         help="auto (default): all-on-gpu when the GPU has 10.5 GiB for this app, else low-vram (6 GiB), else a clear "
         "refusal; all-on-gpu: every model stays on the GPU (about 9.5 GiB at 1024x1024); low-vram: the models "
         "take turns on the GPU from page-locked CPU memory (about 5.9 GiB, about as fast; ~9 GB of free RAM)",
+    )
+    g.add_argument(
+        "--compute",
+        metavar="{" + ",".join(c.value for c in Compute) + "}",
+        default=env("compute", Compute.BF16.value),
+        help="how the transformer's linear layers multiply, its weights staying NF4: bf16 (default), fp8 (GPUs of "
+        "compute capability 8.9 on: Ada, Hopper, Blackwell), int8 (8.0 on: Ampere), or auto (the fastest the GPU "
+        "has, for compiled blocks). FP8 and INT8 round each layer's input and weight once more; the README's "
+        "FP8 and INT8 compute section has their speed and error on one card",
     )
     g.add_argument(
         "--compile",
@@ -338,6 +348,10 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
     except InvalidArgument as err:
         raise flag_error("variant", err) from None
     args.memory_mode = memory_mode(args.memory_mode)
+    try:
+        args.compute = Compute.parse(args.compute)
+    except InvalidArgument as err:
+        raise flag_error("compute", err) from None
     args.loras = lora_sources(args, environ)
     if args.max_pe_tokens is not None:
         number(args, "max-pe-tokens", int)  # the range is ServiceConfig's
@@ -368,6 +382,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
 FIELD_FLAGS = {
     "max_pe_tokens": "max-pe-tokens",
     "memory_mode": "memory-mode",
+    "compute": "compute",
     "keep_count": "keep-outputs",
     "keep_hours": "keep-hours",
     "max_queue": "max-queue",
@@ -483,6 +498,7 @@ def config_from_args(args) -> ServiceConfig:
         memory_mode=args.memory_mode,
         compile=args.compile,
         loras=getattr(args, "loras", ()),
+        compute=args.compute,
     )
 
 

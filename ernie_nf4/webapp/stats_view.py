@@ -62,6 +62,14 @@ def compile_sentence(live, lang: str = "en") -> str:
     return say(key, lang)
 
 
+def compute_sentence(live, lang: str = "en") -> str:
+    """How the transformer's linear layers multiply, once loaded, when not in bf16 (``--compute``)."""
+    compute = getattr(live, "compute", "bf16")
+    if not live.loaded or compute == "bf16":
+        return ""
+    return say("stats_compute", lang, format=compute.upper(), flag=f"--compute {compute}")
+
+
 def _peak(live, lang: str) -> str:
     if live.last_run_peak_vram is not None:
         return say("stats_peak", lang, gib=f"{live.last_run_peak_vram.reserved_gib:.2f}")
@@ -90,6 +98,7 @@ def live_paragraph(live, lang: str = "en", title: str | None = None) -> str:
     sentences = [
         memory_sentence(live, lang),
         compile_sentence(live, lang),
+        compute_sentence(live, lang),
         loaded if live.loaded else say("stats_not_loaded", lang),
         run_sentence(live, lang),
     ]

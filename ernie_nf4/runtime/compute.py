@@ -1,0 +1,163 @@
+"""FP8 or INT8 tensor cores for the transformer's linear layers, the weights kept as they are stored (NF4).
+
+``apply_compute(transformer, compute)`` gives every linear layer of the transformer's repeated blocks (where nearly
+all of its arithmetic is) a forward that runs its matrix product in FP8 (E4M3) or INT8, which GPUs with such tensor
+cores do at twice bf16's rate:
+
+- the layer's weight is dequantized for each call as bitsandbytes does for its own product (NF4 stays NF4 in
+  memory), scaled per output channel by a factor fixed at load (the channel's largest magnitude over the format's
+  range) and rounded to FP8 or INT8;
+- the input is scaled per token (its largest magnitude over the format's range) and rounded the same way;
+- ``torch._scaled_mm`` (FP8, both scales applied in the kernel) or ``torch._int_mm`` (INT8, int32 sums scaled after)
+  multiplies them; the result is bf16, as the layer's own.
+
+Compiled (``fast_transformer.compile_blocks``), the scaling and rounding fuse into the kernels around the product;
+eager, they are separate kernels. Calls with 16 tokens or fewer keep the layer's own product (the INT8 kernel needs
+more rows). The layers' classes become subclasses of their own (``compat.swap_class``): LoRAs attached after this
+add their term to the low-precision product.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from ..compat import swap_class
+from ..errors import EnvironmentUnsupported, InvalidArgument
+
+MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
+_CLASSES: dict[tuple[type, str], type] = {}
+
+
+class Compute(str, enum.Enum):
+    """How the transformer's linear layers multiply: ``bf16`` (the layer's own product), ``fp8``, ``int8``, or
+    ``auto`` (the fastest the device has: ``fastest``)."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP8 = "fp8"
+    INT8 = "int8"
+
+    @classmethod
+    def parse(cls, value, argument: str = "compute") -> Compute:
+        try:
+            return value if isinstance(value, cls) else cls(str(value).strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise InvalidArgument(f"{argument} must be one of {choices}, got {value!r}", field="compute") from None
+
+
+def available(device: str | torch.device) -> tuple[Compute, ...]:
+    """The compute modes ``device`` runs, fastest first. NVIDIA: FP8 from compute capability 8.9 (Ada, Hopper,
+    Blackwell), INT8 from 8.0 (Ampere); other devices run both with reference kernels (not faster): last."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (Compute.BF16, Compute.FP8, Compute.INT8)
+    capability = torch.cuda.get_device_capability(device)
+    fast = [Compute.FP8] if capability >= (8, 9) else []
+    fast += [Compute.INT8] if capability >= (8, 0) else []
+    return (*fast, Compute.BF16)
+
+
+def resolve(compute, device: str | torch.device, compiled: bool = True) -> Compute:
+    """``compute`` for ``device``: ``auto`` becomes the fastest it has for blocks that run ``compiled`` (eager, the
+    low-precision products' separate scaling kernels cost more than they save: bf16); a mode it lacks raises
+    ``EnvironmentUnsupported`` naming the card and the modes it has."""
+    compute, modes = Compute.parse(compute), available(device)
+    if compute is Compute.AUTO:
+        return modes[0] if compiled else Compute.BF16
+    if compute not in modes:
+        name = torch.cuda.get_device_name(torch.device(device))
+        have = ", ".join(m.value for m in modes)
+        raise EnvironmentUnsupported(
+            f"compute {compute.value!r} needs tensor cores {name} lacks (FP8: compute capability 8.9 or newer, INT8: "
+            f"8.0 or newer); use --compute auto, or one of: {have}"
+        )
+    return compute
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _range(compute: Compute) -> float:
+    return torch.finfo(torch.float8_e4m3fn).max if compute is Compute.FP8 else 127.0
+
+
+def _to_format(x: torch.Tensor, inverse_scale: torch.Tensor, compute: Compute) -> torch.Tensor:
+    """``x * inverse_scale`` rounded to ``compute``'s format (values already within its range)."""
+    y = x.float() * inverse_scale
+    if compute is Compute.FP8:
+        return y.to(torch.float8_e4m3fn)
+    return y.round_().clamp_(-127, 127).to(torch.int8)
+
+
+def _per_token(x: torch.Tensor, compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ([rows, in]) scaled per row into ``compute``'s format, and the scales ([rows, 1], float32)."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_(min=1e-12)
+    scale = amax / _range(compute)
+    return _to_format(x, 1.0 / scale, compute), scale
+
+
+def _weight(layer) -> torch.Tensor:
+    """The layer's weight as it multiplies (``[out, in]``): NF4 dequantized as bitsandbytes does, else as stored."""
+    weight = layer.weight
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is None:
+        return weight
+    import bitsandbytes.functional as bnb_functional
+
+    return bnb_functional.dequantize_4bit(weight.data, quant_state)
+
+
+def _low_precision_class(base: type, compute: Compute) -> type:
+    """``base`` (``nn.Linear`` or bitsandbytes' ``Linear4bit``) multiplying in ``compute``."""
+    key = (base, compute.value)
+    if key not in _CLASSES:
+
+        def forward(self, x):
+            rows = x.reshape(-1, x.shape[-1])
+            if rows.shape[0] < MIN_ROWS:
+                return base.forward(self, x)
+            dtype = getattr(self, "compute_dtype", None) or torch.bfloat16
+            xq, x_scale = _per_token(rows, compute)
+            wq = _to_format(_weight(self), self.compute_inverse_scale[:, None], compute)
+            if compute is Compute.FP8:
+                out = torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=self.compute_scale[None], out_dtype=dtype)
+            else:
+                out = (torch._int_mm(xq, wq.t()).float() * x_scale * self.compute_scale[None]).to(dtype)
+            if self.bias is not None:
+                out = out + self.bias.to(dtype)
+            return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+        name = f"{compute.value.upper()}{base.__name__}"
+        _CLASSES[key] = type(name, (base,), {"forward": forward, "_compute": compute})
+    return _CLASSES[key]
+
+
+def _fits(layer: torch.nn.Linear) -> bool:
+    """The low-precision kernels need both widths a multiple of 16."""
+    return layer.in_features % 16 == 0 and layer.out_features % 16 == 0
+
+
+def apply_compute(transformer, compute) -> Compute:
+    """Make the linear layers of ``transformer``'s repeated blocks multiply in ``compute`` (``Compute`` or its name;
+    ``auto`` is resolved for the model's device). Call it once, after the model is loaded on the device it will
+    run on and before LoRAs are attached or it is compiled; ``bf16`` changes nothing. Returns the mode in force.
+
+    Each layer gets two float32 buffers of its output width (its weight's scale per channel and that scale's
+    inverse): a few MB for the full-size model, which move with it in every memory mode."""
+    compute = resolve(compute, transformer.device)
+    if compute is Compute.BF16:
+        return compute
+    with torch.no_grad():
+        for block in transformer.layers:
+            for layer in block.modules():
+                if not isinstance(layer, torch.nn.Linear) or getattr(type(layer), "_compute", None) or not _fits(layer):
+                    continue
+                amax = _weight(layer).float().abs().amax(dim=1).clamp_(min=1e-12)
+                scale = amax / _range(compute)
+                layer.register_buffer("compute_scale", scale, persistent=False)
+                layer.register_buffer("compute_inverse_scale", 1.0 / scale, persistent=False)
+                swap_class(layer, _low_precision_class(type(layer), compute))
+    return compute

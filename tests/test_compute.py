@@ -1,0 +1,185 @@
+"""FP8 and INT8 products for the NF4 transformer's linear layers (``runtime.compute``), on a real NF4 model: close to
+the bf16 product, reproducible, compiled like bf16, under LoRAs, and from the app's flag to the loaded model."""
+
+import numpy as np
+import pytest
+import torch
+
+from ernie_nf4.errors import InvalidArgument
+from ernie_nf4.request import GenerationRequest, LoraChoice
+from ernie_nf4.runtime.compute import MIN_ROWS, Compute, apply_compute, available, resolve
+
+from .support.fixtures import DEVICE, HAS_CUDA
+
+pytestmark = pytest.mark.nf4
+LOW = [Compute.FP8, Compute.INT8]
+
+
+def relative_error(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def nf4_transformer(package, compute=None):
+    from diffusers import ErnieImageTransformer2DModel
+
+    from ernie_nf4.runtime.fast_transformer import enable_fast_path
+
+    model = ErnieImageTransformer2DModel.from_pretrained(
+        package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}
+    )
+    if compute is not None:
+        apply_compute(model, compute)
+    enable_fast_path(model)
+    return model
+
+
+def forward(model, seed=0, latent=(8, 8), lengths=(5, 9)):
+    from ernie_nf4.runtime.fast_transformer import dummy_call
+
+    with torch.no_grad():
+        return model(**dummy_call(model, latent, lengths, seed), return_dict=False)[0]
+
+
+def dequantized(layer) -> torch.Tensor:
+    """The layer's weight as bitsandbytes multiplies it, read straight from bitsandbytes."""
+    import bitsandbytes.functional as bnb_functional
+
+    return bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).double()
+
+
+@pytest.mark.parametrize("compute", LOW)
+def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(tiny_package, nf4_everywhere, compute):
+    from bitsandbytes.nn import Linear4bit
+
+    model = nf4_transformer(tiny_package, compute)
+    layer = model.layers[0].mlp.gate_proj
+    assert isinstance(layer, Linear4bit) and type(layer).__name__ == f"{compute.value.upper()}Linear4bit"
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 40, layer.in_features, generator=g) * torch.linspace(0.1, 4, 40)[:, None]).to(DEVICE)
+    x = x.to(torch.bfloat16)
+    with torch.no_grad():
+        ours = layer(x)
+    exact = x.double() @ dequantized(layer).T
+    assert ours.shape == exact.shape and ours.dtype == torch.bfloat16
+    # E4M3 keeps 3 bits of mantissa (a few % per product), INT8 7 bits (under 1%); per token and per channel scales
+    error = relative_error(ours, exact)
+    assert 1e-4 < error < (0.05 if compute is Compute.FP8 else 0.01), error
+    # each token is scaled on its own: a token 1000x larger leaves the others' products as they were
+    loud = x.clone()
+    loud[0, 0] *= 1000
+    with torch.no_grad():
+        assert torch.equal(layer(loud)[0, 1:], ours[0, 1:])
+
+
+@pytest.mark.parametrize("compute", LOW)
+def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, compute):
+    from bitsandbytes.nn import Linear4bit
+
+    model = nf4_transformer(tiny_package, compute)
+    layer = model.layers[0].self_attention.to_q
+    x = torch.randn(1, MIN_ROWS - 1, layer.in_features).to(DEVICE, torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), Linear4bit.forward(layer, x))
+
+
+@pytest.mark.parametrize("compute", LOW)
+def test_the_transformer_stays_close_to_bf16_and_repeats_itself(tiny_package, nf4_everywhere, compute):
+    bf16 = forward(nf4_transformer(tiny_package))
+    model = nf4_transformer(tiny_package, compute)
+    ours = forward(model)
+    assert 0 < relative_error(ours, bf16) < 0.05
+    assert torch.equal(forward(model), ours)  # same inputs, same outputs
+    # only the repeated blocks' linear layers change: the embedders keep their own product
+    assert type(model.x_embedder.proj).__name__ != type(model.layers[0].mlp.gate_proj).__name__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compute", LOW)
+def test_compiled_blocks_run_the_low_precision_product(tiny_package, nf4_everywhere, compute, tmp_path):
+    from ernie_nf4.runtime.fast_transformer import compile_blocks
+
+    model = nf4_transformer(tiny_package, compute)
+    eager = forward(model)
+    compiler = compile_blocks(model, cache_dir=tmp_path)
+    forward(model)  # eager, then compiles
+    assert compiler.active, compiler.describe()
+    compiled = forward(model)
+    other = forward(model, seed=1, latent=(6, 10), lengths=(3, 11))
+    assert compiler.fallback_calls == 0
+    assert relative_error(compiled, eager) < 0.03  # compiled code rounds some values to the next FP8 step
+    assert torch.equal(forward(model), compiled)
+    assert other.shape[-2:] == (6, 10)
+
+
+def test_loras_add_their_term_to_the_low_precision_product(tiny_package, nf4_everywhere, tmp_path):
+    import json
+
+    from ernie_nf4.runtime.lora import attach_loras
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    from .test_lora import lora_weights, write_lora
+
+    config = json.loads((tiny_package / "transformer" / "config.json").read_text())
+    path = write_lora(tmp_path / "style.safetensors", lora_weights(config), "PEFT")
+    plain = forward(nf4_transformer(tiny_package, Compute.FP8))
+    model = nf4_transformer(tiny_package, Compute.FP8)
+    slots = attach_loras(model, [read_lora("style", path, linear_shapes(model))])
+    assert type(model.layers[0].mlp.gate_proj).__name__ == "LoraFP8Linear4bit"
+    slots.select([LoraChoice("style", 0.0)])
+    assert torch.equal(forward(model), plain)  # scale 0: the no-LoRA output, exactly
+    slots.select([LoraChoice("style", 1.0)])
+    assert relative_error(forward(model), plain) > 0.01
+
+
+def test_names_are_checked_and_auto_takes_the_fastest_the_device_has():
+    assert Compute.parse(" FP8 ") is Compute.FP8
+    with pytest.raises(InvalidArgument, match=r"compute must be one of auto, bf16, fp8, int8, got 'fp4'"):
+        Compute.parse("fp4")
+    assert resolve("auto", "cpu") is Compute.BF16  # reference kernels on a CPU: no faster than bf16
+    assert resolve("auto", "cpu", compiled=False) is Compute.BF16
+    assert resolve("fp8", "cpu", compiled=False) is Compute.FP8  # asked for: kept
+    assert set(available("cpu")) == {Compute.BF16, Compute.FP8, Compute.INT8}
+    if HAS_CUDA:
+        major, minor = torch.cuda.get_device_capability()
+        expected = Compute.FP8 if (major, minor) >= (8, 9) else Compute.INT8 if major >= 8 else Compute.BF16
+        assert resolve("auto", "cuda") is expected
+        assert resolve("auto", "cuda", compiled=False) is Compute.BF16  # eager, the scaling kernels cost more
+
+
+@pytest.mark.slow
+def test_the_generator_runs_each_compute_mode_reproducibly(tiny_package, nf4_everywhere, tiny_generator):
+    from ernie_nf4.runtime.generation import Generator
+
+    request = GenerationRequest("a red fox", width=64, height=64, num_inference_steps=3, seed=5, use_pe=False)
+    base = np.asarray(tiny_generator.generate(request).images[0], dtype=np.float64)
+    generator = Generator.from_pretrained(tiny_package, device=DEVICE, compute="int8", prompt_cache_size=0)
+    assert generator.loaded.compute == "int8"
+    first = np.asarray(generator.generate(request).images[0], dtype=np.float64)
+    assert np.array_equal(first, np.asarray(generator.generate(request).images[0], dtype=np.float64))
+    assert not np.array_equal(first, base)
+    assert np.abs(first - base).mean() < 8  # of 255: the same picture, rounded a little differently
+
+
+def test_the_apps_flag_and_variable_reach_the_loader():
+    from ernie_nf4.webapp.cli import SettingsError, config_from_args, parse_args
+
+    assert config_from_args(parse_args(["--tiny", "--compute", "int8"], environ={})).compute is Compute.INT8
+    assert config_from_args(parse_args(["--tiny"], environ={"ERNIE_NF4_COMPUTE": "fp8"})).compute is Compute.FP8
+    assert config_from_args(parse_args(["--tiny"], environ={})).compute is Compute.BF16
+    with pytest.raises(SettingsError, match=r"--compute \(or ERNIE_NF4_COMPUTE\): compute must be one of"):
+        parse_args(["--compute", "nf4"], environ={})
+
+
+@pytest.mark.slow
+def test_the_service_loads_the_compute_mode_asked_and_stats_say_it(tmp_path, nf4_everywhere):
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+    from ernie_nf4.webapp.stats_view import live_paragraph
+
+    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device="cpu", compute="int8"))
+    assert "INT8" not in live_paragraph(service.live_stats())  # nothing said before the load
+    service.load()
+    layer = service._generator.loaded.pipe.transformer.layers[0].mlp.gate_proj
+    assert type(layer).__name__ == "INT8Linear4bit"
+    assert "multiply in INT8 (--compute int8); its weights stay NF4" in live_paragraph(service.live_stats())
+    assert "以 INT8 计算（--compute int8）" in live_paragraph(service.live_stats(), "zh")
+    assert service.stats().to_dict()["live"]["compute"] == "int8"
