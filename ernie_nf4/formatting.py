@@ -56,6 +56,9 @@ def ratios(modes: list[dict]) -> list[str]:
         compare("end to end", mode, "bf16", lambda r: r["seconds"]["total"])
     compare("end to end", "nf4-low-vram", "nf4", lambda r: r["seconds"]["total"])
     compare("cold load", "nf4", "bf16", lambda r: r["load_seconds"])
+    for mode in [m for m in ok if m.endswith(("+fp8", "+int8"))]:
+        base, compute = mode.rsplit("+", 1)
+        compare(f"denoising step in {compute}", mode, base, lambda r: r["ms_per_step"])
     for mode in [m for m in ok if m.endswith("+lora")]:
         compare("denoising step with the LoRA", mode, mode.removesuffix("+lora"), lambda r: r["ms_per_step"])
         compare("peak reserved with the LoRA", mode, mode.removesuffix("+lora"), lambda r: r["peak_reserved_gib"])

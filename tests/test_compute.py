@@ -80,6 +80,9 @@ def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, comp
     x = torch.randn(1, MIN_ROWS - 1, layer.in_features).to(DEVICE, torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(layer(x), Linear4bit.forward(layer, x))
+        # from MIN_ROWS rows on, the low-precision product
+        more = torch.randn(1, MIN_ROWS, layer.in_features).to(DEVICE, torch.bfloat16)
+        assert not torch.equal(layer(more), Linear4bit.forward(layer, more))
 
 
 @pytest.mark.parametrize("compute", LOW)
@@ -89,8 +92,12 @@ def test_the_transformer_stays_close_to_bf16_and_repeats_itself(tiny_package, nf
     ours = forward(model)
     assert 0 < relative_error(ours, bf16) < 0.05
     assert torch.equal(forward(model), ours)  # same inputs, same outputs
-    # only the repeated blocks' linear layers change: the embedders keep their own product
-    assert type(model.x_embedder.proj).__name__ != type(model.layers[0].mlp.gate_proj).__name__
+    # only the repeated blocks' linear layers change: the text projection and the final layer keep their own product
+    from bitsandbytes.nn import Linear4bit
+
+    outside = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." not in name]
+    outside = [m for m in outside if m not in set(model.layers.modules())]
+    assert outside and all(type(m) in (torch.nn.Linear, Linear4bit) for m in outside)
 
 
 @pytest.mark.slow
@@ -135,15 +142,13 @@ def test_names_are_checked_and_auto_takes_the_fastest_the_device_has():
     assert Compute.parse(" FP8 ") is Compute.FP8
     with pytest.raises(InvalidArgument, match=r"compute must be one of auto, bf16, fp8, int8, got 'fp4'"):
         Compute.parse("fp4")
-    assert resolve("auto", "cpu") is Compute.BF16  # reference kernels on a CPU: no faster than bf16
-    assert resolve("auto", "cpu", compiled=False) is Compute.BF16
+    assert resolve("auto", "cpu", compiled=True) is Compute.BF16  # reference kernels on a CPU: no faster
     assert resolve("fp8", "cpu", compiled=False) is Compute.FP8  # asked for: kept
     assert set(available("cpu")) == {Compute.BF16, Compute.FP8, Compute.INT8}
     if HAS_CUDA:
-        major, minor = torch.cuda.get_device_capability()
-        expected = Compute.FP8 if (major, minor) >= (8, 9) else Compute.INT8 if major >= 8 else Compute.BF16
-        assert resolve("auto", "cuda") is expected
-        assert resolve("auto", "cuda", compiled=False) is Compute.BF16  # eager, the scaling kernels cost more
+        expected = Compute.FP8 if torch.cuda.get_device_capability() >= (8, 9) else Compute.BF16
+        assert resolve("auto", "cuda", compiled=True) is expected
+        assert resolve("auto", "cuda") is Compute.BF16  # eager, the scaling kernels cost more than they save
 
 
 @pytest.mark.slow
@@ -180,6 +185,22 @@ def test_the_service_loads_the_compute_mode_asked_and_stats_say_it(tmp_path, nf4
     service.load()
     layer = service._generator.loaded.pipe.transformer.layers[0].mlp.gate_proj
     assert type(layer).__name__ == "INT8Linear4bit"
-    assert "multiply in INT8 (--compute int8); its weights stay NF4" in live_paragraph(service.live_stats())
-    assert "以 INT8 计算（--compute int8）" in live_paragraph(service.live_stats(), "zh")
+    assert "multiply in INT8 (--compute int8); stored weights are unchanged" in live_paragraph(service.live_stats())
+    assert "以 INT8 计算（--compute int8），存储的权重不变" in live_paragraph(service.live_stats(), "zh")
     assert service.stats().to_dict()["live"]["compute"] == "int8"
+
+
+def test_compute_comes_before_loras(tiny_package, nf4_everywhere, tmp_path):
+    import json
+
+    from ernie_nf4.runtime.lora import attach_loras
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    from .test_lora import lora_weights, write_lora
+
+    config = json.loads((tiny_package / "transformer" / "config.json").read_text())
+    path = write_lora(tmp_path / "style.safetensors", lora_weights(config), "PEFT")
+    model = nf4_transformer(tiny_package)
+    attach_loras(model, [read_lora("style", path, linear_shapes(model))])
+    with pytest.raises(InvalidArgument, match="apply_compute must come before attach_loras"):
+        apply_compute(model, Compute.FP8)

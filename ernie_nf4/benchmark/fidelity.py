@@ -193,10 +193,10 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         finals, images = {}, {}
         for name, pipe in pipes.items():
             finals[name], images[name] = _final(pipe, request, latents, device)
-        del pipes["nf4"]
+        fp32 = _float32_outputs(nf4, inputs)
+        del pipes, reference, nf4  # the compute modes load the package once more, alone beside these outputs
         free_device_memory()
         errors = {c.value: _compute_errors(package, c, device, inputs, out, images, request, latents) for c in computes}
-        fp32 = _float32_outputs(nf4, inputs)
     result = _compare(out, fp32, finals, images, request) | ({"computes": errors} if errors else {})
     log(
         f"[fidelity] nf4 vs bf16 {json.dumps(result['transformer_relative_error'])}; "
@@ -206,6 +206,4 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
     )
     for name, e in errors.items():
         log(f"[fidelity] {name} vs bf16 {json.dumps(e['transformer_relative_error'])}; PSNR {e['psnr_db']:.2f} dB")
-    del pipes, reference, nf4
-    free_device_memory()
     return result

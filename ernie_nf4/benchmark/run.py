@@ -102,6 +102,32 @@ def evict_page_cache(folder: Path) -> bool:
     return True
 
 
+def _timed_runs(generator, request, repeat: int, log) -> list:
+    runs = []
+    for index in range(repeat):
+        reset_peak_vram()
+        run = generator.generate(
+            request, on_stage=lambda stage, sec, n=index + 1: log(f"run {n}/{repeat}: {stage} {sec:.2f} s")
+        )
+        runs.append(run)
+        log(f"run {index + 1}/{repeat}: total {run.seconds.total:.2f} s")
+    return runs
+
+
+def _summarize(result: ModeResult, runs: list, request) -> None:
+    """The timed runs' medians per stage, ms a step, the PE's tokens and the largest peaks, into ``result``."""
+    result.seconds = {key: statistics.median(r.seconds.as_dict()[key] for r in runs) for key in (*RUN_STAGES, "total")}
+    result.ms_per_step = 1000 * result.seconds["denoising"] / (request.num_inference_steps * request.num_images)
+    tokens = [r.enhancement.tokens for r in runs if r.enhancement is not None]
+    if tokens:
+        result.pe_tokens = int(statistics.median(tokens))
+        result.pe_ms_per_token = 1000 * result.seconds["pe"] / result.pe_tokens
+    peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
+    if peaks[0] is not None:
+        result.peak_allocated_gib = max(p.allocated_bytes for p in peaks) / 2**30
+        result.peak_reserved_gib = max(p.reserved_bytes for p in peaks) / 2**30
+
+
 def run_mode(
     mode: str,
     folder: Path,
@@ -134,15 +160,8 @@ def run_mode(
     log(f"[{mode}] loading {folder} ({'cold' if result.cold_cache else 'warm'} page cache)")
     reset_peak_vram()
     start = time.perf_counter()
-    loaded = load_pipeline(
-        folder,
-        device=device,
-        memory_mode=setup.memory_mode,
-        fast=setup.fast,
-        compile=setup.compile,
-        loras=loras,
-        compute=compute,
-    )
+    how = dict(memory_mode=setup.memory_mode, fast=setup.fast, compile=setup.compile, loras=loras, compute=compute)
+    loaded = load_pipeline(folder, device=device, **how)
     generator = Generator(loaded, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
     log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
@@ -152,26 +171,9 @@ def run_mode(
     gc.collect()  # as Generator.warm_up does: no full collection of the warm-up's garbage inside a timed run
     result.warmup_seconds = time.perf_counter() - start
     moved = loaded.seconds_moving
-    runs = []
-    for index in range(repeat):
-        reset_peak_vram()
-        run = generator.generate(
-            request, on_stage=lambda stage, sec, n=index + 1: log(f"[{mode}] run {n}/{repeat}: {stage} {sec:.2f} s")
-        )
-        runs.append(run)
-        log(f"[{mode}] run {index + 1}/{repeat}: total {run.seconds.total:.2f} s")
-    result.seconds = {key: statistics.median(r.seconds.as_dict()[key] for r in runs) for key in (*RUN_STAGES, "total")}
-    result.ms_per_step = 1000 * result.seconds["denoising"] / (request.num_inference_steps * request.num_images)
-    tokens = [r.enhancement.tokens for r in runs if r.enhancement is not None]
-    if tokens:
-        result.pe_tokens = int(statistics.median(tokens))
-        result.pe_ms_per_token = 1000 * result.seconds["pe"] / result.pe_tokens
+    _summarize(result, _timed_runs(generator, request, repeat, lambda message: log(f"[{mode}] {message}")), request)
     if moved is not None:
         result.moving_seconds = (loaded.seconds_moving - moved) / repeat
-    peaks = [r.peak_vram for r in runs if r.peak_vram] or [peak_vram()]
-    if peaks[0] is not None:
-        result.peak_allocated_gib = max(p.allocated_bytes for p in peaks) / 2**30
-        result.peak_reserved_gib = max(p.reserved_bytes for p in peaks) / 2**30
     if previews:
         measure_previews(generator, request, repeat, result, lambda message: log(f"[{mode}] {message}"))
     del generator, loaded
@@ -235,28 +237,23 @@ def benchmark(
 ) -> dict:
     """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
     LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1. With
-    ``previews``, each mode also measures what live previews cost (``measure_previews``). ``computes``: each mode
-    that runs the package, in each of these (``runtime.compute``; ``auto`` as the device resolves it); with the
-    fidelity section, each one's error against bf16 too."""
-
+    ``previews``, each mode also measures what live previews cost (``measure_previews``). ``computes``: the package's
+    modes again in each (``runtime.compute``); with the fidelity section, each one's error against bf16 too."""
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
     _check_modes(modes, repeat)
     device = resolve_device(device)
-    computes = list(dict.fromkeys(resolve_compute(c, device) for c in computes))  # each once, auto resolved
+    # each once, bf16 first, checked on the card
+    computes = list(dict.fromkeys([Compute.BF16, *(resolve_compute(c, device) for c in computes)]))
     folders = _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log)
-    package_modes = [m for m in modes if MODE_SETUPS[m].folder == "package"]
-    runs = [(m, None, c) for c in computes for m in (modes if c is Compute.BF16 else package_modes)]
-    if lora:
-        runs += [(m, lora, Compute.BF16) for m in package_modes]
+    runs = _runs(modes, computes, lora)
     results = [
         run_mode(
             m, Path(folders[MODE_SETUPS[m].folder]), device, request, repeat, max_pe_tokens, log, file, previews, c
         )
         for m, file, c in runs
     ]
-    others = [c for c in computes if c is not Compute.BF16]
     report = {
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "gpu": gpu_name(device),
@@ -267,7 +264,7 @@ def benchmark(
         | {"computes": [c.value for c in computes]}
         | ({"previews": True} if previews else {}),
         "modes": [asdict(r) for r in results],
-        "fidelity": fidelity(folders["original"], folders["package"], request, device, log, others)
+        "fidelity": fidelity(folders["original"], folders["package"], request, device, log, computes[1:])
         if with_fidelity
         else None,
         "command": command,
@@ -280,6 +277,15 @@ def benchmark(
         Path(markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown).write_text(markdown_table(report))
     return report
+
+
+def _runs(modes, computes, lora) -> list[tuple]:
+    """(mode, LoRA file, compute) to measure: every mode in bf16 (the yardstick), the package's modes again in each
+    other compute mode, then with the LoRA."""
+    package_modes = [m for m in modes if MODE_SETUPS[m].folder == "package"]
+    runs = [(m, None, Compute.BF16) for m in modes]
+    runs += [(m, None, c) for c in computes if c is not Compute.BF16 for m in package_modes]
+    return runs + [(m, lora, Compute.BF16) for m in package_modes if lora]
 
 
 def _check_modes(modes, repeat: int) -> None:
@@ -376,10 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compute",
         nargs="+",
-        choices=[c.value for c in Compute],
+        choices=[c.value for c in Compute if c is not Compute.AUTO],
         default=[Compute.BF16.value],
-        help="how the transformer's linear layers multiply: each package mode is measured in each of these (bf16 "
-        "as named, others with +fp8 / +int8); with --fidelity, each one's error against bf16 is reported too",
+        help="how the transformer's linear layers multiply: every mode runs in bf16, and each package mode again in "
+        "each other one named here (+fp8 / +int8); with --fidelity, each one's error against bf16 too",
     )
     p.add_argument(
         "--previews",

@@ -20,6 +20,7 @@ add their term to the low-precision product.
 from __future__ import annotations
 
 import enum
+import functools
 
 import torch
 
@@ -32,7 +33,7 @@ _CLASSES: dict[tuple[type, str], type] = {}
 
 class Compute(str, enum.Enum):
     """How the transformer's linear layers multiply: ``bf16`` (the layer's own product), ``fp8``, ``int8``, or
-    ``auto`` (the fastest the device has: ``fastest``)."""
+    ``auto`` (the fastest the device has, ``available``'s first, for compiled blocks; bf16 for eager ones)."""
 
     AUTO = "auto"
     BF16 = "bf16"
@@ -49,18 +50,42 @@ class Compute(str, enum.Enum):
 
 
 def available(device: str | torch.device) -> tuple[Compute, ...]:
-    """The compute modes ``device`` runs, fastest first. NVIDIA: FP8 from compute capability 8.9 (Ada, Hopper,
-    Blackwell), INT8 from 8.0 (Ampere); other devices run both with reference kernels (not faster): last."""
+    """The compute modes ``device`` runs, fastest first (compiled blocks on an NVIDIA H200: FP8 0.90x bf16, INT8
+    1.04x). A low-precision mode counts only when a small product of its kind runs there (``_runs``): FP8 with
+    per-row scales needs compute capability 8.9 or newer and a torch that has the kernel for the card, INT8 8.0. CPUs
+    run both with reference kernels, not faster than bf16."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return (Compute.BF16, Compute.FP8, Compute.INT8)
-    capability = torch.cuda.get_device_capability(device)
-    fast = [Compute.FP8] if capability >= (8, 9) else []
-    fast += [Compute.INT8] if capability >= (8, 0) else []
-    return (*fast, Compute.BF16)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    runs = [c for c in (Compute.FP8, Compute.INT8) if _runs(str(device), c)]
+    if device.type == "cuda" and Compute.FP8 in runs:
+        return (Compute.FP8, Compute.BF16, *[c for c in runs if c is not Compute.FP8])
+    return (Compute.BF16, *runs)
 
 
-def resolve(compute, device: str | torch.device, compiled: bool = True) -> Compute:
+@functools.cache
+def _runs(device: str, compute: Compute) -> bool:
+    """Whether a small product in ``compute`` runs on ``device`` (a kernel the card or this torch lacks raises)."""
+    if device.startswith("cuda"):
+        if torch.version.hip is not None:  # AMD: another FP8 format, and these kernels are untested there
+            return False
+        if torch.cuda.get_device_capability(torch.device(device)) < ((8, 9) if compute is Compute.FP8 else (8, 0)):
+            return False
+    try:
+        x = torch.randn(32, 64, device=device)
+        w = torch.randn(32, 64, device=device)
+        xq, x_scale = _per_token(x, compute)
+        wq, w_scale = _per_token(w, compute)
+        if compute is Compute.FP8:
+            torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=w_scale.t(), out_dtype=torch.bfloat16)
+        else:
+            torch._int_mm(xq, wq.t())
+        return True
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+def resolve(compute, device: str | torch.device, compiled: bool = False) -> Compute:
     """``compute`` for ``device``: ``auto`` becomes the fastest it has for blocks that run ``compiled`` (eager, the
     low-precision products' separate scaling kernels cost more than they save: bf16); a mode it lacks raises
     ``EnvironmentUnsupported`` naming the card and the modes it has."""
@@ -68,11 +93,12 @@ def resolve(compute, device: str | torch.device, compiled: bool = True) -> Compu
     if compute is Compute.AUTO:
         return modes[0] if compiled else Compute.BF16
     if compute not in modes:
-        name = torch.cuda.get_device_name(torch.device(device))
+        name = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else device
         have = ", ".join(m.value for m in modes)
         raise EnvironmentUnsupported(
-            f"compute {compute.value!r} needs tensor cores {name} lacks (FP8: compute capability 8.9 or newer, INT8: "
-            f"8.0 or newer); use --compute auto, or one of: {have}"
+            f"compute {compute.value!r} does not run on {name} with torch {torch.__version__} (FP8 needs compute "
+            f"capability 8.9 or newer, INT8 8.0 or newer, and a torch with their kernels for the card); use --compute "
+            f"auto, or one of: {have}"
         )
     return compute
 
@@ -155,6 +181,8 @@ def apply_compute(transformer, compute) -> Compute:
             for layer in block.modules():
                 if not isinstance(layer, torch.nn.Linear) or getattr(type(layer), "_compute", None) or not _fits(layer):
                     continue
+                if hasattr(layer, "lora_down"):  # its LoRA term would be lost under the new forward
+                    raise InvalidArgument("apply_compute must come before attach_loras", field="compute")
                 amax = _weight(layer).float().abs().amax(dim=1).clamp_(min=1e-12)
                 scale = amax / _range(compute)
                 layer.register_buffer("compute_scale", scale, persistent=False)

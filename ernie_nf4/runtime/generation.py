@@ -92,6 +92,7 @@ class Generator:
         compile: bool = False,
         loras=(),
         compute="bf16",
+        compile_after_load: bool | None = False,
         **kwargs,
     ):
         """Load with ``loader.load_pipeline`` (the one loader) and wrap; ``kwargs`` go to ``Generator``."""
@@ -105,6 +106,7 @@ class Generator:
             compile=compile,
             loras=loras,
             compute=compute,
+            compile_after_load=compile_after_load,
         )
         return cls(loaded, **kwargs)
 

@@ -242,6 +242,34 @@ def _decide_mode(mode: MemoryMode, device: str, extra_gib: dict) -> tuple:
     return mode, reason, usable, needs
 
 
+def _decide_compute(compute, device: str, mode: MemoryMode, compiling: bool | None):
+    """``compute`` resolved for the device (a mode the card lacks refused before anything loads); ``auto`` counts
+    the blocks as compiled when ``compiling`` is True, or None (the app's default) on a CUDA GPU in all-on-gpu."""
+    from .compute import resolve
+
+    if compiling is None:
+        compiling = device.startswith("cuda") and mode is MemoryMode.ALL_ON_GPU
+    return resolve(compute, device, compiled=bool(compiling) and fast_path_supported())
+
+
+def _assemble(model_dir: Path, components: dict, models: dict, device: str, mode: MemoryMode):
+    """The diffusers pipeline of the loaded ``models`` and the small components, placed for ``mode``."""
+    import torch
+    from diffusers import ErnieImagePipeline
+
+    # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
+    vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    models.update(_load_small(model_dir, components, vae_dtype))
+    with _quiet_text_encoder_type_warning():
+        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, use_safetensors=True)
+    if mode is MemoryMode.MODEL_OFFLOAD:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.vae.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def load_pipeline(
     model_dir: str | Path,
     device: str | None = None,
@@ -251,6 +279,7 @@ def load_pipeline(
     compile: bool = False,
     loras=(),
     compute="bf16",
+    compile_after_load: bool | None = False,
 ) -> LoadedPipeline:
     """Load an ERNIE-Image pipeline (NF4 package, any diffusers ERNIE-Image folder, or bf16 original).
 
@@ -269,41 +298,25 @@ def load_pipeline(
     attached to the transformer at scale 0; each request picks and scales them (``LoadedPipeline.select_loras``).
     ``compute``: how the transformer's linear layers multiply (``compute.Compute``: bf16, fp8, int8 or auto, the
     fastest the device has for compiled blocks, bf16 where they run eagerly); the weights stay NF4 either way.
+    ``compile_after_load``: whether the caller compiles the blocks once this returns (the app's ``compile`` setting:
+    None for on a CUDA GPU in all-on-gpu mode), which ``auto`` counts as compiled.
     """
-    import torch
-    from diffusers import ErnieImagePipeline
-
-    from .compute import Compute
-    from .compute import resolve as resolve_compute
     from .residency import Residency
 
     mode = MemoryMode.parse(memory_mode)
     model_dir = Path(model_dir)
-    compute = Compute.parse(compute)
     package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
     device = resolve_device(device)
     previews = read_preview_map(model_dir)  # checked before the models load, as the package's other files
     lora_files, lora_gib = read_loras(model_dir, loras)
     mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
     _check_arguments(model_dir, device, mode, fast, compile)
-    # a mode the card lacks is refused before anything loads; auto counts on compiled blocks where they are the
-    # default (compile here, or the app's on a CUDA GPU in all-on-gpu)
-    compiled = compile or (fast and device.startswith("cuda") and mode is MemoryMode.ALL_ON_GPU)
-    compute = resolve_compute(compute, device, compiled=compiled)
+    compute = _decide_compute(compute, device, mode, (compile or compile_after_load) if fast else False)
     if device.startswith("cuda"):
         use_expandable_segments()
     residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
     models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files, compute)
-    # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
-    vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    models.update(_load_small(model_dir, package.components, vae_dtype))
-    with _quiet_text_encoder_type_warning():
-        pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, use_safetensors=True)
-    if mode is MemoryMode.MODEL_OFFLOAD:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.vae.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _assemble(model_dir, package.components, models, device, mode)
     loaded = LoadedPipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )

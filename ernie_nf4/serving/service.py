@@ -226,8 +226,8 @@ class ImageService:
                 verify_sha256=config.verify_sha256,
                 max_pe_tokens=config.max_pe_tokens,
                 loras=loras,
-                # auto: bf16 when compiling is off (eager low-precision products are slower)
-                compute=Compute.BF16 if config.compile is False and config.compute is Compute.AUTO else config.compute,
+                compute=config.compute,
+                compile_after_load=config.compile,  # auto counts on compiled blocks only where they will be
             )
             self._act_on(decide_compile(config.compile, generator.loaded), generator, on_progress)
         except torch.cuda.OutOfMemoryError as err:
