@@ -188,6 +188,12 @@ def test_the_service_loads_the_compute_mode_asked_and_stats_say_it(tmp_path, nf4
     assert "multiply in INT8 (--compute int8); stored weights are unchanged" in live_paragraph(service.live_stats())
     assert "以 INT8 计算（--compute int8），存储的权重不变" in live_paragraph(service.live_stats(), "zh")
     assert service.stats().to_dict()["live"]["compute"] == "int8"
+    # a saved image's parameters name the mode, so its seed can be run again the same way
+    from ernie_nf4.webapp.png_params import parameters_text
+
+    request = GenerationRequest("a red fox", width=64, height=64, seed=5)
+    text = parameters_text(request, 5, None, service.label)
+    assert "Model: TINY RANDOM MODEL (images are noise) (int8 compute)," in text
 
 
 def test_compute_comes_before_loras(tiny_package, nf4_everywhere, tmp_path):

@@ -154,7 +154,10 @@ class ImageService:
 
     @property
     def label(self) -> str:
-        return "TINY RANDOM MODEL (images are noise)" if self.config.tiny else "ERNIE-Image NF4"
+        """The model's name for people and PNG parameters; with the compute mode once loaded, when not bf16."""
+        name = "TINY RANDOM MODEL (images are noise)" if self.config.tiny else "ERNIE-Image NF4"
+        compute = self._generator.loaded.compute if self._generator is not None else "bf16"
+        return name if compute == "bf16" else f"{name} ({compute} compute)"
 
     def unavailable_reason(self) -> str | None:
         """What keeps this machine from running the model, or None."""
