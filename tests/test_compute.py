@@ -118,16 +118,22 @@ def test_compiled_blocks_run_the_low_precision_product(tiny_package, nf4_everywh
     assert other.shape[-2:] == (6, 10)
 
 
-def test_loras_add_their_term_to_the_low_precision_product(tiny_package, nf4_everywhere, tmp_path):
+@pytest.fixture
+def style_lora(tiny_package, tmp_path):
+    """A LoRA on every block linear, written by plain safetensors calls in PEFT's layout."""
     import json
-
-    from ernie_nf4.runtime.lora import attach_loras
-    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
 
     from .test_lora import lora_weights, write_lora
 
     config = json.loads((tiny_package / "transformer" / "config.json").read_text())
-    path = write_lora(tmp_path / "style.safetensors", lora_weights(config), "PEFT")
+    return write_lora(tmp_path / "style.safetensors", lora_weights(config), "PEFT")
+
+
+def test_loras_add_their_term_to_the_low_precision_product(tiny_package, nf4_everywhere, style_lora):
+    from ernie_nf4.runtime.lora import attach_loras
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    path = style_lora
     plain = forward(nf4_transformer(tiny_package, Compute.FP8))
     model = nf4_transformer(tiny_package, Compute.FP8)
     slots = attach_loras(model, [read_lora("style", path, linear_shapes(model))])
@@ -196,17 +202,11 @@ def test_the_service_loads_the_compute_mode_asked_and_stats_say_it(tmp_path, nf4
     assert "Model: TINY RANDOM MODEL (images are noise) (int8 compute)," in text
 
 
-def test_compute_comes_before_loras(tiny_package, nf4_everywhere, tmp_path):
-    import json
-
+def test_compute_comes_before_loras(tiny_package, nf4_everywhere, style_lora):
     from ernie_nf4.runtime.lora import attach_loras
     from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
 
-    from .test_lora import lora_weights, write_lora
-
-    config = json.loads((tiny_package / "transformer" / "config.json").read_text())
-    path = write_lora(tmp_path / "style.safetensors", lora_weights(config), "PEFT")
     model = nf4_transformer(tiny_package)
-    attach_loras(model, [read_lora("style", path, linear_shapes(model))])
+    attach_loras(model, [read_lora("style", style_lora, linear_shapes(model))])
     with pytest.raises(InvalidArgument, match="apply_compute must come before attach_loras"):
         apply_compute(model, Compute.FP8)
