@@ -210,3 +210,20 @@ def test_compute_comes_before_loras(tiny_package, nf4_everywhere, style_lora):
     attach_loras(model, [read_lora("style", style_lora, linear_shapes(model))])
     with pytest.raises(InvalidArgument, match="apply_compute must come before attach_loras"):
         apply_compute(model, Compute.FP8)
+
+
+@pytest.mark.slow
+def test_a_package_written_by_plain_library_calls_runs_in_fp8(tiny_original, nf4_everywhere, tmp_path):
+    from ernie_nf4.runtime.generation import Generator
+
+    from .test_foreign_package import write_foreign_package
+
+    # quantized as the published model card describes: each library's BitsAndBytesConfig and save_pretrained
+    folder = write_foreign_package(tiny_original, tmp_path / "foreign", transformer_nf4=True)
+    request = GenerationRequest("a red fox", width=64, height=64, num_inference_steps=2, seed=7, use_pe=False)
+    plain = Generator.from_pretrained(folder, device=DEVICE, prompt_cache_size=0)
+    fp8 = Generator.from_pretrained(folder, device=DEVICE, compute="fp8", prompt_cache_size=0)
+    assert type(fp8.loaded.pipe.transformer.layers[0].mlp.gate_proj).__name__ == "FP8Linear4bit"
+    base = np.asarray(plain.generate(request).images[0], dtype=np.float64)
+    ours = np.asarray(fp8.generate(request).images[0], dtype=np.float64)
+    assert not np.array_equal(ours, base) and np.abs(ours - base).mean() < 8
