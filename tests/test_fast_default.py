@@ -170,7 +170,7 @@ def test_the_compile_decision_is_a_value_made_from_the_setting_and_the_loaded_pi
     assert decide_compile(None, loaded(device="cpu")).reason == (
         "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
     )
-    assert decide_compile(None, loaded(mode=MemoryMode.LOW_VRAM)).reason == (
-        "eager: low-vram compiles only with --compile (at load, before the first run)"
-    )
-    assert decide_compile(None, loaded(mode=MemoryMode.LOW_VRAM)).when is CompileWhen.EAGER
+    # low-vram compiles by default too, at load: its transformer is on the GPU only in its turn
+    low_vram = decide_compile(None, loaded(mode=MemoryMode.LOW_VRAM, residency=object()))
+    assert low_vram.when is CompileWhen.NOW and not low_vram.capture_pe_graph
+    assert decide_compile(False, loaded(mode=MemoryMode.LOW_VRAM, residency=object())).when is CompileWhen.EAGER

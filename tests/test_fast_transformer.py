@@ -178,3 +178,22 @@ def test_a_failed_compile_logs_one_line_and_leaves_the_model_eager(nf4_transform
     assert compiler.activate() is False
     with torch.no_grad():
         assert torch.equal(model(**inputs)[0], expected)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_freed_once_nothing_else_holds_it(tiny_package, nf4_everywhere):
+    import gc
+    import weakref
+
+    model = ErnieImageTransformer2DModel.from_pretrained(
+        tiny_package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}
+    )
+    compiler = compile_blocks(model)
+    with torch.no_grad():
+        model(**cfg_inputs(model))  # compiles at the end of this call
+    assert compiler.active
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # its compiler, still held here, does not keep it (nor its memory) alive
+    assert compiler.transformer is None

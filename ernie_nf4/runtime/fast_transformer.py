@@ -49,6 +49,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
 )
 
 from ..compat import run_compiled_only, swap_class
+from .compile_record import last_seconds, remember
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,9 @@ class BlockCompiler:
 
     Once active, compiled code is only looked up (``torch._dynamo.run``), never compiled again on the caller's time:
     a block whose inputs the compiled graphs do not cover runs eagerly, counted in ``fallback_calls`` and logged once.
-    ``cache_dir`` keeps Inductor's compiled kernels between runs (unless ``TORCHINDUCTOR_CACHE_DIR`` is set).
+    ``cache_dir`` keeps Inductor's compiled kernels between runs (unless ``TORCHINDUCTOR_CACHE_DIR`` is set), with a
+    record of each compile that succeeded (``compile_record``): ``cached_seconds`` says how long the same compile
+    took here before, None when this is the first.
     """
 
     def __init__(self, transformer, cache_dir: str | Path | None = COMPILE_CACHE, backend="inductor"):
@@ -289,7 +292,13 @@ class BlockCompiler:
         if cache_dir is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-        self.transformer = transformer
+        # Weakly: the model's fast-path state holds this compiler, and a strong reference back would keep the model
+        # (and its GPU memory) alive after everything else let it go.
+        self._transformer = weakref.ref(transformer)
+        # Where this machine's compiles are recorded (compile_record): Inductor's cache folder, when one is set.
+        self.record_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        # Seconds the same compile took here before (its kernels are then in the cache), or None: a first compile.
+        self.cached_seconds = last_seconds(transformer, self.record_dir) if self.record_dir else None
         self.backend = backend
         self.state = CompileState.PENDING
         self.error: str | None = None
@@ -301,6 +310,11 @@ class BlockCompiler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         _state(transformer).compiler = self  # what the fast forward consults
+
+    @property
+    def transformer(self):
+        """The model whose blocks this compiles (None once nothing else holds it)."""
+        return self._transformer()
 
     @property
     def active(self) -> bool:
@@ -420,6 +434,8 @@ class BlockCompiler:
         with self._lock:
             self.state = CompileState.READY
         logger.info("transformer blocks compiled in %.1f s", self.seconds)
+        if self.record_dir:
+            remember(self.transformer, self.seconds, self.record_dir)
         return True
 
     def _note_fallbacks(self, missed: int, packed: _Packed) -> None:
@@ -443,7 +459,9 @@ def _on_device(device: torch.device):
 
 @contextlib.contextmanager
 def _side_stream(device: torch.device, done):
-    """On CUDA: this GPU and a stream of its own that waits for ``done``, synchronized on the way out."""
+    """On CUDA: this GPU and a stream of its own that waits for ``done``, synchronized on the way out. The memory
+    the stream's work freed is then given back: the caching allocator keeps it for that stream alone, where no later
+    call could reuse it (a few hundred MB of dequantized weights on the full-size model)."""
     if device.type != "cuda":
         yield
         return
@@ -451,9 +469,12 @@ def _side_stream(device: torch.device, done):
         stream = torch.cuda.Stream(device)
         if done is not None:
             stream.wait_event(done)
-        with torch.cuda.stream(stream):
-            yield
-        stream.synchronize()
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:
+            stream.synchronize()
+            torch.cuda.empty_cache()
 
 
 def enable_fast_path(transformer) -> None:

@@ -244,11 +244,11 @@ def _decide_mode(mode: MemoryMode, device: str, extra_gib: dict) -> tuple:
 
 def _decide_compute(compute, device: str, mode: MemoryMode, compiling: bool | None):
     """``compute`` resolved for the device (a mode the card lacks refused before anything loads); ``auto`` counts
-    the blocks as compiled when ``compiling`` is True, or None (the app's default) on a CUDA GPU in all-on-gpu."""
+    the blocks as compiled when ``compiling`` is True, or None (the app's default) on a CUDA GPU."""
     from .compute import resolve
 
     if compiling is None:
-        compiling = device.startswith("cuda") and mode is MemoryMode.ALL_ON_GPU
+        compiling = device.startswith("cuda") and mode is not MemoryMode.MODEL_OFFLOAD
     return resolve(compute, device, compiled=bool(compiling) and fast_path_supported())
 
 
@@ -299,7 +299,7 @@ def load_pipeline(
     ``compute``: how the transformer's linear layers multiply (``compute.Compute``: bf16, fp8, int8 or auto, the
     fastest the device has for compiled blocks, bf16 where they run eagerly); the weights stay NF4 either way.
     ``compile_after_load``: whether the caller compiles the blocks once this returns (the app's ``compile`` setting:
-    None for on a CUDA GPU in all-on-gpu mode), which ``auto`` counts as compiled.
+    None for on a CUDA GPU), which ``auto`` counts as compiled.
     """
     from .residency import Residency
 

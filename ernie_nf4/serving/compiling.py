@@ -1,17 +1,18 @@
 """Whether and when the service compiles the transformer blocks, decided from its setting and the loaded pipeline.
 
 ``decide_compile`` returns a ``CompileDecision`` (compile now, in the background, or run eagerly, and why); the
-service acts on it with ``make_compiler``, ``compile_now`` and ``capture_pe_graph``.
+service acts on it with ``make_compiler``, ``compile_now`` and ``capture_pe_graph``, and before each request
+``await_quick_compile`` lets a background compile that this machine's cache makes quick finish first.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass
 
 from ..progress import ProgressCallback, report
-from ..runtime.memory_modes import MemoryMode
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,13 @@ class CompileDecision:
 
 def eager_reason(compile: bool | None, loaded) -> str | None:
     """None when the transformer blocks should compile, else why they run eagerly (for Stats). ``compile``: the
-    service's setting (None: on a CUDA GPU in all-on-gpu mode only)."""
+    service's setting (None: on a CUDA GPU, in every memory mode)."""
     if compile is False:
         return COMPILE_OFF
     if not loaded.fast:
         return "eager: this diffusers has no fast path to compile"
     if compile is None and not loaded.device.startswith("cuda"):
         return "eager: compiling is the default on a CUDA GPU only (--compile turns it on)"
-    if compile is None and loaded.memory_mode is not MemoryMode.ALL_ON_GPU:
-        return f"eager: {loaded.memory_mode.value} compiles only with --compile (at load, before the first run)"
     return None
 
 
@@ -99,3 +98,27 @@ def capture_pe_graph(generator, on_progress: ProgressCallback | None) -> None:
             generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
     except Exception as err:  # a warm-up: the real run reports its own errors
         logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
+
+
+# How long a request waits for a quick compile at most: its last time here, times this, plus a margin.
+QUICK_COMPILE_PATIENCE, QUICK_COMPILE_MARGIN_SECONDS = 3.0, 15.0
+
+
+def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, cancel=None) -> bool:
+    """Wait for a background compile that compiled on this machine before (``BlockCompiler.cached_seconds``: its
+    kernels are in Inductor's cache, so it takes seconds), so that the request runs compiled from its first step
+    rather than wholly eagerly. A first compile (tens of seconds) is not waited for: the request runs eagerly
+    meanwhile. Gives up after a few times the last compile's seconds, or when ``cancel`` is set. True when it
+    waited."""
+    from ..runtime.fast_transformer import CompileState
+
+    if compiler is None or compiler.state is not CompileState.COMPILING or compiler.cached_seconds is None:
+        return False
+    expected = compiler.cached_seconds
+    report(on_progress, "compile", f"finishing the compiled transformer blocks (about {expected:.0f} s, cached)")
+    deadline = time.monotonic() + QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
+    while compiler.state is CompileState.COMPILING and time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            break
+        compiler.wait(timeout=0.1)
+    return True

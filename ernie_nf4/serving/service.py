@@ -31,6 +31,7 @@ from .compiling import (
     COMPILE_OFF,
     CompileDecision,
     CompileWhen,
+    await_quick_compile,
     capture_pe_graph,
     compile_now,
     decide_compile,
@@ -287,6 +288,7 @@ class ImageService:
         generator = self.load(on_progress)
         stages = _StageReporter(request, on_progress, generator.tile_count(request))
         with self._lock:  # one generation at a time per GPU
+            await_quick_compile(self.compiler, on_progress, cancel)  # seconds, when this machine's cache is warm
             # Compiled blocks, once ready, from this request on: never halfway through one.
             compiled = self.compiler is not None and self.compiler.activate()
             stages.start(request.runs_pe and generator.loaded.has_pe, generator.pe_cap)

@@ -191,9 +191,10 @@ def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=env.optional_switch("compile"),
-        help="compile the transformer blocks (torch.compile). Default: on with a CUDA GPU in all-on-gpu mode, "
-        "compiling in the background after loading while requests run eagerly, switching at the next request once "
-        "ready; --compile also turns it on elsewhere (low-vram: at load); --no-compile: always eager",
+        help="compile the transformer blocks (torch.compile). Default: on with a CUDA GPU; in all-on-gpu mode in "
+        "the background after loading while requests run eagerly, switching at the next request once ready (a "
+        "compile this machine made before, kept in its cache, is waited for instead); in low-vram mode at load; "
+        "--compile also turns it on on the CPU; --no-compile: always eager",
     )
     g.add_argument(
         "--preload",
@@ -420,7 +421,8 @@ def build_service(args, config):
     """One ``ImageService``, or a ``ReplicaService`` with ``--gpus``; on ZeroGPU the weights load now."""
     if zerogpu.on_zerogpu():
         service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
-        zerogpu.preload(service)  # module level, outside the GPU function, as ZeroGPU expects
+        # module level, outside the GPU function, as ZeroGPU expects; then the blocks compile ahead of time
+        zerogpu.preload(service, ahead_of_time=config.compile is not False)
         return service
     devices = parse_gpus(args.gpus)
     return ReplicaService(config, devices) if devices else ImageService(config)

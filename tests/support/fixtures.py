@@ -39,6 +39,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def first_compile_here(tmp_path, monkeypatch):
+    """Every test starts as a machine that never compiled the blocks (no record of a compile, ``compile_record``),
+    while Inductor's kernel cache stays shared, so compiles stay quick."""
+    from ernie_nf4.runtime import compile_record
+
+    monkeypatch.setattr(compile_record, "FOLDER", str(tmp_path / "compile-records"))
+
+
 @pytest.fixture(scope="session")
 def nf4_everywhere():
     """Lift diffusers' GPU-only environment check when there is no GPU; no-op with CUDA."""
