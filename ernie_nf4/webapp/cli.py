@@ -421,8 +421,9 @@ def build_service(args, config):
     """One ``ImageService``, or a ``ReplicaService`` with ``--gpus``; on ZeroGPU the weights load now."""
     if zerogpu.on_zerogpu():
         service = ImageService(zerogpu.adjust_config(zerogpu.use_hf_cache(config)))
-        # module level, outside the GPU function, as ZeroGPU expects; then the blocks compile ahead of time
-        zerogpu.preload(service, ahead_of_time=config.compile is not False)
+        # module level, outside the GPU function, as ZeroGPU expects; with --compile, the blocks then compile ahead
+        # of time (experimental)
+        zerogpu.preload(service, ahead_of_time=config.compile is True)
         return service
     devices = parse_gpus(args.gpus)
     return ReplicaService(config, devices) if devices else ImageService(config)

@@ -15,7 +15,12 @@
 - Live previews: a run that asks for them runs through a generator function, which ``spaces`` runs in the worker and
   whose every yield it pickles back to this process (``spaces.zero.wrappers.generator_function_wrapper``): the worker
   yields the run's ``Progress`` events (its previews among them) as they come, then its result.
-- ``--compile`` is turned off (the compile cache would not outlive the worker).
+- ``torch.compile`` is not allowed there, so the service never uses it. By default the blocks run eagerly. With
+  ``--compile`` (``ERNIE_NF4_COMPILE=1``, experimental: not yet seen working on a GPU) the transformer's repeated
+  block is compiled ahead of time at start instead (``compile_ahead_of_time``: ``torch.export`` and AOTInductor
+  through ``spaces``' AoTI path, ``runtime.aoti``) inside one GPU call; the compiled packages come back to this
+  process as bytes and are applied to every block here, so every worker forked after it runs them. A failure (the
+  GPU worker's crash included) is one log line and the blocks stay eager; Stats say which.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ PE_SECONDS = 12  # the prompt enhancer (up to 256 new tokens on a ZeroGPU H200 s
 STEP_SECONDS_1MP = 0.45  # one denoising step at 1024x1024 (measured 0.37 s on an H100; margin for H200 slices)
 TILE_SECONDS = 1  # each further tile's VAE encode and decode, at 1024x1024
 MAX_SECONDS = 300
+AOTI_SECONDS = 240  # the GPU call at start that exports and compiles the transformer block (minutes at most)
 STOP_SLOTS = 256  # runs on the GPU at once, at most, that Stop can reach (far above any concurrency limit)
 STOP_POLL_SECONDS = 0.1  # how often the bridge thread looks at the run's Event
 
@@ -248,9 +254,14 @@ def _from_live(values, on_progress):
 
 
 def adjust_config(config):
-    """The ZeroGPU form of a ``ServiceConfig``: compile off (one log line when --compile asked for it)."""
+    """The ZeroGPU form of a ``ServiceConfig``: ``torch.compile`` off (one log line when --compile asked for it:
+    ``preload`` then compiles the blocks ahead of time instead)."""
     if config.compile:
-        print("ZeroGPU: --compile turned off (each GPU call runs in a fresh worker)", flush=True)
+        print(
+            "ZeroGPU: --compile turned off for torch.compile; the transformer blocks are compiled ahead of time "
+            "instead (experimental)",
+            flush=True,
+        )
     if config.compile is not False:  # also the default (None), which would compile on a GPU
         config = replace(config, compile=False)
     if config.memory_mode is MemoryMode.AUTO:  # the main process sees no real GPU to measure; a slice has 70 GB
@@ -270,8 +281,43 @@ def use_hf_cache(config):
     return replace(config, model_dir=str(Path(snapshot) / root) if root else snapshot)
 
 
-def preload(service) -> None:
+def preload(service, ahead_of_time: bool = False) -> None:
     """Load the weights now, in the main process and outside the GPU function, as ZeroGPU expects (``spaces``
-    emulates CUDA there, so the models go to "cuda" before any GPU is attached)."""
-    import_spaces()  # before torch touches CUDA, as the platform requires
+    emulates CUDA there, so the models go to "cuda" before any GPU is attached); then, with ``ahead_of_time`` (the
+    app's ``--compile``), compile the transformer blocks ahead of time (``compile_ahead_of_time``)."""
+    spaces = import_spaces()  # before torch touches CUDA, as the platform requires
     service.load()
+    if ahead_of_time:
+        compile_ahead_of_time(service, spaces.GPU)
+
+
+def compile_ahead_of_time(service, gpu_decorator, compile_fn=None):
+    """Compile the loaded service's transformer blocks ahead of time: exported and compiled inside one GPU call
+    (``gpu_decorator(duration=...)``, ``spaces.GPU`` on ZeroGPU: a forked worker with the GPU), the packages back
+    here as bytes, applied to every block in this process (which every later worker inherits). The result, an
+    ``aoti.AotiBlocks``, becomes ``service.compiler``, so Stats say ``compiled ahead of time (AOTInductor)`` or why
+    the blocks run eagerly; any failure is one log line and the model stays eager. ``compile_fn``: see
+    ``aoti.compile_archives``."""
+    from ..runtime.aoti import AotiArchives, AotiBlocks, check_blocks, compile_archives
+
+    transformer = service.load().loaded.pipe.transformer
+    blocks = AotiBlocks(transformer)
+    service.compiler = blocks
+    try:
+        check_blocks(transformer)  # refused here, before any GPU time is asked for
+    except ValueError as err:
+        return blocks.fail(err)
+
+    def compile_on_gpu():
+        try:
+            return compile_archives(transformer, compile_fn)
+        except Exception as err:  # comes back as a reason: an exception would be a generic worker error
+            return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+    try:
+        result = gpu_decorator(duration=lambda: AOTI_SECONDS)(compile_on_gpu)()
+    except Exception as err:
+        return blocks.fail(err)
+    if not isinstance(result, AotiArchives):
+        return blocks.fail(str(result))
+    return blocks.apply(result)
