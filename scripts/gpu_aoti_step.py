@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import gpu_compute_step  # this folder's, first on the path when a script runs
 import torch
 from diffusers import ErnieImageTransformer2DModel
 
@@ -29,14 +29,7 @@ from ernie_nf4.runtime.fast_transformer import compile_blocks, dummy_call, enabl
 
 def step_ms(model, inputs, repeat: int) -> float:
     model(**inputs, return_dict=False)  # burn in
-    times = []
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(**inputs, return_dict=False)
-        torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return gpu_compute_step.step_ms(model, inputs, repeat)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

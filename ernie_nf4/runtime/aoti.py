@@ -41,6 +41,7 @@ from .fast_transformer import (
     _gated,
     _modulate,
     _rotate,
+    attend,
     dummy_call,
 )
 
@@ -161,20 +162,6 @@ class _AfterAttention(torch.nn.Module):
         return _gated(x, gate_mlp, self.linear_fc2(self.up_proj(h) * F.gelu(self.gate_proj(h))))
 
 
-def _attend(query, key, value, segments: tuple[int, ...]) -> torch.Tensor:
-    """Attention within each sample's tokens (the fast block's, eager)."""
-    if len(segments) == 1:
-        return F.scaled_dot_product_attention(query, key, value)
-    parts, start = [], 0
-    for length in segments:
-        end = start + length
-        parts.append(
-            F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end])
-        )
-        start = end
-    return torch.cat(parts, dim=2)
-
-
 def check_blocks(transformer) -> None:
     """Raise ``ValueError`` naming the first block layer that cannot be compiled ahead of time (a LoRA attached, a
     compute mode other than bf16, weights bitsandbytes repacked), or the model when it does not run the fast path."""
@@ -212,7 +199,7 @@ def _export(transformer, inputs) -> tuple:
     with torch.no_grad():
         before = _BeforeAttention(block, 0).eval()
         query, key, value = before(x, cos, sin, temb[0], temb[1])
-        attention = _attend(query, key, value, segments)
+        attention = attend(query, key, value, segments)
         before_program = torch.export.export(
             before,
             (x, cos, sin, temb[0], temb[1]),
@@ -322,7 +309,7 @@ class _BlockForward:
         query, key, value = self.compiled.before(self.before, x, *rotary, shift_msa, scale_msa)
         # The compiled code reads its inputs with the strides it was exported with (contiguous) and never checks
         # them: one sample's attention comes out of SDPA as a transposed view.
-        attention = _attend(query, key, value, segments).contiguous()
+        attention = attend(query, key, value, segments).contiguous()
         return self.compiled.after(self.after, x, attention, gate_msa, shift_mlp, scale_mlp, gate_mlp)
 
 

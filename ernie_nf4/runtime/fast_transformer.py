@@ -77,6 +77,20 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def attend(query, key, value, segments: tuple[int, ...]) -> torch.Tensor:
+    """Attention within each sample's tokens of a packed batch (``segments``: tokens per sample)."""
+    if len(segments) == 1:
+        return F.scaled_dot_product_attention(query, key, value)
+    parts, start = [], 0
+    for length in segments:
+        end = start + length
+        parts.append(
+            F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end])
+        )
+        start = end
+    return torch.cat(parts, dim=2)
+
+
 @dataclass
 class _FastState:
     """What the fast forward keeps for one model: its ``BlockCompiler`` (when compiling) and the last rotary tables
@@ -111,17 +125,7 @@ class FastErnieImageBlock(ErnieImageSharedAdaLNBlock):
         query = _rotate(attn.norm_q(attn.to_q(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
         key = _rotate(attn.norm_k(attn.to_k(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
         value = attn.to_v(h).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-        if len(segments) == 1:
-            out = F.scaled_dot_product_attention(query, key, value)
-        else:
-            parts, start = [], 0
-            for length in segments:
-                end = start + length
-                parts.append(
-                    F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end])
-                )
-                start = end
-            out = torch.cat(parts, dim=2)
+        out = attend(query, key, value, segments)
         out = attn.to_out[0](out.transpose(1, 2).flatten(2, 3))
         x = _gated(x, gate_msa, out)
         h = _modulate(self.adaLN_mlp_ln(x), scale_mlp, shift_mlp)
