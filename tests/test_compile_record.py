@@ -60,9 +60,12 @@ def test_the_record_is_per_card_software_shape_and_layer_kind(tiny_generator, tm
     assert compile_record.last_seconds(transformer, tmp_path) is None
     compile_record.remember(transformer, 12.345, tmp_path)
     assert compile_record.last_seconds(transformer, tmp_path) == 12.35
-    assert compile_record.record_path(transformer, tmp_path / "elsewhere") != path  # another cache folder
-    changed = dict(compile_record.describe(transformer), torch="0.0")
-    assert changed != compile_record.describe(transformer)
+    with monkeypatch.context() as patched:  # other software: another record
+        patched.setattr(compile_record, "_version", lambda package: "0.0-other")
+        assert compile_record.record_path(transformer, tmp_path) != path
+    with monkeypatch.context() as patched:  # other compiled code: another record
+        patched.setattr(compile_record, "_SOURCES", compile_record._SOURCES[:-1])
+        assert compile_record.record_path(transformer, tmp_path) != path
     path.write_text("{not json")
     assert compile_record.last_seconds(transformer, tmp_path) is None  # unreadable: a first compile
     (tmp_path / "file").write_text("")
@@ -81,9 +84,19 @@ class SlowCompile:
         self._done = threading.Timer(finish_after, lambda: setattr(self, "state", CompileState.READY))
         self._done.start()
 
+    @property
+    def compiling(self):
+        return self.state is CompileState.COMPILING
+
     def wait(self, timeout=None):
         time.sleep(timeout)
         return self.state
+
+
+class DeadCompile(SlowCompile):
+    """A compile whose thread died without changing its state."""
+
+    compiling = False
 
 
 def test_only_a_compile_made_here_before_is_waited_for_and_stop_ends_the_wait():
@@ -101,3 +114,7 @@ def test_only_a_compile_made_here_before_is_waited_for_and_stop_ends_the_wait():
     assert time.monotonic() - start < 5 and stuck.state is CompileState.COMPILING
     stuck._done.cancel()
     assert not await_quick_compile(None)
+    dead = DeadCompile(cached_seconds=30.0, finish_after=60.0)
+    dead._done.cancel()
+    start = time.monotonic()
+    assert await_quick_compile(dead) and time.monotonic() - start < 1  # no waiting on it

@@ -226,3 +226,14 @@ def test_the_tiny_app_on_a_cpu_says_so_in_its_stats(served_tiny_app, locale):
         assert not RAW_BYTES.search(text), text
         page.locator("#chart").get_by_text(CHART_WORDS[locale][0]).wait_for()
         browser.close()
+
+
+def test_blocks_compiled_ahead_of_time_read_as_in_use_not_as_ready():
+    from ernie_nf4.webapp.stats_view import compile_sentence
+
+    on_gpu = {"device": "cuda:0", "compile_status": "compiled ahead of time (AOTInductor)"}
+    for lang in ("en", "zh"):
+        in_use = compile_sentence(cpu_live(compiled=True, **on_gpu), lang)
+        assert in_use == compile_sentence(cpu_live(device="cuda:0", compiled=True, compile_status="compiled"), lang)
+        ready = compile_sentence(cpu_live(compiled=False, **on_gpu), lang)  # compiled, not switched to yet
+        assert ready != in_use and ready

@@ -57,7 +57,7 @@ INDUCTOR_OPTIONS = {
 MAX_TOKENS = 1 << 20  # the dynamic token dimension's upper bound (a 2048x2048 CFG batch has about 33,000)
 CHECK_TOLERANCE = 2e-2  # relative error of a compiled block against eager: bf16 rounds differently, no more
 DESCRIPTIONS = {
-    CompileState.PENDING: "eager: not compiled ahead of time yet",
+    CompileState.PENDING: "eager: not compiled yet (ahead of time)",
     CompileState.ACTIVE: "compiled ahead of time (AOTInductor)",
 }
 

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,8 +24,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 FOLDER = "ernie-nf4-blocks"  # in the cache folder
-# The code that is compiled: a change to it makes Inductor compile afresh.
-_SOURCES = ("fast_transformer.py", "compute.py", "lora.py")
+# The code that is compiled (relative to the package): a change to it makes Inductor compile afresh.
+_SOURCES = ("runtime/fast_transformer.py", "runtime/compute.py", "runtime/lora.py", "compat.py")
 
 
 def _version(package: str) -> str | None:
@@ -34,7 +36,7 @@ def _version(package: str) -> str | None:
 
 
 def _code_digest() -> str:
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
     digest = hashlib.sha256()
     for name in _SOURCES:
         digest.update((here / name).read_bytes())
@@ -51,10 +53,16 @@ def describe(transformer) -> dict:
         capability = list(torch.cuda.get_device_capability(device))
         card = {"name": torch.cuda.get_device_name(device), "capability": capability}
     layer_kinds = sorted({type(m).__name__ for layer in transformer.layers for m in layer.modules()})
+    # The first block's tensors as the compiled code sees them (a LoRA's rank, the layout low-vram gives them)
+    tensors = [
+        [name, list(t.shape), str(t.dtype), list(t.stride()), t.storage_offset() % 16 == 0]
+        for name, t in transformer.layers[0].state_dict(keep_vars=True).items()
+    ]
     config = transformer.config
     return {
         "device": device.type,
         "card": card,
+        "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": _version("triton"),
@@ -63,6 +71,7 @@ def describe(transformer) -> dict:
         "model": {key: value for key, value in config.items() if not key.startswith("_")},
         "dtype": str(transformer.dtype),
         "layer_kinds": layer_kinds,
+        "block_tensors": tensors,
         "code": _code_digest(),
     }
 
@@ -86,18 +95,19 @@ def last_seconds(transformer, cache_dir: str | Path) -> float | None:
     """Seconds the last such compile took here, or None when there was none (or its record is unreadable)."""
     try:
         return float(json.loads(record_path(transformer, cache_dir).read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # no record, or one that cannot be read: a first compile
         return None
 
 
 def remember(transformer, seconds: float, cache_dir: str | Path) -> None:
-    """Write the record after a compile that succeeded; a folder that cannot be written only logs a line."""
-    path = record_path(transformer, cache_dir)
-    entry = {"seconds": round(seconds, 2), "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **describe(transformer)}
+    """Write the record after a compile that succeeded; any failure only logs a line (a record is a hint)."""
     try:
+        path = record_path(transformer, cache_dir)
+        entry = {"seconds": round(seconds, 2), "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **describe(transformer)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        # one file per writer (replicas of one card write the same record at once), swapped in whole
+        temporary = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         temporary.write_text(_dumps(entry, indent=1))
         temporary.replace(path)
-    except OSError as err:
-        logger.warning("could not write the compile record %s (%s)", path, err)
+    except Exception as err:
+        logger.warning("could not write the compile record in %s (%s: %s)", cache_dir, type(err).__name__, err)

@@ -301,8 +301,9 @@ class BlockCompiler:
         self._transformer = weakref.ref(transformer)
         # Where this machine's compiles are recorded (compile_record): Inductor's cache folder, when one is set.
         self.record_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        # Seconds the same compile took here before (its kernels are then in the cache), or None: a first compile.
-        self.cached_seconds = last_seconds(transformer, self.record_dir) if self.record_dir else None
+        # Seconds the same compile took here before (its kernels are then in the cache), or None: a first compile
+        # (read as the compile begins).
+        self.cached_seconds: float | None = None
         self.backend = backend
         self.state = CompileState.PENDING
         self.error: str | None = None
@@ -358,12 +359,25 @@ class BlockCompiler:
         return self.state
 
     def activate(self) -> bool:
-        """Switch the forward to the compiled block if it is ready; True when the compiled block is in use."""
+        """Switch the forward to the compiled block if it is ready; True when the compiled block is in use. At the
+        switch, the GPU memory the warm-up freed is given back: the caching allocator kept it for the warm-up's
+        stream alone, where no call could reuse it (a few hundred MB of dequantized weights on the full-size model).
+        Called between runs, that costs no run a stall."""
         with self._lock:
-            if self.state is CompileState.READY:
+            switched = self.state is CompileState.READY
+            if switched:
                 self.state = CompileState.ACTIVE
                 logger.info("transformer blocks: switched to the compiled code")
-            return self.state is CompileState.ACTIVE
+            active = self.state is CompileState.ACTIVE
+        if switched and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return active
+
+    @property
+    def compiling(self) -> bool:
+        """True while a background compile is under way (its thread alive)."""
+        thread = self._thread
+        return self.state is CompileState.COMPILING and thread is not None and thread.is_alive()
 
     def run_blocks(self, layers, packed: _Packed) -> torch.Tensor:
         """Every block through the compiled code (the forward calls this while ``active``)."""
@@ -380,6 +394,8 @@ class BlockCompiler:
         with self._lock:
             if self.state is not CompileState.PENDING:
                 return False
+            # read now, with the model where it compiles (low-vram moves it onto the GPU just before)
+            self.cached_seconds = last_seconds(self.transformer, self.record_dir) if self.record_dir else None
             self.state = CompileState.COMPILING
         try:
             if not self.primed:
@@ -416,12 +432,13 @@ class BlockCompiler:
 
     def _compile(self, inputs: list[_Packed], done) -> bool:
         start = time.perf_counter()
-        layers = self.transformer.layers
+        model = self.transformer
+        layers = model.layers
         try:
             fn = _own_copy(_run_block)
             compiled = torch.compile(fn, dynamic=True, backend=self.backend)
             run = run_compiled_only(fn)
-            with _side_stream(self.transformer.device, done), torch.no_grad():
+            with _side_stream(model.device, done), torch.no_grad():
                 for p in inputs:
                     compiled(layers[0], p.x, p.rotary, p.temb, p.segments)
                 before = _eager_calls()
@@ -439,7 +456,7 @@ class BlockCompiler:
             self.state = CompileState.READY
         logger.info("transformer blocks compiled in %.1f s", self.seconds)
         if self.record_dir:
-            remember(self.transformer, self.seconds, self.record_dir)
+            remember(model, self.seconds, self.record_dir)
         return True
 
     def _note_fallbacks(self, missed: int, packed: _Packed) -> None:
@@ -463,9 +480,7 @@ def _on_device(device: torch.device):
 
 @contextlib.contextmanager
 def _side_stream(device: torch.device, done):
-    """On CUDA: this GPU and a stream of its own that waits for ``done``, synchronized on the way out. The memory
-    the stream's work freed is then given back: the caching allocator keeps it for that stream alone, where no later
-    call could reuse it (a few hundred MB of dequantized weights on the full-size model)."""
+    """On CUDA: this GPU and a stream of its own that waits for ``done``, synchronized on the way out."""
     if device.type != "cuda":
         yield
         return
@@ -473,12 +488,9 @@ def _side_stream(device: torch.device, done):
         stream = torch.cuda.Stream(device)
         if done is not None:
             stream.wait_event(done)
-        try:
-            with torch.cuda.stream(stream):
-                yield
-        finally:
-            stream.synchronize()
-            torch.cuda.empty_cache()
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
 
 
 def enable_fast_path(transformer) -> None:

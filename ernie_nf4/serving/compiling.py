@@ -100,8 +100,8 @@ def capture_pe_graph(generator, on_progress: ProgressCallback | None) -> None:
         logger.warning("prompt enhancer warm-up failed (%s: %s)", type(err).__name__, err)
 
 
-# How long a request waits for a quick compile at most: its last time here, times this, plus a margin.
-QUICK_COMPILE_PATIENCE, QUICK_COMPILE_MARGIN_SECONDS = 3.0, 15.0
+# How long a request waits for a quick compile at most: its last time here, times this, plus a margin, within a cap.
+QUICK_COMPILE_PATIENCE, QUICK_COMPILE_MARGIN_SECONDS, QUICK_COMPILE_MAX_SECONDS = 3.0, 15.0, 45.0
 
 
 def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, cancel=None) -> bool:
@@ -112,12 +112,13 @@ def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, c
     waited."""
     from ..runtime.fast_transformer import CompileState
 
-    if compiler is None or compiler.state is not CompileState.COMPILING or compiler.cached_seconds is None:
+    expected = getattr(compiler, "cached_seconds", None)  # ahead-of-time blocks keep no record
+    if compiler is None or compiler.state is not CompileState.COMPILING or expected is None:
         return False
-    expected = compiler.cached_seconds
     report(on_progress, "compile", f"finishing the compiled transformer blocks (about {expected:.0f} s, cached)")
-    deadline = time.monotonic() + QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
-    while compiler.state is CompileState.COMPILING and time.monotonic() < deadline:
+    patience = QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
+    deadline = time.monotonic() + min(patience, QUICK_COMPILE_MAX_SECONDS)
+    while compiler.compiling and time.monotonic() < deadline:
         if cancel is not None and cancel.is_set():
             break
         compiler.wait(timeout=0.1)

@@ -2,7 +2,9 @@
 
 Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, ``compiling.decide_compile``
 says what to do; by default the transformer blocks compile in a background thread (``BlockCompiler``) while requests
-run eagerly, and the next request after it is ready runs compiled. The switch happens only between requests, so each
+run eagerly, and the next request after it is ready runs compiled; a compile this machine made before is quick, and
+the first request waits for it (``compiling.await_quick_compile``). In low-vram mode the blocks compile at load.
+The switch happens only between requests, so each
 image is wholly eager or wholly compiled: the same seed gives the same image on one path, and the two paths differ in
 the last bits of bf16 rounding.
 """
@@ -59,9 +61,8 @@ class ServiceConfig:
     max_pe_tokens: int | None = None  # None: the stock pipeline's limit (pe_tokenizer.model_max_length)
     verify_sha256: bool = False
     memory_mode: MemoryMode = MemoryMode.AUTO
-    # None: compile in the background on a CUDA GPU with every model on it (all-on-gpu), else eager; True: compile
-    # anywhere (on the CPU too; at load in low-vram mode, where the transformer is on the GPU only in its turn);
-    # False: eager.
+    # None: compile on a CUDA GPU (all-on-gpu: in the background; low-vram: at load, where the transformer is on the
+    # GPU only in its turn), else eager; True: compile anywhere (on the CPU too); False: eager.
     compile: bool | None = None
     loras: tuple[LoraSource, ...] = ()  # the LoRAs requests may pick by name (``loras.offered_loras``)
     compute: Compute = Compute.BF16  # the transformer's linear layers: bf16, fp8, int8 or auto (``runtime.compute``)

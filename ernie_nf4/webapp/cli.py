@@ -194,7 +194,8 @@ def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
         help="compile the transformer blocks (torch.compile). Default: on with a CUDA GPU; in all-on-gpu mode in "
         "the background after loading while requests run eagerly, switching at the next request once ready (a "
         "compile this machine made before, kept in its cache, is waited for instead); in low-vram mode at load; "
-        "--compile also turns it on on the CPU; --no-compile: always eager",
+        "--compile also turns it on on the CPU, and on ZeroGPU compiles ahead of time (experimental); --no-compile: "
+        "always eager",
     )
     g.add_argument(
         "--preload",

@@ -43,7 +43,7 @@ def compile_sentence(live, lang: str = "en") -> str:
     """Whether the transformer's blocks run compiled, from the service's status; empty before the load and on a CPU
     (compiling is a GPU matter there unless asked for)."""
     status = live.compile_status or ("compiled" if live.compiled else "")
-    if status == "compiled":
+    if status == "compiled" or (live.compiled and status.startswith("compiled")):  # in use, e.g. ahead of time
         key = "stats_compiled"
     elif status.startswith("compiled"):
         key = "stats_compile_ready"
