@@ -40,7 +40,7 @@ def compiler_name() -> str:
     try:
         import spaces.zero.torch.aoti  # noqa: F401
     except Exception as err:
-        return f"torch aoti_compile_and_package (spaces' AoTI helpers unavailable: {type(err).__name__})"
+        return f"torch AOTInductor, packaged as spaces does (spaces' AoTI helpers unavailable: {type(err).__name__})"
     return "spaces.aoti_compile"
 
 

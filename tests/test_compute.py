@@ -192,7 +192,7 @@ def test_the_service_loads_the_compute_mode_asked_and_stats_say_it(tmp_path, nf4
     from ernie_nf4.serving.service import ImageService, ServiceConfig
     from ernie_nf4.webapp.stats_view import live_paragraph
 
-    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device="cpu", compute="int8"))
+    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device=DEVICE, compute="int8"))
     assert "INT8" not in live_paragraph(service.live_stats())  # nothing said before the load
     service.load()
     layer = service._generator.loaded.pipe.transformer.layers[0].mlp.gate_proj

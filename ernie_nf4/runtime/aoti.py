@@ -14,10 +14,11 @@ buffer or parameter with the same name in every block, and whose NF4 weights are
 plain torch ops (``dequantize_nf4``: float32, then bf16, as bitsandbytes' ``dequantize_4bit`` does).
 
 ``compile_blocks_ahead_of_time(transformer)`` captures a block's inputs, exports, compiles (``spaces.aoti_compile``
-where the ``spaces`` package imports, else torch's ``aoti_compile_and_package``), checks the first and last blocks
-against eager and applies the result to every block (``AotiBlocks``; ``remove()`` goes back to eager). Any failure
-logs one line and leaves the model eager, the reason in ``AotiBlocks.describe()``. ``compile_archives`` and
-``apply_archives`` split the same work where the compiling happens in another process (ZeroGPU's GPU worker).
+where the ``spaces`` package imports, else the same recipe in torch's own calls: ``torch_compile``), checks the
+first and last blocks against eager and applies the result to every block (``AotiBlocks``; ``remove()`` goes back to
+eager). Any failure logs one line and leaves the model eager, the reason in ``AotiBlocks.describe()``.
+``compile_archives`` and ``apply_archives`` split the same work where the compiling happens in another process
+(ZeroGPU's GPU worker).
 """
 
 from __future__ import annotations
@@ -224,10 +225,27 @@ def spaces_compile(program) -> bytes:
     return archive.getvalue() if isinstance(archive, io.BytesIO) else bytes(archive)
 
 
+def packaging_options() -> dict:
+    """``INDUCTOR_OPTIONS`` plus the packaging the ``spaces`` package uses: the compiled code is built to take its
+    constants from outside (torch 2.10 on: in the separate ``pickle_weights`` form; before: on disk), so the archive
+    holds code only and this path builds what ZeroGPU's builds."""
+    options = dict(INDUCTOR_OPTIONS, **{"aot_inductor.package": True})
+    if hasattr(torch._inductor.config.aot_inductor, "package_constants_on_disk_format"):
+        options["aot_inductor.package_constants_on_disk_format"] = "pickle_weights"
+    else:
+        options["aot_inductor.package_constants_on_disk"] = True
+    return options
+
+
 def torch_compile(program) -> bytes:
-    """An exported program compiled by torch's ``aoti_compile_and_package`` into an AOTInductor package's bytes."""
+    """An exported program compiled by torch's AOTInductor into a package's bytes, as ``spaces.aoti_compile`` does
+    it (``packaging_options``; the block 0 tensors the compile also returns are left out)."""
+    from torch._inductor.package.package import package_aoti
+
+    args, kwargs = program.example_inputs
+    artifacts = torch._inductor.aot_compile(program.module(), args, kwargs, options=packaging_options())
     buffer = io.BytesIO()
-    torch._inductor.aoti_compile_and_package(program, package_path=buffer, inductor_configs=dict(INDUCTOR_OPTIONS))
+    package_aoti(buffer, [artifact for artifact in artifacts if isinstance(artifact, str)])
     return buffer.getvalue()
 
 
