@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def replace(new: Path, target: Path) -> None:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and an atomic rename."""
+    """Write ``text`` to ``path`` through a temporary sibling (one per writing thread: several may write the same
+    file at once) and an atomic rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -239,3 +239,17 @@ def test_on_zerogpu_the_app_compiles_ahead_of_time_only_when_asked(monkeypatch, 
         service = cli.build_service(args, cli.config_from_args(args))
         assert asked.pop() is expected and service.config.compile is False  # torch.compile never runs there
     assert capsys.readouterr().out.count("compiled ahead of time instead") == 1
+
+
+@pytest.mark.slow
+def test_the_probe_says_whether_aotinductor_loads_here_one_process_a_case():
+    import subprocess
+    from pathlib import Path
+
+    probe = Path(__file__).resolve().parents[1] / "scripts" / "gpu_aoti_probe.py"
+    command = [sys.executable, str(probe), "--devices", DEVICE, "--first", "no_such_module_here"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr  # plain torch loads and runs here
+    assert len(lines) == 2 and "exit 0: ran: relative error" in lines[0]
+    assert "after import no_such_module_here" in lines[1] and "exit 1:" in lines[1]  # its failure, one line

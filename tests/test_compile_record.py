@@ -118,3 +118,24 @@ def test_only_a_compile_made_here_before_is_waited_for_and_stop_ends_the_wait():
     dead._done.cancel()
     start = time.monotonic()
     assert await_quick_compile(dead) and time.monotonic() - start < 1  # no waiting on it
+
+
+@pytest.mark.nf4
+def test_replicas_writing_the_same_record_at_once_leave_one_whole_record(tiny_generator, tmp_path, caplog):
+    transformer = tiny_generator.loaded.pipe.transformer
+    start = threading.Barrier(8)
+
+    def write(seconds: float) -> None:
+        start.wait()
+        for _ in range(25):
+            compile_record.remember(transformer, seconds, tmp_path)
+
+    threads = [threading.Thread(target=write, args=(float(n),)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "could not write the compile record" not in caplog.text  # no writer lost its record
+    assert compile_record.last_seconds(transformer, tmp_path) in {float(n) for n in range(8)}
+    record_folder = compile_record.record_path(transformer, tmp_path).parent
+    assert [p.name for p in record_folder.iterdir()] == [compile_record.record_path(transformer, tmp_path).name]

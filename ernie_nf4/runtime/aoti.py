@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.transformers.transformer_ernie_image import ErnieImageFeedForward
 
 from ..compat import NestedAbsmax, nested_absmax
 from .fast_transformer import (
@@ -39,10 +40,9 @@ from .fast_transformer import (
     PRIME_TEXT,
     CompileState,
     FastErnieImageTransformer2DModel,
-    _gated,
-    _modulate,
-    _rotate,
+    after_attention,
     attend,
+    before_attention,
     dummy_call,
 )
 
@@ -138,11 +138,7 @@ class _BeforeAttention(torch.nn.Module):
             setattr(self, key, view)
 
     def forward(self, x, cos, sin, shift, scale):
-        h = _modulate(self.norm(x), scale, shift)
-        query = _rotate(self.norm_q(self.to_q(h).unflatten(-1, (self.heads, -1))), cos, sin).transpose(1, 2)
-        key = _rotate(self.norm_k(self.to_k(h).unflatten(-1, (self.heads, -1))), cos, sin).transpose(1, 2)
-        value = self.to_v(h).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        return query, key, value
+        return before_attention(x, cos, sin, shift, scale, self.norm, self)
 
 
 class _AfterAttention(torch.nn.Module):
@@ -158,9 +154,11 @@ class _AfterAttention(torch.nn.Module):
             setattr(self, key, view)
 
     def forward(self, x, attention, gate_msa, shift_mlp, scale_mlp, gate_mlp):
-        x = _gated(x, gate_msa, self.to_out(attention.transpose(1, 2).flatten(2, 3)))
-        h = _modulate(self.norm(x), scale_mlp, shift_mlp)
-        return _gated(x, gate_mlp, self.linear_fc2(self.up_proj(h) * F.gelu(self.gate_proj(h))))
+        return after_attention(x, attention, gate_msa, shift_mlp, scale_mlp, gate_mlp, self.to_out, self.norm, self.mlp)
+
+    def mlp(self, h):
+        """The block's MLP (diffusers' own forward) over this view's layers."""
+        return ErnieImageFeedForward.forward(self, h)
 
 
 def check_blocks(transformer) -> None:
@@ -278,29 +276,33 @@ def compile_archives(transformer, compile_fn=None, check: bool = True) -> AotiAr
 
 class _Graph:
     """One compiled graph (an AOTInductor package's bytes), loaded on its first call in each process (a forked
-    worker loads its own), run with a block's tensors as its constants (swapped in when another block calls)."""
+    worker loads its own), run with a block's tensors as its constants (swapped in when another block calls; that
+    every constant is given is checked on a block's first call only, as ``spaces`` does)."""
 
     def __init__(self, archive: bytes):
         self.archive = archive
-        self._model, self._pid, self._weights = None, None, None
+        self._model, self._pid, self._weights, self._checked = None, None, None, set()
         self._lock = threading.Lock()
+
+    def _loaded(self):
+        if self._pid != os.getpid():
+            self._model = torch._inductor.aoti_load_package(io.BytesIO(self.archive))
+            self._pid, self._weights, self._checked = os.getpid(), None, set()
+        return self._model
 
     def __call__(self, weights: dict, *args):
         with self._lock:
-            if self._pid != os.getpid():
-                self._model = torch._inductor.aoti_load_package(io.BytesIO(self.archive))
-                self._pid, self._weights = os.getpid(), None
+            model = self._loaded()
             if self._weights is not weights:
-                self._model.load_constants(weights, check_full_update=True, user_managed=True)
+                first = id(weights) not in self._checked
+                model.load_constants(weights, check_full_update=first, user_managed=True)
                 self._weights = weights
-            return self._model(*args)
+                self._checked.add(id(weights))
+            return model(*args)
 
     def constant_names(self) -> set[str]:
         with self._lock:
-            if self._pid != os.getpid():
-                self._model = torch._inductor.aoti_load_package(io.BytesIO(self.archive))
-                self._pid, self._weights = os.getpid(), None
-            return set(self._model.get_constant_fqns())
+            return set(self._loaded().get_constant_fqns())
 
 
 class _Compiled:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
+
+from ..atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,6 @@ def remember(transformer, seconds: float, cache_dir: str | Path) -> None:
         path = record_path(transformer, cache_dir)
         entry = {"seconds": round(seconds, 2), "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **describe(transformer)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        # one file per writer (replicas of one card write the same record at once), swapped in whole
-        temporary = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
-        temporary.write_text(_dumps(entry, indent=1))
-        temporary.replace(path)
+        write_text(path, _dumps(entry, indent=1))  # replicas of one card may write the same record at once
     except Exception as err:
         logger.warning("could not write the compile record in %s (%s: %s)", cache_dir, type(err).__name__, err)

@@ -91,6 +91,25 @@ def attend(query, key, value, segments: tuple[int, ...]) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
+def before_attention(x, cos, sin, shift, scale, norm, attn) -> tuple:
+    """A block's ``q, k, v`` (``[1, heads, T, D]``): ``x`` through ``norm`` (its ``adaLN_sa_ln``), modulated, then
+    ``attn``'s projections, ``norm_q``/``norm_k`` and the rotary tables (``attn``: anything with ``to_q``, ``to_k``,
+    ``to_v``, ``norm_q``, ``norm_k``, ``heads``)."""
+    h = _modulate(norm(x), scale, shift)
+    query = _rotate(attn.norm_q(attn.to_q(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
+    key = _rotate(attn.norm_k(attn.to_k(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
+    value = attn.to_v(h).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+    return query, key, value
+
+
+def after_attention(x, out, gate_msa, shift_mlp, scale_mlp, gate_mlp, to_out, norm, mlp) -> torch.Tensor:
+    """The rest of a block from attention's output ``out`` (``[1, heads, T, D]``): ``to_out``, the gated residual,
+    ``norm`` (its ``adaLN_mlp_ln``) modulated, ``mlp`` and its gated residual."""
+    x = _gated(x, gate_msa, to_out(out.transpose(1, 2).flatten(2, 3)))
+    h = _modulate(norm(x), scale_mlp, shift_mlp)
+    return _gated(x, gate_mlp, mlp(h))
+
+
 @dataclass
 class _FastState:
     """What the fast forward keeps for one model: its ``BlockCompiler`` (when compiling) and the last rotary tables
@@ -120,16 +139,10 @@ class FastErnieImageBlock(ErnieImageSharedAdaLNBlock):
             return super().forward(x, rotary, temb, segments)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = temb
         attn = self.self_attention
-        h = _modulate(self.adaLN_sa_ln(x), scale_msa, shift_msa)
-        cos, sin = rotary
-        query = _rotate(attn.norm_q(attn.to_q(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
-        key = _rotate(attn.norm_k(attn.to_k(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
-        value = attn.to_v(h).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        query, key, value = before_attention(x, *rotary, shift_msa, scale_msa, self.adaLN_sa_ln, attn)
         out = attend(query, key, value, segments)
-        out = attn.to_out[0](out.transpose(1, 2).flatten(2, 3))
-        x = _gated(x, gate_msa, out)
-        h = _modulate(self.adaLN_mlp_ln(x), scale_mlp, shift_mlp)
-        return _gated(x, gate_mlp, self.mlp(h))
+        mlp_parts = (attn.to_out[0], self.adaLN_mlp_ln, self.mlp)
+        return after_attention(x, out, gate_msa, shift_mlp, scale_mlp, gate_mlp, *mlp_parts)
 
 
 @dataclass

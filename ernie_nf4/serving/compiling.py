@@ -112,9 +112,9 @@ def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, c
     waited."""
     from ..runtime.fast_transformer import CompileState
 
-    expected = getattr(compiler, "cached_seconds", None)  # ahead-of-time blocks keep no record
-    if compiler is None or compiler.state is not CompileState.COMPILING or expected is None:
+    if compiler is None or compiler.state is not CompileState.COMPILING or compiler.cached_seconds is None:
         return False
+    expected = compiler.cached_seconds
     report(on_progress, "compile", f"finishing the compiled transformer blocks (about {expected:.0f} s, cached)")
     patience = QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
     deadline = time.monotonic() + min(patience, QUICK_COMPILE_MAX_SECONDS)
