@@ -47,16 +47,21 @@ def child(spec: dict) -> None:
     """One app start: what ``python app.py`` does before serving, then the requests."""
     emit("python_started")
     from ernie_nf4.request import GenerationRequest
-    from ernie_nf4.runtime.fast_transformer import CompileState
-    from ernie_nf4.webapp import cli
+    from ernie_nf4.webapp import cli  # what app.py imports: diffusers and transformers come with the load
 
     emit("imported")
+    if not spec["read_ahead"]:  # the load as it was before the loader read the weights ahead
+        from ernie_nf4.package import read_ahead
+
+        read_ahead.MEMORY_SHARE = 0.0
     args = cli.parse_args(spec["app_args"])
     service = cli.build_service(args, cli.config_from_args(args))
     preloading = cli.start_loading(service, args) is not None
     emit("app_started", preloading=preloading, gradio_imported="gradio" in sys.modules)
 
     def watch_compile() -> None:  # when the background compile ends (the service makes it during the load)
+        from ernie_nf4.runtime.fast_transformer import CompileState
+
         while not service.loaded or (service.compiler is not None and service.compiler.state is CompileState.COMPILING):
             time.sleep(0.05)
         if service.compiler is not None:
@@ -124,6 +129,7 @@ def run_one(mode: str, cache: str, args, caches: Path, timeout: float) -> dict:
         "size": args.size,
         "steps": args.steps,
         "compile_wait": max(30.0, timeout / 2),
+        "read_ahead": args.read_ahead,
     }
     log = caches / f"{mode}-{cache}.log"
     print(f"\n== {mode}, {cache} cache: python app.py {' '.join(app_args)} (log: {log})", flush=True)
@@ -272,6 +278,12 @@ def main() -> int:
         choices=[f"{mode}:{cache}" for mode, cache in RUNS],
         help="which starts, in order (a warm start after its cold one reuses that one's caches)",
     )
+    parser.add_argument(
+        "--no-read-ahead",
+        dest="read_ahead",
+        action="store_false",
+        help="load without reading the weight files ahead (package.read_ahead), for comparison",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -307,6 +319,7 @@ def main() -> int:
             "guidance": 4.0,
             "use_pe": True,
             "max_pe_tokens": args.max_pe_tokens,
+            "read_ahead": args.read_ahead,
             "stock_nf4_seconds": args.stock_seconds,
             "gradio": "not imported: the app's start-up functions from webapp.cli, without the UI",
         },

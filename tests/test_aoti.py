@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from .test_lora import lora_weights, write_lora
 from .test_serving import ForkedGPU
 
 pytestmark = pytest.mark.nf4
+PROBE = Path(__file__).resolve().parents[1] / "scripts" / "gpu_aoti_probe.py"
 TOLERANCE = 2e-2  # compiled and eager blocks round bf16 differently, no more
 CASES = [  # (latent, prompt lengths): a CFG batch, one sample, another CFG batch
     ((8, 6), (5, 11)),
@@ -74,9 +77,20 @@ def model(tiny_package, nf4_everywhere):
 
 
 @pytest.fixture(scope="module")
-def archives(model, spaces_aoti):
+def probe():
+    """``scripts/gpu_aoti_probe.py`` on this device, in child processes: whether AOTInductor's own loader works in
+    this torch install at all (on some it crashes the process, whatever model it loads), and a case that fails."""
+    command = [sys.executable, str(PROBE), "--devices", DEVICE, "--first", "no_such_module_here"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def archives(model, spaces_aoti, probe):
     """The block compiled once for this module: its first graph by torch's AOTInductor packaging, its second by
-    ``spaces.aoti_compile`` (both paths for the price of one compile); checked against eager as it always is."""
+    ``spaces.aoti_compile`` (both paths for the price of one compile); checked against eager as it always is. Not
+    where AOTInductor's loader crashes a process whatever it loads: then loading here would end the test run."""
+    if probe.returncode != 0:
+        pytest.skip(f"AOTInductor's loader fails in this torch install, on a two-layer model: {probe.stdout.strip()}")
     compilers = iter([aoti.torch_compile, aoti.spaces_compile])
     return aoti.compile_archives(model, compile_fn=lambda program: next(compilers)(program))
 
@@ -241,15 +255,11 @@ def test_on_zerogpu_the_app_compiles_ahead_of_time_only_when_asked(monkeypatch, 
     assert capsys.readouterr().out.count("compiled ahead of time instead") == 1
 
 
-@pytest.mark.slow
-def test_the_probe_says_whether_aotinductor_loads_here_one_process_a_case():
-    import subprocess
-    from pathlib import Path
-
-    probe = Path(__file__).resolve().parents[1] / "scripts" / "gpu_aoti_probe.py"
-    command = [sys.executable, str(probe), "--devices", DEVICE, "--first", "no_such_module_here"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0, done.stdout + done.stderr  # plain torch loads and runs here
-    assert len(lines) == 2 and "exit 0: ran: relative error" in lines[0]
+def test_the_probe_says_whether_aotinductor_loads_here_one_process_a_case(probe):
+    lines = probe.stdout.strip().splitlines()
+    assert len(lines) == 2, probe.stdout + probe.stderr
     assert "after import no_such_module_here" in lines[1] and "exit 1:" in lines[1]  # its failure, one line
+    if probe.returncode == 0:  # plain torch loads and runs here
+        assert "exit 0: ran: relative error" in lines[0]
+    else:  # the crash is told as an exit status, and the probe says so by its own
+        assert probe.returncode == 1 and "exit 0:" not in lines[0], probe.stdout

@@ -8,7 +8,8 @@
 - ``metadata``: ``quantization_metadata.json``, measured from the files, validated, verified;
 - ``check``: ``check_package``, what opening any folder checks, whoever wrote it;
 - ``sizes``: sizes of a package as found on disk, for the Stats tab;
-- ``preview_map``: the live previews' latent->RGB map, fitted from the package's VAE, stored and checked.
+- ``preview_map``: the live previews' latent->RGB map, fitted from the package's VAE, stored and checked;
+- ``read_ahead``: the weight files read into the file cache in the background while a load starts.
 
 May import: the root modules.
 """

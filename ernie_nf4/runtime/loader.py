@@ -20,6 +20,7 @@ from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
 from ..package.preview_map import PREVIEW_FILE, fit_preview_map, read_preview_map
+from ..package.read_ahead import read_ahead
 from ..request import LoraChoice
 from ..system import resolve_device
 from .lora_files import linear_shapes, read_lora
@@ -300,23 +301,26 @@ def load_pipeline(
     fastest the device has for compiled blocks, bf16 where they run eagerly); the weights stay NF4 either way.
     ``compile_after_load``: whether the caller compiles the blocks once this returns (the app's ``compile`` setting:
     None for on a CUDA GPU), which ``auto`` counts as compiled.
+    The weight files are read into the file cache in the background from the start (``package.read_ahead``), so
+    that after a machine starts the models load from memory rather than piece by piece from the disk.
     """
     from .residency import Residency
 
     mode = MemoryMode.parse(memory_mode)
     model_dir = Path(model_dir)
-    package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
-    device = resolve_device(device)
-    previews = read_preview_map(model_dir)  # checked before the models load, as the package's other files
-    lora_files, lora_gib = read_loras(model_dir, loras)
-    mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
-    _check_arguments(model_dir, device, mode, fast, compile)
-    compute = _decide_compute(compute, device, mode, (compile or compile_after_load) if fast else False)
-    if device.startswith("cuda"):
-        use_expandable_segments()
-    residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
-    models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files, compute)
-    pipe = _assemble(model_dir, package.components, models, device, mode)
+    with read_ahead(model_dir):  # while the libraries import and the check runs; stopped once loaded
+        package = check_package(model_dir, verify_sha256=verify_sha256, argument="model_dir")
+        device = resolve_device(device)
+        previews = read_preview_map(model_dir)  # checked before the models load, as the package's other files
+        lora_files, lora_gib = read_loras(model_dir, loras)
+        mode, reason, usable, needs = _decide_mode(mode, device, lora_gib)
+        _check_arguments(model_dir, device, mode, fast, compile)
+        compute = _decide_compute(compute, device, mode, (compile or compile_after_load) if fast else False)
+        if device.startswith("cuda"):
+            use_expandable_segments()
+        residency = Residency(device) if mode is MemoryMode.LOW_VRAM else None
+        models, slots = _load_models(model_dir, package.components, device, mode, fast, residency, lora_files, compute)
+        pipe = _assemble(model_dir, package.components, models, device, mode)
     loaded = LoadedPipeline(
         pipe, device, mode, reason, fast=fast, compiled=compile, package=package, residency=residency, loras=slots
     )
