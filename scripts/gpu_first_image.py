@@ -50,19 +50,21 @@ def child(spec: dict) -> None:
     from ernie_nf4.webapp import cli  # what app.py imports: diffusers and transformers come with the load
 
     emit("imported")
-    if not spec["read_ahead"]:  # the load as it was before the loader read the weights ahead
-        from ernie_nf4.package import read_ahead
+    if not spec["read_ahead"]:  # for comparison: a share of no memory lets no weight file be read ahead
+        import ernie_nf4.package.read_ahead as read_ahead_module
 
-        read_ahead.MEMORY_SHARE = 0.0
+        read_ahead_module.MEMORY_SHARE = 0.0
     args = cli.parse_args(spec["app_args"])
     service = cli.build_service(args, cli.config_from_args(args))
     preloading = cli.start_loading(service, args) is not None
     emit("app_started", preloading=preloading, gradio_imported="gradio" in sys.modules)
 
     def watch_compile() -> None:  # when the background compile ends (the service makes it during the load)
-        from ernie_nf4.runtime.fast_transformer import CompileState
+        while not service.loaded:
+            time.sleep(0.05)
+        from ernie_nf4.runtime.fast_transformer import CompileState  # imported by the load: no work of its own now
 
-        while not service.loaded or (service.compiler is not None and service.compiler.state is CompileState.COMPILING):
+        while service.compiler is not None and service.compiler.state is CompileState.COMPILING:
             time.sleep(0.05)
         if service.compiler is not None:
             emit("compile_done", state=service.compiler.state.value, seconds=service.compiler.seconds)

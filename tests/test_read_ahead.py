@@ -1,10 +1,12 @@
-"""Reading a package's weights ahead: files pushed out of the file cache are back in it once the reader is done,
-large models first; nothing is read when they would not fit in free memory. Residency is measured by the kernel's
-own ``mincore``, apart from the code under test."""
+"""Reading a package's weights ahead: the files the loader will read, pushed out of the file cache, are back in it
+once the reader is done, large models first, and nothing else is read; nothing is read when they would not fit in
+free memory. Residency is measured by the kernel's own ``mincore``, apart from the code under test."""
 
 from __future__ import annotations
 
 import ctypes
+import json
+import mmap
 import os
 import sys
 import time
@@ -12,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ernie_nf4.package.read_ahead import read_ahead, weight_files
+from ernie_nf4.package import read_ahead as reading
+from ernie_nf4.package.read_ahead import available_memory, read_ahead, weight_files
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux calls")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux calls")
 
 MB = 2**20
-PAGE = os.sysconf("SC_PAGE_SIZE")
+INDEX = {"_class_name": "ErnieImagePipeline", "_diffusers_version": "0.42.1", "scheduler": ["diffusers", "S"]}
+INDEX |= {name: ["diffusers", "M"] for name in ("vae", "pe", "transformer", "text_encoder")}
 
 
 def resident_share(path: Path) -> float:
@@ -28,7 +32,7 @@ def resident_share(path: Path) -> float:
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     size = path.stat().st_size
-    pages = (size + PAGE - 1) // PAGE
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
     with open(path, "rb") as f:
         address = libc.mmap(None, size, 1, 1, f.fileno(), 0)  # PROT_READ, MAP_SHARED
         assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
@@ -54,17 +58,30 @@ def write(path: Path, megabytes: int) -> Path:
     return path
 
 
+def lay_out(folder: Path, megabytes: dict[str, int]) -> dict[str, Path]:
+    """A pipeline folder: ``model_index.json``, the weight files named by component (MB each), a sharded
+    transformer with its index, and files the loader never reads: a variant copy and a folder the index lacks."""
+    (folder / "model_index.json").write_text(json.dumps(INDEX))
+    files = {
+        "vae": write(folder / "vae" / "diffusion_pytorch_model.safetensors", megabytes["vae"]),
+        "pe": write(folder / "pe" / "model.safetensors", megabytes["pe"]),
+        "transformer": write(folder / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors", 24),
+        "transformer2": write(folder / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors", 8),
+        "text_encoder": write(folder / "text_encoder" / "model.safetensors", megabytes["text_encoder"]),
+    }
+    shards = {f"w{i}": files[key].name for i, key in enumerate(("transformer", "transformer2"))}
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": shards})
+    )
+    files["variant"] = write(folder / "transformer" / "diffusion_pytorch_model.fp16.safetensors", 4)
+    files["stray"] = write(folder / "old" / "model.safetensors", 4)
+    return files
+
+
 @pytest.fixture
 def package(tmp_path) -> dict[str, Path]:
-    """A folder laid out as a package, its weight files out of the file cache."""
-    files = {
-        "vae": write(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", 4),
-        "pe": write(tmp_path / "pe" / "model.safetensors", 8),
-        "transformer": write(tmp_path / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors", 24),
-        "transformer2": write(tmp_path / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors", 8),
-        "text_encoder": write(tmp_path / "text_encoder" / "model.safetensors", 8),
-    }
-    (tmp_path / "model_index.json").write_text("{}")
+    """A pipeline folder (``lay_out``), its weight files out of the file cache."""
+    files = lay_out(tmp_path, {"vae": 4, "pe": 8, "text_encoder": 8})
     for path in files.values():
         evict(path)
     if max(resident_share(p) for p in files.values()) > 0.5:
@@ -72,36 +89,58 @@ def package(tmp_path) -> dict[str, Path]:
     return files
 
 
-def test_the_weight_files_come_back_into_the_file_cache(package):
+@linux_only
+def test_the_files_the_loader_reads_come_back_into_the_file_cache_and_no_others(package):
     job = read_ahead(package["vae"].parents[1], memory_bytes=2**40)
     job.join(timeout=60)
     assert job.total_bytes == 52 * MB and job.bytes_read == job.total_bytes
     for name, path in package.items():
-        assert resident_share(path) > 0.95, name
+        if name in ("variant", "stray"):
+            assert resident_share(path) < 0.5, name
+        else:
+            assert resident_share(path) > 0.95, name
 
 
-def test_the_large_models_are_read_first_in_the_order_they_load(package):
-    order = [p.relative_to(package["vae"].parents[1]).parts[0] for p in weight_files(package["vae"].parents[1])]
+def test_the_large_models_are_read_first_in_the_order_they_load(tmp_path):
+    lay_out(tmp_path, {"vae": 0, "pe": 0, "text_encoder": 0})
+    order = [p.relative_to(tmp_path).parts[0] for p in weight_files(tmp_path)]
     assert order == ["transformer", "transformer", "text_encoder", "pe", "vae"]
 
 
-def test_nothing_is_read_when_the_weights_would_not_fit_in_free_memory(package):
-    job = read_ahead(package["vae"].parents[1], memory_bytes=52 * MB)  # the files would take all of it
-    assert job.files == [] and job.total_bytes == 0
+@linux_only
+def test_the_files_are_read_when_they_fit_in_half_the_free_memory_and_not_when_they_do_not(package):
+    folder = package["vae"].parents[1]
+    skipped = read_ahead(folder, memory_bytes=104 * MB - 1)  # 52 MB of files: just over half
+    assert skipped.files == [] and not skipped.running
     time.sleep(0.5)
     assert max(resident_share(p) for p in package.values()) < 0.5
+    taken = read_ahead(folder, memory_bytes=104 * MB)
+    taken.join(timeout=60)
+    assert taken.bytes_read == 52 * MB and resident_share(package["vae"]) > 0.95
+
+
+def test_the_free_memory_is_measured_or_nothing_is_read(tmp_path, monkeypatch):
+    lay_out(tmp_path, {"vae": 1, "pe": 1, "text_encoder": 1})
+    if sys.platform.startswith("linux"):
+        assert 0 < available_memory() < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    monkeypatch.setattr(reading, "available_memory", lambda: None)  # a system that does not say
+    assert read_ahead(tmp_path).files == []
 
 
 def test_a_folder_without_weights_or_no_folder_starts_nothing(tmp_path):
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text(json.dumps(INDEX))
     assert read_ahead(tmp_path).files == []
     assert read_ahead(tmp_path / "missing").files == []
+    (tmp_path / "model_index.json").write_text("not json")
+    write(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", 1)
+    assert read_ahead(tmp_path).files == []  # the package check names what is wrong
 
 
-def test_stopping_leaves_the_rest_unread(package):
+@linux_only
+def test_stopping_leaves_the_rest_unread_and_waits_for_the_reader(package):
     # Stopped as soon as it starts, the reader ends after at most the chunk it is on: never the last file.
     job = read_ahead(package["vae"].parents[1], memory_bytes=2**40)
     job.stop()
-    job.join(timeout=60)
+    assert not job.running
     assert job.bytes_read < job.total_bytes
     assert resident_share(package["vae"]) < 0.5

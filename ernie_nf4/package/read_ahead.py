@@ -5,7 +5,7 @@ On a machine that has just started, or after other work pushed the files out of 
 9.3 GB package as the libraries ask for it, in small pieces; one sequential reader started first gets the disk's
 full speed and overlaps the seconds torch, diffusers and transformers take to import. Files are read in the order
 they load (transformer, text encoder, prompt enhancer, then the rest). Nothing is read when the files would not
-fit in the memory that is free (they would push each other out before use), and the reader stops at ``stop()``.
+fit in half the memory that is free (they would push each other out before use), and the reader stops at ``stop()``.
 """
 
 from __future__ import annotations
@@ -16,42 +16,69 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .format import MODEL_COMPONENTS
+from ..errors import PackageError
+from .format import MODEL_COMPONENTS, REPAIR, components_of
+from .json_file import read_json
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 8 * 2**20
-# The share of the memory free now that the files may take; the rest stays for what the load itself allocates.
-MEMORY_SHARE = 0.8
+# The share of the memory free now that the files may take: the load may keep a copy of the models beside them
+# (low-vram's page-locked buffers), and what it allocates needs room too.
+MEMORY_SHARE = 0.5
+STOP_WAIT_SECONDS = 5.0
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The ``.safetensors`` files in the package's component folders, the large models' first, in the order the
-    loader loads them."""
+    """The weight files the loader reads from ``folder``: in each component folder ``model_index.json`` lists, the
+    shards its ``*.safetensors.index.json`` names, else its ``*.safetensors`` without a variant tag (``.fp16``);
+    the large models' first, in the order the loader loads them. Empty when the index cannot be read."""
+    folder = Path(folder)
+    try:
+        names = components_of(read_json(folder / "model_index.json", REPAIR))
+    except (PackageError, OSError, AttributeError):
+        return []
     order = {name: i for i, name in enumerate(MODEL_COMPONENTS)}
-    files = [p for p in Path(folder).glob("*/*.safetensors") if p.is_file()]
-    return sorted(files, key=lambda p: (order.get(p.parent.name, len(order)), str(p)))
+    files = []
+    for name in sorted(names, key=lambda n: (order.get(n, len(order)), n)):
+        component = folder / name
+        shards = set()
+        for index in sorted(component.glob("*.safetensors.index.json")):
+            try:
+                shards |= {str(shard) for shard in read_json(index, REPAIR).get("weight_map", {}).values()}
+            except (PackageError, OSError, AttributeError):
+                continue
+        if shards:
+            files += [component / shard for shard in sorted(shards) if "/" not in shard]
+        else:
+            files += sorted(f for f in component.glob("*.safetensors") if "." not in f.name[: -len(".safetensors")])
+    return [f for f in files if f.is_file()]
 
 
 def available_memory() -> int | None:
-    """Bytes of memory free for new use (Linux ``MemAvailable``, else free physical pages), or None when unknown."""
+    """Bytes of memory free for new use: Linux's ``MemAvailable``, within this process's cgroup limit where one is
+    set (a container's), else the free physical pages; None when unknown."""
+    found = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    return max(0, min(found))
 
 
 @dataclass
 class ReadAhead:
-    """A read-ahead: ``files`` (none when it was not started) and their ``total_bytes``; ``bytes_read`` grows as it
-    goes; ``stop()``, or leaving it as a context (``with read_ahead(folder):``), ends it early."""
+    """A read-ahead of ``files`` (none when it was not started), ``total_bytes`` in all; ``bytes_read`` grows as it
+    goes. ``stop()``, or leaving it as a context (``with read_ahead(folder):``), ends it and waits for its thread."""
 
     files: list[Path]
     total_bytes: int
@@ -65,12 +92,23 @@ class ReadAhead:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def start(self) -> ReadAhead:
+        self._thread = threading.Thread(target=self._run, name="ernie-nf4-read-ahead", daemon=True)
+        self._thread.start()
+        return self
+
     def stop(self) -> None:
+        """End the reading after the chunk it is on and wait for that (its files closed)."""
         self._stop.set()
+        self.join(STOP_WAIT_SECONDS)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         buffer = bytearray(CHUNK)
@@ -88,19 +126,23 @@ class ReadAhead:
 
 
 def read_ahead(folder: str | Path, memory_bytes: int | None = None) -> ReadAhead:
-    """Start reading ``folder``'s weight files in a background thread. Nothing is started (``files`` empty) when
-    ``folder`` holds none, or when they take more than ``MEMORY_SHARE`` of ``memory_bytes`` (default: the memory
-    free now; when that is unknown, nothing is read)."""
-    folder = Path(folder)
-    files = weight_files(folder) if folder.is_dir() else []
-    total = sum(p.stat().st_size for p in files)
-    if memory_bytes is None and files:
+    """Start reading ``folder``'s weight files (``weight_files``) in a background thread. Nothing is started
+    (``files`` empty) when there are none, when they take more than ``MEMORY_SHARE`` of ``memory_bytes`` (default:
+    the memory free now; when that is unknown, nothing is read), or when they cannot be listed: the package check
+    that follows names what is wrong."""
+    try:
+        files = weight_files(Path(folder)) if Path(folder).is_dir() else []
+        total = sum(p.stat().st_size for p in files)
+    except OSError:
+        return ReadAhead([], 0)
+    if files and memory_bytes is None:
         memory_bytes = available_memory()
     if not files or memory_bytes is None or total > MEMORY_SHARE * memory_bytes:
-        if files:
-            logger.info("not reading the weights ahead: %d bytes against %s bytes of free memory", total, memory_bytes)
+        if files and memory_bytes is not None:
+            logger.info(
+                "not reading the weights ahead: %.1f GB of them, %.1f GB of memory free",
+                total / 1e9,
+                memory_bytes / 1e9,
+            )
         return ReadAhead([], 0)
-    job = ReadAhead(files, total)
-    job._thread = threading.Thread(target=job._run, name="ernie-nf4-read-ahead", daemon=True)
-    job._thread.start()
-    return job
+    return ReadAhead(files, total).start()
