@@ -198,7 +198,7 @@ def test_progress_names_the_stage_once_on_the_gallery(open_app):
     page.locator("#prompt textarea").fill("slow progress")
     set_size(page, 64, 64)
     page.locator("#advanced").get_by_text("Advanced").click()
-    page.locator("#steps input[type=number]").fill("30")  # 0.2 s a step: the run lasts long enough to look at
+    page.locator("#steps input[type=number]").fill("200")  # 0.2 s a step: it outlasts the looking; Stop ends it
     page.locator("#steps input[type=number]").blur()
     page.locator("#previews input").uncheck()  # the progress text alone: previews redraw the gallery under it
     page.locator("#generate").click()

@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 from ernie_nf4.request import GUIDANCE_RANGE  # noqa: E402
 
-from .support.app import PageOpener, playwright_api  # noqa: E402
+from .support.app import PageOpener, boxes, playwright_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DESKTOP = {"width": 1366, "height": 900}
@@ -156,10 +156,10 @@ def test_prompt_and_revised_prompt_have_copy_buttons_and_the_revised_box_scrolls
 # 8. The form
 
 
-def _share_a_line(boxes: dict, names: tuple[str, ...]) -> bool:
+def _share_a_line(row: dict, names: tuple[str, ...]) -> bool:
     """Whether the boxes ``names`` overlap the first one's line (none wrapped below it)."""
-    top, bottom = boxes[names[0]]["y"], boxes[names[0]]["y"] + boxes[names[0]]["height"]
-    return all(boxes[name]["y"] < bottom and boxes[name]["y"] + boxes[name]["height"] > top for name in names)
+    top, bottom = row[names[0]]["y"], row[names[0]]["y"] + row[names[0]]["height"]
+    return all(row[name]["y"] < bottom and row[name]["y"] + row[name]["height"] > top for name in names)
 
 
 @pytest.mark.browser
@@ -168,21 +168,22 @@ def _share_a_line(boxes: dict, names: tuple[str, ...]) -> bool:
 )
 def test_height_never_wraps_onto_a_line_alone(open_app, viewport, locale):
     page = open_app(viewport=viewport, locale=locale)
-    boxes = {name: page.locator(f"#{name}").bounding_box() for name in ("preset", "width", "swap", "height")}
-    settings = page.locator("#settings").bounding_box()
-    assert _share_a_line(boxes, ("width", "swap", "height")), boxes
-    assert boxes["width"]["x"] < boxes["swap"]["x"] < boxes["height"]["x"], boxes
-    assert boxes["height"]["x"] + boxes["height"]["width"] <= settings["x"] + settings["width"] + 1, boxes
+    read = boxes(page, "#preset", "#width", "#swap", "#height", "#settings")
+    row, settings = {name: read[f"#{name}"] for name in ("preset", "width", "swap", "height")}, read["#settings"]
+    assert _share_a_line(row, ("width", "swap", "height")), row
+    assert row["width"]["x"] < row["swap"]["x"] < row["height"]["x"], row
+    assert row["height"]["x"] + row["height"]["width"] <= settings["x"] + settings["width"] + 1, row
     if viewport == DESKTOP:  # at 1366 px the whole size row is one line
-        assert _share_a_line(boxes, ("preset", "width", "swap", "height")), boxes
-        assert boxes["preset"]["x"] < boxes["width"]["x"], boxes
+        assert _share_a_line(row, ("preset", "width", "swap", "height")), row
+        assert row["preset"]["x"] < row["width"]["x"], row
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
 def test_on_a_phone_generate_and_stop_sit_side_by_side_and_the_examples_come_soon(open_app, locale):
     page = open_app(viewport=PHONE, locale=locale)
-    run, stop = page.locator("#generate").bounding_box(), page.locator("#stop").bounding_box()
+    read = boxes(page, "#generate", "#stop")
+    run, stop = read["#generate"], read["#stop"]
     assert abs(run["y"] - stop["y"]) < 2 and run["x"] + run["width"] <= stop["x"], (run, stop)
     assert stop["x"] + stop["width"] <= PHONE["width"] and run["y"] + run["height"] <= PHONE["height"]
     generate(page, "a tall poster", 256, 384)  # a portrait result: the tallest the result area gets

@@ -8,14 +8,17 @@ import ctypes
 import json
 import mmap
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ernie_nf4.errors import PackageError
 from ernie_nf4.package import read_ahead as reading
 from ernie_nf4.package.read_ahead import available_memory, read_ahead, weight_files
+from ernie_nf4.runtime import loader
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux calls")
 
@@ -144,3 +147,82 @@ def test_stopping_leaves_the_rest_unread_and_waits_for_the_reader(package):
     assert not job.running
     assert job.bytes_read < job.total_bytes
     assert resident_share(package["vae"]) < 0.5
+
+
+# The loader's own reader, watched
+
+
+@pytest.fixture
+def readers(monkeypatch) -> list:
+    """Every reader ``load_pipeline`` starts, in order (the real ``read_ahead``, as if memory were plentiful)."""
+    started = []
+
+    def recording(folder):
+        started.append(read_ahead(folder, memory_bytes=2**40))
+        return started[-1]
+
+    monkeypatch.setattr(loader, "read_ahead", recording)
+    return started
+
+
+@pytest.fixture
+def sharded_original(tiny_original, tmp_path):
+    """The tiny original re-saved by the libraries' own ``save_pretrained``: the transformer and the text encoder in
+    shards with their index, a variant copy of the VAE beside its file, and a leftover folder the index does not
+    list."""
+    from diffusers import AutoencoderKLFlux2, ErnieImageTransformer2DModel
+    from transformers import Mistral3Model
+
+    out = tmp_path / "ERNIE-Image-sharded"
+    shutil.copytree(tiny_original, out)
+    for name in ("transformer", "text_encoder"):
+        shutil.rmtree(out / name)
+    transformer = ErnieImageTransformer2DModel.from_pretrained(tiny_original / "transformer", torch_dtype="bfloat16")
+    transformer.save_pretrained(out / "transformer", max_shard_size="100KB")
+    Mistral3Model.from_pretrained(tiny_original / "text_encoder").save_pretrained(
+        out / "text_encoder", max_shard_size="100KB"
+    )
+    AutoencoderKLFlux2.from_pretrained(tiny_original / "vae").save_pretrained(out / "vae", variant="fp16")
+    shutil.copytree(out / "pe", out / "pe-old")
+    return out
+
+
+def files_the_libraries_load(folder: Path) -> set[Path]:
+    """By the libraries' naming: a component's shards as its index lists them, else its default weights file."""
+    found = set()
+    for name in json.loads((folder / "model_index.json").read_text()):
+        if name.startswith("_"):
+            continue
+        for index in (folder / name).glob("*.safetensors.index.json"):
+            found |= {folder / name / shard for shard in json.loads(index.read_text())["weight_map"].values()}
+        if not any((folder / name).glob("*.safetensors.index.json")):
+            found |= {
+                p
+                for p in (folder / name / "diffusion_pytorch_model.safetensors", folder / name / "model.safetensors")
+                if p.is_file()
+            }
+    return found
+
+
+def test_a_package_the_libraries_saved_in_shards_reads_ahead_the_files_that_load(sharded_original, readers):
+    expected = files_the_libraries_load(sharded_original)
+    assert len([p for p in expected if p.parent.name == "transformer"]) > 1  # sharded indeed
+    assert (sharded_original / "vae" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = loader.load_pipeline(sharded_original, device="cpu")
+    assert loaded.pipe.transformer is not None
+    (job,) = readers
+    assert set(job.files) == expected
+    assert job.total_bytes == sum(p.stat().st_size for p in expected)
+
+
+def test_loading_stops_its_reader_when_it_returns_and_when_it_fails(tiny_original, tmp_path, readers, monkeypatch):
+    monkeypatch.setattr(reading, "CHUNK", 1)  # a byte a read: the reader is still going when the load ends
+    loader.load_pipeline(tiny_original, device="cpu")
+    broken = shutil.copytree(tiny_original, tmp_path / "broken")
+    (broken / "transformer" / "config.json").write_text("not json")
+    with pytest.raises(PackageError, match="config.json"):
+        loader.load_pipeline(broken, device="cpu")
+    assert len(readers) == 2
+    for job in readers:
+        assert job.stopped and not job.running
+    assert readers[1].bytes_read < readers[1].total_bytes

@@ -110,6 +110,11 @@ class ReadAhead:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop()`` was called (the reader may also have ended on its own, having read every file)."""
+        return self._stop.is_set()
+
     def _run(self) -> None:
         buffer = bytearray(CHUNK)
         try:

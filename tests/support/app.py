@@ -194,11 +194,37 @@ class PageOpener:
         page = context.new_page()
         page.goto(url or self.default_url)
         page.locator("#generate").wait_for()
+        settle(page)
         return page
 
     def close(self) -> None:
         for context in self.contexts:
             context.close()
+
+
+# True once every element with an id has kept its box for 300 ms; read on each poll.
+_LAYOUT_STILL = """() => {
+    const now = performance.now(), layout = JSON.stringify([...document.querySelectorAll("[id]")].map(e => {
+        const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));
+    if (window.__layout !== layout) { window.__layout = layout; window.__since = now; return false; }
+    return now - window.__since > 300;
+}"""
+
+
+def settle(page) -> None:
+    """Until the page's layout holds still: boxes read while it still moves (fonts, examples, the first render of a
+    column) describe a page nobody sees."""
+    page.wait_for_function(_LAYOUT_STILL, polling=100)
+    page.evaluate("() => { delete window.__layout; delete window.__since; }")
+
+
+def boxes(page, *selectors: str) -> dict[str, dict]:
+    """The boxes of ``selectors`` read in one go, so all of them describe the same layout."""
+    return page.evaluate(
+        """(selectors) => Object.fromEntries(selectors.map(s => { const r = document.querySelector(s)
+            .getBoundingClientRect(); return [s, {x: r.x, y: r.y, width: r.width, height: r.height}]; }))""",
+        list(selectors),
+    )
 
 
 def wait_until(condition, seconds=10.0) -> bool:
