@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from ernie_nf4.errors import PackageError
+from ernie_nf4.host_memory import available_memory
 from ernie_nf4.package import read_ahead as reading
-from ernie_nf4.package.read_ahead import available_memory, read_ahead, weight_files
+from ernie_nf4.package.read_ahead import read_ahead, weight_files
 from ernie_nf4.runtime import loader
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux calls")

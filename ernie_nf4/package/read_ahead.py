@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PackageError
+from ..host_memory import available_memory
 from .format import MODEL_COMPONENTS, REPAIR, components_of
 from .json_file import read_json
 
@@ -53,26 +54,6 @@ def weight_files(folder: Path) -> list[Path]:
         else:
             files += sorted(f for f in component.glob("*.safetensors") if "." not in f.name[: -len(".safetensors")])
     return [f for f in files if f.is_file()]
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for new use: Linux's ``MemAvailable``, within this process's cgroup limit where one is
-    set (a container's), else the free physical pages; None when unknown."""
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    if not found:
-        try:
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, ValueError, OSError):
-            return None
-    return max(0, min(found))
 
 
 @dataclass

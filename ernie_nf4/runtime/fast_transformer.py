@@ -49,6 +49,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
 )
 
 from ..compat import run_compiled_only, swap_class
+from ..torch_state import TORCH_STATE
 from .compile_record import last_seconds, remember
 
 logger = logging.getLogger(__name__)
@@ -451,7 +452,7 @@ class BlockCompiler:
             fn = _own_copy(_run_block)
             compiled = torch.compile(fn, dynamic=True, backend=self.backend)
             run = run_compiled_only(fn)
-            with _side_stream(model.device, done), torch.no_grad():
+            with TORCH_STATE, _side_stream(model.device, done), torch.no_grad():
                 for p in inputs:
                     compiled(layers[0], p.x, p.rotary, p.temb, p.segments)
                 before = _eager_calls()

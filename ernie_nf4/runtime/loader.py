@@ -23,6 +23,7 @@ from ..package.preview_map import PREVIEW_FILE, fit_preview_map, read_preview_ma
 from ..package.read_ahead import read_ahead
 from ..request import LoraChoice
 from ..system import resolve_device
+from ..torch_state import TORCH_STATE
 from .lora_files import linear_shapes, read_lora
 from .memory_modes import NEEDS_GIB, MemoryMode, choose_memory_mode, usable_gib, use_expandable_segments
 
@@ -129,7 +130,8 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
     that comes from its files raises ``PackageError`` naming its folder."""
     cls = component_class(name, entry, model_dir)
     try:
-        return cls.from_pretrained(model_dir / name, **kwargs)
+        with TORCH_STATE:
+            return cls.from_pretrained(model_dir / name, **kwargs)
     except _PACKAGE_FAULTS + (OSError,) as err:
         if isinstance(err, PackageError):
             raise
@@ -261,7 +263,7 @@ def _assemble(model_dir: Path, components: dict, models: dict, device: str, mode
     # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
     vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     models.update(_load_small(model_dir, components, vae_dtype))
-    with _quiet_text_encoder_type_warning():
+    with _quiet_text_encoder_type_warning(), TORCH_STATE:
         pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, use_safetensors=True)
     if mode is MemoryMode.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)

@@ -142,7 +142,7 @@ class ImageService:
         self.last_result: GenerationResult | None = None
         self.last_run_compiled: bool | None = None  # whether the last request ran the compiled blocks
         # True: the background compile waits for ``start_compiling()`` (ReplicaService: until every replica has
-        # loaded, since a load changes process-wide torch state, e.g. the default dtype, under a running compile)
+        # loaded; a load and a compile take turns, ``torch_state``, so a compile started early would delay the loads)
         self.compile_later = False
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import warnings
 from unittest import mock
 
@@ -46,6 +47,17 @@ def first_compile_here(tmp_path, monkeypatch):
     from ernie_nf4.runtime import compile_record
 
     monkeypatch.setattr(compile_record, "FOLDER", str(tmp_path / "compile-records"))
+
+
+@pytest.fixture(autouse=True)
+def torch_state_kept():
+    """After each test, a compile it left running in the background is waited for (it would otherwise run into the
+    next test), and torch's default dtype must be float32 again: the test that leaves it otherwise is named."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "ernie-nf4-compile":
+            thread.join(300)
+    assert torch.get_default_dtype() is torch.float32, f"the default dtype was left at {torch.get_default_dtype()}"
 
 
 @pytest.fixture(scope="session")

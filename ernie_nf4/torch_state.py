@@ -1,0 +1,15 @@
+"""One lock for the work that changes torch's process-wide state for a while and then puts it back.
+
+Building a model, diffusers and transformers set the default dtype to the model's (bfloat16) and back; converting
+a function, TorchDynamo (``torch.compile``, ``torch.export``) saves that state as it starts and sets it again as it
+ends. A compile in one thread that overlaps a load in another can so put back what the load had set only for a
+moment, and the whole process keeps it: bfloat16 as the default dtype, so every tensor made after that without a
+dtype, bitsandbytes' NF4 tables among them, is bfloat16. Loads and compiles hold ``TORCH_STATE``: each waits for the
+other.
+"""
+
+from __future__ import annotations
+
+import threading
+
+TORCH_STATE = threading.RLock()
