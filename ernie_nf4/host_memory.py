@@ -42,8 +42,8 @@ def cgroup_free(proc: str | Path = "/proc") -> int | None:
     hierarchy mounted that has the memory controller; None where no limit is set or nothing can be read."""
     proc = Path(proc)
     try:
-        groups = _groups((proc / "self" / "cgroup").read_text())
-        mounts = (proc / "self" / "mountinfo").read_text()
+        groups = _groups(_read(proc / "self" / "cgroup"))
+        mounts = _read(proc / "self" / "mountinfo")
     except OSError:
         return None
     room = []
@@ -62,6 +62,11 @@ def cgroup_free(proc: str | Path = "/proc") -> int | None:
                 break
             folder = folder.parent
     return min(room) if room else None
+
+
+def _read(path: Path) -> str:
+    """A file of /proc or /sys as text; paths in it that are not UTF-8 (a mount point elsewhere) kept as bytes."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _groups(text: str) -> dict[int, str]:
@@ -107,15 +112,15 @@ def _room(folder: Path, version: int) -> int | None:
     if version == 1:
         names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
     try:
-        limit = (folder / names[0]).read_text().strip()
+        limit = _read(folder / names[0]).strip()
         if not limit.isdigit() or int(limit) >= NO_LIMIT:
             return None
-        used = int((folder / names[1]).read_text())
+        used = int(_read(folder / names[1]))
     except (OSError, ValueError):
         return None
     inactive = 0
     try:
-        for line in (folder / "memory.stat").read_text().splitlines():
+        for line in _read(folder / "memory.stat").splitlines():
             key, _, value = line.partition(" ")
             if key == names[2]:
                 inactive = int(value)

@@ -45,20 +45,22 @@ def limited_groups():
         pytest.skip("no cgroup v1 memory hierarchy holds this process")
     outer, inner = own / f"ernie-nf4-test-{os.getpid()}", own / f"ernie-nf4-test-{os.getpid()}" / "inner"
     try:
-        inner.mkdir(parents=True)
-        (outer / "memory.limit_in_bytes").write_text(str(192 * MB))
-    except OSError as err:
-        pytest.skip(f"cannot make a memory cgroup here: {err}")
-    yield outer, inner
-    for folder in (inner, outer):
-        for _ in range(50):  # a group is removable once its last process has gone
-            try:
-                folder.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
+        try:
+            inner.mkdir(parents=True)
+            (outer / "memory.limit_in_bytes").write_text(str(192 * MB))
+        except OSError as err:
+            pytest.skip(f"cannot make a memory cgroup here: {err}")
+        yield outer, inner
+    finally:
+        for folder in (inner, outer):
+            for _ in range(50):  # a group is removable once its last process has gone
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 def run_in(group: Path, code: str) -> str:
@@ -120,6 +122,8 @@ def test_cgroup_v2_limits_of_a_service_and_its_slice_count_inactive_file_cache_a
             "system.slice/app.service/memory.current": f"{300 * MB}\n",
         },
     )
+    with open(proc / "self" / "mountinfo", "ab") as f:  # a disk elsewhere whose mount point is not UTF-8
+        f.write(b"50 24 8:17 / /media/caf\xe9 rw,relatime shared:30 - ext4 /dev/sdb1 rw\n")
     assert cgroup_free(proc) == (1024 - 500) * MB
     assert available_memory(proc) == (1024 - 500) * MB  # below the machine's 32 GB available
     (mount / "system.slice/app.service/memory.max").write_text(f"{256 * MB}\n")  # now the service is tighter

@@ -214,6 +214,11 @@ def test_a_package_the_libraries_saved_in_shards_reads_ahead_the_files_that_load
     (job,) = readers
     assert set(job.files) == expected
     assert job.total_bytes == sum(p.stat().st_size for p in expected)
+    # Those files are all the load needs: without any other weights file (the variant, the leftover) it still loads.
+    for path in set(sharded_original.rglob("*.safetensors")) - expected:
+        path.unlink()
+    again = loader.load_pipeline(sharded_original, device="cpu").pipe
+    assert again.transformer is not None and again.vae is not None and again.text_encoder is not None
 
 
 def test_loading_stops_its_reader_when_it_returns_and_when_it_fails(tiny_original, tmp_path, readers, monkeypatch):

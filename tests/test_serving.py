@@ -128,6 +128,28 @@ def test_two_cpu_replicas_serve_concurrent_requests_with_identical_images(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_request_during_the_replicas_load_runs_once_every_replica_has_loaded(tmp_path, nf4_everywhere):
+    from ernie_nf4.serving.replicas import ReplicaService
+    from ernie_nf4.serving.service import ServiceConfig
+
+    config = ServiceConfig(model_dir=str(tmp_path / "tiny"), tiny=True, device="cpu", max_pe_tokens=8)
+    replicas = ReplicaService(config, ["cpu", "cpu"])
+    replicas.replicas[0].load()  # the package is built; the second replica still has its load ahead
+    preload = threading.Thread(target=replicas.load)
+    preload.start()
+    second_loaded_at_run = []
+
+    def on_progress(event):
+        if event.stage in ("pe", "text_encoding", "denoising", "vae_decode") and not second_loaded_at_run:
+            second_loaded_at_run.append(replicas.replicas[1].loaded)
+
+    result = replicas.generate(request(width=64, height=64, num_inference_steps=2, use_pe=False), on_progress)
+    preload.join(120)
+    assert result.images and replicas.served_by == [0]  # replica 0 was free and loaded...
+    assert second_loaded_at_run == [True]  # ...and still ran only once the other had loaded
+
+
+@pytest.mark.slow
 def test_the_app_runs_one_job_per_replica(tmp_path, nf4_everywhere):
     from ernie_nf4.serving.replicas import ReplicaService
     from ernie_nf4.serving.service import ServiceConfig

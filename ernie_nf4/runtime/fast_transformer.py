@@ -445,6 +445,10 @@ class BlockCompiler:
         return inputs, done
 
     def _compile(self, inputs: list[_Packed], done) -> bool:
+        with TORCH_STATE:  # not beside a model load (``torch_state``); the time waited for one is not counted
+            return self._compile_now(inputs, done)
+
+    def _compile_now(self, inputs: list[_Packed], done) -> bool:
         start = time.perf_counter()
         model = self.transformer
         layers = model.layers
@@ -452,7 +456,7 @@ class BlockCompiler:
             fn = _own_copy(_run_block)
             compiled = torch.compile(fn, dynamic=True, backend=self.backend)
             run = run_compiled_only(fn)
-            with TORCH_STATE, _side_stream(model.device, done), torch.no_grad():
+            with _side_stream(model.device, done), torch.no_grad():
                 for p in inputs:
                     compiled(layers[0], p.x, p.rotary, p.temb, p.segments)
                 before = _eager_calls()

@@ -81,6 +81,7 @@ class ReplicaService:
         return self.replicas[0].unavailable_reason()
 
     def load(self, on_progress=None):
+        """Load every replica, one after the other, then start their compiles together."""
         with self._load_lock:
             for replica in self.replicas:
                 replica.load(on_progress)
@@ -89,16 +90,15 @@ class ReplicaService:
         return self
 
     def _on_free_replica(self, on_progress, run):
-        """``run(replica)`` on the first free replica (waits while all are busy; loads it first if needed): its
-        index and what ``run`` gave."""
+        """``run(replica)`` on the first free replica (waits while all are busy): its index and what ``run`` gave.
+        Nothing runs before every replica has loaded (``load``): a load changes torch's process-wide state (the
+        default dtype) for a while, which a model running beside it would read, and a compile started before the
+        last load would hold that load back (``torch_state``)."""
         index = self._free.get()
         try:
-            replica = self.replicas[index]
-            if not replica.loaded:
-                with self._load_lock:
-                    replica.load(on_progress)
-                replica.start_compiling()
-            return index, run(replica)
+            if not self.loaded:
+                self.load(on_progress)
+            return index, run(self.replicas[index])
         finally:
             self._free.put(index)
 

@@ -211,10 +211,21 @@ _LAYOUT_STILL = """() => {
 }"""
 
 
-def settle(page) -> None:
+_BOXES_BY_ID = """() => Object.fromEntries([...document.querySelectorAll("[id]")].map(e => {
+    const r = e.getBoundingClientRect(); return [e.id, [r.x, r.y, r.width, r.height]]; }))"""
+
+
+def settle(page, seconds: float = 30.0) -> None:
     """Until the page's layout holds still: boxes read while it still moves (fonts, examples, the first render of a
-    column) describe a page nobody sees."""
-    page.wait_for_function(_LAYOUT_STILL, polling=100)
+    column) describe a page nobody sees. A page that never does fails naming the elements that move."""
+    try:
+        page.wait_for_function(_LAYOUT_STILL, polling=100, timeout=seconds * 1000)
+    except playwright_api().Error:
+        before = page.evaluate(_BOXES_BY_ID)
+        page.wait_for_timeout(300)
+        after = page.evaluate(_BOXES_BY_ID)
+        moving = sorted(k for k in after if before.get(k) != after[k])
+        raise AssertionError(f"the page's layout kept moving for {seconds:.0f} s: {moving}") from None
     page.evaluate("() => { delete window.__layout; delete window.__since; }")
 
 
