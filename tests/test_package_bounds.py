@@ -101,6 +101,17 @@ def test_a_foreign_package_whose_config_does_not_build_names_the_component(forei
         load_pipeline(foreign, device="cpu")
 
 
+def test_a_config_that_fails_while_the_model_is_built_is_named_and_leaves_torch_as_it_was(foreign, nf4_everywhere):
+    import torch
+
+    # diffusers builds the model with bfloat16 as torch's default dtype and, when building raises, leaves it so
+    edit_same_size(foreign / "transformer" / "config.json", '"num_attention_heads": 2', '"num_attention_heads": 0')
+    with pytest.raises(PackageError, match=r"pkg/transformer: the transformer cannot be built from its files \(Zero"):
+        load_pipeline(foreign, device="cpu")
+    assert torch.get_default_dtype() is torch.float32
+    assert torch.ones(1).dtype is torch.float32
+
+
 # ---------------------------------------------------------------- NaN weights
 
 

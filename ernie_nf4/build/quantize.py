@@ -47,7 +47,7 @@ from ..package.metadata import (
 )
 from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
-from ..torch_state import TORCH_STATE
+from ..torch_state import torch_state_kept
 from ..variants import DEFAULT_VARIANT, VARIANTS
 from .model_card import source_license, write_model_card
 from .source import precheck_source, resolve_source
@@ -196,7 +196,7 @@ def _quantize_component(name: str, entry: list, source: Path, target: Path, devi
     """Quantize one component into ``target``; returns what was left out (empty when nothing was)."""
     import torch
 
-    with TORCH_STATE:
+    with torch_state_kept():
         model = component_class(name, entry, source).from_pretrained(
             source / name,
             quantization_config=bnb_config(entry[0]),
@@ -248,7 +248,7 @@ def _write_preview_map(plan: _Plan, staging: Path, device: str, report) -> dict:
     import torch
 
     report(f"fitting the live previews' map from the VAE on {device}")
-    with TORCH_STATE:
+    with torch_state_kept():
         vae = component_class("vae", plan.index["vae"], staging).from_pretrained(
             staging / "vae", dtype=torch.float32, use_safetensors=True
         )

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_ernie_image import ErnieImageFeedForward
 
 from ..compat import NestedAbsmax, nested_absmax
-from ..torch_state import TORCH_STATE
+from ..torch_state import torch_state_kept
 from .fast_transformer import (
     PRIME_LATENT,
     PRIME_TEXT,
@@ -196,7 +196,7 @@ def _export(transformer, inputs) -> tuple:
     x, (cos, sin), temb, segments = inputs
     tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)
     block = transformer.layers[0]
-    with torch.no_grad(), TORCH_STATE:
+    with torch.no_grad(), torch_state_kept():
         before = _BeforeAttention(block, 0).eval()
         query, key, value = before(x, cos, sin, temb[0], temb[1])
         attention = attend(query, key, value, segments)

@@ -49,7 +49,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
 )
 
 from ..compat import run_compiled_only, swap_class
-from ..torch_state import TORCH_STATE
+from ..torch_state import torch_state_kept
 from .compile_record import last_seconds, remember
 
 logger = logging.getLogger(__name__)
@@ -445,7 +445,7 @@ class BlockCompiler:
         return inputs, done
 
     def _compile(self, inputs: list[_Packed], done) -> bool:
-        with TORCH_STATE:  # not beside a model load (``torch_state``); the time waited for one is not counted
+        with torch_state_kept():  # not beside a model load (``torch_state``); the time waited for one is not counted
             return self._compile_now(inputs, done)
 
     def _compile_now(self, inputs: list[_Packed], done) -> bool:

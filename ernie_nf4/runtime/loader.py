@@ -23,7 +23,7 @@ from ..package.preview_map import PREVIEW_FILE, fit_preview_map, read_preview_ma
 from ..package.read_ahead import read_ahead
 from ..request import LoraChoice
 from ..system import resolve_device
-from ..torch_state import TORCH_STATE
+from ..torch_state import torch_state_kept
 from .lora_files import linear_shapes, read_lora
 from .memory_modes import NEEDS_GIB, MemoryMode, choose_memory_mode, usable_gib, use_expandable_segments
 
@@ -122,7 +122,16 @@ def _check_arguments(model_dir: Path, device: str, mode: MemoryMode, fast: bool,
 
 # What the libraries raise when a component's files do not make a model (a config edited, weights that do not fit
 # it): the package's fault, named as such. Out of memory and device errors are not among them.
-_PACKAGE_FAULTS = (ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError, RecursionError)
+_PACKAGE_FAULTS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    NotImplementedError,
+    RecursionError,
+    ArithmeticError,
+)
 
 
 def load_component(model_dir: Path, name: str, entry: list, **kwargs):
@@ -130,7 +139,7 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
     that comes from its files raises ``PackageError`` naming its folder."""
     cls = component_class(name, entry, model_dir)
     try:
-        with TORCH_STATE:
+        with torch_state_kept():
             return cls.from_pretrained(model_dir / name, **kwargs)
     except _PACKAGE_FAULTS + (OSError,) as err:
         if isinstance(err, PackageError):
@@ -263,7 +272,7 @@ def _assemble(model_dir: Path, components: dict, models: dict, device: str, mode
     # bf16 convolutions are tens of times slower than float32 on CPUs without bf16 instructions; the VAE is small
     vae_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     models.update(_load_small(model_dir, components, vae_dtype))
-    with _quiet_text_encoder_type_warning(), TORCH_STATE:
+    with _quiet_text_encoder_type_warning(), torch_state_kept():
         pipe = ErnieImagePipeline.from_pretrained(model_dir, **models, use_safetensors=True)
     if mode is MemoryMode.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)

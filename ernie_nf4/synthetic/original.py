@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..torch_state import TORCH_STATE
+from ..torch_state import torch_state_kept
 from .configs import SIZES, component_config, model_index
 from .tokenizers import PE_CHAT_TEMPLATE, build_tokenizer
 
@@ -62,20 +62,15 @@ def _build_component(name: str, size: str, device: str):
     config = component_config(name, size)
     if name == "scheduler":
         return FlowMatchEulerDiscreteScheduler.from_config(config)
-    with TORCH_STATE:
-        previous = torch.get_default_dtype()
+    with torch_state_kept(), torch.device(device):
         torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device(device):
-                if name == "transformer":
-                    return ErnieImageTransformer2DModel.from_config(config)
-                if name == "vae":
-                    return AutoencoderKLFlux2.from_config(config)
-                if name == "text_encoder":
-                    return Mistral3Model(Mistral3Config(**config))
-                return Ministral3ForCausalLM(Ministral3Config(**config))
-        finally:
-            torch.set_default_dtype(previous)
+        if name == "transformer":
+            return ErnieImageTransformer2DModel.from_config(config)
+        if name == "vae":
+            return AutoencoderKLFlux2.from_config(config)
+        if name == "text_encoder":
+            return Mistral3Model(Mistral3Config(**config))
+        return Ministral3ForCausalLM(Ministral3Config(**config))
 
 
 def build_original(output_dir: str | Path, size: str = "tiny", seed: int = 0, device: str = "cpu") -> Path:
