@@ -50,7 +50,7 @@ def first_compile_here(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def torch_state_kept():
+def torch_left_as_found():
     """After each test, a compile it left running in the background is waited for (it would otherwise run into the
     next test), and torch's default dtype must be float32 again: the test that leaves it otherwise is named."""
     yield
