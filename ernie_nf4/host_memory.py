@@ -18,7 +18,8 @@ NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 
 def available_memory(proc: str | Path = "/proc") -> int | None:
     """Bytes free for new use: ``MemAvailable`` from ``proc``/meminfo, lowered to the smallest room left under a
-    cgroup limit (``cgroup_free``); without ``/proc``, the free physical pages. None when nothing says."""
+    cgroup limit (``cgroup_free``); without ``/proc``, the free physical pages. None when nothing says; never
+    raises."""
     proc = Path(proc)
     found = []
     try:

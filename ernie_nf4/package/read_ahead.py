@@ -122,10 +122,7 @@ def read_ahead(folder: str | Path, memory_bytes: int | None = None) -> ReadAhead
     except OSError:
         return ReadAhead([], 0)
     if files and memory_bytes is None:
-        try:
-            memory_bytes = available_memory()
-        except Exception as err:  # a machine this reading cannot make sense of: nothing is read ahead
-            logger.debug("free memory unknown: %s", err)
+        memory_bytes = available_memory()  # never raises: None when unknown
     if not files or memory_bytes is None or total > MEMORY_SHARE * memory_bytes:
         if files and memory_bytes is not None:
             logger.info(

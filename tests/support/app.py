@@ -202,17 +202,15 @@ class PageOpener:
             context.close()
 
 
-# True once every element with an id has kept its box for 300 ms; read on each poll.
-_LAYOUT_STILL = """() => {
-    const now = performance.now(), layout = JSON.stringify([...document.querySelectorAll("[id]")].map(e => {
-        const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));
-    if (window.__layout !== layout) { window.__layout = layout; window.__since = now; return false; }
-    return now - window.__since > 300;
-}"""
-
-
+# The box of every element with an id, by id.
 _BOXES_BY_ID = """() => Object.fromEntries([...document.querySelectorAll("[id]")].map(e => {
     const r = e.getBoundingClientRect(); return [e.id, [r.x, r.y, r.width, r.height]]; }))"""
+# True once those boxes have held still for 300 ms; read on each poll.
+_LAYOUT_STILL = f"""() => {{
+    const now = performance.now(), layout = JSON.stringify(({_BOXES_BY_ID})());
+    if (window.__layout !== layout) {{ window.__layout = layout; window.__since = now; return false; }}
+    return now - window.__since > 300;
+}}"""
 
 
 def settle(page, seconds: float = 30.0) -> None:
