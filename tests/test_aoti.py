@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ernie_nf4.compat import NestedAbsmax
 from ernie_nf4.runtime import aoti
 from ernie_nf4.runtime.fast_transformer import CompileState, dummy_call, enable_fast_path
+from ernie_nf4.runtime.nf4_torch import dequantize_nf4
 
 from .support.fixtures import DEVICE
 from .test_lora import lora_weights, write_lora
@@ -106,11 +108,11 @@ def test_nf4_dequantized_in_torch_ops_is_bitsandbytes_own(model):
         view = aoti._LinearView(layer, "layer")
         assert view.nested_blocksize is not None
         expected = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-        nested = aoti.NestedAbsmax(view.nested_absmax, view.nested_code, view.offset, view.nested_blocksize)
-        assert torch.equal(aoti.dequantize_nf4(view.packed, view.absmax, view.code, view.shape, 64, nested), expected)
+        nested = NestedAbsmax(view.nested_absmax, view.nested_code, view.offset, view.nested_blocksize)
+        assert torch.equal(dequantize_nf4(view.packed, view.absmax, view.code, view.shape, 64, nested), expected)
     weight = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # a partial block
     packed, state = bnbf.quantize_4bit(weight, quant_type="nf4", compress_statistics=False)
-    mine = aoti.dequantize_nf4(packed, state.absmax, state.code, state.shape, state.blocksize)
+    mine = dequantize_nf4(packed, state.absmax, state.code, state.shape, state.blocksize)
     assert torch.equal(mine, bnbf.dequantize_4bit(packed, state))
 
 

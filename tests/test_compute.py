@@ -47,8 +47,24 @@ def dequantized(layer) -> torch.Tensor:
     return bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).double()
 
 
+def traced(module):
+    """``module`` under torch.compile's tracing, its graphs kept (run as traced, without Inductor)."""
+    graphs = []
+
+    def backend(graph_module, inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(module, backend=backend, fullgraph=True, dynamic=False)
+    compiled.ops = lambda: {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    return compiled
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("compute", LOW)
-def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(tiny_package, nf4_everywhere, compute):
+def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(
+    tiny_package, nf4_everywhere, compute, compiled
+):
     from bitsandbytes.nn import Linear4bit
 
     model = nf4_transformer(tiny_package, compute)
@@ -57,8 +73,14 @@ def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(tiny_pac
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 40, layer.in_features, generator=g) * torch.linspace(0.1, 4, 40)[:, None]).to(DEVICE)
     x = x.to(torch.bfloat16)
+    if compiled:  # compiled code dequantizes NF4 in plain torch ops, which Inductor fuses with the rounding
+        layer = traced(layer)
     with torch.no_grad():
         ours = layer(x)
+    if compiled:
+        ops = layer.ops()
+        assert not any("bitsandbytes" in op for op in ops), ops
+        assert any("_scaled_mm" in op or "_int_mm" in op for op in ops), ops
     exact = x.double() @ dequantized(layer).T
     assert ours.shape == exact.shape and ours.dtype == torch.bfloat16
     # E4M3 keeps 3 bits of mantissa (a few % per product), INT8 7 bits (under 1%); per token and per channel scales

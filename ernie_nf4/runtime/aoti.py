@@ -46,6 +46,7 @@ from .fast_transformer import (
     before_attention,
     dummy_call,
 )
+from .nf4_torch import dequantize_nf4, in_plain_layout
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +63,6 @@ DESCRIPTIONS = {
     CompileState.PENDING: "eager: not compiled yet (ahead of time)",
     CompileState.ACTIVE: "compiled ahead of time (AOTInductor)",
 }
-
-
-def dequantize_nf4(packed, absmax, code, shape, blocksize: int, nested=None, dtype=torch.bfloat16):
-    """An NF4 weight of ``shape`` from its packed nibbles (high nibble first), in plain torch ops: ``code[nibble] *
-    absmax[i // blocksize]`` in float32, cast to ``dtype``. ``nested`` (``compat.NestedAbsmax``): ``absmax`` holds
-    uint8 codes, ``absmax = nested.code[absmax] * nested.absmax[j // nested.blocksize] + nested.offset``."""
-    if nested is not None:
-        scales = nested.absmax.repeat_interleave(nested.blocksize)[: absmax.numel()]
-        absmax = nested.code[absmax.long()] * scales + nested.offset
-    flat = packed.reshape(-1)
-    nibbles = torch.stack(((flat >> 4) & 15, flat & 15), dim=-1).reshape(-1).long()
-    count = absmax.numel() * blocksize
-    values = code[nibbles]
-    if values.numel() < count:  # the last block is partial
-        values = F.pad(values, (0, count - values.numel()))
-    weight = (values.view(-1, blocksize) * absmax.float().view(-1, 1)).to(dtype)
-    return weight.reshape(-1)[: shape.numel()].reshape(shape)
 
 
 class _LinearView(torch.nn.Module):
@@ -100,7 +84,7 @@ class _LinearView(torch.nn.Module):
             self.register_buffer("weight", layer.weight.data)
             return
         state = layer.weight.quant_state
-        if state is None or getattr(state, "packing_format_for_cpu", False) or state.quant_type != "nf4":
+        if not in_plain_layout(state):
             raise ValueError(f"{name}: not an NF4 weight in bitsandbytes' own layout")
         self.shape, self.blocksize, self.dtype = state.shape, int(state.blocksize), state.dtype
         for key, tensor in (("packed", layer.weight.data), ("absmax", state.absmax), ("code", state.code)):

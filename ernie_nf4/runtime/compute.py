@@ -5,8 +5,8 @@ all of its arithmetic is) a forward that runs its matrix product in FP8 (E4M3) o
 cores do at twice bf16's rate:
 
 - the layer's weight is dequantized for each call as bitsandbytes does for its own product (NF4 stays NF4 in
-  memory), scaled per output channel by a factor fixed at load (the channel's largest magnitude over the format's
-  range) and rounded to FP8 or INT8;
+  memory; compiled, in plain torch ops fused with what follows: ``nf4_torch``), scaled per output channel by a
+  factor fixed at load (the channel's largest magnitude over the format's range) and rounded to FP8 or INT8;
 - the input is scaled per token (its largest magnitude over the format's range) and rounded the same way;
 - ``torch._scaled_mm`` (FP8, both scales applied in the kernel) or ``torch._int_mm`` (INT8, int32 sums scaled after)
   multiplies them; the result is bf16, as the layer's own.
@@ -26,6 +26,7 @@ import torch
 
 from ..compat import swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
+from .nf4_torch import dequantize_state, in_plain_layout
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
 _CLASSES: dict[tuple[type, str], type] = {}
@@ -126,11 +127,15 @@ def _per_token(x: torch.Tensor, compute: Compute) -> tuple[torch.Tensor, torch.T
 
 
 def _weight(layer) -> torch.Tensor:
-    """The layer's weight as it multiplies (``[out, in]``): NF4 dequantized as bitsandbytes does, else as stored."""
+    """The layer's weight as it multiplies (``[out, in]``): NF4 dequantized as bitsandbytes does, else as stored.
+    In compiled code, in plain torch ops and float32 (``nf4_torch``): Inductor fuses them with the scaling and
+    rounding that follow, one kernel from 4 bits to 8 where bitsandbytes' kernel would write a bf16 weight first."""
     weight = layer.weight
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None:
         return weight
+    if torch.compiler.is_compiling() and in_plain_layout(quant_state):
+        return dequantize_state(weight.data, quant_state, torch.float32)
     import bitsandbytes.functional as bnb_functional
 
     return bnb_functional.dequantize_4bit(weight.data, quant_state)

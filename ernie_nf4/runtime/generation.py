@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import GenerationCancelled, InvalidArgument, OutOfMemory
+from ..errors import InvalidArgument, OutOfMemory
 from ..request import GenerationRequest
 from ..stats import PeakVram, StageSeconds
 from ..system import free_device_memory, peak_vram, reset_peak_vram
@@ -201,7 +201,9 @@ class Generator:
         return self._on_device(request, hooks, None, None)
 
     def _on_device(self, request, hooks: RunHooks, cache, pe_cap) -> GenerationResult:
-        """``_run`` on this generator's GPU, with out-of-memory and cancellation freeing what the run held."""
+        """``_run`` on this generator's GPU, with out-of-memory freeing what the run held. A stop is passed on as it
+        came: what the run held goes back to torch's cache as the caller drops the exception, as after an ended run
+        (a full garbage collection here, a second in a large process, would only delay the stop)."""
         import torch
 
         device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
@@ -215,10 +217,6 @@ class Generator:
                 "Try a smaller size, fewer images, memory mode low-vram (`--memory-mode low-vram`: about 6 GiB at "
                 "1024x1024), or a machine with more GPU memory; the next request can run."
             ) from err
-        except GenerationCancelled:
-            if self.device.type == "cuda":  # on the CPU there is no cache to hand back, and a full collection
-                free_device_memory()  # (tenths of a second) would only delay the stop
-            raise
 
     def tile_count(self, request: GenerationRequest) -> int:
         """The tiles each image of ``request`` runs in (``upscale``): 1 unless it is image-to-image above the

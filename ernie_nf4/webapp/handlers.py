@@ -174,8 +174,7 @@ class Handlers:
                 return call(req, on_progress=_previews_apart(show, on_preview, cancel), cancel=cancel, previews=True)
             return call(req, on_progress=show, cancel=cancel)
         except GenerationCancelled:
-            free_device_memory()
-            return None  # Stop is not an error
+            return None  # Stop is not an error; what the run held goes back to the cache, as after an ended run
         except Exception as err:
             free_device_memory()
             raise gr.Error(user_message(err, lang), print_exception=False) from None
