@@ -94,6 +94,23 @@ def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(
 
 
 @pytest.mark.parametrize("compute", LOW)
+def test_compiled_codes_weights_are_bitsandbytes_values_within_the_format(tiny_package, nf4_everywhere, compute):
+    from ernie_nf4.runtime.compute import _range, _to_format
+    from ernie_nf4.runtime.nf4_torch import dequantize_state, in_plain_layout
+
+    model = nf4_transformer(tiny_package, compute)
+    layers = [m for m in model.layers.modules() if getattr(type(m), "_compute", None)]
+    assert len(layers) == 7 * len(model.layers)
+    for layer in layers:
+        packed, state = layer.weight.data, layer.weight.quant_state
+        assert in_plain_layout(packed, state) and not in_plain_layout(packed.view(torch.int8), state)
+        weight = dequantize_state(packed, state, torch.float32)
+        assert torch.equal(weight.to(torch.bfloat16).double(), dequantized(layer))  # bitsandbytes' values, unrounded
+        rounded = _to_format(weight, layer.compute_inverse_scale[:, None], compute).float()
+        assert rounded.isfinite().all() and rounded.abs().max() <= _range(compute)
+
+
+@pytest.mark.parametrize("compute", LOW)
 def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, compute):
     from bitsandbytes.nn import Linear4bit
 

@@ -84,7 +84,7 @@ class _LinearView(torch.nn.Module):
             self.register_buffer("weight", layer.weight.data)
             return
         state = layer.weight.quant_state
-        if not in_plain_layout(state):
+        if not in_plain_layout(layer.weight.data, state):
             raise ValueError(f"{name}: not an NF4 weight in bitsandbytes' own layout")
         self.shape, self.blocksize, self.dtype = state.shape, int(state.blocksize), state.dtype
         for key, tensor in (("packed", layer.weight.data), ("absmax", state.absmax), ("code", state.code)):

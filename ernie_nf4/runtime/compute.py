@@ -51,10 +51,10 @@ class Compute(str, enum.Enum):
 
 
 def available(device: str | torch.device) -> tuple[Compute, ...]:
-    """The compute modes ``device`` runs, fastest first (compiled blocks on an NVIDIA H200: FP8 0.90x bf16, INT8
-    1.04x). A low-precision mode counts only when a small product of its kind runs there (``_runs``): FP8 with
-    per-row scales needs compute capability 8.9 or newer and a torch that has the kernel for the card, INT8 8.0. CPUs
-    run both with reference kernels, not faster than bf16."""
+    """The compute modes ``device`` runs, fastest first (compiled blocks on an NVIDIA H200 at 1024x1024: FP8
+    0.73x bf16, INT8 0.91x). A low-precision mode counts only when a small product of its kind runs there
+    (``_runs``): FP8 with per-row scales needs compute capability 8.9 or newer and a torch that has the kernel for the
+    card, INT8 8.0. CPUs run both with reference kernels, not faster than bf16."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -112,7 +112,9 @@ def _range(compute: Compute) -> float:
 
 
 def _to_format(x: torch.Tensor, inverse_scale: torch.Tensor, compute: Compute) -> torch.Tensor:
-    """``x * inverse_scale`` rounded to ``compute``'s format (values already within its range)."""
+    """``x * inverse_scale`` rounded to ``compute``'s format. The values are within its range, or past it by at most
+    bf16's rounding (2**-8: a compiled weight in float32 against the scale taken from bitsandbytes' bf16 values),
+    which still rounds to the largest FP8 value (448, where 464 would round away) and is clamped for INT8."""
     y = x.float() * inverse_scale
     if compute is Compute.FP8:
         return y.to(torch.float8_e4m3fn)
@@ -128,13 +130,14 @@ def _per_token(x: torch.Tensor, compute: Compute) -> tuple[torch.Tensor, torch.T
 
 def _weight(layer) -> torch.Tensor:
     """The layer's weight as it multiplies (``[out, in]``): NF4 dequantized as bitsandbytes does, else as stored.
-    In compiled code, in plain torch ops and float32 (``nf4_torch``): Inductor fuses them with the scaling and
-    rounding that follow, one kernel from 4 bits to 8 where bitsandbytes' kernel would write a bf16 weight first."""
+    In compiled code, the same arithmetic in plain torch ops, kept in float32 (``nf4_torch``): Inductor fuses it with
+    the scaling and rounding that follow, one kernel from 4 bits to 8 where bitsandbytes' kernel would write a bf16
+    weight first."""
     weight = layer.weight
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None:
         return weight
-    if torch.compiler.is_compiling() and in_plain_layout(quant_state):
+    if torch.compiler.is_compiling() and in_plain_layout(weight.data, quant_state):
         return dequantize_state(weight.data, quant_state, torch.float32)
     import bitsandbytes.functional as bnb_functional
 

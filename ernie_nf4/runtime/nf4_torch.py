@@ -30,10 +30,12 @@ def dequantize_nf4(packed, absmax, code, shape, blocksize: int, nested=None, dty
     return weight.reshape(-1)[: shape.numel()].reshape(shape)
 
 
-def in_plain_layout(state) -> bool:
-    """Whether a bitsandbytes ``QuantState`` is NF4 in bitsandbytes' own layout (not repacked for its CPU kernels),
-    the layout ``dequantize_nf4`` reads."""
-    return state is not None and not getattr(state, "packing_format_for_cpu", False) and state.quant_type == "nf4"
+def in_plain_layout(packed, state) -> bool:
+    """Whether ``packed`` with its bitsandbytes ``QuantState`` is NF4 in bitsandbytes' own layout (bytes, not
+    repacked for its CPU kernels), the layout ``dequantize_nf4`` reads."""
+    if state is None or getattr(state, "packing_format_for_cpu", False) or state.quant_type != "nf4":
+        return False
+    return packed.dtype == torch.uint8
 
 
 def dequantize_state(packed, state, dtype=torch.float32) -> torch.Tensor:
