@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import threading
 
-TORCH_STATE = threading.RLock()
+_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
 def torch_state_kept():
-    """Hold ``TORCH_STATE`` and leave torch's default dtype as it was found, however the work inside ends."""
+    """Hold the lock and leave torch's default dtype as it was found, however the work inside ends."""
     import torch
 
-    with TORCH_STATE:
+    with _LOCK:
         dtype = torch.get_default_dtype()
         try:
             yield
