@@ -64,6 +64,11 @@ def child(spec: dict) -> None:
             time.sleep(0.05)
         from ernie_nf4.runtime.fast_transformer import CompileState  # imported by the load: no work of its own now
 
+        ahead = service.compiler.ahead if service.compiler is not None else None  # a first compile's helper
+        if ahead is not None:
+            ahead.wait()
+            emit("compile_ahead_done", result=ahead.result, error=ahead.error)
+
         while service.compiler is not None and service.compiler.state is CompileState.COMPILING:
             time.sleep(0.05)
         if service.compiler is not None:

@@ -79,8 +79,8 @@ def test_the_record_is_per_card_software_shape_and_layer_kind(tiny_generator, tm
 class SlowCompile:
     """A compile in flight, as ``await_quick_compile`` sees one: its state, its last time here, and ``wait``."""
 
-    def __init__(self, cached_seconds, finish_after: float):
-        self.state, self.cached_seconds = CompileState.COMPILING, cached_seconds
+    def __init__(self, expected_seconds, finish_after: float):
+        self.state, self.expected_seconds = CompileState.COMPILING, expected_seconds
         self._done = threading.Timer(finish_after, lambda: setattr(self, "state", CompileState.READY))
         self._done.start()
 
@@ -101,12 +101,12 @@ class DeadCompile(SlowCompile):
 
 def test_only_a_compile_made_here_before_is_waited_for_and_stop_ends_the_wait():
     events = []
-    quick = SlowCompile(cached_seconds=0.2, finish_after=0.3)
+    quick = SlowCompile(expected_seconds=0.2, finish_after=0.3)
     assert await_quick_compile(quick, events.append) and quick.state is CompileState.READY
     assert [e.stage for e in events] == ["compile"] and "about 0 s" in events[0].message
-    first = SlowCompile(cached_seconds=None, finish_after=0.3)
+    first = SlowCompile(expected_seconds=None, finish_after=0.3)
     assert not await_quick_compile(first) and first.state is CompileState.COMPILING  # a first compile: no wait
-    stuck = SlowCompile(cached_seconds=30.0, finish_after=60.0)
+    stuck = SlowCompile(expected_seconds=30.0, finish_after=60.0)
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     start = time.monotonic()
@@ -114,7 +114,7 @@ def test_only_a_compile_made_here_before_is_waited_for_and_stop_ends_the_wait():
     assert time.monotonic() - start < 5 and stuck.state is CompileState.COMPILING
     stuck._done.cancel()
     assert not await_quick_compile(None)
-    dead = DeadCompile(cached_seconds=30.0, finish_after=60.0)
+    dead = DeadCompile(expected_seconds=30.0, finish_after=60.0)
     dead._done.cancel()
     start = time.monotonic()
     assert await_quick_compile(dead) and time.monotonic() - start < 1  # no waiting on it

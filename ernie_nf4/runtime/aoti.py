@@ -348,7 +348,7 @@ class AotiBlocks:
     failed (why)``. ``remove()`` puts the blocks back on their eager forward."""
 
     fallback_calls = 0  # every fast-path call of an applied block runs the compiled code
-    cached_seconds = None
+    expected_seconds = None  # never waited for as a quick compile
 
     def __init__(self, transformer, seconds: float | None = None):
         self.transformer = transformer

@@ -1,7 +1,8 @@
 """Whether and when the service compiles the transformer blocks, decided from its setting and the loaded pipeline.
 
 ``decide_compile`` returns a ``CompileDecision`` (compile now, in the background, or run eagerly, and why); the
-service acts on it with ``make_compiler``, ``compile_now`` and ``capture_pe_graph``, and before each request
+service acts on it with ``make_compiler``, ``compile_now``, ``compile_in_background`` and ``capture_pe_graph``, and
+before each request
 ``await_quick_compile`` lets a background compile that this machine's cache makes quick finish first.
 """
 
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass
 
 from ..progress import ProgressCallback, report
+from ..runtime import compile_ahead
+from ..runtime.memory_modes import usable_gib
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,30 @@ def make_compiler(transformer):
         return None, reason
 
 
+# GPU memory left free beside the loaded models for the requests that run while a helper compiles (a 1024x1024 image
+# needs about 1.6 GiB more than the models at rest in all-on-gpu mode: ``python -m ernie_nf4.benchmark``, H200).
+REQUEST_HEADROOM_GIB = 2.5
+
+
+def compile_in_background(compiler, loaded, package_dir) -> None:
+    """Start ``compiler``'s background compile. A first compile on this machine (no record of it) compiles in a
+    helper process first (``runtime.compile_ahead``), where the requests that run eagerly meanwhile do not share
+    this process's interpreter with it (beside a compile thread they take about 1.4x as long); the compile thread
+    waits for the helper and then finds every kernel in Inductor's cache. On a CUDA GPU only, where the card has
+    room for the helper beside the model and a request; otherwise, or when the helper cannot start, the thread
+    compiles alone."""
+    if loaded.device.startswith("cuda") and package_dir is not None and not compiler.compiled_here_before():
+        usable = usable_gib(loaded.device)
+        if usable >= compile_ahead.AHEAD_GIB + REQUEST_HEADROOM_GIB:
+            try:
+                compiler.ahead = compile_ahead.start(package_dir, loaded.device, loaded.compute)
+            except Exception as err:  # an optimisation: the thread compiles alone
+                logger.warning("could not start the compile helper (%s: %s)", type(err).__name__, err)
+        else:
+            logger.info("the blocks compile in this process: %.1f GiB free on the GPU, too little for a helper", usable)
+    compiler.start()
+
+
 def compile_now(compiler, loaded) -> None:
     """Compile in this thread with the transformer on the GPU, and switch to the compiled blocks when ready."""
     loaded.use("transformer")
@@ -105,16 +132,17 @@ QUICK_COMPILE_PATIENCE, QUICK_COMPILE_MARGIN_SECONDS, QUICK_COMPILE_MAX_SECONDS 
 
 
 def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, cancel=None) -> bool:
-    """Wait for a background compile that compiled on this machine before (``BlockCompiler.cached_seconds``: its
-    kernels are in Inductor's cache, so it takes seconds), so that the request runs compiled from its first step
-    rather than wholly eagerly. A first compile (tens of seconds) is not waited for: the request runs eagerly
-    meanwhile. Gives up after a few times the last compile's seconds, or when ``cancel`` is set. True when it
-    waited."""
+    """Wait for a background compile whose kernels are in Inductor's cache, so that it takes seconds
+    (``BlockCompiler.expected_seconds``: it compiled on this machine before, or a helper compiled it ahead while the
+    model loaded), so that the request runs compiled from its first step rather than wholly eagerly. A first
+    compile (tens of seconds) is not waited for: the request runs eagerly meanwhile. Gives up after a few times the
+    expected seconds, or when ``cancel`` is set. True when it waited."""
     from ..runtime.fast_transformer import CompileState
 
-    if compiler is None or compiler.state is not CompileState.COMPILING or compiler.cached_seconds is None:
+    if compiler is None or compiler.state is not CompileState.COMPILING:
         return False
-    expected = compiler.cached_seconds
+    if (expected := compiler.expected_seconds) is None:
+        return False
     report(on_progress, "compile", f"finishing the compiled transformer blocks (about {expected:.0f} s, cached)")
     patience = QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
     deadline = time.monotonic() + min(patience, QUICK_COMPILE_MAX_SECONDS)

@@ -3,7 +3,9 @@
 Compiling is the default on a CUDA GPU (``ServiceConfig.compile=None``): after loading, ``compiling.decide_compile``
 says what to do; by default the transformer blocks compile in a background thread (``BlockCompiler``) while requests
 run eagerly, and the next request after it is ready runs compiled; a compile this machine made before is quick, and
-the first request waits for it (``compiling.await_quick_compile``). In low-vram mode the blocks compile at load.
+the first request waits for it (``compiling.await_quick_compile``). A first compile runs in a helper process
+(``runtime.compile_ahead``), so that the requests meanwhile run eagerly at full speed; the compile in this process
+then finds its kernels cached. In low-vram mode the blocks compile at load.
 The switch happens only between requests, so each
 image is wholly eager or wholly compiled: the same seed gives the same image on one path, and the two paths differ in
 the last bits of bf16 rounding.
@@ -35,6 +37,7 @@ from .compiling import (
     CompileWhen,
     await_quick_compile,
     capture_pe_graph,
+    compile_in_background,
     compile_now,
     decide_compile,
     make_compiler,
@@ -263,7 +266,7 @@ class ImageService:
             capture_pe_graph(generator, on_progress)
         if self.compile_later:
             return
-        self.compiler.start()
+        compile_in_background(self.compiler, loaded, self.package_dir)
         report(on_progress, "compile", decision.reason)
 
     def start_compiling(self) -> None:
@@ -272,7 +275,7 @@ class ImageService:
 
         with self._lock:  # priming runs the model: not beside a request
             if self.compiler is not None and self.compiler.state is CompileState.PENDING:
-                self.compiler.start()
+                compile_in_background(self.compiler, self._generator.loaded, self.package_dir)
 
     def generate(
         self,

@@ -1,0 +1,217 @@
+"""A first compile of the transformer's repeated block in a helper process, while the app runs requests eagerly.
+
+A first compile of the blocks takes tens of seconds (``fast_transformer.BlockCompiler``); one whose kernels are in
+Inductor's on-disk cache takes a few. In a thread of the app's process it shares the interpreter with the eager
+requests that run meanwhile and slows them by about 1.4x. So on a machine that has not compiled the blocks,
+``start`` launches ``python -m ernie_nf4.runtime.compile_ahead``: a process that loads a stand-in of the transformer,
+the package's own weights of everything but the blocks and of its first block only (``write_stand_in``), and
+compiles its block exactly as the app does, into the same cache, at a lower CPU priority. The app's compile thread
+waits for it (``BlockCompiler.ahead``) and then takes seconds; the request after that runs compiled
+(``BlockCompiler.expected_seconds``, ``serving.compiling``).
+
+The helper leaves a record of its stand-in's compile (``compile_record``), and exits as soon as it has loaded the
+stand-in when it finds one. A helper that fails costs nothing but its log line: the app compiles as it would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..package.format import component_class
+from ..torch_state import torch_state_kept
+from .compile_record import last_seconds
+
+logger = logging.getLogger(__name__)
+
+# GPU memory the helper takes at most on the full-size model: CUDA's context, the stand-in (NF4) and the warm-up.
+AHEAD_GIB = 1.5
+# How long the app's compile thread waits for the helper before compiling alone.
+AHEAD_TIMEOUT_SECONDS = 600.0
+NICENESS = 10  # the helper yields the CPU to the requests it runs beside
+# The command that runs the helper (its arguments follow).
+COMMAND = (sys.executable, "-m", __name__)
+
+
+def write_stand_in(package: str | Path, output: str | Path) -> Path:
+    """A transformer folder in ``output``: the package's transformer config with one block, and its weights (NF4
+    quantization states included) of everything but the blocks and of the first block. Returns ``output``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, output = Path(package) / "transformer", Path(output)
+    config = json.loads((source / "config.json").read_text())
+    config["num_layers"] = 1
+    tensors = {}
+    for file in sorted(source.glob("*.safetensors")):
+        with safe_open(file, "pt") as weights:
+            for key in weights.keys():
+                if not key.startswith("layers.") or key.startswith("layers.0."):
+                    tensors[key] = weights.get_tensor(key)
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, output / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    (output / "config.json").write_text(json.dumps(config, indent=2))
+    return output
+
+
+def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", cache_dir: str | Path | None = None):
+    """Load the stand-in of ``package``'s transformer on ``device`` with ``compute``, as the loader loads the
+    transformer, and compile its block (``BlockCompiler.compile``) into Inductor's cache at ``cache_dir``.
+    Returns ``{"status": "compiled" | "cached", "seconds": ...}``; raises what failed."""
+    import torch
+
+    from .compute import Compute, apply_compute
+    from .fast_transformer import COMPILE_CACHE, BlockCompiler, enable_fast_path
+
+    start = time.perf_counter()
+    phases = {}
+
+    def done(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - start, 2)
+        logger.info("%s at %.1f s", phase, phases[phase])
+
+    package = Path(package)
+    entry = json.loads((package / "model_index.json").read_text())["transformer"]
+    with tempfile.TemporaryDirectory(prefix="ernie-nf4-stand-in-") as folder:
+        stand_in = write_stand_in(package, Path(folder) / "transformer")
+        done("stand-in written")
+        cls = component_class("transformer", entry, package)
+        with torch_state_kept():
+            model = cls.from_pretrained(stand_in, dtype=torch.bfloat16, device_map={"": device}, use_safetensors=True)
+    if (mode := Compute(compute)) is not Compute.BF16:
+        apply_compute(model, mode)
+    enable_fast_path(model)
+    done("stand-in loaded")
+    compiler = BlockCompiler(model, cache_dir or COMPILE_CACHE)
+    if compiler.record_dir and (seconds := last_seconds(model, compiler.record_dir)) is not None:
+        return {"status": "cached", "seconds": seconds, "phases": phases}
+    if not compiler.compile():
+        raise RuntimeError(compiler.error)
+    done("compiled")
+    return {"status": "compiled", "seconds": round(compiler.seconds, 2), "phases": phases}
+
+
+class CompileAhead:
+    """The helper process of one first compile: ``wait()`` for it, ``succeeded`` once it compiled (or found its
+    kernels cached), ``error`` when it failed (its last output lines)."""
+
+    def __init__(self, package: str | Path, device: str, compute: str, cache_dir: str | Path):
+        self.package, self.device, self.compute, self.cache_dir = str(package), device, compute, str(cache_dir)
+        self.result: dict | None = None
+        self.error: str | None = None
+        self.started = time.perf_counter()
+        self._folder = tempfile.TemporaryDirectory(prefix="ernie-nf4-compile-ahead-")
+        self._result_file = Path(self._folder.name) / "result.json"
+        self._log_file = Path(self._folder.name) / "log.txt"
+        self._lock = threading.Lock()
+        # this copy of ernie_nf4 first, wherever the app was started from
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": self.cache_dir, "PYTHONPATH": path}
+        with open(self._log_file, "wb") as log:
+            self._process = subprocess.Popen(
+                [*COMMAND, self.package, "--device", device, "--compute", compute, "--cache-dir", self.cache_dir]
+                + ["--result", str(self._result_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    @property
+    def succeeded(self) -> bool:
+        """True once the helper has finished with the kernels in the cache (without waiting for it)."""
+        return not self.running and self._finish() is not None
+
+    def wait(self, timeout: float | None = AHEAD_TIMEOUT_SECONDS) -> bool:
+        """Wait for the helper (stopping it after ``timeout`` seconds); True when it left the kernels cached."""
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+        return self._finish() is not None
+
+    def stop(self) -> None:
+        if self.running:
+            self._process.kill()
+            self._process.wait()
+
+    def _finish(self) -> dict | None:
+        """The helper's result once it has exited (read once): None, with ``error`` set, when it failed."""
+        with self._lock:
+            if self.result is None and self.error is None:
+                try:
+                    self.result = json.loads(self._result_file.read_text())
+                    logger.info(
+                        "the compile helper is done (%s, %.1f s after it started)",
+                        self.result["status"],
+                        time.perf_counter() - self.started,
+                    )
+                except (OSError, ValueError, KeyError):
+                    tail = self._log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    code = self._process.returncode
+                    self.error = f"exit status {code}: " + " | ".join(line.strip() for line in tail)[-400:]
+                    logger.warning("the compile helper failed; the blocks compile in this process (%s)", self.error)
+            return self.result
+
+    def __del__(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+
+
+def start(package: str | Path, device: str, compute: str, cache_dir: str | Path | None = None) -> CompileAhead:
+    """Launch the helper for ``package`` on ``device`` with ``compute`` (``compute.Compute``'s value); its kernels
+    go to Inductor's cache, ``cache_dir`` unless the user chose one (``fast_transformer.use_compile_cache``), where
+    the app's compile will look."""
+    from .fast_transformer import COMPILE_CACHE, use_compile_cache
+
+    return CompileAhead(package, device, compute, use_compile_cache(cache_dir or COMPILE_CACHE))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ernie_nf4.runtime.compile_ahead",
+        description="Compile the transformer's repeated block of an NF4 package into Inductor's cache, from a "
+        "stand-in with its first block only (what the app runs while it loads the model).",
+    )
+    parser.add_argument("package", help="the package folder")
+    parser.add_argument("--device", default="cuda", help="where the blocks will run (default: cuda)")
+    parser.add_argument("--compute", default="bf16", help="bf16, fp8 or int8: how their products run")
+    parser.add_argument("--cache-dir", default=None, help="Inductor's cache folder (default: the app's)")
+    parser.add_argument("--result", default=None, help="write the result as JSON there")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache_dir
+    import torch  # noqa: F401  (timed apart from the work)
+
+    imported = time.perf_counter() - started
+    logger.info("imported in %.1f s", imported)
+    result = compile_stand_in(args.package, args.device, args.compute, args.cache_dir)
+    text = json.dumps({**result, "imported_seconds": round(imported, 2), "ended": time.time()})
+    print(text, flush=True)
+    if args.result:
+        Path(args.result).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
