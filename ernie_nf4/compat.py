@@ -14,8 +14,11 @@ assert it is empty for the pinned versions).
 from __future__ import annotations
 
 import functools
+import getpass
 import inspect
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -184,6 +187,19 @@ def run_compiled_only(fn):
     return run(fn)
 
 
+def inductor_default_cache_dir() -> str:
+    """The folder Inductor caches in when ``TORCHINDUCTOR_CACHE_DIR`` is not set, which torch writes into that
+    variable the first time it reads it (``torch._inductor.runtime.cache_dir_utils.default_cache_dir``). Without it,
+    one warning and the folder it has been in every release: ``torchinductor_<user>`` in the temporary directory."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return default_cache_dir()
+    except (ImportError, AttributeError):
+        _warn_once("torch._inductor.runtime.cache_dir_utils.default_cache_dir", "torchinductor_<user> assumed")
+        return os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
+
+
 def diffusers_bnb_guard():
     """The class whose ``validate_environment`` refuses NF4 without a GPU (tests lift that one check)."""
     from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
@@ -247,6 +263,10 @@ def upstream_problems() -> list[str]:
         problems.append("torch allocator settings (_accelerator_setAllocatorSettings / _set_allocator_settings)")
     if not callable(getattr(torch._dynamo, "run", None)):
         problems.append("torch._dynamo.run")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # noqa: F401
+    except ImportError:
+        problems.append("torch._inductor.runtime.cache_dir_utils.default_cache_dir")
     try:
         from gradio.queueing import Queue
 

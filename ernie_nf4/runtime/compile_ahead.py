@@ -7,10 +7,12 @@ requests that run meanwhile and slows them by about 1.4x. So on a machine that h
 the package's own weights of everything but the blocks and of its first block only (``write_stand_in``), and
 compiles its block exactly as the app does, into the same cache, at a lower CPU priority. The app's compile thread
 waits for it (``BlockCompiler.ahead``) and then takes seconds; the request after that runs compiled
-(``BlockCompiler.expected_seconds``, ``serving.compiling``).
+(``BlockCompiler.expected_seconds``, ``serving.compiling``). One helper serves every replica on cards of one kind.
 
 The helper leaves a record of its stand-in's compile (``compile_record``), and exits as soon as it has loaded the
-stand-in when it finds one. A helper that fails costs nothing but its log line: the app compiles as it would have.
+stand-in when it finds one. A helper that fails, or runs past ``AHEAD_TIMEOUT_SECONDS``, costs the time it ran and a
+log line: the app then compiles as it does without one. It ends with the app (``stop``, at exit too), and by itself
+when the app is gone.
 """
 
 from __future__ import annotations
@@ -24,21 +26,26 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
-from ..package.format import component_class
-from ..torch_state import torch_state_kept
+from ..atomic import write_text
 from .compile_record import last_seconds
+from .loader import load_component
 
 logger = logging.getLogger(__name__)
 
 # GPU memory the helper takes at most on the full-size model: CUDA's context, the stand-in (NF4) and the warm-up.
 AHEAD_GIB = 1.5
-# How long the app's compile thread waits for the helper before compiling alone.
-AHEAD_TIMEOUT_SECONDS = 600.0
+# How long the app's compile thread waits for the helper before stopping it and compiling alone (a first compile of
+# the full-size model took 37 s in the helper on an NVIDIA H200, imports included).
+AHEAD_TIMEOUT_SECONDS = 300.0
 NICENESS = 10  # the helper yields the CPU to the requests it runs beside
 # The command that runs the helper (its arguments follow).
 COMMAND = (sys.executable, "-m", __name__)
+_ROOT = Path(__file__).resolve().parents[2]  # the folder this copy of ernie_nf4 is in: the helper runs from there
+_HELPERS: dict[tuple, CompileAhead] = {}  # running or done, per package, compute, cache folder and kind of card
+_HELPERS_LOCK = threading.Lock()
 
 
 def write_stand_in(package: str | Path, output: str | Path) -> Path:
@@ -65,7 +72,7 @@ def write_stand_in(package: str | Path, output: str | Path) -> Path:
 def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", cache_dir: str | Path | None = None):
     """Load the stand-in of ``package``'s transformer on ``device`` with ``compute``, as the loader loads the
     transformer, and compile its block (``BlockCompiler.compile``) into Inductor's cache at ``cache_dir``.
-    Returns ``{"status": "compiled" | "cached", "seconds": ...}``; raises what failed."""
+    Returns ``{"status": "compiled" | "cached", "seconds": ..., "phases": ...}``; raises what failed."""
     import torch
 
     from .compute import Compute, apply_compute
@@ -81,11 +88,10 @@ def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", ca
     package = Path(package)
     entry = json.loads((package / "model_index.json").read_text())["transformer"]
     with tempfile.TemporaryDirectory(prefix="ernie-nf4-stand-in-") as folder:
-        stand_in = write_stand_in(package, Path(folder) / "transformer")
+        write_stand_in(package, Path(folder) / "transformer")
         done("stand-in written")
-        cls = component_class("transformer", entry, package)
-        with torch_state_kept():
-            model = cls.from_pretrained(stand_in, dtype=torch.bfloat16, device_map={"": device}, use_safetensors=True)
+        load = dict(dtype=torch.bfloat16, device_map={"": device}, use_safetensors=True)
+        model = load_component(Path(folder), "transformer", entry, **load)
     if (mode := Compute(compute)) is not Compute.BF16:
         apply_compute(model, mode)
     enable_fast_path(model)
@@ -99,12 +105,21 @@ def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", ca
     return {"status": "compiled", "seconds": round(compiler.seconds, 2), "phases": phases}
 
 
+def _end(process: subprocess.Popen) -> None:
+    """Stop ``process`` and reap it (a finalizer: also at the app's exit)."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
 class CompileAhead:
     """The helper process of one first compile: ``wait()`` for it, ``succeeded`` once it compiled (or found its
-    kernels cached), ``error`` when it failed (its last output lines)."""
+    kernels cached), ``error`` when it failed (its last output lines), ``stop()`` to end it."""
 
     def __init__(self, package: str | Path, device: str, compute: str, cache_dir: str | Path):
-        self.package, self.device, self.compute, self.cache_dir = str(package), device, compute, str(cache_dir)
+        self.package, self.device, self.compute = str(Path(package).resolve()), device, compute
+        self.cache_dir = str(Path(cache_dir).resolve())
+        self.timeout = AHEAD_TIMEOUT_SECONDS  # what ``wait()`` allows it
         self.result: dict | None = None
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -112,18 +127,22 @@ class CompileAhead:
         self._result_file = Path(self._folder.name) / "result.json"
         self._log_file = Path(self._folder.name) / "log.txt"
         self._lock = threading.Lock()
-        # this copy of ernie_nf4 first, wherever the app was started from
-        path = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": self.cache_dir, "PYTHONPATH": path}
+        arguments = [self.package, "--device", device, "--compute", compute, "--cache-dir", self.cache_dir]
+        arguments += ["--result", str(self._result_file), "--parent", str(os.getpid())]
+        # run from this copy's folder, so that it is the ernie_nf4 the helper imports
+        path = os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))
+        low = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS} if sys.platform == "win32" else {}
         with open(self._log_file, "wb") as log:
             self._process = subprocess.Popen(
-                [*COMMAND, self.package, "--device", device, "--compute", compute, "--cache-dir", self.cache_dir]
-                + ["--result", str(self._result_file)],
+                [*COMMAND, *arguments],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                cwd=_ROOT,
+                env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": self.cache_dir, "PYTHONPATH": path},
+                **low,
             )
+        self._stop = weakref.finalize(self, _end, self._process)  # at the app's exit too
 
     @property
     def running(self) -> bool:
@@ -134,69 +153,93 @@ class CompileAhead:
         """True once the helper has finished with the kernels in the cache (without waiting for it)."""
         return not self.running and self._finish() is not None
 
-    def wait(self, timeout: float | None = AHEAD_TIMEOUT_SECONDS) -> bool:
-        """Wait for the helper (stopping it after ``timeout`` seconds); True when it left the kernels cached."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the helper, stopping it after ``timeout`` seconds (default: ``self.timeout``); True when it left
+        the kernels cached."""
         try:
-            self._process.wait(timeout)
+            self._process.wait(self.timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            self.stop()
+            logger.warning("the compile helper ran past %.0f s: stopped", self.timeout if timeout is None else timeout)
+        self.stop()
         return self._finish() is not None
 
     def stop(self) -> None:
-        if self.running:
-            self._process.kill()
-            self._process.wait()
+        """End the helper now (nothing once it has exited), and reap it."""
+        self._stop()
 
     def _finish(self) -> dict | None:
         """The helper's result once it has exited (read once): None, with ``error`` set, when it failed."""
         with self._lock:
             if self.result is None and self.error is None:
                 try:
-                    self.result = json.loads(self._result_file.read_text())
-                    logger.info(
-                        "the compile helper is done (%s, %.1f s after it started)",
-                        self.result["status"],
-                        time.perf_counter() - self.started,
-                    )
-                except (OSError, ValueError, KeyError):
-                    tail = self._log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    result = json.loads(self._result_file.read_text())
+                    status = result["status"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    try:
+                        tail = self._log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    except OSError:
+                        tail = []
                     code = self._process.returncode
                     self.error = f"exit status {code}: " + " | ".join(line.strip() for line in tail)[-400:]
                     logger.warning("the compile helper failed; the blocks compile in this process (%s)", self.error)
+                else:
+                    self.result = result
+                    elapsed = time.perf_counter() - self.started
+                    logger.info("the compile helper is done (%s, %.1f s after it started)", status, elapsed)
             return self.result
-
-    def __del__(self) -> None:
-        process = getattr(self, "_process", None)
-        if process is not None and process.poll() is None:
-            process.kill()
 
 
 def start(package: str | Path, device: str, compute: str, cache_dir: str | Path | None = None) -> CompileAhead:
-    """Launch the helper for ``package`` on ``device`` with ``compute`` (``compute.Compute``'s value); its kernels
+    """The helper for ``package`` on ``device`` with ``compute`` (``compute.Compute``'s value): one already running
+    or done for the same package, compute, cache and kind of card (another replica's), else a new one. Its kernels
     go to Inductor's cache, ``cache_dir`` unless the user chose one (``fast_transformer.use_compile_cache``), where
     the app's compile will look."""
     from .fast_transformer import COMPILE_CACHE, use_compile_cache
 
-    return CompileAhead(package, device, compute, use_compile_cache(cache_dir or COMPILE_CACHE))
+    cache = use_compile_cache(cache_dir or COMPILE_CACHE)
+    key = (str(Path(package).resolve()), compute, str(Path(cache).resolve()), _card(device))
+    with _HELPERS_LOCK:
+        helper = _HELPERS.get(key)
+        if helper is None or not (helper.running or helper.succeeded):
+            helper = _HELPERS[key] = CompileAhead(package, device, compute, cache)
+        return helper
+
+
+def _card(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process when the app that started it is gone (it would otherwise hold the GPU until it finishes)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ernie_nf4.runtime.compile_ahead",
         description="Compile the transformer's repeated block of an NF4 package into Inductor's cache, from a "
-        "stand-in with its first block only (what the app runs while it loads the model).",
+        "stand-in with its first block only (what the app runs for a first compile).",
     )
     parser.add_argument("package", help="the package folder")
     parser.add_argument("--device", default="cuda", help="where the blocks will run (default: cuda)")
-    parser.add_argument("--compute", default="bf16", help="bf16, fp8 or int8: how their products run")
+    parser.add_argument(
+        "--compute", default="bf16", choices=["bf16", "fp8", "int8"], help="how their products run (default: bf16)"
+    )
     parser.add_argument("--cache-dir", default=None, help="Inductor's cache folder (default: the app's)")
     parser.add_argument("--result", default=None, help="write the result as JSON there")
+    parser.add_argument("--parent", type=int, default=None, help="end when the process with this id is gone")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = parse_args(argv)
+    if args.parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(args.parent,), daemon=True).start()
     if hasattr(os, "nice"):
         os.nice(NICENESS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -210,8 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps({**result, "imported_seconds": round(imported, 2), "ended": time.time()})
     print(text, flush=True)
     if args.result:
-        Path(args.result).write_text(text)
+        write_text(args.result, text)
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    os._exit(0)  # done: not waiting for Inductor's compile workers to shut down at exit

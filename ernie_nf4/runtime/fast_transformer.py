@@ -48,7 +48,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
     ErnieImageTransformer2DModelOutput,
 )
 
-from ..compat import run_compiled_only, swap_class
+from ..compat import inductor_default_cache_dir, run_compiled_only, swap_class
 from ..torch_state import torch_state_kept
 from .compile_record import last_seconds, remember
 
@@ -238,10 +238,9 @@ def use_compile_cache(cache_dir: str | Path | None = COMPILE_CACHE) -> str | Non
     torch sets that variable to its own default, a folder in the temporary directory (emptied at boot on many
     systems), the first time it reads it, which importing bitsandbytes does: that value counts as not chosen.
     Returns the folder Inductor uses from now on (None: not decided yet)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if cache_dir is not None and (current is None or Path(current).resolve() == Path(default_cache_dir()).resolve()):
+    default = inductor_default_cache_dir()
+    if cache_dir is not None and (current is None or Path(current).resolve() == Path(default).resolve()):
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
     return os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -479,7 +478,10 @@ class BlockCompiler:
 
     def _compile(self, inputs: list[_Packed], done) -> bool:
         if self.ahead is not None:
-            self.ahead.wait()  # its kernels make this compile quick; a helper that failed leaves it a first one
+            try:
+                self.ahead.wait()  # its kernels make this compile quick; a helper that failed leaves it a first one
+            except Exception as err:  # the helper is an optimisation: compile whatever happened to it
+                logger.warning("waiting for the compile helper failed (%s: %s)", type(err).__name__, err)
         with torch_state_kept():  # not beside a model load (``torch_state``); the time waited for one is not counted
             return self._compile_now(inputs, done)
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from ..progress import ProgressCallback, report
 from ..runtime import compile_ahead
-from ..runtime.memory_modes import usable_gib
 
 logger = logging.getLogger(__name__)
 
@@ -83,27 +82,52 @@ def make_compiler(transformer):
 
 
 # GPU memory left free beside the loaded models for the requests that run while a helper compiles (a 1024x1024 image
-# needs about 1.6 GiB more than the models at rest in all-on-gpu mode: ``python -m ernie_nf4.benchmark``, H200).
+# reserves about 1.6 GiB more than the models at rest in all-on-gpu mode: ``python -m ernie_nf4.benchmark``, H200).
 REQUEST_HEADROOM_GIB = 2.5
 
 
+def helper_refused(loaded, compiled_before: bool, free_gib: float, spare_gib: float) -> str | None:
+    """Why a first compile should not run in a helper process (``runtime.compile_ahead``), or None when it should.
+    ``free_gib``: the GPU memory no process holds; ``spare_gib``: what this process's allocator holds unused. The
+    helper needs ``AHEAD_GIB`` of the free memory, and the requests beside it ``REQUEST_HEADROOM_GIB`` of the rest."""
+    if not loaded.device.startswith("cuda"):
+        return "not on a CUDA GPU"
+    if compiled_before:
+        return "compiled on this machine before: quick in this process"
+    if loaded.loras is not None:
+        return "LoRAs change the compiled blocks, which the helper's stand-in does not have"
+    if free_gib < compile_ahead.AHEAD_GIB or free_gib + spare_gib < compile_ahead.AHEAD_GIB + REQUEST_HEADROOM_GIB:
+        return f"{free_gib:.1f} GiB free on the GPU, too little for a helper beside the requests"
+    return None
+
+
 def compile_in_background(compiler, loaded, package_dir) -> None:
-    """Start ``compiler``'s background compile. A first compile on this machine (no record of it) compiles in a
-    helper process first (``runtime.compile_ahead``), where the requests that run eagerly meanwhile do not share
-    this process's interpreter with it (beside a compile thread they take about 1.4x as long); the compile thread
-    waits for the helper and then finds every kernel in Inductor's cache. On a CUDA GPU only, where the card has
-    room for the helper beside the model and a request; otherwise, or when the helper cannot start, the thread
-    compiles alone."""
-    if loaded.device.startswith("cuda") and package_dir is not None and not compiler.compiled_here_before():
-        usable = usable_gib(loaded.device)
-        if usable >= compile_ahead.AHEAD_GIB + REQUEST_HEADROOM_GIB:
-            try:
-                compiler.ahead = compile_ahead.start(package_dir, loaded.device, loaded.compute)
-            except Exception as err:  # an optimisation: the thread compiles alone
-                logger.warning("could not start the compile helper (%s: %s)", type(err).__name__, err)
-        else:
-            logger.info("the blocks compile in this process: %.1f GiB free on the GPU, too little for a helper", usable)
+    """Start ``compiler``'s background compile. A first compile on this machine compiles in a helper process first
+    (``runtime.compile_ahead``), where the requests that run eagerly meanwhile do not share this process's
+    interpreter with it (beside a compile thread they take about 1.4x as long); the compile thread waits for the
+    helper and then finds every kernel in Inductor's cache. Where ``helper_refused`` says why not, or when the
+    helper cannot start, the thread compiles alone."""
+    import torch
+
+    from ..runtime.fast_transformer import CompileState
+
+    reason = "no package folder"
+    if package_dir is not None:
+        free = spare = 0.0
+        if loaded.device.startswith("cuda"):
+            free = torch.cuda.mem_get_info(loaded.device)[0] / 2**30
+            spare = (torch.cuda.memory_reserved(loaded.device) - torch.cuda.memory_allocated(loaded.device)) / 2**30
+        reason = helper_refused(loaded, compiler.compiled_here_before(), free, spare)
+    if reason is None:
+        try:
+            compiler.ahead = compile_ahead.start(package_dir, loaded.device, loaded.compute)
+        except Exception as err:  # an optimisation: the thread compiles alone
+            logger.warning("could not start the compile helper (%s: %s)", type(err).__name__, err)
+    else:
+        logger.info("the blocks compile in this process: %s", reason)
     compiler.start()
+    if compiler.ahead is not None and compiler.state is CompileState.FAILED:  # e.g. priming failed: no one waits
+        compiler.ahead.stop()
 
 
 def compile_now(compiler, loaded) -> None:
@@ -133,10 +157,10 @@ QUICK_COMPILE_PATIENCE, QUICK_COMPILE_MARGIN_SECONDS, QUICK_COMPILE_MAX_SECONDS 
 
 def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, cancel=None) -> bool:
     """Wait for a background compile whose kernels are in Inductor's cache, so that it takes seconds
-    (``BlockCompiler.expected_seconds``: it compiled on this machine before, or a helper compiled it ahead while the
-    model loaded), so that the request runs compiled from its first step rather than wholly eagerly. A first
-    compile (tens of seconds) is not waited for: the request runs eagerly meanwhile. Gives up after a few times the
-    expected seconds, or when ``cancel`` is set. True when it waited."""
+    (``BlockCompiler.expected_seconds``: it compiled on this machine before, or a helper process has compiled it),
+    so that the request runs compiled from its first step rather than wholly eagerly. A first compile (tens of
+    seconds) is not waited for: the request runs eagerly meanwhile. Gives up after a few times the expected
+    seconds, or when ``cancel`` is set. True when it waited."""
     from ..runtime.fast_transformer import CompileState
 
     if compiler is None or compiler.state is not CompileState.COMPILING:

@@ -15,9 +15,9 @@ from unittest import mock
 
 import pytest
 import torch
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from ernie_nf4.build.quantize import quantize_package
+from ernie_nf4.compat import inductor_default_cache_dir
 from ernie_nf4.package.format import QUANTIZABLE
 from ernie_nf4.synthetic.original import build_original
 
@@ -26,7 +26,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # torch.compile's kernel cache for the tests: not the user's ~/.cache
 # (bitsandbytes' import sets the variable to Inductor's default, which the app replaces with its own: so do the tests)
-if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, inductor_default_cache_dir()):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "ernie-nf4-tests-inductor")
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
