@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import gc
+import inspect
 import re
+import sys
+import traceback
 from importlib import metadata
 
 from .errors import EnvironmentUnsupported, InvalidArgument
@@ -32,7 +36,8 @@ def resolve_device(device: str | None) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EnvironmentUnsupported(f"device {device}: no CUDA GPU is visible; use device cpu or a machine with a GPU")
     if device.startswith("cuda") and int(device[5:]) >= torch.cuda.device_count():
-        raise InvalidArgument(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        count = torch.cuda.device_count()
+        raise InvalidArgument(f"device {device}: this machine has {count} CUDA GPU(s); use cuda:0 to cuda:{count - 1}")
     return device
 
 
@@ -81,10 +86,42 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def free_device_memory() -> None:
-    """Drop unreferenced tensors and hand cached CUDA blocks back (after a run, a failure or a model swap)."""
+# Code whose frame may be suspended rather than finished: clearing it would close the generator (before Python 3.13).
+_RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 on
+
+
+def _clear_finished_frames(failure: BaseException | None) -> None:
+    """Clear the local variables of the frames ``failure`` and the exceptions it came from (cause and context, the
+    members of a group) went through: frames that have ended, as an exception left them. The frame that handles it
+    still runs and is left as it is, as are generators' frames."""
+    pending, seen = [failure], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        pending += [error.__cause__, error.__context__]
+        if isinstance(error, _GROUPS):
+            pending += error.exceptions
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            if frame.f_code.co_flags & _RESUMABLE:
+                continue
+            try:
+                frame.clear()
+            except RuntimeError:  # still running
+                continue
+            if sys.version_info < (3, 13):
+                frame.f_locals  # noqa: B018  (its copy of the variables, if one was made, is refreshed: emptied)
+
+
+def free_device_memory(failure: BaseException | None = None) -> None:
+    """Drop unreferenced tensors and hand cached CUDA blocks back (after a run, a failure or a model swap).
+    ``failure``: the exception being handled; the frames its traceback went through, and those of the exceptions it
+    came from, lose their local variables first (a failed run's tensors would otherwise live as long as the error)."""
     import torch
 
+    _clear_finished_frames(failure)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

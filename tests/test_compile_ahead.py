@@ -76,7 +76,14 @@ def test_the_stand_in_is_the_package_s_first_block_and_what_is_outside_the_block
 
 @pytest.mark.slow
 @pytest.mark.nf4
-def test_after_the_helper_the_app_s_compile_finds_every_graph_in_the_cache(tiny_package, tmp_path):
+@pytest.mark.parametrize("written_by", ["quantize.py", "plain library calls"])
+def test_after_the_helper_the_app_s_compile_finds_every_graph_in_the_cache(
+    written_by, tiny_package, tiny_original, tmp_path, nf4_everywhere
+):
+    if written_by == "plain library calls":  # another tool's package: its own metadata, its own save_pretrained
+        from .test_foreign_package import write_foreign_package
+
+        tiny_package = write_foreign_package(tiny_original, tmp_path / "foreign", transformer_nf4=True)
     cache = tmp_path / "inductor"
     done = run_helper(tiny_package, cache, "--result", str(tmp_path / "result.json"))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -111,7 +118,9 @@ def test_a_helper_that_fails_or_hangs_leaves_the_compile_to_this_process(
     (broken / "model_index.json").write_text("{}")
     failed = compile_ahead.start(broken, DEVICE, "bf16", tmp_path / "inductor")
     assert failed.wait() is False and not failed.succeeded
-    assert "exit status 1" in failed.error and "KeyError" in failed.error  # its last lines: what went wrong
+    # its last lines say what went wrong, as the command says it to a person
+    assert failed.error.startswith("exit status 2") and f"error: package {broken.resolve()}" in failed.error
+    assert "pass an ERNIE-Image pipeline folder" in failed.error
 
     model = ErnieImageTransformer2DModel.from_pretrained(
         tiny_package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}

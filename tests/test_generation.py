@@ -1,5 +1,10 @@
+import builtins
 import gc
+import inspect
 import math
+import sys
+import types
+import weakref
 
 import numpy as np
 import pytest
@@ -189,3 +194,86 @@ def test_the_service_and_the_generator_check_max_pe_tokens_the_same_way(value):
     with pytest.raises(InvalidArgument, match=r"max_pe_tokens must be an integer in \[1, 8192\]") as refused:
         ServiceConfig(max_pe_tokens=value)
     assert refused.value.field == "max_pe_tokens"
+
+
+def test_a_run_that_runs_out_of_memory_holds_none_of_its_tensors_while_its_error_is_kept(tiny_generator):
+    """What a failed run computed is freed when it fails, not when the caller drops the error (the service shows it
+    first; on a GPU the tensors would hold memory the next request needs)."""
+    latents = []
+
+    def out_of_memory_at_a_step(done, total):
+        frame = sys._getframe(1)
+        while frame is not None:  # the run's frames, as the error's traceback keeps them
+            if frame.f_code.co_flags & inspect.CO_OPTIMIZED:  # a function's frame
+                variables = frame.f_locals
+                value = variables.get("latents")
+                if isinstance(variables, dict):  # a copy the frame keeps: it would hold them too
+                    variables.clear()
+                if isinstance(value, torch.Tensor):
+                    latents.append(weakref.ref(value))
+                del value, variables
+            frame = frame.f_back
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    request = GenerationRequest("a cat", seed=3, **SMALL)
+    with pytest.raises(OutOfMemory, match="Try a smaller size") as caught:
+        tiny_generator.generate(request, on_step=out_of_memory_at_a_step)
+    gc.collect()
+    assert caught.value.__cause__.__traceback__ is not None  # the error is whole, as the caller got it
+    assert latents and all(ref() is None for ref in latents)
+    assert tiny_generator.generate(request).images  # and the next request runs
+
+
+class _Held:  # an object a failed frame keeps, which weak references can watch
+    pass
+
+
+def _fail(kept: list):
+    held = _Held()
+    kept.append(weakref.ref(held))
+    raise ValueError("failed")
+
+
+def _paused():
+    yield "first"
+    yield "second"
+
+
+def test_freeing_after_a_failure_clears_the_ended_frames_of_every_error_it_came_from_and_no_generator():
+    from ernie_nf4.system import free_device_memory
+
+    kept = []
+    try:
+        try:
+            _fail(kept)
+        except ValueError:  # the error handled when the next came: its context, beside its cause
+            raise RuntimeError("next") from KeyError("the cause")
+    except RuntimeError as err:
+        free_device_memory(err)
+        gc.collect()
+        assert len(kept) == 1 and kept[0]() is None
+        assert str(err.__context__) == "failed"  # the errors themselves are kept whole
+    if sys.version_info >= (3, 11):  # the members of a group of errors
+        try:
+            _fail(kept)
+        except ValueError as member:
+            group = builtins.ExceptionGroup("group", [member])
+        free_device_memory(group)
+        gc.collect()
+        assert len(kept) == 2 and kept[1]() is None
+
+    paused = _paused()
+    assert next(paused) == "first"
+
+    def failing_while_paused():
+        try:
+            raise ValueError("failed")
+        except ValueError as err:
+            frame = paused.gi_frame  # a chain with the paused generator's frame in it
+            err.__context__ = StopIteration().with_traceback(
+                types.TracebackType(None, frame, frame.f_lasti, frame.f_lineno)
+            )
+            free_device_memory(err)
+
+    failing_while_paused()
+    assert next(paused) == "second"  # not closed

@@ -30,8 +30,11 @@ import weakref
 from pathlib import Path
 
 from ..atomic import write_text
+from ..errors import ErnieNF4Error, PackageError
+from ..package.format import REPAIR, read_model_index
+from ..system import resolve_device
 from .compile_record import last_seconds
-from .loader import load_component
+from .loader import check_transformer_loadable, load_component
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,15 @@ def write_stand_in(package: str | Path, output: str | Path) -> Path:
     return output
 
 
+def _transformer_entry(package: Path) -> list:
+    """The transformer's ``[library, class]`` in ``package``'s index; ``PackageError`` naming the argument and what
+    is wrong when the folder is no ERNIE-Image pipeline or has no transformer of its own."""
+    _, components = read_model_index(package, argument="package")
+    if "transformer" not in components or not (package / "transformer" / "config.json").is_file():
+        raise PackageError(f"package {package}: it has no transformer folder with a config.json; {REPAIR}")
+    return components["transformer"]
+
+
 def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", cache_dir: str | Path | None = None):
     """Load the stand-in of ``package``'s transformer on ``device`` with ``compute``, as the loader loads the
     transformer, and compile its block (``BlockCompiler.compile``) into Inductor's cache at ``cache_dir``.
@@ -85,8 +97,9 @@ def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", ca
         phases[phase] = round(time.perf_counter() - start, 2)
         logger.info("%s at %.1f s", phase, phases[phase])
 
-    package = Path(package)
-    entry = json.loads((package / "model_index.json").read_text())["transformer"]
+    package, device = Path(package), resolve_device(device)
+    entry = _transformer_entry(package)
+    check_transformer_loadable(package, argument="package")
     with tempfile.TemporaryDirectory(prefix="ernie-nf4-stand-in-") as folder:
         write_stand_in(package, Path(folder) / "transformer")
         done("stand-in written")
@@ -176,11 +189,13 @@ class CompileAhead:
                     status = result["status"]
                 except (OSError, ValueError, KeyError, TypeError):
                     try:
-                        tail = self._log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                        lines = self._log_file.read_text(errors="replace").strip().splitlines()
                     except OSError:
-                        tail = []
-                    code = self._process.returncode
-                    self.error = f"exit status {code}: " + " | ".join(line.strip() for line in tail)[-400:]
+                        lines = []
+                    # its one-line error when it gave one, else the end of what it printed (a traceback's last line)
+                    said = [line for line in lines if line.startswith("error: ")][-1:]
+                    tail = " | ".join(line.strip() for line in said or lines[-3:])
+                    self.error = f"exit status {self._process.returncode}: " + (tail if said else tail[-400:])
                     logger.warning("the compile helper failed; the blocks compile in this process (%s)", self.error)
                 else:
                     self.result = result
@@ -249,7 +264,11 @@ def main(argv: list[str] | None = None) -> None:
 
     imported = time.perf_counter() - started
     logger.info("imported in %.1f s", imported)
-    result = compile_stand_in(args.package, args.device, args.compute, args.cache_dir)
+    try:
+        result = compile_stand_in(args.package, args.device, args.compute, args.cache_dir)
+    except ErnieNF4Error as err:  # the package or the device: said in a line, as the other commands do
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     text = json.dumps({**result, "imported_seconds": round(imported, 2)})
     print(text, flush=True)
     if args.result:

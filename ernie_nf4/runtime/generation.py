@@ -157,7 +157,7 @@ class Generator:
                 self.loaded.use("pe")
                 return self.prompt_stage.enhance(prompt, width, height, seed, cap, cancel, on_tokens)
         except torch.cuda.OutOfMemoryError as err:
-            free_device_memory()
+            free_device_memory(err)
             raise OutOfMemory(
                 "Out of GPU memory while the prompt enhancer wrote. Try memory mode low-vram (`--memory-mode "
                 "low-vram`), or close what else uses the GPU; the next request can run."
@@ -211,7 +211,7 @@ class Generator:
             with device:  # graphs, streams and Triton kernels go to this GPU, also when it is not cuda:0
                 return self._run(request, hooks, cache, pe_cap)
         except torch.cuda.OutOfMemoryError as err:
-            free_device_memory()
+            free_device_memory(err)
             raise OutOfMemory(
                 f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
                 "Try a smaller size, fewer images, memory mode low-vram (`--memory-mode low-vram`: about 6 GiB at "

@@ -151,6 +151,15 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
         ) from err
 
 
+def check_transformer_loadable(model_dir: Path, argument: str = "model_dir") -> None:
+    """Raise ``EnvironmentUnsupported`` when the package's transformer is NF4 and diffusers refuses to load NF4 here."""
+    if is_nf4(model_dir / "transformer") and (blocker := diffusers_nf4_blocker()) is not None:
+        raise EnvironmentUnsupported(
+            f"{argument} {model_dir}: its transformer is NF4, which diffusers loads only on a CUDA GPU ({blocker}); "
+            "run on a machine with an NVIDIA GPU, or use a package whose transformer is bf16"
+        )
+
+
 def _load_small(model_dir: Path, components: dict, vae_dtype) -> dict:
     """The VAE, the scheduler and the tokenizers, each from its own folder."""
     small = {}
@@ -198,11 +207,8 @@ def _load_models(
     from .memory_savers import embeddings_on_cpu
 
     quantized = [name for name in MODEL_COMPONENTS if name in components and is_nf4(model_dir / name)]
-    if "transformer" in quantized and (blocker := diffusers_nf4_blocker()) is not None:
-        raise EnvironmentUnsupported(
-            f"model_dir {model_dir}: its transformer is NF4, which diffusers loads only on a CUDA GPU ({blocker}); "
-            "run on a machine with an NVIDIA GPU, or use a package whose transformer is bf16"
-        )
+    if "transformer" in quantized:
+        check_transformer_loadable(model_dir)
     place = device if mode is MemoryMode.ALL_ON_GPU else "cpu"
     models, slots = {}, None
     for name in MODEL_COMPONENTS:

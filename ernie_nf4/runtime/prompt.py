@@ -249,10 +249,10 @@ class PromptStage:
             return sample_with_decoder(self.decoder, inputs, cap, seed, eos, watch)
         except GenerationCancelled:  # a stop leaves the cache and graph as good as an ended run does
             raise
-        except BaseException:
+        except BaseException as err:
             if self.loaded.residency is not None:  # low-vram: a failed run gives its cache and graph back
                 self.decoder = None
-                free_device_memory()
+                free_device_memory(err)
             raise
 
     def run(

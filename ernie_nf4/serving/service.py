@@ -239,7 +239,7 @@ class ImageService:
             )
             self._act_on(decide_compile(config.compile, generator.loaded), generator, on_progress)
         except torch.cuda.OutOfMemoryError as err:
-            free_device_memory()
+            free_device_memory(err)
             raise OutOfMemory(
                 "Out of GPU memory while loading the model. Use --memory-mode low-vram (about 6 GiB at "
                 "1024x1024), close what else uses the GPU, or use a GPU with more memory."

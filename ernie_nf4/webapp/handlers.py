@@ -176,8 +176,9 @@ class Handlers:
         except GenerationCancelled:
             return None  # Stop is not an error; what the run held goes back to the cache, as after an ended run
         except Exception as err:
-            free_device_memory()
-            raise gr.Error(user_message(err, lang), print_exception=False) from None
+            message = user_message(err, lang)  # logs what is unexpected, with its traceback whole
+            free_device_memory(err)
+            raise gr.Error(message, print_exception=False) from None
         finally:
             self.runs.end(key, cancel)
 
