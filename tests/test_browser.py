@@ -286,6 +286,35 @@ def test_a_blank_prompt_gives_one_clear_message_and_no_error_badge(open_app, fak
 
 
 @pytest.mark.browser
+def test_a_refusal_out_of_sight_is_brought_into_sight(open_app, fake_app):
+    """A refused field in the closed Advanced section, or a screen below the button on a phone: Generate opens
+    the section and scrolls to the field's message."""
+    expect = playwright_api().expect
+    service, _ = fake_app
+    before = len(service.requests)
+    page = open_app()
+    page.locator("#advanced > button").first.click()
+    page.locator("#randomize input").uncheck()
+    page.locator("#seed input").fill("-5")
+    page.locator("#advanced > button").first.click()  # closed again
+    page.locator("#prompt textarea").fill("a cat")
+    page.locator("#generate").click()
+    message = page.locator("#seed div.validation-error")
+    expect(message).to_be_visible()
+    expect(message).to_be_in_viewport()
+
+    phone = open_app(viewport=PHONE)
+    phone.locator("#prompt textarea").fill("a cat")
+    phone.locator("#width input").fill("5000")
+    phone.evaluate("window.scrollTo(0, 0)")
+    phone.locator("#generate").click()
+    message = phone.locator("#width div.validation-error")
+    expect(message).to_be_visible()
+    expect(message).to_be_in_viewport()
+    assert len(service.requests) == before
+
+
+@pytest.mark.browser
 def test_resolution_dropdown_follows_typed_size(open_app):
     page = open_app()
     set_size(page, 1000, 700)

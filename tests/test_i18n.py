@@ -16,3 +16,24 @@ def test_every_server_text_and_label_exists_in_both_languages_with_the_same_fiel
     assert differ == []
     untranslated = [key for key in MESSAGES["en"] if MESSAGES["en"][key] == MESSAGES["zh"][key]]
     assert untranslated == []
+
+
+def test_every_text_s_markdown_renders_without_stray_markers():
+    """Bold next to CJK punctuation must close where the text means it to (CommonMark's flanking rules): no
+    literal ``**`` in what the page shows."""
+    from markdown_it import MarkdownIt
+
+    render = MarkdownIt().render
+    for lang, table in MESSAGES.items():
+        stray = [key for key, text in table.items() if "**" in render(text.replace("{", "").replace("}", ""))]
+        assert stray == [], lang
+
+
+def test_the_stats_tab_names_the_tiny_model_in_the_page_s_language(tmp_path):
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+    from ernie_nf4.webapp.i18n import say
+    from ernie_nf4.webapp.stats_view import stats_markdown
+
+    service = ImageService(ServiceConfig(model_dir=str(tmp_path / "none"), repo_id=None, source=None, tiny=True))
+    text = stats_markdown(service.stats(), "zh")  # the service names the model in English, as PNGs record it
+    assert text.startswith(f"**{say('model_tiny', 'zh')}**") and say("model_tiny") not in text

@@ -106,8 +106,11 @@ def test_upload_set_strength_generate_then_use_this_result(browser, tmp_path):
         request = app.service.requests[-1]
         assert request.strength == 0.35
         assert request.init_image.sha256 == InitImage.of(str(tmp_path / "upload.png")).sha256
+        page.locator("#img2img > button").first.click()  # closed again: "Use this result" opens it
+        expect(page.locator("#init-image")).to_be_hidden()
         page.locator("#gallery img").first.click()
         page.locator("#use-result").click()
+        expect(page.locator("#init-image img")).to_be_visible()
         page.locator("#generate").click()
         assert wait_until(lambda: len(app.service.requests) == 2, 30)
         result = InitImage.of(Image.fromarray(_result_pixels(request)))
@@ -134,3 +137,28 @@ def test_the_fitting_note_and_a_strength_zero_run_read_in_both_languages(tmp_pat
     for lang in ("en", "zh"):
         info = handlers._saved(request, service.generate(request), notes, lang)[3]
         assert (notes[0] if lang == "en" else "居中裁剪为 64x64") in info
+
+
+def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(browser, tmp_path):
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener()
+        page.locator("#img2img > button").first.click()
+        fake = tmp_path / "photo.png"
+        fake.write_text("a text file with an image's name")
+        page.locator("#init-image input[type=file]").set_input_files(str(fake))
+        page.locator("#prompt textarea").fill("a lighthouse at dusk")
+        page.locator("#generate").click()
+        refusal = page.get_by_text("init_image 'photo.png' could not be read as an image")
+        refusal.first.wait_for()
+        assert refusal.count() == 1 and page.get_by_text("preprocess").count() == 0
+        assert not app.service.requests
+        page.locator("#init-image button[title='Clear']").first.click()  # the user takes another file
+        page.locator("#init-image input[type=file]").set_input_files(str(photo(tmp_path / "upload.png", (64, 64))))
+        page.locator("#generate").click()
+        assert wait_until(lambda: len(app.service.requests) == 1, 30)
+        assert app.service.requests[0].init_image.sha256 == InitImage.of(str(tmp_path / "upload.png")).sha256
+    finally:
+        opener.close()
+        app.close()

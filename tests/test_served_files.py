@@ -55,7 +55,7 @@ def test_use_this_result_and_vary_hand_back_only_files_the_app_served(app, tmp_p
         gallery = [{"image": {"path": path}, "caption": None}]
         status, answer = _predict(app, "use_result", [gallery, 0, 1.0])
         assert status == 200, answer
-        image, _, message = answer["data"]
+        image, _, message, _ = answer["data"]
         assert image is None or image.get("path") is None
         assert "a path on the server is not read" in message
         status, answer = _predict(app, "selected_result", [gallery, 0])  # what Vary and Upscale start from

@@ -441,16 +441,17 @@ class Handlers:
 
     def use_result(self, gallery, index, strength, request: gr.Request = None):
         """The result gallery's selected image (the first when none is selected) into the image-to-image input,
-        with the strength at ``IMAGE_STRENGTH`` when it was 1 (which ignores the image); the note says when there
-        is no result yet. Only a file the app served goes back: a client naming another path gets a refusal."""
+        with the strength at ``IMAGE_STRENGTH`` when it was 1 (which ignores the image), and the image-to-image
+        section opened, where it shows; the note says when there is no result yet. Only a file the app served goes
+        back: a client naming another path gets a refusal."""
         items = list(gallery or [])
         if not items:
-            return gr.skip(), gr.skip(), say("no_result", language(request))
+            return gr.skip(), gr.skip(), say("no_result", language(request)), gr.skip()
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
         path = _item_path(item)
         if not self.served_file(path):
-            return gr.skip(), gr.skip(), user_message(_not_served(), language(request))
-        return path, IMAGE_STRENGTH if _ignores_image(strength) else gr.skip(), ""
+            return gr.skip(), gr.skip(), user_message(_not_served(), language(request)), gr.skip()
+        return path, IMAGE_STRENGTH if _ignores_image(strength) else gr.skip(), "", gr.Accordion(open=True)
 
     def served_file(self, path) -> bool:
         """True for a file this app may read on a client's word: one of its own images, or one in Gradio's upload

@@ -418,10 +418,10 @@ MESSAGES = {
         "stats_peak_unknown": "显存峰值未测量",
         "stats_this_process": "本进程",
         "stats_replica": "GPU {number}（{device}）",
-        "stats_cards": "**适用显卡：**{fits}。",
+        "stats_cards": "**适用显卡**：{fits}。",
         "stats_card": "{mode} 模式需 {card} GB 及以上（{gpu} 上 {width}×{height} 峰值 {peak} GiB）",
         "stats_card_none": "{mode} 模式需 {card} GB 以上（{gpu} 上 {width}×{height} 峰值 {peak} GiB）",
-        "stats_cards_unknown": "**适用显卡：**此模型包未测量（元数据中没有显存峰值记录；"
+        "stats_cards_unknown": "**适用显卡**：此模型包未测量（元数据中没有显存峰值记录；"
         "`python -m ernie_nf4.benchmark --package … --write-metadata` 可记录）。文件共 {size}。",
         "stats_no_package": "还没有模型包：第一次生成（或点击**加载模型**）时获取。",
         "stats_package": "**模型包** `{name}`：{provenance}。",

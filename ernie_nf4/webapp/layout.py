@@ -129,7 +129,7 @@ def _lora_row(names: list[str]) -> dict:
 def _image_to_image() -> dict:
     """The image to start from (upload, paste, or a result's "Use this result") and the strength; closed until
     opened, and strength 1 ignores the image."""
-    with gr.Accordion(t("img2img"), open=False, elem_id="img2img"):
+    with gr.Accordion(t("img2img"), open=False, elem_id="img2img") as section:
         image = gr.Image(
             label=t("init_image"),
             type="filepath",
@@ -138,7 +138,7 @@ def _image_to_image() -> dict:
             elem_id="init-image",
         )
         strength = gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, label=t("strength"), elem_id="strength")
-    return {"init_image": image, "strength": strength}
+    return {"img2img": section, "init_image": image, "strength": strength}
 
 
 def _advanced(steps: int, guidance: float) -> dict:

@@ -197,7 +197,8 @@ def package_lines(package, lang: str = "en") -> list[str]:
 
 def stats_markdown(stats, lang: str = "en") -> str:
     """The Stats tab for ``stats.ServiceStats`` in ``lang``."""
-    lines = [f"**{stats.model}**", "", live_paragraph(stats.live, lang)]
+    model = stats.model.replace(say("model_tiny"), say("model_tiny", lang), 1)  # the service names it in English
+    lines = [f"**{model}**", "", live_paragraph(stats.live, lang)]
     for number, replica in enumerate(stats.replicas):
         lines += ["", live_paragraph(replica, lang, say("stats_replica", lang, number=number, device=replica.device))]
     lines.append("")

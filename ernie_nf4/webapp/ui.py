@@ -28,6 +28,23 @@ RUN_ENDED_JS = (
     "() => { window.ernieRuns = Math.max(0, (window.ernieRuns || 0) - 1);"
     f" return window.ernieRuns > 0 ? {_BUSY} : {_IDLE}; }}"
 )
+# After Generate, a refusal shown on its field is brought into sight: the section it is in opened when closed, the
+# field scrolled to (on a phone the size fields are a screen below the button). Only a message that comes after the
+# click counts (Gradio shows a new one, and takes an earlier one away, within a second). Wired before the run's
+# events: a refused form ends the click's later events.
+SHOW_REFUSAL_JS = """() => {
+  const messages = () => [...document.querySelectorAll('div.validation-error')].filter((e) => e.textContent.trim());
+  const earlier = new Set(messages());
+  let tries = 0;
+  const look = () => {
+    const shown = messages().find((e) => !earlier.has(e));
+    if (!shown) { if (++tries < 50) setTimeout(look, 100); return; }
+    const section = shown.closest('.gr-accordion');
+    if (section && !shown.checkVisibility()) section.querySelector(':scope > button.label-wrap')?.click();
+    setTimeout(() => shown.closest('.block')?.scrollIntoView({block: 'center'}), 100);
+  };
+  setTimeout(look, 100);
+}"""
 # The page's lang attribute follows the language the labels are shown in (Gradio picks it from the browser's).
 PAGE_LANG_JS = "() => { document.documentElement.lang = /^zh/i.test(navigator.language) ? 'zh-CN' : 'en'; }"
 
@@ -38,11 +55,13 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     # field it names; a form it takes shows the size the run will use (typed 1000, the field says 1008) and goes
     # to the runs' queue. Every click counts (trigger_mode="multiple"): one right after Stop runs once the stopped
     # run has ended.
+    ui["run"].click(None, js=SHOW_REFUSAL_JS, queue=False, api_visibility="private")
     checked = ui["run"].click(
         handlers.snapped_size,
         form,
         [ui["width"], ui["height"]],
         validator=handlers.validate,
+        preprocess=False,  # as the run's: a file that is no image is refused on its field, not failed in Gradio
         trigger_mode="multiple",
         concurrency_limit=None,
         concurrency_id="form",
@@ -137,10 +156,12 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     ui["use_result"].click(
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],
-        [ui["init_image"], ui["strength"], ui["note"]],
+        [ui["init_image"], ui["strength"], ui["note"], ui["img2img"]],
         **HIDDEN,
     )
-    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **HIDDEN)
+    # raw: whether a file came is all it asks (a file that is no image is refused by Generate, on its field)
+    given = {**HIDDEN, "preprocess": False}
+    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **given)
 
 
 def _buttons_at_rest(ui: dict, problem: str | None) -> None:
