@@ -139,6 +139,31 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         served.close()
 
 
+@pytest.mark.browser
+def test_a_pasted_prompt_empties_the_enhanced_text_an_example_sets_its_own(browser, tmp_path):
+    served = ServedApp(tmp_path)
+    opener = PageOpener(browser, served.url)
+    try:
+        page = opener(locale="en-US", permissions=["clipboard-read", "clipboard-write"])
+        page.locator("#prompt textarea").fill("a fox")
+        page.locator("#enhance-first").click()
+        page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
+        page.evaluate("navigator.clipboard.writeText('a dog on a beach')")
+        page.locator("#prompt textarea").click()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Control+V")
+        assert page.locator("#prompt textarea").input_value() == "a dog on a beach"
+        page.wait_for_selector("#enhanced", state="detached")  # the text was for the old prompt
+        page.locator("#enhance-first").click()
+        page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a dog')")
+        page.locator("#examples button").first.click()  # the app sets the prompt: the box is emptied once, by it
+        page.wait_for_selector("#enhanced", state="detached")
+        assert page.locator("#prompt textarea").input_value() not in ("", "a dog on a beach")
+    finally:
+        opener.close()
+        served.close()
+
+
 def test_the_served_tiny_app_enhances_first_and_a_run_uses_that_text(served_tiny_app):
     """The real app (python app.py --tiny): /enhance gives what a run's PE writes for the same prompt, size and seed,
     and a run given that text uses it without running the PE. (The tiny PE is random: its text may hold control

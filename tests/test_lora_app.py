@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from safetensors.numpy import save
 
 from ernie_nf4.request import GenerationRequest, LoraChoice
 from ernie_nf4.serving.loras import LoraSource
@@ -25,6 +26,7 @@ from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters  # noqa: E402
 
 from .support.app import ROOT, SERVER_ENV, FakeService, PageOpener, ServedApp  # noqa: E402
+from .test_lora_sources import lora_bytes  # noqa: E402
 
 OFFERED = ["ink", "style"]
 FORM = ("a cat", "", 64, 64, 2, 4.0, 3, False, False, 1)  # the form's fields before lora, lora_scale
@@ -44,7 +46,7 @@ def lora_app(tmp_path_factory):
 @pytest.fixture
 def loras_folder(tmp_path):
     for name in ("ink", "paper"):
-        (tmp_path / f"{name}.safetensors").write_bytes(b"{}")
+        (tmp_path / f"{name}.safetensors").write_bytes(lora_bytes())
     return tmp_path
 
 
@@ -84,12 +86,16 @@ def test_the_space_variable_offers_several_and_a_flag_wins(loras_folder):
         (["--lora", "ink=owner/ink"], "folder", ["--lora", "'ink' is given twice", "owner/ink"]),
         (["--lora", "gone=/no/such/gone.safetensors"], {}, ["--lora", "'gone'", "gone.safetensors is not a file"]),
         (["--lora", "old=old.ckpt"], {}, ["--lora", "'old'", "not a .safetensors file"]),
+        (["--lora", "bad=bad.safetensors"], {}, ["--lora", "'bad'", "not a readable safetensors file"]),
+        (["--lora", "model=model.safetensors"], {}, ["--lora", "'model'", "not in a LoRA layout for ERNIE-Image"]),
     ],
-    ids=["no-name", "colon", "variable", "missing-folder", "twice", "missing-file", "ckpt"],
+    ids=["no-name", "colon", "variable", "missing-folder", "twice", "missing-file", "ckpt", "not-safetensors", "model"],
 )
 def test_bad_lora_settings_are_one_line_naming_the_flag(argv, environ, words, loras_folder, monkeypatch):
     monkeypatch.chdir(loras_folder)
     (loras_folder / "old.ckpt").write_bytes(b"pickle")
+    (loras_folder / "bad.safetensors").write_bytes(b"a text file, not safetensors")
+    (loras_folder / "model.safetensors").write_bytes(save({"layers.0.attn.to_q.weight": np.zeros((4, 4), np.float32)}))
     if environ == "folder":
         environ = {"ERNIE_NF4_LORA_DIR": str(loras_folder)}
     with pytest.raises(SettingsError) as refused:

@@ -191,6 +191,17 @@ def _header(name: str, path: Path) -> tuple[int, dict]:
     return len(raw), header
 
 
+def _header_and_layout(name: str, path: Path) -> tuple[dict, tuple[str, str]]:
+    _, header = _header(name, path)
+    return header, _layout(name, path, [key for key in header if key != "__metadata__"])
+
+
+def check_lora_file(name: str, path: str | Path) -> None:
+    """Refuse (``InvalidArgument`` naming the LoRA) a file that is no LoRA at all: not safetensors, empty, or keys
+    in no LoRA layout. Reads its header only: what a model's layers decide is checked by ``read_lora``."""
+    _header_and_layout(name, Path(path))
+
+
 def read_lora(name: str, path: str | Path, linears: dict[str, tuple[int, int]], device="cpu") -> LoraFile:
     """Read the LoRA at ``path`` for a transformer whose linear layers are ``linears`` (module path -> (in, out):
     ``linear_shapes``). Every module the file names must be one of them, with matching shapes; the tensors are
@@ -198,9 +209,7 @@ def read_lora(name: str, path: str | Path, linears: dict[str, tuple[int, int]], 
     from safetensors import safe_open
 
     path = Path(path)
-    _, header = _header(name, path)
-    keys = [key for key in header if key != "__metadata__"]
-    layout, prefix = _layout(name, path, keys)
+    header, (layout, prefix) = _header_and_layout(name, path)
     grouped = _group(name, path, header, prefix)
     ranks = {}
     for module, parts in grouped.items():

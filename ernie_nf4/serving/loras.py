@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import InvalidArgument, PackageUnavailable
 from ..progress import ProgressCallback, report
 from ..request import LoraChoice
+from ..runtime.lora_files import check_lora_file
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # A source ending so is a file, never a Hub repo (``folder/style.bin`` is not the repo ``folder/style.bin``).
@@ -139,8 +140,8 @@ def _repo_file(repo: str, endpoint: str | None) -> str:
 
 
 def local_file(source: LoraSource) -> Path | None:
-    """The file of a local ``source`` (checked: it exists and is a ``.safetensors`` file); None for a Hub id.
-    Raises ``InvalidArgument`` naming the LoRA."""
+    """The file of a local ``source`` (checked: it exists and is a ``.safetensors`` file of a LoRA layout:
+    ``check_lora_file``); None for a Hub id. Raises ``InvalidArgument`` naming the LoRA."""
     path = Path(source.source).expanduser()
     if not path.exists() and _hub_parts(source.source) is not None:
         return None
@@ -148,6 +149,7 @@ def local_file(source: LoraSource) -> Path | None:
         raise InvalidArgument(f"lora {source.name!r}: {path} is not a file; give a .safetensors file or a Hub id")
     if path.suffix != ".safetensors":
         raise InvalidArgument(f"lora {source.name!r}: {path.name} is not a .safetensors file; only those are read")
+    check_lora_file(source.name, path)  # at start, rather than failing each load
     return path
 
 

@@ -92,6 +92,7 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
 
 
 CLEAR_JS = "() => ''"
+CLEAR_IF_EDITED_JS = "(box) => (document.activeElement?.closest('#prompt') ? '' : box)"
 SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
 
 
@@ -116,9 +117,12 @@ def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
     )
     for ended in (event.then, event.failure):
         ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
-    changed = [ui["prompt"].input, ui["width"].input, ui["height"].input, ui["preset"].input, ui["swap"].click]
+    changed = [ui["width"].input, ui["height"].input, ui["preset"].input, ui["swap"].click]
     for trigger in [ui["clear_enhanced"].click, *changed]:
         trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
+    # the prompt edited in its box in any way (typed, pasted, dropped, cut); not when the app sets it (an example, a
+    # restored PNG), which sets the box as it should be
+    ui["prompt"].change(None, box, box, js=CLEAR_IF_EDITED_JS, queue=False, api_visibility="private")
     # the box and its Clear button show while it holds text (from Enhance first or a restored PNG)
     box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
 
