@@ -22,6 +22,16 @@ WATCH_GALLERY = """() => {
         {subtree: true, childList: true, attributes: true, attributeFilter: ['src', 'alt']});
 }"""
 
+# Whether the preview shows through the progress drawn over the gallery: the cover is clear (no opaque background),
+# and the progress text and bar lie below the preview's middle.
+PREVIEW_IN_SIGHT = """() => {
+    const cover = document.querySelector('#gallery [data-testid=status-tracker]');
+    const alpha = (getComputedStyle(cover).backgroundColor.match(/rgba\\(.*,\\s*([\\d.]+)\\)/) || [0, 1])[1];
+    const image = document.querySelector('#gallery img').getBoundingClientRect();
+    const band = cover.querySelector('.progress-level')?.getBoundingClientRect();
+    return Number(alpha) === 0 && (!band || band.top > image.top + image.height / 2);
+}"""
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -73,6 +83,7 @@ def test_a_previewed_run_shows_the_image_forming_before_the_final_image(open_pag
     preview = page.locator("#gallery img").first
     expect(preview).to_have_attribute("alt", re.compile(caption), timeout=BOUND)
     assert not page.locator("#info textarea").input_value().startswith(("seed", "种子"))  # the run goes on
+    assert page.evaluate(PREVIEW_IN_SIGHT)  # not under the progress's cover
     assert preview.bounding_box()["width"] > 0 and preview.bounding_box()["x"] + 1 < viewport["width"]
     expect(page.locator("#info textarea")).to_have_value(re.compile(r"^(seed|种子) "))
     expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(r"64×64 · (seed|种子) \d+"))
