@@ -51,6 +51,9 @@ def test_api_info_has_plain_labels_named_returns_and_int_types(fake_app):
     raw, info = api_info(client.src)
     assert "translation_metadata" not in raw and "[object Object]" not in raw
     generate = info["named_endpoints"]["/generate"]
+    for name, endpoint in info["named_endpoints"].items():  # for callers: no code markup, no handler names
+        assert endpoint["description"] and "``" not in endpoint["description"], name
+        assert "generate_live" not in endpoint["description"] and "_follow_up" not in endpoint["description"], name
     assert [p["label"] for p in generate["parameters"]] == LABELS
     assert [r["label"] for r in generate["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
     assert [r["label"] for r in info["named_endpoints"]["/stats"]["returns"]] == ["Stats"]

@@ -8,7 +8,8 @@ the page prints as "[object Object]"), ``api_info_as_input()`` for the type (a `
 page's code snippets (``gradio_client.snippet``) send a parameter's default when it has one, else that example.
 ``document_api`` wraps the demo's ``get_api_info`` (which the info route, the page and the MCP server all call) and
 rewrites those fields (``lora`` and ``lora_scale`` also say that they take one value or a list, and the LoRAs the
-app offers); the page itself keeps its translated labels.
+app offers), and each endpoint's description (Gradio takes its handler's docstring, written for this code's
+readers); the page itself keeps its translated labels.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ SCALE_HELP = "0 to 2 (1: as trained): one scale for every LoRA named, or a list 
 # Inputs whose API default is not the page's: the page's Live previews box starts ticked, an API client gets
 # previews only when it asks.
 API_DEFAULTS = {"previews": False}
+# What each endpoint does, for API callers (the handlers' own docstrings are written for this code's readers).
+ENDPOINTS = {
+    "/generate": "Images from a prompt and the form's settings (with init_image and a strength below 1: from that "
+    "image). Streams when previews is true: live previews of the image forming, then the images, the seed used, the "
+    "revised prompt and the run info.",
+    "/enhance": "The prompt enhancer's text for a prompt at a size and seed: what a /generate run with them would "
+    "use. Give it, edited or not, as /generate's enhanced_prompt.",
+    "/stats": "Package sizes, the cards it fits, recorded benchmarks and live figures (JSON).",
+    "/vary_subtle": "A variation of a result PNG this app made: its prompt and settings read from the file, the image "
+    "as the init image at strength 0.3, a new seed. Returns what /generate returns.",
+    "/vary_strong": "As /vary_subtle, at strength 0.6: a stronger variation.",
+    "/upscale": "A result PNG this app made at twice its size (at most 2048 on the longer side): its settings, the "
+    "image as the init image at strength 0.3, the same seed; above the memory mode's budget in tiles (no previews). "
+    "Returns what /generate returns.",
+}
 # What a parameter takes, where its label cannot say it.
 HELP = {
     "previews": "true: the streamed outputs also carry live previews (the gallery as a small image of the run "
@@ -107,6 +123,7 @@ def plain_api_info(demo, info: dict) -> dict:
             components = [None] * len(endpoint["parameters"])
         endpoint["parameters"] = [_parameter(p, c) for p, c in zip(endpoint["parameters"], components, strict=True)]
         endpoint["returns"] = [{**r, "label": plain_label(r["label"])} for r in endpoint["returns"]]
+        endpoint["description"] = ENDPOINTS.get(name, endpoint.get("description", ""))
     return info
 
 
