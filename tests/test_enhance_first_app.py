@@ -12,7 +12,7 @@ pytest.importorskip("gradio")
 
 from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers  # noqa: E402
-from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters  # noqa: E402
+from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters, save_png  # noqa: E402
 from ernie_nf4.webapp.zerogpu import gpu_seconds  # noqa: E402
 
 from .support.app import RUN_ENDED, FakeService, PageOpener, ServedApp, wait_until  # noqa: E402
@@ -159,6 +159,16 @@ def test_a_pasted_prompt_empties_the_enhanced_text_an_example_sets_its_own(brows
         page.locator("#examples button").first.click()  # the app sets the prompt: the box is emptied once, by it
         page.wait_for_selector("#enhanced", state="detached")
         assert page.locator("#prompt textarea").input_value() not in ("", "a dog on a beach")
+        # a PNG restored while the prompt box has focus: the app sets both, and keeps the text it restored
+        request = GenerationRequest("a restored owl", width=64, height=64, seed=5, enhanced_prompt="an owl, enhanced")
+        png = save_png(Image.new("RGB", (32, 32)), tmp_path, 5, parameters_text(request, 5, "an owl, enhanced", "m"))
+        page.locator("#prompt textarea").click()
+        page.keyboard.type(" and more")
+        page.locator("#restore input[type=file]").set_input_files(str(png))
+        page.wait_for_function("document.querySelector('#prompt textarea').value === 'a restored owl'")
+        page.wait_for_function("document.querySelector('#enhanced textarea')?.value === 'an owl, enhanced'")
+        page.wait_for_timeout(1000)  # and it stays
+        assert page.locator("#enhanced textarea").input_value() == "an owl, enhanced"
     finally:
         opener.close()
         served.close()

@@ -140,6 +140,7 @@ def test_the_fitting_note_and_a_strength_zero_run_read_in_both_languages(tmp_pat
 
 
 def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(browser, tmp_path):
+    expect = playwright_api().expect
     app = ServedApp(tmp_path)
     opener = PageOpener(browser, app.url)
     try:
@@ -148,6 +149,8 @@ def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(
         fake = tmp_path / "photo.png"
         fake.write_text("a text file with an image's name")
         page.locator("#init-image input[type=file]").set_input_files(str(fake))
+        strength = page.locator("#strength input[type=number]")
+        expect(strength).to_have_value("0.6")  # the upload arrived: a file came, the strength left 1
         page.locator("#prompt textarea").fill("a lighthouse at dusk")
         page.locator("#generate").click()
         refusal = page.get_by_text("init_image 'photo.png' could not be read as an image")
@@ -156,6 +159,7 @@ def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(
         assert not app.service.requests
         page.locator("#init-image button[title='Clear']").first.click()  # the user takes another file
         page.locator("#init-image input[type=file]").set_input_files(str(photo(tmp_path / "upload.png", (64, 64))))
+        expect(page.locator("#init-image img")).to_be_visible()
         page.locator("#generate").click()
         assert wait_until(lambda: len(app.service.requests) == 1, 30)
         assert app.service.requests[0].init_image.sha256 == InitImage.of(str(tmp_path / "upload.png")).sha256

@@ -88,12 +88,12 @@ CSS = """
 #actions { align-self: stretch; }
 #actions button { min-height: 44px; }
 #gallery { min-height: 320px; }
-/* A live preview shows through the progress over the gallery: the cover is clear, the progress text and bar sit at
-   the bottom on a band of their own. */
-#gallery:has(.thumbnail-item img) [data-testid=status-tracker].wrap {
+/* A live preview (captioned "Preview · step k/n") shows through the progress over the gallery: the cover is clear,
+   the progress text and bar sit at the bottom on a band of their own. An earlier result stays covered. */
+#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker].wrap {
   background: transparent; justify-content: flex-end; padding-bottom: var(--size-4) !important;
 }
-#gallery:has(.thumbnail-item img) [data-testid=status-tracker] .progress-level {
+#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-level {
   background: color-mix(in srgb, var(--block-background-fill) 85%, transparent); border-radius: var(--radius-md);
   padding: var(--size-2) var(--size-3);
 }

@@ -30,17 +30,18 @@ RUN_ENDED_JS = (
 )
 # After Generate, a refusal shown on its field is brought into sight: the section it is in opened when closed, the
 # field scrolled to (on a phone the size fields are a screen below the button). Only a message that comes after the
-# click counts (Gradio shows a new one, and takes an earlier one away, within a second). Wired before the run's
-# events: a refused form ends the click's later events.
+# click counts (Gradio shows a new one, and takes an earlier one away, within a second; it is looked for during 15 s).
+# Wired before the run's events: a refused form ends the click's later events.
 SHOW_REFUSAL_JS = """() => {
   const messages = () => [...document.querySelectorAll('div.validation-error')].filter((e) => e.textContent.trim());
   const earlier = new Set(messages());
   let tries = 0;
   const look = () => {
     const shown = messages().find((e) => !earlier.has(e));
-    if (!shown) { if (++tries < 50) setTimeout(look, 100); return; }
+    if (!shown) { if (++tries < 150) setTimeout(look, 100); return; }
     const section = shown.closest('.gr-accordion');
-    if (section && !shown.checkVisibility()) section.querySelector(':scope > button.label-wrap')?.click();
+    const visible = shown.checkVisibility ? shown.checkVisibility() : shown.offsetParent !== null;
+    if (section && !visible) section.querySelector(':scope > button.label-wrap')?.click();
     setTimeout(() => shown.closest('.block')?.scrollIntoView({block: 'center'}), 100);
   };
   setTimeout(look, 100);
@@ -92,7 +93,18 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
 
 
 CLEAR_JS = "() => ''"
-CLEAR_IF_EDITED_JS = "(box) => (document.activeElement?.closest('#prompt') ? '' : box)"
+# The prompt box's own input events (typing, paste, drop, cut; never a value the app sets) mark it edited; the
+# prompt's change then empties the enhanced box once.
+WATCH_PROMPT_EDITS_JS = """() => {
+  document.addEventListener('input', (e) => {
+    if (e.target.closest?.('#prompt')) window.erniePromptEdited = true;
+  }, true);
+}"""
+CLEAR_IF_EDITED_JS = """(box) => {
+  const edited = window.erniePromptEdited;
+  window.erniePromptEdited = false;
+  return edited ? '' : box;
+}"""
 SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
 
 
@@ -121,7 +133,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
     for trigger in [ui["clear_enhanced"].click, *changed]:
         trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
     # the prompt edited in its box in any way (typed, pasted, dropped, cut); not when the app sets it (an example, a
-    # restored PNG), which sets the box as it should be
+    # restored PNG, History), which sets the box as it should be
     ui["prompt"].change(None, box, box, js=CLEAR_IF_EDITED_JS, queue=False, api_visibility="private")
     # the box and its Clear button show while it holds text (from Enhance first or a restored PNG)
     box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
@@ -141,6 +153,7 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     history = [ui["history_state"], ui["history"], ui["note"]]
     demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
     demo.load(None, js=PAGE_LANG_JS)
+    demo.load(None, js=WATCH_PROMPT_EDITS_JS)
     examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
     demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
