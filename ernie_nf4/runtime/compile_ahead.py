@@ -33,7 +33,6 @@ from ..atomic import write_text
 from ..errors import ErnieNF4Error, PackageError
 from ..package.format import REPAIR, read_model_index
 from ..system import resolve_device
-from .compile_record import last_seconds
 from .loader import check_transformer_loadable, load_component
 
 logger = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ def compile_stand_in(package: str | Path, device: str, compute: str = "bf16", ca
     enable_fast_path(model)
     done("stand-in loaded")
     compiler = BlockCompiler(model, cache_dir or COMPILE_CACHE)
-    if compiler.record_dir and (seconds := last_seconds(model, compiler.record_dir)) is not None:
+    if (seconds := compiler.recorded_seconds()) is not None:
         return {"status": "cached", "seconds": seconds, "phases": phases}
     if not compiler.compile():
         raise RuntimeError(compiler.error)

@@ -356,9 +356,10 @@ class BlockCompiler:
     def active(self) -> bool:
         return self.state is CompileState.ACTIVE
 
-    def compiled_here_before(self) -> bool:
-        """True when this machine's cache holds this compile (its record: ``compile_record``)."""
-        return bool(self.record_dir) and last_seconds(self.transformer, self.record_dir) is not None
+    def recorded_seconds(self) -> float | None:
+        """How long this compile took on this machine before (its record: ``compile_record``); None when it never
+        did, and its kernels are not in the cache."""
+        return last_seconds(self.transformer, self.record_dir) if self.record_dir else None
 
     @property
     def expected_seconds(self) -> float | None:
@@ -441,7 +442,7 @@ class BlockCompiler:
             if self.state is not CompileState.PENDING:
                 return False
             # read now, with the model where it compiles (low-vram moves it onto the GPU just before)
-            self.cached_seconds = last_seconds(self.transformer, self.record_dir) if self.record_dir else None
+            self.cached_seconds = self.recorded_seconds()
             self.state = CompileState.COMPILING
         try:
             if not self.primed:

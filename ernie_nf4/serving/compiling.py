@@ -117,7 +117,7 @@ def compile_in_background(compiler, loaded, package_dir) -> None:
         if loaded.device.startswith("cuda"):
             free = torch.cuda.mem_get_info(loaded.device)[0] / 2**30
             spare = (torch.cuda.memory_reserved(loaded.device) - torch.cuda.memory_allocated(loaded.device)) / 2**30
-        reason = helper_refused(loaded, compiler.compiled_here_before(), free, spare)
+        reason = helper_refused(loaded, compiler.recorded_seconds() is not None, free, spare)
     if reason is None:
         try:
             compiler.ahead = compile_ahead.start(package_dir, loaded.device, loaded.compute)

@@ -108,7 +108,7 @@ CLEAR_IF_EDITED_JS = """(box) => {
 SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
 
 
-def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
+def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: int) -> None:
     """Enhance first runs the PE alone into the enhanced prompt's box (``/enhance``), with Stop on while it writes;
     the box shows while it holds text. It is emptied by its Clear button and when the prompt or the size is changed
     by hand or by an example (the PE wrote it for those); a new seed leaves it (a run with its text never runs the
@@ -134,6 +134,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, concurrency: int) -> None:
         trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
     # the prompt edited in its box in any way (typed, pasted, dropped, cut); not when the app sets it (an example, a
     # restored PNG, History), which sets the box as it should be
+    demo.load(None, js=WATCH_PROMPT_EDITS_JS)
     ui["prompt"].change(None, box, box, js=CLEAR_IF_EDITED_JS, queue=False, api_visibility="private")
     # the box and its Clear button show while it holds text (from Enhance first or a restored PNG)
     box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
@@ -153,7 +154,6 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     history = [ui["history_state"], ui["history"], ui["note"]]
     demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
     demo.load(None, js=PAGE_LANG_JS)
-    demo.load(None, js=WATCH_PROMPT_EDITS_JS)
     examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
     demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
@@ -241,7 +241,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made
         _buttons_at_rest(ui, problem)
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
-        _wire_enhance(handlers, ui, getattr(service, "replica_count", 1))
+        _wire_enhance(handlers, ui, demo, getattr(service, "replica_count", 1))
         _wire_sizes(handlers, ui, choices)
         _wire_reuse(handlers, ui, demo)
         _wire_image_to_image(handlers, ui)
