@@ -116,6 +116,24 @@ def test_result_gallery_is_output_only(open_app):
 
 
 @pytest.mark.browser
+def test_history_lists_runs_newest_first_each_in_the_order_of_its_results(open_app):
+    page = open_app()
+    page.locator("#advanced").get_by_text("Advanced").click()
+    shown = []
+    for prompt, count in (("first run", 3), ("second run", 2)):
+        page.locator("#count input[type=number]").fill(str(count))
+        page.locator("#count input[type=number]").blur()
+        generate(page, prompt)
+        page.wait_for_function(f"document.querySelectorAll('#gallery .thumbnail-item img').length === {count}")
+        gallery = page.eval_on_selector_all("#gallery .thumbnail-item img", "images => images.map(i => i.alt)")
+        assert len(set(gallery)) == count and all(prompt in alt for alt in gallery), gallery
+        shown = gallery + shown
+        page.wait_for_function(f"document.querySelectorAll('#history .thumbnail-item img').length === {len(shown)}")
+    history = page.eval_on_selector_all("#history .thumbnail-item img", "images => images.map(i => i.alt)")
+    assert history == shown
+
+
+@pytest.mark.browser
 def test_history_survives_a_reload_and_gives_back_the_seed_used(open_app, fake_app):
     service, _ = fake_app
     page = open_app()

@@ -85,18 +85,29 @@ def test_text_then_vary_subtle_then_upscale_then_a_previewed_run_on_a_phone(brow
 
 
 @pytest.mark.browser
-def test_the_buttons_in_chinese_and_a_click_before_any_result(browser, tmp_path):
+def test_the_buttons_in_chinese_off_until_a_result_and_while_a_preview_shows(browser, tmp_path):
+    from .test_browser_previews import BOUND, start_run
+
     expect = playwright_api().expect
     app = ServedApp(tmp_path)
     opener = PageOpener(browser, app.url)
+    buttons = ("#use-result", "#vary-subtle", "#vary-strong", "#upscale")
     try:
         page = opener(viewport=PHONE, locale="zh-CN")
         expect(page.locator("#vary-subtle")).to_have_text("变化（轻微）")
         expect(page.locator("#vary-strong")).to_have_text("变化（强烈）")
         expect(page.locator("#upscale")).to_have_text("放大 2 倍")
-        page.locator("#upscale").click()
-        expect(page.get_by_text("请先生成一张图片。").first).to_be_visible()
-        assert app.service.requests == []
+        for button in buttons:  # nothing to take yet
+            expect(page.locator(button)).to_be_disabled()
+        start_run(page, previews=True)
+        expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile("^预览 · "), timeout=BOUND)
+        assert [page.locator(button).is_disabled() for button in buttons] == [True] * 4  # a preview is no result
+        expect(page.locator("#info textarea")).to_have_value(re.compile("^种子 "))
+        for button in buttons:
+            expect(page.locator(button)).to_be_enabled()
+        page.locator("#use-result").click()
+        expect(page.locator("#init-image img")).to_have_count(1)
+        assert app.service.requests[-1].prompt == "slow fox" and len(app.service.requests) == 1
     finally:
         opener.close()
         app.close()

@@ -132,6 +132,22 @@ def test_the_selected_result_is_the_one_vary_and_upscale_take(tmp_path, uploads)
     assert handlers.selected_result([(foreign_result(tmp_path / "c.png", (64, 64)), "c")], 0) is None
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_live_preview_is_no_result_to_take(tmp_path, uploads, lang):
+    from ernie_nf4.webapp.i18n import say
+
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    result = foreign_result(uploads / "a.png", (64, 64))
+    preview = [(result, say("preview_caption", lang, step=3, steps=10))]
+    assert handlers.selected_result(preview, 0) is None
+    assert handlers.use_result(preview, 0, 1.0)[2] == say("no_result")
+    raw = [{"image": {"path": result}, "caption": say("preview_caption", lang, step=3, steps=10)}]
+    assert [b.interactive for b in handlers.results_shown(raw)[1:]] == [False] * 4
+    shown = handlers.results_shown([{"image": {"path": result}, "caption": "64×64 · seed 3 · a"}])
+    assert shown[0] is None and [b.interactive for b in shown[1:]] == [True] * 4
+    assert [b.interactive for b in handlers.results_shown(None)[1:]] == [False] * 4
+
+
 def test_zerogpu_counts_every_tile_of_an_upscale():
     plain = GenerationRequest("a fox", width=1024, height=1024, enhanced_prompt="a fox, film")
     init = InitImage.of(Image.new("RGB", (1024, 1024)))

@@ -17,7 +17,7 @@ from ..follow_ups import VARY_STRONG, VARY_SUBTLE, upscale_request, vary_request
 from ..request import FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
-from .i18n import language, say
+from .i18n import is_preview_caption, language, say
 from .live import Finished, streamed
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
@@ -46,6 +46,8 @@ RESTORED_FIELDS = (
 )
 
 
+FOLLOW_UP_BUTTONS = ("vary_subtle", "vary_strong", "upscale")  # the handlers' and their endpoints' names
+RESULT_BUTTONS = ("use_result", *FOLLOW_UP_BUTTONS)  # the buttons that take a result of the gallery
 KEPT_GALLERIES = 256  # sessions whose last results a stopped previewed run can put back
 
 
@@ -364,13 +366,13 @@ class Handlers:
         return say("history_gone", lang, count=gone) if gone else ""
 
     def add_history(self, made, history, request: gr.Request = None):
-        """Puts this run's images (the entries signed when they were made) first in the browser-kept history;
-        returns (state, gallery, note)."""
+        """Puts this run's images (the entries signed when they were made) first in the browser-kept history, in the
+        result gallery's order (runs newest first, a run's images as it showed them); returns (state, gallery, note)."""
         lang = language(request)
         items, gone = self.history.load(history)
         known = {item["file"] for item in items}
         new = [item for item in map(self.history.item, made or []) if item and item["file"] not in known]
-        items = (new[::-1] + items)[:HISTORY_LIMIT]
+        items = (new + items)[:HISTORY_LIMIT]
         return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
 
     def show_history(self, history, request: gr.Request = None):
@@ -385,9 +387,13 @@ class Handlers:
         return event.index
 
     @staticmethod
-    def unpick():
-        """No image picked: what the gallery's selection is once its images change."""
-        return None
+    def results_shown(gallery):
+        """What the result gallery's new images change (``gallery`` raw, as the page holds it): the pick is dropped
+        (the page then shows the first selected, as the buttons take it), and the buttons that take a result (Use
+        this result, Vary, Upscale) are on only while it holds a run's images, off while empty or showing a live
+        preview."""
+        on = bool(_results(gallery))
+        return None, *[gr.Button(interactive=on) for _ in RESULT_BUTTONS]
 
     def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
         """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does
@@ -444,7 +450,7 @@ class Handlers:
         with the strength at ``IMAGE_STRENGTH`` when it was 1 (which ignores the image), and the image-to-image
         section opened, where it shows; the note says when there is no result yet. Only a file the app served goes
         back: a client naming another path gets a refusal."""
-        items = list(gallery or [])
+        items = _results(gallery)
         if not items:
             return gr.skip(), gr.skip(), say("no_result", language(request)), gr.skip()
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
@@ -512,7 +518,7 @@ class Handlers:
     def selected_result(self, gallery, index):
         """The path of the result gallery's selected image (the first when none is selected; None when there is no
         result, or when a client names a file the app did not serve), for Vary and Upscale."""
-        items = list(gallery or [])
+        items = _results(gallery)
         if not items:
             return None
         item = items[index if isinstance(index, int) and 0 <= index < len(items) else 0]
@@ -623,6 +629,19 @@ def _delete_upload(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass  # the folder holds other files
+
+
+def _results(gallery) -> list:
+    """The gallery's items when they are a run's images; none while it is empty or shows live previews."""
+    items = list(gallery or [])
+    return [] if any(is_preview_caption(_item_caption(item)) for item in items) else items
+
+
+def _item_caption(item):
+    """A gallery item's caption: ``(path, caption)`` as Gradio hands it over, ``{"caption": ...}`` raw."""
+    if isinstance(item, (list, tuple)):
+        return item[1] if len(item) > 1 else None
+    return item.get("caption") if isinstance(item, dict) else None
 
 
 def _item_path(item):

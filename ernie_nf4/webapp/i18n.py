@@ -528,6 +528,12 @@ def say(key: str, lang: str = "en", **values) -> str:
     return table[key].format(**values)
 
 
+def is_preview_caption(caption) -> bool:
+    """Whether ``caption`` is a live preview's (``preview_caption`` in any language), not a result's."""
+    text = caption if isinstance(caption, str) else ""
+    return any(text.startswith(table["preview_caption"].split("{", 1)[0]) for table in MESSAGES.values())
+
+
 def field_name(field: str, lang: str = "en") -> str:
     """A form field as a message in ``lang`` names it: ``width``, or ``宽度（width）``."""
     zh = FIELD_NAMES_ZH.get(field) if lang == "zh" else None

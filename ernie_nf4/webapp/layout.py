@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..request import GUIDANCE_RANGE, IMAGES_RANGE, LORA_SCALE_RANGE, MAX_LORAS, STEPS_RANGE, STRENGTH_RANGE
 from .examples import EXAMPLES
-from .handlers import CUSTOM, PRESETS
+from .handlers import CUSTOM, FOLLOW_UP_BUTTONS, PRESETS
 from .i18n import t
 from .stats_view import CHART_COLUMNS, chart_titles
 
@@ -202,7 +202,8 @@ def _results() -> dict:
             buttons=["download", "fullscreen"],
             elem_id="gallery",
         )
-        use_result = gr.Button(t("use_result"), size="sm", elem_id="use-result")
+        # off until the gallery holds a run's images (the gallery's change event turns them on)
+        use_result = gr.Button(t("use_result"), size="sm", interactive=False, elem_id="use-result")
         follow_ups = _follow_up_row()
         revised = gr.Textbox(
             label=t("revised"),
@@ -217,15 +218,12 @@ def _results() -> dict:
     return {"gallery": gallery, "use_result": use_result, "revised": revised, "info": info} | follow_ups
 
 
-FOLLOW_UP_BUTTONS = ("vary_subtle", "vary_strong", "upscale")  # handlers' and endpoints' names
-
-
 def _follow_up_row() -> dict:
     """Vary (subtle, strong) and Upscale x2 of the selected result, one line on a phone too; and the hidden file
     that carries the result to their runs (their API's one input)."""
     with gr.Row(elem_id="follow-ups"):
         buttons = {
-            name: gr.Button(t(name), size="sm", min_width=90, elem_id=name.replace("_", "-"))
+            name: gr.Button(t(name), size="sm", min_width=90, interactive=False, elem_id=name.replace("_", "-"))
             for name in FOLLOW_UP_BUTTONS
         }
     image = gr.File(label=t("follow_up_image"), type="filepath", visible=False, elem_id="follow-up-image")

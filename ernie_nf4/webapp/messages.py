@@ -11,7 +11,6 @@ from ..errors import ErnieNF4Error, GenerationCancelled, InvalidArgument
 from .i18n import field_name, say
 
 logger = logging.getLogger(__name__)
-STOPPED = say("stopped")
 
 # The library's refusals (``request.GenerationRequest``, ``request_from_form``) by kind: the pattern after the
 # field's name, and the message key that says it again with the pattern's named groups.

@@ -10,9 +10,9 @@ import gradio as gr
 
 from ..serving.service import NO_GPU_MESSAGE
 from .api_page import document_api
-from .handlers import FORM_FIELDS, RESTORED_FIELDS, Handlers
+from .handlers import FOLLOW_UP_BUTTONS, FORM_FIELDS, RESTORED_FIELDS, RESULT_BUTTONS, Handlers
 from .i18n import example_label, language, say, t
-from .layout import FOLLOW_UP_BUTTONS, form_defaults, generate_tab, is_tiny, size_choices, stats_tab
+from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
 
@@ -168,8 +168,10 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     """The result gallery's selection, "Use this result", and the strength following the image input."""
     ui["result_picked"] = gr.State(None)
     ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
-    # new images (a run's, or its previews) drop the pick: the page then shows the first selected, as taken
-    ui["gallery"].change(handlers.unpick, None, ui["result_picked"], **HIDDEN)
+    # new images (a run's, or its previews) drop the pick, and turn the buttons that take a result on or off
+    buttons = [ui[name] for name in RESULT_BUTTONS]
+    raw = {**HIDDEN, "preprocess": False}
+    ui["gallery"].change(handlers.results_shown, ui["gallery"], [ui["result_picked"], *buttons], **raw)
     ui["use_result"].click(
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],
@@ -177,8 +179,7 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
         **HIDDEN,
     )
     # raw: whether a file came is all it asks (a file that is no image is refused by Generate, on its field)
-    given = {**HIDDEN, "preprocess": False}
-    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **given)
+    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **raw)
 
 
 def _buttons_at_rest(ui: dict, problem: str | None) -> None:
