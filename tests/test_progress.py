@@ -84,3 +84,28 @@ def test_a_chinese_page_reads_the_time_left_in_chinese_units():
     event = Progress("denoising", done=1, total=8, unit="steps", eta_seconds=65)
     assert describe(event, "zh").endswith("预计还需 1 分 05 秒")
     assert describe(event, "en").endswith("ETA 1 min 05 s")
+
+
+def test_building_the_package_moves_the_bar_then_the_run_starts_its_own(tmp_path):
+    from ernie_nf4.serving.provider import ensure_package
+    from ernie_nf4.synthetic.tiny import build_tiny_package
+    from ernie_nf4.webapp.run_progress import RunProgress
+
+    events = []
+    ensure_package(tmp_path / "pkg", repo_id=None, source="tiny", build=build_tiny_package, on_progress=events.append)
+    bar = RunProgress("en")
+    shown = [bar(event) for event in events]
+    assert {event.stage for event in events} == {"build"}
+    fractions = [fraction for fraction, _ in shown]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert len(set(fractions)) >= 6, shown  # each model of the random original, each component quantized
+    assert any(text.startswith("building the package · 50% · [1/") for _, text in shown), shown
+    assert bar(Progress("denoising", done=1, total=10, unit="steps"))[0] == pytest.approx(0.28)  # the run's own bar
+    downloading = Progress("download", done=3e9, total=9e9, unit="bytes")
+    assert RunProgress("zh")(downloading) == (pytest.approx(1 / 3), describe_zh(downloading))
+
+
+def describe_zh(event):
+    from ernie_nf4.webapp.run_progress import describe
+
+    return describe(event, "zh")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import time
@@ -46,13 +45,13 @@ from ..package.metadata import (
     write_metadata,
 )
 from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
+from ..progress import ProgressCallback
+from ..progress import report as report_progress
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from ..torch_state import torch_state_kept
 from ..variants import DEFAULT_VARIANT, VARIANTS
 from .model_card import source_license, write_model_card
 from .source import precheck_source, resolve_source
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = VARIANTS[DEFAULT_VARIANT].source
 DEFAULT_OUTPUT = VARIANTS[DEFAULT_VARIANT].default_package_dir
@@ -297,7 +296,7 @@ def quantize_package(
     revision: str | None = None,
     overwrite: bool = False,
     device: str | None = None,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
     keep_vision: bool = False,
 ) -> Path:
     """Quantize ``components`` of the ERNIE-Image at ``source`` into an NF4 package at ``output``.
@@ -306,13 +305,12 @@ def quantize_package(
     text-to-image); ``keep_vision`` keeps the whole vision-language model instead.
     Raises ``InvalidArgument`` (bad argument, source or output), ``FileExistsError`` (output exists and not
     ``overwrite``), ``EnvironmentUnsupported`` (no GPU for the transformer, not enough disk) before any heavy
-    work. Returns the package folder.
+    work. Returns the package folder. ``on_progress`` gets ``Progress("build", ...)`` events: what is being done, and
+    once the source is read, how much of it (its components' bytes) is done.
     """
 
-    def report(message: str) -> None:
-        logger.info(message)
-        if on_progress is not None:
-            on_progress(message)
+    def report(message: str, done: float | None = None, total: float | None = None) -> None:
+        report_progress(on_progress, "build", message, done=done, total=total)
 
     components = check_components(components)
     if not str(output).strip():
@@ -333,19 +331,27 @@ def quantize_package(
     plan = _plan(source, revision, components, output)
     started = time.perf_counter()
     with staged_folder(output) as staging:
-        records = {}
+        records, done, total = {}, 0, sum(plan.before.values())
         for step, name in enumerate(plan.names, 1):
             records[name] = _write_component(
-                plan, name, staging, device, keep_vision, lambda m, s=step: report(f"[{s}/{len(plan.names)}] {m}")
+                plan, name, staging, device, keep_vision, _step_reporter(report, step, len(plan.names), done, total)
             )
+            done += plan.before[name]
         (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
-        files = _write_preview_map(plan, staging, device, report)
+        files = _write_preview_map(plan, staging, device, lambda message: report(message, total, total))
         metadata = {**_metadata(plan, records, staging, device, started), "files": files}
         write_metadata(staging, metadata)
         write_model_card(staging)
         check_package(staging, argument="output")  # what the loader checks: a package it refuses is never kept
     report(
         f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
-        f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s"
+        f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s",
+        total,
+        total,
     )
     return output
+
+
+def _step_reporter(report, step: int, steps: int, done: int, total: int) -> Callable[[str], None]:
+    """What component ``step`` of ``steps`` says, with the source's bytes done before it (of ``total``)."""
+    return lambda message: report(f"[{step}/{steps}] {message}", done, total)

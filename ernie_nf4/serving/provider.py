@@ -163,7 +163,7 @@ def ensure_package(
         build = quantize_package if build is None else build
         report(on_progress, "build", f"building the package from {source} with quantize.py (one model at a time)")
         try:
-            return build(source=source, output=model_dir, on_progress=lambda m: report(on_progress, "build", m))
+            return build(source=source, output=model_dir, on_progress=on_progress)
         except Exception as err:
             tried.append(f"build from {source} failed ({type(err).__name__}: {err})")
     raise PackageUnavailable(

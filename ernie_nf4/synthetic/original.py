@@ -73,11 +73,14 @@ def _build_component(name: str, size: str, device: str):
         return Ministral3ForCausalLM(Ministral3Config(**config))
 
 
-def build_original(output_dir: str | Path, size: str = "tiny", seed: int = 0, device: str = "cpu") -> Path:
+def build_original(
+    output_dir: str | Path, size: str = "tiny", seed: int = 0, device: str = "cpu", on_component=None
+) -> Path:
     """Write a random-weight ERNIE-Image original (all seven components) to ``output_dir``.
 
     One component at a time is built (on ``device``), saved and freed, so the full-size model needs
-    about 16 GB of (GPU) memory at most. Returns the folder.
+    about 16 GB of (GPU) memory at most; ``on_component(done, count, name)`` is called as each model starts.
+    Returns the folder.
     """
     import torch
 
@@ -90,8 +93,11 @@ def build_original(output_dir: str | Path, size: str = "tiny", seed: int = 0, de
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
 
-    for index, name in enumerate(("scheduler", "vae", "transformer", "text_encoder", "pe")):
+    models = ("scheduler", "vae", "transformer", "text_encoder", "pe")
+    for index, name in enumerate(models):
         logger.info("building %s %s", size, name)
+        if on_component is not None:
+            on_component(index, len(models), name)
         component = _build_component(name, size, device)
         if name != "scheduler":
             _randomize(component, seed + index)

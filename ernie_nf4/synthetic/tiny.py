@@ -3,22 +3,35 @@ a CPU; images are noise), so the app and its tests run without a GPU or a downlo
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from ..build.quantize import quantize_package
 from ..package.format import quantizable_here
+from ..progress import Progress, ProgressCallback, report
 from .original import build_original
 
 
-def build_tiny_package(source: str | None, output: Path, on_progress: Callable[[str], None] | None = None) -> Path:
-    """A tiny random package: the transformer in NF4 where diffusers allows it (a GPU), text encoder and PE always."""
+def build_tiny_package(source: str | None, output: Path, on_progress: ProgressCallback | None = None) -> Path:
+    """A tiny random package: the transformer in NF4 where diffusers allows it (a GPU), text encoder and PE always.
+    ``on_progress`` gets ``Progress("build", ...)`` events, the random original the first half of the amount and
+    its quantization the second."""
+
+    def second_half(event: Progress) -> None:
+        if on_progress is not None:
+            fraction = event.fraction
+            on_progress(dataclasses.replace(event, done=None if fraction is None else 1 + fraction, total=2))
 
     with tempfile.TemporaryDirectory(prefix="ernie-nf4-tiny-") as tmp:
-        if on_progress:
-            on_progress("building a tiny random ERNIE-Image (seconds)")
-        original = build_original(Path(tmp) / "original", size="tiny")
+        report(on_progress, "build", "building a tiny random ERNIE-Image (seconds)", done=0, total=2)
+        original = build_original(
+            Path(tmp) / "original",
+            size="tiny",
+            on_component=lambda done, count, name: report(
+                on_progress, "build", f"random {name}", done=done / count, total=2
+            ),
+        )
         return quantize_package(
-            str(original), output, components=quantizable_here(), device=None, on_progress=on_progress
+            str(original), output, components=quantizable_here(), device=None, on_progress=second_half
         )

@@ -64,18 +64,25 @@ def _duration(seconds: float, lang: str) -> str:
 
 class RunProgress:
     """Turns a run's ``Progress`` events into (fraction, text) for ``gr.Progress``; the fraction is the whole
-    run's and never goes back (a new stage or image starts where the last one ended)."""
+    run's and never goes back (a new stage or image starts where the last one ended). What comes before the run
+    (downloading, building or loading the package, compiling) shows its own amount when it has one, and leaves the
+    run's bar at its start."""
 
     def __init__(self, lang: str = "en"):
         self.lang = lang
         self.fraction = 0.0
+        self.before: dict[str, float] = {}  # the last amount of each stage before the run
 
     def overall(self, event: Progress) -> float:
         start, end = SPANS.get(event.stage, (None, None))
-        if start is None:  # loading or downloading before the run: the run's bar waits at its start
+        if start is None:
             return self.fraction
         return start + (end - start) * (event.fraction or 0.0)
 
     def __call__(self, event: Progress) -> tuple[float, str]:
+        if event.stage not in SPANS:  # its own amount, or its last one when this event says none
+            if event.fraction is not None:
+                self.before[event.stage] = event.fraction
+            return self.before.get(event.stage, self.fraction), describe(event, self.lang)
         self.fraction = max(self.fraction, min(1.0, self.overall(event)))
         return self.fraction, describe(event, self.lang)
