@@ -102,3 +102,40 @@ def test_with_the_box_cleared_the_gallery_shows_the_final_image_alone(open_page,
     alts = page.evaluate("window.galleryAlts")
     assert alts and not any("Preview" in alt for alt in alts)
     assert app.service.previews_asked is False
+
+
+# Every 50 ms: the progress line over the gallery; while a preview shows, whether that line and Gradio's own timer are
+# in sight.
+SAMPLE_PROGRESS = """() => {
+    window.progressSamples = [];
+    window.timerWithPreview = 0;
+    window.previewTicks = [];  // while a preview shows: whether the progress line is in sight
+    window.sampler = setInterval(() => {
+        const tracker = document.querySelector('#gallery [data-testid=status-tracker]');
+        const level = tracker?.querySelector('.progress-level-inner');
+        if (level) window.progressSamples.push(level.textContent.replace(/\\s+/g, ' ').trim());
+        const timer = tracker?.querySelector('.progress-text');
+        const preview = document.querySelector('#gallery img')?.alt.startsWith('Preview');
+        if (preview && timer && timer.textContent.trim() && getComputedStyle(timer).visibility !== 'hidden')
+            window.timerWithPreview += 1;
+        if (preview) window.previewTicks.push(Boolean(level && !tracker.classList.contains('hide')));
+    }, 50);
+}"""
+
+
+@pytest.mark.browser
+def test_the_progress_line_stays_over_the_previews_and_its_time_goes_on(open_page):
+    page = open_page(viewport=DESKTOP)
+    page.evaluate(SAMPLE_PROGRESS)
+    start_run(page, previews=True)
+    playwright_api().expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "))
+    samples = page.evaluate("clearInterval(window.sampler); window.progressSamples")
+    elapsed = [float(m.group(1)) for text in samples if (m := re.search(r"([\d.]+) s since the run started", text))]
+    print("ELAPSED", elapsed, len(samples))
+    assert len(elapsed) >= 5, samples
+    assert elapsed == sorted(elapsed) and elapsed[-1] >= 1.5, elapsed  # 10 steps of 0.2 s: it never starts over
+    assert page.evaluate("window.timerWithPreview") == 0  # Gradio's timer, which restarts, is out of sight
+    ticks = page.evaluate("window.previewTicks")
+    # the line stays in sight: after a preview it is back within 150 ms, not only at the next step (0.2 s later)
+    gaps = "".join("1" if tick else "0" for tick in ticks).split("1")
+    assert len(ticks) >= 10 and max(map(len, gaps)) <= 3 and sum(ticks) >= 0.7 * len(ticks), ticks

@@ -109,3 +109,18 @@ def describe_zh(event):
     from ernie_nf4.webapp.run_progress import describe
 
     return describe(event, "zh")
+
+
+def test_after_a_live_preview_the_page_says_the_time_since_the_run_started():
+    from ernie_nf4.webapp.run_progress import RunProgress
+
+    now = [100.0]
+    event = Progress("denoising", done=2, total=8, unit="steps")
+    english, chinese = RunProgress("en", clock=lambda: now[0]), RunProgress("zh", clock=lambda: now[0])
+    now[0] = 103.24
+    assert english(event)[1] == "denoising · step 2/8"  # Gradio's own timer is right until a preview
+    english.previewed = chinese.previewed = True
+    assert english(event)[1] == "denoising · step 2/8 · 3.2 s since the run started"
+    assert chinese(event)[1] == "去噪 · 第 2/8 步 · 已运行 3.2 秒"
+    now[0] = 165.4
+    assert english(event)[1].endswith(" · 1 min 05 s since the run started")

@@ -22,7 +22,7 @@ from .live import Finished, streamed
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
-from .run_progress import RunProgress
+from .run_progress import PageProgress
 from .runs import RunRegistry, drop_queued
 from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
@@ -78,14 +78,8 @@ class Handlers:
         self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
     @staticmethod
-    def _progress_callback(progress, lang: str = "en"):
-        view = RunProgress(lang)
-
-        def show(event) -> None:
-            fraction, text = view(event)
-            progress(fraction, desc=text)
-
-        return show
+    def _progress_callback(progress, lang: str = "en") -> PageProgress:
+        return PageProgress(progress, lang)
 
     def load_model(self, request: gr.Request, progress=gr.Progress()):
         """Loads the model now; answers, in the browser's language, where the models live and how long it took."""
@@ -166,8 +160,8 @@ class Handlers:
     def _run(self, req, key: str, request, progress, lang: str, call=None, on_preview=None):
         """The request through the service (``call``: ``_enhance``, else ``_generate``) under a stop signal of its
         own; None when it was stopped. A run that gave its images is finished, whatever was pressed after its last
-        step. ``on_preview(event, cancel)``: the run asks for live previews and each comes there, never once the
-        run's stop signal is set."""
+        step. ``on_preview((event, cancel, again))``: the run asks for live previews and each comes there, never
+        once the run's stop signal is set (``again()`` shows the progress line again once the preview is shown)."""
         cancel = self.runs.start(key, request)
         try:
             call = call or self._generate
@@ -234,10 +228,11 @@ class Handlers:
                 stopped = shown and tuple(outputs) == tuple(self.stopped_outputs(lang))
                 yield (before, *outputs[1:]) if stopped else self._remembered(key, outputs)
                 return
-            event, cancel = item
+            event, cancel, again = item
             if not cancel.is_set():
                 shown = True
                 yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                again()  # the page dropped the progress line for the preview: it comes back at once
 
     def _remembered(self, key: str, outputs):
         """``outputs``, their gallery kept as the session's last results (for a stopped previewed run to put back;
@@ -387,13 +382,9 @@ class Handlers:
         return event.index
 
     @staticmethod
-    def results_shown(gallery):
-        """What the result gallery's new images change (``gallery`` raw, as the page holds it): the pick is dropped
-        (the page then shows the first selected, as the buttons take it), and the buttons that take a result (Use
-        this result, Vary, Upscale) are on only while it holds a run's images, off while empty or showing a live
-        preview."""
-        on = bool(_results(gallery))
-        return None, *[gr.Button(interactive=on) for _ in RESULT_BUTTONS]
+    def unpick():
+        """No image picked: what the gallery's selection is once its images change."""
+        return None
 
     def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
         """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does
@@ -573,15 +564,16 @@ class Handlers:
         yield from self._live(run, previews, lang, _session_key(request))
 
 
-def _previews_apart(show, on_preview, cancel):
-    """A run's progress callback that sends its live previews to ``on_preview(event, cancel)`` (none once
-    ``cancel`` is set) and every other event to ``show``."""
+def _previews_apart(show: PageProgress, on_preview, cancel):
+    """A run's progress callback that sends its live previews to ``on_preview((event, cancel, show.again))`` (none
+    once ``cancel`` is set; ``show`` is told of each one sent) and every other event to ``show``."""
 
     def split(event) -> None:
         if getattr(event, "preview", None) is None:
             show(event)
         elif not cancel.is_set():
-            on_preview((event, cancel))
+            show(event)
+            on_preview((event, cancel, show.again))
 
     return split
 

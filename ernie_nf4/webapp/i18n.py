@@ -204,6 +204,7 @@ MESSAGES = {
         "progress_step": "step {done}/{total}",
         "progress_tokens": "{done} / {total} tokens",
         "progress_eta": "ETA {time}",
+        "progress_elapsed": "{time} since the run started",
         "note_snapped": "{field} {size} → {snapped} (a multiple of {multiple})",
         "note_control": "{field}: removed {count} control character(s)",
         "note_fitted": "{field} {size} → scaled to {scaled}, center-cropped to {target}",
@@ -372,6 +373,7 @@ MESSAGES = {
         "progress_step": "第 {done}/{total} 步",
         "progress_tokens": "已写 {done} / {total} 个词元",
         "progress_eta": "预计还需 {time}",
+        "progress_elapsed": "已运行 {time}",
         "note_snapped": "{field} {size} → {snapped}（{multiple} 的倍数）",
         "note_control": "{field}：删除了 {count} 个控制字符",
         "note_fitted": "{field} {size} → 缩放到 {scaled}，居中裁剪为 {target}",
@@ -528,10 +530,14 @@ def say(key: str, lang: str = "en", **values) -> str:
     return table[key].format(**values)
 
 
+def preview_prefixes() -> tuple[str, ...]:
+    """How a live preview's caption starts (``preview_caption``), in each language."""
+    return tuple(table["preview_caption"].split("{", 1)[0] for table in MESSAGES.values())
+
+
 def is_preview_caption(caption) -> bool:
-    """Whether ``caption`` is a live preview's (``preview_caption`` in any language), not a result's."""
-    text = caption if isinstance(caption, str) else ""
-    return any(text.startswith(table["preview_caption"].split("{", 1)[0]) for table in MESSAGES.values())
+    """Whether ``caption`` is a live preview's, not a result's."""
+    return isinstance(caption, str) and caption.startswith(preview_prefixes())
 
 
 def field_name(field: str, lang: str = "en") -> str:

@@ -4,6 +4,8 @@ the stages and the images of a run."""
 
 from __future__ import annotations
 
+import time
+
 from ..progress import Progress, format_seconds
 from .i18n import say
 
@@ -56,9 +58,10 @@ def describe(event: Progress, lang: str = "en") -> str:
 ZH_UNITS = {"h": "小时", "min": "分", "s": "秒"}
 
 
-def _duration(seconds: float, lang: str) -> str:
-    """``format_seconds``' text ("1 min 05 s"), its units in Chinese for ``zh``."""
-    text = format_seconds(seconds)
+def _duration(seconds: float, lang: str, tenths: bool = False) -> str:
+    """``format_seconds``' text ("1 min 05 s"; ``tenths``: "3.2 s" under a minute), its units in Chinese for
+    ``zh``."""
+    text = f"{seconds:.1f} s" if tenths and seconds < 59.95 else format_seconds(seconds)
     return " ".join(ZH_UNITS.get(word, word) for word in text.split()) if lang == "zh" else text
 
 
@@ -66,12 +69,24 @@ class RunProgress:
     """Turns a run's ``Progress`` events into (fraction, text) for ``gr.Progress``; the fraction is the whole
     run's and never goes back (a new stage or image starts where the last one ended). What comes before the run
     (downloading, building or loading the package, compiling) shows its own amount when it has one, and leaves the
-    run's bar at its start."""
+    run's bar at its start.
 
-    def __init__(self, lang: str = "en"):
-        self.lang = lang
+    Once ``previewed`` is set (a live preview went to the page), the text also says the time since the run started:
+    Gradio's own timer restarts at each preview, and the page hides it while one shows."""
+
+    def __init__(self, lang: str = "en", clock=time.monotonic):
+        self.lang, self.clock = lang, clock
+        self.started = clock()
         self.fraction = 0.0
         self.before: dict[str, float] = {}  # the last amount of each stage before the run
+        self.previewed = False
+
+    def describe(self, event: Progress) -> str:
+        text = describe(event, self.lang)
+        if not self.previewed:
+            return text
+        elapsed = _duration(self.clock() - self.started, self.lang, tenths=True)
+        return f"{text} · {say('progress_elapsed', self.lang, time=elapsed)}"
 
     def overall(self, event: Progress) -> float:
         start, end = SPANS.get(event.stage, (None, None))
@@ -83,6 +98,28 @@ class RunProgress:
         if event.stage not in SPANS:  # its own amount, or its last one when this event says none
             if event.fraction is not None:
                 self.before[event.stage] = event.fraction
-            return self.before.get(event.stage, self.fraction), describe(event, self.lang)
+            return self.before.get(event.stage, self.fraction), self.describe(event)
         self.fraction = max(self.fraction, min(1.0, self.overall(event)))
-        return self.fraction, describe(event, self.lang)
+        return self.fraction, self.describe(event)
+
+
+class PageProgress:
+    """A run's progress on the page: each event through ``RunProgress`` to ``progress`` (a ``gr.Progress``). A live
+    preview's event marks the run as previewed; ``again()`` shows the last event again, its time brought up to date
+    (the page drops the progress line when a preview arrives, until the next progress comes)."""
+
+    def __init__(self, progress, lang: str = "en"):
+        self.progress, self.view, self.last = progress, RunProgress(lang), None
+
+    def __call__(self, event: Progress) -> None:
+        if getattr(event, "preview", None) is not None:
+            self.view.previewed = True
+            return
+        self.last = event
+        fraction, text = self.view(event)
+        self.progress(fraction, desc=text)
+
+    def again(self) -> None:
+        if (event := self.last) is not None:
+            fraction, text = self.view(event)
+            self.progress(fraction, desc=text)

@@ -93,6 +93,10 @@ CSS = """
 #gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker].wrap {
   background: transparent; justify-content: flex-end; padding-bottom: var(--size-4) !important;
 }
+/* Gradio's timer restarts at each preview: hidden while one shows (the progress text says the time since the start) */
+#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-text {
+  visibility: hidden;
+}
 #gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-level {
   background: color-mix(in srgb, var(--block-background-fill) 85%, transparent); border-radius: var(--radius-md);
   padding: var(--size-2) var(--size-3);

@@ -3,6 +3,7 @@ methods and wires its events to ``Handlers``."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import gradio as gr
 from ..serving.service import NO_GPU_MESSAGE
 from .api_page import document_api
 from .handlers import FOLLOW_UP_BUTTONS, FORM_FIELDS, RESTORED_FIELDS, RESULT_BUTTONS, Handlers
-from .i18n import example_label, language, say, t
+from .i18n import example_label, language, preview_prefixes, say, t
 from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
@@ -46,6 +47,18 @@ SHOW_REFUSAL_JS = """() => {
   };
   setTimeout(look, 100);
 }"""
+# The buttons that take a result (Use this result, Vary, Upscale) are on while the gallery holds a run's images, off
+# while it is empty or shows a live preview.
+RESULTS_SHOWN_JS = (
+    (
+        "(gallery) => { const previews = PREFIXES;"
+        " const on = (gallery || []).length > 0"
+        " && !(gallery || []).some((item) => previews.some((p) => String(item?.caption || '').startsWith(p)));"
+        " return Array(COUNT).fill({__type__: 'update', interactive: on}); }"
+    )
+    .replace("PREFIXES", json.dumps(preview_prefixes(), ensure_ascii=False))
+    .replace("COUNT", str(len(RESULT_BUTTONS)))
+)
 # The page's lang attribute follows the language the labels are shown in (Gradio picks it from the browser's).
 PAGE_LANG_JS = "() => { document.documentElement.lang = /^zh/i.test(navigator.language) ? 'zh-CN' : 'en'; }"
 
@@ -168,10 +181,13 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     """The result gallery's selection, "Use this result", and the strength following the image input."""
     ui["result_picked"] = gr.State(None)
     ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
-    # new images (a run's, or its previews) drop the pick, and turn the buttons that take a result on or off
+    # new images (a run's, or its previews) drop the pick: the page then shows the first selected, as taken
+    ui["gallery"].change(handlers.unpick, None, ui["result_picked"], **HIDDEN)
+    # and turn the buttons that take a result on or off, in the page (an event of the server's that reads the
+    # gallery would cover the run's progress over it)
     buttons = [ui[name] for name in RESULT_BUTTONS]
+    ui["gallery"].change(None, ui["gallery"], buttons, js=RESULTS_SHOWN_JS, queue=False, api_visibility="private")
     raw = {**HIDDEN, "preprocess": False}
-    ui["gallery"].change(handlers.results_shown, ui["gallery"], [ui["result_picked"], *buttons], **raw)
     ui["use_result"].click(
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],
