@@ -119,10 +119,12 @@ def test_result_gallery_is_output_only(open_app):
 def test_history_lists_runs_newest_first_each_in_the_order_of_its_results(open_app):
     page = open_app()
     page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#count").wait_for(state="visible")
     shown = []
     for prompt, count in (("first run", 3), ("second run", 2)):
         page.locator("#count input[type=number]").fill(str(count))
-        page.locator("#count input[type=number]").blur()
+        page.locator("#count input[type=number]").press("Enter")
+        expect(page.locator("#count input[type=range]")).to_have_value(str(count))
         generate(page, prompt)
         page.wait_for_function(f"document.querySelectorAll('#gallery .thumbnail-item img').length === {count}")
         gallery = page.eval_on_selector_all("#gallery .thumbnail-item img", "images => images.map(i => i.alt)")
@@ -367,3 +369,32 @@ def test_tiny_app_form_defaults_in_the_browser(served_tiny_app, open_app):
     assert page.locator("#height input").input_value() == "256"
     assert page.locator("#steps input[type=number]").input_value() == "4"
     assert page.locator("#preset input").input_value() == "1:1 · 256×256"
+
+
+def pick_language(page, name):
+    """Gradio's Settings (in the page's footer): Language -> ``name``, then the panel closed."""
+    page.locator("footer").get_by_text(re.compile("Settings|设置")).click()
+    page.get_by_label(re.compile("Language|语言")).first.click()
+    page.locator("ul li.item", has_text=name).first.click()
+    page.keyboard.press("Escape")
+    page.locator("div[role=dialog] .banner-wrap button").first.click()
+
+
+@pytest.mark.browser
+def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writes(open_app):
+    page = open_app(locale="en-US")
+    page.locator("#advanced").get_by_text("Advanced").click()
+    page.locator("#use-pe input").uncheck()
+    generate(page, "a fox")
+    expect(page.locator("#history img").first).to_have_attribute("alt", re.compile(" · seed "))
+    pick_language(page, "简体中文")
+    expect(page.locator("#generate")).to_have_text("生成")  # Gradio's labels
+    expect(page.locator("#header")).to_contain_text("模型：")  # and the server's texts on the page, written again
+    expect(page.locator("#examples").get_by_text("信息图 · 1376×768")).to_be_visible()
+    expect(page.locator("#history img").first).to_have_attribute("alt", re.compile(" · 种子 "))
+    page.locator("#generate").click()  # a new run speaks the page's language
+    wait_for_info(page, "种子")
+    pick_language(page, "English")
+    expect(page.locator("#header")).to_contain_text("Model:")
+    page.locator("#generate").click()
+    wait_for_info(page, "seed")

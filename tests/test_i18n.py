@@ -37,3 +37,19 @@ def test_the_stats_tab_names_the_tiny_model_in_the_page_s_language(tmp_path):
     service = ImageService(ServiceConfig(model_dir=str(tmp_path / "none"), repo_id=None, source=None, tiny=True))
     text = stats_markdown(service.stats(), "zh")  # the service names the model in English, as PNGs record it
     assert text.startswith(f"**{say('model_tiny', 'zh')}**") and say("model_tiny") not in text
+
+
+def test_the_pages_language_cookie_wins_over_the_browsers():
+    from types import SimpleNamespace
+
+    from ernie_nf4.webapp.i18n import LANGUAGE_COOKIE, language
+
+    def request(**headers):
+        return SimpleNamespace(headers=headers)
+
+    assert language(request(**{"accept-language": "zh-CN,zh;q=0.9"})) == "zh"
+    assert language(request(**{"accept-language": "zh-CN", "cookie": f"{LANGUAGE_COOKIE}=en"})) == "en"
+    assert language(request(**{"accept-language": "en-US", "cookie": f"a=1; {LANGUAGE_COOKIE}=zh-CN"})) == "zh"
+    assert language(request(**{"accept-language": "en-US", "cookie": f"{LANGUAGE_COOKIE}="})) == "en"
+    assert language(request(**{"accept-language": "zh", "cookie": 'broken="; x'})) == "zh"
+    assert language(None) == "en"

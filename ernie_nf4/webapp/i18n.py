@@ -1,14 +1,16 @@
 """The interface's words in English and Chinese.
 
 - Labels (``t(key)``): Gradio picks the table from the browser's language (``navigator.language``: ``zh``,
-  ``zh-CN``, … get Chinese) and falls back to English.
+  ``zh-CN``, … get Chinese), or the one picked in its Settings, and falls back to English.
 - Texts the server writes (run info, popups, progress, errors, stats): ``say(key, lang, **values)`` from the
-  ``MESSAGES`` tables, in the language of the request that caused them (``language(request)``, read from its
-  ``Accept-Language`` header)."""
+  ``MESSAGES`` tables, in the language of the page that caused them (``language(request)``: the page's cookie, else
+  the browser's ``Accept-Language`` header)."""
 
 from __future__ import annotations
 
 import functools
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
 EN = {
     "prompt": "Prompt",
@@ -500,6 +502,7 @@ EXAMPLE_TITLES_ZH = {
     "Neon sign photo": "霓虹灯招牌照片",
 }
 LANGUAGES = tuple(MESSAGES)
+LANGUAGE_COOKIE = "ernie-nf4-lang"  # the page's language, as the page shows it (``theme.LANGUAGE_JS``)
 
 
 @functools.cache
@@ -511,15 +514,25 @@ def translations():
 
 
 def language(request) -> str:
-    """``"zh"`` when the request's browser prefers Chinese (its ``Accept-Language`` header's first language is
-    ``zh``, ``zh-CN``, …), else ``"en"``; ``request`` is a ``gr.Request`` or None."""
+    """``"zh"`` when the request's page is in Chinese, else ``"en"``; ``request`` is a ``gr.Request`` or None. The
+    page's language is its ``LANGUAGE_COOKIE`` (the language Gradio shows, which Gradio's Settings can change), else
+    the browser's (the ``Accept-Language`` header's first language: ``zh``, ``zh-CN``, … are Chinese)."""
     headers = getattr(request, "headers", None) or {}
     try:
-        accepted = headers.get("accept-language", "") or ""
+        picked, accepted = _cookie(headers.get("cookie", "") or ""), headers.get("accept-language", "") or ""
     except AttributeError:
         return "en"
-    first = accepted.split(",", 1)[0].split(";", 1)[0].strip().lower()
+    first = (picked or accepted).split(",", 1)[0].split(";", 1)[0].strip().lower()
     return "zh" if first.split("-", 1)[0] == "zh" else "en"
+
+
+def _cookie(header: str) -> str:
+    """The page's language from a ``Cookie`` header ("" when it has none, or cannot be read)."""
+    try:
+        morsel = SimpleCookie(header).get(LANGUAGE_COOKIE)
+    except CookieError:
+        return ""
+    return unquote(morsel.value) if morsel is not None else ""
 
 
 def say(key: str, lang: str = "en", **values) -> str:

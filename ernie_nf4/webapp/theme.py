@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from .i18n import EN, ZH, translations
+from .i18n import EN, LANGUAGE_COOKIE, ZH, translations
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -28,8 +28,7 @@ ACCESSIBILITY_JS = """
 <script>
 (() => {
   const SWAP = __SWAP__;
-  const zh = (navigator.language || "en").toLowerCase().startsWith("zh");
-  const swapName = SWAP[zh ? "zh" : "en"];
+  const isZh = () => (document.documentElement.lang || navigator.language || "en").toLowerCase().startsWith("zh");
   // Gradio's own names for its buttons, said in Chinese on a Chinese page
   const GRADIO_ZH = {
     "Copy": "复制", "Reset to default value": "恢复默认值", "Click to upload or drop files": "点击上传或拖入文件",
@@ -43,7 +42,7 @@ ACCESSIBILITY_JS = """
   const nameButton = (button, label) => {  // "Copy" -> "Copy: Prompt"; a new name from Gradio is named afresh
     const current = button.getAttribute("aria-label");
     if (!label || !current || current === button.dataset.named) return;
-    button.dataset.named = zh ? `${GRADIO_ZH[current] || current}：${label}` : `${current}: ${label}`;
+    button.dataset.named = isZh() ? `${GRADIO_ZH[current] || current}：${label}` : `${current}: ${label}`;
     button.setAttribute("aria-label", button.dataset.named);
   };
   const say = (live) => {
@@ -62,6 +61,7 @@ ACCESSIBILITY_JS = """
     for (const button of document.querySelectorAll(".block button[aria-label]:not(.thumbnail-item)")) {
       nameButton(button, fieldLabel(button));
     }
+    const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
     if (pending === null) pending = setTimeout(() => say(live), Math.max(0, 2000 - (Date.now() - last)));
@@ -83,6 +83,33 @@ ACCESSIBILITY_JS = """
 })();
 </script>
 """.replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False))
+
+# The page's language (Gradio's: the browser's, or the one picked in Gradio's Settings, which Gradio puts in the
+# page's lang attribute) goes to the server in a cookie, for the texts the server writes (``i18n.language``); a change
+# clicks the hidden #relang button, whose events write again the server's texts already on the page. The cookie is
+# dropped as the page opens (the server then reads the browser's Accept-Language) and written at each change, and
+# again when the tab gets the focus (another tab may have written its own).
+LANGUAGE_JS = """
+<script>
+(() => {
+  const NAME = "__COOKIE__";
+  const write = () => {
+    const lang = document.documentElement.lang;
+    if (lang) document.cookie = `${NAME}=${encodeURIComponent(lang)}; path=/; SameSite=Lax`;
+  };
+  document.cookie = `${NAME}=; path=/; max-age=0; SameSite=Lax`;
+  let shown = document.documentElement.lang;
+  new MutationObserver(() => {
+    const lang = document.documentElement.lang;
+    if (lang === shown) return;
+    shown = lang;
+    write();
+    document.querySelector("#relang")?.click();
+  }).observe(document.documentElement, {attributes: true, attributeFilter: ["lang"]});
+  window.addEventListener("focus", write);
+})();
+</script>
+""".replace("__COOKIE__", LANGUAGE_COOKIE)
 
 CSS = """
 #actions { align-self: stretch; }
@@ -119,6 +146,7 @@ CSS = """
   border: none; border-radius: 0;
 }
 #revised textarea { overflow-y: auto; }
+#relang { display: none !important; }
 .visually-hidden {
   position: absolute !important; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
   overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
@@ -154,6 +182,6 @@ class ErnieBlocks(gr.Blocks):
 
     def launch(self, *args, **kwargs):
         kwargs.setdefault("css", CSS)
-        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS)
+        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS + LANGUAGE_JS)
         kwargs.setdefault("i18n", translations())
         return super().launch(*args, **kwargs)

@@ -59,8 +59,6 @@ RESULTS_SHOWN_JS = (
     .replace("PREFIXES", json.dumps(preview_prefixes(), ensure_ascii=False))
     .replace("COUNT", str(len(RESULT_BUTTONS)))
 )
-# The page's lang attribute follows the language the labels are shown in (Gradio picks it from the browser's).
-PAGE_LANG_JS = "() => { document.documentElement.lang = /^zh/i.test(navigator.language) ? 'zh-CN' : 'en'; }"
 
 
 def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
@@ -165,10 +163,10 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     # Their messages go into the note under the history (a popup from an event outside the queue never arrives).
     restored = [ui[name] for name in RESTORED_FIELDS]
     history = [ui["history_state"], ui["history"], ui["note"]]
-    demo.load(handlers.show_history, ui["history_state"], history, **HIDDEN)
-    demo.load(None, js=PAGE_LANG_JS)
     examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
-    demo.load(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
+    for written in _page_written(demo, ui):  # the texts the server writes, in the page's language
+        written(handlers.show_history, ui["history_state"], history, **HIDDEN)
+        written(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(
@@ -205,19 +203,25 @@ def _buttons_at_rest(ui: dict, problem: str | None) -> None:
         ui["run"].interactive = False
 
 
+def _page_written(demo: gr.Blocks, ui: dict) -> tuple:
+    """When the server writes its texts on the page: as it opens, and when its language changes (Gradio's Settings),
+    which clicks the hidden #relang button (``theme.LANGUAGE_JS``)."""
+    return demo.load, ui["relang"].click
+
+
 def _example_labels(labels: list[str]):
-    """The event that gives the examples' labels in the language of the browser that opened the page."""
+    """The event that gives the examples' labels in the page's language."""
 
     def translated(request: gr.Request):
         lang = language(request)
-        return gr.skip() if lang == "en" else gr.Dataset(sample_labels=[example_label(label, lang) for label in labels])
+        return gr.Dataset(sample_labels=[example_label(label, lang) for label in labels])
 
     return translated
 
 
 def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     ui["refresh"].click(handlers.stats, None, ui["stats_json"], api_name="stats")
-    for trigger in (ui["refresh"].click, ui["stats_tab"].select, demo.load):
+    for trigger in (ui["refresh"].click, ui["stats_tab"].select, *_page_written(demo, ui)):
         trigger(handlers.refresh_stats, None, [ui["stats_md"], ui["chart"]], api_visibility="private")
 
 
@@ -248,6 +252,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         words, translated = _page_words(service)
         header_text, missing_text = words("en")
         header = gr.Markdown(header_text, elem_id="header")
+        relang = gr.Button("relang", elem_id="relang")  # out of sight (CSS): clicked as the page's language changes
         with gr.Tab(t("tab_create")):
             problem = service.unavailable_reason()
             # said right above Generate, which is off
@@ -256,6 +261,7 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
             ui["note"] = gr.Markdown("", elem_id="history-note")
         ui |= stats_tab()
         ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made
+        ui["relang"] = relang
         _buttons_at_rest(ui, problem)
         _wire_generate(handlers, ui, getattr(service, "replica_count", 1))
         _wire_enhance(handlers, ui, demo, getattr(service, "replica_count", 1))
@@ -264,7 +270,8 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
         _wire_image_to_image(handlers, ui)
         _wire_stats(handlers, ui, demo)
         _wire_follow_ups(handlers, ui, demo, getattr(service, "replica_count", 1))
-        demo.load(translated, None, [header, missing], **HIDDEN)
+        for written in _page_written(demo, ui):
+            written(translated, None, [header, missing], **HIDDEN)
     demo.queue(default_concurrency_limit=1)
     document_api(demo)
     return demo
