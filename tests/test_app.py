@@ -331,10 +331,10 @@ def test_a_run_that_gave_its_images_is_never_reported_as_stopped(tmp_path):
 
 def test_the_progress_bar_never_goes_back_across_stages_and_images():
     from ernie_nf4.progress import Progress
-    from ernie_nf4.webapp.handlers import Handlers
+    from ernie_nf4.webapp.run_progress import PageProgress
 
     shown = []
-    show = Handlers._progress_callback(lambda fraction, desc: shown.append((fraction, desc)))
+    show = PageProgress(lambda fraction, desc: shown.append((fraction, desc)))
     events = [Progress("pe", done=token, total=8, unit="tokens") for token in range(1, 9)]
     events.append(Progress("text_encoding"))
     for image in (1, 2, 3):  # the library counts the steps of the whole run (4 per image) and names the image

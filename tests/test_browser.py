@@ -1,7 +1,9 @@
 """The app in headless Chromium, mostly around the fake service (fast): the form, examples and presets, the
 keyboard shortcut, the phone layout, progress, Stop, the history and settings restored from a PNG, the language."""
 
+import http.server
 import re
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +14,7 @@ from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.layout import form_defaults  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 
-from .support.app import RUN_ENDED, FakeService, PageOpener, playwright_api  # noqa: E402
+from .support.app import RUN_ENDED, FakeService, PageOpener, playwright_api, wait_until  # noqa: E402
 
 DESKTOP = {"width": 1400, "height": 1000}
 PHONE = {"width": 390, "height": 844}
@@ -115,6 +117,18 @@ def test_result_gallery_is_output_only(open_app):
     assert gallery.get_by_text("Drop").count() == 0
 
 
+def set_slider(page, selector, value):
+    """Gradio's slider ``selector`` at ``value``, typed into its number box (again when the page, still settling,
+    lets the first one go)."""
+    number, value = page.locator(f"{selector} input[type=number]"), str(value)
+    for _ in range(5):
+        number.fill(value)
+        number.press("Enter")
+        if wait_until(lambda: page.locator(f"{selector} input[type=range]").input_value() == value, 3):
+            return
+    raise AssertionError(f"{selector} did not take {value}")
+
+
 @pytest.mark.browser
 def test_history_lists_runs_newest_first_each_in_the_order_of_its_results(open_app):
     page = open_app()
@@ -122,15 +136,17 @@ def test_history_lists_runs_newest_first_each_in_the_order_of_its_results(open_a
     page.locator("#count").wait_for(state="visible")
     shown = []
     for prompt, count in (("first run", 3), ("second run", 2)):
-        page.locator("#count input[type=number]").fill(str(count))
-        page.locator("#count input[type=number]").press("Enter")
-        expect(page.locator("#count input[type=range]")).to_have_value(str(count))
-        generate(page, prompt)
-        page.wait_for_function(f"document.querySelectorAll('#gallery .thumbnail-item img').length === {count}")
-        gallery = page.eval_on_selector_all("#gallery .thumbnail-item img", "images => images.map(i => i.alt)")
+        set_slider(page, "#count", count)
+        page.locator("#prompt textarea").fill(prompt)
+        set_size(page, 64, 64)
+        page.locator("#generate").click()
+        tiles = page.locator("#gallery .thumbnail-item img")
+        expect(tiles).to_have_count(count)
+        expect(tiles.first).to_have_attribute("alt", re.compile(f" · {prompt}$"))
+        gallery = tiles.evaluate_all("images => images.map(i => i.alt)")
         assert len(set(gallery)) == count and all(prompt in alt for alt in gallery), gallery
         shown = gallery + shown
-        page.wait_for_function(f"document.querySelectorAll('#history .thumbnail-item img').length === {len(shown)}")
+        expect(page.locator("#history .thumbnail-item img")).to_have_count(len(shown))
     history = page.eval_on_selector_all("#history .thumbnail-item img", "images => images.map(i => i.alt)")
     assert history == shown
 
@@ -371,18 +387,21 @@ def test_tiny_app_form_defaults_in_the_browser(served_tiny_app, open_app):
     assert page.locator("#preset input").input_value() == "1:1 · 256×256"
 
 
-def pick_language(page, name):
-    """Gradio's Settings (in the page's footer): Language -> ``name``, then the panel closed."""
-    page.locator("footer").get_by_text(re.compile("Settings|设置")).click()
-    page.get_by_label(re.compile("Language|语言")).first.click()
-    page.locator("ul li.item", has_text=name).first.click()
-    page.keyboard.press("Escape")
-    page.locator("div[role=dialog] .banner-wrap button").first.click()
+def pick_language(frame, name):
+    """Gradio's Settings (in the page's footer): Language -> ``name``, then the panel closed (``frame``: a page, or
+    a frame in one)."""
+    frame.locator("footer").get_by_text(re.compile("Settings|设置")).click()
+    frame.get_by_label(re.compile("Language|语言")).first.click()
+    frame.locator("ul li.item", has_text=name).first.click()
+    getattr(frame, "page", frame).keyboard.press("Escape")
+    frame.locator("div[role=dialog] .banner-wrap button").first.click()
 
 
 @pytest.mark.browser
-def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writes(open_app):
+def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writes(open_app, fake_app):
     page = open_app(locale="en-US")
+    other = page.context.new_page()  # a second tab of the same browser, which keeps its own language
+    other.goto(fake_app[1].src)
     page.locator("#advanced").get_by_text("Advanced").click()
     page.locator("#use-pe input").uncheck()
     generate(page, "a fox")
@@ -394,7 +413,49 @@ def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writ
     expect(page.locator("#history img").first).to_have_attribute("alt", re.compile(" · 种子 "))
     page.locator("#generate").click()  # a new run speaks the page's language
     wait_for_info(page, "种子")
+    generate(other, "a fox in the other tab")
+    expect(other.locator("#header")).to_contain_text("Model:")
     pick_language(page, "English")
     expect(page.locator("#header")).to_contain_text("Model:")
     page.locator("#generate").click()
     wait_for_info(page, "seed")
+
+
+@pytest.mark.browser
+def test_a_language_picked_in_a_frame_of_another_site_reaches_the_server(browser, fake_app):
+    # as a Hugging Face Space shows the app: in a frame of a page of another site (localhost against 127.0.0.1)
+    html = f'<iframe id="app" src="{fake_app[1].src}" style="width:1300px;height:1100px"></iframe>'.encode()
+    parent = serve_page(html)
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1200})
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{parent.server_port}/")
+        frame = page.frame_locator("#app")
+        frame.locator("#generate").wait_for()
+        app = next(f for f in page.frames if f.url.startswith(fake_app[1].src))
+        pick_language(app, "简体中文")
+        expect(frame.locator("#header")).to_contain_text("模型：")
+        frame.locator("#prompt textarea").fill("a fox in a frame")
+        frame.locator("#generate").click()
+        expect(frame.locator("#info textarea")).to_have_value(re.compile("^种子 "))
+    finally:
+        context.close()
+        parent.shutdown()
+
+
+def serve_page(html: bytes):
+    """A server on loopback that answers every GET with ``html`` (in a thread; ``shutdown()`` stops it)."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -274,6 +274,21 @@ def test_every_control_has_a_name_of_its_own(open_app, locale):
 
 
 @pytest.mark.browser
+def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
+    from .test_browser import pick_language
+
+    page = open_app(locale="en-US")
+    generate(page, "named cat", 64, 64)
+    page.locator("#history img").first.wait_for()
+    assert any(node["name"].startswith("Copy: ") for node in ax_nodes(page))
+    pick_language(page, "简体中文")
+    page.get_by_role("button", name=re.compile("^复制：提示词")).first.wait_for()
+    names = [node["name"].strip() for node in ax_nodes(page) if node["role"] in CONTROLS]
+    english = [name for name in names if name.startswith(("Copy", "Reset to default", "Click to upload"))]
+    assert english == [], english
+
+
+@pytest.mark.browser
 def test_gallery_images_are_named_by_their_caption(open_app, fake_app):
     service, _ = fake_app
     page = open_app()

@@ -39,17 +39,16 @@ def test_the_stats_tab_names_the_tiny_model_in_the_page_s_language(tmp_path):
     assert text.startswith(f"**{say('model_tiny', 'zh')}**") and say("model_tiny") not in text
 
 
-def test_the_pages_language_cookie_wins_over_the_browsers():
+def test_the_pages_own_language_wins_over_the_browsers():
     from types import SimpleNamespace
 
-    from ernie_nf4.webapp.i18n import LANGUAGE_COOKIE, language
+    from ernie_nf4.webapp.i18n import LANGUAGE_HEADER, language
 
     def request(**headers):
         return SimpleNamespace(headers=headers)
 
     assert language(request(**{"accept-language": "zh-CN,zh;q=0.9"})) == "zh"
-    assert language(request(**{"accept-language": "zh-CN", "cookie": f"{LANGUAGE_COOKIE}=en"})) == "en"
-    assert language(request(**{"accept-language": "en-US", "cookie": f"a=1; {LANGUAGE_COOKIE}=zh-CN"})) == "zh"
-    assert language(request(**{"accept-language": "en-US", "cookie": f"{LANGUAGE_COOKIE}="})) == "en"
-    assert language(request(**{"accept-language": "zh", "cookie": 'broken="; x'})) == "zh"
+    assert language(request(**{"accept-language": "zh-CN", LANGUAGE_HEADER: "en"})) == "en"
+    assert language(request(**{"accept-language": "en-US", LANGUAGE_HEADER: "zh-CN", "cookie": "a=é; b={}"})) == "zh"
+    assert language(request(**{"accept-language": "zh", LANGUAGE_HEADER: ""})) == "zh"
     assert language(None) == "en"

@@ -100,6 +100,8 @@ def test_building_the_package_moves_the_bar_then_the_run_starts_its_own(tmp_path
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert len(set(fractions)) >= 6, shown  # each model of the random original, each component quantized
     assert any(text.startswith("building the package · 50% · [1/") for _, text in shown), shown
+    fitting = [fraction for fraction, text in shown if "fitting the live previews' map" in text]
+    assert fitting and 0.75 < fitting[0] < 1.0, shown  # not done until that map is
     assert bar(Progress("denoising", done=1, total=10, unit="steps"))[0] == pytest.approx(0.28)  # the run's own bar
     downloading = Progress("download", done=3e9, total=9e9, unit="bytes")
     assert RunProgress("zh")(downloading) == (pytest.approx(1 / 3), describe_zh(downloading))
@@ -120,7 +122,7 @@ def test_after_a_live_preview_the_page_says_the_time_since_the_run_started():
     now[0] = 103.24
     assert english(event)[1] == "denoising · step 2/8"  # Gradio's own timer is right until a preview
     english.previewed = chinese.previewed = True
-    assert english(event)[1] == "denoising · step 2/8 · 3.2 s since the run started"
+    assert english(event)[1] == "denoising · step 2/8 · 3.2 s elapsed"
     assert chinese(event)[1] == "去噪 · 第 2/8 步 · 已运行 3.2 秒"
     now[0] = 165.4
-    assert english(event)[1].endswith(" · 1 min 05 s since the run started")
+    assert english(event)[1].endswith(" · 1 min 05 s elapsed")

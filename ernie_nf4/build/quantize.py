@@ -306,7 +306,7 @@ def quantize_package(
     Raises ``InvalidArgument`` (bad argument, source or output), ``FileExistsError`` (output exists and not
     ``overwrite``), ``EnvironmentUnsupported`` (no GPU for the transformer, not enough disk) before any heavy
     work. Returns the package folder. ``on_progress`` gets ``Progress("build", ...)`` events: what is being done, and
-    once the source is read, how much of it (its components' bytes) is done.
+    once the source is read, how much (its components' bytes, and its VAE's again for the live previews' map).
     """
 
     def report(message: str, done: float | None = None, total: float | None = None) -> None:
@@ -331,14 +331,15 @@ def quantize_package(
     plan = _plan(source, revision, components, output)
     started = time.perf_counter()
     with staged_folder(output) as staging:
-        records, done, total = {}, 0, sum(plan.before.values())
+        # the amount: the source's bytes, and the VAE's once more for the live previews' map fitted from it
+        records, done, total = {}, 0, sum(plan.before.values()) + plan.before.get("vae", 0)
         for step, name in enumerate(plan.names, 1):
             records[name] = _write_component(
                 plan, name, staging, device, keep_vision, _step_reporter(report, step, len(plan.names), done, total)
             )
             done += plan.before[name]
         (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
-        files = _write_preview_map(plan, staging, device, lambda message: report(message, total, total))
+        files = _write_preview_map(plan, staging, device, lambda message: report(message, done, total))
         metadata = {**_metadata(plan, records, staging, device, started), "files": files}
         write_metadata(staging, metadata)
         write_model_card(staging)

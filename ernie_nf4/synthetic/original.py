@@ -79,7 +79,7 @@ def build_original(
     """Write a random-weight ERNIE-Image original (all seven components) to ``output_dir``.
 
     One component at a time is built (on ``device``), saved and freed, so the full-size model needs
-    about 16 GB of (GPU) memory at most; ``on_component(done, count, name)`` is called as each model starts.
+    about 16 GB of (GPU) memory at most; ``on_component(done, count, name)`` is called as each component starts.
     Returns the folder.
     """
     import torch

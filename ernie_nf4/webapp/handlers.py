@@ -77,14 +77,10 @@ class Handlers:
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
         self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
-    @staticmethod
-    def _progress_callback(progress, lang: str = "en") -> PageProgress:
-        return PageProgress(progress, lang)
-
     def load_model(self, request: gr.Request, progress=gr.Progress()):
-        """Loads the model now; answers, in the browser's language, where the models live and how long it took."""
+        """Loads the model now; answers, in the page's language, where the models live and how long it took."""
         try:
-            self.service.load(self._progress_callback(progress))
+            self.service.load(PageProgress(progress, language(request)))
         except Exception as err:
             raise gr.Error(user_message(err, language(request)), print_exception=False) from None
         return load_answer(self.service.stats().live, language(request))
@@ -165,7 +161,7 @@ class Handlers:
         cancel = self.runs.start(key, request)
         try:
             call = call or self._generate
-            show = self._progress_callback(progress, lang)
+            show = PageProgress(progress, lang)
             if on_preview is not None:
                 return call(req, on_progress=_previews_apart(show, on_preview, cancel), cancel=cancel, previews=True)
             return call(req, on_progress=show, cancel=cancel)
@@ -498,7 +494,7 @@ class Handlers:
         return self.service.stats().to_dict()
 
     def refresh_stats(self, request: gr.Request):
-        """The Stats tab in the browser's language: the text, and the chart with its titles."""
+        """The Stats tab in the page's language: the text, and the chart with its titles."""
         import pandas as pd
 
         lang, data = language(request), self.service.stats()

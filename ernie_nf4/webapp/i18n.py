@@ -3,14 +3,12 @@
 - Labels (``t(key)``): Gradio picks the table from the browser's language (``navigator.language``: ``zh``,
   ``zh-CN``, … get Chinese), or the one picked in its Settings, and falls back to English.
 - Texts the server writes (run info, popups, progress, errors, stats): ``say(key, lang, **values)`` from the
-  ``MESSAGES`` tables, in the language of the page that caused them (``language(request)``: the page's cookie, else
-  the browser's ``Accept-Language`` header)."""
+  ``MESSAGES`` tables, in the language of the page that caused them (``language(request)``: the page's own header,
+  else the ``Accept-Language`` header)."""
 
 from __future__ import annotations
 
 import functools
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import unquote
 
 EN = {
     "prompt": "Prompt",
@@ -206,7 +204,7 @@ MESSAGES = {
         "progress_step": "step {done}/{total}",
         "progress_tokens": "{done} / {total} tokens",
         "progress_eta": "ETA {time}",
-        "progress_elapsed": "{time} since the run started",
+        "progress_elapsed": "{time} elapsed",
         "note_snapped": "{field} {size} → {snapped} (a multiple of {multiple})",
         "note_control": "{field}: removed {count} control character(s)",
         "note_fitted": "{field} {size} → scaled to {scaled}, center-cropped to {target}",
@@ -502,7 +500,7 @@ EXAMPLE_TITLES_ZH = {
     "Neon sign photo": "霓虹灯招牌照片",
 }
 LANGUAGES = tuple(MESSAGES)
-LANGUAGE_COOKIE = "ernie-nf4-lang"  # the page's language, as the page shows it (``theme.LANGUAGE_JS``)
+LANGUAGE_HEADER = "x-ernie-nf4-lang"  # the page's language, sent with each of its requests (``theme.LANGUAGE_JS``)
 
 
 @functools.cache
@@ -515,24 +513,16 @@ def translations():
 
 def language(request) -> str:
     """``"zh"`` when the request's page is in Chinese, else ``"en"``; ``request`` is a ``gr.Request`` or None. The
-    page's language is its ``LANGUAGE_COOKIE`` (the language Gradio shows, which Gradio's Settings can change), else
-    the browser's (the ``Accept-Language`` header's first language: ``zh``, ``zh-CN``, … are Chinese)."""
+    page's language is its ``LANGUAGE_HEADER`` (the language Gradio shows, which Gradio's Settings can change), else
+    (a client that is no page) the browser's: the ``Accept-Language`` header's first language (``zh``, ``zh-CN``, …
+    are Chinese)."""
     headers = getattr(request, "headers", None) or {}
     try:
-        picked, accepted = _cookie(headers.get("cookie", "") or ""), headers.get("accept-language", "") or ""
+        picked, accepted = headers.get(LANGUAGE_HEADER, "") or "", headers.get("accept-language", "") or ""
     except AttributeError:
         return "en"
     first = (picked or accepted).split(",", 1)[0].split(";", 1)[0].strip().lower()
     return "zh" if first.split("-", 1)[0] == "zh" else "en"
-
-
-def _cookie(header: str) -> str:
-    """The page's language from a ``Cookie`` header ("" when it has none, or cannot be read)."""
-    try:
-        morsel = SimpleCookie(header).get(LANGUAGE_COOKIE)
-    except CookieError:
-        return ""
-    return unquote(morsel.value) if morsel is not None else ""
 
 
 def say(key: str, lang: str = "en", **values) -> str:

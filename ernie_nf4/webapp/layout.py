@@ -283,7 +283,7 @@ def generate_tab(
 
 
 def stats_tab() -> dict:
-    """The Stats tab: its text and chart are filled in the browser's language (``Handlers.refresh_stats``); the
+    """The Stats tab: its text and chart are filled in the page's language (``Handlers.refresh_stats``); the
     hidden JSON is the ``/stats`` API's return."""
     with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
         stats_md = gr.Markdown(elem_id="stats")

@@ -71,8 +71,8 @@ class RunProgress:
     (downloading, building or loading the package, compiling) shows its own amount when it has one, and leaves the
     run's bar at its start.
 
-    Once ``previewed`` is set (a live preview went to the page), the text also says the time since the run started:
-    Gradio's own timer restarts at each preview, and the page hides it while one shows."""
+    Once ``previewed`` is set (a live preview went to the page), the text also says the time elapsed since the run
+    started: Gradio's own timer restarts at each preview, and the page hides it while one shows."""
 
     def __init__(self, lang: str = "en", clock=time.monotonic):
         self.lang, self.clock = lang, clock
@@ -89,9 +89,7 @@ class RunProgress:
         return f"{text} · {say('progress_elapsed', self.lang, time=elapsed)}"
 
     def overall(self, event: Progress) -> float:
-        start, end = SPANS.get(event.stage, (None, None))
-        if start is None:
-            return self.fraction
+        start, end = SPANS[event.stage]
         return start + (end - start) * (event.fraction or 0.0)
 
     def __call__(self, event: Progress) -> tuple[float, str]:

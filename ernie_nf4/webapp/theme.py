@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from .i18n import EN, LANGUAGE_COOKIE, ZH, translations
+from .i18n import EN, LANGUAGE_HEADER, ZH, translations
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -39,11 +39,16 @@ ACCESSIBILITY_JS = """
   };
   const fieldLabel = (element) => element.closest(".block")
     ?.querySelector("[data-testid=block-info], [data-testid=block-label]")?.textContent.trim();
-  const nameButton = (button, label) => {  // "Copy" -> "Copy: Prompt"; a new name from Gradio is named afresh
+  // "Copy" -> "Copy: Prompt"; a new name from Gradio is named afresh, and every name again in a new language
+  const nameButton = (button, label) => {
     const current = button.getAttribute("aria-label");
-    if (!label || !current || current === button.dataset.named) return;
-    button.dataset.named = isZh() ? `${GRADIO_ZH[current] || current}：${label}` : `${current}: ${label}`;
-    button.setAttribute("aria-label", button.dataset.named);
+    if (!label || !current) return;
+    const own = current === button.dataset.named, base = own ? button.dataset.base : current;
+    const named = isZh() ? `${GRADIO_ZH[base] || base}：${label}` : `${base}: ${label}`;
+    if (own && named === current) return;
+    button.dataset.base = base;
+    button.dataset.named = named;
+    button.setAttribute("aria-label", named);
   };
   const say = (live) => {
     pending = null; last = Date.now();
@@ -85,31 +90,35 @@ ACCESSIBILITY_JS = """
 """.replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False))
 
 # The page's language (Gradio's: the browser's, or the one picked in Gradio's Settings, which Gradio puts in the
-# page's lang attribute) goes to the server in a cookie, for the texts the server writes (``i18n.language``); a change
-# clicks the hidden #relang button, whose events write again the server's texts already on the page. The cookie is
-# dropped as the page opens (the server then reads the browser's Accept-Language) and written at each change, and
-# again when the tab gets the focus (another tab may have written its own).
+# page's lang attribute; any language but Chinese is English, as the app's words are) goes with each of the page's
+# requests to the server in a header of its own, for the texts the server writes (``i18n.language``): one tab's
+# choice is its own, also in a frame (a Hugging Face Space). A change clicks the hidden #relang button, whose events
+# write again the server's texts already on the page.
 LANGUAGE_JS = """
 <script>
 (() => {
-  const NAME = "__COOKIE__";
-  const write = () => {
-    const lang = document.documentElement.lang;
-    if (lang) document.cookie = `${NAME}=${encodeURIComponent(lang)}; path=/; SameSite=Lax`;
+  const root = document.documentElement;
+  const plain = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    const url = input instanceof Request ? input.url : String(input);
+    let own = false;
+    try { own = new URL(url, location.href).origin === location.origin; } catch (error) { own = false; }
+    if (!own || !root.lang) return plain(input, init);
+    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
+    headers.set("__HEADER__", root.lang);
+    return plain(input, {...init, headers});
   };
-  document.cookie = `${NAME}=; path=/; max-age=0; SameSite=Lax`;
-  let shown = document.documentElement.lang;
-  new MutationObserver(() => {
-    const lang = document.documentElement.lang;
-    if (lang === shown) return;
-    shown = lang;
-    write();
-    document.querySelector("#relang")?.click();
-  }).observe(document.documentElement, {attributes: true, attributeFilter: ["lang"]});
-  window.addEventListener("focus", write);
+  let shown = null;
+  const follow = () => {
+    if (root.lang && !/^(zh|en)/i.test(root.lang)) { root.lang = "en"; return; }
+    if (shown !== null && root.lang !== shown) document.querySelector("#relang")?.click();
+    shown = root.lang;
+  };
+  new MutationObserver(follow).observe(root, {attributes: true, attributeFilter: ["lang"]});
+  follow();
 })();
 </script>
-""".replace("__COOKIE__", LANGUAGE_COOKIE)
+""".replace("__HEADER__", LANGUAGE_HEADER)
 
 CSS = """
 #actions { align-self: stretch; }

@@ -226,7 +226,7 @@ def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
 
 
 def _page_words(service):
-    """The event that gives the header and the no-GPU line in the language of the browser that opened the page."""
+    """The event that gives the header and the no-GPU line in the page's language."""
 
     def words(lang: str) -> tuple[str, str]:
         model = say("model_tiny", lang) if is_tiny(service) else service.label
