@@ -129,7 +129,7 @@ CSS = """
 #gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker].wrap {
   background: transparent; justify-content: flex-end; padding-bottom: var(--size-4) !important;
 }
-/* Gradio's timer restarts at each preview: hidden while one shows (the progress text says the time since the start) */
+/* Gradio's timer restarts at each preview: hidden while one shows (the progress text says the time elapsed) */
 #gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-text {
   visibility: hidden;
 }

@@ -185,7 +185,6 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     # gallery would cover the run's progress over it)
     buttons = [ui[name] for name in RESULT_BUTTONS]
     ui["gallery"].change(None, ui["gallery"], buttons, js=RESULTS_SHOWN_JS, queue=False, api_visibility="private")
-    raw = {**HIDDEN, "preprocess": False}
     ui["use_result"].click(
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],
@@ -193,7 +192,8 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
         **HIDDEN,
     )
     # raw: whether a file came is all it asks (a file that is no image is refused by Generate, on its field)
-    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **raw)
+    given = {**HIDDEN, "preprocess": False}
+    ui["init_image"].input(handlers.image_given, [ui["init_image"], ui["strength"]], ui["strength"], **given)
 
 
 def _buttons_at_rest(ui: dict, problem: str | None) -> None:
