@@ -331,15 +331,7 @@ def quantize_package(
     plan = _plan(source, revision, components, output)
     started = time.perf_counter()
     with staged_folder(output) as staging:
-        # the amount: the source's bytes, and the VAE's once more for the live previews' map fitted from it
-        records, done, total = {}, 0, sum(plan.before.values()) + plan.before.get("vae", 0)
-        for step, name in enumerate(plan.names, 1):
-            records[name] = _write_component(
-                plan, name, staging, device, keep_vision, _step_reporter(report, step, len(plan.names), done, total)
-            )
-            done += plan.before[name]
-        (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
-        files = _write_preview_map(plan, staging, device, lambda message: report(message, done, total))
+        records, files, total = _write_parts(plan, staging, device, keep_vision, report)
         metadata = {**_metadata(plan, records, staging, device, started), "files": files}
         write_metadata(staging, metadata)
         write_model_card(staging)
@@ -351,6 +343,19 @@ def quantize_package(
         total,
     )
     return output
+
+
+def _write_parts(plan: _Plan, staging: Path, device: str, keep_vision: bool, report) -> tuple[dict, dict, int]:
+    """Every component, the index and the live previews' map into ``staging``, saying how much is done (the source's
+    bytes, and the VAE's once more for the map fitted from it); their records, the map's, and that amount's total."""
+    records, done, total = {}, 0, sum(plan.before.values()) + plan.before.get("vae", 0)
+    for step, name in enumerate(plan.names, 1):
+        said = _step_reporter(report, step, len(plan.names), done, total)
+        records[name] = _write_component(plan, name, staging, device, keep_vision, said)
+        done += plan.before[name]
+    (staging / "model_index.json").write_text(json.dumps(plan.index, indent=2) + "\n")
+    files = _write_preview_map(plan, staging, device, lambda message: report(message, done, total))
+    return records, files, total
 
 
 def _step_reporter(report, step: int, steps: int, done: int, total: int) -> Callable[[str], None]:
