@@ -197,3 +197,31 @@ def test_a_compiled_model_is_freed_once_nothing_else_holds_it(tiny_package, nf4_
     gc.collect()
     assert gone() is None  # its compiler, still held here, does not keep it (nor its memory) alive
     assert compiler.transformer is None
+
+
+def test_a_model_let_go_while_its_compile_waits_ends_that_compile_without_an_error(tiny_package, nf4_everywhere):
+    import gc
+    import threading
+    import weakref
+    from types import SimpleNamespace
+
+    model = ErnieImageTransformer2DModel.from_pretrained(
+        tiny_package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}
+    )
+    enable_fast_path(model)
+    compiler = BlockCompiler(model, backend=broken_backend)
+    release = threading.Event()
+    compiler.ahead = SimpleNamespace(wait=release.wait, succeeded=False)  # a compile helper still at work
+    raised, previous = [], threading.excepthook
+    threading.excepthook = lambda args: raised.append(args.exc_value)
+    try:
+        compiler.start()
+        gone = weakref.ref(model)
+        del model
+        gc.collect()
+        assert gone() is None
+        release.set()
+        assert compiler.wait(timeout=60) is CompileState.FAILED
+    finally:
+        threading.excepthook = previous
+    assert raised == [] and "released" in compiler.error

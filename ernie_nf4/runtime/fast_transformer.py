@@ -489,6 +489,10 @@ class BlockCompiler:
     def _compile_now(self, inputs: list[_Packed], done) -> bool:
         start = time.perf_counter()
         model = self.transformer
+        if model is None:  # let go while this waited (for the helper): nothing is left to compile
+            with self._lock:
+                self.error, self.state = "the model was released before its compile began", CompileState.FAILED
+            return False
         layers = model.layers
         try:
             fn = _own_copy(_run_block)
