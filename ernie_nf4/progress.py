@@ -22,6 +22,52 @@ STAGE_LABELS = {
 }
 
 
+# What long work says as it goes (``Progress.message``), in English; a UI may word the same keys in its own language
+# from ``Progress.detail``'s values.
+DETAILS = {
+    "tiny_original": "building a tiny random ERNIE-Image (seconds)",
+    "tiny_component": "random {name}",
+    "build_from": "building the package from {source} with quantize.py (one model at a time)",
+    "build_source": "getting the original from {source}",
+    "build_quantize": "[{step}/{steps}] quantizing {name} to NF4 on {device}",
+    "build_left_out": "[{step}/{steps}] {name}: left out {modules} ({parameters:,} parameters)",
+    "build_copy": "[{step}/{steps}] copying {name}",
+    "build_preview_map": "fitting the live previews' map from the VAE on {device}",
+    "build_done": "done: {output} ({size}, {reduction:.1%} smaller than the original) in {seconds:.1f} s",
+    "download_files": "{repo}: {files} files, {size}",
+    "download_complete": "complete",
+    "download_failed": "download of {repo} failed ({error})",
+    "download_lora": "LoRA {name} from {source}",
+    "load_found": "using the package in {name}",
+    "load_package": "loading {name}",
+    "compile_now": "compiling the transformer blocks (cached for later starts)",
+    "compile_background": "the transformer blocks compile in the background; runs are eager until then",
+    "compile_finish": "finishing the compiled transformer blocks (about {seconds:.0f} s, cached)",
+    "pe_graph": "capturing the prompt enhancer's decoding graph",
+}
+
+
+@dataclass(frozen=True)
+class Detail:
+    """A progress message as its ``DETAILS`` key and values (``detail(key, **values)``); ``text`` is its English."""
+
+    key: str
+    values: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def text(self) -> str:
+        return DETAILS[self.key].format(**dict(self.values))
+
+    def adding(self, **values) -> Detail:
+        return Detail(self.key, self.values + tuple(values.items()))
+
+
+def detail(key: str, **values) -> Detail:
+    if key not in DETAILS:
+        raise KeyError(f"no progress message named {key!r}")
+    return Detail(key, tuple(values.items()))
+
+
 @dataclass(frozen=True)
 class Progress:
     """One progress event. ``done`` / ``total`` in ``unit``: "bytes" (download), "tokens" (the prompt enhancer:
@@ -29,7 +75,8 @@ class Progress:
     over all images of the run, so ``fraction`` never goes back from one image to the next) or "".
     ``image`` / ``images``: which image of how many (1-based), in the denoising and decoding stages.
     ``preview``: a live preview of the image forming (a small PIL image), on the denoising events that carry one
-    (only for a run that asked for previews)."""
+    (only for a run that asked for previews). ``detail``: the message as a key and values (``Detail``), where the
+    library has one."""
 
     stage: str  # one of STAGES
     message: str = ""
@@ -40,6 +87,7 @@ class Progress:
     image: int | None = None
     images: int | None = None
     preview: object = None
+    detail: Detail | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -114,10 +162,13 @@ class RateMeter:
         return (total - done) * elapsed / progressed
 
 
-def report(callback: ProgressCallback | None, stage: str, message: str = "", **amounts) -> None:
-    """Call ``callback`` (if any) with a ``Progress``; also the library's log line (at debug level for the prompt
-    enhancer's token counts, which come every few tokens, and for live previews)."""
+def report(callback: ProgressCallback | None, stage: str, message: str | Detail = "", **amounts) -> None:
+    """Call ``callback`` (if any) with a ``Progress`` (a ``Detail`` message becomes its English text and its
+    ``detail``); also the library's log line (at debug level for the prompt enhancer's token counts, which come
+    every few tokens, and for live previews)."""
 
+    if isinstance(message, Detail):
+        amounts["detail"], message = message, message.text
     event = Progress(stage, message, **amounts)
     level = logging.DEBUG if event.unit == "tokens" or event.preview is not None else logging.INFO
     logging.getLogger("ernie_nf4").log(level, "%s", event.describe())

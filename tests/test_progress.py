@@ -86,13 +86,22 @@ def test_a_chinese_page_reads_the_time_left_in_chinese_units():
     assert describe(event, "en").endswith("ETA 1 min 05 s")
 
 
-def test_building_the_package_moves_the_bar_then_the_run_starts_its_own(tmp_path):
-    from ernie_nf4.serving.provider import ensure_package
-    from ernie_nf4.synthetic.tiny import build_tiny_package
+@pytest.fixture(scope="module")
+def first_start(tmp_path_factory):
+    """What a first start reports: the service gets the tiny package (it builds it) and loads it on this machine."""
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    folder = tmp_path_factory.mktemp("first-start") / "ERNIE-Image-NF4"
+    events = []
+    service = ImageService(ServiceConfig(model_dir=str(folder), repo_id=None, source=None, tiny=True))
+    service.load(on_progress=events.append)
+    return folder, events
+
+
+def test_building_the_package_moves_the_bar_then_the_run_starts_its_own(first_start):
     from ernie_nf4.webapp.run_progress import RunProgress
 
-    events = []
-    ensure_package(tmp_path / "pkg", repo_id=None, source="tiny", build=build_tiny_package, on_progress=events.append)
+    events = [event for event in first_start[1] if event.stage == "build"]
     bar = RunProgress("en")
     shown = [bar(event) for event in events]
     assert {event.stage for event in events} == {"build"}
@@ -105,6 +114,30 @@ def test_building_the_package_moves_the_bar_then_the_run_starts_its_own(tmp_path
     assert bar(Progress("denoising", done=1, total=10, unit="steps"))[0] == pytest.approx(0.28)  # the run's own bar
     downloading = Progress("download", done=3e9, total=9e9, unit="bytes")
     assert RunProgress("zh")(downloading) == (pytest.approx(1 / 3), describe_zh(downloading))
+
+
+def test_a_chinese_page_reads_the_build_and_the_load_in_chinese(first_start):
+    """Each message of a first start and of a later one (the package found), as the page writes it: in Chinese on a
+    Chinese page, only names and numbers left in Latin letters; as the library wrote it on an English one."""
+    import re
+
+    from ernie_nf4.serving.provider import ensure_package
+    from ernie_nf4.webapp.run_progress import describe
+
+    folder, events = first_start
+    found = []
+    ensure_package(folder, repo_id=None, source=None, on_progress=found.append)
+    events = [*events, *found]
+    assert {event.stage for event in events} >= {"build", "load"} and found[0].detail.key == "load_found"
+    names = {"ERNIE", "Image", "NF", "VAE", "quantize", "py", "cpu", "cuda", "transformer"}
+    for event in events:
+        assert event.detail is not None, event  # every message has its words for the page
+        assert describe(event, "en").endswith(event.message)
+        chinese = describe(event, "zh")
+        for _, value in event.detail.values:
+            chinese = chinese.replace(str(value), "")
+        assert set(re.findall(r"[A-Za-z]+", chinese)) <= names, describe(event, "zh")
+        assert re.search(r"[\u4e00-\u9fff]", chinese), chinese
 
 
 def describe_zh(event):

@@ -45,7 +45,7 @@ from ..package.metadata import (
     write_metadata,
 )
 from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
-from ..progress import ProgressCallback
+from ..progress import Detail, ProgressCallback, detail
 from ..progress import report as report_progress
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
 from ..torch_state import torch_state_kept
@@ -217,15 +217,16 @@ def _write_component(plan: _Plan, name: str, staging: Path, device: str, keep_vi
     t0 = time.perf_counter()
     vram = dropped = None
     if name in plan.components:
-        report(f"quantizing {name} to NF4 on {device}")
+        report(detail("build_quantize", name=name, device=device))
         reset_peak_vram()
         dropped = _quantize_component(name, plan.index[name], plan.source, staging / name, device, keep_vision)
         vram = peak_vram()
         if dropped:
-            report(f"    {name}: left out {', '.join(dropped['modules'])} ({dropped['parameters']:,} parameters)")
+            modules, parameters = ", ".join(dropped["modules"]), dropped["parameters"]
+            report(detail("build_left_out", name=name, modules=modules, parameters=parameters))
             plan.index[name] = ["transformers", dropped["saved_class"]]
     else:
-        report(f"copying {name}")
+        report(detail("build_copy", name=name))
         shutil.copytree(plan.source / name, staging / name)
     files = measure_folder(staging / name)
     return {
@@ -246,7 +247,7 @@ def _write_preview_map(plan: _Plan, staging: Path, device: str, report) -> dict:
     components; its metadata record (``files``)."""
     import torch
 
-    report(f"fitting the live previews' map from the VAE on {device}")
+    report(detail("build_preview_map", device=device))
     with torch_state_kept():
         vae = component_class("vae", plan.index["vae"], staging).from_pretrained(
             staging / "vae", dtype=torch.float32, use_safetensors=True
@@ -309,7 +310,7 @@ def quantize_package(
     once the source is read, how much (its components' bytes, and its VAE's again for the live previews' map).
     """
 
-    def report(message: str, done: float | None = None, total: float | None = None) -> None:
+    def report(message: Detail, done: float | None = None, total: float | None = None) -> None:
         report_progress(on_progress, "build", message, done=done, total=total)
 
     components = check_components(components)
@@ -326,7 +327,7 @@ def quantize_package(
             f"components: quantizing the transformer needs a CUDA GPU (diffusers says: {blocker}). "
             f"On this machine only {' '.join(can)} can be quantized: --components {' '.join(can)} --device cpu"
         )
-    report(f"getting the original from {source}")
+    report(detail("build_source", source=source))
     output.parent.mkdir(parents=True, exist_ok=True)
     plan = _plan(source, revision, components, output)
     started = time.perf_counter()
@@ -336,12 +337,9 @@ def quantize_package(
         write_metadata(staging, metadata)
         write_model_card(staging)
         check_package(staging, argument="output")  # what the loader checks: a package it refuses is never kept
-    report(
-        f"done: {output} ({format_bytes(metadata['totals']['bytes_after'])}, "
-        f"{metadata['totals']['reduction']:.1%} smaller than the original) in {metadata['build']['seconds']:.1f} s",
-        total,
-        total,
-    )
+    after, reduction = format_bytes(metadata["totals"]["bytes_after"]), metadata["totals"]["reduction"]
+    said = detail("build_done", output=output, size=after, reduction=reduction, seconds=metadata["build"]["seconds"])
+    report(said, total, total)
     return output
 
 
@@ -358,6 +356,6 @@ def _write_parts(plan: _Plan, staging: Path, device: str, keep_vision: bool, rep
     return records, files, total
 
 
-def _step_reporter(report, step: int, steps: int, done: int, total: int) -> Callable[[str], None]:
+def _step_reporter(report, step: int, steps: int, done: int, total: int) -> Callable[[Detail], None]:
     """What component ``step`` of ``steps`` says, with the source's bytes done before it (of ``total``)."""
-    return lambda message: report(f"[{step}/{steps}] {message}", done, total)
+    return lambda message: report(message.adding(step=step, steps=steps), done, total)

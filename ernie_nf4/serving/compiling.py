@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..progress import ProgressCallback, report
+from ..progress import Detail, ProgressCallback, detail, report
 from ..runtime import compile_ahead
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ COMPILE_OFF = "eager: compile off (--no-compile)"
 @dataclass(frozen=True)
 class CompileDecision:
     when: CompileWhen
-    reason: str  # for people: why eager (shown in Stats), or what compiling does
+    reason: str | Detail  # for people: why eager (shown in Stats), or what compiling does (the progress says)
     capture_pe_graph: bool = False  # run the PE once before the compile thread starts
 
 
@@ -60,10 +60,10 @@ def decide_compile(compile: bool | None, loaded) -> CompileDecision:
     if (reason := eager_reason(compile, loaded)) is not None:
         return CompileDecision(CompileWhen.EAGER, reason)
     if loaded.residency is not None:
-        return CompileDecision(CompileWhen.NOW, "compiling the transformer blocks (cached for later starts)")
+        return CompileDecision(CompileWhen.NOW, detail("compile_now"))
     return CompileDecision(
         CompileWhen.BACKGROUND,
-        "the transformer blocks compile in the background; runs are eager until then",
+        detail("compile_background"),
         capture_pe_graph=loaded.device.startswith("cuda") and loaded.has_pe,
     )
 
@@ -143,7 +143,7 @@ def capture_pe_graph(generator, on_progress: ProgressCallback | None) -> None:
     failure here is only logged: the first request runs the PE as it would have."""
     import torch
 
-    report(on_progress, "pe", "capturing the prompt enhancer's decoding graph")
+    report(on_progress, "pe", detail("pe_graph"))
     try:
         with torch.cuda.device(generator.loaded.device):
             generator.enhance_prompt(PE_WARM_UP_PROMPT, 1024, 1024, seed=0)
@@ -167,7 +167,7 @@ def await_quick_compile(compiler, on_progress: ProgressCallback | None = None, c
         return False
     if (expected := compiler.expected_seconds) is None:
         return False
-    report(on_progress, "compile", f"finishing the compiled transformer blocks (about {expected:.0f} s, cached)")
+    report(on_progress, "compile", detail("compile_finish", seconds=expected))
     patience = QUICK_COMPILE_PATIENCE * expected + QUICK_COMPILE_MARGIN_SECONDS
     deadline = time.monotonic() + min(patience, QUICK_COMPILE_MAX_SECONDS)
     while compiler.compiling and time.monotonic() < deadline:

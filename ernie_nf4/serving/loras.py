@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument, PackageUnavailable
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, detail, report
 from ..request import LoraChoice
 from ..runtime.lora_files import check_lora_file
 
@@ -164,7 +164,7 @@ def fetch_lora(source: LoraSource, endpoint: str | None = None, on_progress: Pro
         raise InvalidArgument(f"lora {source.name!r}: {filename} is not a .safetensors file; only those are read")
     from huggingface_hub import hf_hub_download
 
-    report(on_progress, "download", f"LoRA {source.name} from {source.source}")
+    report(on_progress, "download", detail("download_lora", name=source.name, source=source.source))
     try:
         filename = filename or _repo_file(repo, endpoint)
         return Path(hf_hub_download(repo, filename, endpoint=endpoint))

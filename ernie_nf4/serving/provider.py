@@ -22,7 +22,7 @@ from ..errors import EnvironmentUnsupported, PackageError, PackageUnavailable
 from ..formatting import format_bytes
 from ..package.check import check_package
 from ..package.metadata import folder_bytes
-from ..progress import ProgressCallback, RateMeter, report
+from ..progress import ProgressCallback, RateMeter, detail, report
 from ..variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def download_package(
     report(
         on_progress,
         "download",
-        f"{repo_id}: {len(layout.files)} files, {format_bytes(layout.bytes)}",
+        detail("download_files", repo=repo_id, files=len(layout.files), size=format_bytes(layout.bytes)),
         done=0,
         total=layout.bytes,
         unit="bytes",
@@ -125,7 +125,7 @@ def download_package(
     except PackageError as err:
         shutil.rmtree(partial, ignore_errors=True)
         raise PackageError(f"{repo_id} downloaded but cannot be loaded, so it was removed: {err}") from err
-    report(on_progress, "download", "complete", done=layout.bytes, total=layout.bytes, unit="bytes")
+    report(on_progress, "download", detail("download_complete"), done=layout.bytes, total=layout.bytes, unit="bytes")
     replace(package, model_dir)
     shutil.rmtree(partial, ignore_errors=True)  # what lay beside a subfolder package (README, demo images)
     return model_dir
@@ -148,7 +148,7 @@ def ensure_package(
     model_dir = Path(model_dir).expanduser().resolve()
     if model_dir.exists():
         check_package(model_dir, argument="model_dir")
-        report(on_progress, "load", f"using the package in {model_dir.name}")
+        report(on_progress, "load", detail("load_found", name=model_dir.name))
         return model_dir
     tried = []
     if repo_id:
@@ -157,11 +157,12 @@ def ensure_package(
         except EnvironmentUnsupported:
             raise
         except Exception as err:  # offline, no such repo, bad package: fall through to a build
-            tried.append(f"download of {repo_id} failed ({type(err).__name__}: {err})")
-            report(on_progress, "download", tried[-1])
+            failed = detail("download_failed", repo=repo_id, error=f"{type(err).__name__}: {err}")
+            tried.append(failed.text)
+            report(on_progress, "download", failed)
     if source:
         build = quantize_package if build is None else build
-        report(on_progress, "build", f"building the package from {source} with quantize.py (one model at a time)")
+        report(on_progress, "build", detail("build_from", source=source))
         try:
             return build(source=source, output=model_dir, on_progress=on_progress)
         except Exception as err:

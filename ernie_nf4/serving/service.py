@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import EnvironmentUnsupported, OutOfMemory
 from ..package.sizes import package_stats
-from ..progress import ProgressCallback, RateMeter, report
+from ..progress import ProgressCallback, RateMeter, detail, report
 from ..request import GenerationRequest
 from ..runtime.compute import Compute
 from ..runtime.generation import GenerationResult, Generator
@@ -221,7 +221,7 @@ class ImageService:
         start = time.perf_counter()
         config = self.config
         self.package_dir = self._get_package(on_progress)
-        report(on_progress, "load", f"loading {self.package_dir.name}")
+        report(on_progress, "load", detail("load_package", name=self.package_dir.name))
         device = config.device or ("cpu" if config.tiny and not _has_cuda() else None)
         # auto's thresholds are the full model's; a tiny one fits anywhere
         mode = MemoryMode.ALL_ON_GPU if config.tiny and config.memory_mode is MemoryMode.AUTO else config.memory_mode

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..build.quantize import quantize_package
 from ..package.format import quantizable_here
-from ..progress import Progress, ProgressCallback, report
+from ..progress import Progress, ProgressCallback, detail, report
 from .original import build_original
 
 
@@ -24,12 +24,12 @@ def build_tiny_package(source: str | None, output: Path, on_progress: ProgressCa
             on_progress(dataclasses.replace(event, done=None if fraction is None else 1 + fraction, total=2))
 
     with tempfile.TemporaryDirectory(prefix="ernie-nf4-tiny-") as tmp:
-        report(on_progress, "build", "building a tiny random ERNIE-Image (seconds)", done=0, total=2)
+        report(on_progress, "build", detail("tiny_original"), done=0, total=2)
         original = build_original(
             Path(tmp) / "original",
             size="tiny",
             on_component=lambda done, count, name: report(
-                on_progress, "build", f"random {name}", done=done / count, total=2
+                on_progress, "build", detail("tiny_component", name=name), done=done / count, total=2
             ),
         )
         return quantize_package(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 
+from ..progress import DETAILS, Progress
+
 EN = {
     "prompt": "Prompt",
     "prompt_placeholder": "Describe the image; quoted text is drawn into it. Ctrl+Enter (⌘+Enter) generates.",
@@ -471,6 +473,30 @@ MESSAGES = {
         "previews_not_bool": "previews（实时预览）必须是 true 或 false，收到 {value}",
     },
 }
+# The library's progress messages (``progress.DETAILS``) in Chinese: the same keys and fields.
+DETAILS_ZH = {
+    "tiny_original": "正在生成一个很小的随机 ERNIE-Image（几秒钟）",
+    "tiny_component": "随机生成 {name}",
+    "build_from": "正在用 quantize.py 从 {source} 构建模型包（一次一个模型）",
+    "build_source": "正在读取原始模型 {source}",
+    "build_quantize": "[{step}/{steps}] 正在把 {name} 量化为 NF4（{device}）",
+    "build_left_out": "[{step}/{steps}] {name}：省去 {modules}（{parameters:,} 个参数）",
+    "build_copy": "[{step}/{steps}] 正在复制 {name}",
+    "build_preview_map": "正在根据 VAE 拟合实时预览的映射（{device}）",
+    "build_done": "完成：{output}（{size}，比原模型小 {reduction:.1%}），用时 {seconds:.1f} 秒",
+    "download_files": "{repo}：{files} 个文件，{size}",
+    "download_complete": "完成",
+    "download_failed": "{repo} 下载失败（{error}）",
+    "download_lora": "LoRA {name}，来自 {source}",
+    "load_found": "使用 {name} 中的模型包",
+    "load_package": "模型包 {name}",
+    "compile_now": "正在编译 transformer 的各个块（缓存供以后启动使用）",
+    "compile_background": "transformer 的各个块在后台编译；在此之前以未编译形式运行",
+    "compile_finish": "正在完成 transformer 各块的编译（约 {seconds:.0f} 秒，已有缓存）",
+    "pe_graph": "正在捕获提示词增强器的解码图",
+}
+MESSAGES["en"].update({f"detail_{key}": text for key, text in DETAILS.items()})
+MESSAGES["zh"].update({f"detail_{key}": text for key, text in DETAILS_ZH.items()})
 # The form's fields as Chinese messages name them (the label, then the API's name).
 FIELD_NAMES_ZH = {
     "prompt": "提示词",
@@ -531,6 +557,13 @@ def say(key: str, lang: str = "en", **values) -> str:
     if key not in table:
         raise KeyError(f"no server text named {key!r} in {lang!r}")
     return table[key].format(**values)
+
+
+def progress_message(event: Progress, lang: str = "en") -> str:
+    """``event``'s message in ``lang``: from its ``detail`` where the library gave one, else as it came."""
+    if event.detail is None:
+        return event.message
+    return say(f"detail_{event.detail.key}", lang, **dict(event.detail.values))
 
 
 def preview_prefixes() -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from ..progress import Progress, format_seconds
-from .i18n import say
+from .i18n import progress_message, say
 
 # Each stage's share of the bar (start, end). Denoising and decoding share theirs: their events count the steps of
 # the whole run (steps × images), and an image's decode comes right after its last step.
@@ -51,7 +51,7 @@ def describe(event: Progress, lang: str = "en") -> str:
     if event.eta_seconds is not None:
         parts.append(say("progress_eta", lang, time=_duration(event.eta_seconds, lang)))
     if event.message:
-        parts.append(event.message)
+        parts.append(progress_message(event, lang))
     return " · ".join(parts)
 
 
