@@ -79,6 +79,8 @@ def test_a_layer_multiplies_as_float64_does_within_the_formats_rounding(
     if compiled:
         assert not any("bitsandbytes" in op for op in ops), ops
         assert any("_scaled_mm" in op or "_int_mm" in op for op in ops), ops
+        # on a GPU, FP8 weights come from the project's own kernel; elsewhere from torch ops Inductor fuses
+        assert any("nf4_to_fp8" in op for op in ops) == (compute is Compute.FP8 and HAS_CUDA), ops
     exact = x.double() @ dequantized(layer).T
     assert ours.shape == exact.shape and ours.dtype == torch.bfloat16
     # E4M3 keeps 3 bits of mantissa (a few % per product), INT8 7 bits (under 1%); per token and per channel scales
@@ -106,6 +108,48 @@ def test_compiled_codes_weights_are_bitsandbytes_values_within_the_format(tiny_p
         assert torch.equal(weight.to(torch.bfloat16).double(), dequantized(layer))  # bitsandbytes' values, unrounded
         rounded = _to_format(weight, layer.compute_inverse_scale[:, None], compute).float()
         assert rounded.isfinite().all() and rounded.abs().max() <= _range(compute)
+
+
+class _OneBlock(torch.nn.Module):
+    """A model of one block holding ``layer``, as ``apply_compute`` walks a transformer."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.ModuleList([layer])])
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="the kernel runs on CUDA GPUs")
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quantized", "single"])
+def test_the_fp8_weight_kernel_gives_the_torch_ops_bytes(nested):
+    """``nf4_to_fp8`` (one Triton kernel) against the same arithmetic in torch ops, for weights bitsandbytes
+    quantizes here with and without double quantization, at the full-size model's widths."""
+    import bitsandbytes as bnb
+
+    from ernie_nf4.runtime.compute import _range, _to_format, _weight_in_format
+    from ernie_nf4.runtime.nf4_torch import dequantize_state
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((4096, 4096), (12288, 4096), (4096, 12288), (80, 144)):
+        dense = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 4
+        dense[0, 0] = 50  # one channel's largest value far from the rest
+        layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
+        layer.weight = bnb.nn.Params4bit(
+            dense.to(torch.bfloat16), requires_grad=False, compress_statistics=nested, quant_type="nf4"
+        )
+        layer = layer.to("cuda")
+        apply_compute(_OneBlock(layer), Compute.FP8)
+        assert layer.compute_kernel, (n, k)
+        ours = _weight_in_format(layer, Compute.FP8)
+        weight = dequantize_state(layer.weight.data, layer.weight.quant_state, torch.float32)
+        torch_ops = _to_format(weight, layer.compute_inverse_scale[:, None], Compute.FP8)
+        assert ours.dtype == torch.float8_e4m3fn and ours.shape == (n, k)
+        assert torch.equal(ours.view(torch.uint8), torch_ops.view(torch.uint8)), (n, k)
+        assert ours.float().abs().amax(dim=1).eq(_range(Compute.FP8)).all()  # each channel reaches the range
 
 
 @pytest.mark.parametrize("compute", LOW)

@@ -5,8 +5,9 @@ all of its arithmetic is) a forward that runs its matrix product in FP8 (E4M3) o
 cores do at twice bf16's rate:
 
 - the layer's weight is dequantized for each call as bitsandbytes does for its own product (NF4 stays NF4 in
-  memory; compiled, in plain torch ops fused with what follows: ``nf4_torch``), scaled per output channel by a
-  factor fixed at load (the channel's largest magnitude over the format's range) and rounded to FP8 or INT8;
+  memory), scaled per output channel by a factor fixed at load (the channel's largest magnitude over the format's
+  range) and rounded to FP8 or INT8: for FP8 on a GPU in one Triton kernel (``nf4_to_fp8``), elsewhere compiled in
+  plain torch ops fused with what follows (``nf4_torch``), eager through bitsandbytes' own dequantization;
 - the input is scaled per token (its largest magnitude over the format's range) and rounded the same way;
 - ``torch._scaled_mm`` (FP8, both scales applied in the kernel) or ``torch._int_mm`` (INT8, int32 sums scaled after)
   multiplies them; the result is bf16, as the layer's own.
@@ -24,7 +25,7 @@ import functools
 
 import torch
 
-from ..compat import swap_class
+from ..compat import nested_absmax, swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
 from .nf4_torch import dequantize_state, in_plain_layout
 
@@ -144,6 +145,71 @@ def _weight(layer) -> torch.Tensor:
     return bnb_functional.dequantize_4bit(weight.data, quant_state)
 
 
+@torch.library.custom_op("ernie_nf4::nf4_to_fp8", mutates_args=())
+def nf4_to_fp8(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    absmax2: torch.Tensor,
+    code2: torch.Tensor,
+    offset: torch.Tensor,
+    inverse_scale: torch.Tensor,
+    blocksize: int,
+    blocksize2: int,
+    nested: bool,
+) -> torch.Tensor:
+    """An NF4 weight (its packed bytes and its state's tensors) dequantized in float32, each output channel
+    multiplied by ``inverse_scale`` and rounded to FP8, in one Triton kernel at memory speed
+    (``prompt_enhancer.kernels.nf4_gemv.dequantize_packed``). An operator of its own, so that compiled blocks call
+    the kernel as it is: what Inductor generates from the same arithmetic in torch ops runs at a third of the speed,
+    held back by its table reads."""
+    from ..prompt_enhancer.kernels.nf4_gemv import dequantize_packed
+
+    n = inverse_scale.shape[0]
+    nesting = {"NESTED": nested, "QBLOCK": blocksize, "QBLOCK2": blocksize2}
+    shape = (n, packed.numel() * 2 // n)
+    return dequantize_packed(
+        packed, absmax, code, absmax2, code2, offset, shape, nesting, torch.float8_e4m3fn, row_scale=inverse_scale
+    )
+
+
+@nf4_to_fp8.register_fake
+def _(packed, absmax, code, absmax2, code2, offset, inverse_scale, blocksize, blocksize2, nested):
+    n = inverse_scale.shape[0]
+    return packed.new_empty((n, packed.numel() * 2 // n), dtype=torch.float8_e4m3fn)
+
+
+def _fp8_kernel_fits(layer) -> bool:
+    """Whether ``nf4_to_fp8`` reads ``layer``'s weight: NF4 in bitsandbytes' layout on a CUDA GPU with Triton, a
+    float32 table, and rows of whole 8-element words (checked again at each call: the device and layout can change
+    when low-vram moves the model)."""
+    from ..prompt_enhancer.kernels import nf4_gemv
+
+    weight = layer.weight
+    state = getattr(weight, "quant_state", None)
+    return (
+        weight.is_cuda
+        and in_plain_layout(weight.data, state)
+        and state.code.dtype == torch.float32
+        and state.shape[1] % 8 == 0
+        and nf4_gemv.available()
+    )
+
+
+def _weight_in_format(layer, compute: Compute) -> torch.Tensor:
+    """The layer's weight scaled per output channel and rounded to ``compute``'s format (``[out, in]``)."""
+    packed, state = layer.weight.data, getattr(layer.weight, "quant_state", None)
+    if compute is Compute.FP8 and layer.compute_kernel and packed.is_cuda and in_plain_layout(packed, state):
+        nested = nested_absmax(state)
+        second = (nested.absmax, nested.code, nested.offset.reshape(1)) if nested else (state.absmax,) * 3
+        blocksize2 = nested.blocksize if nested else 256
+        return nf4_to_fp8(
+            packed, state.absmax, state.code, *second, layer.compute_inverse_scale, int(state.blocksize),
+            blocksize2, nested is not None,
+        )  # fmt: skip
+    return _to_format(_weight(layer), layer.compute_inverse_scale[:, None], compute)
+
+
 def _low_precision_class(base: type, compute: Compute) -> type:
     """``base`` (``nn.Linear`` or bitsandbytes' ``Linear4bit``) multiplying in ``compute``."""
     key = (base, compute.value)
@@ -155,7 +221,7 @@ def _low_precision_class(base: type, compute: Compute) -> type:
                 return base.forward(self, x)
             dtype = getattr(self, "compute_dtype", None) or torch.bfloat16
             xq, x_scale = _per_token(rows, compute)
-            wq = _to_format(_weight(self), self.compute_inverse_scale[:, None], compute)
+            wq = _weight_in_format(self, compute)
             if compute is Compute.FP8:
                 out = torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=self.compute_scale[None], out_dtype=dtype)
             else:
@@ -195,5 +261,6 @@ def apply_compute(transformer, compute) -> Compute:
                 scale = amax / _range(compute)
                 layer.register_buffer("compute_scale", scale, persistent=False)
                 layer.register_buffer("compute_inverse_scale", 1.0 / scale, persistent=False)
+                layer.compute_kernel = compute is Compute.FP8 and _fp8_kernel_fits(layer)
                 swap_class(layer, _low_precision_class(type(layer), compute))
     return compute

@@ -19,7 +19,8 @@ row-major, two 4-bit codes per byte, the even element in the high nibble; elemen
 For the prompt (many tokens) ``nf4_dequantize`` gives bitsandbytes' dense weight bit for bit in one kernel (its
 ``dequantize_4bit`` takes three and several Python layers), and the norm and rotary kernels take many tokens.
 
-Only for ``prompt_enhancer.decoding``'s graphed path (decode steps and their prompt); bitsandbytes runs everywhere else.
+For ``prompt_enhancer.decoding``'s graphed path (decode steps and their prompt), and ``dequantize_packed`` for the
+transformer's FP8 weights (``runtime.compute``); bitsandbytes runs everywhere else.
 Triton is imported on first use, so importing this module touches neither Triton nor CUDA.
 """
 
@@ -331,23 +332,48 @@ def dequantizes(module: torch.nn.Module) -> bool:
     return module.weight.data_ptr() % 4 == 0 and state.blocksize % 8 == 0 and (n * k) % 8 == 0
 
 
-def nf4_dequantize(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16, lut_asm: bool = True) -> torch.Tensor:
+def nf4_dequantize(
+    weight: torch.Tensor,
+    dtype: torch.dtype = torch.bfloat16,
+    lut_asm: bool = True,
+    row_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """bitsandbytes' ``dequantize_4bit(weight, weight.quant_state)`` (the same values, one kernel instead of three):
-    the dense ``(N, K)`` weight in ``dtype``, for the prompt's many-token products."""
-    state = weight.quant_state
-    n, k = state.shape
-    out = torch.empty((n, k), dtype=dtype, device=weight.device)
-    words = n * k // 8
+    the dense ``(N, K)`` weight in ``dtype``, for the prompt's many-token products. ``row_scale``: see
+    ``dequantize_packed``."""
+    state, scales = weight.quant_state, _operands(weight)[1:]
+    return dequantize_packed(weight.data, *scales, state.shape, _nesting(state), dtype, lut_asm, row_scale)
+
+
+def dequantize_packed(
+    packed, absmax, code, absmax2, code2, offset, shape, nesting: dict, dtype, lut_asm=True, row_scale=None
+) -> torch.Tensor:
+    """``nf4_dequantize`` from the tensors of a weight's state (``_operands``, ``_nesting``): ``packed`` holds its
+    4-bit codes as bytes. With ``row_scale`` (``N`` float32 factors), each row is multiplied by its factor in float32
+    before the one rounding to ``dtype`` (a per-channel scale into FP8: ``runtime.compute``); K must then be a
+    multiple of 8."""
+    n, k = shape
+    if row_scale is not None and (k % 8 or tuple(row_scale.shape) != (n,) or row_scale.dtype != torch.float32):
+        raise ValueError(f"row_scale must be {n} float32 factors of rows whose width (here {k}) is a multiple of 8")
+    flat = packed.reshape(-1)
+    words = (flat if flat.data_ptr() % 4 == 0 else flat.clone()).view(torch.int32)
+    out = torch.empty((n, k), dtype=dtype, device=packed.device)
     block = 1024
-    packed, *scales = _operands(weight)
-    _kernels().dequantize[(triton_cdiv(words, block),)](
-        packed,
-        out,
-        *scales,
+    _kernels().dequantize[(triton_cdiv(words.numel(), block),)](
         words,
-        **_nesting(state),
+        out,
+        absmax,
+        code,
+        absmax2,
+        code2,
+        offset,
+        words if row_scale is None else row_scale,
+        words.numel(),
+        k // 8,
+        **nesting,
         BLOCK=block,
         LUT_ASM=lut_asm,
+        ROW_SCALED=row_scale is not None,
         num_warps=4,
         enable_fp_fusion=False,  # the nested absmax rounds its product before the offset, as bitsandbytes does
     )

@@ -362,16 +362,20 @@ def dequantize_kernel(
     absmax2_ptr,
     code2_ptr,
     offset_ptr,
+    row_scale_ptr,
     WORDS,
+    ROW_WORDS,
     NESTED: tl.constexpr,
     QBLOCK: tl.constexpr,
     QBLOCK2: tl.constexpr,
     BLOCK: tl.constexpr,
     LUT_ASM: tl.constexpr,
+    ROW_SCALED: tl.constexpr,
 ):
     """The dense weight, as bitsandbytes' ``dequantize_4bit`` computes it: ``code[nibble] * absmax`` in float32
     (the nested absmax as ``code2[q] * absmax2`` plus the offset, two roundings: launch without fp fusion), rounded
-    once to ``y``'s dtype. ``BLOCK`` int32 words (8 elements each) per program."""
+    once to ``y``'s dtype. With ``ROW_SCALED``, each row (``ROW_WORDS`` words) is first multiplied by its factor in
+    ``row_scale`` (float32), in float32. ``BLOCK`` int32 words (8 elements each) per program."""
     word = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = word < WORDS
     words = tl.load(w_ptr + word, mask=ok, other=0)
@@ -385,4 +389,6 @@ def dequantize_kernel(
     element = tl.arange(0, 8)
     nibbles = (words[:, None] >> ((element ^ 1) * 4)[None, :]) & 15  # element 2t: byte t's high nibble
     values = nf4_value(code_ptr, nibbles, LUT_ASM) * scale[:, None]
+    if ROW_SCALED:  # a row's words never straddle rows: its width is a multiple of 8
+        values = values * tl.load(row_scale_ptr + word // ROW_WORDS, mask=ok, other=0.0)[:, None]
     tl.store(y_ptr + (word[:, None] * 8 + element[None, :]), values.to(y_ptr.dtype.element_ty), mask=ok[:, None])
