@@ -181,8 +181,8 @@ def _(packed, absmax, code, absmax2, code2, offset, inverse_scale, blocksize, bl
 
 def _fp8_kernel_fits(layer) -> bool:
     """Whether ``nf4_to_fp8`` reads ``layer``'s weight: NF4 in bitsandbytes' layout on a CUDA GPU with Triton, a
-    float32 table, and rows of whole 8-element words (checked again at each call: the device and layout can change
-    when low-vram moves the model)."""
+    float32 table, and rows of whole 8-element words. Asked once, where the model loads (NF4 loads onto the GPU);
+    each call also checks that the weight is on the GPU in that layout (low-vram moves it), else takes torch ops."""
     from ..prompt_enhancer.kernels import nf4_gemv
 
     weight = layer.weight
