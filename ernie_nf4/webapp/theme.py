@@ -7,7 +7,7 @@ import json
 
 import gradio as gr
 
-from .i18n import EN, LANGUAGE_HEADER, ZH, translations
+from .i18n import EN, LANGUAGE_HEADER, ZH, preview_prefixes, translations
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -126,14 +126,14 @@ CSS = """
 #gallery { min-height: 320px; }
 /* A live preview (captioned "Preview · step k/n") shows through the progress over the gallery: the cover is clear,
    the progress text and bar sit at the bottom on a band of their own. An earlier result stays covered. */
-#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker].wrap {
+#gallery:has(__PREVIEW__) [data-testid=status-tracker].wrap {
   background: transparent; justify-content: flex-end; padding-bottom: var(--size-4) !important;
 }
 /* Gradio's timer restarts at each preview: hidden while one shows (the progress text says the time elapsed) */
-#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-text {
+#gallery:has(__PREVIEW__) [data-testid=status-tracker] .progress-text {
   visibility: hidden;
 }
-#gallery:has(img[alt^="Preview ·"], img[alt^="预览 ·"]) [data-testid=status-tracker] .progress-level {
+#gallery:has(__PREVIEW__) [data-testid=status-tracker] .progress-level {
   background: color-mix(in srgb, var(--block-background-fill) 85%, transparent); border-radius: var(--radius-md);
   padding: var(--size-2) var(--size-3);
 }
@@ -182,7 +182,7 @@ CSS = """
   input[type=range]::-moz-range-thumb { width: 24px !important; height: 24px !important; }
   #preset input { min-height: 24px; }
 }
-"""
+""".replace("__PREVIEW__", ", ".join(f'img[alt^="{prefix}"]' for prefix in preview_prefixes()))
 
 
 class ErnieBlocks(gr.Blocks):
