@@ -25,8 +25,9 @@ import functools
 
 import torch
 
-from ..compat import nested_absmax, swap_class
+from ..compat import swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
+from ..prompt_enhancer.kernels import nf4_gemv
 from .nf4_torch import dequantize_state, in_plain_layout
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
@@ -163,13 +164,11 @@ def nf4_to_fp8(
     (``prompt_enhancer.kernels.nf4_gemv.dequantize_packed``). An operator of its own, so that compiled blocks call
     the kernel as it is: what Inductor generates from the same arithmetic in torch ops runs at a third of the speed,
     held back by its table reads."""
-    from ..prompt_enhancer.kernels.nf4_gemv import dequantize_packed
-
     n = inverse_scale.shape[0]
-    nesting = {"NESTED": nested, "QBLOCK": blocksize, "QBLOCK2": blocksize2}
+    constants = {"NESTED": nested, "QBLOCK": blocksize, "QBLOCK2": blocksize2}
     shape = (n, packed.numel() * 2 // n)
-    return dequantize_packed(
-        packed, absmax, code, absmax2, code2, offset, shape, nesting, torch.float8_e4m3fn, row_scale=inverse_scale
+    return nf4_gemv.dequantize_packed(
+        packed, absmax, code, absmax2, code2, offset, shape, constants, torch.float8_e4m3fn, row_scale=inverse_scale
     )
 
 
@@ -183,8 +182,6 @@ def _fp8_kernel_fits(layer) -> bool:
     """Whether ``nf4_to_fp8`` reads ``layer``'s weight: NF4 in bitsandbytes' layout on a CUDA GPU with Triton, a
     float32 table, and rows of whole 8-element words. Asked once, where the model loads (NF4 loads onto the GPU);
     each call also checks that the weight is on the GPU in that layout (low-vram moves it), else takes torch ops."""
-    from ..prompt_enhancer.kernels import nf4_gemv
-
     weight = layer.weight
     state = getattr(weight, "quant_state", None)
     return (
@@ -200,14 +197,15 @@ def _weight_in_format(layer, compute: Compute) -> torch.Tensor:
     """The layer's weight scaled per output channel and rounded to ``compute``'s format (``[out, in]``)."""
     packed, state = layer.weight.data, getattr(layer.weight, "quant_state", None)
     if compute is Compute.FP8 and layer.compute_kernel and packed.is_cuda and in_plain_layout(packed, state):
-        nested = nested_absmax(state)
-        second = (nested.absmax, nested.code, nested.offset.reshape(1)) if nested else (state.absmax,) * 3
-        blocksize2 = nested.blocksize if nested else 256
-        return nf4_to_fp8(
-            packed, state.absmax, state.code, *second, layer.compute_inverse_scale, int(state.blocksize),
-            blocksize2, nested is not None,
-        )  # fmt: skip
+        return _fp8_weight(packed, state, layer.compute_inverse_scale)
     return _to_format(_weight(layer), layer.compute_inverse_scale[:, None], compute)
+
+
+def _fp8_weight(packed, state, inverse_scale) -> torch.Tensor:
+    """``nf4_to_fp8`` of a weight's packed bytes and its ``QuantState``."""
+    constants = nf4_gemv.nesting(state)
+    blocks = int(constants["QBLOCK"]), int(constants["QBLOCK2"])
+    return nf4_to_fp8(packed, *nf4_gemv.state_tensors(state), inverse_scale, *blocks, constants["NESTED"])
 
 
 def _low_precision_class(base: type, compute: Compute) -> type:

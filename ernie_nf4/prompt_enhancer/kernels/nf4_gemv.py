@@ -131,16 +131,19 @@ SWEEP = (
 
 
 def _operands(weight) -> tuple:
-    """The six tensors the kernels read for one NF4 weight: packed codes as int32 words, absmax, code, and the
-    second-level absmax, code and offset (stand-ins when the absmax is not double quantized)."""
-    state = weight.quant_state
-    words = weight.data.reshape(-1).view(torch.int32)
+    """The six tensors the kernels read for one NF4 weight: packed codes as int32 words, then ``state_tensors``."""
+    return (weight.data.reshape(-1).view(torch.int32), *state_tensors(weight.quant_state))
+
+
+def state_tensors(state) -> tuple:
+    """The five tensors of an NF4 weight's ``QuantState`` the kernels read: absmax, code, and the second-level
+    absmax, code and offset (stand-ins when the absmax is not double quantized)."""
     if (nested := nested_absmax(state)) is not None:
-        return (words, state.absmax, state.code, nested.absmax, nested.code, nested.offset.reshape(1))
-    return (words, state.absmax, state.code, state.absmax, state.absmax, state.absmax)
+        return (state.absmax, state.code, nested.absmax, nested.code, nested.offset.reshape(1))
+    return (state.absmax, state.code, state.absmax, state.absmax, state.absmax)
 
 
-def _nesting(state) -> dict:
+def nesting(state) -> dict:
     """The kernels' quantization constants: double quantized or not, and both levels' block sizes."""
     nested = nested_absmax(state)
     return {
@@ -156,7 +159,7 @@ def _meta(weight, config: GemvConfig) -> dict:
     if k % (state.blocksize * config.blocks):
         raise ValueError(f"K={k} must be a multiple of {state.blocksize * config.blocks} for {config}")
     return {
-        **_nesting(state),
+        **nesting(state),
         "BN": config.rows,
         "NB": config.blocks,
         "SPLIT_X": config.split_x,
@@ -341,14 +344,14 @@ def nf4_dequantize(
     """bitsandbytes' ``dequantize_4bit(weight, weight.quant_state)`` (the same values, one kernel instead of three):
     the dense ``(N, K)`` weight in ``dtype``, for the prompt's many-token products. ``row_scale``: see
     ``dequantize_packed``."""
-    state, scales = weight.quant_state, _operands(weight)[1:]
-    return dequantize_packed(weight.data, *scales, state.shape, _nesting(state), dtype, lut_asm, row_scale)
+    state = weight.quant_state
+    return dequantize_packed(weight.data, *state_tensors(state), state.shape, nesting(state), dtype, lut_asm, row_scale)
 
 
 def dequantize_packed(
     packed, absmax, code, absmax2, code2, offset, shape, nesting: dict, dtype, lut_asm=True, row_scale=None
 ) -> torch.Tensor:
-    """``nf4_dequantize`` from the tensors of a weight's state (``_operands``, ``_nesting``): ``packed`` holds its
+    """``nf4_dequantize`` from the tensors of a weight's state (``state_tensors``, ``nesting``): ``packed`` holds its
     4-bit codes as bytes. With ``row_scale`` (``N`` float32 factors), each row is multiplied by its factor in float32
     before the one rounding to ``dtype`` (a per-channel scale into FP8: ``runtime.compute``); K must then be a
     multiple of 8."""
