@@ -7,7 +7,7 @@ import torch
 
 from ernie_nf4.errors import EnvironmentUnsupported, InvalidArgument
 from ernie_nf4.request import GenerationRequest, LoraChoice
-from ernie_nf4.runtime.compute import MIN_ROWS, Compute, apply_compute, available, resolve
+from ernie_nf4.runtime.compute import AUTO_MIN_ROWS, MIN_ROWS, Compute, apply_compute, available, resolve
 
 from .support.fixtures import DEVICE, HAS_CUDA
 
@@ -19,7 +19,7 @@ def relative_error(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def nf4_transformer(package, compute=None):
+def nf4_transformer(package, compute=None, min_rows=None):
     from diffusers import ErnieImageTransformer2DModel
 
     from ernie_nf4.runtime.fast_transformer import enable_fast_path
@@ -28,7 +28,7 @@ def nf4_transformer(package, compute=None):
         package / "transformer", dtype=torch.bfloat16, device_map={"": DEVICE}
     )
     if compute is not None:
-        apply_compute(model, compute)
+        model.compute = apply_compute(model, compute, min_rows=min_rows)
     enable_fast_path(model)
     return model
 
@@ -152,18 +152,35 @@ def test_the_fp8_weight_kernel_gives_the_torch_ops_bytes(nested):
         assert ours.float().abs().amax(dim=1).eq(_range(Compute.FP8)).all()  # each channel reaches the range
 
 
-@pytest.mark.parametrize("compute", LOW)
-def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, compute):
+@pytest.mark.parametrize("compute, min_rows", [(Compute.FP8, None), (Compute.INT8, None), (Compute.FP8, 40)])
+def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, compute, min_rows):
     from bitsandbytes.nn import Linear4bit
 
-    model = nf4_transformer(tiny_package, compute)
-    layer = model.layers[0].self_attention.to_q
-    x = torch.randn(1, MIN_ROWS - 1, layer.in_features).to(DEVICE, torch.bfloat16)
+    from ernie_nf4.runtime.fast_transformer import dummy_call
+
+    model = nf4_transformer(tiny_package, compute, min_rows)
+    least = min_rows or MIN_ROWS
+    layers = [m for m in model.layers.modules() if isinstance(m, Linear4bit)]
+    assert layers and all(layer.compute_min_rows == least for layer in layers)
+    layer = layers[0]
+    x = torch.randn(1, least - 1, layer.in_features).to(DEVICE, torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(layer(x), Linear4bit.forward(layer, x))
-        # from MIN_ROWS rows on, the low-precision product
-        more = torch.randn(1, MIN_ROWS, layer.in_features).to(DEVICE, torch.bfloat16)
+        # from that many rows on, the low-precision product
+        more = torch.randn(1, least, layer.in_features).to(DEVICE, torch.bfloat16)
         assert not torch.equal(layer(more), Linear4bit.forward(layer, more))
+    if min_rows is None:
+        return
+    # the whole transformer: a call with fewer rows (a 4x4 latent, 3 text tokens: 19) is the bf16 model's, bit for
+    # bit; one with more (8x8, 5 and 9 tokens, a CFG batch of 2: 146) is not
+    plain = nf4_transformer(tiny_package)
+    with torch.no_grad():
+        for latent, lengths, same in (((4, 4), (3,), True), ((8, 8), (5, 9), False)):
+            call = dummy_call(model, latent, lengths, 0)
+            ours, theirs = model(**call, return_dict=False)[0], plain(**call, return_dict=False)[0]
+            assert torch.equal(ours, theirs) is same, (latent, lengths)
+    with pytest.raises(InvalidArgument, match="min_rows must be 17 or more"):
+        apply_compute(nf4_transformer(tiny_package), compute, min_rows=8)
 
 
 @pytest.mark.parametrize("compute", LOW)
@@ -239,9 +256,28 @@ def test_names_are_checked_and_auto_takes_the_fastest_the_device_has():
             with pytest.raises(EnvironmentUnsupported, match=f"compute '{mode.value}' does not run on cpu.*bf16"):
                 resolve(mode.value, "cpu")
     if HAS_CUDA:
-        expected = Compute.FP8 if torch.cuda.get_device_capability() >= (8, 9) else Compute.BF16
-        assert resolve("auto", "cuda", compiled=True) is expected
+        fp8 = torch.cuda.get_device_capability() >= (8, 9)
+        assert resolve("auto", "cuda", compiled=True) is (Compute.AUTO if fp8 else Compute.BF16)
         assert resolve("auto", "cuda") is Compute.BF16  # eager, the scaling kernels cost more than they save
+
+
+def test_auto_multiplies_in_fp8_from_its_rows_where_the_device_has_fp8(tiny_package, nf4_everywhere):
+    """``auto`` as the loader applies it: on a GPU with FP8, FP8 layers that keep their own product below
+    ``AUTO_MIN_ROWS`` rows (512x512 images: slower in FP8); elsewhere (a CPU, an older GPU) bf16, nothing changed."""
+    from bitsandbytes.nn import Linear4bit
+
+    model = nf4_transformer(tiny_package, "auto")
+    layer = model.layers[0].self_attention.to_q
+    if Compute.FP8 not in available(DEVICE)[:1]:
+        assert model.compute is Compute.BF16 and type(layer) is Linear4bit
+        return
+    assert model.compute is Compute.AUTO and type(layer).__name__ == "FP8Linear4bit"
+    assert layer.compute_min_rows == AUTO_MIN_ROWS
+    with torch.no_grad():
+        fewer = torch.randn(AUTO_MIN_ROWS - 1, layer.in_features, device=DEVICE, dtype=torch.bfloat16)
+        assert torch.equal(layer(fewer), Linear4bit.forward(layer, fewer))
+        more = torch.randn(AUTO_MIN_ROWS, layer.in_features, device=DEVICE, dtype=torch.bfloat16)
+        assert not torch.equal(layer(more), Linear4bit.forward(layer, more))
 
 
 @pytest.mark.slow

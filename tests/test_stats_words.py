@@ -237,3 +237,14 @@ def test_blocks_compiled_ahead_of_time_read_as_in_use_not_as_ready():
         assert in_use == compile_sentence(cpu_live(device="cuda:0", compiled=True, compile_status="compiled"), lang)
         ready = compile_sentence(cpu_live(compiled=False, **on_gpu), lang)  # compiled, not switched to yet
         assert ready != in_use and ready
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_auto_compute_says_where_fp8_takes_over(lang):
+    from ernie_nf4.runtime.compute import AUTO_MIN_ROWS
+    from ernie_nf4.webapp.stats_view import live_paragraph
+
+    text = live_paragraph(cpu_live(compute="auto"), lang)
+    assert f"{AUTO_MIN_ROWS:,}" in text and "--compute auto" in text and "AUTO" not in text
+    assert ("FP8 from 4,096 tokens" if lang == "en" else "4,096 个 token 起") in text
+    assert "--compute fp8" in live_paragraph(cpu_live(compute="fp8"), lang)

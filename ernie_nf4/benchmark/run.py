@@ -244,8 +244,8 @@ def benchmark(
     )
     _check_modes(modes, repeat)
     device = resolve_device(device)
-    # each once, bf16 first, checked on the card
-    computes = list(dict.fromkeys([Compute.BF16, *(resolve_compute(c, device) for c in computes)]))
+    # each once, bf16 first, checked on the card (auto as for compiled blocks: the loader makes it bf16 for eager ones)
+    computes = list(dict.fromkeys([Compute.BF16, *(resolve_compute(c, device, compiled=True) for c in computes)]))
     folders = _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log)
     runs = _runs(modes, computes, lora)
     results = [

@@ -241,7 +241,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("package", help="the package folder")
     parser.add_argument("--device", default="cuda", help="where the blocks will run (default: cuda)")
     parser.add_argument(
-        "--compute", default="bf16", choices=["bf16", "fp8", "int8"], help="how their products run (default: bf16)"
+        "--compute",
+        default="bf16",
+        choices=["bf16", "fp8", "int8", "auto"],
+        help="how their products run (default: bf16)",
     )
     parser.add_argument("--cache-dir", default=None, help="Inductor's cache folder (default: the app's)")
     parser.add_argument("--result", default=None, help="write the result as JSON there")

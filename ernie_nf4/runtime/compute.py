@@ -14,8 +14,9 @@ cores do at twice bf16's rate:
 
 Compiled (``fast_transformer.compile_blocks``), the scaling and rounding fuse into the kernels around the product;
 eager, they are separate kernels. Calls with 16 tokens or fewer keep the layer's own product (the INT8 kernel needs
-more rows). The layers' classes become subclasses of their own (``compat.swap_class``): LoRAs attached after this
-add their term to the low-precision product.
+more rows); under ``auto``, calls with fewer than ``AUTO_MIN_ROWS`` do (smaller images, where FP8 is slower). The
+layers' classes become subclasses of their own (``compat.swap_class``): LoRAs attached after this add their term to
+the low-precision product.
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ from ..prompt_enhancer.kernels import nf4_gemv
 from .nf4_torch import dequantize_state, in_plain_layout
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
+# Under auto, FP8 from this many rows (tokens, text and image, across the batch), the layer's own product below. With
+# compiled blocks on an NVIDIA H200 (docs/benchmarks.md, compute modes), FP8 took 0.71x bf16's step at 1024x1024
+# (4,352 rows and more) and 1.12x to 1.24x at 512x512 (2,560 rows and fewer): there the scaling's extra kernels cost
+# more than the products save.
+AUTO_MIN_ROWS = 4096
 _CLASSES: dict[tuple[type, str], type] = {}
 
 
 class Compute(str, enum.Enum):
     """How the transformer's linear layers multiply: ``bf16`` (the layer's own product), ``fp8``, ``int8``, or
-    ``auto`` (the fastest the device has, ``available``'s first, for compiled blocks; bf16 for eager ones)."""
+    ``auto``: FP8 for products of ``AUTO_MIN_ROWS`` rows or more, where the device has FP8 (``available``'s first)
+    and the blocks run compiled; bf16 otherwise."""
 
     AUTO = "auto"
     BF16 = "bf16"
@@ -54,7 +61,7 @@ class Compute(str, enum.Enum):
 
 def available(device: str | torch.device) -> tuple[Compute, ...]:
     """The compute modes ``device`` runs, fastest first (compiled blocks on an NVIDIA H200 at 1024x1024: FP8
-    0.73x bf16, INT8 0.91x). A low-precision mode counts only when a small product of its kind runs there
+    0.71x bf16, INT8 0.91x). A low-precision mode counts only when a small product of its kind runs there
     (``_runs``): FP8 with per-row scales needs compute capability 8.9 or newer and a torch that has the kernel for the
     card, INT8 8.0. CPUs run both with reference kernels, not faster than bf16."""
     device = torch.device(device)
@@ -89,12 +96,13 @@ def _runs(device: str, compute: Compute) -> bool:
 
 
 def resolve(compute, device: str | torch.device, compiled: bool = False) -> Compute:
-    """``compute`` for ``device``: ``auto`` becomes the fastest it has for blocks that run ``compiled`` (eager, the
-    low-precision products' separate scaling kernels cost more than they save: bf16); a mode it lacks raises
-    ``EnvironmentUnsupported`` naming the card and the modes it has."""
+    """``compute`` for ``device``: ``auto`` stays ``auto`` (FP8 for large products) where FP8 is the fastest the
+    device has and the blocks run ``compiled``, else becomes bf16 (eager, the low-precision products' separate
+    scaling kernels cost more than they save); a mode it lacks raises ``EnvironmentUnsupported`` naming the card and
+    the modes it has."""
     compute, modes = Compute.parse(compute), available(device)
     if compute is Compute.AUTO:
-        return modes[0] if compiled else Compute.BF16
+        return Compute.AUTO if compiled and modes[0] is Compute.FP8 else Compute.BF16
     if compute not in modes:
         name = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else device
         have = ", ".join(m.value for m in modes)
@@ -215,7 +223,7 @@ def _low_precision_class(base: type, compute: Compute) -> type:
 
         def forward(self, x):
             rows = x.reshape(-1, x.shape[-1])
-            if rows.shape[0] < MIN_ROWS:
+            if rows.shape[0] < self.compute_min_rows:
                 return base.forward(self, x)
             dtype = getattr(self, "compute_dtype", None) or torch.bfloat16
             xq, x_scale = _per_token(rows, compute)
@@ -238,16 +246,23 @@ def _fits(layer: torch.nn.Linear) -> bool:
     return layer.in_features % 16 == 0 and layer.out_features % 16 == 0
 
 
-def apply_compute(transformer, compute) -> Compute:
+def apply_compute(transformer, compute, min_rows: int | None = None) -> Compute:
     """Make the linear layers of ``transformer``'s repeated blocks multiply in ``compute`` (``Compute`` or its name;
-    ``auto`` is resolved for the model's device). Call it once, after the model is loaded on the device it will
+    ``auto`` is resolved for the model's device, as for compiled blocks: FP8 from ``AUTO_MIN_ROWS`` rows where the
+    device has FP8, else bf16). ``min_rows``: calls with fewer rows keep the layer's own product (default
+    ``MIN_ROWS``, or ``AUTO_MIN_ROWS`` under ``auto``). Call it once, after the model is loaded on the device it will
     run on and before LoRAs are attached or it is compiled; ``bf16`` changes nothing. Returns the mode in force.
 
     Each layer gets two float32 buffers of its output width (its weight's scale per channel and that scale's
     inverse): a few MB for the full-size model, which move with it in every memory mode."""
-    compute = resolve(compute, transformer.device)
+    compute = resolve(compute, transformer.device, compiled=True)
     if compute is Compute.BF16:
         return compute
+    if min_rows is None:
+        min_rows = AUTO_MIN_ROWS if compute is Compute.AUTO else MIN_ROWS
+    if min_rows < MIN_ROWS:
+        raise InvalidArgument(f"min_rows must be {MIN_ROWS} or more (the INT8 kernel's least), got {min_rows}")
+    mode = Compute.FP8 if compute is Compute.AUTO else compute
     with torch.no_grad():
         for block in transformer.layers:
             for layer in block.modules():
@@ -256,9 +271,10 @@ def apply_compute(transformer, compute) -> Compute:
                 if hasattr(layer, "lora_down"):  # its LoRA term would be lost under the new forward
                     raise InvalidArgument("apply_compute must come before attach_loras", field="compute")
                 amax = _weight(layer).float().abs().amax(dim=1).clamp_(min=1e-12)
-                scale = amax / _range(compute)
+                scale = amax / _range(mode)
                 layer.register_buffer("compute_scale", scale, persistent=False)
                 layer.register_buffer("compute_inverse_scale", 1.0 / scale, persistent=False)
-                layer.compute_kernel = compute is Compute.FP8 and _fp8_kernel_fits(layer)
-                swap_class(layer, _low_precision_class(type(layer), compute))
+                layer.compute_kernel = mode is Compute.FP8 and _fp8_kernel_fits(layer)
+                layer.compute_min_rows = min_rows
+                swap_class(layer, _low_precision_class(type(layer), mode))
     return compute

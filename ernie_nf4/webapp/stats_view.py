@@ -67,6 +67,10 @@ def compute_sentence(live, lang: str = "en") -> str:
     compute = getattr(live, "compute", "bf16")
     if not live.loaded or compute == "bf16":
         return ""
+    if compute == "auto":
+        from ..runtime.compute import AUTO_MIN_ROWS
+
+        return say("stats_compute_auto", lang, tokens=f"{AUTO_MIN_ROWS:,}")
     return say("stats_compute", lang, format=compute.upper(), flag=f"--compute {compute}")
 
 
