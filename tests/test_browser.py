@@ -64,7 +64,7 @@ def test_examples_fill_the_form_with_prompt_and_size(open_app):
     page.wait_for_function("document.querySelector('#width input').value === '1376'")
     assert "infographic" in page.locator("#prompt textarea").input_value()
     assert page.locator("#height input").input_value() == "768"
-    assert page.locator("#preset input").input_value() == "16:9 · 1376×768"
+    expect(page.locator("#preset input")).to_have_value("16:9 · 1376×768")  # follows the size, from the server
     examples.get_by_text("Chinese shop sign").click()
     page.wait_for_function("document.querySelector('#width input').value === '1024'")
     assert "晨光咖啡" in page.locator("#prompt textarea").input_value()
@@ -406,11 +406,16 @@ def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writ
     page.locator("#use-pe input").uncheck()
     generate(page, "a fox")
     expect(page.locator("#history img").first).to_have_attribute("alt", re.compile(" · seed "))
+    expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(r"^64×64 · seed \d+ · a fox$"))
     pick_language(page, "简体中文")
     expect(page.locator("#generate")).to_have_text("生成")  # Gradio's labels
     expect(page.locator("#header")).to_contain_text("模型：")  # and the server's texts on the page, written again
     expect(page.locator("#examples").get_by_text("信息图 · 1376×768")).to_be_visible()
     expect(page.locator("#history img").first).to_have_attribute("alt", re.compile(" · 种子 "))
+    # the last run's results too: the gallery's captions and the run info, the same images
+    expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(r"^64×64 · 种子 \d+ · a fox$"))
+    wait_for_info(page, "种子")
+    assert "文本编码" in page.locator("#info textarea").input_value()
     page.locator("#generate").click()  # a new run speaks the page's language
     wait_for_info(page, "种子")
     generate(other, "a fox in the other tab")

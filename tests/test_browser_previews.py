@@ -47,16 +47,17 @@ def open_page(app, browser):
     opener.close()
 
 
-def start_run(page, previews: bool) -> None:
+def start_run(page, previews: bool, prompt: str = "slow fox", steps: int = 10) -> None:
+    """A run of the fake service: "slow" prompts take 0.2 s a step, "sluggish" ones 1.5 s."""
     expect = playwright_api().expect
     page.locator("#advanced > button").first.click()
     page.locator("#steps").wait_for(state="visible")
-    page.locator("#prompt textarea").fill("slow fox")
+    page.locator("#prompt textarea").fill(prompt)
     for field, value in (("#width", 64), ("#height", 64)):
         page.locator(f"{field} input").fill(str(value))
-    page.locator("#steps input[type=number]").fill("10")
+    page.locator("#steps input[type=number]").fill(str(steps))
     page.locator("#steps input[type=number]").press("Enter")
-    expect(page.locator("#steps input[type=range]")).to_have_value("10")
+    expect(page.locator("#steps input[type=range]")).to_have_value(str(steps))
     page.locator("#use-pe input").uncheck()
     box = page.locator("#previews input")
     expect(box).to_be_checked()  # on as the page starts
@@ -138,3 +139,18 @@ def test_the_progress_line_stays_over_the_previews_and_its_time_goes_on(open_pag
     # the line stays in sight: after a preview it is back within 150 ms, not only at the next step (0.2 s later)
     gaps = "".join("1" if tick else "0" for tick in ticks).split("1")
     assert len(ticks) >= 10 and max(map(len, gaps)) <= 3 and sum(ticks) >= 0.7 * len(ticks), ticks
+
+
+@pytest.mark.browser
+def test_the_elapsed_time_goes_on_through_a_long_step(open_page):
+    """Steps of 1.5 s, as a small card's at 1024x1024: while a preview shows and no step ends, the time elapsed on
+    the progress line still moves on, never more than a second at a time."""
+    page = open_page(viewport=DESKTOP)
+    page.evaluate(SAMPLE_PROGRESS)
+    start_run(page, previews=True, prompt="sluggish fox", steps=4)
+    playwright_api().expect(page.locator("#info textarea")).to_have_value(re.compile(r"^seed "), timeout=BOUND)
+    samples = page.evaluate("clearInterval(window.sampler); window.progressSamples")
+    elapsed = [float(m.group(1)) for text in samples if (m := re.search(r"([\d.]+) s elapsed", text))]
+    seen = sorted(set(elapsed))
+    assert elapsed == sorted(elapsed) and len(seen) >= 6, samples  # 3 steps of 1.5 s after the first preview
+    assert max(b - a for a, b in zip(seen, seen[1:], strict=False)) <= 1.0, seen

@@ -115,8 +115,8 @@ def test_the_follow_ups_speak_chinese(tmp_path, uploads):
     with pytest.raises(gr.Error, match="不读取服务器上的路径"):  # a path elsewhere on the server
         next(handlers.upscale(foreign_result(tmp_path / "elsewhere.png"), False, _Chinese()))
     small = foreign_result(uploads / "small.png", (1024, 1024))
-    _, note = handlers.follow_up_request(small, "vary_strong", "zh")
-    assert note.startswith("变化（强烈），原种子 3：重绘强度 0.6，新种子 ")
+    _, said = handlers.follow_up_request(small, "vary_strong", "zh")
+    assert said("zh").startswith("变化（强烈），原种子 3：重绘强度 0.6，新种子 ")
     info = list(handlers.vary_subtle(small, False, _Chinese()))[-1][3]
     assert "变化（轻微），原种子 3" in info
 
@@ -175,3 +175,31 @@ def test_the_api_page_says_how_to_vary_and_upscale(fake_app):
         assert image["type"]["description"].startswith("a result PNG this app made")
         assert [r["label"] for r in endpoints[name]["returns"]] == ["Result", "Seed", "Revised prompt (PE)", "Run info"]
         assert "handle_file('ernie-result.png')" in endpoints[name]["code_snippets"]["python"]
+
+
+class _Session:
+    """A request of one browser tab: its language and its session."""
+
+    def __init__(self, locale: str, session_hash: str = "tab"):
+        self.headers, self.session_hash = {"accept-language": locale}, session_hash
+
+
+def test_a_language_change_says_the_last_results_again_and_nothing_else(tmp_path):
+    from ernie_nf4.webapp.i18n import say
+
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    english, chinese = _Session("en-US"), _Session("zh-CN")
+    gallery, _, _, info, _ = handlers.generate("a fox", "", 64, 64, 2, 4.0, 7, False, False, 2, request=english)
+    files, text = handlers.relang(gallery, info, chinese)
+    assert [path for path, _ in files] == [path for path, _ in gallery]  # the same images
+    assert [c for _, c in files] == ["64×64 · 种子 7 · a fox", "64×64 · 种子 8 · a fox"]
+    assert text.startswith("种子 7, 8 · 文本编码 ") and "text" not in text
+    assert handlers.relang(files, text, english) == (gallery, info)  # and back, as the run said them
+    # Stopped is said again; any other text stays, and so do images that are not the last results
+    assert handlers.relang(gallery, say("stopped", "en"), chinese)[1] == say("stopped", "zh")
+    assert handlers.relang(gallery, "refused: prompt is empty", chinese)[1] == gr.skip()
+    assert handlers.relang(gallery[:1], info, chinese)[0] == gr.skip()
+    previews = [(path, "Preview · step 1/2") for path, _ in gallery]
+    assert handlers.relang(previews, info, chinese)[0] == gr.skip()
+    # another tab's session has no results of this one's
+    assert handlers.relang(gallery, info, _Session("zh-CN", "other tab")) == (gr.skip(), gr.skip())

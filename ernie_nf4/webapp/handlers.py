@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 from dataclasses import asdict, fields, replace
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -17,8 +18,8 @@ from ..follow_ups import VARY_STRONG, VARY_SUBTLE, upscale_request, vary_request
 from ..request import FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
-from .i18n import is_preview_caption, language, say
-from .live import Finished, streamed
+from .i18n import LANGUAGES, is_preview_caption, language, say
+from .live import QUIET, Finished, streamed
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
@@ -48,7 +49,8 @@ RESTORED_FIELDS = (
 
 FOLLOW_UP_BUTTONS = ("vary_subtle", "vary_strong", "upscale")  # the handlers' and their endpoints' names
 RESULT_BUTTONS = ("use_result", *FOLLOW_UP_BUTTONS)  # the buttons that take a result of the gallery
-KEPT_GALLERIES = 256  # sessions whose last results a stopped previewed run can put back
+KEPT_GALLERIES = 256  # sessions whose last results are kept (for a stopped previewed run, a language change)
+TICK_SECONDS = 0.5  # how often a previewed run's elapsed time is said again while no event comes
 
 
 def _session_key(request) -> str:
@@ -74,6 +76,7 @@ class Handlers:
         self.history = History(self.output_dir, history_key)
         self.runs = RunRegistry()
         self._galleries: dict[str, list] = {}  # session -> its last results' gallery, newest last
+        self._said: dict[str, dict] = {}  # session -> its last results' captions and run info, in each language
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
         self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
@@ -86,7 +89,8 @@ class Handlers:
         return load_answer(self.service.stats().live, language(request))
 
     def _request(self, form: FormValues, lang: str):
-        """The request and its notes (in ``lang``) from the form; ``gr.Error`` in ``lang`` when refused."""
+        """The request and its notes (each said in a language by ``messages.note``) from the form; ``gr.Error`` in
+        ``lang`` when refused."""
         if (problem := self.service.unavailable_reason()) is not None:
             raise gr.Error(say("no_gpu", lang, reason=problem), print_exception=False)
         form, tags = _prompt_tags(form)
@@ -96,8 +100,8 @@ class Handlers:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
         if (unknown := self._unknown_lora(req, lang)) is not None:
             raise gr.Error(unknown, print_exception=False)
-        read = [say("lora_tags_read", lang, loras=tags)] if tags else []
-        return req, read + [note(text, lang) for text in notes]
+        read = [partial(say, "lora_tags_read", loras=tags)] if tags else []
+        return req, read + list(notes)
 
     @property
     def lora_names(self) -> list[str]:
@@ -147,11 +151,12 @@ class Handlers:
         lang = language(request)
         req, notes = self._request(form, lang)
         for text in notes:
-            gr.Info(text)
-        result = self._run(req, _session_key(request), request, progress, lang, on_preview=on_preview)
+            gr.Info(note(text, lang))
+        key = _session_key(request)
+        result = self._run(req, key, request, progress, lang, on_preview=on_preview)
         if result is None:  # stopped: the outputs keep what they showed and the info box says so
             return self.stopped_outputs(lang)
-        return self._saved(req, result, notes, lang)
+        return self._saved(req, result, notes, lang, key)
 
     def _run(self, req, key: str, request, progress, lang: str, call=None, on_preview=None):
         """The request through the service (``call``: ``_enhance``, else ``_generate``) under a stop signal of its
@@ -208,12 +213,17 @@ class Handlers:
         """A run's outputs, ``run(on_preview)``'s, and before them, when ``previews`` is true, each live preview of
         the image forming in the gallery (captioned with its step; the other outputs untouched); without them
         ``run(None)``'s alone. No preview comes once Stop is pressed, and a run that stops or fails after a preview
-        puts back the session's last results (``key``): no preview stays behind as a result."""
+        puts back the session's last results (``key``): no preview stays behind as a result. Once a preview shows,
+        the progress line's elapsed time goes on between the run's events (every ``TICK_SECONDS``)."""
         if not _asks_previews(previews, lang):
             yield self._remembered(key, run(None))
             return
-        shown, before = False, self._galleries.get(key, [])
-        for item in streamed(run):
+        shown, again, before = False, None, self._galleries.get(key, [])
+        for item in streamed(run, idle=TICK_SECONDS):
+            if item is QUIET:
+                if shown:
+                    again()  # a long step: the time elapsed is said again, brought up to date
+                continue
             if isinstance(item, Finished):
                 try:
                     outputs = item.result()
@@ -224,8 +234,9 @@ class Handlers:
                 stopped = shown and tuple(outputs) == tuple(self.stopped_outputs(lang))
                 yield (before, *outputs[1:]) if stopped else self._remembered(key, outputs)
                 return
-            event, cancel, again = item
+            event, cancel, shown_again = item
             if not cancel.is_set():
+                again = shown_again
                 shown = True
                 yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 again()  # the page dropped the progress line for the preview: it comes back at once
@@ -234,22 +245,46 @@ class Handlers:
         """``outputs``, their gallery kept as the session's last results (for a stopped previewed run to put back;
         the most recent ``KEPT_GALLERIES`` sessions)."""
         if isinstance(outputs[0], list):
-            self._galleries.pop(key, None)
-            self._galleries[key] = outputs[0]
-            while len(self._galleries) > KEPT_GALLERIES:
-                self._galleries.pop(next(iter(self._galleries)))
+            _keep(self._galleries, key, outputs[0])
         return outputs
 
-    def _saved(self, req, result, notes, lang: str):
-        """Each image saved as a PNG with its parameters; the event's outputs."""
-        files, made = [], []
+    def _saved(self, req, result, notes, lang: str, key: str | None = None):
+        """Each image saved as a PNG with its parameters; the event's outputs. With the session's ``key``, its
+        captions and run info are kept in every language, for the page to say again when its language changes
+        (``relang``)."""
+        paths, made = [], []
         for image, image_seed in zip(result.images, result.seeds, strict=True):
             text = parameters_text(req, image_seed, result.revised_prompt, self.service.label)
-            path = self.outputs.save(image, image_seed, text)
-            files.append((str(path), caption(req.width, req.height, image_seed, req.prompt, lang)))
-            made.append(self.history.entry(path))
-        info = run_summary(result, notes, getattr(self.service, "provenance", None), lang)
+            paths.append(str(self.outputs.save(image, image_seed, text)))
+            made.append(self.history.entry(paths[-1]))
+        provenance = getattr(self.service, "provenance", None)
+        said = {
+            each: (
+                [
+                    (path, caption(req.width, req.height, s, req.prompt, each))
+                    for path, s in zip(paths, result.seeds, strict=True)
+                ],
+                run_summary(result, notes, provenance, each),
+            )
+            for each in LANGUAGES
+        }
+        if key is not None:
+            _keep(self._said, key, said)
+        files, info = said[lang]
         return files, req.seed, result.revised_prompt or "", info, made
+
+    def relang(self, gallery, info, request: gr.Request = None):
+        """The result gallery's captions and the run info box in the page's language, once it changed: the
+        session's last results as they were said in another language; what else they show stays."""
+        lang, said = language(request), self._said.get(_session_key(request))
+        names = [Path(str(_item_path(item))).name for item in _results(gallery)]
+        files = gr.skip()
+        if said and names and names == [Path(path).name for path, _ in said[lang][0]]:
+            files = said[lang][0]
+        texts = {say("stopped", each): say("stopped", lang) for each in LANGUAGES}
+        if said:
+            texts |= {said[each][1]: said[lang][1] for each in LANGUAGES}
+        return files, texts.get(info, gr.skip()) if isinstance(info, str) else gr.skip()
 
     async def stop(self, request: gr.Request):
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
@@ -479,7 +514,7 @@ class Handlers:
         lang = language(request)
         req, notes = self._request(FormValues(prompt, width=width, height=height, seed=seed, use_pe=True), lang)
         for text in notes:
-            gr.Info(text)
+            gr.Info(note(text, lang))
         enhancement = self._run(req, _session_key(request), request, progress, lang, self._enhance)
         return gr.skip() if enhancement is None else enhancement.text
 
@@ -529,8 +564,9 @@ class Handlers:
         yield from self._follow_up(image, "upscale", previews, request, progress)
 
     def follow_up_request(self, image, kind: str, lang: str = "en"):
-        """The request of ``kind`` (``FOLLOW_UPS``) for the result PNG ``image`` and the note saying what it runs;
-        ``gr.Error`` in ``lang`` when there is no image, its settings cannot be read or run, or it is refused."""
+        """The request of ``kind`` (``FOLLOW_UPS``) for the result PNG ``image`` and the note saying what it runs (a
+        function of the language, as ``messages.note`` says it); ``gr.Error`` in ``lang`` when there is no image, its
+        settings cannot be read or run, or it is refused."""
         path = image.get("path") if isinstance(image, dict) else image
         if not path:
             raise gr.Error(say("no_result", lang), print_exception=False)
@@ -546,18 +582,28 @@ class Handlers:
             raise gr.Error(user_message(err, lang), print_exception=False) from None
         if (unknown := self._unknown_lora(req, lang)) is not None:
             raise gr.Error(unknown, print_exception=False)
-        done = say(f"done_{kind}", lang, seed=source.seed, new_seed=req.seed, width=req.width, height=req.height)
+        done = partial(say, f"done_{kind}", seed=source.seed, new_seed=req.seed, width=req.width, height=req.height)
         return req, done
 
     def _follow_up(self, image, kind: str, previews, request, progress):
         lang = language(request)
         req, done = self.follow_up_request(image, kind, lang)
 
-        def run(on_preview):
-            result = self._run(req, _session_key(request), request, progress, lang, on_preview=on_preview)
-            return self.stopped_outputs(lang) if result is None else self._saved(req, result, [done], lang)
+        key = _session_key(request)
 
-        yield from self._live(run, previews, lang, _session_key(request))
+        def run(on_preview):
+            result = self._run(req, key, request, progress, lang, on_preview=on_preview)
+            return self.stopped_outputs(lang) if result is None else self._saved(req, result, [done], lang, key)
+
+        yield from self._live(run, previews, lang, key)
+
+
+def _keep(kept: dict, key: str, value) -> None:
+    """``value`` kept for the session ``key``, as the newest; the most recent ``KEPT_GALLERIES`` sessions."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > KEPT_GALLERIES:
+        kept.pop(next(iter(kept)))
 
 
 def _previews_apart(show: PageProgress, on_preview, cancel):

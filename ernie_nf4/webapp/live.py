@@ -24,10 +24,14 @@ class Finished:
         return self.value
 
 
-def streamed(call: Callable[[Callable[[object], None]], object]) -> Iterator[object]:
+QUIET = object()  # what ``streamed`` yields when nothing came for ``idle`` seconds
+
+
+def streamed(call: Callable[[Callable[[object], None]], object], idle: float | None = None) -> Iterator[object]:
     """Run ``call(emit)`` in a thread (in a copy of this context, so Gradio's progress bar and popups still reach
-    the page from it); yield each item it passes to ``emit``, in order, and last a ``Finished``. The thread ends
-    with the call: a run stops through its own stop signal, not through this iterator."""
+    the page from it); yield each item it passes to ``emit``, in order, and last a ``Finished``; with ``idle``, also
+    ``QUIET`` each time that many seconds pass without one. The thread ends with the call: a run stops through its
+    own stop signal, not through this iterator."""
     items: queue.SimpleQueue = queue.SimpleQueue()
 
     def work() -> None:
@@ -39,7 +43,11 @@ def streamed(call: Callable[[Callable[[object], None]], object]) -> Iterator[obj
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(work,), name="ernie-nf4-live", daemon=True).start()
     while True:
-        item = items.get()
+        try:
+            item = items.get(timeout=idle)
+        except queue.Empty:
+            yield QUIET
+            continue
         yield item
         if isinstance(item, Finished):
             return

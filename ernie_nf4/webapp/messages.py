@@ -63,8 +63,11 @@ def refusal(err: InvalidArgument, lang: str = "en") -> str:
     return text
 
 
-def note(text: str, lang: str = "en") -> str:
-    """One of ``request_from_form``'s notes (a size snapped, control characters removed) in ``lang``."""
+def note(text, lang: str = "en") -> str:
+    """One of ``request_from_form``'s notes (a size snapped, control characters removed) in ``lang``; or a note of
+    the app's, given as a function of the language (``functools.partial(say, key, **values)``)."""
+    if callable(text):
+        return text(lang)
     if lang == "en":
         return text
     for pattern, key in _NOTES:

@@ -167,6 +167,8 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     for written in _page_written(demo, ui):  # the texts the server writes, in the page's language
         written(handlers.show_history, ui["history_state"], history, **HIDDEN)
         written(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
+    # the last results' captions and run info, said again in the page's new language
+    ui["relang"].click(handlers.relang, [ui["gallery"], ui["info"]], [ui["gallery"], ui["info"]], **HIDDEN)
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(

@@ -58,14 +58,14 @@ class FakeService:
         if unknown := [c.name for c in request.loras if c.name not in self.lora_names]:
             raise InvalidArgument(f"lora {unknown[0]!r} is not offered", field="lora")  # as ImageService does
         steps = request.num_inference_steps
-        slow = request.prompt.startswith("slow")
+        # "slow" prompts take 0.2 s a step, "sluggish" ones 1.5 s (a small card's step at 1024x1024), else no time
+        pause = next((s for word, s in (("slow", 0.2), ("sluggish", 1.5)) if request.prompt.startswith(word)), 0.0)
         if on_progress:  # the stages a real run reports, in order
             on_progress(Progress("pe" if request.use_pe else "text_encoding"))
         for step in range(1, steps + 1):
-            if slow:
-                time.sleep(0.2)
+            time.sleep(pause)
             if on_progress:
-                eta = 0.2 * (steps - step) if slow else None
+                eta = pause * (steps - step) if pause else None
                 on_progress(Progress("denoising", done=step, total=steps, unit="steps", eta_seconds=eta))
             self.steps_done = step
             if cancel is not None and cancel.is_set():
