@@ -218,12 +218,13 @@ class Handlers:
         if not _asks_previews(previews, lang):
             yield self._remembered(key, run(None))
             return
-        shown, again, before = False, None, self._galleries.get(key, [])
+        again, before = None, self._galleries.get(key, [])  # again: set once a preview shows
         for item in streamed(run, idle=TICK_SECONDS):
             if item is QUIET:
-                if shown:
+                if again is not None:
                     again()  # a long step: the time elapsed is said again, brought up to date
                 continue
+            shown = again is not None
             if isinstance(item, Finished):
                 try:
                     outputs = item.result()
@@ -234,10 +235,9 @@ class Handlers:
                 stopped = shown and tuple(outputs) == tuple(self.stopped_outputs(lang))
                 yield (before, *outputs[1:]) if stopped else self._remembered(key, outputs)
                 return
-            event, cancel, shown_again = item
+            event, cancel, again_for_preview = item
             if not cancel.is_set():
-                again = shown_again
-                shown = True
+                again = again_for_preview
                 yield [(event.preview, _preview_caption(event, lang))], gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 again()  # the page dropped the progress line for the preview: it comes back at once
 
