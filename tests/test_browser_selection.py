@@ -62,3 +62,41 @@ def test_upscale_takes_the_image_the_gallery_shows_after_a_previewed_run(browser
     finally:
         opener.close()
         app.close()
+
+
+# A thumbnail clicked and a button pressed in one go: the button's event leaves before the server's answer to the
+# pick comes back (as on a busy server, or with a quick hand).
+CLICK_BOTH = """([thumbnail, button]) => {
+    document.querySelectorAll(thumbnail)[1].click();
+    document.querySelector(button).click();
+}"""
+
+
+@pytest.mark.browser
+def test_a_button_pressed_right_after_a_pick_takes_the_picked_image(browser, tmp_path):
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener()
+        page.locator("#advanced > button").first.click()
+        page.locator("#prompt textarea").fill("a fox")
+        for field in ("#width", "#height"):
+            page.locator(f"{field} input").fill("64")
+        page.locator("#count input[type=number]").fill("2")
+        page.locator("#count input[type=number]").press("Enter")
+        page.locator("#use-pe input").uncheck()
+        page.locator("#randomize input").uncheck()
+        run(page, 300)  # seeds 300 and 301, in the history and the gallery in that order
+        expect(page.locator("#history button.thumbnail-item")).to_have_count(2)
+        page.evaluate(CLICK_BOTH, ["#history button.thumbnail-item", "#use-settings"])
+        expect(page.locator("#history-note")).to_contain_text("Settings restored from the history (seed 301)")
+        expect(page.locator("#seed input")).to_have_value("301")
+        count = len(app.service.requests)
+        page.keyboard.press("Escape")
+        page.evaluate(CLICK_BOTH, ["#gallery button.thumbnail-item", "#upscale"])
+        assert wait_until(lambda: len(app.service.requests) == count + 1, 30)
+        assert app.service.requests[-1].init_image.sha256 == image_hash(301)
+    finally:
+        opener.close()
+        app.close()

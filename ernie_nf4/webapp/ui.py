@@ -104,6 +104,19 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
 
 
 CLEAR_JS = "() => ''"
+
+
+def picked_js(gallery_id: str) -> str:
+    """For an event whose 2nd input is the gallery ``gallery_id``'s picked index: the index of the thumbnail the page
+    shows selected, when one is (the server's own record of the pick may not be back yet: the click that picked it
+    and this event's can come together); else the input as it is."""
+    return f"""(...inputs) => {{
+    const shown = document.querySelector('#{gallery_id} .thumbnail-item.selected');
+    if (shown) inputs[1] = [...shown.parentElement.querySelectorAll(':scope > .thumbnail-item')].indexOf(shown);
+    return inputs;
+}}"""
+
+
 # The prompt box's own input events (typing, paste, drop, cut; never a value the app sets) mark it edited; the
 # prompt's change then empties the enhanced box once.
 WATCH_PROMPT_EDITS_JS = """() => {
@@ -172,7 +185,11 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
     ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(
-        handlers.use_history, [ui["history_state"], ui["picked"]], [*restored, ui["note"]], **HIDDEN
+        handlers.use_history,
+        [ui["history_state"], ui["picked"]],
+        [*restored, ui["note"]],
+        js=picked_js("history"),
+        **HIDDEN,
     )
     ui["restore"].upload(handlers.restore_png, ui["restore"], [*restored, ui["restore"], ui["note"]], **HIDDEN)
 
@@ -191,6 +208,7 @@ def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
         handlers.use_result,
         [ui["gallery"], ui["result_picked"], ui["strength"]],
         [ui["init_image"], ui["strength"], ui["note"], ui["img2img"]],
+        js=picked_js("gallery"),
         **HIDDEN,
     )
     # raw: whether a file came is all it asks (a file that is no image is refused by Generate, on its field)
@@ -299,7 +317,8 @@ def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency:
     lane = next(fn for fn in demo.fns.values() if fn.api_name == "generate").concurrency_id
     source = ui["follow_up_image"]
     for name in FOLLOW_UP_BUTTONS:
-        picked = ui[name].click(handlers.selected_result, [ui["gallery"], ui["result_picked"]], source, **HIDDEN)
+        inputs = [ui["gallery"], ui["result_picked"]]
+        picked = ui[name].click(handlers.selected_result, inputs, source, js=picked_js("gallery"), **HIDDEN)
         picked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
         event = picked.success(
             getattr(handlers, name),
