@@ -322,6 +322,32 @@ def test_a_blank_prompt_gives_one_clear_message_and_no_error_badge(open_app, fak
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_enhance_first_refuses_on_the_field_and_the_prompt_stays_editable(open_app, fake_app, locale):
+    """Enhance first with a blank prompt, then with a width out of range: each message on its field, in the page's
+    language, no Error badge over the prompt box, which still takes typing; the prompt enhancer never runs."""
+    service, _ = fake_app
+    before = len(service.enhanced)
+    page = open_app(locale=locale)
+    page.locator("#prompt textarea").fill("   ")
+    page.locator("#enhance-first").click()
+    blank = "prompt must be a non-blank text" if locale == "en-US" else "提示词"
+    expect(page.locator("#prompt div.validation-error")).to_contain_text(blank)
+    page.locator("#prompt textarea").fill("a fox")  # the box takes typing: nothing covers it
+    expect(page.locator("#prompt textarea")).to_have_value("a fox")
+    page.locator("#advanced > button").first.click()
+    page.locator("#width input").fill("7")
+    page.locator("#enhance-first").click()
+    expect(page.locator("#width div.validation-error")).to_contain_text("[64, 2048]")
+    page.wait_for_timeout(1000)
+    assert page.get_by_text(re.compile("^(Error|错误)$")).count() == 0
+    assert page.locator("#stop").is_disabled()  # nothing went to the queue
+    page.locator("#prompt textarea").press_sequentially("!")
+    expect(page.locator("#prompt textarea")).to_have_value("a fox!")
+    assert len(service.enhanced) == before
+
+
+@pytest.mark.browser
 def test_a_refusal_out_of_sight_is_brought_into_sight(open_app, fake_app):
     """A refused field in the closed Advanced section, or a screen below the button on a phone: Generate opens
     the section and scrolls to the field's message."""

@@ -39,6 +39,7 @@ IMAGE_STRENGTH = 0.6  # the strength slider's value once an image is given (1 ig
 # The generate event's inputs, by name and in the API's order; the fields a saved image's settings fill back in
 # (its LoRAs as the LoRA dropdown and scale), then the randomize box (cleared, so the next run uses the restored seed).
 FORM_FIELDS = tuple(field.name for field in fields(FormValues))
+ENHANCE_FIELDS = ("prompt", "width", "height", "seed")  # Enhance first's inputs
 RESTORED_FIELDS = (
     *(field.name for field in fields(FormSettings) if field.name not in ("loras", "init_image_sha256")),
     "lora",
@@ -347,6 +348,18 @@ class Handlers:
             return [gr.validate(True, "") for _ in FORM_FIELDS]
         marked, message = refused
         return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
+
+    def validate_enhance(self, prompt, width, height, seed, request: gr.Request = None):
+        """Checks Enhance first's inputs (``ENHANCE_FIELDS``) before it is queued, as ``validate`` checks
+        Generate's: a refusal shows on the field it names (the prompt for anything else), in the request's
+        language."""
+        form = FormValues(prompt, width=width, height=height, seed=seed, use_pe=True)
+        refused = self._refusal(form, language(request))
+        if refused is None:
+            return [gr.validate(True, "") for _ in ENHANCE_FIELDS]
+        field, message = refused
+        marked = field if field in ENHANCE_FIELDS else ENHANCE_FIELDS[0]
+        return [gr.validate(name != marked, message if name == marked else "") for name in ENHANCE_FIELDS]
 
     @staticmethod
     def snapped_size(_prompt, _negative_prompt, width, height, *_rest):

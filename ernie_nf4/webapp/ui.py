@@ -138,15 +138,32 @@ def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: in
     by hand or by an example (the PE wrote it for those); a new seed leaves it (a run with its text never runs the
     PE)."""
     box = ui["enhanced_prompt"]
-    ui["enhance"].click(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
-    event = ui["enhance"].click(
+    inputs = [ui["prompt"], ui["width"], ui["height"], ui["seed"]]
+    # As Generate: the inputs checked first, a refusal shown on its field (an error from the run itself would cover
+    # the prompt box, where its progress shows), then the PE's run in its own queue lane.
+    ui["enhance"].click(None, js=SHOW_REFUSAL_JS, queue=False, api_visibility="private")
+    checked = ui["enhance"].click(
+        lambda *_: None,
+        inputs,
+        None,
+        validator=handlers.validate_enhance,
+        preprocess=False,
+        trigger_mode="multiple",
+        concurrency_limit=None,
+        concurrency_id="form",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    checked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
+    event = checked.success(
         handlers.enhance,
-        [ui["prompt"], ui["width"], ui["height"], ui["seed"]],
+        inputs,
         box,
         api_name="enhance",
         concurrency_limit=concurrency,
         concurrency_id="enhance",
         preprocess=False,  # the API's raw values reach request_from_form, whose errors name the field
+        validator=handlers.validate_enhance,
         trigger_mode="multiple",
         show_progress="full",
         show_progress_on=ui["prompt"],  # the box shows only once it has text
