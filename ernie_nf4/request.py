@@ -98,6 +98,12 @@ def _init_image_problem(image) -> str | None:
     return _init_size_problem(image.size)
 
 
+def _too_large(problem: str, size: tuple[int, int]) -> InvalidArgument:
+    low, high = INIT_SIDE_RANGE
+    values = {"low": low, "high": high, "most": f"{MAX_INIT_PIXELS:,}", "size": f"{size[0]}x{size[1]}"}
+    return InvalidArgument(problem, field="init_image", key="init_image_size", values=values)
+
+
 def _init_size_problem(size: tuple[int, int]) -> str | None:
     low, high = INIT_SIDE_RANGE
     if not all(low <= side <= high for side in size) or size[0] * size[1] > MAX_INIT_PIXELS:
@@ -149,15 +155,25 @@ def _open_image(source):
         try:
             with Image.open(source, formats=IMAGE_FORMATS) as image:
                 if (problem := _init_size_problem(image.size)) is not None:
-                    raise InvalidArgument(problem, field="init_image")
+                    raise _too_large(problem, image.size)
                 return _rgb(ImageOps.exif_transpose(image))  # a phone's photo as it is shown
         except InvalidArgument:
             raise
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
+        except Image.DecompressionBombError:
+            name = repr(os.path.basename(os.fspath(source)))
             raise InvalidArgument(
-                f"init_image {os.path.basename(os.fspath(source))!r} could not be read as an image "
-                f"({type(err).__name__}); give a PNG, JPEG or WebP file",
+                f"init_image {name} has far more than {MAX_INIT_PIXELS:,} pixels; make it smaller",
                 field="init_image",
+                key="init_image_pixels",
+                values={"name": name, "most": f"{MAX_INIT_PIXELS:,}"},
+            ) from None
+        except (OSError, UnidentifiedImageError, ValueError):
+            name = repr(os.path.basename(os.fspath(source)))
+            raise InvalidArgument(
+                f"init_image {name} could not be read as an image; give a PNG, JPEG or WebP file",
+                field="init_image",
+                key="init_image_unreadable",
+                values={"name": name},
             ) from None
     if isinstance(source, Image.Image):
         return _rgb(source)
@@ -246,6 +262,8 @@ class GenerationRequest:
             raise InvalidArgument(
                 f"strength {self.strength} needs an init_image to start from; give one, or set strength to 1",
                 field="init_image",
+                key="strength_needs_image",
+                values={"strength": self.strength},
             )
 
     @property

@@ -166,3 +166,35 @@ def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(
     finally:
         opener.close()
         app.close()
+
+
+def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
+    """The image-to-image refusals (no image for a strength below 1, a file that is no image, an image too large or
+    far too large) on a Chinese page: Chinese, on the init_image field, with no Python error names."""
+    from ernie_nf4.errors import InvalidArgument
+    from ernie_nf4.webapp.messages import refusal
+
+    fake = tmp_path / "photo.png"
+    fake.write_text("a text file with an image's name")
+    strip = photo(tmp_path / "strip.png", (9000, 16))  # wider than 8192
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)  # 400 megapixels: Pillow refuses it unread
+    forms = {
+        "needs": FormValues("a fox", strength=0.5),
+        "unreadable": FormValues("a fox", init_image=str(fake), strength=0.5),
+        "size": FormValues("a fox", init_image=str(strip), strength=0.5),
+        "pixels": FormValues("a fox", init_image=str(huge), strength=0.5),
+    }
+    said = {}
+    for kind, form in forms.items():
+        with pytest.raises(InvalidArgument) as caught:
+            request_from_form(form)
+        assert caught.value.field == "init_image"
+        english, chinese = refusal(caught.value, "en"), refusal(caught.value, "zh")
+        assert "起始图片（init_image）" in chinese and not re.search(r"[A-Za-z]{5,}", re.sub(r"init_image|strength|'\w+\.png'", "", chinese))
+        assert "Error" not in english and "Error" not in chinese  # no Python exception names
+        said[kind] = english, chinese
+    assert said["needs"][1].startswith("重绘强度（strength）0.5 需要一张起始图片")
+    assert "'photo.png'" in said["unreadable"][1] and "PNG、JPEG 或 WebP" in said["unreadable"][1]
+    assert "9000x16" in said["size"][0] and "9000x16" in said["size"][1]
+    assert "'huge.png'" in said["pixels"][1] and "24,000,000" in said["pixels"][0]

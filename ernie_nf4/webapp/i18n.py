@@ -178,6 +178,11 @@ MESSAGES = {
         "lora_too_many": "lora: at most {most} LoRAs at once, got {count}",
         "lora_twice": "lora: each LoRA at most once, got {name} twice",
         "lora_not_names": "lora must be a LoRA's name or a list of names, got {value}",
+        "init_image_unreadable": "init_image {name} could not be read as an image; give a PNG, JPEG or WebP file",
+        "init_image_pixels": "init_image {name} has far more than {most} pixels; make it smaller",
+        "init_image_size": "init_image must be {low} to {high} pixels wide and high and at most {most} pixels, got "
+        "{size}; make it smaller",
+        "strength_needs_image": "strength {strength} needs an init_image to start from; give one, or set strength to 1",
         "init_image_not_served": "init_image must be an image uploaded to this app or one of its results; a path on "
         "the server is not read",
         "lora_scale_count": "lora_scale: give one scale, or one per LoRA named ({names}), got {count}",
@@ -351,6 +356,12 @@ MESSAGES = {
         "lora_too_many": "LoRA（lora）：一次最多 {most} 个 LoRA，收到 {count} 个",
         "lora_twice": "LoRA（lora）：每个 LoRA 只能选一次，{name} 出现了两次",
         "lora_not_names": "LoRA（lora）必须是一个 LoRA 名称或名称列表，收到 {value}",
+        "init_image_unreadable": "起始图片（init_image）{name} 无法作为图片读取；请提供 PNG、JPEG 或 WebP 文件",
+        "init_image_pixels": "起始图片（init_image）{name} 的像素远超 {most}；请缩小后再试",
+        "init_image_size": "起始图片（init_image）的宽和高须在 {low} 到 {high} 像素之间，且至多 {most} 像素，"
+        "收到 {size}；请缩小后再试",
+        "strength_needs_image": "重绘强度（strength）{strength} 需要一张起始图片（init_image）；请提供一张，"
+        "或将重绘强度设为 1",
         "init_image_not_served": "起始图片（init_image）必须是上传到本应用的图片或它生成的结果；不读取服务器上的路径",
         "lora_scale_count": "LoRA 强度（lora_scale）：请给一个强度，或为每个 LoRA 各给一个（{names} 个），"
         "收到 {count} 个",
