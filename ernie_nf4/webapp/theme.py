@@ -148,6 +148,9 @@ CSS = """
   width: auto; height: auto; max-width: 100%; object-fit: contain; min-width: 32px; min-height: 32px;
 }
 #gallery .thumbnail-lg > img { max-height: 70vh; }
+/* A live preview is an eighth of the image's size: drawn across the gallery, as large as a result at the default
+   size shows, its pixels smoothed. */
+#gallery .thumbnail-lg > :is(__PREVIEW__) { width: 100%; object-fit: contain; image-rendering: auto; }
 #gallery .grid-wrap.fixed-height { min-height: 0; max-height: none; }
 #history .thumbnail-lg > img { max-height: 160px; }
 #gallery .caption-label, #history .caption-label {
