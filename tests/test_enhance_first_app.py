@@ -15,7 +15,7 @@ from ernie_nf4.webapp.handlers import RESTORED_FIELDS, Handlers  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, read_png_parameters, save_png  # noqa: E402
 from ernie_nf4.webapp.zerogpu import gpu_seconds  # noqa: E402
 
-from .support.app import RUN_ENDED, FakeService, PageOpener, ServedApp, wait_until  # noqa: E402
+from .support.app import RUN_ENDED, FakeService, PageOpener, ServedApp, playwright_api, wait_until  # noqa: E402
 
 EDITED = 'A red fox asleep in snow, "FOX" on a sign,\nsoft dawn light'
 FORM = ["a fox", "", 96, 64, 2, 4.0, 11, False, True, 1, "", 1.0, None, 1]  # /generate's fields before enhanced_prompt
@@ -118,6 +118,8 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         page.locator("#stop").click()
         page.wait_for_function("document.querySelector('#stop').disabled")  # no run left going
         assert wait_until(lambda: getattr(served.service, "enhance_stopped_at", None) is not None)
+        # the page says it stopped (a popup), since nothing else on it changes
+        playwright_api().expect(page.get_by_text("Enhance first stopped").first).to_be_visible()
         assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
         page.locator("#prompt textarea").fill("a fox")
         page.locator("#enhance-first").click()

@@ -523,13 +523,16 @@ class Handlers:
     def enhance(self, prompt, width, height, seed, request: gr.Request = None, progress=gr.Progress()):
         """Enhance first: the PE's text for the prompt at this size and seed, alone (``/enhance``), for the enhanced
         prompt's box: what a run would have the PE write, to read and edit before Generate uses it as it is. Stop
-        ends it (the box keeps what it showed)."""
+        ends it: the box keeps what it showed, and a popup says so."""
         lang = language(request)
         req, notes = self._request(FormValues(prompt, width=width, height=height, seed=seed, use_pe=True), lang)
         for text in notes:
             gr.Info(note(text, lang))
         enhancement = self._run(req, _session_key(request), request, progress, lang, self._enhance)
-        return gr.skip() if enhancement is None else enhancement.text
+        if enhancement is None:
+            gr.Info(say("enhance_stopped", lang))
+            return gr.skip()
+        return enhancement.text
 
     def _stopped_outputs_of(self, event, lang: str) -> list:
         """What Stop gives a queued event of the session: the enhanced prompt's box stays, a run says Stopped."""
