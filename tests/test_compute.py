@@ -7,6 +7,7 @@ import torch
 
 from ernie_nf4.errors import EnvironmentUnsupported, InvalidArgument
 from ernie_nf4.request import GenerationRequest, LoraChoice
+from ernie_nf4.runtime import compute
 from ernie_nf4.runtime.compute import AUTO_MIN_ROWS, MIN_ROWS, Compute, apply_compute, available, resolve
 
 from .support.fixtures import DEVICE, HAS_CUDA
@@ -261,16 +262,20 @@ def test_names_are_checked_and_auto_takes_the_fastest_the_device_has():
         assert resolve("auto", "cuda") is Compute.BF16  # eager, the scaling kernels cost more than they save
 
 
-def test_auto_multiplies_in_fp8_from_its_rows_where_the_device_has_fp8(tiny_package, nf4_everywhere):
-    """``auto`` as the loader applies it: on a GPU with FP8, FP8 layers that keep their own product below
-    ``AUTO_MIN_ROWS`` rows (512x512 images: slower in FP8); elsewhere (a CPU, an older GPU) bf16, nothing changed."""
+def test_auto_multiplies_in_fp8_from_its_rows_where_the_device_has_fp8(tiny_package, nf4_everywhere, monkeypatch):
+    """``auto`` as the loader applies it: where the device's fastest mode is FP8 (here the CPU, whose reference
+    kernels stand in for such a card's), FP8 layers that keep their own product below ``AUTO_MIN_ROWS`` rows (512x512
+    images: slower in FP8); where it is bf16 (this CPU as it is), nothing changed."""
     from bitsandbytes.nn import Linear4bit
 
+    if Compute.FP8 not in available(DEVICE):
+        pytest.skip(f"FP8 products do not run on {DEVICE} with this torch")
+    plain = nf4_transformer(tiny_package, "auto")
+    if available(DEVICE)[0] is Compute.BF16:
+        assert plain.compute is Compute.BF16 and type(plain.layers[0].self_attention.to_q) is Linear4bit
+    monkeypatch.setattr(compute, "available", lambda device: (Compute.FP8, Compute.BF16))
     model = nf4_transformer(tiny_package, "auto")
     layer = model.layers[0].self_attention.to_q
-    if Compute.FP8 not in available(DEVICE)[:1]:
-        assert model.compute is Compute.BF16 and type(layer) is Linear4bit
-        return
     assert model.compute is Compute.AUTO and type(layer).__name__ == "FP8Linear4bit"
     assert layer.compute_min_rows == AUTO_MIN_ROWS
     with torch.no_grad():
@@ -278,6 +283,24 @@ def test_auto_multiplies_in_fp8_from_its_rows_where_the_device_has_fp8(tiny_pack
         assert torch.equal(layer(fewer), Linear4bit.forward(layer, fewer))
         more = torch.randn(AUTO_MIN_ROWS, layer.in_features, device=DEVICE, dtype=torch.bfloat16)
         assert not torch.equal(layer(more), Linear4bit.forward(layer, more))
+
+
+def test_compiled_auto_blocks_cover_both_sides_of_its_rows(tiny_package, nf4_everywhere, monkeypatch):
+    """The compiled block is warmed on calls below and above ``AUTO_MIN_ROWS``: a 512x512-like call and
+    1024x1024-like ones (a CFG batch and a single sample) all run compiled, none eagerly."""
+    from ernie_nf4.runtime.fast_transformer import BlockCompiler, warm_latents
+
+    if Compute.FP8 not in available(DEVICE):
+        pytest.skip(f"FP8 products do not run on {DEVICE} with this torch")
+    monkeypatch.setattr(compute, "available", lambda device: (Compute.FP8, Compute.BF16))
+    model = nf4_transformer(tiny_package, "auto")
+    assert len(warm_latents(model)) == 2 and len(warm_latents(nf4_transformer(tiny_package, "fp8"))) == 1
+    compiler = BlockCompiler(model, cache_dir=None, backend="eager")  # Dynamo's guards, without Inductor's time
+    assert compiler.compile() and compiler.activate(), compiler.describe()
+    calls = {"below": ((8, 8), (5, 9)), "above, CFG": ((48, 48), (5, 9)), "above, one": ((64, 64), (5,))}
+    for name, (latent, lengths) in calls.items():
+        forward(model, latent=latent, lengths=lengths)
+        assert compiler.fallback_calls == 0, name
 
 
 @pytest.mark.slow

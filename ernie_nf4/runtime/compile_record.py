@@ -53,6 +53,8 @@ def describe(transformer) -> dict:
         capability = list(torch.cuda.get_device_capability(device))
         card = {"name": torch.cuda.get_device_name(device), "capability": capability}
     layer_kinds = sorted({type(m).__name__ for layer in transformer.layers for m in layer.modules()})
+    # from how many rows a low-precision layer multiplies in its format (``compute``: fp8 and auto differ there)
+    min_rows = sorted({m.compute_min_rows for m in transformer.layers[0].modules() if hasattr(m, "compute_min_rows")})
     # The first block's tensors as the compiled code sees them (a LoRA's rank, the layout low-vram gives them)
     tensors = [
         [name, list(t.shape), str(t.dtype), list(t.stride()), t.storage_offset() % 16 == 0]
@@ -71,6 +73,7 @@ def describe(transformer) -> dict:
         "model": {key: value for key, value in config.items() if not key.startswith("_")},
         "dtype": str(transformer.dtype),
         "layer_kinds": layer_kinds,
+        "compute_min_rows": min_rows,
         "block_tensors": tensors,
         "code": _code_digest(),
     }

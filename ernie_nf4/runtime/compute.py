@@ -255,13 +255,13 @@ def apply_compute(transformer, compute, min_rows: int | None = None) -> Compute:
 
     Each layer gets two float32 buffers of its output width (its weight's scale per channel and that scale's
     inverse): a few MB for the full-size model, which move with it in every memory mode."""
+    if min_rows is not None and min_rows < MIN_ROWS:
+        raise InvalidArgument(f"min_rows must be {MIN_ROWS} or more (the INT8 kernel's least), got {min_rows}")
     compute = resolve(compute, transformer.device, compiled=True)
     if compute is Compute.BF16:
         return compute
     if min_rows is None:
         min_rows = AUTO_MIN_ROWS if compute is Compute.AUTO else MIN_ROWS
-    if min_rows < MIN_ROWS:
-        raise InvalidArgument(f"min_rows must be {MIN_ROWS} or more (the INT8 kernel's least), got {min_rows}")
     mode = Compute.FP8 if compute is Compute.AUTO else compute
     with torch.no_grad():
         for block in transformer.layers:

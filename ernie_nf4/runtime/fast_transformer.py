@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import os
 import threading
 import time
@@ -59,6 +60,22 @@ COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 # of them alone (one sample: guidance <= 1). Token counts no model width equals, so dynamo ties no dimension to a
 # weight's (duck sizing) and every real size stays dynamic. A few MB on the full-size model.
 WARM_LATENT, WARM_TEXT = (32, 32), (37, 23)
+
+
+def warm_latents(transformer) -> list[tuple[int, int]]:
+    """The latent sizes the compile is warmed on: ``WARM_LATENT``; and when the blocks' linear layers change their
+    product from a number of rows above all of its calls' (``compute.apply_compute``'s ``min_rows``, such as
+    ``auto``'s), a size whose single sample has that many tokens too, so that the compiled code covers both sides
+    (a call on a side it was not warmed on would run eagerly)."""
+    rows = max((getattr(m, "compute_min_rows", 0) for m in transformer.layers[0].modules()), default=0)
+    patch = transformer.config.patch_size
+    warm_rows = 2 * ((WARM_LATENT[0] // patch) * (WARM_LATENT[1] // patch) + max(WARM_TEXT))  # the CFG batch's
+    if rows <= warm_rows:
+        return [WARM_LATENT]
+    side = math.isqrt(rows - 1) + 1  # side * side >= rows tokens of image alone
+    return [WARM_LATENT, (side * patch, side * patch)]
+
+
 # The priming call (bitsandbytes' first-use set-up of every layer): as small as a call gets.
 PRIME_LATENT, PRIME_TEXT = (4, 4), (3, 2)
 # Seconds a compile takes once a helper compiled its kernels (``compile_ahead``): 4.0 to 5.2 s for the full-size model
@@ -465,7 +482,8 @@ class BlockCompiler:
         try:
             with _on_device(model.device), torch.no_grad():
                 inputs = [
-                    model._pack(**dummy_call(model, WARM_LATENT, lengths, seed))
+                    model._pack(**dummy_call(model, latent, lengths, seed))
+                    for latent in warm_latents(model)
                     for seed, lengths in enumerate((WARM_TEXT, WARM_TEXT[:1]))
                 ]
                 done = None
@@ -507,7 +525,9 @@ class BlockCompiler:
                     for layer in layers:
                         x = run(layer, x, p.rotary, p.temb, p.segments)
                 if missed := _eager_calls() - before:
-                    raise RuntimeError(f"the compiled block's guards fail for {missed} of {2 * len(layers)} blocks")
+                    raise RuntimeError(
+                        f"the compiled block's guards fail for {missed} of {len(inputs) * len(layers)} blocks"
+                    )
         except Exception as err:  # compiling is an optimisation: never let it cost a run
             self._fail(err)
             return False

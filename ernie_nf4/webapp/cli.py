@@ -183,10 +183,10 @@ def _runtime_flags(p: argparse.ArgumentParser, env) -> None:
         metavar="{" + ",".join(c.value for c in Compute) + "}",
         default=env("compute", Compute.BF16.value),
         help="how the transformer's linear layers multiply, its weights staying NF4: bf16 (default), fp8 (GPUs of "
-        "compute capability 8.9 on: Ada, Hopper, Blackwell), int8 (8.0 on: Ampere), or auto (FP8 for compiled "
-        "blocks from about 1024x1024 on, where the GPU has it and it is faster; else bf16). FP8 and INT8 round each "
-        "layer's input and weight once more; the README's FP8 and INT8 compute section has their speed and error on "
-        "one card",
+        "compute capability 8.9 on: Ada, Hopper, Blackwell), int8 (8.0 on: Ampere), or auto (FP8 where the GPU "
+        "has it and blocks are compiled, for products of 4,096 tokens or more, where it is faster; else bf16). FP8 "
+        "and INT8 round each layer's input and weight once more; the README's FP8 and INT8 compute section has their "
+        "speed and error on one card",
     )
     g.add_argument(
         "--compile",

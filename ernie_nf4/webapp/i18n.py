@@ -246,8 +246,8 @@ MESSAGES = {
         "stats_compile_failed": "Compiling the transformer failed, so it runs uncompiled (the server log says why).",
         "stats_compile_off": "The transformer runs uncompiled (--no-compile).",
         "stats_compute": "The transformer's linear layers multiply in {format} ({flag}); stored weights are unchanged.",
-        "stats_compute_auto": "The transformer's linear layers multiply in FP8 from {tokens} tokens (about 1024x1024 "
-        "and larger), in bf16 below (--compute auto); stored weights are unchanged.",
+        "stats_compute_auto": "The transformer's linear layers multiply in FP8 from {tokens} tokens (text and image, "
+        "both halves of a guided run), in bf16 below (--compute auto); stored weights are unchanged.",
         "stats_compile_pending": "The transformer is not compiled yet.",
         "stats_uncompiled": "The transformer runs uncompiled (--compile turns compiling on).",
         "stats_loaded": "Loaded in {seconds} s.",
@@ -422,8 +422,8 @@ MESSAGES = {
         "stats_compile_failed": "Transformer 编译失败，以未编译形式运行（原因见服务器日志）。",
         "stats_compile_off": "Transformer 以未编译形式运行（--no-compile）。",
         "stats_compute": "Transformer 的线性层以 {format} 计算（{flag}），存储的权重不变。",
-        "stats_compute_auto": "Transformer 的线性层在 {tokens} 个 token 起（约 1024x1024 及更大）以 FP8 计算，"
-        "更小时以 bf16 计算（--compute auto），存储的权重不变。",
+        "stats_compute_auto": "Transformer 的线性层在 {tokens} 个 token 起（文本与图像，含引导的两半）以 FP8 计算，"
+        "更少时以 bf16 计算（--compute auto），存储的权重不变。",
         "stats_compile_pending": "Transformer 尚未编译。",
         "stats_uncompiled": "Transformer 以未编译形式运行（--compile 可开启编译）。",
         "stats_loaded": "加载用时 {seconds} 秒。",
