@@ -14,7 +14,7 @@ from ernie_nf4.request import GenerationRequest  # noqa: E402
 from ernie_nf4.webapp.layout import form_defaults  # noqa: E402
 from ernie_nf4.webapp.png_params import parameters_text, parse_parameters, save_png  # noqa: E402
 
-from .support.app import RUN_ENDED, FakeService, PageOpener, playwright_api, wait_until  # noqa: E402
+from .support.app import RUN_ENDED, FakeService, PageOpener, pick_language, playwright_api, wait_until  # noqa: E402
 
 DESKTOP = {"width": 1400, "height": 1000}
 PHONE = {"width": 390, "height": 844}
@@ -411,16 +411,6 @@ def test_tiny_app_form_defaults_in_the_browser(served_tiny_app, open_app):
     assert page.locator("#height input").input_value() == "256"
     assert page.locator("#steps input[type=number]").input_value() == "4"
     assert page.locator("#preset input").input_value() == "1:1 · 256×256"
-
-
-def pick_language(frame, name):
-    """Gradio's Settings (in the page's footer): Language -> ``name``, then the panel closed (``frame``: a page, or
-    a frame in one)."""
-    frame.locator("footer").get_by_text(re.compile("Settings|设置")).click()
-    frame.get_by_label(re.compile("Language|语言")).first.click()
-    frame.locator("ul li.item", has_text=name).first.click()
-    getattr(frame, "page", frame).keyboard.press("Escape")
-    frame.locator("div[role=dialog] .banner-wrap button").first.click()
 
 
 @pytest.mark.browser

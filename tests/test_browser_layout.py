@@ -275,7 +275,7 @@ def test_every_control_has_a_name_of_its_own(open_app, locale):
 
 @pytest.mark.browser
 def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
-    from .test_browser import pick_language
+    from .support.app import pick_language
 
     page = open_app(locale="en-US")
     generate(page, "named cat", 64, 64)

@@ -3,15 +3,19 @@ opened, then another run of 4 with live previews (as the page starts), whose pre
 x2 then takes the image the gallery shows selected, not the 3rd of the new run."""
 
 import re
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("gradio")
-from ernie_nf4.request import InitImage  # noqa: E402
+import gradio as gr  # noqa: E402
 
-from .support.app import PageOpener, ServedApp, playwright_api, wait_until  # noqa: E402
+from ernie_nf4.request import InitImage  # noqa: E402
+from ernie_nf4.webapp.handlers import Handlers  # noqa: E402
+
+from .support.app import PageOpener, ServedApp, pick_language, playwright_api, wait_until  # noqa: E402
 
 SELECTED = """() => [...document.querySelectorAll('#gallery button.thumbnail-item')]
     .findIndex(x => x.classList.contains('selected'))"""
@@ -65,16 +69,23 @@ def test_upscale_takes_the_image_the_gallery_shows_after_a_previewed_run(browser
 
 
 # A thumbnail clicked and a button pressed in one go: the button's event leaves before the server's answer to the
-# pick comes back (as on a busy server, or with a quick hand).
+# pick comes back (here 1.5 s late, as on a busy server).
 CLICK_BOTH = """([thumbnail, button]) => {
     document.querySelectorAll(thumbnail)[1].click();
     document.querySelector(button).click();
 }"""
 
 
+def slow_pick(event: gr.SelectData):
+    """The server's answer to a pick, 1.5 s late (a busy server)."""
+    time.sleep(1.5)
+    return event.index
+
+
 @pytest.mark.browser
-def test_a_button_pressed_right_after_a_pick_takes_the_picked_image(browser, tmp_path):
+def test_a_button_pressed_right_after_a_pick_takes_the_picked_image(browser, tmp_path, monkeypatch):
     expect = playwright_api().expect
+    monkeypatch.setattr(Handlers, "pick", staticmethod(slow_pick))
     app = ServedApp(tmp_path)
     opener = PageOpener(browser, app.url)
     try:
@@ -94,7 +105,12 @@ def test_a_button_pressed_right_after_a_pick_takes_the_picked_image(browser, tmp
         expect(page.locator("#seed input")).to_have_value("301")
         count = len(app.service.requests)
         page.keyboard.press("Escape")
-        page.evaluate(CLICK_BOTH, ["#gallery button.thumbnail-item", "#upscale"])
+        # the result picked, then the page's language changed (its captions said again): Upscale takes that image
+        page.locator("#gallery button.thumbnail-item").nth(1).click()
+        page.wait_for_timeout(2000)  # the pick's answer is back
+        pick_language(page, "简体中文")
+        expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(" · 种子 301 "))
+        page.locator("#upscale").click()
         assert wait_until(lambda: len(app.service.requests) == count + 1, 30)
         assert app.service.requests[-1].init_image.sha256 == image_hash(301)
     finally:

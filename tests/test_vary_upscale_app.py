@@ -203,3 +203,12 @@ def test_a_language_change_says_the_last_results_again_and_nothing_else(tmp_path
     assert handlers.relang(previews, info, chinese)[0] == gr.skip()
     # another tab's session has no results of this one's
     assert handlers.relang(gallery, info, _Session("zh-CN", "other tab")) == (gr.skip(), gr.skip())
+
+
+@pytest.mark.parametrize("gallery", [[[]], [()], 5, "x", [None], [{"image": 3}]])
+def test_a_language_change_with_a_gallery_no_page_sends_changes_nothing(tmp_path, gallery):
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    english = _Session("en-US")
+    _, _, _, info, _ = handlers.generate("a fox", "", 64, 64, 2, 4.0, 7, False, False, 1, request=english)
+    files, text = handlers.relang(gallery, info, _Session("zh-CN"))
+    assert files == gr.skip() and text.startswith("种子 7")

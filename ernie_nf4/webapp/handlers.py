@@ -278,7 +278,10 @@ class Handlers:
         """The result gallery's captions and the run info box in the page's language, once it changed: the
         session's last results as they were said in another language; what else they show stays."""
         lang, said = language(request), self._said.get(_session_key(request))
-        names = [Path(str(_item_path(item))).name for item in _results(gallery)]
+        try:
+            names = [Path(str(_item_path(item))).name for item in _results(gallery)]
+        except (TypeError, IndexError):  # not a gallery's value (a client's own)
+            names = []
         files = gr.skip()
         if said and names and names == [Path(path).name for path, _ in said[lang][0]]:
             files = said[lang][0]

@@ -234,7 +234,9 @@ def _reuse_row() -> dict:
     with gr.Row(elem_id="reuse"):
         with gr.Column(scale=3):
             history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
-            picked = gr.State(None)
+            # the picked image's index: a component of the page, not a State, so that Use settings sends the page's
+            # own selection (``ui.picked_js``) even before the server has heard of the pick
+            picked = gr.Number(None, precision=0, visible=False)
             history = gr.Gallery(
                 label=t("history"),
                 columns=6,

@@ -4,6 +4,7 @@ the stages and the images of a run."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from ..progress import Progress, format_seconds
@@ -108,16 +109,19 @@ class PageProgress:
 
     def __init__(self, progress, lang: str = "en"):
         self.progress, self.view, self.last = progress, RunProgress(lang), None
+        self._lock = threading.Lock()  # the run's thread and the handler's (``again``) take turns: never an older line
 
     def __call__(self, event: Progress) -> None:
         if getattr(event, "preview", None) is not None:
             self.view.previewed = True
             return
-        self.last = event
-        fraction, text = self.view(event)
-        self.progress(fraction, desc=text)
-
-    def again(self) -> None:
-        if (event := self.last) is not None:
+        with self._lock:
+            self.last = event
             fraction, text = self.view(event)
             self.progress(fraction, desc=text)
+
+    def again(self) -> None:
+        with self._lock:
+            if (event := self.last) is not None:
+                fraction, text = self.view(event)
+                self.progress(fraction, desc=text)

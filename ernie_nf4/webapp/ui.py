@@ -107,12 +107,15 @@ CLEAR_JS = "() => ''"
 
 
 def picked_js(gallery_id: str) -> str:
-    """For an event whose 2nd input is the gallery ``gallery_id``'s picked index: the index of the thumbnail the page
-    shows selected, when one is (the server's own record of the pick may not be back yet: the click that picked it
-    and this event's can come together); else the input as it is."""
+    """For an event whose 2nd input is the gallery ``gallery_id``'s picked index (a hidden number that its select
+    event sets): the index of the thumbnail the page shows selected, when one is (the select event's answer may not
+    be back yet: the click that picked it and this event's can come together); else the input as it is."""
+    items = f"#{gallery_id} button.thumbnail-item"
     return f"""(...inputs) => {{
-    const shown = document.querySelector('#{gallery_id} .thumbnail-item.selected');
-    if (shown) inputs[1] = [...shown.parentElement.querySelectorAll(':scope > .thumbnail-item')].indexOf(shown);
+    const shown = document.querySelector('{items}.selected');
+    if (!shown) return inputs;
+    const size = shown.classList.contains('thumbnail-small') ? '.thumbnail-small' : '.thumbnail-lg';  // strip, grid
+    inputs[1] = [...document.querySelectorAll('{items}' + size)].indexOf(shown);
     return inputs;
 }}"""
 
@@ -213,7 +216,7 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
 
 def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     """The result gallery's selection, "Use this result", and the strength following the image input."""
-    ui["result_picked"] = gr.State(None)
+    ui["result_picked"] = gr.Number(None, precision=0, visible=False)  # as the history's ``picked``
     ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
     # new images (a run's, or its previews) drop the pick: the page then shows the first selected, as taken
     ui["gallery"].change(handlers.unpick, None, ui["result_picked"], **HIDDEN)

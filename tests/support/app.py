@@ -2,6 +2,7 @@
 gradio and gradio_client are imported inside the fixtures, so this module loads where they are absent."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -287,3 +288,13 @@ class ServedApp:
 
     def close(self):
         self.demo.close()
+
+
+def pick_language(frame, name):
+    """Gradio's Settings (in the page's footer): Language -> ``name``, then the panel closed (``frame``: a page, or
+    a frame in one)."""
+    frame.locator("footer").get_by_text(re.compile("Settings|设置")).click()
+    frame.get_by_label(re.compile("Language|语言")).first.click()
+    frame.locator("ul li.item", has_text=name).first.click()
+    getattr(frame, "page", frame).keyboard.press("Escape")
+    frame.locator("div[role=dialog] .banner-wrap button").first.click()
