@@ -61,18 +61,16 @@ RESULTS_SHOWN_JS = (
 )
 
 
-def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
-    form = [ui[name] for name in FORM_FIELDS]
-    # Generate first checks the form in a queue lane of its own (never behind the runs), with the message on the
-    # field it names; a form it takes shows the size the run will use (typed 1000, the field says 1008) and goes
-    # to the runs' queue. Every click counts (trigger_mode="multiple"): one right after Stop runs once the stopped
-    # run has ended.
-    ui["run"].click(None, js=SHOW_REFUSAL_JS, queue=False, api_visibility="private")
-    checked = ui["run"].click(
-        handlers.snapped_size,
-        form,
-        [ui["width"], ui["height"]],
-        validator=handlers.validate,
+def _checked(ui: dict, button: str, fn, inputs: list, outputs, validator):
+    """The button's click checked first, in a queue lane of its own (never behind the runs): ``validator`` shows a
+    refusal on the field it names (brought into sight), else ``fn`` runs and Stop goes on. Returns the check's event:
+    the run follows on its success."""
+    ui[button].click(None, js=SHOW_REFUSAL_JS, queue=False, api_visibility="private")
+    checked = ui[button].click(
+        fn,
+        inputs,
+        outputs,
+        validator=validator,
         preprocess=False,  # as the run's: a file that is no image is refused on its field, not failed in Gradio
         trigger_mode="multiple",
         concurrency_limit=None,
@@ -81,6 +79,16 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
         show_progress="hidden",
     )
     checked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
+    return checked
+
+
+def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
+    form = [ui[name] for name in FORM_FIELDS]
+    # Generate first checks the form in a queue lane of its own (never behind the runs), with the message on the
+    # field it names; a form it takes shows the size the run will use (typed 1000, the field says 1008) and goes
+    # to the runs' queue. Every click counts (trigger_mode="multiple"): one right after Stop runs once the stopped
+    # run has ended.
+    checked = _checked(ui, "run", handlers.snapped_size, form, [ui["width"], ui["height"]], handlers.validate)
     # preprocess=False: the API's raw values reach request_from_form, whose errors name the field and range.
     # The validator refuses a bad form (for API callers) before it is queued.
     event = checked.success(
@@ -144,20 +152,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: in
     inputs = [ui["prompt"], ui["width"], ui["height"], ui["seed"]]
     # As Generate: the inputs checked first, a refusal shown on its field (an error from the run itself would cover
     # the prompt box, where its progress shows), then the PE's run in its own queue lane.
-    ui["enhance"].click(None, js=SHOW_REFUSAL_JS, queue=False, api_visibility="private")
-    checked = ui["enhance"].click(
-        lambda *_: None,
-        inputs,
-        None,
-        validator=handlers.validate_enhance,
-        preprocess=False,
-        trigger_mode="multiple",
-        concurrency_limit=None,
-        concurrency_id="form",
-        api_visibility="private",
-        show_progress="hidden",
-    )
-    checked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
+    checked = _checked(ui, "enhance", lambda *_: None, inputs, None, handlers.validate_enhance)
     event = checked.success(
         handlers.enhance,
         inputs,
