@@ -188,3 +188,27 @@ def test_the_served_tiny_app_enhances_first_and_a_run_uses_that_text(served_tiny
     assert text and with_pe[2] == text
     assert given[2] == "".join(c for c in text if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127))
     assert "enhanced prompt: yours" in given[3] and "yours" not in with_pe[3]
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        (("   ", 64, 64, 1), "prompt"),
+        ((None, 64, 64, 1), "prompt"),
+        ((["a fox"], 64, 64, 1), "prompt"),
+        (("x" * 2_000_000, 64, 64, 1), "prompt"),
+        (("a fox", 7, 64, 1), "width"),
+        (("a fox", 64, float("nan"), 1), "height"),
+        (("a fox", 64, 64, "x"), "seed"),
+        (("a fox", 64, 64, -1), "seed"),
+        (("a fox", 64, 64, 1), None),
+    ],
+)
+def test_enhance_first_is_checked_field_by_field(values, field, tmp_path):
+    """What Enhance first's check says for each input, raw as the page or an API client sends it: the one field at
+    fault marked with its message, nothing else; a good form passes."""
+    checks = Handlers(FakeService(), tmp_path / "out").validate_enhance(*values)
+    marked = [name for name, check in zip(("prompt", "width", "height", "seed"), checks, strict=True)
+              if not check["is_valid"]]  # fmt: skip
+    assert marked == ([field] if field else [])
+    assert all(bool(check["message"]) is (not check["is_valid"]) for check in checks)

@@ -424,15 +424,6 @@ class Handlers:
         items, gone = self.history.load(history)
         return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
 
-    @staticmethod
-    def pick(event: gr.SelectData):
-        return event.index
-
-    @staticmethod
-    def unpick():
-        """No image picked: what the gallery's selection is once its images change."""
-        return None
-
     def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
         """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does
         not offer ("" when none). A missing value leaves its field alone; a restored seed clears the randomize box
@@ -538,8 +529,10 @@ class Handlers:
         return enhancement.text
 
     def _stopped_outputs_of(self, event, lang: str) -> list:
-        """What Stop gives a queued event of the session: the enhanced prompt's box stays, a run says Stopped."""
+        """What Stop gives a queued event of the session: the enhanced prompt's box stays (a popup says so), a run
+        says Stopped."""
         if getattr(event.fn, "api_name", None) == "enhance":
+            gr.Info(say("enhance_stopped", lang))
             return [gr.skip()]
         return list(self.stopped_outputs(lang))
 

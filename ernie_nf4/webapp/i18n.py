@@ -135,7 +135,7 @@ def t(key: str):
 MESSAGES = {
     "en": {
         "stopped": "Stopped. Nothing was kept from this run.",
-        "enhance_stopped": "Enhance first stopped; the enhanced prompt box keeps what it showed.",
+        "enhance_stopped": "Enhance first stopped; nothing it wrote was kept.",
         "caption": "{width}×{height} · seed {seed}",
         "png_unreadable": "{name} could not be read",
         "png_none": "{name} carries no generation parameters (no 'parameters' text chunk)",
@@ -317,7 +317,7 @@ MESSAGES = {
     },
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
-        "enhance_stopped": "“先增强提示词”已停止；增强提示词框保留原有内容。",
+        "enhance_stopped": "“先增强提示词”已停止；它写出的文字未被保留。",
         "caption": "{width}×{height} · 种子 {seed}",
         "png_unreadable": "无法读取 {name}",
         "png_none": "{name} 不含生成参数（没有 parameters 文本块）",

@@ -235,7 +235,7 @@ def _reuse_row() -> dict:
         with gr.Column(scale=3):
             history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
             # the picked image's index: a component of the page, not a State, so that Use settings sends the page's
-            # own selection (``ui.picked_js``) even before the server has heard of the pick
+            # own selection (``ui.picked_js``)
             picked = gr.Number(None, precision=0, visible=False)
             history = gr.Gallery(
                 label=t("history"),

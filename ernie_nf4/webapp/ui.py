@@ -115,12 +115,13 @@ CLEAR_JS = "() => ''"
 
 
 def picked_js(gallery_id: str) -> str:
-    """For an event whose 2nd input is the gallery ``gallery_id``'s picked index (a hidden number that its select
-    event sets): the index of the thumbnail the page shows selected, when one is (the select event's answer may not
-    be back yet: the click that picked it and this event's can come together); else the input as it is."""
+    """For an event whose 2nd input is the gallery ``gallery_id``'s picked index (a hidden number): the index of the
+    thumbnail the page shows selected, or null when none is. The page's own selection, sent with the click: nothing
+    of the server's can lag behind it (a select event's answer could come after a quick hand's button)."""
     items = f"#{gallery_id} button.thumbnail-item"
     return f"""(...inputs) => {{
     const shown = document.querySelector('{items}.selected');
+    inputs[1] = null;
     if (!shown) return inputs;
     const size = shown.classList.contains('thumbnail-small') ? '.thumbnail-small' : '.thumbnail-lg';  // strip, grid
     inputs[1] = [...document.querySelectorAll('{items}' + size)].indexOf(shown);
@@ -198,7 +199,6 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     # the last results' captions and run info, said again in the page's new language
     ui["relang"].click(handlers.relang, [ui["gallery"], ui["info"]], [ui["gallery"], ui["info"]], **HIDDEN)
     examples.click(None, None, ui["enhanced_prompt"], js=CLEAR_JS, queue=False, api_visibility="private")
-    ui["history"].select(handlers.pick, None, ui["picked"], **HIDDEN)
     ui["use_settings"].click(
         handlers.use_history,
         [ui["history_state"], ui["picked"]],
@@ -212,11 +212,8 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
 def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
     """The result gallery's selection, "Use this result", and the strength following the image input."""
     ui["result_picked"] = gr.Number(None, precision=0, visible=False)  # as the history's ``picked``
-    ui["gallery"].select(handlers.pick, None, ui["result_picked"], **HIDDEN)
-    # new images (a run's, or its previews) drop the pick: the page then shows the first selected, as taken
-    ui["gallery"].change(handlers.unpick, None, ui["result_picked"], **HIDDEN)
-    # and turn the buttons that take a result on or off, in the page (an event of the server's that reads the
-    # gallery would cover the run's progress over it)
+    # new images (a run's, or its previews) turn the buttons that take a result on or off, in the page (an event of
+    # the server's that reads the gallery would cover the run's progress over it)
     buttons = [ui[name] for name in RESULT_BUTTONS]
     ui["gallery"].change(None, ui["gallery"], buttons, js=RESULTS_SHOWN_JS, queue=False, api_visibility="private")
     ui["use_result"].click(
