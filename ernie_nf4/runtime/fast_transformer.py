@@ -60,6 +60,11 @@ COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 # of them alone (one sample: guidance <= 1). Token counts no model width equals, so dynamo ties no dimension to a
 # weight's (duck sizing) and every real size stays dynamic. A few MB on the full-size model.
 WARM_LATENT, WARM_TEXT = (32, 32), (37, 23)
+# The priming call (bitsandbytes' first-use set-up of every layer): as small as a call gets.
+PRIME_LATENT, PRIME_TEXT = (4, 4), (3, 2)
+# Seconds a compile takes once a helper compiled its kernels (``compile_ahead``): 4.0 to 5.2 s for the full-size model
+# on an NVIDIA H200 from a warm cache; a request then waits for it (``serving.compiling.await_quick_compile``).
+AHEAD_QUICK_SECONDS = 5.0
 
 
 def warm_latents(transformer) -> list[tuple[int, int]]:
@@ -74,13 +79,6 @@ def warm_latents(transformer) -> list[tuple[int, int]]:
         return [WARM_LATENT]
     side = math.isqrt(rows - 1) + 1  # side * side >= rows tokens of image alone
     return [WARM_LATENT, (side * patch, side * patch)]
-
-
-# The priming call (bitsandbytes' first-use set-up of every layer): as small as a call gets.
-PRIME_LATENT, PRIME_TEXT = (4, 4), (3, 2)
-# Seconds a compile takes once a helper compiled its kernels (``compile_ahead``): 4.0 to 5.2 s for the full-size model
-# on an NVIDIA H200 from a warm cache; a request then waits for it (``serving.compiling.await_quick_compile``).
-AHEAD_QUICK_SECONDS = 5.0
 
 
 def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

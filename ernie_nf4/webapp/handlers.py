@@ -347,22 +347,14 @@ class Handlers:
         refused = self._refusal(form, language(request))
         if refused is None and not (previews is None or isinstance(previews, bool)):
             refused = "previews", say("previews_not_bool", language(request), value=repr(previews)[:40])
-        if refused is None:
-            return [gr.validate(True, "") for _ in FORM_FIELDS]
-        marked, message = refused
-        return [gr.validate(name != marked, message if name == marked else "") for name in FORM_FIELDS]
+        return _field_checks(FORM_FIELDS, refused)
 
     def validate_enhance(self, prompt, width, height, seed, request: gr.Request = None):
         """Checks Enhance first's inputs (``ENHANCE_FIELDS``) before it is queued, as ``validate`` checks
         Generate's: a refusal shows on the field it names (the prompt for anything else), in the request's
         language."""
         form = FormValues(prompt, width=width, height=height, seed=seed, use_pe=True)
-        refused = self._refusal(form, language(request))
-        if refused is None:
-            return [gr.validate(True, "") for _ in ENHANCE_FIELDS]
-        field, message = refused
-        marked = field if field in ENHANCE_FIELDS else ENHANCE_FIELDS[0]
-        return [gr.validate(name != marked, message if name == marked else "") for name in ENHANCE_FIELDS]
+        return _field_checks(ENHANCE_FIELDS, self._refusal(form, language(request)))
 
     @staticmethod
     def snapped_size(_prompt, _negative_prompt, width, height, *_rest):
@@ -517,7 +509,7 @@ class Handlers:
     def enhance(self, prompt, width, height, seed, request: gr.Request = None, progress=gr.Progress()):
         """Enhance first: the PE's text for the prompt at this size and seed, alone (``/enhance``), for the enhanced
         prompt's box: what a run would have the PE write, to read and edit before Generate uses it as it is. Stop
-        ends it: the box keeps what it showed, and a popup says so."""
+        ends it: the box keeps what it showed, and a popup says it stopped."""
         lang = language(request)
         req, notes = self._request(FormValues(prompt, width=width, height=height, seed=seed, use_pe=True), lang)
         for text in notes:
@@ -600,7 +592,6 @@ class Handlers:
     def _follow_up(self, image, kind: str, previews, request, progress):
         lang = language(request)
         req, done = self.follow_up_request(image, kind, lang)
-
         key = _session_key(request)
 
         def run(on_preview):
@@ -608,6 +599,16 @@ class Handlers:
             return self.stopped_outputs(lang) if result is None else self._saved(req, result, [done], lang, key)
 
         yield from self._live(run, previews, lang, key)
+
+
+def _field_checks(names: tuple[str, ...], refused: tuple[str, str] | None) -> list:
+    """One ``gr.validate`` per input of ``names``: all pass when nothing is ``refused``, else the refused field (the
+    first input when the field is not one of them) carries the message."""
+    if refused is None:
+        return [gr.validate(True, "") for _ in names]
+    field, message = refused
+    marked = field if field in names else names[0]
+    return [gr.validate(name != marked, message if name == marked else "") for name in names]
 
 
 def _keep(kept: dict, key: str, value) -> None:
