@@ -92,26 +92,32 @@ class LoraChoice:
         _check_real("lora_scale", self.scale, *LORA_SCALE_RANGE)
 
 
-def _init_image_problem(image) -> str | None:
+def _init_image_error(image) -> InvalidArgument | None:
+    """Why ``image`` cannot start a run (not an RGB PIL image, or too large), as the refusal naming ``init_image``."""
     if getattr(image, "mode", None) != "RGB" or not callable(getattr(image, "tobytes", None)):
-        return f"init_image must be an RGB PIL image, got {type(image).__name__}"
-    return _init_size_problem(image.size)
-
-
-def _too_large(problem: str, size: tuple[int, int]) -> InvalidArgument:
-    low, high = INIT_SIDE_RANGE
-    values = {"low": low, "high": high, "most": f"{MAX_INIT_PIXELS:,}", "size": f"{size[0]}x{size[1]}"}
-    return InvalidArgument(problem, field="init_image", key="init_image_size", values=values)
-
-
-def _init_size_problem(size: tuple[int, int]) -> str | None:
-    low, high = INIT_SIDE_RANGE
-    if not all(low <= side <= high for side in size) or size[0] * size[1] > MAX_INIT_PIXELS:
-        return (
-            f"init_image must be {low} to {high} pixels wide and high and at most {MAX_INIT_PIXELS:,} pixels, "
-            f"got {size[0]}x{size[1]}; make it smaller"
+        kind = type(image).__name__
+        return InvalidArgument(
+            f"init_image must be an RGB PIL image, got {kind}",
+            field="init_image",
+            key="init_image_rgb",
+            values={"kind": kind},
         )
-    return None
+    return _init_size_error(image.size)
+
+
+def _init_size_error(size: tuple[int, int]) -> InvalidArgument | None:
+    """The refusal of an image ``size`` (width, height) too large or too small to start from; None when it fits."""
+    low, high = INIT_SIDE_RANGE
+    if all(low <= side <= high for side in size) and size[0] * size[1] <= MAX_INIT_PIXELS:
+        return None
+    values = {"low": low, "high": high, "most": f"{MAX_INIT_PIXELS:,}", "size": f"{size[0]}x{size[1]}"}
+    return InvalidArgument(
+        f"init_image must be {low} to {high} pixels wide and high and at most {MAX_INIT_PIXELS:,} pixels, "
+        f"got {size[0]}x{size[1]}; make it smaller",
+        field="init_image",
+        key="init_image_size",
+        values=values,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,8 +130,8 @@ class InitImage:
     sha256: str
 
     def __post_init__(self) -> None:
-        if (problem := _init_image_problem(self.image)) is not None:
-            raise InvalidArgument(problem, field="init_image")
+        if (error := _init_image_error(self.image)) is not None:
+            raise error
         if not isinstance(self.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise InvalidArgument(f"init_image's sha256 must be 64 hex digits, got {self.sha256!r}", field="init_image")
 
@@ -140,8 +146,8 @@ class InitImage:
         if isinstance(source, InitImage):
             return source
         image = _open_image(source)
-        if (problem := _init_image_problem(image)) is not None:
-            raise InvalidArgument(problem, field="init_image")
+        if (error := _init_image_error(image)) is not None:
+            raise error
         digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
         digest.update(image.tobytes())
         return cls(image, digest.hexdigest())
@@ -154,8 +160,8 @@ def _open_image(source):
     if isinstance(source, (str, os.PathLike)):
         try:
             with Image.open(source, formats=IMAGE_FORMATS) as image:
-                if (problem := _init_size_problem(image.size)) is not None:
-                    raise _too_large(problem, image.size)
+                if (error := _init_size_error(image.size)) is not None:
+                    raise error
                 return _rgb(ImageOps.exif_transpose(image))  # a phone's photo as it is shown
         except InvalidArgument:
             raise
@@ -180,9 +186,14 @@ def _open_image(source):
     shape = getattr(source, "shape", ())
     if hasattr(source, "__array_interface__") and source.dtype == "uint8" and len(shape) == 3 and shape[2] in (3, 4):
         return Image.fromarray(source[..., :3]).convert("RGB")
+    kind = type(source).__name__
+    if shape:
+        kind += f" {getattr(source, 'dtype', '?')} {tuple(shape)}"
     raise InvalidArgument(
-        f"init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {type(source).__name__}",
+        f"init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {kind}",
         field="init_image",
+        key="init_image_kind",
+        values={"kind": kind},
     )
 
 

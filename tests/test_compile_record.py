@@ -76,6 +76,27 @@ def test_the_record_is_per_card_software_shape_and_layer_kind(tiny_generator, tm
     assert compile_record.record_path(other, tmp_path) != path
 
 
+@pytest.mark.nf4
+def test_reading_the_record_leaves_the_layout_bitsandbytes_packs_into_on_the_cpu(tiny_generator, tmp_path):
+    """On CPUs with AVX512-BF16, bitsandbytes packs each NF4 weight into a layout of its own on first use, and a
+    ``state_dict`` of the layer packs it back: the record's key, read after a compile, must leave that layout (the
+    compiled block is guarded on the weights' shapes) and be the key it was before the packing."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model = copy.deepcopy(tiny_generator.loaded.pipe.transformer)
+    before = compile_record.record_path(model, tmp_path)
+    linears = [m for m in model.layers[0].modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linears
+    for layer in linears:  # as bitsandbytes' own first CPU forward does
+        layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(
+            layer.weight.data, layer.weight.quant_state
+        )
+    packed = [(layer.weight.data.shape, layer.weight.data.data_ptr()) for layer in linears]
+    assert compile_record.record_path(model, tmp_path) == before
+    assert [(layer.weight.data.shape, layer.weight.data.data_ptr()) for layer in linears] == packed
+
+
 class SlowCompile:
     """A compile in flight, as ``await_quick_compile`` sees one: its state, its last time here, and ``wait``."""
 

@@ -181,6 +181,9 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
     Image.new("1", (20000, 20000)).save(huge)  # 400 megapixels: Pillow refuses it unread
     forms = {
         "needs": FormValues("a fox", strength=0.5),
+        "pil": FormValues("a fox", init_image=Image.new("L", (9000, 16)), strength=0.5),  # given through the API
+        "array": FormValues("a fox", init_image=np.zeros((64, 64, 3), np.float32), strength=0.5),
+        "kind": FormValues("a fox", init_image=12, strength=0.5),
         "unreadable": FormValues("a fox", init_image=str(fake), strength=0.5),
         "size": FormValues("a fox", init_image=str(strip), strength=0.5),
         "pixels": FormValues("a fox", init_image=str(huge), strength=0.5),
@@ -191,7 +194,7 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
             request_from_form(form)
         assert caught.value.field == "init_image"
         english, chinese = refusal(caught.value, "en"), refusal(caught.value, "zh")
-        words = re.sub(r"init_image|strength|'\w+\.png'", "", chinese)  # the fields' and files' own names aside
+        words = re.sub(r"init_image|strength|'\w+\.png'|float32|ndarray", "", chinese)  # names aside
         assert "起始图片（init_image）" in chinese and not re.search(r"[A-Za-z]{5,}", words)
         assert "Error" not in english and "Error" not in chinese  # no Python exception names
         said[kind] = english, chinese
@@ -199,3 +202,6 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
     assert "'photo.png'" in said["unreadable"][1] and "PNG、JPEG 或 WebP" in said["unreadable"][1]
     assert "9000x16" in said["size"][0] and "9000x16" in said["size"][1]
     assert "'huge.png'" in said["pixels"][1] and "24,000,000" in said["pixels"][0]
+    assert "9000x16" in said["pil"][1] and said["pil"][1].startswith("起始图片（init_image）的宽和高须在")
+    assert "float32" in said["array"][1] and "HxWx3 的 uint8 数组" in said["array"][1]
+    assert said["kind"][1].endswith("收到 int")

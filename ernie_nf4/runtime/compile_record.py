@@ -43,6 +43,23 @@ def _code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def _block_tensors(layer) -> list[list]:
+    """A block's tensors as the compiled code sees them (a LoRA's rank, the layout low-vram gives them), read from
+    its parameters and buffers: ``state_dict`` would make bitsandbytes undo the layout it packs an NF4 weight into on
+    CPUs with AVX512-BF16, so that the next call meets a weight of another shape than the compiled code's. An NF4
+    weight is described by its own shape and blocks, which that packing keeps."""
+    import itertools
+
+    rows = []
+    for name, t in itertools.chain(layer.named_parameters(), layer.named_buffers()):
+        aligned = t.storage_offset() % 16 == 0
+        if (state := getattr(t, "quant_state", None)) is not None:
+            rows.append([name, list(state.shape), state.quant_type, state.blocksize, str(t.dtype), aligned])
+        else:
+            rows.append([name, list(t.shape), str(t.dtype), list(t.stride()), aligned])
+    return rows
+
+
 def describe(transformer) -> dict:
     """What a compile of ``transformer``'s blocks depends on, besides the inputs' sizes (they are dynamic)."""
     import torch
@@ -55,11 +72,7 @@ def describe(transformer) -> dict:
     layer_kinds = sorted({type(m).__name__ for layer in transformer.layers for m in layer.modules()})
     # from how many rows a low-precision layer multiplies in its format (``compute``: fp8 and auto differ there)
     min_rows = sorted({m.compute_min_rows for m in transformer.layers[0].modules() if hasattr(m, "compute_min_rows")})
-    # The first block's tensors as the compiled code sees them (a LoRA's rank, the layout low-vram gives them)
-    tensors = [
-        [name, list(t.shape), str(t.dtype), list(t.stride()), t.storage_offset() % 16 == 0]
-        for name, t in transformer.layers[0].state_dict(keep_vars=True).items()
-    ]
+    tensors = _block_tensors(transformer.layers[0])
     config = transformer.config
     return {
         "device": device.type,

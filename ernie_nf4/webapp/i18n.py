@@ -183,6 +183,8 @@ MESSAGES = {
         "init_image_pixels": "init_image {name} has far more than {most} pixels; make it smaller",
         "init_image_size": "init_image must be {low} to {high} pixels wide and high and at most {most} pixels, got "
         "{size}; make it smaller",
+        "init_image_kind": "init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {kind}",
+        "init_image_rgb": "init_image must be an RGB PIL image, got {kind}",
         "strength_needs_image": "strength {strength} needs an init_image to start from; give one, or set strength to 1",
         "init_image_not_served": "init_image must be an image uploaded to this app or one of its results; a path on "
         "the server is not read",
@@ -362,6 +364,8 @@ MESSAGES = {
         "init_image_pixels": "起始图片（init_image）{name} 的像素远超 {most}；请缩小后再试",
         "init_image_size": "起始图片（init_image）的宽和高须在 {low} 到 {high} 像素之间，且至多 {most} 像素，"
         "收到 {size}；请缩小后再试",
+        "init_image_kind": "起始图片（init_image）必须是图片文件的路径、PIL 图片或 HxWx3 的 uint8 数组，收到 {kind}",
+        "init_image_rgb": "起始图片（init_image）必须是 RGB 模式的 PIL 图片，收到 {kind}",
         "strength_needs_image": "重绘强度（strength）{strength} 需要一张起始图片（init_image）；请提供一张，"
         "或将重绘强度设为 1",
         "init_image_not_served": "起始图片（init_image）必须是上传到本应用的图片或它生成的结果；不读取服务器上的路径",
