@@ -27,7 +27,9 @@ SIZE_RANGE = (64, 2048)
 SIZE_MULTIPLE = 16
 STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (0.0, 30.0)
-SEED_LIMIT = 2**63
+# Seeds below 2**53, the whole numbers a browser's number field keeps exactly: a seed typed, restored or shown on
+# the page is the seed that runs (a larger one would be rounded there and give another image).
+SEED_LIMIT = 2**53
 IMAGES_RANGE = (1, 4)
 LORA_SCALE_RANGE = (0.0, 2.0)
 MAX_LORAS = 8

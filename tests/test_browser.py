@@ -377,6 +377,32 @@ def test_a_refusal_out_of_sight_is_brought_into_sight(open_app, fake_app):
 
 
 @pytest.mark.browser
+def test_a_seed_typed_on_the_page_is_the_seed_that_runs_or_is_refused(open_app, fake_app):
+    """The page's number field keeps whole numbers exact below 2**53: the largest seed runs as typed; one past it
+    (which the page would round to another number) is refused on the field, and nothing runs."""
+    from ernie_nf4.request import IMAGES_RANGE, SEED_LIMIT
+
+    expect = playwright_api().expect
+    service, _ = fake_app
+    page = open_app()
+    page.locator("#advanced > button").first.click()
+    page.locator("#randomize input").uncheck()
+    page.locator("#prompt textarea").fill("a cat")
+    largest = SEED_LIMIT - IMAGES_RANGE[1]
+    before = len(service.requests)
+    page.locator("#seed input").fill(str(largest))
+    page.locator("#generate").click()
+    assert wait_until(lambda: len(service.requests) == before + 1, 30)
+    assert service.requests[-1].seed == largest
+    expect(page.locator("#stop")).to_be_disabled(timeout=30_000)
+    page.locator("#seed input").fill(str(2**53 + 1))  # the page holds 2**53
+    page.locator("#generate").click()
+    expect(page.locator("#seed div.validation-error")).to_contain_text(f"[0, {largest}]")
+    page.wait_for_timeout(500)
+    assert len(service.requests) == before + 1
+
+
+@pytest.mark.browser
 def test_resolution_dropdown_follows_typed_size(open_app):
     page = open_app()
     set_size(page, 1000, 700)
