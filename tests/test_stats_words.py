@@ -205,6 +205,39 @@ def test_stats_tab_in_the_browsers_language(gpu_stats_url, locale):
         browser.close()
 
 
+LABEL_BOXES_JS = """() => [...document.querySelectorAll('#chart g.role-axis-label')].map((axis) =>
+  [...axis.querySelectorAll('text')].map((text) => { const b = text.getBoundingClientRect();
+    return [b.left, b.top, b.right, b.bottom, text.textContent]; }))"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("locale", "width"), [("en-US", 390), ("zh-CN", 390), ("en-US", 1366)])
+def test_the_charts_labels_stay_apart_on_a_phone_and_a_desktop(gpu_stats_url, locale, width):
+    """Every bar's label can be read: no two of an axis's labels overlap, none leaves the page, and the chart's
+    title stays in it."""
+    sync_api = playwright_api()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": width, "height": 844}, locale=locale)
+        page.set_default_timeout(BOUND)
+        page.goto(gpu_stats_url)
+        open_stats(page, locale)
+        title = page.locator("#chart").get_by_text(CHART_WORDS[locale][0])
+        title.wait_for()
+        chart = page.locator("#chart").bounding_box()
+        assert title.bounding_box()["y"] >= chart["y"]  # the labels leave the bars and the title their room
+        axes = page.evaluate(LABEL_BOXES_JS)
+        bars = max(axes, key=len)
+        assert len(bars) >= 6 and all(box[4] for box in bars), axes  # a label for every bar
+        for axis in axes:
+            for i, a in enumerate(axis):
+                assert a[0] >= 0 and a[2] <= width, a
+                for b in axis[i + 1 :]:
+                    apart = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+                    assert apart, (a, b)
+        browser.close()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.parametrize("locale", ["en-US", "zh-CN"])

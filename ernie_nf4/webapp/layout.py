@@ -294,7 +294,8 @@ def stats_tab() -> dict:
             y=CHART_COLUMNS[1],
             color=CHART_COLUMNS[2],
             sort=None,
-            x_label_angle=-30,
+            x_label_angle=-90,
+            height=480,  # room for the upright labels below the bars
             elem_id="chart",
             **chart_titles(),  # English until the page's first refresh, which follows its language
         )
