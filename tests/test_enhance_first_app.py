@@ -142,6 +142,30 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
 
 
 @pytest.mark.browser
+def test_stop_says_so_for_an_enhance_first_still_waiting_in_the_queue(browser, tmp_path):
+    """Enhance first pressed again while it runs waits in the queue; Stop ends both, and each says in a popup that
+    it stopped, the waiting one too, though it never began."""
+    served = ServedApp(tmp_path)
+    opener = PageOpener(browser, served.url)
+    try:
+        page = opener(locale="en-US")
+        page.locator("#prompt textarea").fill("slow fox")  # the fake PE writes it a word each 0.2 s
+        page.locator("#enhance-first").click()
+        page.get_by_text("prompt enhancer").first.wait_for()
+        page.locator("#enhance-first").click()
+        assert wait_until(lambda: page.evaluate("window.ernieRuns") == 2, 10)  # the second waits behind the first
+        page.locator("#stop").click()
+        page.wait_for_function("document.querySelector('#stop').disabled")
+        assert wait_until(lambda: page.get_by_text("Enhance first stopped").count() == 2, 10)
+        page.wait_for_timeout(1000)
+        assert len(served.service.enhanced) == 1  # the second never ran
+        assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
+    finally:
+        opener.close()
+        served.close()
+
+
+@pytest.mark.browser
 def test_a_pasted_prompt_empties_the_enhanced_text_an_example_sets_its_own(browser, tmp_path):
     served = ServedApp(tmp_path)
     opener = PageOpener(browser, served.url)

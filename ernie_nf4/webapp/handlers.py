@@ -54,6 +54,11 @@ KEPT_GALLERIES = 256  # sessions whose last results are kept (for a stopped prev
 TICK_SECONDS = 0.5  # how often a previewed run's elapsed time is said again while no event comes
 
 
+def _enhances(event) -> bool:
+    """Whether a queued ``event`` is Enhance first's: Stop leaves its box as it is and says so in a popup."""
+    return getattr(event.fn, "api_name", None) == "enhance"
+
+
 def _session_key(request) -> str:
     """The session's key for its stop signals; a call without a session shares its key with nobody."""
     return (request.session_hash if request else None) or secrets.token_hex(16)
@@ -294,7 +299,13 @@ class Handlers:
         """Stop the session's runs: running ones after their current step, queued ones before they start."""
         key, lang = _session_key(request), language(request)
         self.runs.stop_running(key)
-        await drop_queued(request, key, lambda event: self._stopped_outputs_of(event, lang))
+        notice = say("enhance_stopped", lang)
+        await drop_queued(
+            request,
+            key,
+            lambda event: [gr.skip()] if _enhances(event) else list(self.stopped_outputs(lang)),
+            notice=lambda event: notice if _enhances(event) else None,
+        )
 
     @staticmethod
     def stopped_outputs(lang: str = "en"):
@@ -519,14 +530,6 @@ class Handlers:
             gr.Info(say("enhance_stopped", lang))
             return gr.skip()
         return enhancement.text
-
-    def _stopped_outputs_of(self, event, lang: str) -> list:
-        """What Stop gives a queued event of the session: the enhanced prompt's box stays (a popup says so), a run
-        says Stopped."""
-        if getattr(event.fn, "api_name", None) == "enhance":
-            gr.Info(say("enhance_stopped", lang))
-            return [gr.skip()]
-        return list(self.stopped_outputs(lang))
 
     def stats(self):
         """Package sizes, the cards it fits, recorded benchmarks and live figures (JSON)."""

@@ -122,11 +122,12 @@ class RunRegistry:
         return len(runs)
 
 
-async def drop_queued(request, key: str, outputs) -> int:
+async def drop_queued(request, key: str, outputs, notice=None) -> int:
     """Remove the session's jobs still waiting in Gradio's queue; each client gets ``outputs`` (the event's
     output values, as sent on the wire; or a function of the event giving them) as a normal completion, so nothing
-    shows an error."""
-    from gradio.server_messages import ProcessCompletedMessage
+    shows an error; before it, ``notice(event)`` (when given, and not None) as a popup, as ``gr.Info`` shows one
+    (which reaches only a running event's client)."""
+    from gradio.server_messages import LogMessage, ProcessCompletedMessage
 
     queue = _queue_of(request)
     if queue is None:
@@ -143,5 +144,7 @@ async def drop_queued(request, key: str, outputs) -> int:
             queue.event_ids_to_events.pop(event._id, None)
     for event in waiting:
         data = outputs(event) if callable(outputs) else outputs
+        if notice is not None and (text := notice(event)) is not None:
+            queue.send_message(event, LogMessage(log=text, level="info", title="Info"))
         queue.send_message(event, ProcessCompletedMessage(output={"data": data, "is_generating": False}, success=True))
     return len(waiting)
