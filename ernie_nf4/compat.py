@@ -207,6 +207,22 @@ def diffusers_bnb_guard():
     return BnB4BitDiffusersQuantizer
 
 
+def keep_nf4_layout(model) -> None:
+    """Keep ``model``'s NF4 weights in bitsandbytes' own layout on the CPU too: from 0.49, on CPUs with AVX512-BF16,
+    a ``Linear4bit``'s first forward repacks its weight for bitsandbytes' CPU kernels (another shape, absmax and
+    nesting), which the code that reads NF4 weights itself (``nf4_torch``, ``aoti``, ``compute``) and the compiled
+    blocks' guards do not expect; a ``state_dict`` packs it back. A weight a forward packed already is unpacked.
+    Older releases have no such packing."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+        weight = getattr(module, "weight", None)
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+
+
 def quant_state_tensors(state) -> list[tuple[object, str]]:
     """``(owner, attribute)`` of every tensor of a bitsandbytes ``QuantState`` (double quantization included):
     what ``residency`` must move with an NF4 weight, and what the PE decoder's graph fingerprint reads.

@@ -70,3 +70,27 @@ def test_nested_absmax_gives_the_second_level_of_a_double_quantized_state():
     assert nested.absmax is nested_state.state2.absmax and nested.offset is nested_state.offset
     _, plain_state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=False, quant_type="nf4")
     assert compat.nested_absmax(plain_state) is None
+
+
+@pytest.mark.nf4
+def test_nf4_weights_packed_for_the_cpu_kernels_come_back_to_bitsandbytes_own_layout(tiny_generator):
+    """bitsandbytes' first CPU forward packs an NF4 weight for its AVX512-BF16 kernels; ``keep_nf4_layout`` unpacks
+    one packed already (the same bytes; the values within bf16's rounding of the scales, which the packing keeps in
+    bf16) and stops a later forward from packing it. The loader calls it before any forward: nothing is rounded."""
+    import copy
+
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
+
+    model = copy.deepcopy(tiny_generator.loaded.pipe.transformer).cpu()
+    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linears
+    before = [(m.weight.data.clone(), dequantize_4bit(m.weight.data, m.weight.quant_state)) for m in linears]
+    for m in linears:  # as bitsandbytes' own first forward does on such a CPU
+        m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu(m.weight.data, m.weight.quant_state)
+    assert all(m.weight.data.shape != data.shape for m, (data, _) in zip(linears, before, strict=True))
+    compat.keep_nf4_layout(model)
+    for m, (data, values) in zip(linears, before, strict=True):
+        assert torch.equal(m.weight.data, data) and not m.weight.quant_state.packing_format_for_cpu
+        torch.testing.assert_close(dequantize_4bit(m.weight.data, m.weight.quant_state), values, rtol=2**-6, atol=0)
+        assert m.support_avx512bf16_for_cpu is False  # a forward leaves it as it is

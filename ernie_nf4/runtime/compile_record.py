@@ -12,6 +12,7 @@ that image eagerly.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -48,8 +49,6 @@ def _block_tensors(layer) -> list[list]:
     its parameters and buffers: ``state_dict`` would make bitsandbytes undo the layout it packs an NF4 weight into on
     CPUs with AVX512-BF16, so that the next call meets a weight of another shape than the compiled code's. An NF4
     weight is described by its own shape and blocks, which that packing keeps."""
-    import itertools
-
     rows = []
     for name, t in itertools.chain(layer.named_parameters(), layer.named_buffers()):
         aligned = t.storage_offset() % 16 == 0

@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from ..compat import swap_class
+from ..compat import keep_nf4_layout, swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
 from ..prompt_enhancer.kernels import nf4_gemv
 from .nf4_torch import dequantize_state, in_plain_layout
@@ -263,6 +263,7 @@ def apply_compute(transformer, compute, min_rows: int | None = None) -> Compute:
     if min_rows is None:
         min_rows = AUTO_MIN_ROWS if compute is Compute.AUTO else MIN_ROWS
     mode = Compute.FP8 if compute is Compute.AUTO else compute
+    keep_nf4_layout(transformer)  # the layout the compiled dequantization reads
     with torch.no_grad():
         for block in transformer.layers:
             for layer in block.modules():

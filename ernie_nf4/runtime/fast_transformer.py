@@ -49,7 +49,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
     ErnieImageTransformer2DModelOutput,
 )
 
-from ..compat import inductor_default_cache_dir, run_compiled_only, swap_class
+from ..compat import inductor_default_cache_dir, keep_nf4_layout, run_compiled_only, swap_class
 from ..torch_state import torch_state_kept
 from .compile_record import last_seconds, remember
 
@@ -575,6 +575,7 @@ def enable_fast_path(transformer) -> None:
     """Run ``transformer`` (an ``ErnieImageTransformer2DModel``, bf16 or NF4) with the fast forward."""
     if not isinstance(transformer, ErnieImageTransformer2DModel):
         raise TypeError(f"transformer must be an ErnieImageTransformer2DModel, got {type(transformer).__name__}")
+    keep_nf4_layout(transformer)  # the layout the compiled blocks and ahead-of-time graphs read
     swap_class(transformer, FastErnieImageTransformer2DModel)
     for layer in transformer.layers:
         swap_class(layer, FastErnieImageBlock)

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compat import fast_path_supported
+from ..compat import fast_path_supported, keep_nf4_layout
 from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..package.check import PackageCheck, check_package
 from ..package.format import MODEL_COMPONENTS, REPAIR, component_class, diffusers_nf4_blocker, is_nf4
@@ -140,7 +140,7 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
     cls = component_class(name, entry, model_dir)
     try:
         with torch_state_kept():
-            return cls.from_pretrained(model_dir / name, **kwargs)
+            component = cls.from_pretrained(model_dir / name, **kwargs)
     except _PACKAGE_FAULTS + (OSError,) as err:
         if isinstance(err, PackageError):
             raise
@@ -149,6 +149,9 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
             f"{model_dir / name}: the {name} cannot be built from its files ({type(err).__name__}: {detail}); its "
             f"config and weights are damaged or do not fit each other; {REPAIR}"
         ) from err
+    if callable(getattr(component, "modules", None)):  # a model, not a tokenizer or scheduler
+        keep_nf4_layout(component)
+    return component
 
 
 def check_transformer_loadable(model_dir: Path, argument: str = "model_dir") -> None:
