@@ -122,3 +122,11 @@ def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tin
         )
         assert e["psnr_db"] > 20
         assert f"Compute {name} (NF4 weights, {name} products) vs bf16: t=999: " in markdown.read_text()
+
+
+def test_auto_compute_can_be_measured_beside_the_others():
+    from ernie_nf4.benchmark.run import build_parser
+
+    assert build_parser().parse_args(["--compute", "bf16", "auto", "fp8"]).compute == ["bf16", "auto", "fp8"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--compute", "fp16"])

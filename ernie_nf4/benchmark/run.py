@@ -382,10 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compute",
         nargs="+",
-        choices=[c.value for c in Compute if c is not Compute.AUTO],
+        choices=[c.value for c in Compute],
         default=[Compute.BF16.value],
         help="how the transformer's linear layers multiply: every mode runs in bf16, and each package mode again in "
-        "each other one named here (+fp8 / +int8); with --fidelity, each one's error against bf16 too",
+        "each other one named here (+fp8 / +int8 / +auto, FP8 from 4,096 rows where the card has it, else bf16); "
+        "with --fidelity, each one's error against bf16 too",
     )
     p.add_argument(
         "--previews",
