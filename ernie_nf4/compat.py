@@ -208,19 +208,29 @@ def diffusers_bnb_guard():
 
 
 def keep_nf4_layout(model) -> None:
-    """Keep ``model``'s NF4 weights in bitsandbytes' own layout on the CPU too: from 0.49, on CPUs with AVX512-BF16,
-    a ``Linear4bit``'s first forward repacks its weight for bitsandbytes' CPU kernels (another shape, absmax and
-    nesting), which the code that reads NF4 weights itself (``nf4_torch``, ``aoti``, ``compute``) and the compiled
-    blocks' guards do not expect; a ``state_dict`` packs it back. A weight a forward packed already is unpacked.
-    Older releases have no such packing."""
+    """Keep ``model``'s NF4 weights in bitsandbytes' own layout on the CPU too, so that they give the same values on
+    every machine: from 0.49, on CPUs with AVX512-BF16, a ``Linear4bit``'s first forward repacks its weight for
+    bitsandbytes' CPU kernels (another shape, its scales in bf16), which the code that reads NF4 weights itself
+    (``nf4_torch``, ``aoti``, ``compute``) and the compiled blocks' guards do not expect; its ``state_dict`` unpacks
+    it again. A weight packed already is unpacked here (its scales keep the packing's bf16 rounding). Older
+    releases have no such packing."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
         weight = getattr(module, "weight", None)
         if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+            _unpack_for_cpu(weight)
 
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+
+def _unpack_for_cpu(weight) -> None:
+    """``weight`` (a ``Params4bit`` packed for bitsandbytes' CPU kernels) back in its own layout. bitsandbytes'
+    inverse re-nests double-quantized scales but leaves plain ones as the packing laid them out (transposed, bf16)."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+    if not state.nested and state.absmax.dim() == 2:
+        state.absmax = state.absmax.T.reshape(-1).float().contiguous()
+    weight.quant_state = state
 
 
 def quant_state_tensors(state) -> list[tuple[object, str]]:

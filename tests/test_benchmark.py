@@ -124,9 +124,16 @@ def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tin
         assert f"Compute {name} (NF4 weights, {name} products) vs bf16: t=999: " in markdown.read_text()
 
 
-def test_auto_compute_can_be_measured_beside_the_others():
-    from ernie_nf4.benchmark.run import build_parser
+def test_auto_compute_is_measured_where_it_can_differ_from_bf16():
+    """``--compute auto``: the compiled package modes again (eager, auto is bf16, which they were measured in)."""
+    from ernie_nf4.benchmark.run import _runs, build_parser
+    from ernie_nf4.runtime.compute import Compute
 
     assert build_parser().parse_args(["--compute", "bf16", "auto", "fp8"]).compute == ["bf16", "auto", "fp8"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--compute", "fp16"])
+    modes = ["nf4-stock", "nf4", "nf4-compile", "nf4-low-vram-compile"]
+    runs = [(mode, compute.value) for mode, _, compute in _runs(modes, [Compute.BF16, Compute.AUTO, Compute.FP8], None)]
+    assert runs == [(m, "bf16") for m in modes] + [("nf4-compile", "auto"), ("nf4-low-vram-compile", "auto")] + [
+        (m, "fp8") for m in modes
+    ]

@@ -72,25 +72,33 @@ def test_nested_absmax_gives_the_second_level_of_a_double_quantized_state():
     assert compat.nested_absmax(plain_state) is None
 
 
-@pytest.mark.nf4
-def test_nf4_weights_packed_for_the_cpu_kernels_come_back_to_bitsandbytes_own_layout(tiny_generator):
+@pytest.mark.parametrize("double_quant", [True, False], ids=["double-quant", "plain-scales"])
+def test_nf4_weights_packed_for_the_cpu_kernels_come_back_to_bitsandbytes_own_layout(double_quant):
     """bitsandbytes' first CPU forward packs an NF4 weight for its AVX512-BF16 kernels; ``keep_nf4_layout`` unpacks
     one packed already (the same bytes; the values within bf16's rounding of the scales, which the packing keeps in
-    bf16) and stops a later forward from packing it. The loader calls it before any forward: nothing is rounded."""
-    import copy
-
+    bf16), with or without double quantization, and stops a later forward from packing it. The loader calls it
+    before any forward: nothing is rounded there."""
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
 
-    model = copy.deepcopy(tiny_generator.loaded.pipe.transformer).cpu()
-    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert linears
-    before = [(m.weight.data.clone(), dequantize_4bit(m.weight.data, m.weight.quant_state)) for m in linears]
-    for m in linears:  # as bitsandbytes' own first forward does on such a CPU
-        m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu(m.weight.data, m.weight.quant_state)
-    assert all(m.weight.data.shape != data.shape for m, (data, _) in zip(linears, before, strict=True))
+    layer = bnb.nn.Linear4bit(256, 96, compute_dtype=torch.bfloat16, compress_statistics=double_quant)
+    weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(0))
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=double_quant)
+    model = torch.nn.Sequential(layer.to("cpu")).eval()
+    layer.support_avx512bf16_for_cpu = False  # the reference output from bitsandbytes' own layout
+    data, values = layer.weight.data.clone(), dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    x = torch.randn(3, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model(x)
+    # as bitsandbytes' own first forward does on such a CPU
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(data, layer.weight.quant_state)
+    layer.support_avx512bf16_for_cpu = True  # as a fresh layer on such a CPU has it
+    assert layer.weight.data.shape != data.shape
     compat.keep_nf4_layout(model)
-    for m, (data, values) in zip(linears, before, strict=True):
-        assert torch.equal(m.weight.data, data) and not m.weight.quant_state.packing_format_for_cpu
-        torch.testing.assert_close(dequantize_4bit(m.weight.data, m.weight.quant_state), values, rtol=2**-6, atol=0)
-        assert m.support_avx512bf16_for_cpu is False  # a forward leaves it as it is
+    assert torch.equal(layer.weight.data, data) and not layer.weight.quant_state.packing_format_for_cpu
+    assert layer.weight.quant_state.nested is double_quant
+    torch.testing.assert_close(dequantize_4bit(layer.weight.data, layer.weight.quant_state), values, rtol=2**-6, atol=0)
+    with torch.no_grad():
+        again = model(x)
+    assert layer.support_avx512bf16_for_cpu is False and torch.equal(layer.weight.data, data)  # left as it is
+    assert ((again.float() - plain.float()).norm() / plain.float().norm()) < 2**-7  # the scales' rounding alone

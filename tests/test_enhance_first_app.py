@@ -149,11 +149,12 @@ def test_stop_says_so_for_an_enhance_first_still_waiting_in_the_queue(browser, t
     opener = PageOpener(browser, served.url)
     try:
         page = opener(locale="en-US")
-        page.locator("#prompt textarea").fill("slow fox")  # the fake PE writes it a word each 0.2 s
+        page.locator("#prompt textarea").fill("slow fox " + "and pines " * 20)  # the fake PE: a word each 0.2 s
         page.locator("#enhance-first").click()
         page.get_by_text("prompt enhancer").first.wait_for()
         page.locator("#enhance-first").click()
-        assert wait_until(lambda: page.evaluate("window.ernieRuns") == 2, 10)  # the second waits behind the first
+        queue = served.demo._queue  # the second waits in the server's queue behind the first
+        assert wait_until(lambda: any(len(q.queue) for q in queue.event_queue_per_concurrency_id.values()), 10)
         page.locator("#stop").click()
         page.wait_for_function("document.querySelector('#stop').disabled")
         assert wait_until(lambda: page.get_by_text("Enhance first stopped").count() == 2, 10)

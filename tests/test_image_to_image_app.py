@@ -205,3 +205,7 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
     assert "9000x16" in said["pil"][1] and said["pil"][1].startswith("起始图片（init_image）的宽和高须在")
     assert "float32" in said["array"][1] and "HxWx3 的 uint8 数组" in said["array"][1]
     assert said["kind"][1].endswith("收到 int")
+    with pytest.raises(InvalidArgument) as caught:  # made directly, from pixels not in RGB
+        InitImage(Image.new("L", (64, 64)), "0" * 64)
+    assert refusal(caught.value, "en") == "init_image must be an RGB PIL image, got Image"
+    assert refusal(caught.value, "zh") == "起始图片（init_image）必须是 RGB 模式的 PIL 图片，收到 Image"

@@ -264,7 +264,15 @@ def benchmark(
         | {"computes": [c.value for c in computes]}
         | ({"previews": True} if previews else {}),
         "modes": [asdict(r) for r in results],
-        "fidelity": fidelity(folders["original"], folders["package"], request, device, log, computes[1:])
+        # auto's error is fp8's (above its rows) or none: the section compares the fixed modes, uncompiled
+        "fidelity": fidelity(
+            folders["original"],
+            folders["package"],
+            request,
+            device,
+            log,
+            [c for c in computes[1:] if c is not Compute.AUTO],
+        )
         if with_fidelity
         else None,
         "command": command,
@@ -281,10 +289,12 @@ def benchmark(
 
 def _runs(modes, computes, lora) -> list[tuple]:
     """(mode, LoRA file, compute) to measure: every mode in bf16 (the yardstick), the package's modes again in each
-    other compute mode, then with the LoRA."""
+    other compute mode (``auto`` the compiled ones alone: eager, it is bf16), then with the LoRA."""
     package_modes = [m for m in modes if MODE_SETUPS[m].folder == "package"]
     runs = [(m, None, Compute.BF16) for m in modes]
-    runs += [(m, None, c) for c in computes if c is not Compute.BF16 for m in package_modes]
+    for c in computes:
+        if c is not Compute.BF16:
+            runs += [(m, None, c) for m in package_modes if c is not Compute.AUTO or MODE_SETUPS[m].compile]
     return runs + [(m, lora, Compute.BF16) for m in package_modes if lora]
 
 
@@ -385,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[c.value for c in Compute],
         default=[Compute.BF16.value],
         help="how the transformer's linear layers multiply: every mode runs in bf16, and each package mode again in "
-        "each other one named here (+fp8 / +int8 / +auto, FP8 from 4,096 rows where the card has it, else bf16); "
-        "with --fidelity, each one's error against bf16 too",
+        "each other one named here (+fp8 / +int8; +auto for the compiled modes, FP8 from 4,096 rows where the card "
+        "has it, else bf16); with --fidelity, fp8's and int8's error against bf16 too",
     )
     p.add_argument(
         "--previews",
