@@ -190,6 +190,38 @@ def test_restoring_from_a_bomb_png_warns_and_leaves_the_form(tmp_path):
     assert note == "huge.png 声称有 15000x15000 像素，超过本应用可打开的 89,478,485；未读取其设置"
 
 
+def test_a_png_whose_seed_is_past_the_largest_says_it_cannot_be_made_again(tmp_path):
+    """Earlier versions (and other tools) wrote seeds up to 2**63: restored, the note says the page cannot hold it."""
+    pytest.importorskip("gradio")
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from ernie_nf4.request import IMAGES_RANGE, SEED_LIMIT
+    from ernie_nf4.webapp.handlers import Handlers
+
+    from .support.app import FakeService
+
+    class ChineseBrowser:
+        headers = {"accept-language": "zh-CN,zh;q=0.9"}
+
+    handlers = Handlers(FakeService(), tmp_path / "out")
+    largest = SEED_LIMIT - IMAGES_RANGE[1]
+    info = PngInfo()
+    info.add_text("parameters", f"a fox\nSteps: 20, CFG scale: 7, Seed: {2**63 - 5}, Size: 64x64")
+    path = tmp_path / "old.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    english = handlers.restore_png(str(path))[-1]
+    assert f"The seed of these settings, {2**63 - 5}, is past the largest this app runs ({largest})" in english
+    info = PngInfo()
+    info.add_text("parameters", f"a fox\nSteps: 20, CFG scale: 7, Seed: {largest}, Size: 64x64")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert "seed" not in handlers.restore_png(str(path), ChineseBrowser())[-1].lower()  # the largest is fine
+    info = PngInfo()
+    info.add_text("parameters", f"a fox\nSteps: 20, CFG scale: 7, Seed: {largest + 1}, Size: 64x64")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert f"随机种子 {largest + 1} 超出了本应用可用的最大值" in handlers.restore_png(str(path), ChineseBrowser())[-1]
+
+
 @pytest.mark.parametrize(
     "data, message",
     [

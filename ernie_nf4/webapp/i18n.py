@@ -220,6 +220,8 @@ MESSAGES = {
         "note_fitted": "{field} {size} → scaled to {scaled}, center-cropped to {target}",
         "restored_no_image": "These settings come from an image-to-image run (strength {strength}, init image "
         "{digest}); a PNG does not hold that image: put it in the image-to-image section again to run them alike.",
+        "restored_seed_too_large": "The seed of these settings, {seed}, is past the largest this app runs ({most}): "
+        "the page cannot hold it exactly, so that image cannot be made again here.",
         "no_result": "Generate an image first.",
         # refusals of a form field, by kind; {field} is the field's name, {value} what was sent
         "refuse_blank": "{field} must be a non-blank text",
@@ -400,6 +402,8 @@ MESSAGES = {
         "note_fitted": "{field} {size} → 缩放到 {scaled}，居中裁剪为 {target}",
         "restored_no_image": "这些设置来自一次图生图（重绘强度 {strength}，起始图片 {digest}）；PNG 里没有那张图片："
         "请在图生图区域重新放入它，才能得到同样的结果。",
+        "restored_seed_too_large": "这些设置的随机种子 {seed} 超出了本应用可用的最大值（{most}）：页面无法精确保存它，"
+        "因此无法在这里重新生成那张图片。",
         "no_result": "请先生成一张图片。",
         "refuse_blank": "{field}不能为空",
         "refuse_text": "{field}必须是文本，收到的是 {value}",
