@@ -96,9 +96,11 @@ def test_the_step_floor_counts_the_transformers_weights_and_attention():
 
 @pytest.mark.slow
 def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tiny_package, tmp_path, nf4_everywhere):
+    from ernie_nf4.runtime.compute import Compute, resolve
+
     report_file, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--original", tiny_original, "--package", tiny_package, "--modes", "nf4-stock", "nf4", "--steps", "2"]
-    args += ["--width", "64", "--height", "64", "--no-use-pe", "--compute", "bf16", "int8", "fp8", "int8"]
+    args += ["--width", "64", "--height", "64", "--no-use-pe", "--compute", "bf16", "int8", "fp8", "int8", "auto"]
     args += ["--fidelity", "--json", report_file, "--markdown", markdown]
     assert main([str(a) for a in args]) == 0
     report = json.loads(report_file.read_text())
@@ -106,7 +108,9 @@ def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tin
     # each package mode once per compute mode (asked twice: once), the stock modes in bf16 only
     assert list(modes) == ["nf4-stock", "nf4", "nf4-stock+int8", "nf4+int8", "nf4-stock+fp8", "nf4+fp8"]
     assert all(m["status"] == "ok" and m["ms_per_step"] > 0 for m in modes.values())
-    assert report["settings"]["computes"] == ["bf16", "int8", "fp8"]
+    auto = ["auto"] if resolve(Compute.AUTO, report["device"], compiled=True) is Compute.AUTO else []  # else bf16
+    assert report["settings"]["computes"] == ["bf16", "int8", "fp8", *auto]
+    assert set(report["fidelity"]["computes"]) == {"int8", "fp8"}  # auto: none of these modes compiles
     table = markdown.read_text()
     step = modes["nf4+fp8"]["ms_per_step"] / modes["nf4"]["ms_per_step"]
     assert f"- denoising step in fp8: nf4+fp8 / nf4 = {step:.2f}x" in table

@@ -176,8 +176,11 @@ def _compute_errors(package: str, compute, device, inputs, out: dict, images: di
 
 def fidelity(original: str, package: str, request: GenerationRequest, device: str, log=print, computes=()) -> dict:
     """NF4 vs bf16 on the same seed and latents, PE off (see the module's docstring); logs a summary line. Each
-    of ``computes`` (``runtime.compute`` modes other than bf16) is compared too (``result["computes"]``)."""
+    of ``computes`` (``runtime.compute`` modes other than bf16) is compared too (``result["computes"]``), but
+    ``auto``: uncompiled it is bf16, compiled fp8's error above its rows."""
     import torch
+
+    from ..runtime.compute import Compute
 
     request = replace(request, use_pe=False, num_images=1)
     pipes = {
@@ -196,7 +199,8 @@ def fidelity(original: str, package: str, request: GenerationRequest, device: st
         fp32 = _float32_outputs(nf4, inputs)
         del pipes, reference, nf4  # the compute modes load the package once more, alone beside these outputs
         free_device_memory()
-        errors = {c.value: _compute_errors(package, c, device, inputs, out, images, request, latents) for c in computes}
+        fixed = [c for c in computes if c is not Compute.AUTO]
+        errors = {c.value: _compute_errors(package, c, device, inputs, out, images, request, latents) for c in fixed}
     result = _compare(out, fp32, finals, images, request) | ({"computes": errors} if errors else {})
     log(
         f"[fidelity] nf4 vs bf16 {json.dumps(result['transformer_relative_error'])}; "

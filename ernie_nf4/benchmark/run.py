@@ -264,15 +264,7 @@ def benchmark(
         | {"computes": [c.value for c in computes]}
         | ({"previews": True} if previews else {}),
         "modes": [asdict(r) for r in results],
-        # auto's error is fp8's (above its rows) or none: the section compares the fixed modes, uncompiled
-        "fidelity": fidelity(
-            folders["original"],
-            folders["package"],
-            request,
-            device,
-            log,
-            [c for c in computes[1:] if c is not Compute.AUTO],
-        )
+        "fidelity": fidelity(folders["original"], folders["package"], request, device, log, computes[1:])
         if with_fidelity
         else None,
         "command": command,
