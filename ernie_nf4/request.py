@@ -31,6 +31,7 @@ GUIDANCE_RANGE = (0.0, 30.0)
 # the page is the seed that runs (a larger one would be rounded there and give another image).
 SEED_LIMIT = 2**53
 IMAGES_RANGE = (1, 4)
+MAX_SEED = SEED_LIMIT - IMAGES_RANGE[1]  # the largest seed a request takes: each image after the first adds 1
 LORA_SCALE_RANGE = (0.0, 2.0)
 MAX_LORAS = 8
 MAX_LORA_NAME_CHARS = 100
@@ -254,7 +255,7 @@ class GenerationRequest:
                 )
         _check_int("num_inference_steps", self.num_inference_steps, *STEPS_RANGE)
         _check_real("guidance_scale", self.guidance_scale, *GUIDANCE_RANGE)
-        _check_int("seed", self.seed, 0, SEED_LIMIT - IMAGES_RANGE[1])
+        _check_int("seed", self.seed, 0, MAX_SEED)
         if not isinstance(self.use_pe, bool):
             raise InvalidArgument(f"use_pe must be true or false, got {self.use_pe!r}", field="use_pe")
         _check_int("num_images", self.num_images, *IMAGES_RANGE)

@@ -380,7 +380,7 @@ def test_a_refusal_out_of_sight_is_brought_into_sight(open_app, fake_app):
 def test_a_seed_typed_on_the_page_is_the_seed_that_runs_or_is_refused(open_app, fake_app):
     """The page's number field keeps whole numbers exact below 2**53: the largest seed runs as typed; one past it
     (which the page would round to another number) is refused on the field, and nothing runs."""
-    from ernie_nf4.request import IMAGES_RANGE, SEED_LIMIT
+    from ernie_nf4.request import MAX_SEED
 
     expect = playwright_api().expect
     service, _ = fake_app
@@ -388,7 +388,7 @@ def test_a_seed_typed_on_the_page_is_the_seed_that_runs_or_is_refused(open_app, 
     page.locator("#advanced > button").first.click()
     page.locator("#randomize input").uncheck()
     page.locator("#prompt textarea").fill("a cat")
-    largest = SEED_LIMIT - IMAGES_RANGE[1]
+    largest = MAX_SEED
     before = len(service.requests)
     page.locator("#seed input").fill(str(largest))
     page.locator("#generate").click()

@@ -196,7 +196,7 @@ def test_a_png_whose_seed_is_past_the_largest_says_it_cannot_be_made_again(tmp_p
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from ernie_nf4.request import IMAGES_RANGE, SEED_LIMIT
+    from ernie_nf4.request import MAX_SEED
     from ernie_nf4.webapp.handlers import Handlers
 
     from .support.app import FakeService
@@ -205,7 +205,7 @@ def test_a_png_whose_seed_is_past_the_largest_says_it_cannot_be_made_again(tmp_p
         headers = {"accept-language": "zh-CN,zh;q=0.9"}
 
     handlers = Handlers(FakeService(), tmp_path / "out")
-    largest = SEED_LIMIT - IMAGES_RANGE[1]
+    largest = MAX_SEED
     info = PngInfo()
     info.add_text("parameters", f"a fox\nSteps: 20, CFG scale: 7, Seed: {2**63 - 5}, Size: 64x64")
     path = tmp_path / "old.png"

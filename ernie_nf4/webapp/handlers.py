@@ -15,7 +15,7 @@ import gradio as gr
 
 from ..errors import GenerationCancelled, InvalidArgument
 from ..follow_ups import VARY_STRONG, VARY_SUBTLE, upscale_request, vary_request
-from ..request import IMAGES_RANGE, SEED_LIMIT, FormValues, LoraChoice, request_from_form
+from ..request import MAX_SEED, FormValues, LoraChoice, request_from_form
 from ..system import free_device_memory
 from .history import History
 from .i18n import LANGUAGES, is_preview_caption, language, say
@@ -447,9 +447,9 @@ class Handlers:
         if len({choice.scale for choice in picked}) > 1:  # the page has one scale for all
             shown = ", ".join(f"{c.name} × {c.scale:g}" for c in picked)
             notes.append(say("lora_scales_differ", lang, loras=shown, scale=f"{picked[0].scale:g}"))
-        seed, most = settings.get("seed"), SEED_LIMIT - IMAGES_RANGE[1]
-        if isinstance(seed, int) and seed > most:  # a seed of an earlier version's, which allowed them up to 2**63
-            notes.append(say("restored_seed_too_large", lang, seed=seed, most=most))
+        seed = settings.get("seed")
+        if isinstance(seed, int) and seed > MAX_SEED:  # a seed of an earlier version's, which allowed them up to 2**63
+            notes.append(say("restored_seed_too_large", lang, seed=seed, most=MAX_SEED))
         if settings.get("strength") is not None and settings["strength"] < 1:
             digest = settings.get("init_image_sha256") or "?"
             notes.append(say("restored_no_image", lang, strength=f"{settings['strength']:g}", digest=digest))
