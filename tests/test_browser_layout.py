@@ -255,6 +255,10 @@ def test_with_tiny_an_example_keeps_the_tiny_size(served_tiny_app, open_app):
 # 10. Accessibility
 
 
+# Gradio's own words on its buttons (names, tooltips), which a Chinese page says in Chinese
+GRADIO_BUTTON_WORDS = ("Copy", "Reset to default", "Click to upload", "Fullscreen", "Close", "Download", "Share")
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
 def test_every_control_has_a_name_of_its_own(open_app, locale):
@@ -268,9 +272,15 @@ def test_every_control_has_a_name_of_its_own(open_app, locale):
     repeated = sorted({name for name in names if names.count(name) > 1})
     assert repeated == [], repeated
     assert page.get_by_role("button", name="⇄").count() == 0  # the swap button says what it does
-    if locale == "zh-CN":  # Gradio's own button names too are said in Chinese
-        english = [name for name in names if name.startswith(("Copy", "Reset to default", "Click to upload"))]
+    if locale == "zh-CN":  # Gradio's own button names and tooltips too are said in Chinese
+        english = [name for name in names if name.startswith(GRADIO_BUTTON_WORDS)]
         assert english == [], english
+        page.locator("#gallery .thumbnail-item").first.click()  # the preview's own buttons
+        page.locator("#gallery button[title]").first.wait_for()
+        titles = page.locator("button[title]").evaluate_all("buttons => buttons.map(b => b.title)")
+        assert titles and not [title for title in titles if title.startswith(GRADIO_BUTTON_WORDS)], titles
+        footer = page.locator("footer").inner_text()  # Gradio's own words its Chinese table lacks
+        assert "运行记录" in footer and "Runs" not in footer, footer
 
 
 @pytest.mark.browser
@@ -284,7 +294,7 @@ def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
     pick_language(page, "简体中文")
     page.get_by_role("button", name=re.compile("^复制：提示词")).first.wait_for()
     names = [node["name"].strip() for node in ax_nodes(page) if node["role"] in CONTROLS]
-    english = [name for name in names if name.startswith(("Copy", "Reset to default", "Click to upload"))]
+    english = [name for name in names if name.startswith(GRADIO_BUTTON_WORDS)]
     assert english == [], english
 
 

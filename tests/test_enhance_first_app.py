@@ -142,22 +142,27 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
 
 
 @pytest.mark.browser
-def test_stop_says_so_for_an_enhance_first_still_waiting_in_the_queue(browser, tmp_path):
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_stop_says_so_for_an_enhance_first_still_waiting_in_the_queue(browser, tmp_path, locale):
     """Enhance first pressed again while it runs waits in the queue; Stop ends both, and each says in a popup that
-    it stopped, the waiting one too, though it never began."""
+    it stopped, the waiting one too, though it never began: both popups in the page's language, titles too."""
+    stopped, title = ("Enhance first stopped", "Info") if locale == "en-US" else ("“先增强提示词”已停止", "提示")
     served = ServedApp(tmp_path)
     opener = PageOpener(browser, served.url)
     try:
-        page = opener(locale="en-US")
+        page = opener(locale=locale)
         page.locator("#prompt textarea").fill("slow fox " + "and pines " * 20)  # the fake PE: a word each 0.2 s
         page.locator("#enhance-first").click()
-        page.get_by_text("prompt enhancer").first.wait_for()
+        page.get_by_text("prompt enhancer" if locale == "en-US" else "提示词增强").first.wait_for()
         page.locator("#enhance-first").click()
         queue = served.demo._queue  # the second waits in the server's queue behind the first
         assert wait_until(lambda: any(len(q.queue) for q in queue.event_queue_per_concurrency_id.values()), 10)
         page.locator("#stop").click()
         page.wait_for_function("document.querySelector('#stop').disabled")
-        assert wait_until(lambda: page.get_by_text("Enhance first stopped").count() == 2, 10)
+        assert wait_until(lambda: page.get_by_text(stopped).count() == 2, 10)
+        # Gradio groups popups of one title: one group, titled in the page's language
+        titles = page.locator("[data-testid=toast-body] .toast-title")
+        assert titles.evaluate_all("ns => ns.map(n => n.firstChild.textContent.trim())") == [title]
         page.wait_for_timeout(1000)
         assert len(served.service.enhanced) == 1  # the second never ran
         assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0

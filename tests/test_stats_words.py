@@ -201,6 +201,11 @@ def test_stats_tab_in_the_browsers_language(gpu_stats_url, locale):
         labels = chart.locator("svg text").all_text_contents()
         assert set(CHART_WORDS[locale][1:]) <= set(labels), labels
         assert not {"bar", "version", "GB", "size_gb", "weights"} & set(labels), labels
+        # each bar's name (hover text and screen readers) says its fields by their titles in the page's language
+        names = chart.locator("[role=graphics-symbol][aria-label]").evaluate_all("ns => ns.map(n => n.ariaLabel)")
+        bars = [name for name in names if f"{CHART_WORDS[locale][2]}: " in name]
+        assert bars and all(f"{CHART_WORDS[locale][3]}: " in name for name in bars), names
+        assert not any(raw in name for name in bars for raw in ("weights:", "size_gb", "bar:")), bars
         assert not RAW_BYTES.search(stats.inner_text())
         browser.close()
 

@@ -25,7 +25,7 @@ from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
 from .run_progress import PageProgress
 from .runs import RunRegistry, drop_queued
-from .stats_view import CHART_COLUMNS, chart_rows, chart_titles, load_answer, stats_markdown
+from .stats_view import chart_columns, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
 from .zerogpu import gpu_enhance, gpu_generate
 
@@ -543,8 +543,9 @@ class Handlers:
         import pandas as pd
 
         lang, data = language(request), self.service.stats()
-        rows = pd.DataFrame(chart_rows(data, lang), columns=CHART_COLUMNS)
-        chart = gr.BarPlot(rows, sort=list(rows[CHART_COLUMNS[0]]), **chart_titles(lang))  # bars in package order
+        bar, _, kind = columns = chart_columns(lang)
+        rows = pd.DataFrame(chart_rows(data, lang), columns=columns)
+        chart = gr.BarPlot(rows, color=kind, sort=list(rows[bar]), **chart_titles(lang))  # bars in package order
         return stats_markdown(data, lang), chart
 
     def selected_result(self, gallery, index):

@@ -554,12 +554,28 @@ LANGUAGES = tuple(MESSAGES)
 LANGUAGE_HEADER = "x-ernie-nf4-lang"  # the page's language, sent with each of its requests (``theme.LANGUAGE_JS``)
 
 
+# Gradio's own texts its tables leave untranslated (the footer's Runs link, Settings' Screen Studio heading, a
+# queued run's place, "complete" read out to screen readers, a key missing in every language), by Gradio's keys.
+GRADIO_TEXTS = {
+    "en": {"common.complete": "Complete"},
+    "zh": {
+        "common.runs": "运行记录",
+        "common.runs_description": "查看保存在此浏览器中的运行记录",
+        "common.screen_studio": "录屏工作室",
+        "common.complete": "已完成",
+        "status.queue_position": "排队中：第 {position} 位，共 {size} 位",
+    },
+}
+
+
 @functools.cache
 def translations():
-    """The labels' tables as Gradio's ``gr.I18n`` (made on first use, so the server's texts load without Gradio)."""
+    """The labels' tables as Gradio's ``gr.I18n`` (made on first use, so the server's texts load without Gradio),
+    with ``GRADIO_TEXTS``."""
     import gradio as gr
 
-    return gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})
+    zh = {**ZH, **GRADIO_TEXTS["zh"]}
+    return gr.I18n(en={**EN, **GRADIO_TEXTS["en"]}, zh=zh, **{"zh-CN": zh})
 
 
 def language(request) -> str:

@@ -11,7 +11,7 @@ from ..request import GUIDANCE_RANGE, IMAGES_RANGE, LORA_SCALE_RANGE, MAX_LORAS,
 from .examples import EXAMPLES
 from .handlers import CUSTOM, FOLLOW_UP_BUTTONS, PRESETS
 from .i18n import t
-from .stats_view import CHART_COLUMNS, chart_titles
+from .stats_view import chart_columns, chart_titles
 
 TINY_SIZE, TINY_STEPS = 256, 4
 # Aspect ratios with a common name, landscape side first; a size within RATIO_TOLERANCE of one is called by it.
@@ -289,10 +289,11 @@ def stats_tab() -> dict:
     hidden JSON is the ``/stats`` API's return."""
     with gr.Tab(t("tab_stats"), elem_id="stats-tab") as stats_tab:
         stats_md = gr.Markdown(elem_id="stats")
+        bar, size, kind = chart_columns()  # the kind's column is named in the page's language at its first refresh
         chart = gr.BarPlot(
-            x=CHART_COLUMNS[0],
-            y=CHART_COLUMNS[1],
-            color=CHART_COLUMNS[2],
+            x=bar,
+            y=size,
+            color=kind,
             sort=None,
             x_label_angle=-90,
             height=480,  # room for the upright labels below the bars

@@ -9,7 +9,6 @@ from ..stats import CARD_SIZES_GB, RUN_STAGES, card_fits
 from .i18n import MESSAGES, say
 
 # The chart's columns (the axis and legend titles come from ``chart_titles``, in the reader's language).
-CHART_COLUMNS = ["bar", "size_gb", "weights"]
 # The free GPU memory ``choose_memory_mode`` (runtime.memory_modes) read when ``auto`` picked the mode.
 
 
@@ -218,16 +217,24 @@ def part_name(name: str, lang: str = "en") -> str:
     return _words(f"stats_part_{name}", lang, name)
 
 
+def chart_columns(lang: str = "en") -> list[str]:
+    """The chart's columns: the bar, its size, and its weights' kind, this one named in ``lang``: the chart's hover
+    text and its bars' names for screen readers say that column by its name."""
+    return ["bar", "size_gb", say("stats_chart_color", lang)]
+
+
 def chart_rows(stats, lang: str = "en") -> list[dict]:
-    """Rows of the original-vs-package bar chart: each part's original (when its size is known) and package bar."""
+    """Rows of the original-vs-package bar chart (``chart_columns``): each part's original (when its size is known)
+    and package bar."""
+    kind = chart_columns(lang)[2]
     rows = []
     for c in stats.package.components if stats.package else []:
         name = part_name(c.name, lang)
         if c.bytes_before is not None:
             original = say("stats_weights_original", lang)
-            rows.append({"bar": f"{name} · {original}", "size_gb": c.bytes_before / 1e9, "weights": original})
+            rows.append({"bar": f"{name} · {original}", "size_gb": c.bytes_before / 1e9, kind: original})
         weights = say("stats_weights_nf4" if c.quantized else "stats_weights_kept", lang)
-        rows.append({"bar": f"{name} · {weights}", "size_gb": c.bytes_on_disk / 1e9, "weights": weights})
+        rows.append({"bar": f"{name} · {weights}", "size_gb": c.bytes_on_disk / 1e9, kind: weights})
     return rows
 
 

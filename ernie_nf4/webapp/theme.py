@@ -29,10 +29,16 @@ ACCESSIBILITY_JS = """
 (() => {
   const SWAP = __SWAP__;
   const isZh = () => (document.documentElement.lang || navigator.language || "en").toLowerCase().startsWith("zh");
-  // Gradio's own names for its buttons, said in Chinese on a Chinese page
+  // Gradio's own names and tooltips for its buttons, said in Chinese on a Chinese page
   const GRADIO_ZH = {
-    "Copy": "复制", "Reset to default value": "恢复默认值", "Click to upload or drop files": "点击上传或拖入文件",
+    "Copy": "复制", "Copied": "已复制", "Reset to default value": "恢复默认值",
+    "Click to upload or drop files": "点击上传或拖入文件", "Drop an image file here to upload": "拖入图片文件上传",
+    "Upload file": "上传文件", "Paste from clipboard": "从剪贴板粘贴", "Remove Image": "移除图片",
+    "Fullscreen": "全屏", "Exit fullscreen": "退出全屏", "Close": "关闭", "Download": "下载", "Share": "分享",
+    "Clear": "清除", "detailed view of selected image": "所选图片的大图",
   };
+  // a popup's title: Gradio writes its kind ("Info", "Warning", "Error") whatever title the server gives
+  const POPUP_ZH = {"Info": "提示", "Warning": "注意", "Error": "错误", "Success": "完成"};
   let spoken = "", pending = null, last = 0;
   const setAttr = (element, name, value) => {
     if (element && value && element.getAttribute(name) !== value) element.setAttribute(name, value);
@@ -50,6 +56,26 @@ ACCESSIBILITY_JS = """
     button.dataset.named = named;
     button.setAttribute("aria-label", named);
   };
+  // a button's tooltip: Gradio's word, in Chinese on a Chinese page and back in English on an English one
+  const titleButton = (button) => {
+    const current = button.getAttribute("title");
+    const own = current === button.dataset.titled, base = own ? button.dataset.titleBase : current;
+    if (!base || !(base in GRADIO_ZH)) return;
+    const titled = isZh() ? GRADIO_ZH[base] : base;
+    button.dataset.titleBase = base;
+    button.dataset.titled = titled;
+    if (current !== titled) button.setAttribute("title", titled);
+  };
+  const titlePopup = (title) => {
+    const text = title.firstChild;
+    if (!text || text.nodeType !== Node.TEXT_NODE) return;
+    const word = text.textContent.trim(), base = word === title.dataset.titled ? title.dataset.titleBase : word;
+    if (!(base in POPUP_ZH)) return;
+    const titled = isZh() ? POPUP_ZH[base] : base;
+    title.dataset.titleBase = base;
+    title.dataset.titled = titled;
+    if (word !== titled) text.textContent = `${titled} `;
+  };
   const say = (live) => {
     pending = null; last = Date.now();
     const tracker = document.querySelector("#gallery [data-testid=status-tracker]");
@@ -66,6 +92,8 @@ ACCESSIBILITY_JS = """
     for (const button of document.querySelectorAll(".block button[aria-label]:not(.thumbnail-item)")) {
       nameButton(button, fieldLabel(button));
     }
+    for (const button of document.querySelectorAll("button[title]")) titleButton(button);
+    for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
