@@ -263,14 +263,15 @@ def test_stop_is_neutral_and_drops_the_users_queued_run(open_app, fake_app):
     first.locator("#steps input[type=number]").blur()
     first.locator("#generate").click()
     first.get_by_text("denoising · step").first.wait_for()
-    # A second user queues behind the first, then stops: the queued run never starts.
-    second = open_app()
+    # A second user, on a Chinese page, queues behind the first, then stops: the queued run never starts.
+    second = open_app(locale="zh-CN")
     second.locator("#prompt textarea").fill("queued second")
     set_size(second, 64, 64)
     second.locator("#generate").click()
-    second.locator("#gallery").get_by_text(re.compile(r"queue: \d+/\d+")).wait_for()  # in the server's queue
+    second.locator("#gallery").get_by_text(re.compile(r"排队：\d+/\d+")).wait_for()  # in the server's queue
+    assert second.locator("#gallery").get_by_text("queue:").count() == 0  # Gradio's own words, said in Chinese
     second.locator("#stop").click()
-    wait_for_info(second, "Stopped. Nothing was kept")
+    wait_for_info(second, "已停止。本次运行未保留任何结果")
     wait_for_the_run_to_end(second)
     first.locator("#stop").click()
     wait_for_info(first, "Stopped. Nothing was kept")

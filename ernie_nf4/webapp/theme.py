@@ -76,6 +76,19 @@ ACCESSIBILITY_JS = """
     title.dataset.titled = titled;
     if (word !== titled) text.textContent = `${titled} `;
   };
+  // the gallery's status while a run waits or starts (Gradio writes "queue: 2/3 |" and "processing |" as they are)
+  const QUEUE = [[/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"]];
+  const sayQueue = (tracker) => {
+    const walker = document.createTreeWalker(tracker, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const text = node.nodeValue.trim(), own = node.__zh, english = own && own.zh === text ? own.en : text;
+      const match = QUEUE.find(([pattern]) => pattern.test(english));
+      if (!match) continue;
+      const said = isZh() ? english.replace(...match) : english;
+      node.__zh = {en: english, zh: said};
+      if (text !== said) node.nodeValue = said;
+    }
+  };
   const say = (live) => {
     pending = null; last = Date.now();
     const tracker = document.querySelector("#gallery [data-testid=status-tracker]");
@@ -94,6 +107,7 @@ ACCESSIBILITY_JS = """
     }
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
+    for (const tracker of document.querySelectorAll("[data-testid=status-tracker]")) sayQueue(tracker);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
