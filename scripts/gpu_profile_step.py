@@ -2,10 +2,13 @@
 
     python scripts/gpu_profile_step.py /tmp/ernie-full --modes fp8 bf16 --sizes 1024 512
 
+(``fp8-unfused``: FP8 with the feed-forward's activation scaled by Inductor's own kernels rather than
+``gelu_mul_fp8``.)
+
 ROOT holds ``ERNIE-Image-NF4`` (as ``scripts/gpu_full_package.sh`` writes it). Each mode loads the package's
 transformer, compiles its blocks, and for each size runs a CFG batch (two prompts of ``--text`` tokens): the step's
-wall time (median of ``--repeat``), then one step under torch.profiler, printing the GPU's total kernel time and the
-``--top`` kernels by their own time (milliseconds, calls, name).
+wall time (median of ``--repeat``) and the host's time to issue it, then one step under torch.profiler, printing
+the GPU's total kernel time and the ``--top`` kernels by their own time (milliseconds, calls, name).
 """
 
 from __future__ import annotations
@@ -18,8 +21,24 @@ import torch
 from gpu_compute_step import load, step_ms
 from torch.profiler import ProfilerActivity, profile
 
+from ernie_nf4.prompt_enhancer.kernels import nf4_gemv
 from ernie_nf4.runtime.fast_transformer import compile_blocks, dummy_call
 from ernie_nf4.system import free_device_memory
+
+WIDEST = nf4_gemv.ROW_KERNEL_MAX
+
+
+def host_ms(model, inputs, repeat: int) -> float:
+    """The host's time to issue one step (no wait for the GPU at its end): near the step's wall time, the GPU waits
+    on the host (launches, or a synchronization inside the step)."""
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(**inputs, return_dict=False)
+        times.append(1000 * (time.perf_counter() - start))
+        torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
 
 
 def kernel_table(model, inputs, top: int) -> list[str]:
@@ -46,7 +65,9 @@ def main() -> None:
     args = p.parse_args()
     print(torch.cuda.get_device_name(), f"torch {torch.__version__}", flush=True)
     for mode in args.modes:
-        model = load(args.root / "ERNIE-Image-NF4", mode)
+        # "fp8-unfused": FP8 with the feed-forward's activation scaled by Inductor's own kernels, for comparison
+        nf4_gemv.ROW_KERNEL_MAX = 0 if mode.endswith("-unfused") else WIDEST
+        model = load(args.root / "ERNIE-Image-NF4", mode.removesuffix("-unfused"))
         compiler = compile_blocks(model)
         for size in args.sizes:
             inputs = dummy_call(model, (size // 16, size // 16), (args.text, args.text))
@@ -55,7 +76,8 @@ def main() -> None:
             torch.cuda.synchronize()
             first = time.perf_counter() - start
             print(f"[{mode} {size}] first call {first:.1f} s ({compiler.describe()})", flush=True)
-            print(f"[{mode} {size}] step {step_ms(model, inputs, args.repeat):.1f} ms", flush=True)
+            step, host = step_ms(model, inputs, args.repeat), host_ms(model, inputs, args.repeat)
+            print(f"[{mode} {size}] step {step:.1f} ms, issued by the host in {host:.1f} ms", flush=True)
             print("\n".join(f"[{mode} {size}] {line}" for line in kernel_table(model, inputs, args.top)), flush=True)
         del model, compiler
         free_device_memory()

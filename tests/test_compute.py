@@ -153,6 +153,61 @@ def test_the_fp8_weight_kernel_gives_the_torch_ops_bytes(nested):
         assert ours.float().abs().amax(dim=1).eq(_range(Compute.FP8)).all()  # each channel reaches the range
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="the kernel runs on CUDA GPUs")
+def test_the_fused_activation_kernel_scales_as_the_torch_ops_do():
+    """``gelu_mul_fp8`` (one Triton kernel a row) against ``_per_token(up * gelu(gate))`` in torch ops, at the
+    full-size model's width, a width past a power of two and a narrow one; one row with a value far from the rest."""
+    import torch.nn.functional as F
+
+    from ernie_nf4.runtime.compute import _per_token, gelu_mul_fp8
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for rows, n in ((300, 12288), (33, 4160), (70, 64)):
+        gate = torch.randn(rows, n, device="cuda", generator=g).mul_(3).to(torch.bfloat16)
+        up = torch.randn(rows, n, device="cuda", generator=g) * torch.rand(rows, 1, device="cuda", generator=g)
+        up = up.to(torch.bfloat16)
+        up[1, 7], gate[1, 7] = 300, 5
+        xq, scales = gelu_mul_fp8(gate, up)
+        want, want_scales = _per_token(up * F.gelu(gate), Compute.FP8)
+        assert xq.dtype == torch.float8_e4m3fn and xq.shape == (rows, n) and scales.shape == (rows, 1)
+        torch.testing.assert_close(scales, want_scales, rtol=2**-7, atol=0)  # a bf16 step of the row's largest
+        codes, want_codes = xq.view(torch.uint8).int(), want.view(torch.uint8).int()
+        assert (codes - want_codes).abs().max() <= 1, (rows, n)  # at most the next FP8 value
+        assert (codes != want_codes).float().mean() < 1e-3, (rows, n)
+        assert xq.float().abs().amax(dim=1).eq(448).all()  # each row reaches FP8's range
+
+
+def test_the_feed_forward_scales_its_activation_in_one_operator(tiny_package, nf4_everywhere, style_lora):
+    """In FP8 the feed-forward's activation and the last layer's input scaling are one operator in the compiled
+    graph, and its output is the layers' own (on a CPU, which runs it in the same torch ops, bit for bit; on a GPU,
+    where a kernel of its own runs it, within FP8's rounding), with a LoRA on every layer too; fewer rows than the
+    layers' least keep the layers' own forward."""
+    from ernie_nf4.runtime.lora import attach_loras
+    from ernie_nf4.runtime.lora_files import linear_shapes, read_lora
+
+    model = nf4_transformer(tiny_package, Compute.FP8)
+    mlp = model.layers[0].mlp
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 40, mlp.gate_proj.in_features, generator=g).to(DEVICE, torch.bfloat16)
+    ops, few = set(), set()
+    with torch.no_grad():
+        traced(lambda x: compute.feed_forward(mlp, x), ops)(h)
+        traced(lambda x: compute.feed_forward(mlp, x), few)(h[:, : MIN_ROWS - 1])
+        assert "ernie_nf4.gelu_mul_fp8.default" in ops and "ernie_nf4.gelu_mul_fp8.default" not in few, (ops, few)
+        fused, own = compute.feed_forward(mlp, h), mlp(h)
+        slots = attach_loras(model, [read_lora("style", style_lora, linear_shapes(model))])
+        slots.select([LoraChoice("style", 1.0)])
+        fused_lora, own_lora = compute.feed_forward(mlp, h), mlp(h)
+    for ours, theirs in ((fused, own), (fused_lora, own_lora)):
+        assert ours.shape == theirs.shape == h.shape and ours.dtype == torch.bfloat16
+        if HAS_CUDA:
+            assert relative_error(ours, theirs) < 0.01
+        else:
+            assert torch.equal(ours, theirs)
+    assert relative_error(fused_lora, fused) > 0.01  # the LoRA's term is there
+
+
 @pytest.mark.parametrize("compute, min_rows", [(Compute.FP8, None), (Compute.INT8, None), (Compute.FP8, 40)])
 def test_few_rows_keep_the_layers_own_product(tiny_package, nf4_everywhere, compute, min_rows):
     from bitsandbytes.nn import Linear4bit

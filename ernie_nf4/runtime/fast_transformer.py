@@ -52,6 +52,7 @@ from diffusers.models.transformers.transformer_ernie_image import (
 from ..compat import inductor_default_cache_dir, keep_nf4_layout, run_compiled_only, swap_class
 from ..torch_state import torch_state_kept
 from .compile_record import last_seconds, remember
+from .compute import feed_forward
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +124,10 @@ def before_attention(x, cos, sin, shift, scale, norm, attn) -> tuple:
 
 def after_attention(x, out, gate_msa, shift_mlp, scale_mlp, gate_mlp, to_out, norm, mlp) -> torch.Tensor:
     """The rest of a block from attention's output ``out`` (``[1, heads, T, D]``): ``to_out``, the gated residual,
-    ``norm`` (its ``adaLN_mlp_ln``) modulated, ``mlp`` and its gated residual."""
+    ``norm`` (its ``adaLN_mlp_ln``) modulated, ``mlp`` (through ``compute.feed_forward``) and its gated residual."""
     x = _gated(x, gate_msa, to_out(out.transpose(1, 2).flatten(2, 3)))
     h = _modulate(norm(x), scale_mlp, shift_mlp)
-    return _gated(x, gate_mlp, mlp(h))
+    return _gated(x, gate_mlp, feed_forward(mlp, h))
 
 
 @dataclass

@@ -43,7 +43,10 @@ def _lora_class(base: type) -> type:
     if base not in _CLASSES:
 
         def forward(self, x):
-            out = base.forward(self, x)
+            return self.add_lora_term(x, base.forward(self, x))
+
+        def add_lora_term(self, x, out):
+            """``out`` (the layer's own output for ``x``) with the LoRA term added."""
             down, up = self.lora_down, self.lora_up
             if down.device != x.device:  # kept in page-locked CPU memory (low-vram): copied in for this call
                 down, up = down.to(x.device, non_blocking=True), up.to(x.device, non_blocking=True)
@@ -55,7 +58,7 @@ def _lora_class(base: type) -> type:
             out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
             return out
 
-        _CLASSES[base] = type(f"Lora{base.__name__}", (base,), {"forward": forward})
+        _CLASSES[base] = type(f"Lora{base.__name__}", (base,), {"forward": forward, "add_lora_term": add_lora_term})
     return _CLASSES[base]
 
 

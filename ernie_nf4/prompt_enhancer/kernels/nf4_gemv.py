@@ -19,8 +19,9 @@ row-major, two 4-bit codes per byte, the even element in the high nibble; elemen
 For the prompt (many tokens) ``nf4_dequantize`` gives bitsandbytes' dense weight bit for bit in one kernel (its
 ``dequantize_4bit`` takes three and several Python layers), and the norm and rotary kernels take many tokens.
 
-For ``prompt_enhancer.decoding``'s graphed path (decode steps and their prompt), and ``dequantize_packed`` for the
-transformer's FP8 weights (``runtime.compute``); bitsandbytes runs everywhere else.
+For ``prompt_enhancer.decoding``'s graphed path (decode steps and their prompt); ``dequantize_packed`` for the
+transformer's FP8 weights and ``gelu_mul_fp8`` for its feed-forward's FP8 input (``runtime.compute``); bitsandbytes
+runs everywhere else.
 Triton is imported on first use, so importing this module touches neither Triton nor CUDA.
 """
 
@@ -47,6 +48,7 @@ class Kernels(NamedTuple):
     rope_cache: object
     silu_mul: object
     dequantize: object
+    gelu_mul_fp8: object
 
 
 @functools.cache
@@ -62,6 +64,7 @@ def _kernels() -> Kernels:
         k.rope_cache_kernel,
         k.silu_mul_kernel,
         k.dequantize_kernel,
+        k.gelu_mul_fp8_kernel,
     )
 
 
@@ -321,6 +324,27 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     n = gate.numel()
     _kernels().silu_mul[(triton_cdiv(n, 1024),)](gate, up, out, n, BLOCK=1024)
     return out
+
+
+# The widest row ``gelu_mul_fp8`` takes: a program holds its row in registers.
+ROW_KERNEL_MAX = 32768
+
+
+def gelu_mul_fp8(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``up * gelu(gate)`` (``[rows, n]``, bf16 or fp16, each op rounded to that dtype as the eager ops round it)
+    scaled per row into FP8 (E4M3) and the scales (``[rows, 1]``, float32: the row's largest magnitude over 448), in
+    one kernel that reads each row once; ``n`` at most ``ROW_KERNEL_MAX``."""
+    rows, n = gate.shape
+    if n > ROW_KERNEL_MAX or up.shape != gate.shape:
+        raise ValueError(f"gate and up must have the same shape, rows of at most {ROW_KERNEL_MAX}: {gate.shape}")
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty((rows, n), dtype=torch.float8_e4m3fn, device=gate.device)
+    scales = torch.empty((rows, 1), dtype=torch.float32, device=gate.device)
+    block = max(128, 1 << (n - 1).bit_length())
+    fp8_max = float(torch.finfo(torch.float8_e4m3fn).max)
+    warps = min(16, max(4, block // 1024))
+    _kernels().gelu_mul_fp8[(rows,)](gate, up, out, scales, n, fp8_max, BLOCK=block, num_warps=warps)
+    return out, scales
 
 
 def dequantizes(module: torch.nn.Module) -> bool:
