@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ from ..compat import keep_nf4_layout, swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
 from ..prompt_enhancer.kernels import nf4_gemv
 from .nf4_torch import dequantize_state, in_plain_layout
+
+logger = logging.getLogger(__name__)
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
 # Under auto, FP8 from this many rows (tokens, text and image, across the batch), the layer's own product below. With
@@ -195,9 +198,30 @@ def gelu_mul_fp8(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, to
     operator of its own, so that compiled blocks call the kernel as it is: what Inductor generates for the same work
     reads each row twice, at about a third of the speed (the feed-forward's activation is the widest of the block,
     12,288 values a token in the full-size model)."""
-    if gate.is_cuda and gate.shape[-1] <= nf4_gemv.ROW_KERNEL_MAX and nf4_gemv.available():
+    if gate.is_cuda and gate.shape[-1] <= nf4_gemv.ROW_KERNEL_MAX and _activation_kernel_runs(str(gate.device)):
         return nf4_gemv.gelu_mul_fp8(gate, up)
     return _per_token(up * F.gelu(gate), Compute.FP8)
+
+
+@functools.cache
+def _activation_kernel_runs(device: str) -> bool:
+    """Whether ``nf4_gemv.gelu_mul_fp8`` runs on ``device`` and gives what the torch ops give (each value within
+    one FP8 step), checked once on a small sample; if not, one log line and the torch ops from then on."""
+    if not nf4_gemv.available():
+        return False
+    g = torch.Generator(device=device).manual_seed(0)
+    gate, up = (torch.randn(8, 200, device=device, generator=g).mul_(3).to(torch.bfloat16) for _ in range(2))
+    try:
+        xq, scales = nf4_gemv.gelu_mul_fp8(gate, up)
+    except Exception as err:  # a Triton or driver that cannot build or launch it
+        logger.warning("the FP8 activation kernel does not run on %s (%s); torch ops scale it", device, err)
+        return False
+    want, want_scales = _per_token(up * F.gelu(gate), Compute.FP8)
+    steps = (xq.view(torch.uint8).int() - want.view(torch.uint8).int()).abs().max()
+    if steps > 1 or not torch.allclose(scales, want_scales, rtol=2**-7, atol=0):
+        logger.warning("the FP8 activation kernel differs from torch's ops on %s; torch ops scale it", device)
+        return False
+    return True
 
 
 @gelu_mul_fp8.register_fake
