@@ -234,8 +234,7 @@ def test_progress_names_the_stage_once_on_the_gallery(open_app):
     page.locator("#prompt textarea").fill("slow progress")
     set_size(page, 64, 64)
     page.locator("#advanced").get_by_text("Advanced").click()
-    page.locator("#steps input[type=number]").fill("200")  # 0.2 s a step: it outlasts the looking; Stop ends it
-    page.locator("#steps input[type=number]").blur()
+    set_slider(page, "#steps", 200)  # 0.2 s a step: it outlasts the looking; Stop ends it
     page.locator("#previews input").uncheck()  # the progress text alone: previews redraw the gallery under it
     page.locator("#generate").click()
     gallery = page.locator("#gallery")
@@ -259,8 +258,7 @@ def test_stop_is_neutral_and_drops_the_users_queued_run(open_app, fake_app):
     first.locator("#prompt textarea").fill("slow first")
     set_size(first, 64, 64)
     first.locator("#advanced").get_by_text("Advanced").click()
-    first.locator("#steps input[type=number]").fill("200")
-    first.locator("#steps input[type=number]").blur()
+    set_slider(first, "#steps", 200)  # taken before Generate (a run of the default steps would end too soon)
     first.locator("#generate").click()
     first.get_by_text("denoising · step").first.wait_for()
     # A second user, on a Chinese page, queues behind the first, then stops: the queued run never starts.
@@ -295,8 +293,7 @@ def test_stop_leaves_no_error_badge_on_the_gallery(open_app):
     page.locator("#prompt textarea").fill("slow badge")
     set_size(page, 64, 64)
     page.locator("#advanced").get_by_text("Advanced").click()
-    page.locator("#steps input[type=number]").fill("200")
-    page.locator("#steps input[type=number]").blur()
+    set_slider(page, "#steps", 200)  # taken before Generate (a run of the default steps would end too soon)
     page.locator("#generate").click()
     page.get_by_text("denoising · step").first.wait_for()
     page.locator("#stop").click()
