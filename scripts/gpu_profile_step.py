@@ -2,8 +2,8 @@
 
     python scripts/gpu_profile_step.py /tmp/ernie-full --modes fp8 bf16 --sizes 1024 512
 
-(``fp8-unfused``: FP8 with the feed-forward's activation scaled by Inductor's own kernels rather than
-``gelu_mul_fp8``.)
+(``fp8-unfused``: FP8 with the feed-forward as its layers run it, the activation's scaling fused by Inductor,
+rather than through ``gelu_mul_fp8``.)
 
 ROOT holds ``ERNIE-Image-NF4`` (as ``scripts/gpu_full_package.sh`` writes it). Each mode loads the package's
 transformer, compiles its blocks, and for each size runs a CFG batch (two prompts of ``--text`` tokens): the step's
@@ -21,11 +21,10 @@ import torch
 from gpu_compute_step import load, step_ms
 from torch.profiler import ProfilerActivity, profile
 
-from ernie_nf4.prompt_enhancer.kernels import nf4_gemv
+from ernie_nf4.runtime import fast_transformer
+from ernie_nf4.runtime.compute import feed_forward
 from ernie_nf4.runtime.fast_transformer import compile_blocks, dummy_call
 from ernie_nf4.system import free_device_memory
-
-WIDEST = nf4_gemv.ROW_KERNEL_MAX
 
 
 def host_ms(model, inputs, repeat: int) -> float:
@@ -65,8 +64,8 @@ def main() -> None:
     args = p.parse_args()
     print(torch.cuda.get_device_name(), f"torch {torch.__version__}", flush=True)
     for mode in args.modes:
-        # "fp8-unfused": FP8 with the feed-forward's activation scaled by Inductor's own kernels, for comparison
-        nf4_gemv.ROW_KERNEL_MAX = 0 if mode.endswith("-unfused") else WIDEST
+        # "fp8-unfused": FP8 with the feed-forward as the layers run it, which Inductor fuses, for comparison
+        fast_transformer.feed_forward = (lambda mlp, x: mlp(x)) if mode.endswith("-unfused") else feed_forward
         model = load(args.root / "ERNIE-Image-NF4", mode.removesuffix("-unfused"))
         compiler = compile_blocks(model)
         for size in args.sizes:

@@ -198,19 +198,21 @@ def gelu_mul_fp8(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, to
     operator of its own, so that compiled blocks call the kernel as it is: what Inductor generates for the same work
     reads each row twice, at about a third of the speed (the feed-forward's activation is the widest of the block,
     12,288 values a token in the full-size model)."""
-    if gate.is_cuda and gate.shape[-1] <= nf4_gemv.ROW_KERNEL_MAX and _activation_kernel_runs(str(gate.device)):
+    width = gate.shape[-1]
+    if gate.is_cuda and width <= nf4_gemv.ROW_KERNEL_MAX and _activation_kernel_runs(str(gate.device), width):
         return nf4_gemv.gelu_mul_fp8(gate, up)
     return _per_token(up * F.gelu(gate), Compute.FP8)
 
 
 @functools.cache
-def _activation_kernel_runs(device: str) -> bool:
-    """Whether ``nf4_gemv.gelu_mul_fp8`` runs on ``device`` and gives what the torch ops give (each value within
-    one FP8 step), checked once on a small sample; if not, one log line and the torch ops from then on."""
+def _activation_kernel_runs(device: str, width: int) -> bool:
+    """Whether ``nf4_gemv.gelu_mul_fp8`` runs on ``device`` for rows of ``width`` (each width its own compiled
+    kernel) and gives what the torch ops give (each value within one FP8 step), checked once on a sample of 8 rows;
+    if not, one log line and the torch ops from then on."""
     if not nf4_gemv.available():
         return False
     g = torch.Generator(device=device).manual_seed(0)
-    gate, up = (torch.randn(8, 200, device=device, generator=g).mul_(3).to(torch.bfloat16) for _ in range(2))
+    gate, up = (torch.randn(8, width, device=device, generator=g).mul_(3).to(torch.bfloat16) for _ in range(2))
     try:
         xq, scales = nf4_gemv.gelu_mul_fp8(gate, up)
     except Exception as err:  # a Triton or driver that cannot build or launch it

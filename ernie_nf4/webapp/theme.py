@@ -122,7 +122,7 @@ ACCESSIBILITY_JS = """
     document.body.appendChild(live);
     new MutationObserver(() => update(live)).observe(document.body, {
       subtree: true, childList: true, characterData: true, attributes: true,
-      attributeFilter: ["aria-label", "alt", "class"],
+      attributeFilter: ["aria-label", "alt", "class", "title"],
     });
     update(live);
   };

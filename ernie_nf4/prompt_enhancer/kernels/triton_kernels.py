@@ -354,10 +354,11 @@ def silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def gelu_mul_fp8_kernel(g_ptr, u_ptr, y_ptr, scale_ptr, N, fp8_max, BLOCK: tl.constexpr):
+def gelu_mul_fp8_kernel(g_ptr, u_ptr, y_ptr, scale_ptr, N, over_max, BLOCK: tl.constexpr):
     # one row per program, read once: act = gelu(gate) (exact, erf), rounded to the input dtype, times up, rounded
-    # again (as the eager ops round); the row's largest magnitude over FP8's range is its scale, and the row times
-    # that scale's inverse is rounded to FP8, as ``runtime.compute._per_token`` does in torch ops
+    # again (as the eager ops round); the row's largest magnitude times ``over_max`` (1/448 in float32) is its scale,
+    # and the row times that scale's inverse is rounded to FP8, as ``runtime.compute._per_token`` does in torch ops
+    # on a GPU (which divide by a number as a product with its reciprocal, and take a tensor's inverse exactly)
     program = tl.program_id(0)
     row = program.to(tl.int64) * N
     at = tl.arange(0, BLOCK)
@@ -368,9 +369,9 @@ def gelu_mul_fp8_kernel(g_ptr, u_ptr, y_ptr, scale_ptr, N, fp8_max, BLOCK: tl.co
     u = tl.load(u_ptr + row + at, mask=ok, other=0.0).to(tl.float32)
     y = (u * act).to(g.dtype).to(tl.float32)
     amax = tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12)
-    scale = tl.div_rn(amax, fp8_max)  # IEEE division, as torch's (Triton's ``/`` is approximate)
+    scale = amax * over_max
     tl.store(scale_ptr + program, scale)
-    inverse = tl.div_rn(tl.zeros_like(scale) + 1.0, scale)
+    inverse = tl.div_rn(tl.zeros_like(scale) + 1.0, scale)  # correctly rounded (Triton's ``/`` is approximate)
     tl.store(y_ptr + row + at, (y * inverse).to(y_ptr.dtype.element_ty), mask=ok)
 
 
