@@ -296,6 +296,10 @@ def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
     names = [node["name"].strip() for node in ax_nodes(page) if node["role"] in CONTROLS]
     english = [name for name in names if name.startswith(GRADIO_BUTTON_WORDS)]
     assert english == [], english
+    # an upload box drawn before the change (Gradio leaves its words as they were) says them in Chinese too
+    box = page.locator("#restore [data-testid=upload-text]")
+    playwright_api().expect(box).to_contain_text("点击上传")
+    assert "Click to Upload" not in box.inner_text() and "Drop File Here" not in box.inner_text()
 
 
 @pytest.mark.browser

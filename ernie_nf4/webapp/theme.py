@@ -76,17 +76,21 @@ ACCESSIBILITY_JS = """
     title.dataset.titled = titled;
     if (word !== titled) text.textContent = `${titled} `;
   };
-  // the gallery's status while a run waits or starts (Gradio writes "queue: 2/3 |" and "processing |" as they are)
-  const QUEUE = [[/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"]];
-  const sayQueue = (tracker) => {
-    const walker = document.createTreeWalker(tracker, NodeFilter.SHOW_TEXT);
+  // Gradio's own texts it writes in English whatever the language: the gallery's status while a run waits or
+  // starts, and an upload box's words when the language changes in its Settings after the box was drawn
+  const TEXTS_ZH = [
+    [/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"], [/^Drop File Here$/, "将文件拖放到此处"],
+    [/^Drop Image Here$/, "将图像拖放到此处"], [/^Click to Upload$/, "点击上传"], [/^- or -$/, "- 或 -"],
+  ];
+  const sayTexts = (root) => {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
       const text = node.nodeValue.trim(), own = node.__zh, english = own && own.zh === text ? own.en : text;
-      const match = QUEUE.find(([pattern]) => pattern.test(english));
+      const match = TEXTS_ZH.find(([pattern]) => pattern.test(english));
       if (!match) continue;
       const said = isZh() ? english.replace(...match) : english;
       node.__zh = {en: english, zh: said};
-      if (text !== said) node.nodeValue = said;
+      if (text !== said) node.nodeValue = node.nodeValue.replace(text, said);  // its spaces kept
     }
   };
   const say = (live) => {
@@ -107,7 +111,9 @@ ACCESSIBILITY_JS = """
     }
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
-    for (const tracker of document.querySelectorAll("[data-testid=status-tracker]")) sayQueue(tracker);
+    for (const root of document.querySelectorAll("[data-testid=status-tracker], [data-testid=upload-text]")) {
+      sayTexts(root);
+    }
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
