@@ -300,6 +300,7 @@ def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
     box = page.locator("#restore [data-testid=upload-text]")
     playwright_api().expect(box).to_contain_text("点击上传")
     assert "Click to Upload" not in box.inner_text() and "Drop File Here" not in box.inner_text()
+    playwright_api().expect(page.get_by_role("tab", name="统计")).to_be_visible()  # a tab not opened since
 
 
 @pytest.mark.browser

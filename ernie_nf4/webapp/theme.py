@@ -27,7 +27,7 @@ document.addEventListener("keydown", (event) => {
 ACCESSIBILITY_JS = """
 <script>
 (() => {
-  const SWAP = __SWAP__;
+  const SWAP = __SWAP__, TABS = __TABS__;
   const isZh = () => (document.documentElement.lang || navigator.language || "en").toLowerCase().startsWith("zh");
   // Gradio's own names and tooltips for its buttons, said in Chinese on a Chinese page
   const GRADIO_ZH = {
@@ -81,6 +81,7 @@ ACCESSIBILITY_JS = """
   const TEXTS_ZH = [
     [/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"], [/^Drop File Here$/, "将文件拖放到此处"],
     [/^Drop Image Here$/, "将图像拖放到此处"], [/^Click to Upload$/, "点击上传"], [/^- or -$/, "- 或 -"],
+    [new RegExp(`^${TABS.en}$`), TABS.zh],  // a tab not shown since the change keeps its label (Gradio)
   ];
   const sayTexts = (root) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
@@ -111,9 +112,8 @@ ACCESSIBILITY_JS = """
     }
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
-    for (const root of document.querySelectorAll("[data-testid=status-tracker], [data-testid=upload-text]")) {
-      sayTexts(root);
-    }
+    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab]";
+    for (const root of document.querySelectorAll(texts)) sayTexts(root);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
@@ -135,7 +135,9 @@ ACCESSIBILITY_JS = """
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
 })();
 </script>
-""".replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False))
+""".replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False)).replace(
+    "__TABS__", json.dumps({"en": EN["tab_stats"], "zh": ZH["tab_stats"]}, ensure_ascii=False)
+)
 
 # The page's language (Gradio's: the browser's, or the one picked in Gradio's Settings, which Gradio puts in the
 # page's lang attribute; any language but Chinese is English, as the app's words are) goes with each of the page's
