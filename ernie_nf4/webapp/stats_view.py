@@ -8,9 +8,6 @@ from ..formatting import format_bytes, readable_value
 from ..stats import CARD_SIZES_GB, RUN_STAGES, card_fits
 from .i18n import MESSAGES, say
 
-# The chart's columns (the axis and legend titles come from ``chart_titles``, in the reader's language).
-# The free GPU memory ``choose_memory_mode`` (runtime.memory_modes) read when ``auto`` picked the mode.
-
 
 def _words(key: str, lang: str, fallback: str) -> str:
     """``say(key)`` when the tables have ``key`` (a component or mode they name), else ``fallback`` as it is."""
@@ -219,7 +216,8 @@ def part_name(name: str, lang: str = "en") -> str:
 
 def chart_columns(lang: str = "en") -> list[str]:
     """The chart's columns: the bar, its size, and its weights' kind, this one named in ``lang``: the chart's hover
-    text and its bars' names for screen readers say that column by its name."""
+    text and its bars' names for screen readers say that column by its name (the axes' and legend's titles come
+    from ``chart_titles``)."""
     return ["bar", "size_gb", say("stats_chart_color", lang)]
 
 
