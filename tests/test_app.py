@@ -346,5 +346,5 @@ def test_the_progress_bar_never_goes_back_across_stages_and_images():
     fractions = [fraction for fraction, _ in shown]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     texts = [text for _, text in shown]
-    assert "prompt enhancer · 5 / 8 tokens" in texts
-    assert "denoising · image 2 of 3 · step 3/4" in texts
+    assert "prompt enhancer · 5 / 8 tokens · overall" in texts  # the run's stages: the amount is the run's
+    assert "denoising · image 2 of 3 · step 3/4 · overall" in texts

@@ -241,6 +241,8 @@ def test_progress_names_the_stage_once_on_the_gallery(open_app):
     try:
         gallery.get_by_text("denoising · step").first.wait_for()
         page.get_by_text("ETA").first.wait_for()
+        # the bar's amount, which Gradio writes after the line, is said to be the whole run's
+        gallery.get_by_text(re.compile(r"denoising · step \d+/200 · .* · overall - [\d.]+%")).first.wait_for()
         # Shown once, on the gallery. A screen reader's live region repeats it, visually hidden; between two steps
         # the tracker may be redrawn, so the counts are awaited, not read once.
         expect(page.get_by_text("denoising").filter(visible=True)).to_have_count(1)

@@ -75,7 +75,9 @@ def test_the_page_bar_moves_with_each_image_and_names_the_step_within_it():
     assert seen == sorted(seen) and seen[-1] == 1.0
     after_first_image = seen[2 + steps]  # the first decode
     assert 0.5 <= after_first_image <= 0.65, seen  # halfway through the images' share, not near the end
-    assert lines[steps] == "denoising · image 2 of 2 · step 1/4"  # the step within the image
+    # the step within the image; the line ends with the word for the whole run, whose amount Gradio writes after it
+    # ("… · overall - 62.5%")
+    assert lines[steps] == "denoising · image 2 of 2 · step 1/4 · overall"
 
 
 def test_a_chinese_page_reads_the_time_left_in_chinese_units():
@@ -155,9 +157,9 @@ def test_after_a_live_preview_the_page_says_the_time_since_the_run_started():
     event = Progress("denoising", done=2, total=8, unit="steps")
     english, chinese = RunProgress("en", clock=lambda: now[0]), RunProgress("zh", clock=lambda: now[0])
     now[0] = 103.24
-    assert english(event)[1] == "denoising · step 2/8"  # Gradio's own timer is right until a preview
+    assert english(event)[1] == "denoising · step 2/8 · overall"  # Gradio's own timer is right until a preview
     english.previewed = chinese.previewed = True
-    assert english(event)[1] == "denoising · step 2/8 · 3.2 s elapsed"
-    assert chinese(event)[1] == "去噪 · 第 2/8 步 · 已运行 3.2 秒"
+    assert english(event)[1] == "denoising · step 2/8 · 3.2 s elapsed · overall"
+    assert chinese(event)[1] == "去噪 · 第 2/8 步 · 已运行 3.2 秒 · 总进度"
     now[0] = 165.4
-    assert english(event)[1].endswith(" · 1 min 05 s elapsed")
+    assert english(event)[1].endswith(" · 1 min 05 s elapsed · overall")

@@ -82,12 +82,14 @@ class RunProgress:
         self.before: dict[str, float] = {}  # the last amount of each stage before the run
         self.previewed = False
 
-    def describe(self, event: Progress) -> str:
+    def describe(self, event: Progress, overall: bool = False) -> str:
+        """The line for ``event``; ``overall``: it ends with the word for the whole run, since Gradio writes the
+        bar's amount after the line ("… · step 3/8 · overall - 53.1%"), and for the run's stages that is the run's."""
         text = describe(event, self.lang)
-        if not self.previewed:
-            return text
-        elapsed = _duration(self.clock() - self.started, self.lang, tenths=True)
-        return f"{text} · {say('progress_elapsed', self.lang, time=elapsed)}"
+        if self.previewed:
+            elapsed = _duration(self.clock() - self.started, self.lang, tenths=True)
+            text = f"{text} · {say('progress_elapsed', self.lang, time=elapsed)}"
+        return f"{text} · {say('progress_overall', self.lang)}" if overall else text
 
     def overall(self, event: Progress) -> float:
         start, end = SPANS[event.stage]
@@ -99,7 +101,7 @@ class RunProgress:
                 self.before[event.stage] = event.fraction
             return self.before.get(event.stage, self.fraction), self.describe(event)
         self.fraction = max(self.fraction, min(1.0, self.overall(event)))
-        return self.fraction, self.describe(event)
+        return self.fraction, self.describe(event, overall=True)
 
 
 class PageProgress:
