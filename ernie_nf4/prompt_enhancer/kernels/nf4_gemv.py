@@ -341,11 +341,15 @@ def gelu_mul_fp8(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, to
     out = torch.empty((rows, n), dtype=torch.float8_e4m3fn, device=gate.device)
     scales = torch.empty((rows, 1), dtype=torch.float32, device=gate.device)
     block = max(128, 1 << (n - 1).bit_length())
-    fp8_max = torch.tensor(torch.finfo(torch.float8_e4m3fn).max)
-    over_max = float(torch.tensor(1.0) / fp8_max)  # in float32, as torch's division by a number takes it
     warps = min(16, max(4, block // 1024))
-    _kernels().gelu_mul_fp8[(rows,)](gate, up, out, scales, n, over_max, BLOCK=block, num_warps=warps)
+    _kernels().gelu_mul_fp8[(rows,)](gate, up, out, scales, n, _over_fp8_max(), BLOCK=block, num_warps=warps)
     return out, scales
+
+
+@functools.cache
+def _over_fp8_max() -> float:
+    """1 / 448 (FP8 E4M3's largest value) in float32, as torch's division by a number takes it."""
+    return float(torch.tensor(1.0) / torch.tensor(torch.finfo(torch.float8_e4m3fn).max))
 
 
 def dequantizes(module: torch.nn.Module) -> bool:
