@@ -123,6 +123,7 @@ def _floor_lines(report: dict) -> list[str]:
     if not (report.get("bf16_tflops") and report.get("transformer_config")):
         return []
     s = report["settings"]
+    batch = transformer_batch(s.get("guidance_scale", s.get("guidance", 4.0)), s.get("num_images", 1))
     return [
         step_floor_line(
             report["transformer_config"],
@@ -131,8 +132,9 @@ def _floor_lines(report: dict) -> list[str]:
             FLOOR_TEXT_TOKENS,
             r["ms_per_step"],
             report["bf16_tflops"],
+            batch,
         )
-        + f" ({r['mode']}; {FLOOR_TEXT_TOKENS} text tokens assumed)"
+        + f" ({r['mode']}; {FLOOR_TEXT_TOKENS} text tokens assumed, a batch of {batch})"
         for r in report["modes"]
         if r["status"] == "ok" and r["ms_per_step"]
     ]
@@ -200,10 +202,18 @@ def denoising_step_flops(config: dict, width: int, height: int, text_tokens: int
     return batch * (tokens * per_token + text_tokens * 2 * config["text_in_dim"] * h)
 
 
-def step_floor_line(config: dict, width: int, height: int, text_tokens: int, ms_per_step: float, tflops: float) -> str:
-    """The arithmetic floor of a denoising step at ``tflops`` (the card's bf16 matrix rate) and how far a measured
-    step is from it."""
-    flops = denoising_step_flops(config, width, height, text_tokens)
+def transformer_batch(guidance_scale: float, num_images: int = 1) -> int:
+    """How many rows the transformer runs a step: each image's, twice over under classifier-free guidance (a
+    guidance scale above 1, as the pipeline decides)."""
+    return num_images * (2 if guidance_scale > 1.0 else 1)
+
+
+def step_floor_line(
+    config: dict, width: int, height: int, text_tokens: int, ms_per_step: float, tflops: float, batch: int = 2
+) -> str:
+    """The arithmetic floor of a denoising step at ``tflops`` (the card's bf16 matrix rate) for a transformer batch
+    of ``batch`` and how far a measured step is from it."""
+    flops = denoising_step_flops(config, width, height, text_tokens, batch)
     floor_ms = 1000 * flops / (tflops * 1e12)
     return (
         f"- denoising step vs the bf16 arithmetic floor at {width}x{height}: {flops / 1e12:.1f} TFLOP per step, "

@@ -95,6 +95,56 @@ def test_the_step_floor_counts_the_transformers_weights_and_attention():
 
 
 @pytest.mark.slow
+def test_the_step_floor_of_a_run_without_guidance_counts_one_row_an_image():
+    # a guidance scale of 1 runs the transformer once a step (no unconditional half): its floor is half the guided
+    # one's, and two images a prompt double it again
+    from ernie_nf4.formatting import denoising_step_flops, markdown_table
+    from ernie_nf4.synthetic.configs import component_config
+
+    config = component_config("transformer")
+    mode = {
+        "mode": "nf4-compile",
+        "status": "ok",
+        "ms_per_step": 50.0,
+        "load_seconds": 1.0,
+        "cold_cache": True,
+        "warmup_seconds": 1.0,
+        "peak_allocated_gib": 1.0,
+        "peak_reserved_gib": 1.0,
+        "seconds": {"pe": 0.1, "text_encoding": 0.1, "denoising": 1.0, "vae_decode": 0.1, "total": 1.3},
+        "pe_ms_per_token": 3.0,
+    }
+
+    def floor_tflop(guidance: float, images: int) -> float:
+        settings = {
+            "width": 512,
+            "height": 512,
+            "num_inference_steps": 8,
+            "guidance_scale": guidance,
+            "seed": 1,
+            "use_pe": True,
+            "max_pe_tokens": 256,
+            "repeat": 1,
+            "num_images": images,
+        }
+        report = {
+            "settings": settings,
+            "modes": [mode],
+            "gpu": "a card",
+            "versions": {},
+            "synthetic": "full",
+            "transformer_config": config,
+            "bf16_tflops": 800.0,
+        }
+        [line] = [line for line in markdown_table(report).splitlines() if "arithmetic floor" in line]
+        return float(line.split(": ")[1].split(" TFLOP")[0])
+
+    guided = denoising_step_flops(config, 512, 512, 256) / 1e12
+    assert floor_tflop(4.0, 1) == pytest.approx(guided, abs=0.05)
+    assert floor_tflop(1.0, 1) == pytest.approx(guided / 2, abs=0.05)
+    assert floor_tflop(1.0, 2) == pytest.approx(guided, abs=0.05)
+
+
 def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tiny_package, tmp_path, nf4_everywhere):
     from ernie_nf4.runtime.compute import Compute, resolve
 
