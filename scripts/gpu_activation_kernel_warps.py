@@ -10,23 +10,16 @@ codes equal the library's launch's, bit for bit ("same").
 
 from __future__ import annotations
 
-import time
-
 import torch
+from gpu_fp8_attention_probe import mean_ms
 
 from ernie_nf4.prompt_enhancer.kernels import nf4_gemv, triton_kernels
 
 ROWS, WIDTH = 8704, 12288
 
 
-def mean_us(fn, n: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - start) / n
+def mean_us(fn) -> float:
+    return 1000 * mean_ms(fn, 30)
 
 
 def main() -> None:
