@@ -94,7 +94,6 @@ def test_the_step_floor_counts_the_transformers_weights_and_attention():
     assert "= 2.00x" in step_floor_line(config, 1024, 1024, 256, 2 * 1000 * flops / 500e12, 500)
 
 
-@pytest.mark.slow
 def test_the_step_floor_of_a_run_without_guidance_counts_one_row_an_image():
     # a guidance scale of 1 runs the transformer once a step (no unconditional half): its floor is half the guided
     # one's, and two images a prompt double it again
@@ -145,6 +144,7 @@ def test_the_step_floor_of_a_run_without_guidance_counts_one_row_an_image():
     assert floor_tflop(1.0, 2) == pytest.approx(guided, abs=0.05)
 
 
+@pytest.mark.slow
 def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tiny_package, tmp_path, nf4_everywhere):
     from ernie_nf4.runtime.compute import Compute, resolve
 
