@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
 # Under auto, FP8 from this many rows (tokens, text and image, across the batch), the layer's own product below. With
-# compiled blocks on an NVIDIA H200 (docs/benchmarks.md, compute modes), FP8 took 0.71x bf16's step at 1024x1024
-# (4,352 rows and more) and 1.12x to 1.24x at 512x512 (2,560 rows and fewer): there the scaling's extra kernels cost
-# more than the products save.
+# compiled blocks on an NVIDIA H100 (docs/benchmarks.md, compute modes), FP8 took 0.71x bf16's step at 1024x1024
+# (4,352 rows and more) and 1.04x at 512x512 with guidance (2,560 rows; 1.12x to 1.24x on an H200): there the
+# scaling's extra kernels cost as much as the products save or more.
 AUTO_MIN_ROWS = 4096
 _CLASSES: dict[tuple[type, str], type] = {}
 
