@@ -20,6 +20,7 @@ def test_benchmark_runs_end_to_end_and_records_what_it_measured(tiny_original, t
     markdown, report_file = tmp_path / "bench.md", tmp_path / "bench.json"
     args = ["--original", tiny_original, "--package", package, "--width", "64", "--height", "64", "--steps", "3"]
     args += ["--max-pe-tokens", "8", "--write-metadata", "--markdown", markdown, "--json", report_file, "--fidelity"]
+    args += ["--repeat", "1"]
     assert main([str(a) for a in args]) == 0
 
     report = json.loads(report_file.read_text())
@@ -66,15 +67,19 @@ def test_benchmark_refuses_bad_arguments(capsys):
     assert "width must be a multiple of 16" in capsys.readouterr().err
 
 
-def test_resolution_flag_and_a_progress_line_per_stage(tiny_original, tmp_path, capsys):
+def test_resolution_flag_a_progress_line_per_stage_and_three_runs_of_a_short_run(tiny_original, tmp_path, capsys):
+    from ernie_nf4.benchmark.run import SHORT_RUN_STEPS, default_repeat
+
     args = ["--original", tiny_original, "--modes", "bf16", "--resolution", "96x64", "--steps", "2"]
     args += ["--max-pe-tokens", "4", "--json", tmp_path / "r.json"]
     assert main([str(a) for a in args]) == 0
     out = capsys.readouterr().out
     for stage in STAGES:
-        assert f"[bf16] run 1/1: {stage} " in out
+        assert f"[bf16] run 1/3: {stage} " in out and f"[bf16] run 3/3: {stage} " in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["settings"]["width"], report["settings"]["height"]) == (96, 64)
+    assert report["settings"]["repeat"] == 3  # a 2-step run: one sample of it says little
+    assert default_repeat(SHORT_RUN_STEPS) == default_repeat(50) == 1
     with pytest.raises(SystemExit):
         main(["--original", str(tiny_original), "--resolution", "big"])
     assert "--resolution must be WIDTHxHEIGHT" in capsys.readouterr().err
@@ -151,7 +156,7 @@ def test_each_compute_mode_is_measured_and_its_error_reported(tiny_original, tin
     report_file, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--original", tiny_original, "--package", tiny_package, "--modes", "nf4-stock", "nf4", "--steps", "2"]
     args += ["--width", "64", "--height", "64", "--no-use-pe", "--compute", "bf16", "int8", "fp8", "int8", "auto"]
-    args += ["--fidelity", "--json", report_file, "--markdown", markdown]
+    args += ["--fidelity", "--json", report_file, "--markdown", markdown, "--repeat", "1"]
     assert main([str(a) for a in args]) == 0
     report = json.loads(report_file.read_text())
     modes = {r["mode"]: r for r in report["modes"]}

@@ -360,7 +360,7 @@ def test_the_benchmark_measures_each_package_mode_again_with_a_lora(tiny_origina
     assert lora.rank == 8 and len(lora.modules) == 7 * config["num_layers"]  # every attention and MLP linear
     report_file, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--package", tiny_package, "--modes", "nf4", "--width", "64", "--height", "64", "--steps", "2"]
-    args += ["--max-pe-tokens", "4", "--lora", path, "--json", report_file, "--markdown", markdown]
+    args += ["--max-pe-tokens", "4", "--lora", path, "--json", report_file, "--markdown", markdown, "--repeat", "1"]
     assert main([str(a) for a in args]) == 0
     report = json.loads(report_file.read_text())
     modes = {r["mode"]: r for r in report["modes"]}

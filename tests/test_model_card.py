@@ -116,7 +116,9 @@ def test_benchmark_write_metadata_regenerates_the_card(tiny_package, tmp_path, n
     request = GenerationRequest(
         "a cat", width=64, height=64, num_inference_steps=2, guidance_scale=4.0, seed=1, use_pe=False
     )
-    report = benchmark(None, str(package), modes=["nf4"], request=request, device=DEVICE, write_metadata=True, log=str)
+    report = benchmark(
+        None, str(package), modes=["nf4"], request=request, repeat=1, device=DEVICE, write_metadata=True, log=str
+    )
     text = (package / "README.md").read_text()
     assert text == model_card(read_metadata(package)), "the card on disk follows the new metadata"
     assert "No benchmark was recorded" not in text

@@ -165,7 +165,7 @@ def test_the_benchmark_measures_what_previews_cost(tiny_package, tmp_path, capsy
     from ernie_nf4.benchmark.run import main
 
     args = ["--package", tiny_package, "--modes", "nf4", "--resolution", "64x64", "--steps", "8", "--no-use-pe"]
-    args += ["--device", DEVICE, "--previews", "--json", tmp_path / "r.json"]
+    args += ["--device", DEVICE, "--previews", "--json", tmp_path / "r.json", "--repeat", "1"]
     assert main([str(a) for a in args]) == 0
     mode = json.loads((tmp_path / "r.json").read_text())["modes"][0]
     assert mode["previews_per_run"] == 7 and isinstance(mode["preview_overhead"], float)

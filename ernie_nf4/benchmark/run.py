@@ -1,8 +1,9 @@
 """Measure original (bf16) vs NF4 per stage: ``python -m ernie_nf4.benchmark``.
 
 Each mode is loaded and run in this process one after another, memory freed between: load seconds (from a
-cold page cache where the files can be evicted), a short warm-up, then the median of ``--repeat`` runs for
-each stage (PE, text encoding, denoising and ms per step, VAE decode), total, peak VRAM and the GPU name.
+cold page cache where the files can be evicted), a short warm-up, then the median of ``--repeat`` runs (by default
+3 for runs of fewer than 20 steps, whose single samples scatter, else 1) for each stage (PE, text encoding,
+denoising and ms per step, VAE decode), total, peak VRAM and the GPU name.
 Defaults reproduce the published ERNIE-Image-NF4 model card's example (its prompt, 512x512, 50 steps, guidance 4.0,
 seed 1234, PE on). ``--fidelity`` adds ``fidelity``'s comparison of the outputs.
 """
@@ -100,6 +101,15 @@ def evict_page_cache(folder: Path) -> bool:
             finally:
                 os.close(fd)
     return True
+
+
+SHORT_RUN_STEPS = 20  # below this, a run lasts a second or two on a fast card: one sample of it scatters
+
+
+def default_repeat(steps: int) -> int:
+    """Timed runs a mode when none is asked for: 3 for runs of fewer than ``SHORT_RUN_STEPS`` steps (8-step runs at
+    1024x1024 on an H100 differed by 20% between two samples of the same path), else 1."""
+    return 3 if steps < SHORT_RUN_STEPS else 1
 
 
 def _timed_runs(generator, request, repeat: int, log) -> list:
@@ -222,7 +232,7 @@ def benchmark(
     package: str | None,
     modes=MODES,
     request: GenerationRequest | None = None,
-    repeat: int = 1,
+    repeat: int | None = None,
     device: str | None = None,
     max_pe_tokens: int = 256,
     synthetic: str | None = None,
@@ -238,10 +248,12 @@ def benchmark(
     """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
     LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1. With
     ``previews``, each mode also measures what live previews cost (``measure_previews``). ``computes``: the package's
-    modes again in each (``runtime.compute``); with the fidelity section, each one's error against bf16 too."""
+    modes again in each (``runtime.compute``); with the fidelity section, each one's error against bf16 too.
+    ``repeat``: timed runs a mode, None for ``default_repeat``'s."""
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
+    repeat = default_repeat(request.num_inference_steps) if repeat is None else repeat
     _check_modes(modes, repeat)
     device = resolve_device(device)
     # each once, bf16 first, checked on the card (auto as for compiled blocks: the loader makes it bf16 for eager ones)
@@ -370,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234, help="seed")
     p.add_argument("--use-pe", action=argparse.BooleanOptionalAction, default=True, help="run the prompt enhancer")
     p.add_argument("--max-pe-tokens", type=int, default=256, help="cap on the PE's new tokens")
-    p.add_argument("--repeat", type=int, default=1, help="timed runs per mode (median reported)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help=f"timed runs per mode, the median reported (default: 3 below {SHORT_RUN_STEPS} steps, else 1)",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
     p.add_argument("--write-metadata", action="store_true", help="store results in the package's metadata")
     p.add_argument("--markdown", help="write a markdown table to this file")
