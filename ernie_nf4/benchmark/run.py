@@ -245,16 +245,14 @@ def benchmark(
     previews: bool = False,
     computes=(Compute.BF16,),
 ) -> dict:
-    """Run the benchmark and return its report (also written to metadata / markdown when asked). With ``lora`` (a
-    LoRA file), each mode that runs the package is measured again with it attached and picked at scale 1. With
-    ``previews``, each mode also measures what live previews cost (``measure_previews``). ``computes``: the package's
-    modes again in each (``runtime.compute``); with the fidelity section, each one's error against bf16 too.
-    ``repeat``: timed runs a mode, None for ``default_repeat``'s."""
+    """Run the benchmark and return its report (also written to metadata / markdown when asked), ``repeat`` timed
+    runs a mode (None: ``default_repeat``). With ``lora`` (a LoRA file), each package mode is measured again with it
+    picked at scale 1; with ``previews``, what live previews cost (``measure_previews``). ``computes``: the package's
+    modes again in each (``runtime.compute``); with the fidelity section, each one's error against bf16 too."""
     request = request or GenerationRequest(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
-    repeat = default_repeat(request.num_inference_steps) if repeat is None else repeat
-    _check_modes(modes, repeat)
+    repeat = _checked(modes, repeat, request.num_inference_steps)
     device = resolve_device(device)
     # each once, bf16 first, checked on the card (auto as for compiled blocks: the loader makes it bf16 for eager ones)
     computes = list(dict.fromkeys([Compute.BF16, *(resolve_compute(c, device, compiled=True) for c in computes)]))
@@ -302,12 +300,15 @@ def _runs(modes, computes, lora) -> list[tuple]:
     return runs + [(m, lora, Compute.BF16) for m in package_modes if lora]
 
 
-def _check_modes(modes, repeat: int) -> None:
+def _checked(modes, repeat: int | None, steps: int) -> int:
+    """``repeat`` (``default_repeat``'s when None), once it and ``modes`` are checked."""
+    repeat = default_repeat(steps) if repeat is None else repeat
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
+    return repeat
 
 
 def _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log) -> dict:
