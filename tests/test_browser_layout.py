@@ -304,6 +304,36 @@ def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
 
 
 @pytest.mark.browser
+def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(open_app):
+    # Gradio writes its Settings panel's themes, screen recording and run history in English whatever the language
+    from .support.app import pick_language
+
+    expect = playwright_api().expect
+    page = open_app(locale="zh-CN")
+    chinese = ("浅色", "跟随系统", "录屏工作室录下", "开始录制", "自动剪辑视频", "运行记录（", "查看运行记录")
+    chinese += ("此浏览器",)
+    english = ("Light", "System", "Screen Studio allows", "Start Recording", "video trimming", "Run history (")
+    english += ("View run history", "This browser")
+
+    def panel():
+        page.locator("footer").get_by_text(re.compile("Settings|设置")).click()
+        return page.locator("div[role=dialog]").first
+
+    shown = panel()
+    for word in chinese:
+        expect(shown).to_contain_text(word)
+    text = shown.inner_text()
+    assert not [word for word in english if word in text], text
+    page.locator("div[role=dialog] .banner-wrap button").first.click()  # closed
+    pick_language(page, "English")
+    shown = panel()
+    for word in english:
+        expect(shown).to_contain_text(word)
+    text = shown.inner_text()
+    assert not [word for word in chinese if word in text], text
+
+
+@pytest.mark.browser
 def test_gallery_images_are_named_by_their_caption(open_app, fake_app):
     service, _ = fake_app
     page = open_app()

@@ -77,21 +77,38 @@ ACCESSIBILITY_JS = """
     if (word !== titled) text.textContent = `${titled} `;
   };
   // Gradio's own texts it writes in English whatever the language: the gallery's status while a run waits or
-  // starts, and an upload box's words when the language changes in its Settings after the box was drawn
+  // starts, an upload box's words when the language changes in its Settings after the box was drawn, and the
+  // Settings panel's own (its themes, screen recording and run history); matched with their spaces made single
   const TEXTS_ZH = [
     [/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"], [/^Drop File Here$/, "将文件拖放到此处"],
     [/^Drop Image Here$/, "将图像拖放到此处"], [/^Click to Upload$/, "点击上传"], [/^- or -$/, "- 或 -"],
     [new RegExp(`^${TABS.en}$`), TABS.zh],  // a tab not shown since the change keeps its label (Gradio)
+    [/^(\\S+) Light$/, "$1 浅色"], [/^(\\S+) Dark$/, "$1 深色"], [/^(\\S+) System$/, "$1 跟随系统"],
+    [/^Progressive Web App is not enabled for this app\\. To enable it, start your Gradio app with$/,
+      "此应用未启用渐进式 Web 应用。要启用它，请这样启动 Gradio 应用："],
+    [/^Screen Studio allows you to record your screen and generates a video of your app .*prediction time\\.$/,
+      "录屏工作室录下你的屏幕，并为应用生成一段视频：自动加入放大和缩小效果，并剪去等待生成的时间。"],
+    [/^Start recording by clicking the$/, "点击下方的"], [/^Stop recording by clicking the$/, "点击演示页脚中的"],
+    [/^button below and then sharing the current browser tab of your Gradio demo\\. .*generate a prediction\\.$/,
+      "按钮开始录制，再共享 Gradio 演示所在的浏览器标签页，然后像平常一样使用应用。"],
+    [/^button in the footer of the demo\\.$/, "按钮停止录制。"],
+    [/^Start Recording$/, "开始录制"], [/^Stop Recording$/, "停止录制"],
+    [/^Include automatic zoom in\\/out$/, "自动放大/缩小"], [/^Include automatic video trimming$/, "自动剪辑视频"],
+    [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"],
+    [/^Choose where new runs are saved and revisit earlier results\\.$/, "选择新运行记录存在哪里，并回看之前的结果。"],
+    [/^View run history$/, "查看运行记录"], [/^History storage$/, "记录保存位置"], [/^This browser$/, "此浏览器"],
+    [/^Private to this device$/, "仅保存在此设备上"],
   ];
   const sayTexts = (root) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      const text = node.nodeValue.trim(), own = node.__zh, english = own && own.zh === text ? own.en : text;
+      const raw = node.nodeValue.trim(), text = raw.replace(/\\s+/g, " ");
+      const own = node.__zh, english = own && own.zh === text ? own.en : text;
       const match = TEXTS_ZH.find(([pattern]) => pattern.test(english));
       if (!match) continue;
       const said = isZh() ? english.replace(...match) : english;
       node.__zh = {en: english, zh: said};
-      if (text !== said) node.nodeValue = node.nodeValue.replace(text, said);  // its spaces kept
+      if (text !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
   };
   const say = (live) => {
@@ -112,7 +129,7 @@ ACCESSIBILITY_JS = """
     }
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
-    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab]";
+    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog]";
     for (const root of document.querySelectorAll(texts)) sayTexts(root);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
