@@ -99,14 +99,16 @@ ACCESSIBILITY_JS = """
     [/^View run history$/, "查看运行记录"], [/^History storage$/, "记录保存位置"], [/^This browser$/, "此浏览器"],
     [/^Private to this device$/, "仅保存在此设备上"],
   ];
-  const sayTexts = (root) => {
+  const sayTexts = (root, zh) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const own = node.__zh;
+      if (!zh && !own) continue;  // an English page: only a text said in Chinese before goes back
       const raw = node.nodeValue.trim(), text = raw.replace(/\\s+/g, " ");
-      const own = node.__zh, english = own && own.zh === text ? own.en : text;
+      const english = own && own.zh === text ? own.en : text;
       const match = TEXTS_ZH.find(([pattern]) => pattern.test(english));
       if (!match) continue;
-      const said = isZh() ? english.replace(...match) : english;
+      const said = zh ? english.replace(...match) : english;
       node.__zh = {en: english, zh: said};
       if (text !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
@@ -130,7 +132,8 @@ ACCESSIBILITY_JS = """
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
     const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog]";
-    for (const root of document.querySelectorAll(texts)) sayTexts(root);
+    const zh = isZh();
+    for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
