@@ -103,13 +103,18 @@ def tiny_service(tiny_package, nf4_everywhere):
 
 def test_the_service_enhances_alone_with_token_progress_and_a_run_with_the_text_skips_the_pe(tiny_service):
     events = []
-    request = GenerationRequest("a cat", seed=9, **SMALL)
-    enhancement = tiny_service.enhance(request, on_progress=events.append)
+    for seed in range(9, 19):  # the random tiny PE ends on its first token for some seeds (CPU: 1 in 40), per device
+        events.clear()
+        request = GenerationRequest("a cat", seed=seed, **SMALL)
+        enhancement = tiny_service.enhance(request, on_progress=events.append)
+        if enhancement.text:
+            break
     assert enhancement.text and 0 < enhancement.tokens <= 24
     assert {e.stage for e in events} == {"pe"} and events[-1].unit == "tokens" and events[-1].total == 24
     assert tiny_service.enhance(request).text == enhancement.text
     events.clear()
-    result = tiny_service.generate(GenerationRequest("a cat", seed=9, enhanced_prompt=enhancement.text), events.append)
+    edited = GenerationRequest("a cat", seed=seed, enhanced_prompt=enhancement.text)
+    result = tiny_service.generate(edited, events.append)
     assert result.revised_prompt == enhancement.text and result.enhancement is None
     assert "pe" not in {e.stage for e in events} and events[0].stage == "text_encoding"
 
