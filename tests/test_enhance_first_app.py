@@ -121,6 +121,10 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         # the page says it stopped (a popup), since nothing else on it changes
         playwright_api().expect(page.get_by_text("Enhance first stopped").first).to_be_visible()
         assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
+        page.locator("#prompt textarea").fill("mute fox")  # the fake PE writes nothing for it: a popup says so
+        page.locator("#enhance-first").click()
+        playwright_api().expect(page.get_by_text("The prompt enhancer wrote nothing").first).to_be_visible()
+        assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
         page.locator("#prompt textarea").fill("a fox")
         page.locator("#enhance-first").click()
         box = page.locator("#enhanced textarea")

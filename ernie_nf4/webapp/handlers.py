@@ -532,6 +532,9 @@ class Handlers:
         if enhancement is None:
             gr.Info(say("enhance_stopped", lang))
             return gr.skip()
+        if not enhancement.text:  # the box keeps what it showed: an empty box would run the PE again
+            gr.Info(say("enhance_empty", lang))
+            return gr.skip()
         return enhancement.text
 
     def stats(self):
