@@ -121,15 +121,19 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         # the page says it stopped (a popup), since nothing else on it changes
         playwright_api().expect(page.get_by_text("Enhance first stopped").first).to_be_visible()
         assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
-        page.locator("#prompt textarea").fill("mute fox")  # the fake PE writes nothing for it: a popup says so
-        page.locator("#enhance-first").click()
-        playwright_api().expect(page.get_by_text("The prompt enhancer wrote nothing").first).to_be_visible()
-        assert page.locator("#enhanced").count() == 0 and page.get_by_text("Error").count() == 0
         page.locator("#prompt textarea").fill("a fox")
         page.locator("#enhance-first").click()
         box = page.locator("#enhanced textarea")
         page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
         assert box.input_value() == "enhanced a fox at 1024x1024 seed 1234"  # the form's size and seed
+        page.locator("#advanced").get_by_text("Advanced").click()
+        page.locator("#seed input").fill("404")  # a new seed keeps the box; the fake PE writes nothing at 404
+        page.locator("#enhance-first").click()
+        playwright_api().expect(page.get_by_text("The prompt enhancer wrote nothing").first).to_be_visible()
+        page.wait_for_selector("#enhanced", state="detached")  # emptied: its text was for seed 1234
+        page.locator("#seed input").fill("1234")
+        page.locator("#enhance-first").click()
+        page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
         box.fill("a fox, edited by hand")
         page.locator("#generate").click()
         page.wait_for_function("/^seed /.test(document.querySelector('#info textarea').value)")
@@ -140,6 +144,34 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         assert page.locator("#revised textarea").input_value() == "a fox, edited by hand"
         page.locator("#prompt textarea").press_sequentially("!")  # a changed prompt: the text was for the old one
         page.wait_for_selector("#enhanced", state="detached")  # emptied, so hidden
+    finally:
+        opener.close()
+        served.close()
+
+
+@pytest.mark.browser
+def test_a_size_or_prompt_changed_while_the_pe_writes_drops_its_text(browser, tmp_path):
+    """The text the PE was writing is for the prompt and size it was given: changed meanwhile, the box stays empty;
+    unchanged, the text comes."""
+    served = ServedApp(tmp_path)
+    opener = PageOpener(browser, served.url)
+    try:
+        page = opener(locale="en-US")
+        for change in ("width", "prompt", None):
+            page.locator("#prompt textarea").fill("slow fox")  # the fake PE writes it a word each 0.2 s
+            page.locator("#enhance-first").click()
+            page.get_by_text("prompt enhancer").first.wait_for()
+            if change == "width":
+                page.locator("#width input").fill("768")
+            elif change == "prompt":
+                page.locator("#prompt textarea").press_sequentially("!")
+            page.wait_for_function("document.querySelector('#stop').disabled")  # the run ended
+            page.wait_for_timeout(300)
+            if change is None:
+                page.wait_for_function("document.querySelector('#enhanced textarea')?.value.includes('at 768x')")
+            else:
+                assert page.locator("#enhanced").count() == 0, change
+        assert len(served.service.enhanced) == 3
     finally:
         opener.close()
         served.close()

@@ -532,9 +532,8 @@ class Handlers:
         if enhancement is None:
             gr.Info(say("enhance_stopped", lang))
             return gr.skip()
-        if not enhancement.text:  # the box keeps what it showed: an empty box would run the PE again
+        if not enhancement.text:  # emptied: what the box held was for another seed, prompt or size
             gr.Info(say("enhance_empty", lang))
-            return gr.skip()
         return enhancement.text
 
     def stats(self):

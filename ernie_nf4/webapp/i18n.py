@@ -136,8 +136,8 @@ MESSAGES = {
     "en": {
         "stopped": "Stopped. Nothing was kept from this run.",
         "enhance_stopped": "Enhance first stopped; nothing it wrote was kept.",
-        "enhance_empty": "The prompt enhancer wrote nothing for this prompt, size and seed. Generate uses your prompt "
-        "as it is; another seed may have it write.",
+        "enhance_empty": "The prompt enhancer wrote nothing for this prompt, size and seed, so the enhanced prompt "
+        "is left empty. Try another seed.",
         "caption": "{width}×{height} · seed {seed}",
         "png_unreadable": "{name} could not be read",
         "png_none": "{name} carries no generation parameters (no 'parameters' text chunk)",
@@ -325,8 +325,7 @@ MESSAGES = {
     "zh": {
         "stopped": "已停止。本次运行未保留任何结果。",
         "enhance_stopped": "“先增强提示词”已停止；它写出的文字未被保留。",
-        "enhance_empty": "提示词增强器没有为这个提示词、尺寸和种子写出任何文字。“生成”会直接使用你的提示词；"
-        "换一个种子或许会有结果。",
+        "enhance_empty": "提示词增强器没有为这个提示词、尺寸和种子写出任何文字，增强后的提示词留空。请换一个种子再试。",
         "caption": "{width}×{height} · 种子 {seed}",
         "png_unreadable": "无法读取 {name}",
         "png_none": "{name} 不含生成参数（没有 parameters 文本块）",

@@ -111,7 +111,6 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     ui["load"].click(handlers.load_model, None, ui["status"], api_visibility="private")
 
 
-CLEAR_JS = "() => ''"
 
 
 def picked_js(gallery_id: str) -> str:
@@ -136,10 +135,24 @@ WATCH_PROMPT_EDITS_JS = """() => {
     if (e.target.closest?.('#prompt')) window.erniePromptEdited = true;
   }, true);
 }"""
-CLEAR_IF_EDITED_JS = """(box) => {
+# Each emptying of the enhanced box counts a new form (``ernieForm``); each Enhance first that starts notes the form
+# it writes for, and its text, once written, is kept only if the form is still that one: a text for the prompt or
+# size changed meanwhile is dropped, as the change dropped the box's.
+NEW_FORM = "window.ernieForm = (window.ernieForm || 0) + 1;"
+CLEAR_JS = f"() => {{ {NEW_FORM} return ''; }}"
+CLEAR_IF_EDITED_JS = f"""(box) => {{
   const edited = window.erniePromptEdited;
   window.erniePromptEdited = false;
+  if (edited) {{ {NEW_FORM} }}
   return edited ? '' : box;
+}}"""
+ENHANCE_STARTS_JS = """(...inputs) => {
+  (window.ernieEnhancing ||= []).push(window.ernieForm || 0);
+  return inputs;
+}"""
+ENHANCE_ENDED_JS = """(box) => {
+  const form = (window.ernieEnhancing ||= []).shift();
+  return form === undefined || form === (window.ernieForm || 0) ? box : '';
 }"""
 SHOW_IF_TEXT_JS = "(text) => ({__type__: 'update', visible: !!text})"
 
@@ -158,6 +171,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: in
         handlers.enhance,
         inputs,
         box,
+        js=ENHANCE_STARTS_JS,
         api_name="enhance",
         concurrency_limit=concurrency,
         concurrency_id="enhance",
@@ -169,6 +183,7 @@ def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: in
     )
     for ended in (event.then, event.failure):
         ended(None, None, ui["stop"], js=RUN_ENDED_JS, queue=False, api_visibility="private")
+    event.then(None, box, box, js=ENHANCE_ENDED_JS, queue=False, api_visibility="private")
     changed = [ui["width"].input, ui["height"].input, ui["preset"].input, ui["swap"].click]
     for trigger in [ui["clear_enhanced"].click, *changed]:
         trigger(None, None, box, js=CLEAR_JS, queue=False, api_visibility="private")
