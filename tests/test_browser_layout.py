@@ -319,11 +319,26 @@ def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(op
         page.locator("footer").get_by_text(re.compile("Settings|设置")).click()
         return page.locator("div[role=dialog]").first
 
+    storage = ("新运行记录保存到", "私密，仅在此设备上可用", "连接存储桶")
+    storage_en = ("Save new runs to", "Private and available only on this device", "Connect a bucket")
+    # Gradio's own spaces, which the page's text drops: "☀︎ &nbsp;Light"
+    light = "() => [...document.querySelectorAll('div[role=dialog] *')].flatMap(e => [...e.childNodes])"
+    light += ".map(n => n.nodeType === 3 ? n.nodeValue : '').find(t => /Light|浅色/.test(t))"
+
+    def storage_menu():
+        page.locator("div[role=dialog] .storage-picker button").first.click()
+        return page.locator("div[role=dialog] [role=menu]").first
+
     shown = panel()
     for word in chinese:
         expect(shown).to_contain_text(word)
     text = shown.inner_text()
     assert not [word for word in english if word in text], text
+    menu = storage_menu()
+    for word in storage:
+        expect(menu).to_contain_text(word)
+    assert not [word for word in storage_en if word in menu.inner_text()]
+    page.keyboard.press("Escape")
     page.locator("div[role=dialog] .banner-wrap button").first.click()  # closed
     pick_language(page, "English")
     shown = panel()
@@ -331,6 +346,10 @@ def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(op
         expect(shown).to_contain_text(word)
     text = shown.inner_text()
     assert not [word for word in chinese if word in text], text
+    assert "\u00a0Light" in page.evaluate(light)  # as Gradio wrote it
+    menu = storage_menu()
+    for word in storage_en:
+        expect(menu).to_contain_text(word)
 
 
 @pytest.mark.browser

@@ -97,20 +97,36 @@ ACCESSIBILITY_JS = """
     [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"],
     [/^Choose where new runs are saved and revisit earlier results\\.$/, "选择新运行记录存在哪里，并回看之前的结果。"],
     [/^View run history$/, "查看运行记录"], [/^History storage$/, "记录保存位置"], [/^This browser$/, "此浏览器"],
-    [/^Private to this device$/, "仅保存在此设备上"],
+    [/^Private to this device$/, "仅保存在此设备上"], [/^Save new runs to$/, "新运行记录保存到"],
+    [/^Private and available only on this device$/, "私密，仅在此设备上可用"],
+    [/^Connect history storage$/, "连接记录存储"], [/^Connect a bucket$/, "连接存储桶"],
+    [/^Stored in a Hugging Face bucket$/, "保存在 Hugging Face 存储桶中"],
+    [/^Available anywhere you can access this bucket$/, "在任何能访问此存储桶的地方可用"],
+    [/^Sign in with Hugging Face$/, "使用 Hugging Face 登录"], [/^Your buckets$/, "你的存储桶"],
+    [/^Loading your buckets…$/, "正在加载你的存储桶…"], [/^Bucket ID$/, "存储桶 ID"],
+    [/^or use another bucket$/, "或使用其他存储桶"], [/^Change bucket$/, "更换存储桶"], [/^Connect$/, "连接"],
+    [/^Connecting…$/, "正在连接…"], [/^Could not connect this bucket\\.$/, "无法连接此存储桶。"],
+    [/^Could not load your buckets\\.$/, "无法加载你的存储桶。"],
+    [/^Sign in with Hugging Face to connect a bucket\\.$/, "使用 Hugging Face 登录后即可连接存储桶。"],
+    [/^This app must enable Hugging Face OAuth before visitors can connect buckets\\.$/,
+      "此应用须先启用 Hugging Face OAuth，访客才能连接存储桶。"],
+    [/^You do not have write access to “(.*)”\\.$/, "你没有“$1”的写入权限。"],
+    [/^You can install this app as a Progressive Web App on your device\\. Visit$/,
+      "你可以把此应用安装为设备上的渐进式 Web 应用。请访问"],
+    [/^and click the install button in the URL address bar of your browser\\.$/, "，然后点击浏览器地址栏中的安装按钮。"],
   ];
   const sayTexts = (root, zh) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
       const own = node.__zh;
       if (!zh && !own) continue;  // an English page: only a text said in Chinese before goes back
-      const raw = node.nodeValue.trim(), text = raw.replace(/\\s+/g, " ");
-      const english = own && own.zh === text ? own.en : text;
+      const raw = node.nodeValue.trim(), gradios = own && own.zh === raw ? own.en : raw;  // as Gradio wrote it
+      const english = gradios.replace(/\\s+/g, " ");
       const match = TEXTS_ZH.find(([pattern]) => pattern.test(english));
       if (!match) continue;
-      const said = zh ? english.replace(...match) : english;
-      node.__zh = {en: english, zh: said};
-      if (text !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
+      const said = zh ? english.replace(...match) : gradios;  // back in English: its own spaces (&nbsp;) too
+      node.__zh = {en: gradios, zh: said};
+      if (raw !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
   };
   const say = (live) => {
