@@ -338,6 +338,7 @@ def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(op
     for word in storage:
         expect(menu).to_contain_text(word)
     assert not [word for word in storage_en if word in menu.inner_text()]
+    assert shown.locator("img[alt='开始录制']").count() == 1  # the recording button's image, named as its text
     page.keyboard.press("Escape")
     page.locator("div[role=dialog] .banner-wrap button").first.click()  # closed
     pick_language(page, "English")
@@ -347,6 +348,7 @@ def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(op
     text = shown.inner_text()
     assert not [word for word in chinese if word in text], text
     assert "\u00a0Light" in page.evaluate(light)  # as Gradio wrote it
+    assert shown.locator("img[alt='Start Recording']").count() == 1
     menu = storage_menu()
     for word in storage_en:
         expect(menu).to_contain_text(word)

@@ -113,7 +113,8 @@ ACCESSIBILITY_JS = """
     [/^You do not have write access to “(.*)”\\.$/, "你没有“$1”的写入权限。"],
     [/^You can install this app as a Progressive Web App on your device\\. Visit$/,
       "你可以把此应用安装为设备上的渐进式 Web 应用。请访问"],
-    [/^and click the install button in the URL address bar of your browser\\.$/, "，然后点击浏览器地址栏中的安装按钮。"],
+    [/^and click the install button in the URL address bar of your browser\\.$/,
+      "，然后点击浏览器地址栏中的安装按钮。"],
   ];
   const sayTexts = (root, zh) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
@@ -128,6 +129,15 @@ ACCESSIBILITY_JS = """
       node.__zh = {en: gradios, zh: said};
       if (raw !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
+  };
+  const sayAlt = (img, zh) => {  // an image's own name, as its text (the screen recording button's)
+    const current = img.getAttribute("alt"), base = current === img.dataset.said ? img.dataset.altBase : current;
+    const match = base && TEXTS_ZH.find(([pattern]) => pattern.test(base));
+    if (!match) return;
+    const said = zh ? base.replace(...match) : base;
+    img.dataset.altBase = base;
+    img.dataset.said = said;
+    if (current !== said) img.setAttribute("alt", said);
   };
   const say = (live) => {
     pending = null; last = Date.now();
@@ -150,6 +160,7 @@ ACCESSIBILITY_JS = """
     const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog]";
     const zh = isZh();
     for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
+    for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAlt(img, zh);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);

@@ -111,8 +111,6 @@ def _wire_generate(handlers: Handlers, ui: dict, concurrency: int) -> None:
     ui["load"].click(handlers.load_model, None, ui["status"], api_visibility="private")
 
 
-
-
 def picked_js(gallery_id: str) -> str:
     """For an event whose 2nd input is the gallery ``gallery_id``'s picked index (a hidden number): the index of the
     thumbnail the page shows selected, or null when none is. The page's own selection, sent with the click: nothing
