@@ -304,6 +304,34 @@ def test_control_names_follow_a_language_picked_in_gradios_settings(open_app):
 
 
 @pytest.mark.browser
+def test_gradios_names_for_screen_readers_and_its_file_popups_follow_the_language(open_app, tmp_path):
+    """Gradio's names of sliders, the footer and an empty gallery in Chinese on a Chinese page and back in English,
+    and its popup for a file of the wrong type (refused in the page, never sent) with its close button."""
+    from .support.app import pick_language
+
+    expect = playwright_api().expect
+    labels = "() => [...document.querySelectorAll('[aria-label]')].map(e => e.getAttribute('aria-label'))"
+    english = re.compile(r"^(number input for|range slider for|Gradio footer|Empty value$|Thumbnail \d|Close$)")
+    page = open_app(locale="zh-CN")
+    page.locator("#advanced").get_by_text(re.compile("高级设置")).click()
+    page.get_by_label("步数（滑块）").wait_for()
+    said = page.evaluate(labels)
+    assert {"步数（数值）", "步数（滑块）", "Gradio 页脚导航", "空"} <= set(said), said
+    assert not [label for label in said if english.match(label)], said
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(b"\xff\xd8\xff not a PNG")
+    page.locator("#restore input[type=file]").set_input_files(str(jpeg))
+    popup = page.locator("[data-testid=toast-body]").first
+    expect(popup).to_contain_text("文件类型无效：photo.jpg。只接受 .png。")
+    expect(popup.locator("[data-testid=toast-close]")).to_have_attribute("aria-label", "关闭")
+    pick_language(page, "English")
+    expect(page.locator("footer")).to_have_attribute("aria-label", "Gradio footer navigation")
+    said = page.evaluate(labels)
+    assert {"number input for Steps", "range slider for Steps", "Gradio footer navigation", "Empty value"} <= set(said)
+    assert not [label for label in said if re.search("[\u4e00-\u9fff]", label)], said
+
+
+@pytest.mark.browser
 def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(open_app):
     # Gradio writes its Settings panel's themes, screen recording and run history in English whatever the language
     from .support.app import pick_language

@@ -34,9 +34,18 @@ ACCESSIBILITY_JS = """
     "Copy": "复制", "Copied": "已复制", "Reset to default value": "恢复默认值",
     "Click to upload or drop files": "点击上传或拖入文件", "Drop an image file here to upload": "拖入图片文件上传",
     "Upload file": "上传文件", "Paste from clipboard": "从剪贴板粘贴", "Remove Image": "移除图片",
-    "Fullscreen": "全屏", "Exit fullscreen": "退出全屏", "Close": "关闭", "Download": "下载", "Share": "分享",
+    "Fullscreen": "全屏", "Exit fullscreen": "退出全屏", "Exit fullscreen mode": "退出全屏", "Close": "关闭",
+    "Download": "下载", "Share": "分享",
     "Clear": "清除", "detailed view of selected image": "所选图片的大图",
   };
+  // Gradio's names for screen readers outside the buttons named above: a popup's close button, sliders, the footer,
+  // an empty gallery, the picked image's strip
+  const LABELS_ZH = [
+    [/^Close$/, "关闭"], [/^number input for (.+)$/, "$1（数值）"], [/^range slider for (.+)$/, "$1（滑块）"],
+    [/^Gradio footer navigation$/, "Gradio 页脚导航"], [/^Empty value$/, "空"],
+    [/^Thumbnail (\\d+) of (\\d+)$/, "缩略图 $1/$2"],
+  ];
+  const GRADIO_EN = Object.fromEntries(Object.entries(GRADIO_ZH).map(([english, chinese]) => [chinese, english]));
   // a popup's title: Gradio writes its kind ("Info", "Warning", "Error") whatever title the server gives
   const POPUP_ZH = {"Info": "提示", "Warning": "注意", "Error": "错误", "Success": "完成"};
   let spoken = "", pending = null, last = 0;
@@ -49,7 +58,8 @@ ACCESSIBILITY_JS = """
   const nameButton = (button, label) => {
     const current = button.getAttribute("aria-label");
     if (!label || !current) return;
-    const own = current === button.dataset.named, base = own ? button.dataset.base : current;
+    const own = current === button.dataset.named, written = own ? button.dataset.base : current;
+    const base = GRADIO_EN[written] || written;  // a word Gradio wrote in Chinese before the page became English
     const named = isZh() ? `${GRADIO_ZH[base] || base}：${label}` : `${base}: ${label}`;
     if (own && named === current) return;
     button.dataset.base = base;
@@ -77,8 +87,9 @@ ACCESSIBILITY_JS = """
     if (word !== titled) text.textContent = `${titled} `;
   };
   // Gradio's own texts it writes in English whatever the language: the gallery's status while a run waits or
-  // starts, an upload box's words when the language changes in its Settings after the box was drawn, and the
-  // Settings panel's own (its themes, screen recording and run history); matched with their spaces made single
+  // starts, an upload box's words when the language changes in its Settings after the box was drawn, the Settings
+  // panel's own (its themes, screen recording and run history) and its popups for a file refused before it is sent;
+  // matched with their spaces made single
   const TEXTS_ZH = [
     [/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"], [/^Drop File Here$/, "将文件拖放到此处"],
     [/^Drop Image Here$/, "将图像拖放到此处"], [/^Click to Upload$/, "点击上传"], [/^- or -$/, "- 或 -"],
@@ -97,6 +108,8 @@ ACCESSIBILITY_JS = """
     [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"],
     [/^Choose where new runs are saved and revisit earlier results\\.$/, "选择新运行记录存在哪里，并回看之前的结果。"],
     [/^View run history$/, "查看运行记录"], [/^History storage$/, "记录保存位置"], [/^This browser$/, "此浏览器"],
+    [/^Invalid file types?: (.*)\\. Only (.*) allowed\\.$/, "文件类型无效：$1。只接受 $2。"],
+    [/^File\\(s\\) exceed the maximum allowed size of (.*?): (.*)$/, "文件超过允许的最大大小 $1：$2"],
     [/^Private to this device$/, "仅保存在此设备上"], [/^Save new runs to$/, "新运行记录保存到"],
     [/^Private and available only on this device$/, "私密，仅在此设备上可用"],
     [/^Connect history storage$/, "连接记录存储"], [/^Connect a bucket$/, "连接存储桶"],
@@ -130,14 +143,17 @@ ACCESSIBILITY_JS = """
       if (raw !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
   };
-  const sayAlt = (img, zh) => {  // an image's own name, as its text (the screen recording button's)
-    const current = img.getAttribute("alt"), base = current === img.dataset.said ? img.dataset.altBase : current;
-    const match = base && TEXTS_ZH.find(([pattern]) => pattern.test(base));
+  // an attribute Gradio writes in English (``name`` of ``element``), said by ``table``'s patterns; back in English
+  // on an English page; Gradio's new value is said afresh
+  const saidAttrs = new WeakMap();
+  const sayAttr = (element, name, table, zh) => {
+    const said = saidAttrs.get(element) || {}, current = element.getAttribute(name);
+    const base = said[name] && current === said[name].said ? said[name].base : current;
+    const match = base && table.find(([pattern]) => pattern.test(base));
     if (!match) return;
-    const said = zh ? base.replace(...match) : base;
-    img.dataset.altBase = base;
-    img.dataset.said = said;
-    if (current !== said) img.setAttribute("alt", said);
+    said[name] = {base, said: zh ? base.replace(...match) : base};
+    saidAttrs.set(element, said);
+    if (current !== said[name].said) element.setAttribute(name, said[name].said);
   };
   const say = (live) => {
     pending = null; last = Date.now();
@@ -157,10 +173,12 @@ ACCESSIBILITY_JS = """
     }
     for (const button of document.querySelectorAll("button[title]")) titleButton(button);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
-    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog]";
+    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog], " +
+      "[data-testid=toast-body]";
     const zh = isZh();
     for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
-    for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAlt(img, zh);
+    for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAttr(img, "alt", TEXTS_ZH, zh);
+    for (const element of document.querySelectorAll("[aria-label]")) sayAttr(element, "aria-label", LABELS_ZH, zh);
     const swapName = SWAP[isZh() ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
