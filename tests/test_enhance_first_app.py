@@ -112,6 +112,8 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
     opener = PageOpener(browser, served.url)
     try:
         page = opener(locale="en-US")
+        page.locator("#advanced").get_by_text("Advanced").click()  # the seed's field, drawn now
+        page.locator("#seed input").wait_for()
         page.locator("#prompt textarea").fill("slow fox")  # the fake PE writes it a word each 0.2 s
         page.locator("#enhance-first").click()
         page.get_by_text("prompt enhancer").first.wait_for()
@@ -126,12 +128,15 @@ def test_enhance_first_then_edit_then_generate_sends_the_edited_text(browser, tm
         box = page.locator("#enhanced textarea")
         page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
         assert box.input_value() == "enhanced a fox at 1024x1024 seed 1234"  # the form's size and seed
-        page.locator("#advanced").get_by_text("Advanced").click()
-        page.locator("#seed input").fill("404")  # a new seed keeps the box; the fake PE writes nothing at 404
+        seed = page.locator("#seed input")
+        seed.fill("404")  # a new seed keeps the box; the fake PE writes nothing at 404
+        seed.blur()
+        playwright_api().expect(seed).to_have_value("404")
         page.locator("#enhance-first").click()
         playwright_api().expect(page.get_by_text("The prompt enhancer wrote nothing").first).to_be_visible()
         page.wait_for_selector("#enhanced", state="detached")  # emptied: its text was for seed 1234
-        page.locator("#seed input").fill("1234")
+        seed.fill("1234")
+        seed.blur()
         page.locator("#enhance-first").click()
         page.wait_for_function("document.querySelector('#enhanced textarea')?.value.startsWith('enhanced a fox')")
         box.fill("a fox, edited by hand")
