@@ -66,16 +66,6 @@ ACCESSIBILITY_JS = """
     button.dataset.named = named;
     button.setAttribute("aria-label", named);
   };
-  // a button's tooltip: Gradio's word, in Chinese on a Chinese page and back in English on an English one
-  const titleButton = (button) => {
-    const current = button.getAttribute("title");
-    const own = current === button.dataset.titled, base = own ? button.dataset.titleBase : current;
-    if (!base || !(base in GRADIO_ZH)) return;
-    const titled = isZh() ? GRADIO_ZH[base] : base;
-    button.dataset.titleBase = base;
-    button.dataset.titled = titled;
-    if (current !== titled) button.setAttribute("title", titled);
-  };
   const titlePopup = (title) => {
     const text = title.firstChild;
     if (!text || text.nodeType !== Node.TEXT_NODE) return;
@@ -143,13 +133,14 @@ ACCESSIBILITY_JS = """
       if (raw !== said) node.nodeValue = node.nodeValue.replace(raw, said);  // the spaces around it kept
     }
   };
-  // an attribute Gradio writes in English (``name`` of ``element``), said by ``table``'s patterns; back in English
-  // on an English page; Gradio's new value is said afresh
+  // an attribute Gradio writes in English (``name`` of ``element``), said by ``table`` (a word table or patterns);
+  // back in English on an English page; Gradio's new value is said afresh
   const saidAttrs = new WeakMap();
   const sayAttr = (element, name, table, zh) => {
     const said = saidAttrs.get(element) || {}, current = element.getAttribute(name);
     const base = said[name] && current === said[name].said ? said[name].base : current;
-    const match = base && table.find(([pattern]) => pattern.test(base));
+    const match = !base ? null : Array.isArray(table) ? table.find(([pattern]) => pattern.test(base))
+      : base in table ? [base, table[base]] : null;
     if (!match) return;
     said[name] = {base, said: zh ? base.replace(...match) : base};
     saidAttrs.set(element, said);
@@ -171,15 +162,15 @@ ACCESSIBILITY_JS = """
     for (const button of document.querySelectorAll(".block button[aria-label]:not(.thumbnail-item)")) {
       nameButton(button, fieldLabel(button));
     }
-    for (const button of document.querySelectorAll("button[title]")) titleButton(button);
+    const zh = isZh();
+    for (const button of document.querySelectorAll("button[title]")) sayAttr(button, "title", GRADIO_ZH, zh);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
     const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog], " +
       "[data-testid=toast-body]";
-    const zh = isZh();
     for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
     for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAttr(img, "alt", TEXTS_ZH, zh);
     for (const element of document.querySelectorAll("[aria-label]")) sayAttr(element, "aria-label", LABELS_ZH, zh);
-    const swapName = SWAP[isZh() ? "zh" : "en"];
+    const swapName = SWAP[zh ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
     if (pending === null) pending = setTimeout(() => say(live), Math.max(0, 2000 - (Date.now() - last)));
