@@ -81,6 +81,7 @@ ACCESSIBILITY_JS = """
   // panel's own (its themes, screen recording and run history) and its popups for a file refused before it is sent;
   // matched with their spaces made single
   const TEXTS_ZH = [
+    [/^Error$/, "错误"],  // the badge of a box whose upload Gradio refused
     [/^queue: (\\S+) \\|$/, "排队：$1 |"], [/^processing \\|$/, "处理中 |"], [/^Drop File Here$/, "将文件拖放到此处"],
     [/^Drop Image Here$/, "将图像拖放到此处"], [/^Click to Upload$/, "点击上传"], [/^- or -$/, "- 或 -"],
     [new RegExp(`^${TABS.en}$`), TABS.zh],  // a tab not shown since the change keeps its label (Gradio)
@@ -119,12 +120,18 @@ ACCESSIBILITY_JS = """
     [/^and click the install button in the URL address bar of your browser\\.$/,
       "，然后点击浏览器地址栏中的安装按钮。"],
   ];
+  // Gradio's own words as it writes them on a Chinese page, which stay on a box or tab drawn before the page turned
+  // English: an upload box's, a refused upload's badge, a tab not shown since
+  const GRADIO_WROTE_ZH = {
+    "将文件拖放到此处": "Drop File Here", "将图像拖放到此处": "Drop Image Here", "点击上传": "Click to Upload",
+    "- 或 -": "- or -", "错误": "Error", [TABS.zh]: TABS.en,
+  };
   const sayTexts = (root, zh) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      const own = node.__zh;
-      if (!zh && !own) continue;  // an English page: only a text said in Chinese before goes back
-      const raw = node.nodeValue.trim(), gradios = own && own.zh === raw ? own.en : raw;  // as Gradio wrote it
+      const own = node.__zh, raw = node.nodeValue.trim(), wrote = GRADIO_WROTE_ZH[raw.replace(/\\s+/g, " ")];
+      if (!zh && !own && !wrote) continue;  // an English page: only a text said in Chinese before goes back
+      const gradios = own && own.zh === raw ? own.en : wrote || raw;  // as Gradio writes it in English
       const english = gradios.replace(/\\s+/g, " ");
       const match = TEXTS_ZH.find(([pattern]) => pattern.test(english));
       if (!match) continue;
