@@ -369,6 +369,38 @@ def test_gradios_words_drawn_before_a_language_change_follow_it_both_ways(browse
 
 
 @pytest.mark.browser
+def test_the_stats_charts_description_for_screen_readers_follows_the_language(served_tiny_app, open_app):
+    """Vega, which draws the Stats chart, describes it for screen readers in English (the chart, its axes, legend
+    and title, with their roles): said in Chinese on a Chinese page, and back in English after a change, with the
+    chart drawn afresh from English rows."""
+    from .support.app import pick_language
+
+    described = """() => [...document.querySelectorAll('#chart [aria-label], #chart [aria-roledescription]')]
+        .flatMap(e => [e.getAttribute('aria-label'), e.getAttribute('aria-roledescription')]).filter(Boolean)"""
+    vega_english = re.compile(r"visualization|mark container|^axis$|^legend$|^title$|-axis|legend titled|Title text")
+    url, client, _ = served_tiny_app
+    client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")  # the model loaded: its sizes
+    page = open_app(locale="zh-CN", url=url)
+    page.get_by_role("tab", name="统计").click()
+    page.locator("#chart [aria-roledescription=柱]").first.wait_for()  # drawn with its rows
+    said = page.evaluate(described)
+    assert not [text for text in said if vega_english.search(text)], said
+    for start in ("X 轴“", "Y 轴“", "符号图例“", "标题“"):
+        assert any(text.startswith(start) for text in said), (start, said)
+    assert any(re.match(r"X 轴“.+”，离散刻度，\d+ 个值：", text) for text in said), said
+    assert {"坐标轴", "图例", "标题", "柱"} <= set(said), said
+    pick_language(page, "English")
+    page.get_by_role("tab", name="Stats").click()
+    # the chart drawn afresh from the server's English rows (the Chinese one's roles are said in English at once)
+    page.wait_for_function(f"() => ({described})().some(text => text.startsWith(\"X-axis titled 'Component'\"))")
+    said = page.evaluate(described)
+    assert any(re.match(r"X-axis titled '.+' for a discrete scale with \d+ values: ", text) for text in said), said
+    assert {"axis", "legend", "title", "bar"} <= set(said), said
+    # the bars and their names in English too, each with its weights' kind (a chart redrawn with its old rows has none)
+    assert not [text for text in said if re.search("[\u4e00-\u9fff]|undefined", text)], said
+
+
+@pytest.mark.browser
 def test_gradios_settings_panel_speaks_the_pages_language_and_changes_with_it(open_app):
     # Gradio writes its Settings panel's themes, screen recording and run history in English whatever the language
     from .support.app import pick_language

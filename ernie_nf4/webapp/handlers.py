@@ -547,7 +547,8 @@ class Handlers:
         lang, data = language(request), self.service.stats()
         bar, _, kind = columns = chart_columns(lang)
         rows = pd.DataFrame(chart_rows(data, lang), columns=columns)
-        chart = gr.BarPlot(rows, color=kind, sort=list(rows[bar]), **chart_titles(lang))  # bars in package order
+        # bars in package order; shown, when a new language hid it to draw it anew (``ui``)
+        chart = gr.BarPlot(rows, color=kind, sort=list(rows[bar]), visible=True, **chart_titles(lang))
         return stats_markdown(data, lang), chart
 
     def selected_result(self, gallery, index):

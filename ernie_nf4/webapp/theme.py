@@ -38,13 +38,32 @@ ACCESSIBILITY_JS = """
     "Download": "下载", "Share": "分享",
     "Clear": "清除", "detailed view of selected image": "所选图片的大图",
   };
+  // the words of the Stats chart's drawing library (Vega) in its descriptions for screen readers
+  const VEGA_ZH = {
+    "discrete": "离散", "linear": "线性", "log": "对数", "time": "时间", "Symbol": "符号", "Gradient": "渐变",
+    "fill color": "填充颜色", "stroke color": "描边颜色", "size": "大小", "shape": "形状", "opacity": "不透明度",
+  };
+  const vegaWords = (text) => text.split(/, and |, | and /).map((word) => VEGA_ZH[word] || word).join("、");
+  const vegaValues = (text) => text.replace(/^(\\d+) values?: /, "$1 个值：").replace(/, ending with /, "……最后是 ")
+    .replace(/^(\\d+) boundar(?:y|ies): /, "$1 个分界：").replace(/^values from (.*) to (.*)$/, "从 $1 到 $2");
   // Gradio's names for screen readers outside the buttons named above: a popup's close button, sliders, the footer,
   // an empty gallery, the picked image's strip
   const LABELS_ZH = [
     [/^Close$/, "关闭"], [/^number input for (.+)$/, "$1（数值）"], [/^range slider for (.+)$/, "$1（滑块）"],
     [/^Gradio footer navigation$/, "Gradio 页脚导航"], [/^Empty value$/, "空"],
     [/^Thumbnail (\\d+) of (\\d+)$/, "缩略图 $1/$2"],
+    // the Stats chart's, as Vega describes it: the chart, its axes, legend and title
+    [/^Vega visualization$/, "Vega 图表"],
+    [/^([XY])-axis(?: titled '(.*)')? for a (\\S+) scale with (.*)$/, (_, axis, title, scale, values) =>
+      `${axis} 轴${title ? `“${title}”` : ""}，${VEGA_ZH[scale] || scale}刻度，${vegaValues(values)}`],
+    [/^(\\S+) legend(?: titled '(.*)')? for (.+?) with (.*)$/, (_, kind, title, channels, values) =>
+      `${VEGA_ZH[kind] || kind}图例${title ? `“${title}”` : ""}，表示${vegaWords(channels)}，${vegaValues(values)}`],
+    [/^Title text '(.*)'$/, "标题“$1”"], [/^Subtitle text '(.*)'$/, "副标题“$1”"],
   ];
+  const ROLES_ZH = {
+    "visualization": "图表", "group mark container": "分组", "rect mark container": "矩形组", "bar": "柱",
+    "axis": "坐标轴", "legend": "图例", "title": "标题", "subtitle": "副标题",
+  };
   const GRADIO_EN = Object.fromEntries(Object.entries(GRADIO_ZH).map(([english, chinese]) => [chinese, english]));
   // a popup's title: Gradio writes its kind ("Info", "Warning", "Error") whatever title the server gives
   const POPUP_ZH = {"Info": "提示", "Warning": "注意", "Error": "错误", "Success": "完成"};
@@ -177,6 +196,9 @@ ACCESSIBILITY_JS = """
     for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
     for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAttr(img, "alt", TEXTS_ZH, zh);
     for (const element of document.querySelectorAll("[aria-label]")) sayAttr(element, "aria-label", LABELS_ZH, zh);
+    for (const element of document.querySelectorAll("[aria-roledescription]")) {
+      sayAttr(element, "aria-roledescription", ROLES_ZH, zh);
+    }
     const swapName = SWAP[zh ? "zh" : "en"];
     setAttr(document.querySelector("#swap"), "aria-label", swapName);
     setAttr(document.querySelector("#swap"), "title", swapName);
@@ -191,7 +213,7 @@ ACCESSIBILITY_JS = """
     document.body.appendChild(live);
     new MutationObserver(() => update(live)).observe(document.body, {
       subtree: true, childList: true, characterData: true, attributes: true,
-      attributeFilter: ["aria-label", "alt", "class", "title"],
+      attributeFilter: ["aria-label", "aria-roledescription", "alt", "class", "title"],
     });
     update(live);
   };

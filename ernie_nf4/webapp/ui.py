@@ -266,8 +266,13 @@ def _example_labels(labels: list[str]):
 
 def _wire_stats(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     ui["refresh"].click(handlers.stats, None, ui["stats_json"], api_name="stats")
-    for trigger in (ui["refresh"].click, ui["stats_tab"].select, *_page_written(demo, ui)):
-        trigger(handlers.refresh_stats, None, [ui["stats_md"], ui["chart"]], api_visibility="private")
+    shown = [ui["stats_md"], ui["chart"]]
+    opened, new_language = _page_written(demo, ui)
+    for trigger in (ui["refresh"].click, ui["stats_tab"].select, opened):
+        trigger(handlers.refresh_stats, None, shown, api_visibility="private")
+    # In a new language the chart is drawn anew: Gradio's chart, redrawn in place for new titles, keeps its old rows
+    hidden = new_language(lambda: gr.BarPlot(visible=False), None, ui["chart"], **HIDDEN)
+    hidden.then(handlers.refresh_stats, None, shown, api_visibility="private")
 
 
 def _page_words(service):
