@@ -71,6 +71,39 @@ def test_a_device_or_folder_that_cannot_work_is_refused_at_start(tmp_path, env, 
         assert word in message, message
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--output-dir", ""], ["--output-dir", "empty"]),  # not the working folder, whose PNGs pruning would delete
+        (["--output-dir", "/sys/ernie-nf4-outputs"], ["--output-dir", "/sys/ernie-nf4-outputs", "cannot be written"]),
+        (["--max-body-kb", "-1"], ["--max-body-kb", "at least 1, got -1"]),
+        (["--max-upload-mb", "-1"], ["--max-upload-mb", "at least 0 (0 turns uploads off), got -1"]),
+        (["--max-queue", "1e3"], ["--max-queue", "whole number", "'1e3'"]),
+    ],
+)
+def test_an_output_folder_or_a_limit_that_cannot_work_is_refused_at_start_in_the_flags_terms(tmp_path, flags, words):
+    message = refused(tmp_path, *flags, "--port", free_port(), env={})
+    for word in words:
+        assert word in message, message
+
+
+def test_pruning_deletes_only_the_pngs_the_app_names_as_its_own(tmp_path):
+    from PIL import Image
+
+    from ernie_nf4.webapp.outputs import OutputStore
+
+    folder = tmp_path / "out"
+    old_pngs(folder, 3)
+    mine = [folder / "ernie-my-own-photo.png", folder / "ernie-20240101-000000-000000-7-copy.png"]
+    for path in mine:
+        path.write_bytes(b"png")
+        os.utime(path, (0, 0))
+    outputs = OutputStore(folder, keep_count=1)
+    outputs.save(Image.new("RGB", (8, 8)), 1, "p")
+    left = sorted(p.name for p in folder.glob("ernie-*.png"))
+    assert len(left) == 3 and {p.name for p in mine} <= set(left), left
+
+
 def test_the_terminal_at_start_says_no_gpu_once_and_names_share_as_the_apps_flag(tmp_path):
     proc, url, log = start(tmp_path, "--model-dir", tmp_path / "no-package")
     try:

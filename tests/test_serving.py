@@ -93,6 +93,9 @@ def test_parse_gpus():
     for bad in ("0,0", "2", "x", "all"):
         with pytest.raises(InvalidArgument, match="--gpus"):
             parse_gpus(bad, device_count=0 if bad == "all" else 2)
+    for given in ("all", "0", "0,0"):  # no GPU: said as such, not as a range of numbers to pick from
+        with pytest.raises(InvalidArgument, match=r"--gpus .*no CUDA GPU found; leave --gpus out"):
+            parse_gpus(given, device_count=0)
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ def parse_gpus(text: str | None, device_count: int | None = None) -> list[str]:
             indices = [int(part) for part in text.split(",")]
         except ValueError:
             raise InvalidArgument(f"--gpus must be 'all' or GPU numbers like 0,1, got {text!r}") from None
-    if not indices:
-        raise InvalidArgument("--gpus all: no CUDA GPU found; leave --gpus out to run on one device")
+    if not indices or not device_count:
+        raise InvalidArgument(f"--gpus {text}: no CUDA GPU found; leave --gpus out to run on one device")
     if len(set(indices)) != len(indices) or any(not 0 <= i < device_count for i in indices):
         raise InvalidArgument(f"--gpus {text!r}: use distinct GPU numbers in [0, {device_count - 1}]")
     return [f"cuda:{i}" for i in indices]

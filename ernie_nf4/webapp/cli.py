@@ -302,7 +302,8 @@ def number(args, flag: str, kind=int):
     try:
         value = kind(str(text).strip())
     except ValueError:
-        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be a number, got {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"--{flag} (or {env_name(flag)}) must be {what}, got {text!r}") from None
     setattr(args, attr, value)
     return value
 
@@ -388,6 +389,7 @@ FIELD_FLAGS = {
     "compute": "compute",
     "keep_count": "keep-outputs",
     "keep_hours": "keep-hours",
+    "folder": "output-dir",
     "max_queue": "max-queue",
     "max_jobs_per_client": "max-jobs-per-client",
     "max_body_bytes": "max-body-kb",
@@ -410,7 +412,12 @@ def settings_from_args(args) -> tuple[ServiceConfig, Limits, OutputStore]:
 
 
 def limits_from_args(args) -> Limits:
-    """The queue, per-client and size limits from parsed flags (``Limits`` checks their ranges)."""
+    """The queue, per-client and size limits from parsed flags (``Limits`` checks their ranges; the sizes are
+    checked here, in the flags' units)."""
+    for flag, least, meaning in (("max-body-kb", 1, ""), ("max-upload-mb", 0, " (0 turns uploads off)")):
+        value = getattr(args, flag.replace("-", "_"))
+        if value < least:
+            raise SettingsError(f"--{flag} (or {env_name(flag)}) must be at least {least}{meaning}, got {value}")
     return Limits.for_environment(
         max_queue=args.max_queue,
         max_jobs_per_client=args.max_jobs_per_client,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from .png_params import save_png
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("~/.cache/ernie-nf4/outputs")
 PATTERN = "ernie-*.png"
+NAME = re.compile(r"ernie-\d{8}-\d{6}-\d{6}-\d+\.png")  # as ``save_png`` names them: pruning deletes no other file
 MANIFEST = ".ernie-nf4-made"  # one file name per line: the PNGs this app wrote and has not deleted
 
 
@@ -35,8 +38,19 @@ class OutputStore:
             raise InvalidArgument(f"keep_count must be at least 1, got {self.keep_count}", field="keep_count")
         if self.keep_hours is not None and not self.keep_hours > 0:
             raise InvalidArgument(f"keep_hours must be more than 0, got {self.keep_hours}", field="keep_hours")
+        if not str(self.folder).strip():
+            raise InvalidArgument("folder is empty; give a folder, or leave it out for the default", field="folder")
         self.folder = Path(self.folder).expanduser().resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:  # refused at start, not at the first image
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):
+                pass
+        except OSError as err:
+            why = err.strerror or type(err).__name__
+            raise InvalidArgument(
+                f"folder {str(self.folder)!r} cannot be written ({why}); give one this user can write",
+                field="folder",
+            ) from None
         self._lock = threading.Lock()
         self._made = self._read_manifest()
         self.serve()
@@ -102,14 +116,15 @@ class OutputStore:
         (self.folder / MANIFEST).write_text("".join(f"{name}\n" for name in sorted(self._made)), encoding="utf-8")
 
     def prune(self) -> list[Path]:
-        """Delete this app's PNGs beyond the newest ``keep_count`` or older than ``keep_hours`` (none when
-        neither is set); each deletion is logged."""
+        """Delete this app's PNGs (named as it names them) beyond the newest ``keep_count`` or older than
+        ``keep_hours`` (none when neither is set); each deletion is logged."""
         if not self.prunes:
             return []
         now = time.time()
         count = self.keep_count if self.keep_count is not None else float("inf")
         age = self.keep_hours * 3600 if self.keep_hours is not None else float("inf")
-        files = sorted(self.folder.glob(PATTERN), key=lambda p: p.stat().st_mtime, reverse=True)
+        files = [p for p in self.folder.glob(PATTERN) if NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+        files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         doomed = [p for i, p in enumerate(files) if i >= count or now - p.stat().st_mtime > age]
         for path in doomed:
             path.unlink(missing_ok=True)
