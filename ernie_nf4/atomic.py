@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,17 @@ def write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def cannot_write_in(folder: str | Path) -> str | None:
+    """Why new files cannot be made in ``folder`` (which may not exist yet: the nearest folder above that does is
+    tried, with a temporary file), in words for an error; None when they can."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return None
+    except OSError as err:
+        return f"{existing} cannot be written ({err.strerror or type(err).__name__})"

@@ -67,6 +67,26 @@ def test_benchmark_refuses_bad_arguments(capsys):
     assert "width must be a multiple of 16" in capsys.readouterr().err
 
 
+def test_what_a_long_run_reads_and_writes_is_checked_before_it_starts(tiny_package, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    base = ["--package", str(tiny_package), "--modes", "nf4", "--width", "64", "--height", "64", "--device", "cpu"]
+    with pytest.raises(SystemExit) as refused:
+        main([*base, "--json", str(a_file / "report.json")])
+    assert refused.value.code == 2 and f"--json {a_file / 'report.json'}: {a_file} is a file" in capsys.readouterr().err
+    for flags, words in (
+        (["--markdown", str(a_file / "table.md")], f"--markdown {a_file / 'table.md'}: {a_file} is a file"),
+        (["--markdown", "/sys/kernel/ernie-nf4/table.md"], "/sys/kernel cannot be written"),
+        (["--lora", str(a_file)], "--lora: lora 'a-file'"),
+        (["--max-pe-tokens", "0"], "max_pe_tokens must be an integer in [1, 8192]"),
+    ):
+        assert main([*base, *flags]) == 2
+        said = capsys.readouterr()
+        assert words in said.err and said.out == "", (flags, said)  # refused before a mode was loaded
+    assert main(["--package", str(a_file), "--modes", "nf4", "--device", "cpu"]) == 2
+    assert f"--package {a_file} is a file" in capsys.readouterr().err
+
+
 def test_resolution_flag_a_progress_line_per_stage_and_three_runs_of_a_short_run(tiny_original, tmp_path, capsys):
     from ernie_nf4.benchmark.run import SHORT_RUN_STEPS, default_repeat
 

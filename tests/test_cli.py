@@ -43,6 +43,18 @@ def test_bad_source_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_build(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for output, words in (
+        (a_file / "pkg", f"{a_file} is a file"),
+        ("/sys/kernel/pkg", "/sys/kernel cannot be written"),
+    ):
+        result = run("--source", tmp_path / "nowhere", "--output", output)
+        assert result.returncode == 2 and f"--output {output}: {words}" in result.stderr, result.stderr
+        assert "nowhere" not in result.stderr  # before the source is even looked at
+
+
 def test_not_an_ernie_pipeline_is_refused(tmp_path):
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')

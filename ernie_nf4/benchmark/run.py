@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..atomic import cannot_write_in
 from ..build.model_card import write_model_card
 from ..build.quantize import quantize_package
 from ..build.source import resolve_source
@@ -35,7 +36,9 @@ from ..runtime.compute import Compute
 from ..runtime.compute import resolve as resolve_compute
 from ..runtime.generation import Generator
 from ..runtime.loader import load_pipeline
+from ..runtime.lora_files import check_lora_file
 from ..runtime.memory_modes import MemoryMode
+from ..runtime.prompt import check_max_pe_tokens
 from ..stats import RUN_STAGES
 from ..synthetic.original import build_original
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
@@ -253,6 +256,7 @@ def benchmark(
         CARD_PROMPT, width=512, height=512, num_inference_steps=50, guidance_scale=4.0, seed=1234
     )
     repeat = _checked(modes, repeat, request.num_inference_steps)
+    _check_files(package, markdown, lora, max_pe_tokens)
     device = resolve_device(device)
     # each once, bf16 first, checked on the card (auto as for compiled blocks: the loader makes it bf16 for eager ones)
     computes = list(dict.fromkeys([Compute.BF16, *(resolve_compute(c, device, compiled=True) for c in computes)]))
@@ -309,6 +313,21 @@ def _checked(modes, repeat: int | None, steps: int) -> int:
     if unknown:
         raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
     return repeat
+
+
+def _check_files(package, markdown, lora, max_pe_tokens) -> None:
+    """What can be checked before a run of many minutes: the files it reads and writes, the PE's cap."""
+    check_max_pe_tokens(max_pe_tokens)
+    if package is not None and Path(package).exists() and not Path(package).is_dir():
+        raise ValueError(f"--package {package} is a file; give the package's folder")
+    if lora:
+        try:
+            check_lora_file(Path(lora).stem, lora)
+        except ValueError as err:
+            raise ValueError(f"--lora: {err}") from None
+    problem = markdown and cannot_write_in(Path(markdown).parent)
+    if problem:
+        raise ValueError(f"--markdown {markdown}: {problem}; give a file in a folder this user can write")
 
 
 def _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log) -> dict:
@@ -426,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             args.width, args.height = (int(v) for v in args.resolution.lower().split("x"))
         except ValueError:
             parser.error(f"--resolution must be WIDTHxHEIGHT, e.g. 1024x1024, got {args.resolution!r}")
+    problem = args.json and cannot_write_in(Path(args.json).parent)
+    if problem:
+        parser.error(f"--json {args.json}: {problem}; give a file in a folder this user can write")
     logging.basicConfig(level=logging.WARNING)
     try:
         request = GenerationRequest(
@@ -459,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print()
     print(markdown_table(report))

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ernie_nf4.atomic import cannot_write_in
 from ernie_nf4.build.publish import DEFAULT_TIMEOUT, check_repo_id, check_timeout, push_to_hub
 from ernie_nf4.build.quantize import QUANTIZABLE, quantize_package
 from ernie_nf4.errors import ErnieNF4Error
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output = args.output or variant.default_package_dir
     if (args.private or args.commit_message) and not args.push_to_hub:
         parser.error("--private and --commit-message go with --push-to-hub USER/REPO")
+    problem = None if upload_only(args) else cannot_write_in(Path(args.output).parent)
+    if problem:
+        parser.error(f"--output {args.output}: {problem}; give a folder this user can write")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.push_to_hub:
