@@ -197,3 +197,52 @@ def test_stats_of_a_package_with_a_deep_model_index_name_it(foreign):
     (foreign / "model_index.json").write_text('{"_class_name": "ErnieImagePipeline", "vae": ' + deep(100_000) + "}")
     stats = package_stats(foreign)
     assert stats.provenance == "cannot be loaded" and "model_index.json: JSON nested deeper" in stats.notes[0]
+
+
+def test_a_config_number_that_is_not_finite_is_refused_by_name(foreign):
+    rel = "scheduler/scheduler_config.json"
+    config = json.loads((foreign / rel).read_text())
+    config["shift"] = float("nan")  # Python's json writes NaN; a scheduler built from it has no step to run
+    (foreign / rel).write_text(json.dumps(config))
+    with pytest.raises(PackageError, match=rf"{rel}: field 'shift' is nan; a config's numbers must be finite"):
+        check_package(foreign)
+
+
+# ---------------------------------------------------------------- files that are not what they claim
+
+
+def test_a_weights_file_that_is_a_folder_is_refused_by_name(package):
+    rel = "vae/diffusion_pytorch_model.safetensors"
+    (package / rel).unlink()
+    (package / rel).mkdir()
+    with pytest.raises(PackageError, match=rf"{rel}: not a file \(a folder\)"):
+        check_package(package)
+
+
+@pytest.mark.parametrize("cut", ["empty", "half"])
+def test_this_projects_metadata_cut_short_is_refused_not_taken_for_another_tools(package, cut):
+    path = package / METADATA_FILE
+    text = path.read_text()
+    path.write_text("" if cut == "empty" else text[: len(text) // 2])
+    with pytest.raises(PackageError, match=rf"{METADATA_FILE}: ernie-nf4's metadata, cut short or damaged"):
+        check_package(package)
+    path.write_text(json.dumps([{"tool": "another", "format_version": "x"}]))  # another tool's JSON: read, shown
+    assert check_package(package).verified is False
+
+
+def test_a_component_whose_weights_belong_to_another_model_is_refused_at_load(foreign, nf4_everywhere):
+    import torch
+    from safetensors.torch import save_file
+
+    # a file of another model's tensors, none of them the VAE's own: diffusers leaves the VAE's on the meta device
+    save_file({"encoder.other.weight": torch.ones(4, 4)}, str(foreign / "vae" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(PackageError, match=r"vae: the vae's weights files lack \d+ of its tensors \(such as 'encoder"):
+        load_pipeline(foreign, device="cpu")
+
+
+def test_verify_sha256_on_a_package_without_this_projects_metadata_says_there_is_nothing_to_check(foreign, caplog):
+    with caplog.at_level("WARNING", logger="ernie_nf4"):
+        check = check_package(foreign, verify_sha256=True)
+    assert check.verified is False and not check.weights_hashed
+    said = "verify_sha256: no ernie-nf4 metadata here to check the weights' sha256 against"
+    assert said in check.notes and said in caplog.text

@@ -4,10 +4,12 @@ A config is data that decides allocations: ``hidden_size`` 1e9 asks for hundreds
 minutes of module building, a scheduler's ``num_train_timesteps`` 1e12 for terabytes. Every number in a config
 (nested configs included) whose field names a width, a count or a length must lie between 0 and its bound;
 the bounds are far above any ERNIE-Image component (widths 3072-12288, 36 layers, 131072 tokens, 1000 steps).
+No number may be NaN or infinite (a scheduler's ``shift`` NaN leaves no timestep to run).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -43,10 +45,13 @@ def _numbers(config: dict, prefix: str = ""):
 
 
 def check_config_bounds(path: Path, config: object, fix: str) -> None:
-    """Raise ``PackageError`` naming ``path``, the field and its bound when a number in ``config`` is out of range."""
+    """Raise ``PackageError`` naming ``path``, the field and its bound when a number in ``config`` is out of range
+    or not finite."""
     if not isinstance(config, dict):
         raise PackageError(f"{path}: must hold a JSON object; {fix}")
     for dotted, name, value in _numbers(config):
+        if not math.isfinite(value):
+            raise PackageError(f"{path}: field {dotted!r} is {value!r}; a config's numbers must be finite; {fix}")
         found = _bound(name)
         if found is None:
             continue

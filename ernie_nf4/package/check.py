@@ -8,7 +8,8 @@
 - a ``quantization_metadata.json`` written by this project is validated strictly: every file's size, every small
   file's sha256 (configs, tokenizers), every safetensors header's sha256 (cheap: headers are small) and, with
   ``verify_sha256``, the weights' sha256. Metadata of another tool is kept as it is, for people to read, and the
-  package is marked not verified.
+  package is marked not verified; this project's cut short or damaged (empty, or naming its ``format_version``
+  but not JSON) is refused.
 
 ``PackageCheck.provenance`` says exactly which of these ran.
 """
@@ -16,6 +17,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from ..errors import PackageError
 from .bounds import CONFIG_FILES, check_config_bounds
 from .finite import check_finite_sample
 from .format import read_model_index
-from .json_file import read_json
+from .json_file import MAX_JSON_BYTES, read_json
 from .metadata import METADATA_FILE, is_own_metadata, verify_package
 from .safetensors_header import REPAIR_HINT, read_safetensors_header
 
@@ -32,6 +35,7 @@ SMALL_FILES_HASHED = (
     "checked against ernie-nf4 metadata: sha256 of configs and tokenizers, size and header of the weights "
     "(--verify-sha256 hashes the weights too)"
 )
+logger = logging.getLogger(__name__)
 FOREIGN = "not verified by ernie-nf4 metadata (written by another tool): safetensors headers and configs checked"
 
 
@@ -66,6 +70,27 @@ def _read_foreign(path: Path) -> tuple[object, str]:
         return text, str(err).replace(str(path), METADATA_FILE) + " (written by another tool)"
 
 
+def _refuse_damaged_metadata(path: Path) -> None:
+    """``PackageError`` for a metadata file that is this project's cut short or damaged, not another tool's: empty,
+    or naming this project's ``format_version`` but not valid JSON. (Too large or too deep is noted, not refused.)"""
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+        return
+    raw = path.read_bytes()
+    if not raw.strip():
+        why = "empty"
+    elif b'"format_version"' not in raw:
+        return
+    else:
+        try:
+            json.loads(raw.decode("utf-8"))
+            return
+        except RecursionError:
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            why = f"not valid JSON: {err}"
+    raise PackageError(f"{path}: ernie-nf4's metadata, cut short or damaged ({why}); {REPAIR_HINT}")
+
+
 def _check_configs(folder: Path, components: dict) -> None:
     for name in components:
         for file_name in CONFIG_FILES:
@@ -79,6 +104,10 @@ def _check_weights(folder: Path, components: dict) -> dict[str, str]:
     headers = {}
     for name in components:
         for file in sorted((folder / name).rglob("*.safetensors")):
+            if not file.is_file():
+                raise PackageError(
+                    f"{file}: not a file (a {'folder' if file.is_dir() else 'link to nothing'}); {REPAIR_HINT}"
+                )
             raw, header = read_safetensors_header(file)
             check_finite_sample(file, len(raw), header)
             headers[file.relative_to(folder).as_posix()] = hashlib.sha256(raw).hexdigest()
@@ -100,7 +129,11 @@ def check_package(folder: str | Path, verify_sha256: bool = False, argument: str
     if meta_path.is_file() and is_own_metadata(meta_path):
         metadata = verify_package(folder, check_sha256=verify_sha256, header_hashes=headers)
         return PackageCheck(folder, components, verified=True, metadata=metadata, weights_hashed=verify_sha256)
+    _refuse_damaged_metadata(meta_path)
     check = PackageCheck(folder, components, verified=False)
+    if verify_sha256:
+        check.notes.append("verify_sha256: no ernie-nf4 metadata here to check the weights' sha256 against")
+        logger.warning("%s: %s", folder, check.notes[-1])
     if meta_path.is_file():
         check.foreign_metadata, note = _read_foreign(meta_path)
         check.notes.append(note)

@@ -150,8 +150,20 @@ def load_component(model_dir: Path, name: str, entry: list, **kwargs):
             f"config and weights are damaged or do not fit each other; {REPAIR}"
         ) from err
     if callable(getattr(component, "modules", None)):  # a model, not a tokenizer or scheduler
+        _refuse_missing_weights(model_dir, name, component)
         keep_nf4_layout(component)
     return component
+
+
+def _refuse_missing_weights(model_dir: Path, name: str, model) -> None:
+    """``PackageError`` when the weights files left some of the model's tensors unset (diffusers leaves them on
+    the meta device, to fail later at the first move): files of another model, or with tensors missing."""
+    empty = [key for key, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if empty:
+        raise PackageError(
+            f"{model_dir / name}: the {name}'s weights files lack {len(empty)} of its tensors (such as {empty[0]!r}); "
+            f"they are damaged or belong to another model; {REPAIR}"
+        )
 
 
 def check_transformer_loadable(model_dir: Path, argument: str = "model_dir") -> None:
