@@ -79,8 +79,8 @@ def upscaled_size(width: int, height: int) -> tuple[int, int]:
                  (width, height))  # fmt: skip
     if size[0] < width * MIN_GROWTH or size[1] < height * MIN_GROWTH:
         raise InvalidArgument(
-            f"init_image is {width}x{height} already: Upscale x2 makes images of at most {largest} pixels on the "
-            "longer side; upscale a smaller result",
+            f"init_image is {width}x{height}: Upscale x2 makes images of at most {largest} pixels on the longer side, "
+            "so this one would hardly grow; upscale a smaller result",
             field="init_image",
             key="upscale_largest",
             values={"size": f"{width}x{height}", "largest": largest},

@@ -114,6 +114,13 @@ def _init_size_error(size: tuple[int, int]) -> InvalidArgument | None:
     if all(low <= side <= high for side in size) and size[0] * size[1] <= MAX_INIT_PIXELS:
         return None
     values = {"low": low, "high": high, "most": f"{MAX_INIT_PIXELS:,}", "size": f"{size[0]}x{size[1]}"}
+    if min(size) < low:  # too small on a side: no shrinking helps
+        return InvalidArgument(
+            f"init_image must be {low} to {high} pixels wide and high, got {size[0]}x{size[1]}; give a larger image",
+            field="init_image",
+            key="init_image_too_small",
+            values=values,
+        )
     return InvalidArgument(
         f"init_image must be {low} to {high} pixels wide and high and at most {MAX_INIT_PIXELS:,} pixels, "
         f"got {size[0]}x{size[1]}; make it smaller",

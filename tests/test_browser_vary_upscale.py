@@ -141,3 +141,29 @@ def test_stop_ends_an_upscale_and_the_gallery_shows_its_result_again(browser, tm
     finally:
         opener.close()
         app.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("locale, words", [("en-US", "so this one would hardly grow"), ("zh-CN", "这张几乎不会变大")])
+def test_a_refused_upscale_is_a_popup_and_the_result_stays_in_sight(browser, tmp_path, locale, words):
+    expect = playwright_api().expect
+    app = ServedApp(tmp_path)
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(locale=locale)
+        page.locator("#prompt textarea").fill("a tall tower")
+        page.locator("#width input").fill("64")
+        page.locator("#height input").fill("1664")  # twice is past 2048: it would hardly grow
+        page.locator("#generate").click()
+        expect(page.locator("#info textarea")).to_have_value(re.compile(r"^(seed|种子) "))
+        count, shown = len(app.service.requests), gallery_source(page)
+        page.locator("#upscale").click()
+        expect(page.locator("[data-testid=toast-body]").first).to_contain_text(words)
+        page.wait_for_timeout(500)
+        assert page.locator("#gallery [data-testid=status-tracker] .error").count() == 0  # no error over the results
+        assert page.locator("#gallery img").first.is_visible() and gallery_source(page) == shown
+        assert len(app.service.requests) == count  # nothing ran
+        expect(page.locator("#stop")).to_be_disabled()
+    finally:
+        opener.close()
+        app.close()

@@ -35,6 +35,21 @@ def test_other_formats_are_refused_naming_the_field(tmp_path):
     assert refused.value.field == "init_image"
 
 
+@pytest.mark.parametrize(
+    "size, advice",
+    [((1, 1), "give a larger image"), ((8192, 2), "give a larger image"), ((9000, 64), "make it smaller")],
+)
+def test_an_image_of_a_size_it_cannot_start_from_gets_the_advice_that_helps(size, advice):
+    from ernie_nf4.webapp.messages import refusal
+
+    with pytest.raises(InvalidArgument) as refused:
+        InitImage.of(Image.new("RGB", size))
+    assert refused.value.field == "init_image" and refused.value.values["size"] == f"{size[0]}x{size[1]}"
+    assert str(refused.value).endswith(advice)
+    chinese = "请换一张更大的图片" if "larger" in advice else "请缩小后再试"
+    assert refusal(refused.value, "zh").endswith(chinese)
+
+
 def test_a_thin_image_is_fitted_without_growing_to_its_cover_size(monkeypatch):
     thin = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8192, 16, 3), np.uint8))
     real_resize, sizes = Image.Image.resize, []

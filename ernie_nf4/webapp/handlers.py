@@ -561,6 +561,13 @@ class Handlers:
         path = _item_path(item)
         return path if self.served_file(path) else None
 
+    def result_for(self, kind: str, gallery, index, lang: str = "en"):
+        """``selected_result``, checked as the ``kind`` follow-up (``FOLLOW_UPS``) would check it: ``gr.Error`` in
+        ``lang`` before the run is queued, so a refusal is a popup and never an error over the results."""
+        path = self.selected_result(gallery, index)
+        self.follow_up_request(path, kind, lang)
+        return path
+
     def vary_subtle(self, image, previews=False, request: gr.Request = None, progress=gr.Progress()):
         """Vary (subtle) ``image``, a result PNG of this app (``/vary_subtle``): its settings, read from the file,
         with the image as the init image at strength 0.3 and a new seed. Yields what ``generate_live`` yields

@@ -185,6 +185,8 @@ MESSAGES = {
         "init_image_pixels": "init_image {name} has far more than {most} pixels; make it smaller",
         "init_image_size": "init_image must be {low} to {high} pixels wide and high and at most {most} pixels, got "
         "{size}; make it smaller",
+        "init_image_too_small": "init_image must be {low} to {high} pixels wide and high, got {size}; give a larger "
+        "image",
         "init_image_kind": "init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {kind}",
         "init_image_rgb": "init_image must be an RGB PIL image, got {kind}",
         "strength_needs_image": "strength {strength} needs an init_image to start from; give one, or set strength to 1",
@@ -317,8 +319,8 @@ MESSAGES = {
         "done_vary_subtle": "Vary (subtle) of seed {seed}: strength 0.3, new seed {new_seed}",
         "done_vary_strong": "Vary (strong) of seed {seed}: strength 0.6, new seed {new_seed}",
         "done_upscale": "Upscale x2 of seed {seed}: {width}x{height} at strength 0.3",
-        "upscale_largest": "init_image is {size} already: Upscale x2 makes images of at most {largest} pixels on the "
-        "longer side; upscale a smaller result",
+        "upscale_largest": "init_image is {size}: Upscale x2 makes images of at most {largest} pixels on the longer "
+        "side, so this one would hardly grow; upscale a smaller result",
         "preview_caption": "Preview · step {step}/{steps}",
         "previews_not_bool": "previews must be true or false, got {value}",
     },
@@ -370,6 +372,8 @@ MESSAGES = {
         "init_image_pixels": "起始图片（init_image）{name} 的像素远超 {most}；请缩小后再试",
         "init_image_size": "起始图片（init_image）的宽和高须在 {low} 到 {high} 像素之间，且至多 {most} 像素，"
         "收到 {size}；请缩小后再试",
+        "init_image_too_small": "起始图片（init_image）的宽和高须在 {low} 到 {high} 像素之间，收到 {size}；"
+        "请换一张更大的图片",
         "init_image_kind": "起始图片（init_image）必须是图片文件的路径、PIL 图片或 HxWx3 的 uint8 数组，收到 {kind}",
         "init_image_rgb": "起始图片（init_image）必须是 RGB 模式的 PIL 图片，收到 {kind}",
         "strength_needs_image": "重绘强度（strength）{strength} 需要一张起始图片（init_image）；请提供一张，"
@@ -497,8 +501,8 @@ MESSAGES = {
         "done_vary_subtle": "变化（轻微），原种子 {seed}：重绘强度 0.3，新种子 {new_seed}",
         "done_vary_strong": "变化（强烈），原种子 {seed}：重绘强度 0.6，新种子 {new_seed}",
         "done_upscale": "放大 2 倍，种子 {seed}：{width}x{height}，重绘强度 0.3",
-        "upscale_largest": "起始图片（init_image）已是 {size}：放大 2 倍生成的图片长边最多 {largest} 像素；"
-        "请放大一张更小的结果",
+        "upscale_largest": "起始图片（init_image）是 {size}：放大 2 倍生成的图片长边最多 {largest} 像素，"
+        "这张几乎不会变大；请放大一张更小的结果",
         "preview_caption": "预览 · 第 {step}/{steps} 步",
         "previews_not_bool": "previews（实时预览）必须是 true 或 false，收到 {value}",
     },

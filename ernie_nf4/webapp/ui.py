@@ -340,6 +340,16 @@ def _after_run(event, handlers: Handlers, ui: dict) -> None:
     )
 
 
+def _checked_result(handlers: Handlers, kind: str):
+    """The event that picks the result for ``kind`` and refuses it (a popup) before anything is queued."""
+
+    def picked(gallery, index, request: gr.Request):
+        return handlers.result_for(kind, gallery, index, language(request))
+
+    picked.__name__ = f"{kind}_result"
+    return picked
+
+
 def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: int) -> None:
     """Vary (subtle, strong) and Upscale x2: one click puts the result gallery's selected image in the hidden file
     and runs it (``/vary_subtle``, ``/vary_strong``, ``/upscale``) as Generate runs: in the same queue lane, with
@@ -348,7 +358,16 @@ def _wire_follow_ups(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency:
     source = ui["follow_up_image"]
     for name in FOLLOW_UP_BUTTONS:
         inputs = [ui["gallery"], ui["result_picked"]]
-        picked = ui[name].click(handlers.selected_result, inputs, source, js=picked_js("gallery"), **HIDDEN)
+        picked = ui[name].click(
+            _checked_result(handlers, name),
+            inputs,
+            source,
+            js=picked_js("gallery"),
+            concurrency_limit=None,
+            concurrency_id="form",  # queued (a refusal is a popup only then), never behind the runs
+            api_visibility="private",
+            show_progress="hidden",
+        )
         picked.success(None, None, ui["stop"], js=RUN_QUEUED_JS, queue=False, api_visibility="private")
         event = picked.success(
             getattr(handlers, name),
