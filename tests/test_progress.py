@@ -163,3 +163,27 @@ def test_after_a_live_preview_the_page_says_the_time_since_the_run_started():
     assert chinese(event)[1] == "去噪 · 第 2/8 步 · 已运行 3.2 秒 · 总进度"
     now[0] = 165.4
     assert english(event)[1].endswith(" · 1 min 05 s elapsed · overall")
+
+
+@pytest.mark.parametrize(
+    "stages, first, halfway",
+    [
+        (("pe",), Progress("pe", done=20, total=40, unit="tokens"), 0.5),  # Enhance first: the PE is all the run
+        (("text_encoding", "denoising"), Progress("text_encoding"), None),  # the PE off: the bar starts at 0
+    ],
+)
+def test_the_bar_is_shared_by_the_stages_the_run_has(stages, first, halfway):
+    from ernie_nf4.webapp.run_progress import RunProgress, stages_of
+
+    assert stages == stages_of(runs_pe=False, enhance_only=stages == ("pe",))
+    bar = RunProgress("en", stages=stages)
+    fraction, _ = bar(first)
+    if halfway is not None:
+        assert fraction == pytest.approx(halfway)
+        assert bar(Progress("pe", done=40, total=40, unit="tokens"))[0] == pytest.approx(1.0)
+        return
+    assert fraction < 0.1  # the text encoder's small share, not the PE's before it
+    step = bar(Progress("denoising", done=15, total=200, unit="steps"))[0]
+    text_share = 0.05 / (0.05 + 0.8)  # the text encoder's weight against denoising's
+    assert step == pytest.approx(text_share + (1 - text_share) * 15 / 200)  # 12.9% of the way, not 26%
+    assert stages_of(runs_pe=True) == ("pe", "text_encoding", "denoising")

@@ -23,7 +23,7 @@ from .live import QUIET, Finished, streamed
 from .messages import caption, note, run_summary, user_message
 from .outputs import DEFAULT_OUTPUT_DIR, OutputStore
 from .png_params import FormSettings, parameters_text, prompt_loras, read_png_parameters, read_result_parameters
-from .run_progress import PageProgress
+from .run_progress import PageProgress, stages_of
 from .runs import RunRegistry, drop_queued
 from .stats_view import chart_columns, chart_rows, chart_titles, load_answer, stats_markdown
 from .zerogpu import decorator as zerogpu_decorator
@@ -172,7 +172,7 @@ class Handlers:
         cancel = self.runs.start(key, request)
         try:
             call = call or self._generate
-            show = PageProgress(progress, lang)
+            show = PageProgress(progress, lang, stages_of(req.runs_pe, enhance_only=call == self._enhance))
             if on_preview is not None:
                 return call(req, on_progress=_previews_apart(show, on_preview, cancel), cancel=cancel, previews=True)
             return call(req, on_progress=show, cancel=cancel)

@@ -10,14 +10,29 @@ import time
 from ..progress import Progress, format_seconds
 from .i18n import progress_message, say
 
-# Each stage's share of the bar (start, end). Denoising and decoding share theirs: their events count the steps of
-# the whole run (steps × images), and an image's decode comes right after its last step.
-SPANS = {
-    "pe": (0.0, 0.15),
-    "text_encoding": (0.15, 0.2),
-    "denoising": (0.2, 1.0),
-    "vae_decode": (0.2, 1.0),
-}
+# Each stage's weight on the bar, in the order they run; a run's bar is shared by the stages it has. Decoding shares
+# denoising's span: their events count the steps of the whole run (steps × images), and an image's decode comes
+# right after its last step.
+WEIGHTS = {"pe": 0.15, "text_encoding": 0.05, "denoising": 0.8}
+RUN_STAGES = tuple(WEIGHTS)
+
+
+def spans(stages=RUN_STAGES) -> dict[str, tuple[float, float]]:
+    """Each of ``stages``' (start, end) on a bar from 0 to 1, in proportion to its weight: the prompt enhancer alone
+    (Enhance first) spans the whole bar, a run without it starts with the text encoder."""
+    present = [stage for stage in RUN_STAGES if stage in stages]
+    total, start, found = sum(WEIGHTS[stage] for stage in present), 0.0, {}
+    for stage in present:
+        found[stage] = (start, start + WEIGHTS[stage] / total)
+        start = found[stage][1]
+    if "denoising" in found:
+        found["vae_decode"] = found["denoising"]
+    return found
+
+
+def stages_of(runs_pe: bool, enhance_only: bool = False) -> tuple[str, ...]:
+    """The stages on a run's bar: the prompt enhancer's when it writes, the rest unless it is all the run does."""
+    return ("pe",) if enhance_only else RUN_STAGES if runs_pe else RUN_STAGES[1:]
 
 
 def _images(event: Progress) -> tuple[int | None, int | None]:
@@ -68,15 +83,15 @@ def _duration(seconds: float, lang: str, tenths: bool = False) -> str:
 
 class RunProgress:
     """Turns a run's ``Progress`` events into (fraction, text) for ``gr.Progress``; the fraction is the whole
-    run's and never goes back (a new stage or image starts where the last one ended). What comes before the run
-    (downloading, building or loading the package, compiling) shows its own amount when it has one, and leaves the
-    run's bar at its start.
+    run's (of the ``stages`` it has: ``stages_of``) and never goes back (a new stage or image starts where the last
+    one ended). What comes before the run (downloading, building or loading the package, compiling) shows its own
+    amount when it has one, and leaves the run's bar at its start.
 
     Once ``previewed`` is set (a live preview went to the page), the text also says the time elapsed since the run
     started: Gradio's own timer restarts at each preview, and the page hides it while one shows."""
 
-    def __init__(self, lang: str = "en", clock=time.monotonic):
-        self.lang, self.clock = lang, clock
+    def __init__(self, lang: str = "en", clock=time.monotonic, stages=RUN_STAGES):
+        self.lang, self.clock, self.spans = lang, clock, spans(stages)
         self.started = clock()
         self.fraction = 0.0
         self.before: dict[str, float] = {}  # the last amount of each stage before the run
@@ -92,11 +107,11 @@ class RunProgress:
         return f"{text} · {say('progress_overall', self.lang)}" if overall else text
 
     def overall(self, event: Progress) -> float:
-        start, end = SPANS[event.stage]
+        start, end = self.spans[event.stage]
         return start + (end - start) * (event.fraction or 0.0)
 
     def __call__(self, event: Progress) -> tuple[float, str]:
-        if event.stage not in SPANS:  # its own amount, or its last one when this event says none
+        if event.stage not in self.spans:  # its own amount, or its last one when this event says none
             if event.fraction is not None:
                 self.before[event.stage] = event.fraction
             return self.before.get(event.stage, self.fraction), self.describe(event)
@@ -109,8 +124,8 @@ class PageProgress:
     preview's event marks the run as previewed; ``again()`` shows the last event again, its time brought up to date
     (the page drops the progress line when a preview arrives, until the next progress comes)."""
 
-    def __init__(self, progress, lang: str = "en"):
-        self.progress, self.view, self.last = progress, RunProgress(lang), None
+    def __init__(self, progress, lang: str = "en", stages=RUN_STAGES):
+        self.progress, self.view, self.last = progress, RunProgress(lang, stages=stages), None
         self._lock = threading.Lock()  # the run's thread and the handler's (``again``) take turns: never an older line
 
     def __call__(self, event: Progress) -> None:
