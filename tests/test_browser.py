@@ -472,6 +472,20 @@ def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writ
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("locale, then, said", [("en-US", "简体中文", "种子 "), ("zh-CN", "English", "seed ")])
+def test_a_run_that_ends_after_a_language_change_is_said_in_the_new_language(open_app, locale, then, said):
+    from .test_browser_run import fill_form
+
+    page = open_app(locale=locale)
+    fill_form(page, "slow lighthouse", steps=20)  # FakeService: 0.2 s a step for "slow" prompts
+    page.locator("#generate").click()
+    expect(page.locator("#stop")).to_be_enabled()
+    pick_language(page, then)  # while it runs
+    wait_for_info(page, said)
+    expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(rf"^64×64 · {said}\d+ · "))
+
+
+@pytest.mark.browser
 def test_a_language_picked_in_a_frame_of_another_site_reaches_the_server(browser, fake_app):
     # as a Hugging Face Space shows the app: in a frame of a page of another site (localhost against 127.0.0.1)
     html = f'<iframe id="app" src="{fake_app[1].src}" style="width:1300px;height:1100px"></iframe>'.encode()

@@ -21,12 +21,19 @@ from .theme import ErnieBlocks
 HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 # Stop is enabled while this tab has runs going or waiting: a count kept in the tab, one up when a checked form goes
-# to the queue, one down when its run ends (done, stopped, refused or failed).
+# to the queue, one down when its run ends (done, stopped, refused or failed). A run's results come in the language
+# the page had when it was queued: when the page changed language meanwhile, the hidden #relang button is clicked
+# as it ends, to say them in the new one.
 _BUSY = "{__type__: 'update', interactive: true, variant: 'stop'}"
 _IDLE = "{__type__: 'update', interactive: false, variant: 'secondary'}"
-RUN_QUEUED_JS = f"() => {{ window.ernieRuns = (window.ernieRuns || 0) + 1; return {_BUSY}; }}"
+RUN_QUEUED_JS = (
+    "() => { window.ernieRuns = (window.ernieRuns || 0) + 1; window.ernieRunLang = document.documentElement.lang;"
+    f" return {_BUSY}; }}"
+)
 RUN_ENDED_JS = (
     "() => { window.ernieRuns = Math.max(0, (window.ernieRuns || 0) - 1);"
+    " if (window.ernieRunLang !== undefined && window.ernieRunLang !== document.documentElement.lang)"
+    " { window.ernieRunLang = document.documentElement.lang; document.querySelector('#relang')?.click(); }"
     f" return window.ernieRuns > 0 ? {_BUSY} : {_IDLE}; }}"
 )
 # After Generate, a refusal shown on its field is brought into sight: the section it is in opened when closed, the
