@@ -331,6 +331,22 @@ def test_gradios_names_for_screen_readers_and_its_file_popups_follow_the_languag
     assert not [label for label in said if re.search("[\u4e00-\u9fff]", label)], said
 
 
+# Chinese left on the page outside the examples (whose names say their Chinese prompts): in a name, a tooltip, or a
+# text, the image-to-image section opened
+CHINESE_LEFT = """() => {
+    const closed = document.querySelectorAll('#advanced > button, .label-wrap');
+    closed.forEach(b => b.getAttribute('aria-expanded') === 'false' && b.click());
+    const cjk = /[\u4e00-\u9fff]/, found = [];
+    for (const e of document.querySelectorAll('body *:not(#examples *)')) {
+        for (const name of ['aria-label', 'title', 'alt']) {
+            if (cjk.test(e.getAttribute(name) || '')) found.push(`${e.tagName} ${name}: ${e.getAttribute(name)}`);
+        }
+        for (const n of e.childNodes) if (n.nodeType === 3 && cjk.test(n.nodeValue)) found.push(n.nodeValue.trim());
+    }
+    return found;
+}"""
+
+
 @pytest.mark.browser
 def test_gradios_words_drawn_before_a_language_change_follow_it_both_ways(browser, tmp_path):
     """What Gradio draws in the page's language and leaves as it was when the language changes in its Settings: an
@@ -363,6 +379,8 @@ def test_gradios_words_drawn_before_a_language_change_follow_it_both_ways(browse
             assert drop in box.inner_text() and words[first][1] not in box.inner_text()
             expect(page.get_by_role("tab", name=stats)).to_be_visible()
             assert page.get_by_role("tab", name=words[first][3]).count() == 0
+            if then == "English":  # nothing else of Gradio's drawn in Chinese stays: names, tooltips, hidden tabs
+                assert page.evaluate(CHINESE_LEFT) == []
     finally:
         opener.close()
         app.close()

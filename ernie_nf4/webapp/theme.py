@@ -29,11 +29,13 @@ ACCESSIBILITY_JS = """
 (() => {
   const SWAP = __SWAP__, TABS = __TABS__;
   const isZh = () => (document.documentElement.lang || navigator.language || "en").toLowerCase().startsWith("zh");
-  // Gradio's own names and tooltips for its buttons, said in Chinese on a Chinese page
+  // Gradio's own names and tooltips for its buttons, said in Chinese on a Chinese page (as Gradio says them on a page
+  // that was Chinese when they were drawn, so both can be said again in English)
   const GRADIO_ZH = {
     "Copy": "复制", "Copied": "已复制", "Reset to default value": "恢复默认值",
-    "Click to upload or drop files": "点击上传或拖入文件", "Drop an image file here to upload": "拖入图片文件上传",
-    "Upload file": "上传文件", "Paste from clipboard": "从剪贴板粘贴", "Remove Image": "移除图片",
+    "Click to upload or drop files": "点击上传或拖入文件",
+    "Drop an image file here to upload": "将图像文件拖放到此处以上传",
+    "Upload file": "上传文件", "Paste from clipboard": "从剪贴板粘贴", "Remove Image": "移除图像",
     "Fullscreen": "全屏", "Exit fullscreen": "退出全屏", "Exit fullscreen mode": "退出全屏", "Close": "关闭",
     "Download": "下载", "Share": "分享",
     "Clear": "清除", "detailed view of selected image": "所选图片的大图",
@@ -162,9 +164,15 @@ ACCESSIBILITY_JS = """
   // an attribute Gradio writes in English (``name`` of ``element``), said by ``table`` (a word table or patterns);
   // back in English on an English page; Gradio's new value is said afresh
   const saidAttrs = new WeakMap();
+  const reversed = new WeakMap();  // a word table's, Chinese to English: Gradio's own Chinese on a page drawn in it
+  const englishOf = (table, text) => {
+    if (Array.isArray(table)) return undefined;
+    if (!reversed.has(table)) reversed.set(table, Object.fromEntries(Object.entries(table).map(([e, z]) => [z, e])));
+    return reversed.get(table)[text];
+  };
   const sayAttr = (element, name, table, zh) => {
     const said = saidAttrs.get(element) || {}, current = element.getAttribute(name);
-    const base = said[name] && current === said[name].said ? said[name].base : current;
+    const base = said[name] && current === said[name].said ? said[name].base : englishOf(table, current) || current;
     const match = !base ? null : Array.isArray(table) ? table.find(([pattern]) => pattern.test(base))
       : base in table ? [base, table[base]] : null;
     if (!match) return;
@@ -191,7 +199,8 @@ ACCESSIBILITY_JS = """
     const zh = isZh();
     for (const button of document.querySelectorAll("button[title]")) sayAttr(button, "title", GRADIO_ZH, zh);
     for (const title of document.querySelectorAll("[data-testid=toast-body] .toast-title")) titlePopup(title);
-    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], div[role=dialog], " +
+    const texts = "[data-testid=status-tracker], [data-testid=upload-text], [role=tab], .tab-container button, " +
+      "div[role=dialog], " +
       "[data-testid=toast-body]";
     for (const root of document.querySelectorAll(texts)) sayTexts(root, zh);
     for (const img of document.querySelectorAll("div[role=dialog] img[alt]")) sayAttr(img, "alt", TEXTS_ZH, zh);
