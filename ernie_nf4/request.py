@@ -348,13 +348,21 @@ _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,100}")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,100}(?:\.[0-9]{0,100})?|\.[0-9]{1,100})(?:[eE][+-]?[0-9]{1,4})?")
 
 
+def _empty(name: str, example: str) -> InvalidArgument:
+    return InvalidArgument(f"{name} is empty; type a number like {example}", field=name)
+
+
 def _not_whole(name: str, value) -> InvalidArgument:
+    if value is None or (isinstance(value, str) and not value.strip()):  # a field left empty on the page
+        return _empty(name, "1024")
     return InvalidArgument(
         f"{name} must be a whole number written with the digits 0-9 (like 1024), got {value!r}", field=name
     )
 
 
 def _not_number(name: str, value, bounds=GUIDANCE_RANGE, example: str = "4.5") -> InvalidArgument:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return _empty(name, example)
     return InvalidArgument(
         f"{name} must be a finite number in {list(bounds)} written with the digits 0-9 (like {example}), got {value!r}",
         field=name,

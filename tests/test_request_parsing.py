@@ -23,8 +23,6 @@ REFUSED = [
     "-Infinity",
     "nan",
     "0x10",
-    "",
-    None,
     [64],
 ]
 
@@ -38,6 +36,18 @@ def test_booleans_foreign_digits_and_underscores_are_refused_naming_the_field(fi
     message = str(refused.value)
     assert message.startswith(f"{field} must be a ") and "written with the digits 0-9" in message
     assert "(like 4.5)" in message if field == "guidance_scale" else "(like 1024)" in message
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+@pytest.mark.parametrize("value", ["", "  ", None], ids=repr)
+def test_a_field_left_empty_is_said_to_be_empty_not_shown_as_none(field, value):
+    from ernie_nf4.webapp.messages import refusal
+
+    with pytest.raises(InvalidArgument) as refused:
+        request_from_form(replace(FORM, **{field: value}))
+    example = "4.5" if field == "guidance_scale" else "1024"
+    assert refused.value.field == field and str(refused.value) == f"{field} is empty; type a number like {example}"
+    assert refusal(refused.value, "zh").endswith(f"为空；请输入一个数字，例如 {example}")
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)

@@ -230,6 +230,7 @@ MESSAGES = {
         "no_result": "Generate an image first.",
         # refusals of a form field, by kind; {field} is the field's name, {value} what was sent
         "refuse_blank": "{field} must be a non-blank text",
+        "refuse_empty_number": "{field} is empty; type a number like {like}",
         "refuse_text": "{field} must be text, got {value}",
         "refuse_long": "{field} must be at most {limit} characters, got {value}",
         "refuse_unicode": "{field} holds a character that is not valid Unicode text at position {value}; retype it",
@@ -415,6 +416,7 @@ MESSAGES = {
         "因此无法在这里重新生成那张图片。",
         "no_result": "请先生成一张图片。",
         "refuse_blank": "{field}不能为空",
+        "refuse_empty_number": "{field}为空；请输入一个数字，例如 {like}",
         "refuse_text": "{field}必须是文本，收到的是 {value}",
         "refuse_long": "{field}最多 {limit} 个字符，现在是 {value} 个",
         "refuse_unicode": "{field}在第 {value} 个位置有无效的 Unicode 字符，请重新输入",

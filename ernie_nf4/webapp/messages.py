@@ -19,6 +19,7 @@ _REFUSALS = (
      "refuse_digits_whole"),
     (r"must be a finite number in \[(?P<low>[^,]+), (?P<high>[^\]]+)\] written with the digits 0-9 "
      r"\(like (?P<like>[^)]+)\), got (?P<value>.+)$", "refuse_digits_number"),
+    (r"is empty; type a number like (?P<like>\S+)$", "refuse_empty_number"),
     (r"must be a non-blank text$", "refuse_blank"),
     (r"must be text, got (?P<value>.+)$", "refuse_text"),
     (r"must be at most (?P<limit>\d+) characters, got (?P<value>\d+)$", "refuse_long"),
