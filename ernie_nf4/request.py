@@ -454,7 +454,9 @@ def _lora_choices(form: FormValues) -> tuple[LoraChoice, ...]:
             )
         scales = [_real("lora_scale", scales[i], LORA_SCALE_RANGE, "1") for i in keep]
     else:
-        scales = [_real("lora_scale", scales, LORA_SCALE_RANGE, "1")] * len(keep)
+        scale = _real("lora_scale", scales, LORA_SCALE_RANGE, "1")
+        _check_real("lora_scale", scale, *LORA_SCALE_RANGE)  # also with no LoRA picked: a bad value is refused
+        scales = [scale] * len(keep)
     return tuple(LoraChoice(names[i].strip(), scale) for i, scale in zip(keep, scales, strict=True))
 
 
@@ -502,7 +504,12 @@ def request_from_form(form: FormValues) -> tuple[GenerationRequest, list[str]]:
     control characters are removed from the prompts and a width/height inside the range is snapped to the
     nearest multiple of 16 (1000 -> 1008). Numbers may come as numbers or as text of the digits 0-9; booleans,
     other scripts' digits and underscores are refused. Everything else out of range raises ``InvalidArgument``
-    naming the field (``err.field``). ``randomize_seed`` is not read: the caller draws the seed first."""
+    naming the field (``err.field``). ``randomize_seed`` is only checked (true, false or None): the caller draws the
+    seed first."""
+    if form.randomize_seed is not None and not isinstance(form.randomize_seed, bool):
+        raise InvalidArgument(
+            f"randomize_seed must be true or false, got {form.randomize_seed!r}", field="randomize_seed"
+        )
     notes = []
     texts = _clean_texts(form, notes)
     sizes = _snapped_sizes(form, notes)

@@ -61,6 +61,10 @@ BAD = [
     ({"num_images": 0}, r"num_images must be in \[1, 4\]"),
     ({"num_images": 100}, r"num_images must be in \[1, 4\]"),
     ({"use_pe": "yes"}, "use_pe must be true or false"),
+    ({"randomize_seed": "yes"}, "randomize_seed must be true or false"),
+    ({"randomize_seed": 1}, "randomize_seed must be true or false"),
+    ({"lora_scale": math.inf}, "lora_scale must be a finite number"),  # with no LoRA picked too
+    ({"lora_scale": -5}, r"lora_scale must be in \[0.0, 2.0\]"),
 ]
 
 

@@ -542,6 +542,7 @@ FIELD_NAMES_ZH = {
     "num_inference_steps": "步数",
     "guidance_scale": "引导强度",
     "seed": "随机种子",
+    "randomize_seed": "随机种子（每次不同）",
     "use_pe": "提示词增强",
     "num_images": "图片数量",
     "lora": "LoRA",
