@@ -386,6 +386,40 @@ def test_gradios_words_drawn_before_a_language_change_follow_it_both_ways(browse
         app.close()
 
 
+# The words of the Stats tables broken across lines (a word: up to a space, or a Chinese opening parenthesis, where
+# a line may break)
+BROKEN_WORDS = """() => {
+    const broken = [];
+    for (const cell of document.querySelectorAll('#stats td, #stats th')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (const match of node.nodeValue.matchAll(/[^\\s（]+/g)) {
+                const range = document.createRange();
+                range.setStart(node, match.index);
+                range.setEnd(node, match.index + match[0].length);
+                const lines = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+                if (lines.size > 1) broken.push(match[0]);
+            }
+        }
+    }
+    return broken;
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("locale, tab", [("en-US", "Stats"), ("zh-CN", "统计")])
+def test_on_a_phone_the_stats_tables_break_no_word_and_the_page_does_not_scroll_sideways(
+    served_tiny_app, open_app, locale, tab
+):
+    url, client, _ = served_tiny_app
+    client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")  # the model loaded: its sizes
+    page = open_app(viewport=PHONE, locale=locale, url=url)
+    page.get_by_role("tab", name=tab).click()
+    page.locator("#stats table").first.wait_for()
+    assert page.evaluate(BROKEN_WORDS) == []
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+
+
 @pytest.mark.browser
 def test_the_stats_charts_description_for_screen_readers_follows_the_language(served_tiny_app, open_app):
     """Vega, which draws the Stats chart, describes it for screen readers in English (the chart, its axes, legend

@@ -302,6 +302,10 @@ CSS = """
   border: none; border-radius: 0;
 }
 #revised textarea { overflow-y: auto; }
+/* Stats' tables: no word or number broken across lines (a narrow screen scrolls the table sideways, not the page) */
+#stats table { display: block; max-width: 100%; overflow-x: auto; }
+#stats :is(td, th) { word-break: keep-all; overflow-wrap: normal; }
+#stats :is(td, th):not(:first-child) { white-space: nowrap; }
 #relang { display: none !important; }
 .visually-hidden {
   position: absolute !important; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
