@@ -55,6 +55,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_build(tmp_path):
         assert "nowhere" not in result.stderr  # before the source is even looked at
 
 
+def test_a_cut_weights_file_in_the_source_is_named_before_any_work_with_the_fix_that_helps(tiny_original, tmp_path):
+    import shutil
+
+    source = shutil.copytree(tiny_original, tmp_path / "original")
+    weights = source / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as a download cut short leaves it
+    result = run("--source", source, "--output", tmp_path / "out", *COMPONENTS)
+    assert result.returncode == 2, result.stderr
+    assert f"source {source}: {weights}" in result.stderr and "download the original again" in result.stderr
+    assert "quantize.py --overwrite" not in result.stderr and ".building" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_an_ernie_pipeline_is_refused(tmp_path):
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import clean_leftovers, staged_folder
-from ..errors import EnvironmentUnsupported, InvalidArgument
+from ..errors import EnvironmentUnsupported, InvalidArgument, PackageError
 from ..formatting import format_bytes
 from ..package.check import check_package
 from ..package.format import (
@@ -45,6 +45,7 @@ from ..package.metadata import (
     write_metadata,
 )
 from ..package.preview_map import PREVIEW_FILE, fit_preview_map, write_preview_map
+from ..package.safetensors_header import REPAIR_HINT, read_safetensors_header
 from ..progress import Detail, ProgressCallback, detail
 from ..progress import report as report_progress
 from ..system import free_device_memory, gpu_name, library_versions, peak_vram, reset_peak_vram, resolve_device
@@ -159,9 +160,24 @@ def _plan(source: str, revision: str | None, components: tuple[str, ...], output
         if name not in names:
             raise InvalidArgument(f"components: {name} is not in the source's model_index.json ({names})")
     check_not_quantized(resolved.path, entries, source)
+    _check_source_weights(source, resolved.path, names)
     before = {name: folder_bytes(resolved.path / name) for name in names}
     _check_disk(output.parent, int(sum(b * (_NF4_SIZE_FACTOR if n in components else 1.0) for n, b in before.items())))
     return _Plan(resolved.path, resolved.id, resolved.revision, resolved.commit, index, names, components, before)
+
+
+def _check_source_weights(source: str, folder: Path, names: list[str]) -> None:
+    """Every safetensors file of the source whole (headers only, cheap): a cut or damaged one is named before any
+    work, with the fix that helps (the original fetched again), not after its copy is checked in the package."""
+    for name in names:
+        for file in sorted((folder / name).rglob("*.safetensors")):
+            try:
+                if not file.is_file():
+                    raise PackageError(f"{file}: not a file")
+                read_safetensors_header(file)
+            except PackageError as err:
+                why = str(err).removesuffix(f"; {REPAIR_HINT}")
+                raise InvalidArgument(f"source {source}: {why}; download the original again") from None
 
 
 def _text_model_only(model):
