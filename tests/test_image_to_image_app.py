@@ -38,12 +38,13 @@ def test_the_api_takes_an_image_and_a_strength_and_the_png_records_them(fake_app
     assert request.strength == 0.4 and request.steps_run == 4
     assert request.init_image.sha256 == InitImage.of(str(source)).sha256
     assert "init_image 96x64 → scaled to 96x64, center-cropped to 64x64" in info
+    assert "from the start image at strength 0.4" in info  # the run info says how it started, as Vary's does
     with Image.open(images[0]["image"]) as png:
         text = png.info["parameters"]
     assert text.endswith(f"Denoising strength: 0.4, Init image: {request.init_image.sha256[:16]}")
     # strength 1 ignores the image: plain text-to-image, nothing about an image in the PNG
-    images, _, _, _ = client.predict(*FORM, handle_file(str(source)), 1, api_name="/generate")
-    assert service.requests[-1].init_image is None
+    images, _, _, info = client.predict(*FORM, handle_file(str(source)), 1, api_name="/generate")
+    assert service.requests[-1].init_image is None and "start image" not in info
     with Image.open(images[0]["image"]) as png:
         assert "Denoising strength" not in png.info["parameters"]
     with pytest.raises(ValidationError, match="- init_image: strength 0.5 needs an init_image"):

@@ -162,6 +162,8 @@ class Handlers:
         result = self._run(req, key, request, progress, lang, on_preview=on_preview)
         if result is None:  # stopped: the outputs keep what they showed and the info box says so
             return self.stopped_outputs(lang)
+        if req.init_image is not None:  # the run info says it started from an image, as Vary's and Upscale's do
+            notes = [partial(say, "done_image_to_image", strength=f"{req.strength:g}"), *notes]
         return self._saved(req, result, notes, lang, key)
 
     def _run(self, req, key: str, request, progress, lang: str, call=None, on_preview=None):
