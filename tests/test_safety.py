@@ -413,7 +413,7 @@ def test_outputs_live_in_one_folder_are_served_from_it_and_pruned(limited_app):
 
 def test_pruning_by_age_and_count(tmp_path):
     store = OutputStore(tmp_path, keep_count=3, keep_hours=1)
-    old = tmp_path / "ernie-old-1.png"
+    old = tmp_path / "ernie-20260101-000000-000000-1.png"  # named as the app names its PNGs
     old.write_bytes(b"png")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     other = tmp_path / "notes.txt"

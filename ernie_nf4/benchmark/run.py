@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..atomic import cannot_write_in
+from ..atomic import cannot_write_in, write_text
 from ..build.model_card import write_model_card
 from ..build.quantize import quantize_package
 from ..build.source import resolve_source
@@ -288,8 +288,7 @@ def benchmark(
     if write_metadata:
         _store_in_package(report, folders["package"], request, log)
     if markdown:
-        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown).write_text(markdown_table(report))
+        write_text(markdown, markdown_table(report))
     return report
 
 
@@ -328,6 +327,8 @@ def _check_files(package, markdown, lora, max_pe_tokens) -> None:
     problem = markdown and cannot_write_in(Path(markdown).parent)
     if problem:
         raise ValueError(f"--markdown {markdown}: {problem}; give a file in a folder this user can write")
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _folders(original, package, modes, synthetic, device, write_metadata, with_fidelity, log) -> dict:
