@@ -65,3 +65,19 @@ def test_a_broken_local_package_is_reported_not_replaced(tiny_package, tmp_path)
     with pytest.raises(PackageError, match=r"vae/config.json: 2 bytes on disk, metadata says"):
         ensure_package(copy, repo_id="owner/x")
     assert (copy / "vae").is_dir()
+
+
+def test_a_model_dir_where_nothing_can_be_written_is_named_before_any_download_or_build(tiny_package, tmp_path):
+    from ernie_nf4.errors import PackageUnavailable
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with HubStandIn(tiny_package) as hub:
+        for folder, words in (
+            (a_file / "pkg", f"{a_file} is a file"),
+            ("/sys/kernel/pkg", "/sys/kernel cannot be written"),
+        ):
+            with pytest.raises(PackageUnavailable, match=f"model_dir .*pkg: no package there.*{words}") as refused:
+                ensure_package(folder, repo_id=hub.repo_id, source="src", build=None, endpoint=hub.endpoint)
+            assert "network" not in str(refused.value)
+            assert not [path for _, path, _ in hub.requests if path.endswith(".safetensors")]  # nothing fetched

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import replace
+from ..atomic import cannot_write_in, replace
 from ..build.quantize import quantize_package
 from ..errors import EnvironmentUnsupported, PackageError, PackageUnavailable
 from ..formatting import format_bytes
@@ -150,6 +150,11 @@ def ensure_package(
         check_package(model_dir, argument="model_dir")
         report(on_progress, "load", detail("load_found", name=model_dir.name))
         return model_dir
+    if problem := cannot_write_in(model_dir.parent):  # no download or build could be kept there
+        raise PackageUnavailable(
+            f"model_dir {model_dir}: no package there, and none can be written there ({problem}); give a folder "
+            "this user can write, or one that holds a package"
+        )
     tried = []
     if repo_id:
         try:
