@@ -87,6 +87,18 @@ def test_an_output_folder_or_a_limit_that_cannot_work_is_refused_at_start_in_the
         assert word in message, message
 
 
+def test_a_start_that_cannot_listen_deletes_no_old_output(tmp_path):
+    import socket
+
+    old_pngs(tmp_path / "out", 3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        message = refused(tmp_path, "--port", taken.getsockname()[1], "--keep-outputs", "1", env={})
+    assert "cannot listen" in message, message
+    assert len(list((tmp_path / "out").glob("ernie-*.png"))) == 3
+
+
 def test_pruning_deletes_only_the_pngs_the_app_names_as_its_own(tmp_path):
     from PIL import Image
 

@@ -546,6 +546,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         sys.exit(f"error: cannot listen on {args.host}:{args.port} ({err}); choose another --port or --host")
     print(f"Running on http://{display_host(args.host)}:{args.port}", flush=True)
+    outputs.prune()  # old outputs go once this start is sure to serve
     if share_url:
         print(f"Public link: {share_url}", flush=True)
     elif not os.environ.get("SPACE_ID"):

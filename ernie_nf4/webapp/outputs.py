@@ -53,8 +53,7 @@ class OutputStore:
             ) from None
         self._lock = threading.Lock()
         self._made = self._read_manifest()
-        self.serve()
-        self.prune()
+        self.serve()  # pruned at each save, and by the app once it listens (never by a start that fails)
 
     def serve(self) -> None:
         """Let Gradio serve this folder's files in place (no second copy in its cache)."""
