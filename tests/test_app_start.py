@@ -79,6 +79,7 @@ def test_a_device_or_folder_that_cannot_work_is_refused_at_start(tmp_path, env, 
         (["--max-body-kb", "-1"], ["--max-body-kb", "at least 1, got -1"]),
         (["--max-upload-mb", "-1"], ["--max-upload-mb", "at least 0 (0 turns uploads off), got -1"]),
         (["--max-queue", "1e3"], ["--max-queue", "whole number", "'1e3'"]),
+        (["--keep-hours", "inf"], ["--keep-hours", "more than 0 and finite", "got inf"]),
     ],
 )
 def test_an_output_folder_or_a_limit_that_cannot_work_is_refused_at_start_in_the_flags_terms(tmp_path, flags, words):

@@ -123,8 +123,8 @@ class RequestLimits:
         body = await _read_body(receive, self._cap(upload))
         if body is None:  # the client went away
             return
-        if isinstance(body, tuple):
-            return await _refuse(send, *body)
+        if body is _TOO_LARGE:
+            return await _refuse(send, *self._too_large(upload))
         missing = None
         if not upload and _is_job(path):
             body, missing = _completed(scope, path, body)
@@ -145,6 +145,13 @@ class RequestLimits:
     def _cap(self, upload: bool) -> int:
         return self.limits.max_upload_bytes + 64 * 1024 if upload else self.limits.max_body_bytes
 
+    def _too_large(self, upload: bool) -> tuple[int, str]:
+        """The refusal of a body over ``_cap``: an upload's in the file size people choose (the form's own bytes
+        aside), any other request's in bytes."""
+        if upload:
+            return 413, f"upload too large: files of at most {self.limits.max_upload_bytes / MB:g} MB are taken here"
+        return 413, f"request body too large: at most {self.limits.max_body_bytes:,} bytes"
+
     def _before_body(self, path: str, client: str, upload: bool, headers) -> tuple | None:
         """A refusal that needs no body: uploads off or over budget, a login throttled, a declared size too big."""
         limits = self.limits
@@ -158,7 +165,7 @@ class RequestLimits:
         cap = self._cap(upload)
         length = dict(headers).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):
-            return 413, f"{'upload' if upload else 'request body'} too large: at most {cap:,} bytes"
+            return self._too_large(upload)
         return None
 
     def _upload_budget(self, client: str) -> tuple:
@@ -256,9 +263,12 @@ class RequestLimits:
         return not any(folder == resolved or folder in resolved.parents for folder in self.gradio_folders)
 
 
+_TOO_LARGE = object()  # what ``_read_body`` gives for a body over its cap
+
+
 async def _read_body(receive, cap: int):
     """The request's body, read to at most ``cap`` bytes (a chunked body over it is refused without reading
-    further): bytes, a refusal (status, message), or None when the client went away."""
+    further): bytes, ``_TOO_LARGE``, or None when the client went away."""
     body, size, more = [], 0, True
     while more:
         message = await receive()
@@ -267,7 +277,7 @@ async def _read_body(receive, cap: int):
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
-            return 413, f"request body too large: at most {cap:,} bytes"
+            return _TOO_LARGE
         body.append(chunk)
         more = message.get("more_body", False)
     return b"".join(body)

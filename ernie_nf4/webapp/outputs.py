@@ -36,8 +36,12 @@ class OutputStore:
     def __post_init__(self) -> None:
         if self.keep_count is not None and self.keep_count < 1:
             raise InvalidArgument(f"keep_count must be at least 1, got {self.keep_count}", field="keep_count")
-        if self.keep_hours is not None and not self.keep_hours > 0:
-            raise InvalidArgument(f"keep_hours must be more than 0, got {self.keep_hours}", field="keep_hours")
+        if self.keep_hours is not None and not 0 < self.keep_hours < float("inf"):
+            raise InvalidArgument(
+                f"keep_hours must be more than 0 and finite (leave it out to keep outputs of any age), got "
+                f"{self.keep_hours}",
+                field="keep_hours",
+            )
         if not str(self.folder).strip():
             raise InvalidArgument("folder is empty; give a folder, or leave it out for the default", field="folder")
         self.folder = Path(self.folder).expanduser().resolve()
