@@ -59,6 +59,31 @@ def test_stop_while_the_pe_writes_ends_the_run_within_a_second(tiny_service):
     assert tiny_service.last_result is None  # nothing kept
 
 
+def test_stop_while_the_run_waits_for_the_model_to_load_ends_the_wait_and_the_load_goes_on(
+    tiny_package, nf4_everywhere
+):
+    from ernie_nf4.serving.service import ImageService, ServiceConfig
+
+    service = ImageService(ServiceConfig(model_dir=str(tiny_package), tiny=True, device=DEVICE))
+    request, cancel, outcome = GenerationRequest("a fox", **SMALL, use_pe=False), threading.Event(), []
+
+    def run():
+        try:
+            outcome.append(service.generate(request, cancel=cancel))
+        except GenerationCancelled as stopped:
+            outcome.append(stopped)
+
+    with service._lock:  # a load under way in another thread (the app's preload) holds it for its whole length
+        waiting = threading.Thread(target=run)
+        waiting.start()
+        time.sleep(0.5)
+        assert not outcome  # the run waits for the load
+        cancel.set()
+        waiting.join(timeout=5)
+        assert len(outcome) == 1 and isinstance(outcome[0], GenerationCancelled)  # its wait ended at the stop
+    assert service.generate(request).images  # the next run loads and runs
+
+
 def test_a_stopped_run_leaves_the_prompt_cache_as_it_was(tiny_generator):
     generator = Generator(tiny_generator.loaded, max_pe_tokens=CAP, prompt_cache_size=4)
     request = GenerationRequest("a dog", seed=11, **SMALL)

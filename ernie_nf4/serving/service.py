@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EnvironmentUnsupported, OutOfMemory
+from ..errors import EnvironmentUnsupported, GenerationCancelled, OutOfMemory
 from ..package.sizes import package_stats
 from ..progress import ProgressCallback, RateMeter, detail, report
 from ..request import GenerationRequest
@@ -183,11 +183,12 @@ class ImageService:
             build=build,
         )
 
-    def load(self, on_progress: ProgressCallback | None = None) -> Generator:
-        """Get and load the package once (a call while another thread loads waits, seeing that load's progress)."""
+    def load(self, on_progress: ProgressCallback | None = None, cancel=None) -> Generator:
+        """Get and load the package once (a call while another thread loads waits, seeing that load's progress;
+        ``cancel`` set meanwhile ends its wait with ``GenerationCancelled``, the load going on for the next)."""
         if self._generator is not None:
             return self._generator
-        self._acquire(on_progress)
+        self._acquire(on_progress, cancel)
         try:
             if self._generator is not None:
                 return self._generator
@@ -196,10 +197,12 @@ class ImageService:
             self._load_progress = None
             self._lock.release()
 
-    def _acquire(self, on_progress: ProgressCallback | None) -> None:
+    def _acquire(self, on_progress: ProgressCallback | None, cancel=None) -> None:
         """Take the lock; meanwhile pass on the progress of a load running in another thread (``preload``)."""
         shown = None
         while not self._lock.acquire(timeout=0.25):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled()
             event = self._load_progress
             if on_progress is not None and event is not None and event is not shown:
                 on_progress(event)
@@ -289,7 +292,7 @@ class ImageService:
         the current denoising step, raising ``GenerationCancelled``; set while the run waits for the GPU, it stops
         it before it starts. ``previews``: every few denoising steps a ``Progress`` carries a live preview of the
         image forming (``Progress.preview``); none after a stop."""
-        generator = self.load(on_progress)
+        generator = self.load(on_progress, cancel)
         stages = _StageReporter(request, on_progress, generator.tile_count(request))
         with self._lock:  # one generation at a time per GPU
             await_quick_compile(self.compiler, on_progress, cancel)  # seconds, when this machine's cache is warm
@@ -317,7 +320,7 @@ class ImageService:
         would have the PE write for it, to read and edit before a run gives it as ``enhanced_prompt``. Progress
         tells the tokens written; ``cancel`` stops it within a few tokens (``GenerationCancelled``), as in
         ``generate``."""
-        generator = self.load(on_progress)
+        generator = self.load(on_progress, cancel)
         stages = _StageReporter(request, on_progress)
         with self._lock:  # the GPU's one queue, shared with generate
             stages.start(True, generator.pe_cap)
