@@ -472,15 +472,18 @@ def test_a_language_picked_in_gradios_settings_reaches_the_texts_the_server_writ
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("locale, then, said", [("en-US", "简体中文", "种子 "), ("zh-CN", "English", "seed ")])
-def test_a_run_that_ends_after_a_language_change_is_said_in_the_new_language(open_app, locale, then, said):
+@pytest.mark.parametrize(
+    "locale, then, said, stage", [("en-US", "简体中文", "种子 ", "去噪"), ("zh-CN", "English", "seed ", "denoising")]
+)
+def test_a_run_under_way_at_a_language_change_is_said_in_the_new_language(open_app, locale, then, said, stage):
     from .test_browser_run import fill_form
 
     page = open_app(locale=locale)
-    fill_form(page, "slow lighthouse", steps=20)  # FakeService: 0.2 s a step for "slow" prompts
+    fill_form(page, "slow lighthouse", steps=40)  # FakeService: 0.2 s a step for "slow" prompts
     page.locator("#generate").click()
     expect(page.locator("#stop")).to_be_enabled()
-    pick_language(page, then)  # while it runs
+    pick_language(page, then)  # while it runs: its progress from the next step on, then its results
+    expect(page.locator("#gallery [data-testid=status-tracker]")).to_contain_text(stage)
     wait_for_info(page, said)
     expect(page.locator("#gallery img").first).to_have_attribute("alt", re.compile(rf"^64×64 · {said}\d+ · "))
 

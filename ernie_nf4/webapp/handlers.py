@@ -83,6 +83,7 @@ class Handlers:
         self.runs = RunRegistry()
         self._galleries: dict[str, list] = {}  # session -> its last results' gallery, newest last
         self._said: dict[str, dict] = {}  # session -> its last results' captions and run info, in each language
+        self._shown: dict[str, set] = {}  # session -> the progress of its runs under way (``PageProgress``)
         self._generate = gpu_generate(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
         self._enhance = gpu_enhance(service, gpu_decorator if gpu_decorator is not None else zerogpu_decorator())
 
@@ -172,9 +173,10 @@ class Handlers:
         step. ``on_preview((event, cancel, again))``: the run asks for live previews and each comes there, never
         once the run's stop signal is set (``again()`` shows the progress line again once the preview is shown)."""
         cancel = self.runs.start(key, request)
+        call = call or self._generate
+        show = PageProgress(progress, lang, stages_of(req.runs_pe, enhance_only=call == self._enhance))
+        self._shown.setdefault(key, set()).add(show)  # said in the page's new language from its next line on
         try:
-            call = call or self._generate
-            show = PageProgress(progress, lang, stages_of(req.runs_pe, enhance_only=call == self._enhance))
             if on_preview is not None:
                 return call(req, on_progress=_previews_apart(show, on_preview, cancel), cancel=cancel, previews=True)
             return call(req, on_progress=show, cancel=cancel)
@@ -186,6 +188,10 @@ class Handlers:
             raise gr.Error(message, print_exception=False) from None
         finally:
             self.runs.end(key, cancel)
+            shown = self._shown.get(key, set())
+            shown.discard(show)
+            if not shown:
+                self._shown.pop(key, None)
 
     def generate_live(
         self,
@@ -283,8 +289,11 @@ class Handlers:
 
     def relang(self, gallery, info, request: gr.Request = None):
         """The result gallery's captions and the run info box in the page's language, once it changed: the
-        session's last results as they were said in another language; what else they show stays."""
+        session's last results as they were said in another language; what else they show stays. The progress of
+        the session's runs under way is said in it from their next line on."""
         lang, said = language(request), self._said.get(_session_key(request))
+        for show in list(self._shown.get(_session_key(request), ())):  # runs under way: their progress lines
+            show.view.lang = lang
         try:
             names = [Path(str(_item_path(item))).name for item in _results(gallery)]
         except (TypeError, IndexError):  # not a gallery's value (a client's own)
