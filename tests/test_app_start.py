@@ -165,3 +165,29 @@ def test_a_local_run_keeps_its_outputs_unless_asked_and_each_deletion_is_logged(
     logged = [re.search(r"deleted (\d+) old output\(s\) from (\S+)", r.getMessage()) for r in caplog.records]
     assert sum(int(m[1]) for m in logged if m) == 251 - kept
     assert all(m[2] == str(folder) for m in logged if m)
+
+
+def test_two_starts_pruning_one_folder_at_once_both_go_on(tmp_path):
+    """Replicas, or a start beside a save, prune the same folder together: a file the other deleted first is no
+    error."""
+    import threading
+
+    from ernie_nf4.webapp.outputs import OutputStore
+
+    folder, failures = tmp_path / "out", []
+    stores = [OutputStore(folder, keep_count=1), OutputStore(folder, keep_count=1)]
+
+    def prune(store):
+        try:
+            store.prune()
+        except Exception as err:  # noqa: BLE001 - any failure is the finding
+            failures.append(err)
+
+    for _ in range(5):
+        old_pngs(folder, 300)
+        threads = [threading.Thread(target=prune, args=(store,)) for store in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and len(list(folder.glob("ernie-*.png"))) == 1

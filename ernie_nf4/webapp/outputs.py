@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -126,18 +127,30 @@ class OutputStore:
         now = time.time()
         count = self.keep_count if self.keep_count is not None else float("inf")
         age = self.keep_hours * 3600 if self.keep_hours is not None else float("inf")
-        files = [p for p in self.folder.glob(PATTERN) if NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
-        files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        doomed = [p for i, p in enumerate(files) if i >= count or now - p.stat().st_mtime > age]
-        for path in doomed:
-            path.unlink(missing_ok=True)
+        files = []
+        for path in self.folder.glob(PATTERN):
+            try:
+                info = path.lstat()
+            except OSError:  # deleted meanwhile (by another replica's prune)
+                continue
+            if NAME.fullmatch(path.name) and stat.S_ISREG(info.st_mode):
+                files.append((info.st_mtime, path))
+        files.sort(reverse=True)
+        deleted = []
+        for path in [path for i, (mtime, path) in enumerate(files) if i >= count or now - mtime > age]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:  # a file this user may not delete: kept, and said, the app goes on
+                logger.warning("could not delete old output %s (%s)", path, err.strerror or err)
+                continue
+            deleted.append(path)
             self._made.discard(path.name)
-        if doomed:
+        if deleted:
             self._write_manifest()
-        if doomed:
-            names = ", ".join(p.name for p in doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
-            logger.info("deleted %d old output(s) from %s (%s): %s", len(doomed), self.folder, self._rule(), names)
-        return doomed
+            names = ", ".join(p.name for p in deleted[:5])
+            names += f" and {len(deleted) - 5} more" if len(deleted) > 5 else ""
+            logger.info("deleted %d old output(s) from %s (%s): %s", len(deleted), self.folder, self._rule(), names)
+        return deleted
 
     def _rule(self) -> str:
         rules = [f"--keep-outputs {self.keep_count}"] if self.keep_count is not None else []
