@@ -12,12 +12,12 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import cannot_write_in
 from ..errors import InvalidArgument
 from .png_params import save_png
 
@@ -46,16 +46,10 @@ class OutputStore:
         if not str(self.folder).strip():
             raise InvalidArgument("folder is empty; give a folder, or leave it out for the default", field="folder")
         self.folder = Path(self.folder).expanduser().resolve()
-        try:  # refused at start, not at the first image
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.folder):
-                pass
-        except OSError as err:
-            why = err.strerror or type(err).__name__
-            raise InvalidArgument(
-                f"folder {str(self.folder)!r} cannot be written ({why}); give one this user can write",
-                field="folder",
-            ) from None
+        if problem := cannot_write_in(self.folder):  # refused at start, not at the first image
+            message = f"folder {str(self.folder)!r}: {problem}; give one this user can write"
+            raise InvalidArgument(message, field="folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._made = self._read_manifest()
         self.serve()  # pruned at each save, and by the app once it listens (never by a start that fails)

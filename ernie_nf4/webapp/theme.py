@@ -66,7 +66,12 @@ ACCESSIBILITY_JS = """
     "visualization": "图表", "group mark container": "分组", "rect mark container": "矩形组", "bar": "柱",
     "axis": "坐标轴", "legend": "图例", "title": "标题", "subtitle": "副标题",
   };
-  const GRADIO_EN = Object.fromEntries(Object.entries(GRADIO_ZH).map(([english, chinese]) => [chinese, english]));
+  const reversed = new WeakMap();  // a word table's, Chinese to English: Gradio's own Chinese on a page drawn in it
+  const englishOf = (table, text) => {
+    if (Array.isArray(table)) return undefined;
+    if (!reversed.has(table)) reversed.set(table, Object.fromEntries(Object.entries(table).map(([e, z]) => [z, e])));
+    return reversed.get(table)[text];
+  };
   // a popup's title: Gradio writes its kind ("Info", "Warning", "Error") whatever title the server gives
   const POPUP_ZH = {"Info": "提示", "Warning": "注意", "Error": "错误", "Success": "完成"};
   let spoken = "", pending = null, last = 0;
@@ -80,7 +85,7 @@ ACCESSIBILITY_JS = """
     const current = button.getAttribute("aria-label");
     if (!label || !current) return;
     const own = current === button.dataset.named, written = own ? button.dataset.base : current;
-    const base = GRADIO_EN[written] || written;  // a word Gradio wrote in Chinese before the page became English
+    const base = englishOf(GRADIO_ZH, written) || written;  // a word Gradio wrote in Chinese, the page now English
     const named = isZh() ? `${GRADIO_ZH[base] || base}：${label}` : `${base}: ${label}`;
     if (own && named === current) return;
     button.dataset.base = base;
@@ -164,12 +169,6 @@ ACCESSIBILITY_JS = """
   // an attribute Gradio writes in English (``name`` of ``element``), said by ``table`` (a word table or patterns);
   // back in English on an English page; Gradio's new value is said afresh
   const saidAttrs = new WeakMap();
-  const reversed = new WeakMap();  // a word table's, Chinese to English: Gradio's own Chinese on a page drawn in it
-  const englishOf = (table, text) => {
-    if (Array.isArray(table)) return undefined;
-    if (!reversed.has(table)) reversed.set(table, Object.fromEntries(Object.entries(table).map(([e, z]) => [z, e])));
-    return reversed.get(table)[text];
-  };
   const sayAttr = (element, name, table, zh) => {
     const said = saidAttrs.get(element) || {}, current = element.getAttribute(name);
     const base = said[name] && current === said[name].said ? said[name].base : englishOf(table, current) || current;
