@@ -200,6 +200,45 @@ def test_dropping_a_png_restores_its_settings(open_app, tmp_path):
     expect(page.locator("#randomize input")).not_to_be_checked()
 
 
+def give_the_restore_box(page, path, how):
+    """``path`` given to the restore box as a person does: picked in the file dialog, or dropped on the box."""
+    if how == "picked":
+        page.locator("#restore input[type=file]").set_input_files(str(path))
+        return
+    page.locator("#restore button.upload-container").evaluate(
+        """(zone, [name, bytes]) => {
+          const given = new DataTransfer();
+          given.items.add(new File([new Uint8Array(bytes)], name));
+          for (const kind of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(kind, {bubbles: true, cancelable: true, dataTransfer: given}));
+          }
+        }""",
+        [path.name, list(path.read_bytes())],
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("how", ["picked", "dropped"])
+def test_a_file_the_restore_box_refuses_takes_the_last_files_note_away(open_app, tmp_path, how):
+    """A file the browser refuses (not a PNG) never reaches the server: the note about the PNG restored before it
+    goes, the restored form stays, and the same PNG given again says its note again."""
+    request = GenerationRequest("a red fox", width=96, height=64, seed=77)
+    path = save_png(Image.new("RGB", (16, 16)), tmp_path, 77, parameters_text(request, 77, None, "ERNIE-Image NF4"))
+    refused = tmp_path / "notes.txt"
+    refused.write_text("not a picture")
+    page = open_app()
+    note = page.locator("#history-note")
+    give_the_restore_box(page, path, how)
+    expect(note).to_contain_text(f"restored from {path.name}")
+    give_the_restore_box(page, refused, how)
+    expect(page.get_by_text("Invalid file type: notes.txt. Only .png allowed.")).to_be_visible()
+    expect(note).to_have_text("")
+    expect(page.locator("#prompt textarea")).to_have_value("a red fox")
+    give_the_restore_box(page, path, how)
+    expect(note).to_contain_text(f"restored from {path.name}")
+    expect(page.locator("#width input")).to_have_value("96")
+
+
 def test_a1111_parameters_text_parses():
     text = (
         "a castle, on a hill\nat dawn\nNegative prompt: fog,\nrain\n"

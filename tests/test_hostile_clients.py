@@ -1,7 +1,8 @@
 """Hostile and careless API clients against the real app on loopback (raw HTTP with httpx, ``gradio_client``):
 a cancel stops compute, nothing gets around the queue, admissions sent at the same instant respect the limits, a
 client's identity on a Space is what the platform's proxy appended, wrong passwords are throttled, uploads are
-bounded per client and deleted when stale, only the app's own images are served, deep JSON is refused by name."""
+bounded per client and deleted when stale, only the app's own images are served, deep JSON is refused by name,
+and the page's own events called by hand refuse values the page never sends, naming them."""
 
 import threading
 import time
@@ -263,3 +264,59 @@ def test_direct_calls_that_name_no_server_event_or_send_the_wrong_values_get_a_m
             r = http.post("gradio_api/run/predict", json=body)
             assert r.status_code == 422 and says in r.json()["error"], (body, r.status_code, r.text[:200])
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- the page's own events, called by hand
+
+FILE_META = {"_type": "gradio.FileData"}
+# (event, values with one of the wrong kind, the field the refusal names): a text for a number, a dict for a text or a
+# choice, a list for an image, a number past what a page's field holds, a file of the server's own, out of range.
+WRONG_VALUES = [
+    ("swap", ["wide", 64], "(Number #width) must be a number"),
+    ("swap", [64, 2**70], "(Number #height) must be a number"),
+    ("swap", [[64, 64], 64], "(Number #width) must be a number"),
+    ("apply_preset", [{"size": "1024x1024"}], "(Dropdown #preset) must be one of its choices"),
+    ("apply_preset", ["4096x4096"], "(Dropdown #preset) must be one of its choices"),
+    ("relang", [{"image": "x"}, ""], "(Gallery #gallery) must be gallery data"),
+    ("relang", [[], {"text": "seed 1"}], "(Textbox #info) must be a text"),
+    ("use_history", [[], "first"], "value 1 of this event (Number) must be a number"),
+    ("restore_png", ["/etc/passwd"], "(File #restore) must be file data"),
+    ("restore_png", [{"path": "/etc/passwd", "meta": FILE_META}], "uploaded to this server or are its results"),
+    ("use_result", [[], 0, 5], "(Slider #strength) must be a number in [0, 1]"),
+    ("image_given", [[1, 2], 1.0], "(Image #init-image) must be image data"),
+    ("vary_subtle_result", [{"gallery": 1}, 0], "(Gallery #gallery) must be gallery data"),
+]
+
+
+def _page_call(http, route: str, fn_index: int, values, session: str):
+    body = {"data": values, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
+    return http.post(route, json=body)
+
+
+def test_the_pages_own_events_refuse_values_of_the_wrong_kind_by_name_and_the_app_goes_on(served_tiny_app):
+    """Hand-made calls of the page's private events, by both routes the page uses (a direct call, a queued job):
+    a value of the wrong kind, a list of the wrong length or a route of the API that names none of them is refused
+    (4xx) with a message naming the value, never answered 500 with a traceback in the server's log; right values
+    are still answered, and the app still generates."""
+    url, client, model_dir = served_tiny_app
+    log = model_dir.with_name("app.log")
+    logged = len(log.read_text())
+    with httpx.Client(base_url=url, timeout=60) as http:
+        events = {e["api_name"]: e["id"] for e in http.get("config").json()["dependencies"] if e.get("backend_fn")}
+        for number, (name, values, says) in enumerate(WRONG_VALUES):
+            for route in ("gradio_api/run/predict", "gradio_api/queue/join"):
+                r = _page_call(http, route, events[name], values, f"hand-{number}")
+                assert r.status_code == 422 and says in r.json()["error"], (name, values, route, r.status_code, r.text)
+        short = _page_call(http, "gradio_api/run/predict", events["swap"], [64], "short")
+        assert short.status_code == 422 and "takes 2 values" in short.json()["error"], short.text
+        checked = _page_call(http, "gradio_api/queue/join", events["lambda"], ["a fox", 64, 64], "short-job")
+        assert checked.status_code == 422 and "is missing 1 of its values" in checked.json()["error"], checked.text
+        unnamed = http.post("gradio_api/call/v2/swap", json={"width": "wide", "height": 64})
+        assert unnamed.status_code == 404 and "no endpoint of this server's API" in unnamed.json()["error"]
+        swapped = _page_call(http, "gradio_api/run/predict", events["swap"], [64, 96], "right")
+        no_size = _page_call(http, "gradio_api/run/predict", events["apply_preset"], [None], "right")
+    assert swapped.status_code == 200 and swapped.json()["data"] == [96, 64], swapped.text
+    assert no_size.status_code == 200 and no_size.json()["data"] == [{"__type__": "update"}] * 2, no_size.text
+    images, *_ = client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")
+    assert len(images) == 1
+    assert "Traceback" not in log.read_text()[logged:]

@@ -243,6 +243,71 @@ def test_the_charts_labels_stay_apart_on_a_phone_and_a_desktop(gpu_stats_url, lo
         browser.close()
 
 
+class WholePackageStatsService(FakeService):
+    """The fake service, with the figures of a GPU run on a package of every folder the real one has (long names
+    among them: "prompt enhancer's tokenizer")."""
+
+    def stats(self):
+        stats = gpu_stats()
+        stats.package.components = [
+            ComponentStats("pe", True, 2_301_234_567, 7_701_234_567),
+            ComponentStats("pe_tokenizer", False, 11_234_567, 11_234_567),
+            ComponentStats("scheduler", False, 1_234, 1_234),
+            ComponentStats("text_encoder", True, 2_412_345_678, 7_712_345_678),
+            ComponentStats("tokenizer", False, 11_234_567, 11_234_567),
+            ComponentStats("transformer", True, 4_901_234_567, 16_104_345_678),
+            ComponentStats("vae", False, 168_123_456, 168_123_456),
+        ]
+        return stats
+
+
+TOOLTIP_BOX_JS = """() => { const tip = document.querySelector('#vg-tooltip-element.visible');
+  if (!tip) return null; const b = tip.getBoundingClientRect();
+  return [b.left, b.top, b.right, b.bottom, tip.innerText.replace(/\\s+/g, ' ')]; }"""
+
+
+def hover_box(page, bar) -> list:
+    """The hover box of the chart's ``bar`` (a locator), hovered at its middle: [left, top, right, bottom, text]."""
+    page.mouse.move(0, 0)  # off the chart first: the box shown is the hovered bar's own
+    box, name = bar.bounding_box(), bar.get_attribute("aria-label")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    said = name.split(";")[0].removeprefix("Component: ")  # "prompt enhancer's tokenizer · original"
+    page.wait_for_function(f"({TOOLTIP_BOX_JS})()?.[4].includes({said!r})")
+    return page.evaluate(TOOLTIP_BOX_JS)
+
+
+@pytest.mark.browser
+def test_the_charts_hover_box_stays_on_a_phones_screen(tmp_path):
+    """On a phone (390x844), hovering a bar near the left edge (the prompt enhancer's tokenizer, whose name is
+    long), then every bar, shows the bar's hover box whole on the screen."""
+    from app import build_demo
+
+    demo = build_demo(WholePackageStatsService(), output_dir=str(tmp_path / "out"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    width, height = 390, 844
+    sync_api = playwright_api()
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": width, "height": height}, locale="en-US")
+            page.set_default_timeout(BOUND)
+            page.goto(f"http://127.0.0.1:{port}/")
+            open_stats(page, "en-US")
+            page.locator("#chart").get_by_text(CHART_WORDS["en-US"][0]).wait_for()
+            page.locator("#chart").scroll_into_view_if_needed()
+            bars = "#chart g.mark-rect [role=graphics-symbol][aria-label]"
+            assert page.locator(bars).count() == 14  # each of the 7 parts: its original and its package bar
+            near_left = page.locator(f'{bars}[aria-label*="enhancer\'s tokenizer"]').first
+            assert near_left.bounding_box()["x"] < width / 3
+            for bar in [near_left, *page.locator(bars).all()]:
+                left, top, right, bottom, text = hover_box(page, bar)
+                assert 0 <= left and right <= width and 0 <= top and bottom <= height, (text, left, top, right, bottom)
+            browser.close()
+    finally:
+        demo.close()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.parametrize("locale", ["en-US", "zh-CN"])

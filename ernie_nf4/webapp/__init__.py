@@ -3,6 +3,7 @@
 - ``ui``: ``build_demo(service)``: the page (``layout``, ``theme``) wired to ``handlers``;
 - ``cli``: the flags (each also an ``ERNIE_NF4_*`` variable) and the launch;
 - ``limits``, ``runs``: queue and per-client limits, one stop signal per run;
+- ``event_values``: the values the page sends its private events, checked before Gradio reads them;
 - ``clients``: who a request comes from (on a Space, the address the proxy appended) and each client's recent
   logins and uploads;
 - ``outputs``, ``png_params``: saved images, and the settings they carry written and read back;

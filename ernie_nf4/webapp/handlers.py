@@ -390,7 +390,9 @@ class Handlers:
 
     @staticmethod
     def apply_preset(preset):
-        if preset == CUSTOM:
+        """The (width, height) fields for a size picked in the dropdown ("1024x1024"); left as they are for custom
+        or no size."""
+        if not isinstance(preset, str) or preset == CUSTOM:
             return gr.skip(), gr.skip()
         width, height = map(int, preset.split("x"))
         return width, height

@@ -252,12 +252,15 @@ def _reuse_row() -> dict:
             restore = gr.File(
                 label=t("restore_png"), file_types=[".png"], type="filepath", height=140, elem_id="restore"
             )
+            # out of sight (CSS): clicked as a file is dropped or picked on the box (``ui.WATCH_RESTORE_JS``)
+            restore_given = gr.Button("restore-given", elem_id="restore-given")
     return {
         "history_state": history_state,
         "picked": picked,
         "history": history,
         "use_settings": use_settings,
         "restore": restore,
+        "restore_given": restore_given,
     }
 
 

@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from ..compat import gradio_queue
 from ..errors import InvalidArgument
 from .clients import Recent, client_id, request_client
+from .event_values import unfit_values
 
 logger = logging.getLogger(__name__)
 MB = 1_000_000
@@ -78,6 +80,14 @@ def _is_job(path: str) -> bool:
     return path.endswith("/queue/join") or "/call/" in path
 
 
+_NAMED = re.compile(r"/(run|api|call)/([^/]+)/?$")  # a route that names the event it calls: /run/swap, /call/stats
+
+
+def _is_direct(path: str) -> bool:
+    """A direct call (``/run/predict``, the route of the page's unqueued events, ``/run/<name>``, ``/api/<name>``)."""
+    return (named := _NAMED.search(path)) is not None and named[1] != "call"
+
+
 def _is_login(path: str) -> bool:
     return path.rstrip("/").endswith("/login")
 
@@ -93,8 +103,9 @@ def _served_file(path: str) -> str | None:
 class RequestLimits:
     """Refuses, before the app reads them: bodies over the cap (413), JSON nested too deep (400), uploads over
     their size or a client's budget or when off (413/429/403), new jobs when the queue is full or the client has its
-    share waiting (503/429, "busy, try again"), logins after too many wrong passwords (429), and any file of the
-    output folder but the app's images (404)."""
+    share waiting (503/429, "busy, try again"), logins after too many wrong passwords (429), any file of the
+    output folder but the app's images (404), and calls of events that name none, or send values the page never
+    sends (422, ``event_values``)."""
 
     def __init__(self, app, limits: Limits, outputs=None):
         from gradio.utils import get_cache_folder, get_upload_folder
@@ -188,8 +199,12 @@ class RequestLimits:
             return None
         if problem := _json_problem(body, self.limits.max_json_depth):
             return 400, problem
-        if path.rstrip("/").endswith("/run/predict") and (problem := _bad_direct_call(scope, body)):
+        if _is_direct(path) and (problem := _bad_direct_call(scope, path, body)):
             return 422, problem
+        if problem := _unknown_endpoint(scope, path):
+            return 404, problem
+        if (call := _called(scope, path, body)) and (problem := unfit_values(call[2], call[1], self.outputs)):
+            return 422, f"/{call[2].api_name or call[2].name}: {problem}"
         if not _is_job(path):
             return None
         if missing:
@@ -308,41 +323,55 @@ def _json_problem(body: bytes, max_depth: int) -> str | None:
     return too_deep if any(isinstance(value, (dict, list)) for value in level) else None
 
 
-def _job_call(scope, path: str, body: bytes) -> tuple | None:
-    """(the request's JSON, its values, the event it names) for a job request with a list of values, else None."""
+def _called(scope, path: str, body: bytes) -> tuple | None:
+    """(the request's JSON, its values, the event it names) for a call of an event with a list of values: a job
+    (``/queue/join``, ``/call/<name>``) or a direct call (``_is_direct``); else None. Values as Gradio reads them:
+    ``/call/<name>`` leaves out the inputs the API skips (a ``gr.State``)."""
     try:
         data = json.loads(body)
-        fns = scope["app"].get_blocks().fns.values()
+        fns = scope["app"].get_blocks().fns
     except (ValueError, AttributeError, KeyError, RecursionError):
         return None  # Gradio answers malformed JSON itself
     if not isinstance(data, dict) or not isinstance(values := data.get("data"), list):
         return None
-    api_name = path.rstrip("/").rsplit("/call/", 1)[1] if "/call/" in path else None
-    fn = next((f for f in fns if (f.api_name == api_name if api_name else f._id == data.get("fn_index"))), None)
-    return None if fn is None else (data, values, fn)
+    named, index = _NAMED.search(path), data.get("fn_index")
+    if named and (named[1] == "call" or index is None):  # /call/<name> goes by its name, the others by fn_index
+        fn = next((f for f in fns.values() if f.api_name == named[2]), None)
+    else:
+        fn = fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+    if fn is None:
+        return None
+    shown = [block for block in fn.inputs if not block.skip_api]
+    if named and named[1] == "call" and len(values) != len(fn.inputs) and len(values) == len(shown):
+        given = iter(values)
+        values = [None if block.skip_api else next(given) for block in fn.inputs]
+    return data, values, fn
 
 
 def _completed(scope, path: str, body: bytes) -> tuple[bytes, str | None]:
     """A job request's body, with the trailing inputs it leaves out that have a default (a client written before
     they came, e.g. ``/generate``'s ``previews``) filled in, so it gets what it got before; and, when a left-out
     field has no default, a message naming the missing ones (Gradio would answer ``{"error": null}``)."""
-    call = _job_call(scope, path, body)
+    call = _called(scope, path, body)
     if call is None or len(call[1]) >= len(call[2].inputs):
         return body, None
     data, values, fn = call
-    parameters = list(inspect.signature(fn.fn).parameters.values())[: len(fn.inputs)] if fn.fn else []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = [p for p in inspect.signature(fn.fn).parameters.values() if p.kind in positional] if fn.fn else []
+    parameters = parameters[: len(fn.inputs)]
     left_out = parameters[len(values) :]
-    if parameters and all(p.default is not inspect.Parameter.empty for p in left_out):
+    named = len(parameters) == len(fn.inputs)  # a function of ``*args`` names no input
+    if named and all(p.default is not inspect.Parameter.empty for p in left_out):
         return json.dumps({**data, "data": values + [p.default for p in left_out]}).encode(), None
-    missing = [p.name for p in left_out] or [f"{len(fn.inputs) - len(values)} values"]
-    takes = f"it takes {len(fn.inputs)} values: {', '.join(p.name for p in parameters)}"
+    missing = [p.name for p in left_out] if named else [f"{len(fn.inputs) - len(values)} of its values"]
+    takes = f"it takes {len(fn.inputs)} values" + (f": {', '.join(p.name for p in parameters)}" if named else "")
     return body, f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
 
 
-def _bad_direct_call(scope, body: bytes) -> str | None:
-    """What is wrong with a direct call (``/run/predict``, the route of the page's unqueued events) that names no
-    event with a server function, or sends a number of values other than the event's inputs (Gradio would answer
-    500 and print a traceback)."""
+def _bad_direct_call(scope, path: str, body: bytes) -> str | None:
+    """What is wrong with a direct call (``_is_direct``) that names no event with a server function (by its
+    ``fn_index``, else by the name in its route), or sends a number of values other than the event's inputs (Gradio
+    would answer 500 and print a traceback)."""
     try:
         data = json.loads(body)
         fns = scope["app"].get_blocks().fns
@@ -350,14 +379,33 @@ def _bad_direct_call(scope, body: bytes) -> str | None:
         return None  # Gradio answers malformed JSON itself
     if not isinstance(data, dict):
         return "a call must be a JSON object with fn_index and data"
-    index, values = data.get("fn_index"), data.get("data")
-    fn = fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+    index, values, name = data.get("fn_index"), data.get("data"), _NAMED.search(path)[2]
+    if index is None and name != "predict":
+        fn = next((f for f in fns.values() if f.api_name == name), None)
+        called = f"/{name}"
+    else:
+        fn = fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+        called = f"fn_index {index!r}"
     if fn is None or fn.fn is None:
-        return f"fn_index {index!r} names no event this server runs; /gradio_api/info lists the API"
+        return f"{called} names no event this server runs; /gradio_api/info lists the API"
     if not isinstance(values, list) or len(values) != len(fn.inputs):
         count = len(values) if isinstance(values, list) else "no list of"
-        return f"fn_index {index} takes {len(fn.inputs)} values in data, got {count}"
+        return f"{called} takes {len(fn.inputs)} values in data, got {count}"
     return None
+
+
+def _unknown_endpoint(scope, path: str) -> str | None:
+    """For ``/call/v2/<name>``, which reads the API's description: a message when ``name`` is none of its endpoints
+    (the public events; a private or undocumented event, or none: Gradio would answer 500 and print a traceback);
+    else None."""
+    named = re.search(r"/call/v2/([^/]+)/?$", path)
+    try:
+        fns = scope["app"].get_blocks().fns.values() if named else ()
+    except (AttributeError, KeyError):
+        return None
+    if not named or any(f.api_name == named[1] and f.fn and f.api_visibility == "public" for f in fns):
+        return None
+    return f"/{named[1]} is no endpoint of this server's API; /gradio_api/info lists them"
 
 
 async def _refuse(send, status: int, message: str, retry_after: int = 30) -> None:

@@ -305,7 +305,13 @@ CSS = """
 #stats table { display: block; max-width: 100%; overflow-x: auto; }
 #stats :is(td, th) { word-break: keep-all; overflow-wrap: normal; }
 #stats :is(td, th):not(:first-child) { white-space: nowrap; }
-#relang { display: none !important; }
+#relang, #restore-given { display: none !important; }
+/* The Stats chart's hover box (Vega's, fixed to the window) is at most half the window wide, and as wide wherever it
+   is: Vega puts it right or left of the pointer, on the first side where it fits, and such a box fits one of them
+   wherever the pointer is. A wider one can fit neither on a phone, and Vega then puts it past the screen's left
+   edge. */
+#vg-tooltip-element { box-sizing: border-box; width: max-content; max-width: calc(50vw - 20px); }
+#vg-tooltip-element td { overflow-wrap: anywhere; }
 .visually-hidden {
   position: absolute !important; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
   overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;

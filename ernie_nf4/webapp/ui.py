@@ -208,6 +208,19 @@ def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
         size.change(follow, [ui["width"], ui["height"]], ui["preset"], **HIDDEN)
 
 
+# A file dropped or picked on the restore box empties the note under the history at once, before the browser checks
+# it: one it refuses (not a PNG, too large) never reaches the server, and the note about the last file must not stay;
+# one it takes gets its own note from the server. Through the hidden #restore-given button, whose event empties it as
+# Gradio sets a value (the next note then shows, even when its text is the same).
+WATCH_RESTORE_JS = """() => {
+  const given = (e) => {
+    if (e.target.closest?.('#restore')) document.querySelector('#restore-given')?.click();
+  };
+  document.addEventListener('drop', given, true);
+  document.addEventListener('change', given, true);
+}"""
+
+
 def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     # Their messages go into the note under the history (a popup from an event outside the queue never arrives).
     restored = [ui[name] for name in RESTORED_FIELDS]
@@ -227,6 +240,8 @@ def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
         **HIDDEN,
     )
     ui["restore"].upload(handlers.restore_png, ui["restore"], [*restored, ui["restore"], ui["note"]], **HIDDEN)
+    demo.load(None, js=WATCH_RESTORE_JS)
+    ui["restore_given"].click(None, None, ui["note"], js="() => ''", queue=False, api_visibility="private")
 
 
 def _wire_image_to_image(handlers: Handlers, ui: dict) -> None:
