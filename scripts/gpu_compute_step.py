@@ -6,7 +6,8 @@ ROOT holds ``ERNIE-Image`` (the bf16 original) and ``ERNIE-Image-NF4`` (its pack
 ``scripts/gpu_full_package.sh`` writes them. Each mode loads the package's transformer anew, runs a CFG batch (two
 prompts of ``--text`` tokens) eagerly and compiled, and reports milliseconds a step (median of ``--repeat``), peak
 GPU memory, and the relative error of its output against the bf16 original's at three timesteps, beside NF4's own
-(bf16 compute).
+(bf16 compute). ``fp8-exact``: FP8 with its sums promoted to float32 as cuBLAS does by default, against ``fp8``'s
+tensor-core accumulation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import ErnieImageTransformer2DModel
 
+from ernie_nf4.runtime import compute as compute_module
 from ernie_nf4.runtime.compute import apply_compute
 from ernie_nf4.runtime.fast_transformer import compile_blocks, dummy_call, enable_fast_path
 from ernie_nf4.system import free_device_memory
@@ -28,11 +30,15 @@ TIMESTEPS = (999.0, 500.0, 20.0)
 
 
 def load(folder: Path, compute: str | None):
+    """The package's transformer on the GPU in ``compute`` (None: as stored, for the bf16 original), on the fast
+    path. ``fp8-exact``: FP8 with cuBLAS's periodic promotion of its sums to float32 (``compute.FAST_ACCUMULATION``
+    off), for comparison."""
     model = ErnieImageTransformer2DModel.from_pretrained(
         folder / "transformer", dtype=torch.bfloat16, device_map={"": "cuda"}, use_safetensors=True
     )
     if compute is not None:
-        apply_compute(model, compute)
+        compute_module.FAST_ACCUMULATION = not compute.endswith("-exact")
+        apply_compute(model, compute.removesuffix("-exact"))
     enable_fast_path(model)
     return model
 

@@ -3,7 +3,8 @@
     python scripts/gpu_profile_step.py /tmp/ernie-full --modes fp8 bf16 --sizes 1024 512
 
 (``fp8-unfused``: FP8 with the feed-forward as its layers run it, the activation's scaling fused by Inductor,
-rather than through ``gelu_mul_fp8``.)
+rather than through ``gelu_mul_fp8``; ``fp8-exact``: FP8 with its sums promoted to float32 as cuBLAS does by
+default.)
 
 ROOT holds ``ERNIE-Image-NF4`` (as ``scripts/gpu_full_package.sh`` writes it). Each mode loads the package's
 transformer, compiles its blocks, and for each size runs a CFG batch (two prompts of ``--text`` tokens): the step's

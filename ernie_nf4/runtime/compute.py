@@ -38,10 +38,16 @@ logger = logging.getLogger(__name__)
 
 MIN_ROWS = 17  # torch._int_mm needs more than 16 rows; fewer take the layer's own product
 # Under auto, FP8 from this many rows (tokens, text and image, across the batch), the layer's own product below. With
-# compiled blocks on an NVIDIA H100 (docs/benchmarks.md, compute modes), FP8 took 0.71x bf16's step at 1024x1024
-# (4,352 rows and more) and 1.04x at 512x512 with guidance (2,560 rows; 1.12x to 1.24x on an H200): there the
-# scaling's extra kernels cost as much as the products save or more.
+# compiled blocks on an NVIDIA H200 (docs/benchmarks.md, compute modes), FP8 took 0.65x bf16's step at 1024x1024
+# with guidance (8,704 rows) and 0.66x without (4,352), but 0.98x at 512x512 with guidance (2,560 rows): there the
+# scaling's extra kernels cost about what the products save, and bf16 keeps the smaller error.
 AUTO_MIN_ROWS = 4096
+# FP8 products accumulate in the tensor cores' own precision, without cuBLAS's periodic promotion of the sums to
+# float32 (``torch._scaled_mm(use_fast_accum=True)``). On an NVIDIA H200 (torch 2.11), one compiled step of the
+# transformer at 1024x1024 with guidance took 175.4 ms against 184.9 with the promotion, its output's error against
+# the bf16 original the same to four digits (``python scripts/gpu_compute_step.py ROOT --modes fp8 fp8-exact``): the
+# error is FP8's rounding, not the sums'.
+FAST_ACCUMULATION = True
 _CLASSES: dict[tuple[type, str], type] = {}
 
 
@@ -65,8 +71,8 @@ class Compute(str, enum.Enum):
 
 
 def available(device: str | torch.device) -> tuple[Compute, ...]:
-    """The compute modes ``device`` runs, fastest first (compiled blocks on an NVIDIA H200 at 1024x1024: FP8
-    0.71x bf16, INT8 0.91x). A low-precision mode counts only when a small product of its kind runs there
+    """The compute modes ``device`` runs, fastest first (compiled blocks at 1024x1024: FP8 0.65x bf16 on an NVIDIA
+    H200, INT8 0.94x on an H100). A low-precision mode counts only when a small product of its kind runs there
     (``_runs``): FP8 with per-row scales needs compute capability 8.9 or newer and a torch that has the kernel for the
     card, INT8 8.0. CPUs run both with reference kernels, not faster than bf16."""
     device = torch.device(device)
@@ -286,7 +292,14 @@ def _product(layer, xq: torch.Tensor, x_scale: torch.Tensor, compute: Compute) -
     dtype = getattr(layer, "compute_dtype", None) or torch.bfloat16
     wq = _weight_in_format(layer, compute)
     if compute is Compute.FP8:
-        out = torch._scaled_mm(xq, wq.t(), scale_a=x_scale, scale_b=layer.compute_scale[None], out_dtype=dtype)
+        out = torch._scaled_mm(
+            xq,
+            wq.t(),
+            scale_a=x_scale,
+            scale_b=layer.compute_scale[None],
+            out_dtype=dtype,
+            use_fast_accum=FAST_ACCUMULATION,
+        )
     else:
         out = (torch._int_mm(xq, wq.t()).float() * x_scale * layer.compute_scale[None]).to(dtype)
     if layer.bias is not None:
