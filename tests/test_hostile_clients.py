@@ -320,3 +320,25 @@ def test_the_pages_own_events_refuse_values_of_the_wrong_kind_by_name_and_the_ap
     images, *_ = client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")
     assert len(images) == 1
     assert "Traceback" not in log.read_text()[logged:]
+
+
+def test_a_strength_typed_past_its_range_is_what_the_page_sends_on_a_drop_and_gets_the_image_strength(
+    served_tiny_app,
+):
+    """Gradio's slider clamps a number typed in its box only when the box loses focus, and a file dropped on the
+    start image does not move the focus: the page then sends what was typed (1.5, -1, nothing) with the image. Those
+    are taken, and the strength becomes one that uses the image; a strength in [0, 1) stays as it is."""
+    url, _, _ = served_tiny_app
+    with httpx.Client(base_url=url, timeout=60) as http:
+        events = {e["api_name"]: e["id"] for e in http.get("config").json()["dependencies"] if e.get("backend_fn")}
+        sent = upload(http, "start.png", 1_000)
+        assert sent.status_code == 200, sent.text
+        image = {"path": sent.json()[0], "orig_name": "start.png", "meta": FILE_META}
+        answers = {
+            typed: _page_call(http, "gradio_api/run/predict", events["image_given"], [image, typed], f"drop-{n}")
+            for n, typed in enumerate((1.5, -1, None, 1, 0.3, 0))
+        }
+    for typed, r in answers.items():
+        assert r.status_code == 200, (typed, r.status_code, r.text)
+    assert [answers[typed].json()["data"] for typed in (1.5, -1, None, 1)] == [[0.6]] * 4
+    assert [answers[typed].json()["data"] for typed in (0.3, 0)] == [[{"__type__": "update"}]] * 2

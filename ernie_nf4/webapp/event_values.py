@@ -27,7 +27,7 @@ def unfit_values(fn, values: list, outputs=None) -> str | None:
     if getattr(fn, "api_visibility", None) != "private" or fn.fn is None or getattr(fn, "validator", None):
         return None
     for place, (component, value) in enumerate(zip(fn.inputs, values, strict=False)):
-        wanted = _unfit(component, value, outputs)
+        wanted = _unfit(component, value, outputs, fn.preprocess)
         if wanted is not None:
             field = type(component).__name__ + (f" #{component.elem_id}" if component.elem_id else "")
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
@@ -35,21 +35,25 @@ def unfit_values(fn, values: list, outputs=None) -> str | None:
     return None
 
 
-def _unfit(component, value, outputs) -> str | None:
-    """What ``component`` takes from the page, when ``value`` is not that; else None."""
+def _unfit(component, value, outputs, ranged: bool = True) -> str | None:
+    """What ``component`` takes from the page, when ``value`` is not that; else None. ``ranged``: a number must be
+    within the field's range (Gradio checks it for an event that preprocesses its values; an event that reads them
+    raw gets what the page sends, such as a slider's number typed past its range, or none)."""
     if component.stateful:
         return None  # the server's own state: a value sent is not read
-    wanted = _unfit_kind(component, value)
+    wanted = _unfit_kind(component, value, ranged)
     if wanted is None and not all(_given_out(path, outputs) for path in _paths(value)):
         wanted = "a value whose files were uploaded to this server or are its results"  # Gradio reads them anywhere
     return wanted
 
 
-def _unfit_kind(component, value) -> str | None:
+def _unfit_kind(component, value, ranged: bool = True) -> str | None:
     """What ``component`` takes, when ``value`` is not of that kind; else None. A component not named here (the
     browser's storage: any JSON) takes any value."""
     import gradio as gr
 
+    if isinstance(component, gr.Slider) and not ranged:
+        return None if value is None else _number(value, None, None)
     if isinstance(component, gr.Slider):
         return _number(value, component.minimum, component.maximum)
     if isinstance(component, gr.Number):

@@ -680,10 +680,13 @@ def _preview_caption(event, lang: str) -> str:
 
 
 def _ignores_image(strength) -> bool:
+    """Whether a start image would be ignored or unusable at ``strength``: 1 or more, or no strength in [0, 1] at all
+    (the slider's box sends what was typed, such as 1.5, -1 or nothing, until it loses focus and clamps it)."""
     try:
-        return float(strength) >= 1
+        value = float(strength)
     except (TypeError, ValueError):
         return True
+    return not 0 <= value < 1
 
 
 def _size_seed(settings: dict) -> tuple:
