@@ -22,6 +22,7 @@ def start(tmp_path, *flags, env=None):
     if "--port" not in flags:
         cmd += ["--port", str(port)]
     env = {**SERVER_ENV, "ERNIE_NF4_OUTPUT_DIR": str(tmp_path / "out"), **(env or {})}
+    env.setdefault("ERNIE_NF4_HISTORY_KEY_FILE", str(tmp_path / "history-key"))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}/", log
 

@@ -194,7 +194,7 @@ def test_history_lookups_answer_only_for_images_this_server_gave_that_client(tmp
     assert handlers.use_history(made, 0)[0] == "a victim's secret prompt" and note == ""
     # At most LIMIT entries are read per lookup: one past them is not looked at.
     state, _, note = handlers.show_history([{"file": "x.png", "sig": "0"}] * LIMIT + made)
-    assert state == [] and note.startswith(f"{LIMIT} image(s)")
+    assert state == [] and note.startswith(f"{LIMIT} entry(ies)")
 
 
 def gr_skip():

@@ -26,6 +26,7 @@ from ..system import parse_device
 from ..variants import DEFAULT_VARIANT, VARIANTS, get_variant
 from . import limits as app_limits
 from . import zerogpu
+from .history import DEFAULT_KEY_FILE, load_key
 from .limits import MB, Limits
 from .outputs import OutputStore
 
@@ -235,6 +236,13 @@ def _output_and_limit_flags(p: argparse.ArgumentParser, env) -> None:
         help="folder for the generated PNGs (one folder for every start)",
     )
     g.add_argument(
+        "--history-key-file",
+        default=env("history-key-file", str(DEFAULT_KEY_FILE)),
+        help="file holding the key that signs the history each browser keeps, and encrypts it there (made on first "
+        "start, mode 0600); the history outlives a restart while this file does. Give starts that share an output "
+        "folder the same file",
+    )
+    g.add_argument(
         "--keep-outputs",
         default=env("keep-outputs"),
         help="keep at most this many PNGs, deleting older ones (default: all kept; with --share or on a Space 200)",
@@ -366,6 +374,7 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
         args.port = port
     check_folder(args.model_dir, "model-dir")
     check_folder(args.output_dir, "output-dir")
+    check_folder(Path(args.history_key_file).expanduser().parent, "history-key-file")
     keep_given = args.keep_outputs is not None or args.keep_hours is not None
     if not keep_given and (args.share or environ.get("SPACE_ID")):  # shared: old outputs are deleted
         args.keep_outputs, args.keep_hours = SHARED_KEEP
@@ -394,6 +403,7 @@ FIELD_FLAGS = {
     "max_jobs_per_client": "max-jobs-per-client",
     "max_body_bytes": "max-body-kb",
     "max_upload_bytes": "max-upload-mb",
+    "history_key_file": "history-key-file",
 }
 
 
@@ -405,10 +415,24 @@ def settings_from_args(args) -> tuple[ServiceConfig, Limits, OutputStore]:
         limits = limits_from_args(args)
         outputs = OutputStore(args.output_dir, keep_count=args.keep_outputs, keep_hours=args.keep_hours)
     except InvalidArgument as err:
-        if err.field not in FIELD_FLAGS:
-            raise
-        raise flag_error(FIELD_FLAGS[err.field], err) from None
+        raise _named(err) from None
     return config, limits, outputs
+
+
+def history_key(args) -> bytes:
+    """The key of ``--history-key-file`` (made there on first start); a file that holds none is refused naming the
+    flag."""
+    try:
+        return load_key(args.history_key_file)
+    except InvalidArgument as err:
+        raise _named(err) from None
+
+
+def _named(err: InvalidArgument) -> Exception:
+    """``err`` as a ``SettingsError`` naming the flag of its field; ``err`` itself for a field of no flag."""
+    if err.field not in FIELD_FLAGS:
+        return err
+    return flag_error(FIELD_FLAGS[err.field], err)
 
 
 def limits_from_args(args) -> Limits:
@@ -523,13 +547,14 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(argv)
         os.environ["GRADIO_SERVER_PORT"] = str(args.port)  # Gradio reads it when imported (OutputStore imports it)
         config, limits, outputs = settings_from_args(args)
+        key = history_key(args)
         service = build_service(args, config)
     except (SettingsError, ErnieNF4Error, OSError) as err:
         sys.exit(f"error: {err}")
     start_loading(service, args)  # before Gradio is imported and the UI built and launched: the two overlap
     from .ui import build_demo
 
-    demo = build_demo(service, output_dir=outputs)
+    demo = build_demo(service, output_dir=outputs, history_key=key)
     launch_limits = app_limits.configure(demo, limits, outputs)
     for line in start_lines(args, service, outputs):
         print(line, flush=True)

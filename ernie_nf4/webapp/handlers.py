@@ -420,25 +420,31 @@ class Handlers:
             for item in items
         ]
 
-    def _history_note(self, gone: int, lang: str) -> str:
-        return say("history_gone", lang, count=gone) if gone else ""
+    def _history_note(self, dropped: dict, lang: str, unreadable: bool = False) -> str:
+        """What the page says of the entries it could not show: a stored history it could not read (the key it was
+        kept with is gone), images whose file is gone, entries not signed with this server's key."""
+        notes = [say("history_unreadable", lang)] if unreadable else []
+        notes += [say(f"history_{why}", lang, count=count) for why, count in dropped.items() if count]
+        return " ".join(notes)
 
     def add_history(self, made, history, request: gr.Request = None):
         """Puts this run's images (the entries signed when they were made) first in the browser-kept history, in the
         result gallery's order (runs newest first, a run's images as it showed them); returns (state, gallery, note)."""
         lang = language(request)
-        items, gone = self.history.load(history)
+        items, dropped = self.history.load(history)
         known = {item["file"] for item in items}
         new = [item for item in map(self.history.item, made or []) if item and item["file"] not in known]
         items = (new + items)[:HISTORY_LIMIT]
-        return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
+        return _stored(items), self._history_view(items, lang), self._history_note(dropped, lang)
 
-    def show_history(self, history, request: gr.Request = None):
+    def show_history(self, history, stored=False, request: gr.Request = None):
         """The browser-kept history as the page opens: the entries that still have their image, and a note naming
-        how many are gone."""
+        those it could not show. ``stored``: the browser holds a stored history; with no ``history`` read from it
+        (None), it could not be decrypted: the key it was kept with is gone."""
         lang = language(request)
-        items, gone = self.history.load(history)
-        return _stored(items), self._history_view(items, lang), self._history_note(gone, lang)
+        items, dropped = self.history.load(history)
+        unreadable = stored is True and history is None
+        return _stored(items), self._history_view(items, lang), self._history_note(dropped, lang, unreadable)
 
     def _fill_form(self, settings: dict, lang: str) -> tuple[list, str]:
         """Form updates (``RESTORED_FIELDS`` order) from saved settings, and a note naming their LoRAs this app does

@@ -203,7 +203,11 @@ MESSAGES = {
         "restored_history": "Settings restored from the history (seed {seed}).",
         "restored_png": "Settings restored from {name}.",
         "history_gone": "{count} image(s) of this browser's history are no longer on the server (deleted from its "
-        "output folder, or made before it restarted); they were taken off the list.",
+        "output folder); they were taken off the list.",
+        "history_unsigned": "{count} entry(ies) of this browser's history were not made by this server, or were made "
+        "under a history key it no longer has; they were taken off the list.",
+        "history_unreadable": "The history this browser kept could not be read: the server's history key changed "
+        "since (its key file was deleted or another one is used). Your next images start a new history.",
         "request_refused": "This request could not run: {reason}",
         "internal_error": "Internal error ({kind}); the server log has the details. The next request can run.",
         "stage_download": "downloading",
@@ -390,8 +394,11 @@ MESSAGES = {
         "select_first": "请先在历史记录中选择一张图片。",
         "restored_history": "已从历史记录恢复设置（种子 {seed}）。",
         "restored_png": "已从 {name} 恢复设置。",
-        "history_gone": "本浏览器历史记录中有 {count} 张图片已不在服务器上"
-        "（已从输出文件夹删除，或生成于服务器重启之前），已从列表中移除。",
+        "history_gone": "本浏览器历史记录中有 {count} 张图片已不在服务器上（已从输出文件夹删除），已从列表中移除。",
+        "history_unsigned": "本浏览器历史记录中有 {count} 条记录不是本服务器生成的，"
+        "或是用它已不再持有的历史密钥生成的，已从列表中移除。",
+        "history_unreadable": "无法读取本浏览器保存的历史记录：服务器的历史密钥已更改"
+        "（其密钥文件被删除或换用了另一个）。接下来生成的图片将开始新的历史记录。",
         "request_refused": "该请求无法运行：{reason}",
         "internal_error": "内部错误（{kind}）；详情见服务器日志。下一个请求可以正常运行。",
         "stage_download": "正在下载",

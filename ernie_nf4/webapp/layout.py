@@ -17,6 +17,7 @@ TINY_SIZE, TINY_STEPS = 256, 4
 # Aspect ratios with a common name, landscape side first; a size within RATIO_TOLERANCE of one is called by it.
 NAMED_RATIOS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 9), (21, 9))
 RATIO_TOLERANCE = 0.02
+HISTORY_STORAGE_KEY = "ernie-nf4-history"  # the browser's storage entry that keeps the history
 
 
 def is_tiny(service) -> bool:
@@ -230,10 +231,14 @@ def _follow_up_row() -> dict:
     return buttons | {"follow_up_image": image}
 
 
-def _reuse_row() -> dict:
+def _reuse_row(history_secret: str | None) -> dict:
+    """The history (kept in the browser, encrypted with ``history_secret``), Use settings, the restore box."""
     with gr.Row(elem_id="reuse"):
         with gr.Column(scale=3):
-            history_state = gr.BrowserState([], storage_key="ernie-nf4-history")
+            # None until read from the browser's storage: as when there is none, or it cannot be decrypted (the
+            # hidden box then tells the two apart: ``ui.HISTORY_STORED_JS``)
+            history_state = gr.BrowserState(None, storage_key=HISTORY_STORAGE_KEY, secret=history_secret)
+            history_stored = gr.Checkbox(False, visible=False)
             # the picked image's index: a component of the page, not a State, so that Use settings sends the page's
             # own selection (``ui.picked_js``)
             picked = gr.Number(None, precision=0, visible=False)
@@ -256,6 +261,7 @@ def _reuse_row() -> dict:
             restore_given = gr.Button("restore-given", elem_id="restore-given")
     return {
         "history_state": history_state,
+        "history_stored": history_stored,
         "picked": picked,
         "history": history,
         "use_settings": use_settings,
@@ -272,7 +278,10 @@ def generate_tab(
     choices: list[str],
     sized_examples: bool = True,
     lora_names: list[str] = (),
+    history_secret: str | None = None,
 ) -> dict:
+    """The Create tab's sections; ``history_secret``: what the browser encrypts the history with (None: a new one
+    per start, as Gradio makes)."""
     ui = _prompt_row()
     ui |= _enhanced_row()
     with gr.Row(elem_id="main"):
@@ -283,7 +292,7 @@ def generate_tab(
             ui |= _advanced(steps, guidance)
             _examples(ui, sized_examples)
         ui |= _results()
-    ui |= _reuse_row()
+    ui |= _reuse_row(history_secret)
     return ui
 
 

@@ -13,7 +13,7 @@ from ..serving.service import NO_GPU_MESSAGE
 from .api_page import document_api
 from .handlers import FOLLOW_UP_BUTTONS, FORM_FIELDS, RESTORED_FIELDS, RESULT_BUTTONS, Handlers
 from .i18n import example_label, language, preview_prefixes, say, t
-from .layout import form_defaults, generate_tab, is_tiny, size_choices, stats_tab
+from .layout import HISTORY_STORAGE_KEY, form_defaults, generate_tab, is_tiny, size_choices, stats_tab
 from .outputs import OutputStore
 from .theme import ErnieBlocks
 
@@ -221,13 +221,19 @@ WATCH_RESTORE_JS = """() => {
 }"""
 
 
+# The history as the page opens, and whether the browser holds a stored one: with none read from it (null), the one
+# stored could not be decrypted.
+HISTORY_STORED_JS = f"(history, stored) => [history, localStorage.getItem({HISTORY_STORAGE_KEY!r}) !== null]"
+
+
 def _wire_reuse(handlers: Handlers, ui: dict, demo: gr.Blocks) -> None:
     # Their messages go into the note under the history (a popup from an event outside the queue never arrives).
     restored = [ui[name] for name in RESTORED_FIELDS]
     history = [ui["history_state"], ui["history"], ui["note"]]
     examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "examples")
     for written in _page_written(demo, ui):  # the texts the server writes, in the page's language
-        written(handlers.show_history, ui["history_state"], history, **HIDDEN)
+        stored = [ui["history_state"], ui["history_stored"]]
+        written(handlers.show_history, stored, history, js=HISTORY_STORED_JS, **HIDDEN)
         written(_example_labels(list(examples.sample_labels or [])), None, examples, **HIDDEN)
     # the last results' captions and run info, said again in the page's new language
     ui["relang"].click(handlers.relang, [ui["gallery"], ui["info"]], [ui["gallery"], ui["info"]], **HIDDEN)
@@ -315,9 +321,13 @@ def _page_words(service):
     return words, translated
 
 
-def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> gr.Blocks:
-    """The UI around ``service`` (``ImageService`` or anything with its methods)."""
-    handlers = Handlers(service, output_dir)
+def build_demo(
+    service, output_dir: str | Path | OutputStore | None = None, history_key: bytes | None = None
+) -> gr.Blocks:
+    """The UI around ``service`` (``ImageService`` or anything with its methods). ``history_key``: the key the
+    browsers' histories are signed and kept with (``history.load_key``); without one, a new key for this build:
+    histories kept before it can no longer be read."""
+    handlers = Handlers(service, output_dir, history_key=history_key)
     width, height, steps, guidance = form_defaults(service)
     choices = size_choices(width, height)
     with ErnieBlocks(title="ERNIE-Image NF4") as demo:
@@ -329,7 +339,9 @@ def build_demo(service, output_dir: str | Path | OutputStore | None = None) -> g
             problem = service.unavailable_reason()
             # said right above Generate, which is off
             missing = gr.Markdown(missing_text, elem_id="missing", visible=problem is not None)
-            ui = generate_tab(width, height, steps, guidance, choices, not is_tiny(service), handlers.lora_names)
+            sized = not is_tiny(service)
+            secret = handlers.history.browser_secret
+            ui = generate_tab(width, height, steps, guidance, choices, sized, handlers.lora_names, secret)
             ui["note"] = gr.Markdown("", elem_id="history-note")
         ui |= stats_tab()
         ui["made"] = gr.State([])  # the last run's history entries, signed when its images were made

@@ -128,8 +128,9 @@ def served_tiny_app(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "app.py", "--tiny", "--device", "cpu", "--port", str(port), "--model-dir", str(model_dir)]
-    # the tests' many clients stand for many users but share one address; outputs stay out of ~/.cache
+    # the tests' many clients stand for many users but share one address; outputs and key stay out of ~/.cache
     cmd += ["--max-jobs-per-client", "64", "--output-dir", str(model_dir.with_name("outputs"))]
+    cmd += ["--history-key-file", str(model_dir.with_name("history-key"))]
     log = model_dir.with_name("app.log")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
