@@ -79,6 +79,8 @@ def test_a_device_or_folder_that_cannot_work_is_refused_at_start(tmp_path, env, 
         (["--output-dir", "/sys/ernie-nf4-outputs"], ["--output-dir", "/sys/ernie-nf4-outputs", "cannot be written"]),
         (["--max-body-kb", "-1"], ["--max-body-kb", "at least 1, got -1"]),
         (["--max-upload-mb", "-1"], ["--max-upload-mb", "at least 0 (0 turns uploads off), got -1"]),
+        (["--uploads-per-window", "0"], ["--uploads-per-window", "at least 1 (--max-upload-mb 0 turns uploads off)"]),
+        (["--upload-mb-per-window", "x"], ["--upload-mb-per-window", "whole number", "'x'"]),
         (["--max-queue", "1e3"], ["--max-queue", "whole number", "'1e3'"]),
         (["--keep-hours", "inf"], ["--keep-hours", "more than 0 and finite", "got inf"]),
     ],
@@ -87,6 +89,20 @@ def test_an_output_folder_or_a_limit_that_cannot_work_is_refused_at_start_in_the
     message = refused(tmp_path, *flags, "--port", free_port(), env={})
     for word in words:
         assert word in message, message
+
+
+def test_the_upload_budget_is_set_by_its_flags_or_their_variables(tmp_path):
+    from ernie_nf4.webapp.cli import parse_args, settings_from_args
+
+    folder = ["--tiny", "--output-dir", str(tmp_path / "out")]
+    _, limits, _ = settings_from_args(parse_args(folder))
+    assert (limits.uploads_per_window, limits.upload_bytes_per_window) == (10, 30_000_000)
+    flags = ["--uploads-per-window", "3", "--upload-mb-per-window", "5"]
+    _, limits, _ = settings_from_args(parse_args(folder + flags))
+    assert (limits.uploads_per_window, limits.upload_bytes_per_window) == (3, 5_000_000)
+    environ = {"ERNIE_NF4_UPLOADS_PER_WINDOW": "4", "ERNIE_NF4_UPLOAD_MB_PER_WINDOW": "6"}
+    _, limits, _ = settings_from_args(parse_args(folder, environ=environ))
+    assert (limits.uploads_per_window, limits.upload_bytes_per_window) == (4, 6_000_000)
 
 
 def test_a_start_that_cannot_listen_deletes_no_old_output(tmp_path):

@@ -239,6 +239,39 @@ def test_a_file_the_restore_box_refuses_takes_the_last_files_note_away(open_app,
     expect(page.locator("#width input")).to_have_value("96")
 
 
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    "locale, said",
+    [
+        (
+            "en-US",
+            "You have uploaded as much as this server takes from one address in 10 minutes (2 files or 30 MB). "
+            "You can upload again in 10 minutes.",
+        ),
+        ("zh-CN", "你已达到本服务器对每个地址每 10 分钟的上传上限（2 个文件或 30 MB）。10 分钟后可以再次上传。"),
+    ],
+)
+def test_an_upload_past_the_clients_budget_says_in_a_sentence_when_it_can_upload_again(browser, tmp_path, locale, said):
+    from ernie_nf4.webapp.limits import Limits
+
+    from .support.app import ServedApp
+
+    request = GenerationRequest("a red fox", width=96, height=64, seed=77)
+    path = save_png(Image.new("RGB", (16, 16)), tmp_path, 77, parameters_text(request, 77, None, "ERNIE-Image NF4"))
+    app = ServedApp(tmp_path, Limits(uploads_per_window=2))
+    opener = PageOpener(browser, app.url)
+    try:
+        page = opener(locale=locale)
+        for status in (200, 200, 429):
+            with page.expect_response(lambda r: r.url.split("?")[0].endswith("/upload")) as answer:
+                page.locator("#restore input[type=file]").set_input_files(str(path))
+            assert answer.value.status == status
+        expect(page.locator("[data-testid=toast-text]")).to_have_text(said)
+    finally:
+        opener.close()
+        app.close()
+
+
 def test_a1111_parameters_text_parses():
     text = (
         "a castle, on a hill\nat dawn\nNegative prompt: fog,\nrain\n"

@@ -183,7 +183,17 @@ def test_uploads_are_bounded_per_client_by_count_and_bytes(served):
     with httpx.Client(base_url=app.url, timeout=30) as http:
         first, second = upload(http, "a.png", 600_000), upload(http, "b.png", 600_000)
     assert first.status_code == 200 and second.status_code == 429
-    assert "MB per client" in second.text
+    said = "You have uploaded as much as this server takes from one address in 10 minutes (100 files or 1 MB). "
+    assert second.json()["error"] == said + "You can upload again in 10 minutes."
+    assert 590 <= int(second.headers["retry-after"]) <= 600
+
+
+def test_a_wait_is_said_in_seconds_up_to_a_minute_and_a_half_then_in_whole_minutes():
+    from ernie_nf4.webapp.limits import wait_words
+
+    assert [wait_words(s) for s in (0.2, 1.2, 90)] == ["1 second", "2 seconds", "90 seconds"]
+    assert [wait_words(s) for s in (91, 600)] == ["2 minutes", "10 minutes"]
+    assert wait_words(45, "zh") == "45 秒" and wait_words(599, "zh") == "10 分钟"
 
 
 def test_stale_uploads_are_deleted(served):

@@ -266,6 +266,17 @@ def _output_and_limit_flags(p: argparse.ArgumentParser, env) -> None:
         default=env("max-upload-mb", "10"),
         help="largest upload (a PNG to restore settings from); 0 turns uploads off",
     )
+    g.add_argument(
+        "--uploads-per-window",
+        default=env("uploads-per-window", "10"),
+        help="uploads one client address may make in 10 minutes; past that or --upload-mb-per-window, an upload is "
+        "refused saying when it can upload again",
+    )
+    g.add_argument(
+        "--upload-mb-per-window",
+        default=env("upload-mb-per-window", "30"),
+        help="megabytes one client address may upload in 10 minutes",
+    )
 
 
 class _Environment:
@@ -386,6 +397,8 @@ def parse_args(argv=None, environ=None) -> argparse.Namespace:
         ("max-jobs-per-client", int),
         ("max-body-kb", int),
         ("max-upload-mb", int),
+        ("uploads-per-window", int),
+        ("upload-mb-per-window", int),
     ):
         number(args, flag, kind)
     return args
@@ -438,7 +451,13 @@ def _named(err: InvalidArgument) -> Exception:
 def limits_from_args(args) -> Limits:
     """The queue, per-client and size limits from parsed flags (``Limits`` checks their ranges; the sizes are
     checked here, in the flags' units)."""
-    for flag, least, meaning in (("max-body-kb", 1, ""), ("max-upload-mb", 0, " (0 turns uploads off)")):
+    budget = " (--max-upload-mb 0 turns uploads off)"
+    for flag, least, meaning in (
+        ("max-body-kb", 1, ""),
+        ("max-upload-mb", 0, " (0 turns uploads off)"),
+        ("uploads-per-window", 1, budget),
+        ("upload-mb-per-window", 1, budget),
+    ):
         value = getattr(args, flag.replace("-", "_"))
         if value < least:
             raise SettingsError(f"--{flag} (or {env_name(flag)}) must be at least {least}{meaning}, got {value}")
@@ -447,6 +466,8 @@ def limits_from_args(args) -> Limits:
         max_jobs_per_client=args.max_jobs_per_client,
         max_body_bytes=args.max_body_kb * 1000,
         max_upload_bytes=args.max_upload_mb * MB,
+        uploads_per_window=args.uploads_per_window,
+        upload_bytes_per_window=args.upload_mb_per_window * MB,
     )
 
 

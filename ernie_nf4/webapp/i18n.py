@@ -209,6 +209,11 @@ MESSAGES = {
         "history_unreadable": "The history this browser kept could not be read: the server's history key changed "
         "since (its key file was deleted or another one is used). Your next images start a new history.",
         "request_refused": "This request could not run: {reason}",
+        "upload_budget": "You have uploaded as much as this server takes from one address in {minutes} minutes "
+        "({files} files or {mb} MB). You can upload again in {wait}.",
+        "wait_second": "1 second",
+        "wait_seconds": "{count} seconds",
+        "wait_minutes": "{count} minutes",
         "internal_error": "Internal error ({kind}); the server log has the details. The next request can run.",
         "stage_download": "downloading",
         "stage_build": "building the package",
@@ -400,6 +405,11 @@ MESSAGES = {
         "history_unreadable": "无法读取本浏览器保存的历史记录：服务器的历史密钥已更改"
         "（其密钥文件被删除或换用了另一个）。接下来生成的图片将开始新的历史记录。",
         "request_refused": "该请求无法运行：{reason}",
+        "upload_budget": "你已达到本服务器对每个地址每 {minutes} 分钟的上传上限（{files} 个文件或 {mb} MB）。"
+        "{wait}后可以再次上传。",
+        "wait_second": "1 秒",
+        "wait_seconds": "{count} 秒",
+        "wait_minutes": "{count} 分钟",
         "internal_error": "内部错误（{kind}）；详情见服务器日志。下一个请求可以正常运行。",
         "stage_download": "正在下载",
         "stage_build": "正在构建模型包",

@@ -15,16 +15,19 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..compat import gradio_queue
 from ..errors import InvalidArgument
 from .clients import Recent, client_id, request_client
 from .event_values import unfit_values
+from .i18n import language, say
 
 logger = logging.getLogger(__name__)
 MB = 1_000_000
@@ -74,6 +77,15 @@ def configure(demo, limits: Limits, outputs=None) -> dict:
         "max_file_size": limits.max_upload_bytes or 1,
         "app_kwargs": {"middleware": [Middleware(RequestLimits, limits=limits, outputs=outputs)]},
     }
+
+
+def wait_words(seconds: float, lang: str = "en") -> str:
+    """A wait in words: seconds up to a minute and a half, else minutes (rounded up)."""
+    if seconds <= 1:
+        return say("wait_second", lang)
+    if seconds <= 90:
+        return say("wait_seconds", lang, count=math.ceil(seconds))
+    return say("wait_minutes", lang, count=math.ceil(seconds / 60))
 
 
 def _is_job(path: str) -> bool:
@@ -169,7 +181,7 @@ class RequestLimits:
         if upload and not limits.max_upload_bytes:
             return 403, "uploads are off on this server"
         if upload and self.uploads.count(client) >= limits.uploads_per_window:
-            return self._upload_budget(client)
+            return self._upload_budget(client, headers)
         if _is_login(path) and self.logins.count(client) >= limits.login_failures:
             wait = self.logins.retry_after(client)
             return 429, f"Too many wrong passwords from your address; try again in {wait} s.", wait
@@ -179,22 +191,25 @@ class RequestLimits:
             return self._too_large(upload)
         return None
 
-    def _upload_budget(self, client: str) -> tuple:
+    def _upload_budget(self, client: str, headers) -> tuple:
+        """The refusal of an upload past the client's budget: when it can upload again, in the page's language
+        (the page shows the answer's ``error`` in a popup)."""
         limits, wait = self.limits, self.uploads.retry_after(client)
-        minutes = f"{limits.upload_window_seconds / 60:g}"
-        return (
-            429,
-            (
-                f"Too many uploads: at most {limits.uploads_per_window} files and "
-                f"{limits.upload_bytes_per_window / MB:g} MB per client in {minutes} minutes; try again in {wait} s."
-            ),
-            wait,
+        lang = language(SimpleNamespace(headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}))
+        message = say(
+            "upload_budget",
+            lang,
+            files=limits.uploads_per_window,
+            mb=f"{limits.upload_bytes_per_window / MB:g}",
+            minutes=f"{limits.upload_window_seconds / 60:g}",
+            wait=wait_words(wait, lang),
         )
+        return 429, message, wait
 
     def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes, missing=None) -> tuple | None:
         if upload:
             if self.uploads.total(client) + len(body) > self.limits.upload_bytes_per_window:
-                return self._upload_budget(client)
+                return self._upload_budget(client, scope["headers"])
             self.uploads.add(client, len(body))
             return None
         if problem := _json_problem(body, self.limits.max_json_depth):

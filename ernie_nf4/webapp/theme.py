@@ -263,6 +263,28 @@ LANGUAGE_JS = """
 </script>
 """.replace("__HEADER__", LANGUAGE_HEADER)
 
+# An upload the server refuses (too many from one address, too large, uploads off): Gradio's popup reads "HTTP 429: "
+# and the answer's JSON; the page shows the answer's sentence (its ``error``, else ``detail``), which the server wrote
+# in the page's language.
+UPLOAD_REFUSAL_JS = """
+<script>
+(() => {
+  const plain = (node) => {
+    const match = /^HTTP \\d{3}: (\\{.*\\})$/s.exec(node.textContent.trim());
+    if (!match) return;
+    let answer = null;
+    try { answer = JSON.parse(match[1]); } catch (error) { return; }
+    const said = [answer?.error, answer?.detail].find((text) => typeof text === "string" && text.trim());
+    if (said) node.textContent = said;
+  };
+  const start = () => new MutationObserver(() => {
+    for (const node of document.querySelectorAll("[data-testid=toast-text]")) plain(node);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
+})();
+</script>
+"""
+
 CSS = """
 #actions { align-self: stretch; }
 #actions button { min-height: 44px; }
@@ -347,6 +369,6 @@ class ErnieBlocks(gr.Blocks):
 
     def launch(self, *args, **kwargs):
         kwargs.setdefault("css", CSS)
-        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS + LANGUAGE_JS)
+        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS + LANGUAGE_JS + UPLOAD_REFUSAL_JS)
         kwargs.setdefault("i18n", translations())
         return super().launch(*args, **kwargs)
