@@ -7,7 +7,8 @@ ROOT holds ``ERNIE-Image`` (the bf16 original) and ``ERNIE-Image-NF4`` (its pack
 prompts of ``--text`` tokens) eagerly and compiled, and reports milliseconds a step (median of ``--repeat``), peak
 GPU memory, and the relative error of its output against the bf16 original's at three timesteps, beside NF4's own
 (bf16 compute). ``fp8-exact``: FP8 with its sums promoted to float32 as cuBLAS does by default, against ``fp8``'s
-tensor-core accumulation.
+tensor-core accumulation; ``fp8-bf16-attention``: FP8 products with attention kept in bf16, against ``fp8``'s FP8
+attention (where the card has cuDNN's kernel).
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ TIMESTEPS = (999.0, 500.0, 20.0)
 def load(folder: Path, compute: str | None):
     """The package's transformer on the GPU in ``compute`` (None: as stored, for the bf16 original), on the fast
     path. ``fp8-exact``: FP8 with cuBLAS's periodic promotion of its sums to float32 (``compute.FAST_ACCUMULATION``
-    off), for comparison."""
+    off); ``fp8-bf16-attention``: attention kept in bf16; both for comparison."""
     model = ErnieImageTransformer2DModel.from_pretrained(
         folder / "transformer", dtype=torch.bfloat16, device_map={"": "cuda"}, use_safetensors=True
     )
     if compute is not None:
         compute_module.FAST_ACCUMULATION = not compute.endswith("-exact")
-        apply_compute(model, compute.removesuffix("-exact"))
+        mode = compute.removesuffix("-exact").removesuffix("-bf16-attention")
+        apply_compute(model, mode, fp8_attention=not compute.endswith("-bf16-attention"))
     enable_fast_path(model)
     return model
 

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "ernie_nf4"
 HEAVY = {"torch", "gradio", "diffusers", "transformers", "triton", "bitsandbytes", "huggingface_hub", "spaces"}
 HEAVY |= {"tokenizers", "safetensors", "PIL", "numpy", "pandas", "starlette", "accelerate", "yaml"}
+HEAVY |= {"cudnn"}  # optional (nvidia-cudnn-frontend): imported only where a Hopper GPU may use it
 
 
 def _module_name(path: Path) -> str:

@@ -89,6 +89,7 @@ class ModeResult:
     # them against the median of runs without, taken in turns)
     previews_per_run: int | None = None
     preview_overhead: float | None = None
+    attention: str | None = None  # "fp8" where the blocks' attention runs in FP8 (``runtime.fp8_attention``)
 
 
 def evict_page_cache(folder: Path) -> bool:
@@ -177,7 +178,12 @@ def run_mode(
     loaded = load_pipeline(folder, device=device, **how)
     generator = Generator(loaded, max_pe_tokens=max_pe_tokens, prompt_cache_size=0)  # every run pays every stage
     result.load_seconds = time.perf_counter() - start
-    log(f"[{mode}] loaded in {result.load_seconds:.1f} s; warm-up ({WARMUP_STEPS} steps)")
+    result.attention = (
+        "fp8" if any(getattr(m, "fp8_attention_on", False) for m in loaded.pipe.transformer.modules()) else "bf16"
+    )
+    log(
+        f"[{mode}] loaded in {result.load_seconds:.1f} s ({result.attention} attention); warm-up ({WARMUP_STEPS} steps)"
+    )
     warmup = replace(request, num_inference_steps=WARMUP_STEPS)
     start = time.perf_counter()
     generator.generate(warmup)

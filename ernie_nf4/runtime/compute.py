@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..compat import keep_nf4_layout, swap_class
 from ..errors import EnvironmentUnsupported, InvalidArgument
 from ..prompt_enhancer.kernels import nf4_gemv
+from . import fp8_attention as attention_in_fp8
 from .nf4_torch import dequantize_state, in_plain_layout
 
 logger = logging.getLogger(__name__)
@@ -307,6 +308,16 @@ def _product(layer, xq: torch.Tensor, x_scale: torch.Tensor, compute: Compute) -
     return out
 
 
+def fp8_product(layer, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output (``[rows, out]``) for an input already in FP8 (``xq``, ``[rows, in]``, its scales
+    ``x_scale`` per row), ``layer`` multiplying in FP8 (``apply_compute``); a LoRA on it adds its term from the
+    input's values."""
+    out = _product(layer, xq, x_scale, Compute.FP8)
+    if hasattr(layer, "add_lora_term"):
+        out = layer.add_lora_term((xq.float() * x_scale).to(out.dtype), out)
+    return out
+
+
 def _low_precision_class(base: type, compute: Compute) -> type:
     """``base`` (``nn.Linear`` or bitsandbytes' ``Linear4bit``) multiplying in ``compute``."""
     key = (base, compute.value)
@@ -329,12 +340,15 @@ def _fits(layer: torch.nn.Linear) -> bool:
     return layer.in_features % 16 == 0 and layer.out_features % 16 == 0
 
 
-def apply_compute(transformer, compute, min_rows: int | None = None) -> Compute:
+def apply_compute(transformer, compute, min_rows: int | None = None, fp8_attention: bool = True) -> Compute:
     """Make the linear layers of ``transformer``'s repeated blocks multiply in ``compute`` (``Compute`` or its name;
     ``auto`` is resolved for the model's device, as for compiled blocks: FP8 from ``AUTO_MIN_ROWS`` rows where the
     device has FP8, else bf16). ``min_rows``: calls with fewer rows keep the layer's own product (default
     ``MIN_ROWS``, or ``AUTO_MIN_ROWS`` under ``auto``). Call it once, after the model is loaded on the device it will
     run on and before LoRAs are attached or it is compiled; ``bf16`` changes nothing. Returns the mode in force.
+
+    ``fp8_attention``: in FP8, attention too where the device has the kernel (``fp8_attention``): the blocks' own
+    attention, and the output projection takes its output as it is.
 
     Each layer gets two float32 buffers of its output width (its weight's scale per channel and that scale's
     inverse): a few MB for the full-size model, which move with it in every memory mode."""
@@ -361,4 +375,6 @@ def apply_compute(transformer, compute, min_rows: int | None = None) -> Compute:
                 layer.compute_kernel = mode is Compute.FP8 and _fp8_kernel_fits(layer)
                 layer.compute_min_rows = min_rows
                 swap_class(layer, _low_precision_class(type(layer), mode))
+            if mode is Compute.FP8 and fp8_attention:
+                attention_in_fp8.prepare(block.self_attention)
     return compute

@@ -51,8 +51,9 @@ from diffusers.models.transformers.transformer_ernie_image import (
 
 from ..compat import inductor_default_cache_dir, keep_nf4_layout, run_compiled_only, swap_class
 from ..torch_state import torch_state_kept
+from . import fp8_attention
 from .compile_record import last_seconds, remember
-from .compute import feed_forward
+from .compute import feed_forward, fp8_product
 
 logger = logging.getLogger(__name__)
 
@@ -111,23 +112,40 @@ def attend(query, key, value, segments: tuple[int, ...]) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
+def _projections(h, cos, sin, attn) -> tuple:
+    """``attn``'s ``q, k, v`` of ``h`` (``[1, T, heads, D]``): its projections, ``norm_q``/``norm_k`` and the rotary
+    tables (``attn``: anything with ``to_q``, ``to_k``, ``to_v``, ``norm_q``, ``norm_k``, ``heads``)."""
+    query = _rotate(attn.norm_q(attn.to_q(h).unflatten(-1, (attn.heads, -1))), cos, sin)
+    key = _rotate(attn.norm_k(attn.to_k(h).unflatten(-1, (attn.heads, -1))), cos, sin)
+    return query, key, attn.to_v(h).unflatten(-1, (attn.heads, -1))
+
+
 def before_attention(x, cos, sin, shift, scale, norm, attn) -> tuple:
     """A block's ``q, k, v`` (``[1, heads, T, D]``): ``x`` through ``norm`` (its ``adaLN_sa_ln``), modulated, then
-    ``attn``'s projections, ``norm_q``/``norm_k`` and the rotary tables (``attn``: anything with ``to_q``, ``to_k``,
-    ``to_v``, ``norm_q``, ``norm_k``, ``heads``)."""
-    h = _modulate(norm(x), scale, shift)
-    query = _rotate(attn.norm_q(attn.to_q(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
-    key = _rotate(attn.norm_k(attn.to_k(h).unflatten(-1, (attn.heads, -1))), cos, sin).transpose(1, 2)
-    value = attn.to_v(h).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-    return query, key, value
+    ``_projections``."""
+    return tuple(t.transpose(1, 2) for t in _projections(_modulate(norm(x), scale, shift), cos, sin, attn))
 
 
 def after_attention(x, out, gate_msa, shift_mlp, scale_mlp, gate_mlp, to_out, norm, mlp) -> torch.Tensor:
     """The rest of a block from attention's output ``out`` (``[1, heads, T, D]``): ``to_out``, the gated residual,
-    ``norm`` (its ``adaLN_mlp_ln``) modulated, ``mlp`` (through ``compute.feed_forward``) and its gated residual."""
+    then ``_feed_forward``."""
     x = _gated(x, gate_msa, to_out(out.transpose(1, 2).flatten(2, 3)))
+    return _feed_forward(x, shift_mlp, scale_mlp, gate_mlp, norm, mlp)
+
+
+def _feed_forward(x, shift_mlp, scale_mlp, gate_mlp, norm, mlp) -> torch.Tensor:
+    """``x`` through ``norm`` (its ``adaLN_mlp_ln``) modulated, ``mlp`` (through ``compute.feed_forward``) and its
+    gated residual."""
     h = _modulate(norm(x), scale_mlp, shift_mlp)
     return _gated(x, gate_mlp, feed_forward(mlp, h))
+
+
+def _fp8_attention(x, rotary, shift_msa, scale_msa, gate_msa, norm, attn, segments) -> torch.Tensor:
+    """``x`` through a block's attention in FP8 (``fp8_attention``) and its gated residual; the output projection
+    takes the attention's FP8 output as it is."""
+    h = _modulate(norm(x), scale_msa, shift_msa)
+    out, scale = fp8_attention.self_attention(attn, *_projections(h, *rotary, attn), segments)
+    return _gated(x, gate_msa, fp8_product(attn.to_out[0], out, scale).unsqueeze(0).to(x.dtype))
 
 
 @dataclass
@@ -159,6 +177,9 @@ class FastErnieImageBlock(ErnieImageSharedAdaLNBlock):
             return super().forward(x, rotary, temb, segments)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = temb
         attn = self.self_attention
+        if fp8_attention.uses_fp8(attn, x.shape[1]):
+            x = _fp8_attention(x, rotary, shift_msa, scale_msa, gate_msa, self.adaLN_sa_ln, attn, segments)
+            return _feed_forward(x, shift_mlp, scale_mlp, gate_mlp, self.adaLN_mlp_ln, self.mlp)
         query, key, value = before_attention(x, *rotary, shift_msa, scale_msa, self.adaLN_sa_ln, attn)
         out = attend(query, key, value, segments)
         mlp_parts = (attn.to_out[0], self.adaLN_mlp_ln, self.mlp)
