@@ -491,6 +491,9 @@ def _snapped_sizes(form: FormValues, notes: list[str]) -> dict[str, int]:
     sizes = {}
     for name, value in (("width", form.width), ("height", form.height)):
         size = _whole(name, value)
+        if isinstance(value, float) and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:  # 1e308 said so, not in digits
+            extra = f" and a multiple of {SIZE_MULTIPLE}"
+            raise InvalidArgument(f"{name} must be in {list(SIZE_RANGE)}{extra}, got {value:g}", field=name)
         if SIZE_RANGE[0] <= size <= SIZE_RANGE[1] and size % SIZE_MULTIPLE:
             snapped = min(SIZE_RANGE[1], (size + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
             notes.append(f"{name} {size} → {snapped} (a multiple of {SIZE_MULTIPLE})")

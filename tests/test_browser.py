@@ -478,6 +478,28 @@ def test_a_seed_typed_on_the_page_is_the_seed_that_runs_or_is_refused(open_app, 
 
 
 @pytest.mark.browser
+def test_a_size_far_past_the_range_is_followed_swapped_and_refused_like_any_other(open_app, fake_app):
+    """1e308 typed in a size box (a number the page holds): the resolution says custom, ⇄ swaps it, and Generate
+    refuses it on its field with the message of any size out of range, the number as typed."""
+    service, _ = fake_app
+    page = open_app()
+    runs = len(service.requests)
+    page.locator("#prompt textarea").fill("a cat")
+    message = page.locator("div.validation-error")
+    for typed, said in (("5000", "5000"), ("1e308", "1e+308")):
+        set_size(page, 1024, typed)
+        expect(page.locator("#preset input")).to_have_value("Custom")
+        page.locator("#swap").click()
+        expect(page.locator("#height input")).to_have_value("1024")
+        assert float(page.locator("#width input").input_value()) == float(typed)
+        page.locator("#generate").click()
+        expect(message).to_have_text(f"width must be in [64, 2048] and a multiple of 16, got {said}")
+        set_size(page, 1024, 1024)
+        expect(page.locator("#preset input")).not_to_have_value("Custom")
+    assert len(service.requests) == runs
+
+
+@pytest.mark.browser
 def test_resolution_dropdown_follows_typed_size(open_app):
     page = open_app()
     set_size(page, 1000, 700)

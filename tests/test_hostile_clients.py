@@ -282,14 +282,14 @@ FILE_META = {"_type": "gradio.FileData"}
 # (event, values with one of the wrong kind, the field the refusal names): a text for a number, a dict for a text or a
 # choice, a list for an image, a number past what a page's field holds, a file of the server's own, out of range.
 WRONG_VALUES = [
-    ("swap", ["wide", 64], "(Number #width) must be a number"),
-    ("swap", [64, 2**70], "(Number #height) must be a number"),
-    ("swap", [[64, 64], 64], "(Number #width) must be a number"),
+    ("preset_for", ["wide", 64], "(Number #width) must be a finite number"),
+    ("preset_for", [64, 10**309], "(Number #height) must be a finite number"),
+    ("preset_for", [[64, 64], 64], "(Number #width) must be a finite number"),
     ("apply_preset", [{"size": "1024x1024"}], "(Dropdown #preset) must be one of its choices"),
     ("apply_preset", ["4096x4096"], "(Dropdown #preset) must be one of its choices"),
     ("relang", [{"image": "x"}, ""], "(Gallery #gallery) must be gallery data"),
     ("relang", [[], {"text": "seed 1"}], "(Textbox #info) must be a text"),
-    ("use_history", [[], "first"], "value 1 of this event (Number) must be a number"),
+    ("use_history", [[], "first"], "value 1 of this event (Number) must be a finite number"),
     ("restore_png", ["/etc/passwd"], "(File #restore) must be file data"),
     ("restore_png", [{"path": "/etc/passwd", "meta": FILE_META}], "uploaded to this server or are its results"),
     ("use_result", [[], 0, 5], "(Slider #strength) must be a number in [0, 1]"),
@@ -317,15 +317,17 @@ def test_the_pages_own_events_refuse_values_of_the_wrong_kind_by_name_and_the_ap
             for route in ("gradio_api/run/predict", "gradio_api/queue/join"):
                 r = _page_call(http, route, events[name], values, f"hand-{number}")
                 assert r.status_code == 422 and says in r.json()["error"], (name, values, route, r.status_code, r.text)
-        short = _page_call(http, "gradio_api/run/predict", events["swap"], [64], "short")
+        short = _page_call(http, "gradio_api/run/predict", events["preset_for"], [64], "short")
         assert short.status_code == 422 and "takes 2 values" in short.json()["error"], short.text
         checked = _page_call(http, "gradio_api/queue/join", events["lambda"], ["a fox", 64, 64], "short-job")
         assert checked.status_code == 422 and "is missing 1 of its values" in checked.json()["error"], checked.text
-        unnamed = http.post("gradio_api/call/v2/swap", json={"width": "wide", "height": 64})
+        unnamed = http.post("gradio_api/call/v2/preset_for", json={"width": "wide", "height": 64})
         assert unnamed.status_code == 404 and "no endpoint of this server's API" in unnamed.json()["error"]
-        swapped = _page_call(http, "gradio_api/run/predict", events["swap"], [64, 96], "right")
+        named = _page_call(http, "gradio_api/run/predict", events["preset_for"], [256, 256], "right")
+        typed = _page_call(http, "gradio_api/run/predict", events["preset_for"], [1e308, 256], "right")
         no_size = _page_call(http, "gradio_api/run/predict", events["apply_preset"], [None], "right")
-    assert swapped.status_code == 200 and swapped.json()["data"] == [96, 64], swapped.text
+    assert named.status_code == 200 and named.json()["data"] == ["256x256"], named.text
+    assert typed.status_code == 200 and typed.json()["data"] == ["custom"], typed.text  # what a page's box holds
     assert no_size.status_code == 200 and no_size.json()["data"] == [{"__type__": "update"}] * 2, no_size.text
     images, *_ = client.predict("cat", "", 64, 64, 1, 1.0, 1, False, False, 1, api_name="/generate")
     assert len(images) == 1

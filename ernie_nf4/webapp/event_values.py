@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
-# The largest whole number a page's number field holds exactly (a JavaScript number): a larger one can only come from
-# a client of its own (and Gradio cannot send back a whole number past 2**63).
-PAGE_NUMBER_LIMIT = 2**53
+# The largest number a page's number field holds (a JavaScript number, a double): anything up to it can be typed
+# there, such as 1e308 for a width; a larger one can only come from a client of its own.
+PAGE_NUMBER_LIMIT = sys.float_info.max
 FILE_META = {"_type": "gradio.FileData"}
 
 
@@ -72,13 +73,13 @@ def _unfit_kind(component, value, ranged: bool = True) -> str | None:
 def _number(value, low, high) -> str | None:
     """What a number field takes, when ``value`` is not a finite number of at most ``PAGE_NUMBER_LIMIT`` in size,
     within [``low``, ``high``] (either may be None)."""
-    span = f"in [{low:g}, {high:g}]" if low is not None and high is not None else "between -2**53 and 2**53"
+    wanted = f"a number in [{low:g}, {high:g}]" if low is not None and high is not None else "a finite number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"a number {span}"
+        return wanted
     if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > PAGE_NUMBER_LIMIT:
-        return f"a number {span}"
+        return wanted
     if (low is not None and value < low) or (high is not None and value > high):
-        return f"a number {span}"
+        return wanted
     return None
 
 

@@ -398,11 +398,6 @@ class Handlers:
         return width, height
 
     @staticmethod
-    def swap(width, height):
-        """The size turned a quarter: (height, width) into the (width, height) fields."""
-        return height, width
-
-    @staticmethod
     def preset_for(width, height, choices=tuple(PRESETS)):
         """The dropdown's value for typed W/H: the matching preset, else ``custom``."""
         try:

@@ -4,7 +4,6 @@ methods and wires its events to ``Handlers``."""
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -200,12 +199,22 @@ def _wire_enhance(handlers: Handlers, ui: dict, demo: gr.Blocks, concurrency: in
     box.change(None, box, ui["enhance_row"], js=SHOW_IF_TEXT_JS, queue=False, api_visibility="private")
 
 
+# The size turned a quarter, in the page: whatever the boxes hold (a size out of range too) changes places.
+SWAP_JS = "(width, height) => [height, width]"
+
+
 def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
-    ui["preset"].input(handlers.apply_preset, ui["preset"], [ui["width"], ui["height"]], **HIDDEN)
-    ui["swap"].click(handlers.swap, [ui["width"], ui["height"]], [ui["width"], ui["height"]], **HIDDEN)
-    follow = partial(handlers.preset_for, choices=tuple(choices))
-    for size in (ui["width"], ui["height"]):
-        size.change(follow, [ui["width"], ui["height"]], ui["preset"], **HIDDEN)
+    """The size's events: a preset fills the boxes, ⇄ swaps them, the boxes pick the preset they match (any number
+    typed in them, out of range too: Generate's check names it)."""
+    sizes = [ui["width"], ui["height"]]
+    ui["preset"].input(handlers.apply_preset, ui["preset"], sizes, **HIDDEN)
+    ui["swap"].click(None, sizes, sizes, js=SWAP_JS, queue=False, api_visibility="private")
+
+    def preset_for(width, height):
+        return handlers.preset_for(width, height, tuple(choices))
+
+    for size in sizes:
+        size.change(preset_for, sizes, ui["preset"], **HIDDEN)
 
 
 # A file dropped or picked on the restore box empties the note under the history at once, before the browser checks
