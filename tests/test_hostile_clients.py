@@ -258,6 +258,33 @@ def test_deeply_nested_json_is_refused_by_name_without_a_traceback(served, route
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_requests_json_is_read_once_for_all_the_checks_before_the_app(served, monkeypatch):
+    """A job that leaves out a field with a default (filled in), and a direct call of the page's own event: each
+    body is parsed once by the limits, whatever checks it goes through, and still answered."""
+    import json
+
+    from ernie_nf4.webapp import limits
+
+    parsed = []
+
+    class Counted:
+        dumps = staticmethod(json.dumps)
+
+        @staticmethod
+        def loads(text, *args, **kwargs):
+            parsed.append(len(text))
+            return json.loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(limits, "json", Counted)
+    app = served()
+    with httpx.Client(base_url=app.url, timeout=30) as http:
+        job = join(http, app.ids["generate"], FORM[:-1], "once")  # no previews: filled in with its default
+        assert job.status_code == 200 and len(parsed) == 1, (job.text, parsed)
+        direct = _page_call(http, "gradio_api/run/predict", app.ids["preset_for"], [256, 256], "once")
+        assert direct.status_code == 200 and direct.json()["data"] == ["custom"], direct.text
+    assert len(parsed) == 2, parsed
+
+
 def test_direct_calls_that_name_no_server_event_or_send_the_wrong_values_get_a_message(served, capfd):
     app = served()
     with httpx.Client(base_url=app.url, timeout=30) as http:

@@ -148,10 +148,10 @@ class RequestLimits:
             return
         if body is _TOO_LARGE:
             return await _refuse(send, *self._too_large(upload))
-        missing = None
+        data, missing = _NOT_JSON if upload else _parsed(body), None  # parsed once, for every check below
         if not upload and _is_job(path):
-            body, missing = _completed(scope, path, body)
-        refusal = self._after_body(scope, path, client, upload, body, missing)
+            body, data, missing = _completed(scope, path, body, data)
+        refusal = self._after_body(scope, path, client, upload, body, data, missing)
         if refusal is not None:
             return await _refuse(send, *refusal)
         replay = [{"type": "http.request", "body": body, "more_body": False}]
@@ -206,19 +206,21 @@ class RequestLimits:
         )
         return 429, message, wait
 
-    def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes, missing=None) -> tuple | None:
+    def _after_body(self, scope, path: str, client: str, upload: bool, body: bytes, data, missing=None) -> tuple | None:
+        """A refusal that needs the body (``data``: its JSON, ``_parsed``), else None; a job let through is reserved
+        (``pending``)."""
         if upload:
             if self.uploads.total(client) + len(body) > self.limits.upload_bytes_per_window:
                 return self._upload_budget(client, scope["headers"])
             self.uploads.add(client, len(body))
             return None
-        if problem := _json_problem(body, self.limits.max_json_depth):
+        if problem := _json_problem(data, self.limits.max_json_depth):
             return 400, problem
-        if _is_direct(path) and (problem := _bad_direct_call(scope, path, body)):
+        if _is_direct(path) and (problem := _bad_direct_call(scope, path, data)):
             return 422, problem
         if problem := _unknown_endpoint(scope, path):
             return 404, problem
-        if (call := _called(scope, path, body)) and (problem := unfit_values(call[2], call[1], self.outputs)):
+        if (call := _called(scope, path, data)) and (problem := unfit_values(call[2], call[1], self.outputs)):
             return 422, f"/{call[2].api_name or call[2].name}: {problem}"
         if not _is_job(path):
             return None
@@ -313,18 +315,28 @@ async def _read_body(receive, cap: int):
     return b"".join(body)
 
 
-def _json_problem(body: bytes, max_depth: int) -> str | None:
-    """Why a JSON body is refused (nested deeper than ``max_depth``), or None; bodies that are not JSON are left
-    to the app."""
-    if body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    too_deep = f"request JSON nests more than {max_depth} levels deep; send the fields /gradio_api/info documents"
+_NOT_JSON, _TOO_DEEP = object(), object()  # what ``_parsed`` gives for a body that is no JSON, or nests too deep
+
+
+def _parsed(body: bytes):
+    """A request body's JSON, parsed once for every check of the request: ``_NOT_JSON`` for a body that is none
+    (Gradio answers malformed JSON itself), ``_TOO_DEEP`` for one nested deeper than the parser follows."""
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except RecursionError:
-        return too_deep
+        return _TOO_DEEP
     except ValueError:
-        return None  # Gradio answers malformed JSON itself
+        return _NOT_JSON
+
+
+def _json_problem(data, max_depth: int) -> str | None:
+    """Why a request's JSON (``_parsed``) is refused (nested deeper than ``max_depth``), or None; bodies that are
+    not JSON are left to the app."""
+    too_deep = f"request JSON nests more than {max_depth} levels deep; send the fields /gradio_api/info documents"
+    if data is _TOO_DEEP:
+        return too_deep
+    if data is _NOT_JSON:
+        return None
     level = [data]
     for _ in range(max_depth):
         level = [
@@ -338,17 +350,16 @@ def _json_problem(body: bytes, max_depth: int) -> str | None:
     return too_deep if any(isinstance(value, (dict, list)) for value in level) else None
 
 
-def _called(scope, path: str, body: bytes) -> tuple | None:
+def _called(scope, path: str, data) -> tuple | None:
     """(the request's JSON, its values, the event it names) for a call of an event with a list of values: a job
     (``/queue/join``, ``/call/<name>``) or a direct call (``_is_direct``); else None. Values as Gradio reads them:
     ``/call/<name>`` leaves out the inputs the API skips (a ``gr.State``)."""
     try:
-        data = json.loads(body)
         fns = scope["app"].get_blocks().fns
-    except (ValueError, AttributeError, KeyError, RecursionError):
-        return None  # Gradio answers malformed JSON itself
-    if not isinstance(data, dict) or not isinstance(values := data.get("data"), list):
+    except (AttributeError, KeyError):
         return None
+    if not isinstance(data, dict) or not isinstance(values := data.get("data"), list):
+        return None  # no JSON object (Gradio answers malformed JSON itself)
     named, index = _NAMED.search(path), data.get("fn_index")
     if named and (named[1] == "call" or index is None):  # /call/<name> goes by its name, the others by fn_index
         fn = next((f for f in fns.values() if f.api_name == named[2]), None)
@@ -363,13 +374,14 @@ def _called(scope, path: str, body: bytes) -> tuple | None:
     return data, values, fn
 
 
-def _completed(scope, path: str, body: bytes) -> tuple[bytes, str | None]:
-    """A job request's body, with the trailing inputs it leaves out that have a default (a client written before
-    they came, e.g. ``/generate``'s ``previews``) filled in, so it gets what it got before; and, when a left-out
-    field has no default, a message naming the missing ones (Gradio would answer ``{"error": null}``)."""
-    call = _called(scope, path, body)
+def _completed(scope, path: str, body: bytes, data) -> tuple[bytes, object, str | None]:
+    """A job request's body and its JSON (``data``), with the trailing inputs it leaves out that have a default (a
+    client written before they came, e.g. ``/generate``'s ``previews``) filled in, so it gets what it got before;
+    and, when a left-out field has no default, a message naming the missing ones (Gradio would answer
+    ``{"error": null}``)."""
+    call = _called(scope, path, data)
     if call is None or len(call[1]) >= len(call[2].inputs):
-        return body, None
+        return body, data, None
     data, values, fn = call
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     parameters = [p for p in inspect.signature(fn.fn).parameters.values() if p.kind in positional] if fn.fn else []
@@ -377,21 +389,23 @@ def _completed(scope, path: str, body: bytes) -> tuple[bytes, str | None]:
     left_out = parameters[len(values) :]
     named = len(parameters) == len(fn.inputs)  # a function of ``*args`` names no input
     if named and all(p.default is not inspect.Parameter.empty for p in left_out):
-        return json.dumps({**data, "data": values + [p.default for p in left_out]}).encode(), None
+        data = {**data, "data": values + [p.default for p in left_out]}
+        return json.dumps(data).encode(), data, None
     missing = [p.name for p in left_out] if named else [f"{len(fn.inputs) - len(values)} of its values"]
     takes = f"it takes {len(fn.inputs)} values" + (f": {', '.join(p.name for p in parameters)}" if named else "")
-    return body, f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
+    return body, data, f"/{fn.api_name or fn.name} is missing {', '.join(missing)} ({takes})"
 
 
-def _bad_direct_call(scope, path: str, body: bytes) -> str | None:
+def _bad_direct_call(scope, path: str, data) -> str | None:
     """What is wrong with a direct call (``_is_direct``) that names no event with a server function (by its
     ``fn_index``, else by the name in its route), or sends a number of values other than the event's inputs (Gradio
     would answer 500 and print a traceback)."""
+    if data is _NOT_JSON or data is _TOO_DEEP:
+        return None  # Gradio answers malformed JSON itself; too deep is refused before
     try:
-        data = json.loads(body)
         fns = scope["app"].get_blocks().fns
-    except (ValueError, AttributeError, KeyError, RecursionError):
-        return None  # Gradio answers malformed JSON itself
+    except (AttributeError, KeyError):
+        return None
     if not isinstance(data, dict):
         return "a call must be a JSON object with fn_index and data"
     index, values, name = data.get("fn_index"), data.get("data"), _NAMED.search(path)[2]
