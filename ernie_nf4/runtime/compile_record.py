@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 
 FOLDER = "ernie-nf4-blocks"  # in the cache folder
 # The code that is compiled (relative to the package): a change to it makes Inductor compile afresh.
-_SOURCES = ("runtime/fast_transformer.py", "runtime/compute.py", "runtime/lora.py", "compat.py")
+_SOURCES = (
+    "runtime/fast_transformer.py",
+    "runtime/compute.py",
+    "runtime/fp8_attention.py",
+    "runtime/lora.py",
+    "compat.py",
+)
 
 
 def _version(package: str) -> str | None:
@@ -86,6 +92,8 @@ def describe(transformer) -> dict:
         "dtype": str(transformer.dtype),
         "layer_kinds": layer_kinds,
         "compute_min_rows": min_rows,
+        "fp8_attention": bool(getattr(transformer.layers[0].self_attention, "fp8_attention_on", False)),
+        "cudnn_frontend": _version("nvidia-cudnn-frontend"),
         "block_tensors": tensors,
         "code": _code_digest(),
     }

@@ -11,7 +11,9 @@ projection's FP8 product as it is, with no scaling of its own. In one block:
   scale; FP8 is a floating-point format, so a loose bound costs range at the bottom, not precision;
 - value is scaled by its largest magnitude in the call (one reduction);
 - the kernel computes softmax(q k^T / sqrt(head_dim)) v per sample (``segments``), its probabilities in FP8 too, and
-  writes the output in FP8 on value's scale: each output is a weighted mean of value's rows, so it is no larger.
+  writes the output in FP8 on value's scale times ``OUTPUT_HEADROOM``: each output is a weighted mean of value's
+  rows, no larger than they are, but the probabilities' rounding can make their weights sum to a few percent over
+  one.
 
 ``attention`` is an operator of its own (``ernie_nf4::fp8_attention``), so that compiled blocks call the kernel as it
 is; elsewhere (a CPU, or a shape the kernel declines) it runs the same arithmetic in torch ops.
@@ -23,6 +25,7 @@ import functools
 import logging
 import math
 import threading
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +38,10 @@ FP8_MAX = torch.finfo(FP8).max
 BOUND_MARGIN = 1.02
 # Probabilities are scaled into FP8's range before they are rounded (cuDNN's ``scale_s``), and back after.
 PROBABILITY_SCALE = FP8_MAX
+# The output's scale over value's: rounded to FP8, a row's probabilities can sum to up to about 1.06.
+OUTPUT_HEADROOM = 1.125
 _GRAPHS_MAX = 64  # built graphs kept (one per token count a sample has, and batch of equal samples)
-_graphs: dict[tuple, tuple] = {}
+_graphs: OrderedDict[tuple, tuple | Exception] = OrderedDict()  # least recently used first
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -55,15 +60,16 @@ def kernel_runs(device: str) -> bool:
         logger.info("attention stays in bf16: FP8 attention needs `pip install nvidia-cudnn-frontend`")
         return False
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(96, 4, 64, device=device, generator=g) for _ in range(3))
+    segments = [67, 67, 29]  # odd lengths, as an image's tokens and its prompt's make them, and a batch of two
+    q, k, v = (torch.randn(sum(segments), 4, 64, device=device, generator=g) for _ in range(3))
     scales = torch.tensor([3 / FP8_MAX, 3 / FP8_MAX, 4 / FP8_MAX, FP8_MAX / 4], device=device)
     q8, k8, v8 = ((t.clamp(-3, 3) / s).to(FP8) for t, s in zip((q, k, v), scales[:3].tolist(), strict=True))
     try:
-        got = _on_cudnn(q8, k8, v8, scales, [64, 32]).float()
+        got = _on_cudnn(q8, k8, v8, scales, segments).float()
     except Exception as err:  # no engine for the card, an old cuDNN, a driver that cannot launch it
         logger.warning("cuDNN's FP8 attention does not run on %s (%s); attention stays in bf16", device, err)
         return False
-    want = _in_torch(q8, k8, v8, scales, [64, 32]).float()
+    want = _in_torch(q8, k8, v8, scales, segments).float()
     error = float((got - want).norm() / want.norm())
     if not error < 0.1:
         logger.warning("cuDNN's FP8 attention differs from torch's on %s (%.3f); attention stays bf16", device, error)
@@ -77,18 +83,24 @@ def attention(
 ) -> torch.Tensor:
     """Attention within each sample of packed FP8 tokens (``[tokens, heads, head_dim]`` each, ``segments``: tokens
     per sample). ``scales`` (float32): query's, key's and value's scale, then the output's inverse scale (value's
-    inverse). The output (``[tokens, heads, head_dim]``, FP8) is on value's scale."""
+    inverse). The output (``[tokens, heads, head_dim]``, FP8) is on the scale ``scales[3]`` inverts."""
+    torch._check(sum(segments) == query.shape[0], lambda: f"segments {segments} must sum to {query.shape[0]} tokens")
     if query.is_cuda and kernel_runs(str(query.device)):
         try:
             return _on_cudnn(query, key, value, scales, segments)
-        except Exception as err:  # a shape the kernel declines: torch ops, logged once per shape
-            logger.warning("cuDNN's FP8 attention declined %s tokens (%s); torch ops ran it", segments, err)
+        except _Declined:  # a shape the kernel declines (said once, when its graph was built): torch ops
+            pass
     return _in_torch(query, key, value, scales, segments)
 
 
 @attention.register_fake
 def _(query, key, value, scales, segments):
+    torch._check(sum(segments) == query.shape[0], lambda: f"segments {segments} must sum to {query.shape[0]} tokens")
     return torch.empty_like(query)
+
+
+class _Declined(RuntimeError):
+    """cuDNN built no plan for a shape (kept in the graph cache, so that it is asked once)."""
 
 
 def _in_torch(query, key, value, scales, segments) -> torch.Tensor:
@@ -105,6 +117,12 @@ def _in_torch(query, key, value, scales, segments) -> torch.Tensor:
 
 def _on_cudnn(query, key, value, scales, segments) -> torch.Tensor:
     """The operator on cuDNN's kernel: one call for each run of samples of the same length (a batch of them)."""
+    with torch.cuda.device(query.device):  # the kernel runs on the device current at the call
+        query, key, value = (t.contiguous() for t in (query, key, value))
+        return _execute(query, key, value, scales, segments)
+
+
+def _execute(query, key, value, scales, segments) -> torch.Tensor:
     out = torch.empty_like(query)
     handle = _handle(query.device)
     scalars = [scales[i : i + 1].view(1, 1, 1, 1) for i in range(4)]
@@ -112,7 +130,10 @@ def _on_cudnn(query, key, value, scales, segments) -> torch.Tensor:
     start = 0
     for length, count in _runs_of(segments):
         end = start + length * count
-        graph, tensors, workspace_size = _graph(query.device, count, length, query.shape[1], query.shape[2])
+        built = _graph(query.device, count, length, query.shape[1], query.shape[2])
+        if isinstance(built, _Declined):
+            raise built
+        graph, tensors, workspace_size = built
         workspace = torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=query.device)
         q, k, v, o = (t[start:end].view(torch.uint8) for t in (query, key, value, out))
         amax = torch.empty(2, 1, 1, 1, device=query.device, dtype=torch.float32)
@@ -163,10 +184,17 @@ def _graph(device: torch.device, batch: int, length: int, heads: int, head_dim: 
     key = (device, batch, length, heads, head_dim)
     with _lock:
         hit = _graphs.get(key)
-        if hit is None:
-            hit = _graphs[key] = _build(device, batch, length, heads, head_dim)
-            while len(_graphs) > _GRAPHS_MAX:
-                _graphs.pop(next(iter(_graphs)))
+        if hit is not None:
+            _graphs.move_to_end(key)
+            return hit
+        try:
+            hit = _build(device, batch, length, heads, head_dim)
+        except Exception as err:  # noqa: BLE001 - any refusal of cuDNN's: kept, so that the shape is asked once
+            logger.warning("cuDNN's FP8 attention declined %d x %d tokens (%s); torch ops run it", batch, length, err)
+            hit = _Declined(str(err))
+        _graphs[key] = hit
+        while len(_graphs) > _GRAPHS_MAX:
+            _graphs.popitem(last=False)
     return hit
 
 
@@ -218,6 +246,7 @@ def prepare(attn) -> bool:
     key, where its ``norm_q`` and ``norm_k`` are RMS norms over the head (the bound above holds only there), and
     ``fp8_attention_on``: whether the kernel runs there (decided here, once, not in compiled code). Returns that."""
     norms = (attn.norm_q, attn.norm_k)
+    attn.fp8_attention_on = False
     if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None for n in norms):
         return False
     head_dim = norms[0].weight.shape[-1]
@@ -247,6 +276,7 @@ def self_attention(attn, query, key, value, segments) -> tuple[torch.Tensor, tor
     q = (query[0].float() / attn.fp8_query_scale).to(FP8)
     k = (key[0].float() / attn.fp8_key_scale).to(FP8)
     v = (value[0].float() / value_scale).to(FP8)
-    scales = torch.stack((attn.fp8_query_scale, attn.fp8_key_scale, value_scale, 1 / value_scale))
+    out_scale = value_scale * OUTPUT_HEADROOM
+    scales = torch.stack((attn.fp8_query_scale, attn.fp8_key_scale, value_scale, 1 / out_scale))
     out = attention(q, k, v, scales, list(segments))
-    return out.view(tokens, -1), value_scale.expand(tokens, 1).contiguous()
+    return out.view(tokens, -1), out_scale.expand(tokens, 1).contiguous()
