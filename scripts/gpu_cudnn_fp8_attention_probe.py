@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from gpu_fp8_attention_probe import mean_ms  # this folder's, first on the path when a script runs
 
+from ernie_nf4.runtime.fp8_attention import plan
+
 H, S, D = 32, 4352, 128
 
 
@@ -46,13 +48,7 @@ def fp8_graph(cudnn, handle, fp8: list[torch.Tensor], scales: list[torch.Tensor]
     )  # fmt: skip
     o.set_output(True).set_dim(list(out.shape)).set_stride(list(out.stride()))
     o.set_data_type(getattr(cudnn.data_type, out_type))
-    for amax in (amax_s, amax_o):
-        amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
-    graph.validate()
-    graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    graph.check_support()
-    graph.build_plans()
+    plan(graph, (amax_s, amax_o))
     names = {"q": q, "k": k, "v": v, "descale_q": descale_q, "descale_k": descale_k, "descale_v": descale_v,
              "descale_s": descale_s, "scale_s": scale_s, "scale_o": scale_o, "o": o, "amax_s": amax_s,
              "amax_o": amax_o}  # fmt: skip

@@ -13,7 +13,14 @@ from ernie_nf4.runtime import compute, fp8_attention
 from ernie_nf4.runtime.compute import Compute, apply_compute, fp8_product
 
 from .support.fixtures import DEVICE, HAS_CUDA
-from .test_compute import forward, nf4_transformer, relative_error, style_lora, traced  # noqa: F401
+from .test_compute import (  # noqa: F401
+    compiled_like_eager,
+    forward,
+    nf4_transformer,
+    relative_error,
+    style_lora,
+    traced,
+)
 
 pytestmark = pytest.mark.nf4
 FP8 = torch.float8_e4m3fn
@@ -174,20 +181,9 @@ def test_the_transformer_attends_in_fp8_close_to_its_fp8_products_alone(tiny_pac
 
 @pytest.mark.slow
 def test_compiled_blocks_run_attention_in_fp8(tiny_package, nf4_everywhere, tmp_path):
-    from ernie_nf4.runtime.fast_transformer import compile_blocks
-
     model = nf4_transformer(tiny_package, Compute.FP8)
     fp8_attention_everywhere(model)
-    eager = forward(model)
-    compiler = compile_blocks(model, cache_dir=tmp_path)
-    forward(model)  # eager, then compiles
-    assert compiler.active, compiler.describe()
-    compiled = forward(model)
-    other = forward(model, seed=1, latent=(6, 10), lengths=(3, 11))
-    assert compiler.fallback_calls == 0
-    assert relative_error(compiled, eager) < 0.03
-    assert torch.equal(forward(model), compiled)
-    assert other.isfinite().all()
+    compiled_like_eager(model, tmp_path)
 
 
 def test_compiled_blocks_call_the_fp8_attention_operator(tiny_package, nf4_everywhere):

@@ -227,15 +227,24 @@ def _build(device, batch, length, heads, head_dim) -> tuple:
         use_causal_mask=False,
     )
     out.set_output(True).set_dim(dim).set_stride(stride).set_data_type(cudnn.data_type.FP8_E4M3)
-    for amax in (amax_s, amax_o):
+    plan(graph, (amax_s, amax_o))
+    tensors = (q, k, v, descale_q, descale_k, descale_v, descale_s, scale_s, scale_o, out, amax_s, amax_o)
+    return graph, tensors, graph.get_workspace_size()
+
+
+def plan(graph, amaxes) -> None:
+    """Make ``graph`` (an FP8 attention graph of the cuDNN frontend) runnable: its ``amaxes`` (the probabilities'
+    and the output's largest magnitudes, float32 scalars) as outputs, validated and planned (raises where no engine
+    of cuDNN takes it)."""
+    import cudnn
+
+    for amax in amaxes:
         amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
     graph.validate()
     graph.build_operation_graph()
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
-    tensors = (q, k, v, descale_q, descale_k, descale_v, descale_s, scale_s, scale_o, out, amax_s, amax_o)
-    return graph, tensors, graph.get_workspace_size()
 
 
 # ---------------------------------------------------------------- in a block
