@@ -82,8 +82,9 @@ def attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scales: torch.Tensor, segments: list[int]
 ) -> torch.Tensor:
     """Attention within each sample of packed FP8 tokens (``[tokens, heads, head_dim]`` each, ``segments``: tokens
-    per sample). ``scales`` (float32): query's, key's and value's scale, then the output's inverse scale (value's
-    inverse). The output (``[tokens, heads, head_dim]``, FP8) is on the scale ``scales[3]`` inverts."""
+    per sample). ``scales`` (float32): query's, key's and value's scale, then the output's inverse scale
+    (``self_attention``'s: value's with ``OUTPUT_HEADROOM``). The output (``[tokens, heads, head_dim]``, FP8) is
+    on the scale ``scales[3]`` inverts."""
     torch._check(sum(segments) == query.shape[0], lambda: f"segments {segments} must sum to {query.shape[0]} tokens")
     if query.is_cuda and kernel_runs(str(query.device)):
         try:
