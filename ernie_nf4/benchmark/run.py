@@ -89,7 +89,11 @@ class ModeResult:
     # them against the median of runs without, taken in turns)
     previews_per_run: int | None = None
     preview_overhead: float | None = None
-    attention: str | None = None  # "fp8" where the blocks' attention runs in FP8 (``runtime.fp8_attention``)
+    # "fp8": the blocks' attention runs in FP8 in the calls whose products do (``runtime.fp8_attention``); "bf16"
+    attention: str | None = None
+
+
+ATTENTION_WORDS = {"fp8": "attention in FP8 where the products are", "bf16": "attention in bf16"}
 
 
 def evict_page_cache(folder: Path) -> bool:
@@ -182,7 +186,8 @@ def run_mode(
         "fp8" if any(getattr(m, "fp8_attention_on", False) for m in loaded.pipe.transformer.modules()) else "bf16"
     )
     log(
-        f"[{mode}] loaded in {result.load_seconds:.1f} s ({result.attention} attention); warm-up ({WARMUP_STEPS} steps)"
+        f"[{mode}] loaded in {result.load_seconds:.1f} s ({ATTENTION_WORDS[result.attention]}); warm-up"
+        f" ({WARMUP_STEPS} steps)"
     )
     warmup = replace(request, num_inference_steps=WARMUP_STEPS)
     start = time.perf_counter()
