@@ -76,9 +76,9 @@ def test_only_a_text_the_user_gave_is_read_back_as_the_enhanced_prompt():
 
 def test_a_bad_enhanced_prompt_is_refused_by_name(fake_app):
     _, client = fake_app
-    with pytest.raises(Exception, match="enhanced_prompt must be at most 32000 characters"):
+    with pytest.raises(Exception, match=r"Enhanced prompt \(enhanced_prompt\) must be at most 32000 characters"):
         client.predict(*FORM, "x" * 32001, api_name="/generate")
-    with pytest.raises(Exception, match="enhanced_prompt must be text"):
+    with pytest.raises(Exception, match=r"Enhanced prompt \(enhanced_prompt\) must be text"):
         client.predict(*FORM, 5, api_name="/generate")
 
 

@@ -52,3 +52,30 @@ def test_the_pages_own_language_wins_over_the_browsers():
     assert language(request(**{"accept-language": "en-US", LANGUAGE_HEADER: "zh-CN", "cookie": "a=é; b={}"})) == "zh"
     assert language(request(**{"accept-language": "zh", LANGUAGE_HEADER: ""})) == "zh"
     assert language(None) == "en"
+
+
+def test_an_english_message_names_a_field_by_the_page_s_words_and_its_api_name():
+    """The English page says a refused field as the Chinese one does (``Start image (init_image) …``); a field whose
+    name is a plain word (``width``) keeps it; the library's own text keeps the API's name alone."""
+    from ernie_nf4.errors import InvalidArgument
+    from ernie_nf4.request import _init_size_error
+    from ernie_nf4.webapp.i18n import FIELD_NAMES_EN, FIELD_NAMES_ZH
+    from ernie_nf4.webapp.messages import note, refusal
+
+    assert set(FIELD_NAMES_EN) < set(FIELD_NAMES_ZH)
+    small = _init_size_error((10, 10))
+    assert str(small).startswith("init_image must be ")
+    assert refusal(small, "en") == str(small).replace("init_image", "Start image (init_image)", 1)
+    assert refusal(small, "zh").startswith("起始图片（init_image）")
+    sha = InvalidArgument("init_image's sha256 must be 64 hex digits, got 'x'", field="init_image")
+    assert refusal(sha, "en") == "Start image (init_image)'s sha256 must be 64 hex digits, got 'x'"
+    unread = InvalidArgument("init_image 'photo.png' could not be read as an image", field="init_image")
+    assert refusal(unread, "en") == "Start image (init_image) 'photo.png' could not be read as an image"
+    count = InvalidArgument("lora_scale: give one scale, or one per LoRA named (2), got 3", field="lora_scale")
+    assert refusal(count, "en").startswith("LoRA scale (lora_scale): give one scale")
+    width = InvalidArgument("width must be in [64, 2048], got 0", field="width")
+    assert refusal(width, "en") == str(width)
+    assert note("enhanced_prompt: removed 1 control character(s)") == (
+        "Enhanced prompt (enhanced_prompt): removed 1 control character(s)"
+    )
+    assert note("width 1000 → 1008 (a multiple of 16)") == "width 1000 → 1008 (a multiple of 16)"

@@ -37,7 +37,7 @@ def test_the_api_takes_an_image_and_a_strength_and_the_png_records_them(fake_app
     request = service.requests[-1]
     assert request.strength == 0.4 and request.steps_run == 4
     assert request.init_image.sha256 == InitImage.of(str(source)).sha256
-    assert "init_image 96x64 → scaled to 96x64, center-cropped to 64x64" in info
+    assert "Start image (init_image) 96x64 → scaled to 96x64, center-cropped to 64x64" in info
     assert "from the start image at strength 0.4" in info  # the run info says how it started, as Vary's does
     with Image.open(images[0]["image"]) as png:
         text = png.info["parameters"]
@@ -137,7 +137,7 @@ def test_the_fitting_note_and_a_strength_zero_run_read_in_both_languages(tmp_pat
     assert note(notes[0], "zh") == "起始图片（init_image） 128x64 → 缩放到 128x64，居中裁剪为 64x64"
     for lang in ("en", "zh"):
         info = handlers._saved(request, service.generate(request), notes, lang)[3]
-        assert (notes[0] if lang == "en" else "居中裁剪为 64x64") in info
+        assert ("Start image (init_image) 128x64 → scaled to" if lang == "en" else "居中裁剪为 64x64") in info
 
 
 def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(browser, tmp_path):
@@ -154,7 +154,7 @@ def test_a_file_that_is_no_image_is_refused_on_its_field_and_an_image_then_runs(
         expect(strength).to_have_value("0.6")  # the upload arrived: a file came, the strength left 1
         page.locator("#prompt textarea").fill("a lighthouse at dusk")
         page.locator("#generate").click()
-        refusal = page.get_by_text("init_image 'photo.png' could not be read as an image")
+        refusal = page.get_by_text("Start image (init_image) 'photo.png' could not be read as an image")
         refusal.first.wait_for()
         assert refusal.count() == 1 and page.get_by_text("preprocess").count() == 0
         assert not app.service.requests
@@ -208,5 +208,5 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
     assert said["kind"][1].endswith("收到 int")
     with pytest.raises(InvalidArgument) as caught:  # made directly, from pixels not in RGB
         InitImage(Image.new("L", (64, 64)), "0" * 64)
-    assert refusal(caught.value, "en") == "init_image must be an RGB PIL image, got Image"
+    assert refusal(caught.value, "en") == "Start image (init_image) must be an RGB PIL image, got Image"
     assert refusal(caught.value, "zh") == "起始图片（init_image）必须是 RGB 模式的 PIL 图片，收到 Image"

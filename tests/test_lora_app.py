@@ -161,7 +161,9 @@ def test_an_unknown_lora_is_refused_before_the_queue_naming_it_and_the_offered_o
     assert chinese == {"lora": "LoRA（lora）：本应用没有名为 'nope' 的 LoRA；可用的有 'ink', 'style'"}
     assert len(lora_app.service.requests) == before  # refused before the run was queued
     client = Client(lora_app.url, verbose=False)
-    with pytest.raises(ValidationError, match=r"lora_scale: .*lora_scale must be in \[0.0, 2.0\], got 2.5"):
+    with pytest.raises(
+        ValidationError, match=r"lora_scale: .*LoRA scale \(lora_scale\) must be in \[0.0, 2.0\], got 2.5"
+    ):
         client.predict(*FORM, "ink", 2.5, api_name="/generate")
 
 

@@ -43,28 +43,28 @@ BAD = [
     ({"prompt": "   \n "}, "prompt must be a non-blank text"),
     ({"prompt": None}, "prompt must be text"),
     ({"prompt": "x" * 100_000}, "prompt must be at most 8000 characters"),
-    ({"negative_prompt": "x" * 100_000}, "negative_prompt must be at most 8000 characters"),
+    ({"negative_prompt": "x" * 100_000}, r"Negative prompt \(negative_prompt\) must be at most 8000 characters"),
     ({"width": 0}, r"width must be in \[64, 2048\]"),
     ({"width": -64}, r"width must be in \[64, 2048\]"),
     ({"width": 10**9}, r"width must be in \[64, 2048\]"),
     ({"height": 65.5}, "height must be a whole number"),
     ({"height": "tall"}, "height must be a whole number"),
-    ({"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 200\]"),
-    ({"num_inference_steps": -3}, r"num_inference_steps must be in \[1, 200\]"),
-    ({"num_inference_steps": 10_000}, r"num_inference_steps must be in \[1, 200\]"),
-    ({"guidance_scale": math.nan}, "guidance_scale must be a finite number"),
-    ({"guidance_scale": math.inf}, "guidance_scale must be a finite number"),
-    ({"guidance_scale": -1.0}, r"guidance_scale must be in \[0.0, 30.0\]"),
-    ({"guidance_scale": 1e6}, r"guidance_scale must be in \[0.0, 30.0\]"),
+    ({"num_inference_steps": 0}, r"Steps \(num_inference_steps\) must be in \[1, 200\]"),
+    ({"num_inference_steps": -3}, r"Steps \(num_inference_steps\) must be in \[1, 200\]"),
+    ({"num_inference_steps": 10_000}, r"Steps \(num_inference_steps\) must be in \[1, 200\]"),
+    ({"guidance_scale": math.nan}, r"Guidance \(guidance_scale\) must be a finite number"),
+    ({"guidance_scale": math.inf}, r"Guidance \(guidance_scale\) must be a finite number"),
+    ({"guidance_scale": -1.0}, r"Guidance \(guidance_scale\) must be in \[0.0, 30.0\]"),
+    ({"guidance_scale": 1e6}, r"Guidance \(guidance_scale\) must be in \[0.0, 30.0\]"),
     ({"seed": -1}, "seed must be in"),
     ({"seed": 2**64}, "seed must be in"),
-    ({"num_images": 0}, r"num_images must be in \[1, 4\]"),
-    ({"num_images": 100}, r"num_images must be in \[1, 4\]"),
-    ({"use_pe": "yes"}, "use_pe must be true or false"),
-    ({"randomize_seed": "yes"}, "randomize_seed must be true or false"),
-    ({"randomize_seed": 1}, "randomize_seed must be true or false"),
-    ({"lora_scale": math.inf}, "lora_scale must be a finite number"),  # with no LoRA picked too
-    ({"lora_scale": -5}, r"lora_scale must be in \[0.0, 2.0\]"),
+    ({"num_images": 0}, r"Images \(num_images\) must be in \[1, 4\]"),
+    ({"num_images": 100}, r"Images \(num_images\) must be in \[1, 4\]"),
+    ({"use_pe": "yes"}, r"Prompt enhancer \(use_pe\) must be true or false"),
+    ({"randomize_seed": "yes"}, r"Randomize seed \(randomize_seed\) must be true or false"),
+    ({"randomize_seed": 1}, r"Randomize seed \(randomize_seed\) must be true or false"),
+    ({"lora_scale": math.inf}, r"LoRA scale \(lora_scale\) must be a finite number"),  # with no LoRA picked too
+    ({"lora_scale": -5}, r"LoRA scale \(lora_scale\) must be in \[0.0, 2.0\]"),
 ]
 
 
@@ -132,6 +132,7 @@ def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(fiel
     pytest.importorskip("gradio")
     from ernie_nf4.errors import InvalidArgument
     from ernie_nf4.webapp.handlers import FORM_FIELDS, Handlers
+    from ernie_nf4.webapp.i18n import field_name
 
     form = FormValues("cat", "", 64, 64, 2, 4.0, 3, use_pe=True, num_images=1)
     bad = replace(form, **{field: value})
@@ -143,7 +144,7 @@ def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(fiel
     handlers = Handlers(FakeService(), tmp_path)
     checks = dict(zip(FORM_FIELDS, handlers.validate(*astuple(bad)), strict=True))
     assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
-    assert checks[field]["message"] == str(refused.value)
+    assert checks[field]["message"] == str(refused.value).replace(field, field_name(field), 1)
     chinese = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9,en;q=0.8"})  # what a Chinese browser sends
     checks = dict(zip(FORM_FIELDS, handlers.validate(*astuple(bad), request=chinese), strict=True))
     assert [name for name, check in checks.items() if not check["is_valid"]] == [field]
@@ -153,7 +154,7 @@ def test_a_refused_form_names_its_field_as_data_and_the_ui_marks_that_field(fiel
 @pytest.mark.parametrize("change", [c for c, _ in BAD], ids=[f"{next(iter(c))}-{i}" for i, (c, _) in enumerate(BAD)])
 def test_every_refusal_of_the_form_is_said_in_chinese_naming_its_field(change):
     pytest.importorskip("gradio")
-    from ernie_nf4.webapp.i18n import FIELD_NAMES_ZH
+    from ernie_nf4.webapp.i18n import FIELD_NAMES_EN, FIELD_NAMES_ZH
     from ernie_nf4.webapp.messages import user_message
 
     with pytest.raises(ValueError) as refused:
@@ -161,7 +162,8 @@ def test_every_refusal_of_the_form_is_said_in_chinese_naming_its_field(change):
     field = refused.value.field
     message = user_message(refused.value, "zh")
     assert message.startswith(f"{FIELD_NAMES_ZH[field]}（{field}）") and "must" not in message, message
-    assert user_message(refused.value, "en") == str(refused.value)
+    name = f"{FIELD_NAMES_EN[field]} ({field})" if field in FIELD_NAMES_EN else field  # prompt, width: as they are
+    assert user_message(refused.value, "en") == str(refused.value).replace(field, name, 1)
 
 
 def test_history_lookups_answer_only_for_images_this_server_gave_that_client(tmp_path):

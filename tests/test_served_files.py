@@ -42,8 +42,8 @@ def test_an_init_image_path_outside_the_uploads_is_refused_before_the_queue(app,
     for path in (str(private), "/etc/passwd", str(tmp_path / "missing.png")):
         english = refusals(app.url, [*FORM, {"path": path}, 0.0, "", False], "en-US")
         assert english == {
-            "init_image": "init_image must be an image uploaded to this app or one of its results; a path on the "
-            "server is not read"
+            "init_image": "Start image (init_image) must be an image uploaded to this app or one of its results; a "
+            "path on the server is not read"
         }
     chinese = refusals(app.url, [*FORM, {"path": str(private)}, 0.0, "", False], "zh-CN")
     assert "不读取服务器上的路径" in chinese["init_image"]

@@ -81,7 +81,7 @@ def test_upscale_of_the_largest_size_and_a_missing_result_are_refused_by_name(fa
     service, client = fake_app
     count = len(service.requests)
     with pytest.raises(
-        AppError, match="init_image is 2048x2048: Upscale x2 makes images of at most 2048 .*would hardly grow"
+        AppError, match=r"Start image \(init_image\) is 2048x2048: Upscale x2 makes images of at most 2048 .*grow"
     ):
         client.predict(handle_file(foreign_result(tmp_path / "big.png")), api_name="/upscale")
     with pytest.raises(AppError, match="Generate an image first"):

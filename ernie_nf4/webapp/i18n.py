@@ -571,6 +571,20 @@ FIELD_NAMES_ZH = {
     "enhanced_prompt": "增强后的提示词",
     "previews": "实时预览",
 }
+# The fields whose English name is not their API name, as English messages name them (the label, then the API's
+# name); the others (``prompt``, ``width``, ``seed``, …) are plain words already and keep their name alone.
+FIELD_NAMES_EN = {
+    "negative_prompt": "Negative prompt",
+    "num_inference_steps": "Steps",
+    "guidance_scale": "Guidance",
+    "randomize_seed": "Randomize seed",
+    "use_pe": "Prompt enhancer",
+    "num_images": "Images",
+    "lora_scale": "LoRA scale",
+    "init_image": "Start image",
+    "enhanced_prompt": "Enhanced prompt",
+    "previews": "Live previews",
+}
 # The examples' titles (``examples.EXAMPLES``) in Chinese; a title missing here shows in English.
 EXAMPLE_TITLES_ZH = {
     "Poster, English title": "海报（英文标题）",
@@ -649,6 +663,7 @@ def is_preview_caption(caption) -> bool:
 
 
 def field_name(field: str, lang: str = "en") -> str:
-    """A form field as a message in ``lang`` names it: ``width``, or ``宽度（width）``."""
-    zh = FIELD_NAMES_ZH.get(field) if lang == "zh" else None
-    return f"{zh}（{field}）" if zh else field
+    """A form field as a message in ``lang`` names it: ``width``, ``Start image (init_image)`` or ``宽度（width）``."""
+    if lang == "zh":
+        return f"{name}（{field}）" if (name := FIELD_NAMES_ZH.get(field)) else field
+    return f"{name} ({field})" if (name := FIELD_NAMES_EN.get(field)) else field

@@ -47,12 +47,15 @@ _ERRORS = (
 
 
 def refusal(err: InvalidArgument, lang: str = "en") -> str:
-    """A refused field's message in ``lang``, said by its field and kind (the library's own text when its kind is
-    not one of ``_REFUSALS``)."""
+    """A refused field's message in ``lang``: in English the library's text with its field named as the page names
+    it (``_english``); else said by its field and kind (the library's own text when its kind is not one of
+    ``_REFUSALS``)."""
     text, field = str(err), err.field
-    if lang != "en" and getattr(err, "key", None):  # a refusal that carries its own key (a PNG's, say)
+    if lang == "en":
+        return _english(text, field)
+    if getattr(err, "key", None):  # a refusal that carries its own key (a PNG's, say)
         return say(err.key, lang, **err.values)
-    if lang == "en" or not field or not text.startswith(f"{field} "):
+    if not field or not text.startswith(f"{field} "):
         return text
     rest = text[len(field) + 1 :]
     for pattern, key in _REFUSALS:
@@ -64,13 +67,19 @@ def refusal(err: InvalidArgument, lang: str = "en") -> str:
     return text
 
 
+def _english(text: str, field: str | None) -> str:
+    """The library's English ``text`` with the field it starts with (``init_image must …``, ``init_image's …``,
+    ``lora_scale: …``) named as the English page names it (``Start image (init_image) must …``)."""
+    if field and re.match(rf"{re.escape(field)}(?:'s)?[ :]", text):
+        return field_name(field, "en") + text[len(field) :]
+    return text
+
+
 def note(text, lang: str = "en") -> str:
     """One of ``request_from_form``'s notes (a size snapped, control characters removed) in ``lang``; or a note of
     the app's, given as a function of the language (``functools.partial(say, key, **values)``)."""
     if callable(text):
         return text(lang)
-    if lang == "en":
-        return text
     for pattern, key in _NOTES:
         if match := pattern.match(text):
             values = match.groupdict()
