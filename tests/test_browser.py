@@ -240,6 +240,42 @@ def test_a_file_the_restore_box_refuses_takes_the_last_files_note_away(open_app,
 
 
 @pytest.mark.browser
+def test_a_file_the_restore_box_refuses_leaves_it_ready_for_the_next_file(open_app, tmp_path):
+    """A refused file is said in a popup and leaves no red badge over the box: a click on the box opens the file
+    dialog, and the PNG picked there restores its settings."""
+    request = GenerationRequest("a red fox", width=96, height=64, seed=77)
+    path = save_png(Image.new("RGB", (16, 16)), tmp_path, 77, parameters_text(request, 77, None, "ERNIE-Image NF4"))
+    refused = tmp_path / "photo.jpg"
+    refused.write_bytes(b"\xff\xd8\xff not a PNG")
+    page = open_app()
+    give_the_restore_box(page, refused, "picked")
+    expect(page.get_by_text("Invalid file type: photo.jpg. Only .png allowed.")).to_be_visible()
+    expect(page.locator("#restore [data-testid=status-tracker] .error")).to_have_count(0)
+    with page.expect_file_chooser(timeout=5000) as chooser:
+        page.locator("#restore button.upload-container").click(timeout=5000)
+    chooser.value.set_files(str(path))
+    expect(page.locator("#history-note")).to_contain_text(f"restored from {path.name}")
+    expect(page.locator("#width input")).to_have_value("96")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_start_image_too_small_is_refused_on_its_box_and_can_still_be_removed(open_app, fake_app, viewport, tmp_path):
+    """The refusal of a start image too small shows on its box under the box's buttons: Remove Image takes it away."""
+    small = tmp_path / "small.png"
+    Image.new("RGB", (8, 8), "red").save(small)
+    page = open_app(viewport=viewport)
+    page.locator("#img2img > button.label-wrap").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(small))
+    expect(page.locator("#init-image img")).to_have_count(1)
+    page.locator("#prompt textarea").fill("a red fox")
+    page.locator("#generate").click()
+    expect(page.locator("#init-image .validation-error")).to_contain_text("must be 16 to 8192 pixels wide and high")
+    page.locator("#init-image .top-panel button[title='Remove Image']").click(timeout=5000)
+    expect(page.locator("#init-image img")).to_have_count(0)
+
+
+@pytest.mark.browser
 @pytest.mark.parametrize(
     "locale, said",
     [

@@ -302,6 +302,11 @@ CSS = """
   background: color-mix(in srgb, var(--block-background-fill) 85%, transparent); border-radius: var(--radius-md);
   padding: var(--size-2) var(--size-3);
 }
+/* A refusal on the start image (too small, too large) shows under its box's buttons (Fullscreen, Remove Image),
+   never over them: the image can still be taken away. */
+#init-image [data-testid=status-tracker] .validation-error {
+  top: var(--size-8); border-top: 1px solid var(--error-border-color); border-radius: var(--radius-sm);
+}
 #swap { align-self: center; min-height: 40px; font-size: 1.25rem; }
 #dimensions { flex-wrap: nowrap; }
 /* Results and history: each image whole, at its own aspect (no cropping), its caption whole under it. */

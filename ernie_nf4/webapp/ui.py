@@ -220,13 +220,18 @@ def _wire_sizes(handlers: Handlers, ui: dict, choices: list[str]) -> None:
 # A file dropped or picked on the restore box empties the note under the history at once, before the browser checks
 # it: one it refuses (not a PNG, too large) never reaches the server, and the note about the last file must not stay;
 # one it takes gets its own note from the server. Through the hidden #restore-given button, whose event empties it as
-# Gradio sets a value (the next note then shows, even when its text is the same).
+# Gradio sets a value (the next note then shows, even when its text is the same). A file Gradio refuses (wrong type,
+# too large, an upload the server turns away) is said in its popup, and the red "Error" badge it puts over the box
+# is cleared at once through the badge's own × (Gradio's clear_status), so that the box takes the next file.
 WATCH_RESTORE_JS = """() => {
   const given = (e) => {
     if (e.target.closest?.('#restore')) document.querySelector('#restore-given')?.click();
   };
   document.addEventListener('drop', given, true);
   document.addEventListener('change', given, true);
+  new MutationObserver(() => {
+    document.querySelector('#restore [data-testid=status-tracker] .clear-status button')?.click();
+  }).observe(document.body, {subtree: true, childList: true});
 }"""
 
 
