@@ -244,3 +244,16 @@ def test_without_the_kernel_or_fp8_products_attention_stays_bf16(tiny_package, n
     assert not hasattr(no_attention.layers[0].self_attention, "fp8_query_scale")
     int8 = nf4_transformer(tiny_package, Compute.INT8)
     assert not hasattr(int8.layers[0].self_attention, "fp8_query_scale")
+
+
+def test_the_compile_record_tells_fp8_attention_from_bf16_attention(tiny_package, nf4_everywhere):
+    from ernie_nf4.runtime.compile_record import describe
+
+    model = nf4_transformer(tiny_package, Compute.FP8)
+    for block in model.layers:
+        block.self_attention.fp8_attention_on = False
+    bf16_attention = describe(model)
+    fp8_attention_everywhere(model)
+    fp8 = describe(model)
+    assert fp8["fp8_attention"] and not bf16_attention["fp8_attention"]
+    assert fp8 != bf16_attention  # a record of the one never promises the other's compile
