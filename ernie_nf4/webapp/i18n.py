@@ -633,7 +633,18 @@ def language(request) -> str:
         picked, accepted = headers.get(LANGUAGE_HEADER, "") or "", headers.get("accept-language", "") or ""
     except AttributeError:
         return "en"
-    first = (picked or accepted).split(",", 1)[0].split(";", 1)[0].strip().lower()
+    return _language_of(picked or accepted)
+
+
+def asgi_language(headers: list[tuple[bytes, bytes]]) -> str:
+    """``language`` of an ASGI request's raw headers (``scope["headers"]``)."""
+    named = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in headers}
+    return _language_of(named.get(LANGUAGE_HEADER) or named.get("accept-language") or "")
+
+
+def _language_of(value: str) -> str:
+    """``"zh"`` for a language header whose first language is Chinese (``zh``, ``zh-CN``, …), else ``"en"``."""
+    first = value.split(",", 1)[0].split(";", 1)[0].strip().lower()
     return "zh" if first.split("-", 1)[0] == "zh" else "en"
 
 

@@ -21,13 +21,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..compat import gradio_queue
 from ..errors import InvalidArgument
 from .clients import Recent, client_id, request_client
 from .event_values import unfit_values
-from .i18n import language, say
+from .i18n import asgi_language, say
 
 logger = logging.getLogger(__name__)
 MB = 1_000_000
@@ -195,7 +194,7 @@ class RequestLimits:
         """The refusal of an upload past the client's budget: when it can upload again, in the page's language
         (the page shows the answer's ``error`` in a popup)."""
         limits, wait = self.limits, self.uploads.retry_after(client)
-        lang = language(SimpleNamespace(headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}))
+        lang = asgi_language(headers)
         message = say(
             "upload_budget",
             lang,
