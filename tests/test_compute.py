@@ -143,7 +143,7 @@ def test_the_fp8_weight_kernel_gives_the_torch_ops_bytes(nested):
             dense.to(torch.bfloat16), requires_grad=False, compress_statistics=nested, quant_type="nf4"
         )
         layer = layer.to("cuda")
-        apply_compute(_OneBlock(layer), Compute.FP8)
+        apply_compute(_OneBlock(layer), Compute.FP8, fp8_attention=False)
         assert layer.compute_kernel, (n, k)
         ours = _weight_in_format(layer, Compute.FP8)
         weight = dequantize_state(layer.weight.data, layer.weight.quant_state, torch.float32)
@@ -347,19 +347,30 @@ def test_auto_multiplies_in_fp8_from_its_rows_where_the_device_has_fp8(tiny_pack
         assert not torch.equal(layer(more), Linear4bit.forward(layer, more))
 
 
-def test_compiled_auto_blocks_cover_both_sides_of_its_rows(tiny_package, nf4_everywhere, monkeypatch):
-    """The compiled block is warmed on calls below and above ``AUTO_MIN_ROWS``: a 512x512-like call and
-    1024x1024-like ones (a CFG batch and a single sample) all run compiled, none eagerly."""
+def test_compiled_auto_blocks_cover_every_path_of_its_calls(tiny_package, nf4_everywhere, monkeypatch):
+    """The compiled block is warmed on each path a call can take: below ``AUTO_MIN_ROWS`` (bf16), above it with
+    samples shorter than FP8 attention's least (FP8 products, bf16 attention), and with samples that long (FP8
+    products and attention): a 512x512-like call, a CFG batch of two such samples, and 1024x1024-like calls all run
+    compiled, none eagerly."""
     from ernie_nf4.runtime.fast_transformer import BlockCompiler, warm_latents
 
     if Compute.FP8 not in available(DEVICE):
         pytest.skip(f"FP8 products do not run on {DEVICE} with this torch")
     monkeypatch.setattr(compute, "available", lambda device: (Compute.FP8, Compute.BF16))
     model = nf4_transformer(tiny_package, "auto")
-    assert len(warm_latents(model)) == 2 and len(warm_latents(nf4_transformer(tiny_package, "fp8"))) == 1
+    fp8 = nf4_transformer(tiny_package, "fp8")
+    for m in (model, fp8):  # on by hand: the torch ops run it where cuDNN's kernel does not
+        for block in m.layers:
+            block.self_attention.fp8_attention_on = True
+    assert len(warm_latents(model)) == 3 and len(warm_latents(fp8)) == 2
     compiler = BlockCompiler(model, cache_dir=None, backend="eager")  # Dynamo's guards, without Inductor's time
     assert compiler.compile() and compiler.activate(), compiler.describe()
-    calls = {"below": ((8, 8), (5, 9)), "above, CFG": ((48, 48), (5, 9)), "above, one": ((64, 64), (5,))}
+    calls = {
+        "below": ((8, 8), (5, 9)),
+        "above, CFG, short samples": ((48, 48), (5, 9)),
+        "above, one": ((64, 64), (5,)),
+        "above, CFG": ((64, 64), (5, 9)),
+    }
     for name, (latent, lengths) in calls.items():
         forward(model, latent=latent, lengths=lengths)
         assert compiler.fallback_calls == 0, name

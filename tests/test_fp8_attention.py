@@ -150,6 +150,7 @@ def test_segments_must_cover_the_tokens():
 def fp8_attention_everywhere(model) -> None:
     for block in model.layers:
         block.self_attention.fp8_attention_on = True
+        block.self_attention.fp8_attention_min_tokens = 1  # the tiny model's samples are short
 
 
 def own_product_for_the_output_projection(model):
@@ -234,9 +235,12 @@ def test_without_the_kernel_or_fp8_products_attention_stays_bf16(tiny_package, n
     model = nf4_transformer(tiny_package, Compute.FP8)
     attn = model.layers[0].self_attention
     # on by itself only where cuDNN's kernel runs; switched on by hand, the torch ops run it anywhere
-    assert fp8_attention.uses_fp8(attn, 10**6) == fp8_attention.kernel_runs(str(attn.fp8_query_scale.device))
+    least = fp8_attention.MIN_SAMPLE_TOKENS
+    assert fp8_attention.uses_fp8(attn, 2 * least, 2) == fp8_attention.kernel_runs(str(attn.fp8_query_scale.device))
     attn.fp8_attention_on = True
-    assert fp8_attention.uses_fp8(attn, 10**6)
+    assert fp8_attention.uses_fp8(attn, 2 * least, 2) and fp8_attention.uses_fp8(attn, least)
+    # shorter samples stay bf16: the kernel's call would cost more than it saves
+    assert not fp8_attention.uses_fp8(attn, 2 * least - 1, 2) and not fp8_attention.uses_fp8(attn, least - 1)
     bf16 = nf4_transformer(tiny_package)
     assert not hasattr(bf16.layers[0].self_attention, "fp8_query_scale")
     no_attention = nf4_transformer(tiny_package)

@@ -70,17 +70,33 @@ AHEAD_QUICK_SECONDS = 5.0
 
 
 def warm_latents(transformer) -> list[tuple[int, int]]:
-    """The latent sizes the compile is warmed on: ``WARM_LATENT``; and when the blocks' linear layers change their
-    product from a number of rows above all of its calls' (``compute.apply_compute``'s ``min_rows``, such as
-    ``auto``'s), a size whose single sample has that many tokens too, so that the compiled code covers both sides
-    (a call on a side it was not warmed on would run eagerly)."""
+    """The latent sizes the compile is warmed on, so that the compiled code covers every path a block's call can take
+    (a call on a path it was not warmed on would run eagerly): ``WARM_LATENT``; where the linear layers change their
+    product from a number of rows above the warm-up's (``compute.apply_compute``'s ``min_rows``, such as ``auto``'s),
+    sizes of a single sample and of a CFG batch of that many tokens; and where attention runs in FP8 from a sample's
+    length (``fp8_attention.uses_fp8``), a size whose samples are that long."""
     rows = max((getattr(m, "compute_min_rows", 0) for m in transformer.layers[0].modules()), default=0)
-    patch = transformer.config.patch_size
-    warm_rows = 2 * ((WARM_LATENT[0] // patch) * (WARM_LATENT[1] // patch) + max(WARM_TEXT))  # the CFG batch's
-    if rows <= warm_rows:
-        return [WARM_LATENT]
-    side = math.isqrt(rows - 1) + 1  # side * side >= rows tokens of image alone
-    return [WARM_LATENT, (side * patch, side * patch)]
+    attn = transformer.layers[0].self_attention
+    tokens = getattr(attn, "fp8_attention_min_tokens", fp8_attention.MIN_SAMPLE_TOKENS)
+    attention = getattr(attn, "fp8_attention_on", False)
+
+    def path(side: int, texts: tuple[int, ...]) -> tuple:
+        segments = [side * side + n for n in texts]
+        products = sum(segments) >= rows
+        return len(texts), products, attention and products and sum(segments) >= len(segments) * tokens
+
+    def side_for(n: int) -> int:  # side * side >= n
+        return math.isqrt(max(n, 1) - 1) + 1
+
+    patch, warm_side = transformer.config.patch_size, WARM_LATENT[0] // transformer.config.patch_size
+    sides = [warm_side, side_for(rows), side_for(-(-rows // 2) - min(WARM_TEXT)), side_for(tokens)]
+    covered, chosen = set(), []
+    for side in sides:
+        paths = {path(side, texts) for texts in (WARM_TEXT, WARM_TEXT[:1])}
+        if not paths <= covered:
+            covered |= paths
+            chosen.append((side * patch, side * patch))
+    return chosen
 
 
 def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -177,7 +193,7 @@ class FastErnieImageBlock(ErnieImageSharedAdaLNBlock):
             return super().forward(x, rotary, temb, segments)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = temb
         attn = self.self_attention
-        if fp8_attention.uses_fp8(attn, x.shape[1]):
+        if fp8_attention.uses_fp8(attn, x.shape[1], len(segments)):
             x = _fp8_attention(x, rotary, shift_msa, scale_msa, gate_msa, self.adaLN_sa_ln, attn, segments)
             return _feed_forward(x, shift_mlp, scale_mlp, gate_mlp, self.adaLN_mlp_ln, self.mlp)
         query, key, value = before_attention(x, *rotary, shift_msa, scale_msa, self.adaLN_sa_ln, attn)

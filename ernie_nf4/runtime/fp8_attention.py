@@ -40,6 +40,9 @@ BOUND_MARGIN = 1.02
 PROBABILITY_SCALE = FP8_MAX
 # The output's scale over value's: rounded to FP8, a row's probabilities can sum to up to about 1.06.
 OUTPUT_HEADROOM = 1.125
+# Tokens a sample (on average) below which attention stays bf16: on shorter samples the kernel call costs more than its
+# arithmetic saves (`python scripts/gpu_compute_step.py` at 512x512, 1,280 tokens a sample, is slower with it).
+MIN_SAMPLE_TOKENS = 4096
 _GRAPHS_MAX = 64  # built graphs kept (one per token count a sample has, and batch of equal samples)
 _graphs: OrderedDict[tuple, tuple | Exception] = OrderedDict()  # least recently used first
 _lock = threading.Lock()
@@ -268,13 +271,18 @@ def prepare(attn) -> bool:
     return attn.fp8_attention_on
 
 
-def uses_fp8(attn, rows: int) -> bool:
-    """Whether a call of ``rows`` tokens runs ``attn`` in FP8: it is on (``prepare``; set by hand, the torch ops run
-    it anywhere) and its output projection multiplies in FP8 for that many rows."""
+def uses_fp8(attn, rows: int, samples: int = 1) -> bool:
+    """Whether a call of ``rows`` tokens in ``samples`` samples runs ``attn`` in FP8: it is on (``prepare``; set by
+    hand, the torch ops run it anywhere), its output projection multiplies in FP8 for that many rows, and the samples
+    have ``attn.fp8_attention_min_tokens`` tokens or more on average (``MIN_SAMPLE_TOKENS`` unless set)."""
     if not getattr(attn, "fp8_attention_on", False):
         return False
     to_out = attn.to_out[0]
-    return getattr(type(to_out), "_compute", None) == "fp8" and rows >= to_out.compute_min_rows
+    if getattr(type(to_out), "_compute", None) != "fp8" or rows < to_out.compute_min_rows:
+        return False
+    # the mean, not each sample's length: under torch.compile a test of each would guard on each, and a batch whose
+    # samples fell on both sides would take a path the warm-up never compiled
+    return rows >= samples * getattr(attn, "fp8_attention_min_tokens", MIN_SAMPLE_TOKENS)
 
 
 def self_attention(attn, query, key, value, segments) -> tuple[torch.Tensor, torch.Tensor]:
