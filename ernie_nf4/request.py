@@ -281,7 +281,7 @@ class GenerationRequest:
             )
         if self.strength < 1 and self.init_image is None:
             raise InvalidArgument(
-                f"strength {self.strength} needs an init_image to start from; give one, or set strength to 1",
+                f"init_image is needed at strength {self.strength}: give one, or set strength to 1",
                 field="init_image",
                 key="strength_needs_image",
                 values={"strength": self.strength},

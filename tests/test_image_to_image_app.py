@@ -47,7 +47,7 @@ def test_the_api_takes_an_image_and_a_strength_and_the_png_records_them(fake_app
     assert service.requests[-1].init_image is None and "start image" not in info
     with Image.open(images[0]["image"]) as png:
         assert "Denoising strength" not in png.info["parameters"]
-    with pytest.raises(ValidationError, match="- init_image: strength 0.5 needs an init_image"):
+    with pytest.raises(ValidationError, match=r"- init_image: Start image \(init_image\) is needed at strength 0.5"):
         client.predict(*FORM, None, 0.5, api_name="/generate")
     with pytest.raises(ValidationError, match=r"- strength: strength must be in \[0.0, 1.0\]"):
         client.predict(*FORM, handle_file(str(source)), 1.5, api_name="/generate")
@@ -200,6 +200,7 @@ def test_an_init_image_refused_is_said_in_chinese_too(tmp_path):
         assert "Error" not in english and "Error" not in chinese  # no Python exception names
         said[kind] = english, chinese
     assert said["needs"][1].startswith("重绘强度（strength）0.5 需要一张起始图片")
+    assert said["needs"][0] == "Start image (init_image) is needed at strength 0.5: give one, or set strength to 1"
     assert "'photo.png'" in said["unreadable"][1] and "PNG、JPEG 或 WebP" in said["unreadable"][1]
     assert "9000x16" in said["size"][0] and "9000x16" in said["size"][1]
     assert "'huge.png'" in said["pixels"][1] and "24,000,000" in said["pixels"][0]

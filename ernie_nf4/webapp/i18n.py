@@ -189,7 +189,7 @@ MESSAGES = {
         "image",
         "init_image_kind": "init_image must be an image file's path, a PIL image or an HxWx3 uint8 array, got {kind}",
         "init_image_rgb": "init_image must be an RGB PIL image, got {kind}",
-        "strength_needs_image": "strength {strength} needs an init_image to start from; give one, or set strength to 1",
+        "strength_needs_image": "init_image is needed at strength {strength}: give one, or set strength to 1",
         "init_image_not_served": "init_image must be an image uploaded to this app or one of its results; a path on "
         "the server is not read",
         "lora_scale_count": "lora_scale: give one scale, or one per LoRA named ({names}), got {count}",
