@@ -11,7 +11,8 @@
 - ``run_progress``: a run's progress line and its bar (never going back);
 - ``zerogpu``: the rules of Hugging Face's ZeroGPU Spaces;
 - ``i18n``, ``messages``, ``examples``: the words users read.
-- ``stats_view``: the Stats tab in words; ``api_page``: what the "Use via API" page says.
+- ``stats_view``: the Stats tab in words; ``api_page``: what the "Use via API" page says; ``runs_page``: the
+  labels on Gradio's run history page ("Runs").
 
 May import: the root modules, ``runtime``, ``serving``.
 """

@@ -8,6 +8,7 @@ import json
 import gradio as gr
 
 from .i18n import EN, LANGUAGE_HEADER, ZH, preview_prefixes, translations
+from .runs_page import RUNS_PAGE_JS
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -369,11 +370,11 @@ CSS = """
 
 
 class ErnieBlocks(gr.Blocks):
-    """``gr.Blocks`` that launches with the app's CSS, keyboard shortcut, screen-reader help and translations
-    (Gradio 6 takes these in ``launch()``); a caller's own values win."""
+    """``gr.Blocks`` that launches with the app's CSS, keyboard shortcut, screen-reader help and translations (also
+    on Gradio's run history page: ``runs_page``; Gradio 6 takes these in ``launch()``); a caller's own values win."""
 
     def launch(self, *args, **kwargs):
         kwargs.setdefault("css", CSS)
-        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS + LANGUAGE_JS + UPLOAD_REFUSAL_JS)
+        kwargs.setdefault("head", KEYBOARD_JS + ACCESSIBILITY_JS + LANGUAGE_JS + UPLOAD_REFUSAL_JS + RUNS_PAGE_JS)
         kwargs.setdefault("i18n", translations())
         return super().launch(*args, **kwargs)
