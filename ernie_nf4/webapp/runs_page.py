@@ -17,6 +17,16 @@ import json
 
 from .i18n import EN, ZH
 
+# Gradio's words about the run history in Chinese, on both the app's page (its Settings) and the run history page:
+# entries of a JS array of [pattern, words].
+HISTORY_WORDS_ZH = """[
+  [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"], [/^History storage$/, "记录保存位置"],
+  [/^This browser$/, "此浏览器"],
+  [/^Private to this device$/, "仅保存在此设备上"], [/^Save new runs to$/, "新运行记录保存到"],
+  [/^Private and available only on this device$/, "私密，仅在此设备上可用"], [/^Connect a bucket$/, "连接存储桶"],
+  [/^Stored in a Hugging Face bucket$/, "保存在 Hugging Face 存储桶中"], [/^Change bucket$/, "更换存储桶"],
+]"""
+
 RUNS_PAGE_JS = """
 <script>
 (() => {
@@ -24,7 +34,7 @@ RUNS_PAGE_JS = """
   const WORDS = __WORDS__, MARK = "__i18n__", root = document.documentElement;
   // Gradio's own words on this page, matched with their spaces made single; a tooltip's parts (" · ") one by one
   const GRADIO_ZH = [
-    [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"], [/^Clear history$/, "清空记录"], [/^(\\d+) runs?$/, "$1 次运行"],
+    [/^Clear history$/, "清空记录"], [/^(\\d+) runs?$/, "$1 次运行"],
     [/^Inputs$/, "输入"], [/^Outputs$/, "输出"], [/^No saved output$/, "没有保存的输出"], [/^Load run$/, "载入运行"],
     [/^Delete$/, "删除"], [/^Completed$/, "已完成"], [/^Failed$/, "失败"], [/^Running$/, "运行中"],
     [/^(?:Ran )?in (.+)$/, "用时 $1"], [/^queued for (.+)$/, "排队 $1"], [/^(.+) in total$/, "共 $1"],
@@ -37,11 +47,8 @@ RUNS_PAGE_JS = """
     [/^Loading history$/, "正在加载记录"], [/^Fetching runs from (.*)…$/, "正在从 $1 获取运行记录…"],
     [/^History unavailable$/, "无法加载记录"], [/^Try again$/, "重试"], [/^View bucket ↗$/, "查看存储桶 ↗"],
     [/^New runs will be saved to (.*)\\.$/, "新运行记录将保存到 $1。"],
-    [/^History storage$/, "记录保存位置"], [/^Save new runs to$/, "新运行记录保存到"], [/^This browser$/, "此浏览器"],
-    [/^Private to this device$/, "仅保存在此设备上"],
-    [/^Private and available only on this device$/, "私密，仅在此设备上可用"],
-    [/^Stored in a Hugging Face bucket$/, "保存在 Hugging Face 存储桶中"], [/^Connect a bucket$/, "连接存储桶"],
-    [/^Change bucket$/, "更换存储桶"], [/^App$/, "应用"], [/^Return to the app$/, "返回应用"],
+    ...__HISTORY_WORDS_ZH__,
+    [/^App$/, "应用"], [/^Return to the app$/, "返回应用"],
   ];
   const isZh = () => /^zh/i.test(root.lang);
   const sayZh = (english) => english.split(" · ").map((part) => {
@@ -99,4 +106,6 @@ RUNS_PAGE_JS = """
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
 })();
 </script>
-""".replace("__WORDS__", json.dumps({"en": EN, "zh": ZH}, ensure_ascii=False))
+""".replace("__WORDS__", json.dumps({"en": EN, "zh": ZH}, ensure_ascii=False)).replace(
+    "__HISTORY_WORDS_ZH__", HISTORY_WORDS_ZH
+)

@@ -8,7 +8,7 @@ import json
 import gradio as gr
 
 from .i18n import EN, LANGUAGE_HEADER, ZH, preview_prefixes, translations
-from .runs_page import RUNS_PAGE_JS
+from .runs_page import HISTORY_WORDS_ZH, RUNS_PAGE_JS
 
 # Ctrl+Enter / Cmd+Enter in the prompt clicks Generate (capture phase: before the textbox sees the key).
 KEYBOARD_JS = """
@@ -25,7 +25,8 @@ document.addEventListener("keydown", (event) => {
 # For screen readers: every control gets a name of its own (a gallery tile: its caption; a copy or reset button: its
 # action and its field's label; a text box: its label; the swap button: what it does), and the run's progress is read
 # out from a live region (at most every 2 s). Names are built from the page's own (translated) texts.
-ACCESSIBILITY_JS = """
+ACCESSIBILITY_JS = (
+    """
 <script>
 (() => {
   const SWAP = __SWAP__, TABS = __TABS__;
@@ -123,19 +124,15 @@ ACCESSIBILITY_JS = """
     [/^button in the footer of the demo\\.$/, "按钮停止录制。"],
     [/^Start Recording$/, "开始录制"], [/^Stop Recording$/, "停止录制"],
     [/^Include automatic zoom in\\/out$/, "自动放大/缩小"], [/^Include automatic video trimming$/, "自动剪辑视频"],
-    [/^Run history \\((\\d+)\\)$/, "运行记录（$1）"],
     [/^Choose where new runs are saved and revisit earlier results\\.$/, "选择新运行记录存在哪里，并回看之前的结果。"],
-    [/^View run history$/, "查看运行记录"], [/^History storage$/, "记录保存位置"], [/^This browser$/, "此浏览器"],
+    [/^View run history$/, "查看运行记录"], ...__HISTORY_WORDS_ZH__,
     [/^Invalid file types?: (.*)\\. Only (.*) allowed\\.$/, "文件类型无效：$1。只接受 $2。"],
     [/^File\\(s\\) exceed the maximum allowed size of (.*?): (.*)$/, "文件超过允许的最大大小 $1：$2"],
-    [/^Private to this device$/, "仅保存在此设备上"], [/^Save new runs to$/, "新运行记录保存到"],
-    [/^Private and available only on this device$/, "私密，仅在此设备上可用"],
-    [/^Connect history storage$/, "连接记录存储"], [/^Connect a bucket$/, "连接存储桶"],
-    [/^Stored in a Hugging Face bucket$/, "保存在 Hugging Face 存储桶中"],
+    [/^Connect history storage$/, "连接记录存储"],
     [/^Available anywhere you can access this bucket$/, "在任何能访问此存储桶的地方可用"],
     [/^Sign in with Hugging Face$/, "使用 Hugging Face 登录"], [/^Your buckets$/, "你的存储桶"],
     [/^Loading your buckets…$/, "正在加载你的存储桶…"], [/^Bucket ID$/, "存储桶 ID"],
-    [/^or use another bucket$/, "或使用其他存储桶"], [/^Change bucket$/, "更换存储桶"], [/^Connect$/, "连接"],
+    [/^or use another bucket$/, "或使用其他存储桶"], [/^Connect$/, "连接"],
     [/^Connecting…$/, "正在连接…"], [/^Could not connect this bucket\\.$/, "无法连接此存储桶。"],
     [/^Could not load your buckets\\.$/, "无法加载你的存储桶。"],
     [/^Sign in with Hugging Face to connect a bucket\\.$/, "使用 Hugging Face 登录后即可连接存储桶。"],
@@ -229,8 +226,9 @@ ACCESSIBILITY_JS = """
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
 })();
 </script>
-""".replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False)).replace(
-    "__TABS__", json.dumps({"en": EN["tab_stats"], "zh": ZH["tab_stats"]}, ensure_ascii=False)
+""".replace("__SWAP__", json.dumps({"en": EN["swap"], "zh": ZH["swap"]}, ensure_ascii=False))
+    .replace("__TABS__", json.dumps({"en": EN["tab_stats"], "zh": ZH["tab_stats"]}, ensure_ascii=False))
+    .replace("__HISTORY_WORDS_ZH__", HISTORY_WORDS_ZH)
 )
 
 # The page's language (Gradio's: the browser's, or the one picked in Gradio's Settings, which Gradio puts in the
